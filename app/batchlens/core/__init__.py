@@ -1,0 +1,1 @@
+"""The engine. Imports torch and Pillow, never Qt: testable without a display or a GPU."""

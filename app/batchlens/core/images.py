@@ -1,0 +1,238 @@
+"""Find images in a folder (lazily, in a stable sorted order) and decode them safely with Pillow.
+
+Every problem with one file becomes an ImageError whose message names the problem in plain words;
+the caller adds the file name and carries on with the next image.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+# We enforce our own, configurable pixel limit (checked from the header, before decoding), so
+# Pillow's global bomb guard would only get in the way with a less helpful message.
+Image.MAX_IMAGE_PIXELS = None
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+IMAGE_EXTENSIONS = frozenset(
+    {
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".jfif",
+        ".png",
+        ".bmp",
+        ".gif",
+        ".tif",
+        ".tiff",
+        ".webp",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".pnm",
+        ".tga",
+        ".ico",
+    }
+)
+# Files operating systems leave in folders. Skipped silently and counted as skipped.
+JUNK_NAMES = frozenset({"thumbs.db", "desktop.ini", ".ds_store", "ehthumbs.db"})
+DEFAULT_MAX_PIXELS = 150_000_000  # about 12,000 x 12,000; a 30,000 x 30,000 "bomb" is refused
+
+
+class ImageError(Exception):
+    """A problem with one image file. The message is a sentence for a user, without the file name."""
+
+
+@dataclass
+class ScanStats:
+    """What the scan passed over: junk and hidden files, and files that are not images."""
+
+    skipped_junk: int = 0
+    skipped_not_image: int = 0
+    skipped_dirs: list[str] = field(default_factory=list)  # symlink loops and unreadable folders
+
+    @property
+    def skipped(self) -> int:
+        return self.skipped_junk + self.skipped_not_image
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An image to process: its path relative to the input folder (with '/'), and its full path."""
+
+    rel: str
+    path: Path
+
+
+def is_junk(name: str) -> bool:
+    return name.startswith(".") or name.lower() in JUNK_NAMES
+
+
+def scan_images(
+    root: Path,
+    recursive: bool = False,
+    stats: ScanStats | None = None,
+    exclude: Path | None = None,
+) -> Iterator[Candidate]:
+    """Yield image candidates under `root` in sorted order, one directory listing at a time.
+
+    `exclude` is a folder to leave out (the output folder when it sits inside the input).
+    Symbolic links to folders are followed once; a loop back to a folder already seen is skipped.
+    """
+    stats = stats if stats is not None else ScanStats()
+    root = Path(root)
+    excluded = exclude.resolve() if exclude is not None else None
+    seen_dirs: set[tuple[int, int]] = set()
+
+    def walk(directory: Path, prefix: str) -> Iterator[Candidate]:
+        try:
+            st = directory.stat()
+        except OSError:
+            stats.skipped_dirs.append(prefix or ".")
+            return
+        key = (st.st_dev, st.st_ino)
+        if key in seen_dirs:
+            stats.skipped_dirs.append(prefix)  # symlink loop
+            return
+        seen_dirs.add(key)
+        try:
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            stats.skipped_dirs.append(prefix or ".")
+            return
+        for entry in entries:
+            rel = f"{prefix}{entry.name}"
+            if is_junk(entry.name):
+                stats.skipped_junk += 1
+                continue
+            try:
+                is_dir = entry.is_dir()  # follows symlinks; False for a broken link
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if recursive and (excluded is None or Path(entry.path).resolve() != excluded):
+                    yield from walk(Path(entry.path), rel + "/")
+                continue
+            if Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS:
+                yield Candidate(rel, Path(entry.path))
+            else:
+                stats.skipped_not_image += 1
+
+    yield from walk(root, "")
+
+
+@dataclass
+class DecodedImage:
+    image: Image.Image
+    original_size: tuple[int, int]  # (width, height) after EXIF rotation
+    note: str | None = None  # e.g. "first frame of 12 used"
+
+
+def _sniff(path: Path) -> str:
+    """Say what a file that Pillow cannot read looks like, from its first bytes."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return "is not an image Pillow can read"
+    if not head:
+        return "is empty (0 bytes)"
+    if head.startswith(b"\x1f\x8b"):
+        return "is a gzip archive, not an image"
+    if head.startswith(b"PK\x03\x04"):
+        return "is a zip archive, not an image"
+    if head.startswith(b"%PDF"):
+        return "is a PDF document, not an image"
+    lowered = head.lstrip().lower()
+    if lowered.startswith((b"<!doctype html", b"<html", b"<?xml", b"<svg")):
+        return "is an HTML/XML document, not an image"
+    try:
+        head.decode("utf-8")
+        return "is a text file, not an image"
+    except UnicodeDecodeError:
+        return "is not an image Pillow can read (unknown or unsupported format)"
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """Scale 16-bit, 32-bit integer and float images into 8 bits instead of clipping them."""
+    arr = np.asarray(image)
+    if image.mode == "F":
+        arr = np.nan_to_num(arr.astype(np.float64))
+        lo, hi = float(arr.min()), float(arr.max())
+        if 0.0 <= lo and hi <= 1.0:
+            arr = arr * 255.0
+        elif hi > lo:
+            arr = (arr - lo) / (hi - lo) * 255.0
+        else:
+            arr = np.zeros_like(arr)
+    else:
+        arr = arr.astype(np.float64)
+        arr = arr / 257.0 if arr.max() > 255 else arr
+    return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), mode="L")
+
+
+def convert_mode(image: Image.Image, mode: str) -> Image.Image:
+    """Convert to "RGB" or "L", compositing transparency over white and keeping bit depth sane."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        image = _to_8bit(image)
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "RGBa", "La", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image if image.mode == mode else image.convert(mode)
+
+
+def load_image(path: Path, mode: str = "RGB", max_pixels: int | None = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Decode one image file into `mode`, or raise ImageError with a plain-words reason."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise ImageError("is a broken symbolic link (its target does not exist)") from None
+        raise ImageError("was removed before it could be read") from None
+    except OSError as exc:
+        raise ImageError(f"cannot be read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageError("is a folder, not a file")
+    if st.st_size == 0:
+        raise ImageError("is empty (0 bytes)")
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            if max_pixels and width * height > max_pixels:
+                raise ImageError(
+                    f"is {width}×{height} pixels ({width * height / 1e6:.0f} megapixels), over the "
+                    f"limit of {max_pixels / 1e6:.0f} megapixels; refused without decoding it as a "
+                    "possible decompression bomb (raise the limit with --max-pixels if it is genuine)"
+                )
+            frames = getattr(im, "n_frames", 1)
+            im.seek(0)
+            im.load()
+            image = ImageOps.exif_transpose(im)  # returns a new image, detached from the file
+            if image is im:
+                image = im.copy()
+    except ImageError:
+        raise
+    except PermissionError:
+        raise ImageError("cannot be read: permission denied") from None
+    except UnidentifiedImageError:
+        raise ImageError(_sniff(path)) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        text = str(exc)
+        if "truncated" in text.lower():
+            raise ImageError(f"is truncated or corrupt ({text})") from None
+        raise ImageError(f"could not be decoded ({type(exc).__name__}: {text})") from None
+    if image.width == 0 or image.height == 0:
+        raise ImageError("has no pixels (zero width or height)")
+    note = f"first frame of {frames} used" if frames > 1 else None
+    return DecodedImage(convert_mode(image, mode), image.size, note)

@@ -1,0 +1,228 @@
+"""Memory probes: what the device (or, on CPU, the process) holds right now, cheaply enough for 10 Hz.
+
+Sampling only reads allocator counters; it never synchronises the device. `clear_cache()` runs the
+garbage collector and the backend's `empty_cache()` and reports how many bytes it handed back.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import resource
+import sys
+import time
+from dataclasses import dataclass
+
+import psutil
+import torch
+
+
+@dataclass(frozen=True)
+class MemorySample:
+    """One reading, in bytes. `device_used`/`device_total` are None where the backend cannot tell."""
+
+    time: float
+    allocated: int
+    reserved: int
+    peak: int
+    device_used: int | None = None
+    device_total: int | None = None
+
+
+@dataclass(frozen=True)
+class ClearResult:
+    freed: int
+    still_allocated: int
+
+    def message(self) -> str:
+        return (
+            f"Freed {format_bytes(self.freed)} of cached memory; "
+            f"{format_bytes(self.still_allocated)} still allocated by live tensors."
+        )
+
+
+def format_bytes(n: float | None) -> str:
+    if n is None:
+        return "n/a"
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+class MemoryProbe:
+    """Base class. Subclasses read one backend; tests inject their own with known numbers."""
+
+    #: short name of what is measured, shown in the UI ("cuda", "mps", "xpu", "cpu")
+    kind = "cpu"
+    #: what "allocated"/"reserved" mean on this backend, for labels and tooltips
+    description = ""
+
+    def sample(self) -> MemorySample:
+        raise NotImplementedError
+
+    def clear_cache(self) -> ClearResult:
+        raise NotImplementedError
+
+    def reset_peak(self) -> None:
+        """Start peak tracking afresh (called when a run starts)."""
+
+
+class CudaProbe(MemoryProbe):
+    kind = "cuda"
+    description = (
+        "GPU memory. Allocated: held by live tensors. Reserved: held by PyTorch's caching allocator "
+        "(allocated + cache). Device used: everything on the card, including the CUDA context and "
+        "other processes; the gap between device used and reserved is memory PyTorch cannot free."
+    )
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def sample(self) -> MemorySample:
+        stats = torch.cuda.memory_stats(self.device)
+        free, total = torch.cuda.mem_get_info(self.device)
+        return MemorySample(
+            time=time.monotonic(),
+            allocated=stats.get("allocated_bytes.all.current", 0),
+            reserved=stats.get("reserved_bytes.all.current", 0),
+            peak=stats.get("allocated_bytes.all.peak", 0),
+            device_used=total - free,
+            device_total=total,
+        )
+
+    def clear_cache(self) -> ClearResult:
+        before = torch.cuda.memory_reserved(self.device)
+        gc.collect()
+        torch.cuda.empty_cache()
+        after = torch.cuda.memory_reserved(self.device)
+        return ClearResult(max(0, before - after), torch.cuda.memory_allocated(self.device))
+
+    def reset_peak(self) -> None:
+        torch.cuda.reset_peak_memory_stats(self.device)
+
+
+class MpsProbe(MemoryProbe):
+    kind = "mps"
+    description = (
+        "Apple GPU (unified memory). Allocated: held by live tensors. Reserved: everything the Metal "
+        "driver holds for this process, cache included."
+    )
+
+    def __init__(self) -> None:
+        self._peak = 0
+
+    def sample(self) -> MemorySample:
+        allocated = torch.mps.current_allocated_memory()
+        self._peak = max(self._peak, allocated)
+        total = getattr(torch.mps, "recommended_max_memory", lambda: None)()
+        return MemorySample(
+            time.monotonic(), allocated, torch.mps.driver_allocated_memory(), self._peak, None, total
+        )
+
+    def clear_cache(self) -> ClearResult:
+        before = torch.mps.driver_allocated_memory()
+        gc.collect()
+        torch.mps.empty_cache()
+        after = torch.mps.driver_allocated_memory()
+        return ClearResult(max(0, before - after), torch.mps.current_allocated_memory())
+
+    def reset_peak(self) -> None:
+        self._peak = 0
+
+
+class XpuProbe(MemoryProbe):
+    kind = "xpu"
+    description = "Intel GPU memory. Allocated: held by live tensors. Reserved: allocated + cache."
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def sample(self) -> MemorySample:
+        stats = torch.xpu.memory_stats(self.device)
+        used = total = None
+        if hasattr(torch.xpu, "mem_get_info"):
+            free, total = torch.xpu.mem_get_info(self.device)
+            used = total - free
+        return MemorySample(
+            time.monotonic(),
+            stats.get("allocated_bytes.all.current", 0),
+            stats.get("reserved_bytes.all.current", 0),
+            stats.get("allocated_bytes.all.peak", 0),
+            used,
+            total,
+        )
+
+    def clear_cache(self) -> ClearResult:
+        before = torch.xpu.memory_reserved(self.device)
+        gc.collect()
+        torch.xpu.empty_cache()
+        after = torch.xpu.memory_reserved(self.device)
+        return ClearResult(max(0, before - after), torch.xpu.memory_allocated(self.device))
+
+    def reset_peak(self) -> None:
+        torch.xpu.reset_peak_memory_stats(self.device)
+
+
+def _malloc_trim() -> None:
+    """Ask glibc to hand freed heap pages back to the OS; without it RSS rarely drops on Linux."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc_name = ctypes.util.find_library("c")
+    if libc_name:
+        try:
+            ctypes.CDLL(libc_name).malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
+class CpuProbe(MemoryProbe):
+    """On the CPU there is no device memory: we report this process's RAM (RSS), not VRAM."""
+
+    kind = "cpu"
+    description = (
+        "No GPU in use: these lines show this process's RAM (resident set size), not GPU memory. "
+        "Allocated and reserved are both the RSS; device used/total are the whole machine's RAM."
+    )
+
+    def __init__(self) -> None:
+        self._process = psutil.Process()
+        self._peak = 0
+
+    def _rss(self) -> int:
+        return self._process.memory_info().rss
+
+    def sample(self) -> MemorySample:
+        rss = self._rss()
+        self._peak = max(self._peak, rss)
+        vm = psutil.virtual_memory()
+        return MemorySample(time.monotonic(), rss, rss, self._peak, vm.total - vm.available, vm.total)
+
+    def clear_cache(self) -> ClearResult:
+        before = self._rss()
+        gc.collect()
+        _malloc_trim()
+        after = self._rss()
+        return ClearResult(max(0, before - after), after)
+
+    def reset_peak(self) -> None:
+        self._peak = 0
+
+    @staticmethod
+    def lifetime_peak_rss() -> int:
+        """The kernel's own peak RSS for this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+
+
+def probe_for(device: torch.device) -> MemoryProbe:
+    if device.type == "cuda":
+        return CudaProbe(device)
+    if device.type == "mps":
+        return MpsProbe()
+    if device.type == "xpu":
+        return XpuProbe(device)
+    return CpuProbe()

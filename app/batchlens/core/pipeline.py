@@ -1,0 +1,121 @@
+"""One batch of images through the model, the same code on a laptop and on a cluster worker.
+
+Per image, in this order: decode -> preprocess -> forward under inference_mode -> per-image outputs
+on the CPU -> postprocess to plain data -> write -> drop every device reference.
+Nothing that holds a device tensor outlives `process()`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from batchlens.core.errors import BatchLensError
+from batchlens.core.images import Candidate, DecodedImage, ImageError, load_image
+from batchlens.core.inference import infer
+from batchlens.core.models import LoadedModel
+from batchlens.core.tasks.base import ImageMeta, TaskResult
+
+
+def record_line(image: str, status: str, error: str | None, seconds: float, fields: dict) -> dict:
+    """One line of predictions.jsonl (the output contract)."""
+    return {"image": image, "status": status, "error": error, "seconds": seconds, **fields}
+
+
+@dataclass
+class Item:
+    """One image on its way through a batch. Holds CPU data only."""
+
+    candidate: Candidate
+    started: float
+    decoded: DecodedImage | None = None
+    tensor: torch.Tensor | None = None
+    error: str | None = None
+    result: TaskResult | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.result is not None and self.error is None
+
+    def fields(self) -> dict:
+        """The task's JSON fields for this image (empty when it failed), plus any decode note."""
+        fields = dict(self.result.fields) if self.ok else {}
+        if self.decoded is not None and self.decoded.note:
+            fields["note"] = self.decoded.note
+        return fields
+
+    def error_message(self) -> str | None:
+        return None if self.ok else f"{self.candidate.rel}: {self.error}"
+
+    def seconds(self) -> float:
+        return round(time.perf_counter() - self.started, 4)
+
+
+class BatchPipeline:
+    """Processes lists of candidates with one loaded model, writing each image's output files."""
+
+    def __init__(self, model: LoadedModel, output_dir: Path, max_pixels: int | None):
+        self.model = model
+        self.output_dir = output_dir
+        self.max_pixels = max_pixels
+
+    def process(self, batch: list[Candidate]) -> list[Item]:
+        model, output_dir = self.model, self.output_dir
+        adapter = model.adapter
+        items = [Item(c, time.perf_counter()) for c in batch]
+        for item in items:
+            try:
+                item.decoded = load_image(item.candidate.path, adapter.color_mode, self.max_pixels)
+                item.tensor = adapter.preprocess(item.decoded.image)
+            except ImageError as exc:
+                item.error = str(exc)
+            except Exception as exc:  # a preprocessing bug must not end the run
+                item.error = f"could not be prepared for the model ({type(exc).__name__}: {exc})"
+        # Images of equal tensor shape go through the model together.
+        groups: dict[tuple, list[Item]] = {}
+        for item in items:
+            if item.tensor is not None:
+                groups.setdefault(tuple(item.tensor.shape), []).append(item)
+        for group in groups.values():
+            self._forward(model, group)
+        for item in items:
+            item.tensor = None  # CPU input tensors are not needed past the forward
+            if item.result is not None:
+                meta = self._meta(item)
+                try:
+                    adapter.write(item.result, meta, output_dir)
+                except OSError as exc:
+                    raise BatchLensError(
+                        f"Cannot write the output for {item.candidate.rel} to {output_dir}: "
+                        f"{exc.strerror or exc}. Results written so far are kept."
+                    ) from None
+        return items
+
+    def _forward(self, model: LoadedModel, group: list[Item]) -> None:
+        try:
+            batch = torch.stack([item.tensor for item in group])
+            outputs = infer(model.module, batch, model.device)
+        except Exception as exc:
+            del batch
+            if len(group) > 1:  # find the image the model fails on; the others still get results
+                for item in group:
+                    self._forward(model, [item])
+                return
+            group[0].error = f"the model failed on this image ({type(exc).__name__}: {exc})"
+            return
+        del batch
+        for item, output in zip(group, outputs):
+            try:
+                item.result = model.adapter.postprocess(output, self._meta(item))
+            except Exception as exc:
+                item.error = f"its result could not be read ({type(exc).__name__}: {exc})"
+        del outputs
+
+    @staticmethod
+    def _meta(item: Item) -> ImageMeta:
+        shape = item.tensor.shape if item.tensor is not None else None
+        input_size = (shape[-1], shape[-2]) if shape is not None else item.decoded.original_size
+        return ImageMeta(item.candidate.rel, item.decoded.original_size, input_size)

@@ -1,0 +1,93 @@
+"""The output contract: predictions.jsonl (one line per image, flushed as it is written),
+summary.json at the end, and atomic writes so a killed run never leaves a half-written file."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+PREDICTIONS = "predictions.jsonl"
+SUMMARY = "summary.json"
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call write(tmp) on a temporary name next to `path`, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def output_path_for(output_dir: Path, rel: str, suffix: str = ".png") -> Path:
+    """Where an image's output file goes: the input tree mirrored under the output folder.
+
+    `a/b.png` -> `a/b.png`; other inputs keep their extension in the name (`a/b.jpg` -> `a/b.jpg.png`)
+    so `b.jpg` and `b.png` in one folder never overwrite each other's output.
+    """
+    name = rel if rel.lower().endswith(suffix) else rel + suffix
+    return output_dir / name
+
+
+def read_records(path: Path) -> list[dict]:
+    """Every complete line of a predictions.jsonl. A final partial line (a killed run) is dropped."""
+    if not path.exists():
+        return []
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break  # partial last line: the process died mid-write
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+class ResultsWriter:
+    """Appends one JSON line per image and flushes it, so every finished image survives a crash."""
+
+    def __init__(self, output_dir: Path, resume: bool = False):
+        self.output_dir = Path(output_dir)
+        self.path = self.output_dir / PREDICTIONS
+        self.kept: list[dict] = []
+        if resume:
+            # Keep the images that already succeeded; errors are retried. Rewriting atomically also
+            # drops a partial last line left by a killed run.
+            self.kept = [r for r in read_records(self.path) if r.get("status") == "ok"]
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.kept))
+        else:
+            self.path.unlink(missing_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    @property
+    def done(self) -> set[str]:
+        return {r["image"] for r in self.kept}
+
+    def write(self, record: dict) -> None:
+        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._file.flush()
+
+    def close(self, order: list[str] | None = None) -> None:
+        """Close the file; with `order` (the scan order), sort the lines into it (after a resume)."""
+        self._file.close()
+        if order is not None and self.kept:
+            rank = {rel: i for i, rel in enumerate(order)}
+            records = read_records(self.path)
+            records.sort(key=lambda r: rank.get(r.get("image"), len(rank)))
+            atomic_write_text(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+    def write_summary(self, summary: dict) -> Path:
+        path = self.output_dir / SUMMARY
+        atomic_write_text(path, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+        return path

@@ -1,0 +1,217 @@
+"""The loop: RunConfig in, events out.
+
+Scans the folder, drives BatchPipeline batch by batch, writes predictions.jsonl and summary.json,
+and turns everything into events. Cancel and pause are flags checked between batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from batchlens import __version__
+from batchlens.core.devices import resolve_device
+from batchlens.core.errors import BatchLensError
+from batchlens.core.events import Event, ImageResult, RunFinished, RunNote, RunStarted
+from batchlens.core.images import DEFAULT_MAX_PIXELS, ScanStats, scan_images
+from batchlens.core.memory import MemoryProbe, probe_for
+from batchlens.core.models import LoadedModel, load_model
+from batchlens.core.pipeline import BatchPipeline, Item, record_line
+from batchlens.core.results import ResultsWriter, read_records
+from batchlens.core.tasks.base import thumbnail
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: str
+    input_dir: Path
+    output_dir: Path
+    device: str = "auto"
+    batch_size: int = 1
+    recursive: bool = False
+    resume: bool = False
+    previews: bool = False  # make small preview images for the window (costs a little time)
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    model_options: dict = field(default_factory=dict)  # task options, e.g. {"min_score": 0.5}
+
+
+def check_folders(input_dir: Path, output_dir: Path) -> tuple[Path, Path]:
+    """Validate the folders of a run; raise BatchLensError with one clear sentence if they are wrong."""
+    input_dir = Path(input_dir).expanduser()
+    output_dir = Path(output_dir).expanduser()
+    if not input_dir.exists():
+        raise BatchLensError(f"The input folder {input_dir} does not exist.")
+    if not input_dir.is_dir():
+        raise BatchLensError(f"The input {input_dir} is a file, not a folder.")
+    if output_dir.resolve() == input_dir.resolve():
+        raise BatchLensError(
+            f"The output folder {output_dir} is the input folder; choose another one "
+            "(BatchLens never writes into the folder of your images)."
+        )
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / f".batchlens-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise BatchLensError(f"Cannot write to the output folder {output_dir}: {reason}.") from None
+    return input_dir, output_dir
+
+
+class Runner:
+    """Runs one RunConfig. Iterate `events()` (on any thread); `cancel()`/`pause()` from another."""
+
+    def __init__(self, config: RunConfig, probe: MemoryProbe | None = None, model: LoadedModel | None = None):
+        self.config = config
+        self.probe = probe
+        self.model = model
+        self._cancel = threading.Event()
+        self._unpaused = threading.Event()
+        self._unpaused.set()
+
+    # -- control, safe to call from any thread -------------------------------------------------
+    def cancel(self) -> None:
+        self._cancel.set()
+        self._unpaused.set()
+
+    def pause(self) -> None:
+        self._unpaused.clear()
+
+    def resume(self) -> None:
+        self._unpaused.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._unpaused.is_set()
+
+    def _wait_if_paused(self) -> None:
+        while not self._unpaused.wait(timeout=0.1):
+            if self._cancel.is_set():
+                return
+
+    # -- the run -------------------------------------------------------------------------------
+    def events(self) -> Iterator[Event]:
+        cfg = self.config
+        if cfg.batch_size < 1:
+            raise BatchLensError("The batch size must be at least 1.")
+        input_dir, output_dir = check_folders(cfg.input_dir, cfg.output_dir)
+        device = resolve_device(cfg.device)
+        model = self.model or load_model(cfg.model, device, cfg.model_options)
+        device = model.device
+        probe = self.probe or probe_for(device)
+        probe.reset_peak()
+
+        stats = ScanStats()
+        candidates = list(scan_images(input_dir, cfg.recursive, stats, exclude=output_dir))
+        writer = ResultsWriter(output_dir, cfg.resume)
+        done = writer.done
+        todo = [c for c in candidates if c.rel not in done]
+        started_at = datetime.now(UTC)
+        t0 = time.perf_counter()
+        peak = 0
+        counts = {"ok": 0, "error": 0}
+        yield RunStarted(
+            model.info.id,
+            model.info.task,
+            str(device),
+            probe.kind,
+            len(todo),
+            len(candidates) - len(todo),
+            stats.skipped,
+            str(output_dir),
+        )
+        for dirname in stats.skipped_dirs:
+            yield RunNote(
+                "warning",
+                f"Skipped folder {dirname}: unreadable, or a link back to a folder already scanned.",
+            )
+
+        pipeline = BatchPipeline(model, output_dir, cfg.max_pixels)
+        index = 0
+        try:
+            for start in range(0, len(todo), cfg.batch_size):
+                self._wait_if_paused()
+                if self._cancel.is_set():
+                    break
+                items = pipeline.process(todo[start : start + cfg.batch_size])
+                sample = probe.sample()  # after the batch's device tensors were dropped
+                peak = max(peak, sample.peak)
+                for item in items:
+                    index += 1
+                    event = self._record(item, index, len(todo), sample, model)
+                    writer.write(self._line(event))
+                    counts[event.status] += 1
+                    yield event
+        finally:
+            writer.close(order=[c.rel for c in candidates] if cfg.resume else None)
+
+        seconds = time.perf_counter() - t0
+        files = []
+        if not self._cancel.is_set():
+            files = [str(p) for p in model.adapter.finish(output_dir, read_records(writer.path))]
+        processed = counts["ok"] + counts["error"]
+        summary = {
+            "batchlens_version": __version__,
+            "model": model.info.id,
+            "task": model.info.task,
+            "device": str(device),
+            "memory_kind": probe.kind,
+            "input": str(input_dir),
+            "output": str(output_dir),
+            "recursive": cfg.recursive,
+            "batch_size": cfg.batch_size,
+            "counts": {
+                "ok": counts["ok"],
+                "error": counts["error"],
+                "skipped": stats.skipped,
+                "already_done": len(candidates) - len(todo),
+                "not_processed": len(todo) - processed,
+            },
+            "cancelled": self._cancel.is_set(),
+            "seconds": round(seconds, 3),
+            "images_per_second": round(processed / seconds, 3) if seconds > 0 else None,
+            "peak_memory_bytes": peak,
+            "started_at": started_at.isoformat(timespec="seconds"),
+            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "files": files,
+        }
+        writer.write_summary(summary)
+        yield RunFinished(summary, cancelled=self._cancel.is_set())
+
+    def _record(self, item: Item, index: int, total: int, sample, model: LoadedModel) -> ImageResult:
+        ok = item.ok
+        fields = item.fields()
+        input_preview = output_preview = None
+        if self.config.previews and item.decoded is not None:
+            input_preview = thumbnail(item.decoded.image)
+            if ok:
+                output_preview = model.adapter.preview(item.decoded.image, item.result)
+        return ImageResult(
+            index=index,
+            total=total,
+            image=item.candidate.rel,
+            status="ok" if ok else "error",
+            seconds=item.seconds(),
+            error=item.error_message(),
+            fields=fields,
+            memory=sample,
+            input_preview=input_preview,
+            output_preview=output_preview,
+        )
+
+    @staticmethod
+    def _line(event: ImageResult) -> dict:
+        return record_line(event.image, event.status, event.error, event.seconds, event.fields)

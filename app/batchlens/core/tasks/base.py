@@ -1,0 +1,76 @@
+"""The shared interface every task adapter implements.
+
+An adapter owns everything task-specific: preprocessing (PIL image -> CPU tensor), turning the model's
+per-image CPU output into plain data, writing output files, making a small preview, and any file
+written at the end of a run. The runner and the UI never branch on the task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+PREVIEW_SIZE = 320  # longest side of preview images, in pixels
+
+
+@dataclass(frozen=True)
+class ImageMeta:
+    """What the adapter needs to know about the image behind one output."""
+
+    rel: str
+    original_size: tuple[int, int]  # (width, height) of the decoded image
+    input_size: tuple[int, int]  # (width, height) of the tensor given to the model
+
+
+@dataclass
+class TaskResult:
+    """One image's result: JSON-ready fields, and an optional image to write (output, mask)."""
+
+    fields: dict
+    image: Image.Image | None = None
+
+
+@dataclass
+class TaskAdapter:
+    """Base adapter. `transform` turns a decoded PIL image into a CPU tensor for the model."""
+
+    transform: Callable[[Image.Image], torch.Tensor]
+    labels: list[str] | None = None
+    color_mode: str = "RGB"  # what the decoder converts images to: "RGB" or "L"
+    options: dict = field(default_factory=dict)
+
+    task = "base"
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        return self.transform(image)
+
+    def postprocess(self, output, meta: ImageMeta) -> TaskResult:
+        """`output` is this image's share of the model output, already on the CPU, no autograd."""
+        raise NotImplementedError
+
+    def write(self, result: TaskResult, meta: ImageMeta, output_dir: Path) -> None:
+        """Write this image's output files (atomically) and record their paths in result.fields."""
+
+    def preview(self, image: Image.Image, result: TaskResult) -> Image.Image | None:
+        """A small picture of the result for the window (None: the fields say it all)."""
+        return None
+
+    def finish(self, output_dir: Path, records: list[dict]) -> list[Path]:
+        """Files made from the whole run (CSV, COCO json...). Returns the paths written."""
+        return []
+
+    def label(self, index: int) -> str:
+        if self.labels and 0 <= index < len(self.labels):
+            return self.labels[index]
+        return str(index)
+
+
+def thumbnail(image: Image.Image, size: int = PREVIEW_SIZE) -> Image.Image:
+    """A small RGB copy for previews (never the full-size image)."""
+    thumb = image.convert("RGB")
+    thumb.thumbnail((size, size))
+    return thumb

@@ -1,0 +1,42 @@
+"""Classification: softmax scores, the top 5 labels per image, and predictions.csv at the end."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import torch
+
+from batchlens.core.results import atomic_write
+from batchlens.core.tasks.base import ImageMeta, TaskAdapter, TaskResult
+
+TOP_K = 5
+
+
+class ClassificationAdapter(TaskAdapter):
+    task = "classification"
+
+    def postprocess(self, output: torch.Tensor, meta: ImageMeta) -> TaskResult:
+        logits = output.reshape(-1).float()
+        scores = torch.softmax(logits, dim=0)
+        values, indices = scores.topk(min(TOP_K, scores.numel()))
+        top = [
+            {"label": self.label(int(i)), "index": int(i), "score": round(float(v), 6)}
+            for v, i in zip(values.tolist(), indices.tolist())
+        ]
+        return TaskResult({"top": top})
+
+    def finish(self, output_dir: Path, records: list[dict]) -> list[Path]:
+        path = output_dir / "predictions.csv"
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
+                writer = csv.writer(f)
+                writer.writerow(["image", "label", "score"])
+                for record in records:
+                    if record.get("status") == "ok" and record.get("top"):
+                        best = record["top"][0]
+                        writer.writerow([record["image"], best["label"], best["score"]])
+
+        atomic_write(path, write)
+        return [path]

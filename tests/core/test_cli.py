@@ -1,0 +1,82 @@
+"""`batchlens` as a user runs it: a real subprocess, real files, exit codes and messages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+
+def batchlens(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "batchlens", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_models_lists_demos():
+    result = batchlens("models")
+    assert result.returncode == 0
+    assert "demo-shapes" in result.stdout and "classification" in result.stdout
+    assert "demo-denoise" in result.stdout and "image_to_image" in result.stdout
+
+
+def test_run_end_to_end_with_a_corrupt_and_a_non_image_file(shapes_folder: Path, tmp_path: Path):
+    good = (shapes_folder / "shape_0001.png").read_bytes()
+    (shapes_folder / "cut.png").write_bytes(good[:200])
+    (shapes_folder / "page.jpg").write_text("<!DOCTYPE html><html><body>saved web page</body></html>")
+    out = tmp_path / "out"
+    result = batchlens(
+        "run",
+        "--model",
+        "demo-shapes",
+        "--input",
+        str(shapes_folder),
+        "--output",
+        str(out),
+        "--device",
+        "cpu",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Finished: 12 image(s) ok, 2 failed" in result.stdout
+    lines = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(lines) == 14
+    errors = {line["image"]: line["error"] for line in lines if line["status"] == "error"}
+    assert set(errors) == {"cut.png", "page.jpg"}
+    assert "cut.png" in errors["cut.png"] and "truncated" in errors["cut.png"]
+    assert "HTML" in errors["page.jpg"]
+    assert "error: page.jpg" in result.stderr  # reported as it happens, not only in the file
+    assert json.loads((out / "summary.json").read_text())["counts"]["ok"] == 12
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "nope"], "Unknown model 'nope'"),
+        (["--input", "/no/such/folder"], "does not exist"),
+        (["--output", "/proc/version/out"], "Cannot write to the output folder"),
+        pytest.param(
+            ["--device", "cuda"],
+            "no usable CUDA GPU",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has CUDA"),
+        ),
+    ],
+)
+def test_run_level_problems_exit_nonzero_with_one_sentence(
+    shapes_folder: Path, tmp_path: Path, args, message
+):
+    base = {
+        "--model": "demo-shapes",
+        "--input": str(shapes_folder),
+        "--output": str(tmp_path / "o"),
+        "--device": "cpu",
+    }
+    base.update(dict(zip(args[::2], args[1::2])))
+    result = batchlens("run", *[x for kv in base.items() for x in kv])
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

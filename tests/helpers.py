@@ -1,0 +1,30 @@
+"""Generators of real image folders for the tests."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from batchlens.core.models.demo_data import SHAPES, denoise_pairs, draw_shape, to_grey_image
+
+
+def make_shapes_folder(folder: Path, n: int, seed: int = 4242, size: int = 96) -> list[int]:
+    """Write n shape images (shape_0000.png ...) and return their true labels in file order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    labels = []
+    for i in range(n):
+        label = rng.randrange(len(SHAPES))
+        draw_shape(SHAPES[label], rng, size).save(folder / f"shape_{i:04d}.png")
+        labels.append(label)
+    return labels
+
+
+def make_denoise_folder(folder: Path, n: int, seed: int = 99, size: int = 300):
+    """Write n noisy greyscale images and return the clean arrays in file order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cleans = []
+    for i, (noisy, clean) in enumerate(denoise_pairs(n, seed, size=size)):
+        to_grey_image(noisy).save(folder / f"noisy_{i:04d}.png")
+        cleans.append(clean)
+    return cleans
