@@ -169,8 +169,8 @@ class Runner:
             "task": model.info.task,
             "device": str(device),
             "memory_kind": probe.kind,
-            "input": str(input_dir),
-            "output": str(output_dir),
+            "input": str(input_dir.resolve()),
+            "output": str(output_dir.resolve()),
             "recursive": cfg.recursive,
             "batch_size": cfg.batch_size,
             "counts": {
