@@ -6,6 +6,7 @@ the caller adds the file name and carries on with the next image.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterator
@@ -201,9 +202,16 @@ def load_image(path: Path, mode: str = "RGB", max_pixels: int | None = DEFAULT_M
             raise ImageError("is a broken symbolic link (its target does not exist)") from None
         raise ImageError("was removed before it could be read") from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageError(
+                "is a symbolic link that loops back on itself (too many levels of symbolic links)"
+            ) from None
         raise ImageError(f"cannot be read ({exc.strerror or exc})") from None
     if stat.S_ISDIR(st.st_mode):
         raise ImageError("is a folder, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        # Opening a named pipe would wait forever for a writer; devices and sockets are no images.
+        raise ImageError("is not a regular file (a named pipe, socket or device), so it was not opened")
     if st.st_size == 0:
         raise ImageError("is empty (0 bytes)")
     try:
@@ -227,7 +235,9 @@ def load_image(path: Path, mode: str = "RGB", max_pixels: int | None = DEFAULT_M
         raise ImageError("cannot be read: permission denied") from None
     except UnidentifiedImageError:
         raise ImageError(_sniff(path)) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except MemoryError:
+        raise ImageError("is too large to decode in the memory that is left") from None
+    except Exception as exc:  # Pillow's plugins raise many types on malformed data; none may end a run
         text = str(exc)
         if "truncated" in text.lower():
             raise ImageError(f"is truncated or corrupt ({text})") from None
