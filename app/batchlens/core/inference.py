@@ -8,13 +8,34 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from batchlens.core.errors import BatchLensError
+
+#: --precision choices: the dtype autocast runs the model in (None: plain float32, no autocast).
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Raise BatchLensError with one sentence if `precision` is unknown or `device` cannot run it."""
+    if precision not in PRECISIONS:
+        raise BatchLensError(f"Unknown precision {precision!r}: use {', '.join(PRECISIONS)}.")
+    if PRECISIONS[precision] is None:
+        return
+    if not torch.amp.autocast_mode.is_autocast_available(device.type):
+        raise BatchLensError(f"Mixed precision ({precision}) is not available on {device.type}; use fp32.")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise BatchLensError(f"This GPU ({device}) does not support bf16; use fp16 or fp32.")
+
 
 def to_cpu_compact(tensor: torch.Tensor) -> torch.Tensor:
-    """A CPU copy that owns exactly its own storage (never a view into a batch or a device buffer)."""
+    """A CPU copy that owns exactly its own storage (never a view into a batch or a device buffer).
+
+    Half-precision outputs (autocast) are widened to float32 so adapters see ordinary floats."""
     tensor = tensor.detach()
+    dtype = torch.float32 if tensor.dtype in _HALF else tensor.dtype
     if tensor.device.type == "cpu":
-        return tensor.clone(memory_format=torch.contiguous_format)
-    return tensor.to("cpu").contiguous()
+        return tensor.to(dtype=dtype, memory_format=torch.contiguous_format, copy=True)
+    return tensor.to("cpu", dtype=dtype).contiguous()
 
 
 def split_batch(output, n: int) -> list:
@@ -43,13 +64,26 @@ def _to_cpu_tree(value):
     return value
 
 
-def infer(module: nn.Module, batch: torch.Tensor | list[torch.Tensor], device: torch.device) -> list:
+def infer(
+    module: nn.Module,
+    batch: torch.Tensor | list[torch.Tensor],
+    device: torch.device,
+    precision: str = "fp32",
+    channels_last: bool = False,
+) -> list:
     """Run one batch (a stacked tensor, or a list of images for models that take lists) and return
-    per-image CPU outputs. Nothing on the device is referenced once this returns."""
+    per-image CPU outputs. Nothing on the device is referenced once this returns.
+
+    `precision` "fp16"/"bf16" runs the forward under autocast; `channels_last` hands a 4-D batch to
+    the model in NHWC layout (pair it with a model converted by `to(memory_format=channels_last)`).
+    A pinned CPU batch is copied without blocking, so the copy overlaps the previous batch's work."""
     n = batch.shape[0] if isinstance(batch, torch.Tensor) else len(batch)
-    with torch.inference_mode():
+    dtype = PRECISIONS[precision]
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         if isinstance(batch, torch.Tensor):
             inputs = batch.to(device, non_blocking=True)
+            if channels_last and inputs.dim() == 4:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
         else:
             inputs = [item.to(device, non_blocking=True) for item in batch]
         output = module(inputs)

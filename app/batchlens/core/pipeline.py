@@ -54,17 +54,41 @@ class Item:
         return round(time.perf_counter() - self.started, 4)
 
 
+@dataclass
+class Prepared:
+    """A batch decoded and preprocessed, CPU only, ready for the model (`BatchPipeline.prepare`).
+
+    Images of equal tensor shape are stacked into one batch tensor per group (pinned when the model
+    is on CUDA, so the copy to the GPU does not block); each item's tensor is a view into it."""
+
+    items: list[Item]
+    groups: list[tuple[list[Item], torch.Tensor | None]]
+
+
 class BatchPipeline:
     """Processes lists of candidates with one loaded model, writing each image's output files."""
 
-    def __init__(self, model: LoadedModel, output_dir: Path, max_pixels: int | None):
+    def __init__(
+        self,
+        model: LoadedModel,
+        output_dir: Path,
+        max_pixels: int | None,
+        precision: str = "fp32",
+        channels_last: bool = False,
+    ):
         self.model = model
         self.output_dir = output_dir
         self.max_pixels = max_pixels
+        self.precision = precision
+        self.channels_last = channels_last
+        self.pin_memory = model.device.type == "cuda"
 
     def process(self, batch: list[Candidate]) -> list[Item]:
-        model, output_dir = self.model, self.output_dir
-        adapter = model.adapter
+        return self.finish(self.prepare(batch))
+
+    def prepare(self, batch: list[Candidate]) -> Prepared:
+        """Decode and preprocess a batch. CPU work only, safe on a background thread (core/prefetch.py)."""
+        adapter = self.model.adapter
         items = [Item(c, time.perf_counter()) for c in batch]
         for item in items:
             try:
@@ -79,8 +103,30 @@ class BatchPipeline:
         for item in items:
             if item.tensor is not None:
                 groups.setdefault(tuple(item.tensor.shape), []).append(item)
-        for group in groups.values():
-            self._forward(model, group)
+        return Prepared(items, [(group, self._stack(group)) for group in groups.values()])
+
+    def _stack(self, group: list[Item]) -> torch.Tensor | None:
+        """One batch tensor for the group (None if it cannot be built: `_forward` then retries per image)."""
+        try:
+            first = group[0].tensor
+            batch = torch.empty((len(group), *first.shape), dtype=first.dtype, pin_memory=self.pin_memory)
+            torch.stack([item.tensor for item in group], out=batch)
+        except Exception:
+            return None
+        for i, item in enumerate(group):
+            item.tensor = batch[i]  # a view: the batch is the only copy kept
+        return batch
+
+    def finish(self, prepared: Prepared) -> list[Item]:
+        """Forward a prepared batch, postprocess to plain data, write outputs, drop the tensors."""
+        model, output_dir = self.model, self.output_dir
+        adapter = model.adapter
+        items = prepared.items
+        groups, prepared.groups = prepared.groups, []
+        while groups:
+            group, batch = groups.pop(0)
+            self._forward(model, group, batch)
+            del batch
         for item in items:
             item.tensor = None  # CPU input tensors are not needed past the forward
             if item.result is not None:
@@ -94,15 +140,16 @@ class BatchPipeline:
                     ) from None
         return items
 
-    def _forward(self, model: LoadedModel, group: list[Item]) -> None:
+    def _forward(self, model: LoadedModel, group: list[Item], batch: torch.Tensor | None = None) -> None:
         try:
-            batch = torch.stack([item.tensor for item in group])
-            outputs = infer(model.module, batch, model.device)
+            if batch is None:
+                batch = torch.stack([item.tensor for item in group])
+            outputs = infer(model.module, batch, model.device, self.precision, self.channels_last)
         except Exception as exc:
             del batch
             if len(group) > 1:  # find the image the model fails on; the others still get results
                 for item in group:
-                    self._forward(model, [item])
+                    self._forward(model, [item], item.tensor.unsqueeze(0))
                 return
             group[0].error = f"the model failed on this image ({type(exc).__name__}: {exc})"
             return
