@@ -16,13 +16,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from batchlens import __version__
+from batchlens.core.autobatch import choose_batch_size
 from batchlens.core.devices import resolve_device
 from batchlens.core.errors import BatchLensError
 from batchlens.core.events import Event, ImageResult, RunFinished, RunNote, RunStarted
 from batchlens.core.images import DEFAULT_MAX_PIXELS, ScanStats, scan_images
+from batchlens.core.inference import check_precision, use_channels_last
 from batchlens.core.memory import MemoryProbe, probe_for
 from batchlens.core.models import LoadedModel, load_model
 from batchlens.core.pipeline import BatchPipeline, Item, record_line
+from batchlens.core.prefetch import Prefetcher
 from batchlens.core.results import ResultsWriter, read_records
 from batchlens.core.tasks.base import thumbnail
 
@@ -35,12 +38,15 @@ class RunConfig:
     input_dir: Path
     output_dir: Path
     device: str = "auto"
-    batch_size: int = 1
+    batch_size: int | str = 1  # images per forward pass, or "auto" (core/autobatch.py picks it)
     recursive: bool = False
     resume: bool = False
     previews: bool = False  # make small preview images for the window (costs a little time)
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     model_options: dict = field(default_factory=dict)  # task options, e.g. {"min_score": 0.5}
+    prefetch: int = 0  # batches decoded ahead on background threads (0: decode in the loop)
+    precision: str = "fp32"  # "fp32", or "fp16"/"bf16" to run the model under autocast
+    channels_last: bool | None = None  # NHWC for conv nets; None: on for CUDA, where it helps
 
 
 def check_folders(input_dir: Path, output_dir: Path) -> tuple[Path, Path]:
@@ -105,8 +111,10 @@ class Runner:
     # -- the run -------------------------------------------------------------------------------
     def events(self) -> Iterator[Event]:
         cfg = self.config
-        if cfg.batch_size < 1:
-            raise BatchLensError("The batch size must be at least 1.")
+        if cfg.batch_size != "auto" and (not isinstance(cfg.batch_size, int) or cfg.batch_size < 1):
+            raise BatchLensError("The batch size must be a whole number of at least 1, or auto.")
+        if cfg.prefetch < 0:
+            raise BatchLensError("The prefetch depth must be 0 or more batches.")
         input_dir, output_dir = check_folders(cfg.input_dir, cfg.output_dir)
         device = resolve_device(cfg.device)
         model = self.model or load_model(cfg.model, device, cfg.model_options)
@@ -139,14 +147,24 @@ class Runner:
                 f"Skipped folder {dirname}: unreadable, or a link back to a folder already scanned.",
             )
 
-        pipeline = BatchPipeline(model, output_dir, cfg.max_pixels)
+        check_precision(cfg.precision, device)
+        channels_last = use_channels_last(model.module, device, cfg.channels_last)
+        pipeline = BatchPipeline(model, output_dir, cfg.max_pixels, cfg.precision, channels_last)
+        batch_size, batch_choice = cfg.batch_size, None
+        if batch_size == "auto":
+            batch_choice = choose_batch_size(pipeline, todo, probe)
+            batch_size = batch_choice.batch_size
+            yield RunNote("info", batch_choice.message(), probe.sample())
+            probe.reset_peak()  # the run's peak, not the tuning's
+        batches = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
+        ahead = Prefetcher(pipeline.prepare, batches, cfg.prefetch)
         index = 0
         try:
-            for start in range(0, len(todo), cfg.batch_size):
+            for _ in batches:
                 self._wait_if_paused()
                 if self._cancel.is_set():
                     break
-                items = pipeline.process(todo[start : start + cfg.batch_size])
+                items = pipeline.finish(next(ahead))
                 sample = probe.sample()  # after the batch's device tensors were dropped
                 peak = max(peak, sample.peak)
                 for item in items:
@@ -156,6 +174,7 @@ class Runner:
                     counts[event.status] += 1
                     yield event
         finally:
+            ahead.close()
             writer.close(order=[c.rel for c in candidates] if cfg.resume else None)
 
         seconds = time.perf_counter() - t0
@@ -172,7 +191,11 @@ class Runner:
             "input": str(input_dir.resolve()),
             "output": str(output_dir.resolve()),
             "recursive": cfg.recursive,
-            "batch_size": cfg.batch_size,
+            "batch_size": batch_size,
+            "batch_size_auto": batch_choice.to_json() if batch_choice else None,
+            "prefetch": cfg.prefetch,
+            "precision": cfg.precision,
+            "channels_last": channels_last,
             "counts": {
                 "ok": counts["ok"],
                 "error": counts["error"],
