@@ -31,6 +31,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"batchlens {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    # The window's options. Their dests differ from the `run` subcommand's (--model etc.) so neither
+    # parser overwrites the other's values.
+    window = parser.add_argument_group("window options (with no command)")
+    window.add_argument("--model", dest="window_model", metavar="MODEL", help="preselect this model")
+    window.add_argument("--input", dest="window_input", type=Path, metavar="DIR", help="folder of images")
+    window.add_argument("--output", dest="window_output", type=Path, metavar="DIR", help="results folder")
+    window.add_argument("--device", dest="window_device", metavar="DEV", help="auto | cpu | cuda:N | mps")
+    window.add_argument("--start", dest="window_start", action="store_true", help="start the run at once")
+    window.add_argument(
+        "--self-test",
+        dest="self_test",
+        action="store_true",
+        help="open the window, run the demo models on their samples into a temporary folder, "
+        "exit 0 when everything worked (non-zero with a message otherwise)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a model over a folder, headless")
@@ -49,6 +64,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse images larger than this many pixels (default 150,000,000)",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--cluster",
+        metavar="auto|local|ray://HOST:PORT",
+        default=None,
+        help='run on a Ray cluster (needs the cluster extra: pip install "batchlens[cluster]"): '
+        "auto joins the running one or starts one here, local starts one here",
+    )
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="with --cluster: workers to start (default: one per GPU, or CPU)",
+    )
 
     sub.add_parser("models", help="list the models you can use")
     return parser
@@ -72,7 +100,15 @@ def _run(args: argparse.Namespace) -> int:
         resume=args.resume,
         max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
     )
-    runner = Runner(config)
+    if args.cluster:
+        from batchlens.core.cluster import ClusterConfig, ClusterRunner, require_ray
+
+        require_ray()  # says how to install it when it is missing
+        runner = ClusterRunner(config, ClusterConfig(args.cluster, args.workers))
+    elif args.workers is not None:
+        raise BatchLensError("--workers needs --cluster (workers are Ray actors).")
+    else:
+        runner = Runner(config)
     bar = None
     summary = None
     try:

@@ -1,0 +1,192 @@
+"""The engine on a Ray cluster (core/cluster.py): a real local Ray cluster started here, real demo
+models, real image folders; every cluster run is compared line for line with the local engine's."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from batchlens.cli import main
+from batchlens.core.cluster import ClusterConfig, ClusterRunner, WorkerPlan, plan_workers
+from batchlens.core.errors import BatchLensError
+from batchlens.core.events import ImageResult, RunFinished, RunStarted
+from batchlens.core.models import load_model
+from batchlens.core.runner import RunConfig, Runner
+from tests.helpers import make_denoise_folder, make_shapes_folder
+
+RAISES = "shape_0002.png"  # the faulty worker below raises on this image
+KILLS = "shape_0005.png"  # ... and its process dies on this one, every time
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip(
+        "ray", reason='Ray is not installed (the cluster extra: pip install -e ".[cluster]")'
+    )
+    # Workers unpickle this module's loader by value: they need not import the tests package.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20)
+    yield ray
+    ray.shutdown()
+
+
+def read_lines(path: Path) -> list[dict]:
+    """predictions.jsonl without the timings (the only field allowed to differ between runs)."""
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    for line in lines:
+        assert line.pop("seconds") >= 0
+    return lines
+
+
+def local_run(model: str, folder: Path, out: Path, batch_size: int = 1) -> list:
+    return list(Runner(RunConfig(model, folder, out, device="cpu", batch_size=batch_size)).events())
+
+
+def faulty_loader(model_id, device, options):
+    """The demo model, with a worker that raises on one image and dies on another."""
+    model = load_model(model_id, device, options)
+    write = model.adapter.write
+
+    def write_or_fail(result, meta, output_dir):
+        if meta.rel == RAISES:
+            raise RuntimeError("a bug in the worker")
+        if meta.rel == KILLS:
+            os._exit(1)  # the whole worker process goes, as on a segfault or the OOM killer
+        write(result, meta, output_dir)
+
+    model.adapter.write = write_or_fail
+    return model
+
+
+@pytest.mark.cluster
+def test_demo_models_give_the_local_engines_lines_and_files(ray_cluster, tmp_path: Path):
+    shapes = tmp_path / "shapes"
+    make_shapes_folder(shapes, 10)
+    (shapes / "notes.png").write_text("not an image")  # an error line, on the cluster too
+    local_run("demo-shapes", shapes, tmp_path / "local-shapes", batch_size=2)
+    config = RunConfig("demo-shapes", shapes, tmp_path / "ray-shapes", device="cpu", batch_size=2)
+    events = list(ClusterRunner(config, ClusterConfig(workers=2)).events())
+
+    assert read_lines(tmp_path / "ray-shapes/predictions.jsonl") == read_lines(
+        tmp_path / "local-shapes/predictions.jsonl"
+    )
+    assert (tmp_path / "ray-shapes/predictions.csv").read_bytes() == (
+        tmp_path / "local-shapes/predictions.csv"
+    ).read_bytes()
+    started, finished = events[0], events[-1]
+    assert isinstance(started, RunStarted) and started.total == 11 and "2 worker(s)" in started.device
+    images = [e for e in events if isinstance(e, ImageResult)]
+    assert [e.index for e in images] == list(range(1, 12))
+    assert sorted(e.image for e in images) == sorted(p.name for p in shapes.iterdir())
+    assert all(e.memory.peak > 0 for e in images)  # each worker's own probe, after its free
+    bad = next(e for e in images if e.image == "notes.png")
+    assert not bad.ok and bad.error.startswith("notes.png: ")
+    assert isinstance(finished, RunFinished) and not finished.cancelled
+    summary = json.loads((tmp_path / "ray-shapes/summary.json").read_text())
+    local_summary = json.loads((tmp_path / "local-shapes/summary.json").read_text())
+    assert set(local_summary) <= set(summary)  # the same summary, plus where it ran
+    assert summary["counts"] == local_summary["counts"] == {**summary["counts"], "ok": 10, "error": 1}
+    assert summary["cluster"]["workers"] == 2 and summary["cluster"]["worker_device"] == "cpu"
+    assert summary["retries"] == {"batches_retried": 0, "worker_restarts": 0}
+
+    # image-to-image: the workers write the PNGs into the output folder, byte for byte the local ones
+    noisy = tmp_path / "noisy"
+    make_denoise_folder(noisy / "sub", 2, size=96)
+    make_denoise_folder(noisy, 2, size=80, seed=7)
+    config = RunConfig("demo-denoise", noisy, tmp_path / "ray-denoise", device="cpu", recursive=True)
+    list(ClusterRunner(config, ClusterConfig(workers=1)).events())
+    lines = read_lines(tmp_path / "ray-denoise/predictions.jsonl")
+    local_config = RunConfig("demo-denoise", noisy, tmp_path / "local-denoise", device="cpu", recursive=True)
+    list(Runner(local_config).events())
+    assert lines == read_lines(tmp_path / "local-denoise/predictions.jsonl")
+    assert [line["output"] for line in lines] == [
+        "noisy_0000.png",
+        "noisy_0001.png",
+        "sub/noisy_0000.png",
+        "sub/noisy_0001.png",
+    ]
+    for line in lines:
+        ours = (tmp_path / "ray-denoise" / line["output"]).read_bytes()
+        assert ours == (tmp_path / "local-denoise" / line["output"]).read_bytes()
+
+
+@pytest.mark.cluster
+def test_worker_failures_become_error_lines_and_the_run_completes(ray_cluster, tmp_path: Path):
+    shapes = tmp_path / "shapes"
+    make_shapes_folder(shapes, 7)
+    local_run("demo-shapes", shapes, tmp_path / "local")
+    config = RunConfig("demo-shapes", shapes, tmp_path / "ray", device="cpu")
+    events = list(ClusterRunner(config, ClusterConfig(workers=1), loader=faulty_loader).events())
+
+    lines = read_lines(tmp_path / "ray/predictions.jsonl")
+    expected = read_lines(tmp_path / "local/predictions.jsonl")
+    assert [line["image"] for line in lines] == [line["image"] for line in expected]
+    for line, reference in zip(lines, expected):
+        if line["image"] == RAISES:
+            assert line == {
+                "image": RAISES,
+                "status": "error",
+                "error": f"{RAISES}: the worker failed on this image (RuntimeError: a bug in the worker)",
+            }
+        elif line["image"] == KILLS:
+            assert line["status"] == "error"
+            assert line["error"].startswith(f"{KILLS}: the worker process died 2 times")
+        else:
+            assert line == reference
+    summary = json.loads((tmp_path / "ray/summary.json").read_text())
+    assert summary["counts"]["ok"] == 5 and summary["counts"]["error"] == 2
+    # the worker died twice on KILLS: Ray restarted it twice and retried that batch twice
+    assert summary["retries"]["worker_restarts"] == 2
+    assert summary["retries"]["batches_retried"] >= 2
+    assert isinstance(events[-1], RunFinished) and not events[-1].cancelled
+
+
+@pytest.mark.cluster
+def test_cli_resumes_on_a_cluster_address(ray_cluster, tmp_path: Path):
+    shapes = tmp_path / "shapes"
+    make_shapes_folder(shapes, 8)
+    local_run("demo-shapes", shapes, tmp_path / "local")
+    out = tmp_path / "out"
+    local_run("demo-shapes", shapes, out)
+    full = (out / "predictions.jsonl").read_text().splitlines(keepends=True)
+    (out / "predictions.jsonl").write_text("".join(full[:3]) + full[5])  # 4 done, out of order
+
+    address = ray_cluster.get_runtime_context().gcs_address  # HOST:PORT, joined from a new process
+    result = subprocess.run(
+        [sys.executable, "-m", "batchlens", "run", "--model", "demo-shapes", "--input", str(shapes)]
+        + ["--output", str(out), "--cluster", address, "--workers", "1", "--resume", "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "over 4 image(s), 4 already done" in result.stdout and "Ray cluster, 1 worker(s)" in result.stdout
+    assert read_lines(out / "predictions.jsonl") == read_lines(tmp_path / "local/predictions.jsonl")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"]["already_done"] == 4 and summary["counts"]["ok"] == 4
+
+
+def test_the_pool_is_sized_to_the_cluster():
+    assert plan_workers({"CPU": 16.0, "GPU": 4.0}, "auto", None) == WorkerPlan(4, "cuda", 1.0)
+    assert plan_workers({"CPU": 16.0, "GPU": 4.0}, "cuda:1", 2) == WorkerPlan(2, "cuda", 1.0)
+    assert plan_workers({"CPU": 16.0, "GPU": 4.0}, "cpu", 3) == WorkerPlan(3, "cpu", 0.0)
+    assert plan_workers({"CPU": 2.0}, "auto", None) == WorkerPlan(2, "cpu", 0.0)
+    with pytest.raises(BatchLensError, match="has no GPUs"):
+        plan_workers({"CPU": 2.0}, "cuda", None)
+    with pytest.raises(BatchLensError, match="room for 2"):
+        plan_workers({"CPU": 2.0}, "cpu", 3)
+    with pytest.raises(BatchLensError, match="auto, cpu or cuda"):
+        plan_workers({"CPU": 2.0}, "mps", None)
+
+
+def test_without_ray_the_cli_says_how_to_install_it(monkeypatch, capsys, shapes_folder, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` sees where it is not installed
+    args = ["run", "--model", "demo-shapes", "--input", str(shapes_folder), "--output", str(tmp_path / "o")]
+    assert main([*args, "--cluster", "auto"]) == 2
+    assert 'pip install "batchlens[cluster]"' in capsys.readouterr().err
+    assert not (tmp_path / "o" / "predictions.jsonl").exists()
