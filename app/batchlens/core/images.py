@@ -246,3 +246,14 @@ def load_image(path: Path, mode: str = "RGB", max_pixels: int | None = DEFAULT_M
         raise ImageError("has no pixels (zero width or height)")
     note = f"first frame of {frames} used" if frames > 1 else None
     return DecodedImage(convert_mode(image, mode), image.size, note)
+
+
+def header_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from the file's header, without decoding it; None when it cannot be read."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        with Image.open(path) as im:
+            return im.size
+    except Exception:
+        return None

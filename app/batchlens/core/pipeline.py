@@ -8,7 +8,7 @@ Nothing that holds a device tensor outlives `process()`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,6 +17,8 @@ from batchlens.core.errors import BatchLensError
 from batchlens.core.images import Candidate, DecodedImage, ImageError, load_image
 from batchlens.core.inference import infer
 from batchlens.core.models import LoadedModel
+from batchlens.core.recovery import OomRecovery, is_out_of_memory
+from batchlens.core.results import write_error
 from batchlens.core.tasks.base import ImageMeta, TaskResult
 
 
@@ -35,6 +37,7 @@ class Item:
     tensor: torch.Tensor | None = None
     error: str | None = None
     result: TaskResult | None = None
+    recovered: list[str] = field(default_factory=list)  # out-of-memory recovery steps it took
 
     @property
     def ok(self) -> bool:
@@ -45,6 +48,8 @@ class Item:
         fields = dict(self.result.fields) if self.ok else {}
         if self.decoded is not None and self.decoded.note:
             fields["note"] = self.decoded.note
+        if self.ok and self.recovered:
+            fields["recovered"] = list(self.recovered)
         return fields
 
     def error_message(self) -> str | None:
@@ -82,6 +87,8 @@ class BatchPipeline:
         self.precision = precision
         self.channels_last = channels_last
         self.pin_memory = model.device.type == "cuda"
+        # The runner swaps in one configured with --cpu-fallback, the memory probe and the snapshot.
+        self.recovery = OomRecovery(model.device, tiles=model.adapter.task == "image_to_image")
 
     def process(self, batch: list[Candidate]) -> list[Item]:
         return self.finish(self.prepare(batch))
@@ -134,27 +141,44 @@ class BatchPipeline:
                 try:
                     adapter.write(item.result, meta, output_dir)
                 except OSError as exc:
-                    raise BatchLensError(
-                        f"Cannot write the output for {item.candidate.rel} to {output_dir}: "
-                        f"{exc.strerror or exc}. Results written so far are kept."
-                    ) from None
+                    raise BatchLensError(write_error(exc, output_dir)) from None
         return items
 
+    def _infer(self, module, batch: torch.Tensor, device: torch.device) -> list:
+        return infer(module, batch, device, self.precision, self.channels_last)
+
     def _forward(self, model: LoadedModel, group: list[Item], batch: torch.Tensor | None = None) -> None:
+        failure = None
         try:
             if batch is None:
                 batch = torch.stack([item.tensor for item in group])
-            outputs = infer(model.module, batch, model.device, self.precision, self.channels_last)
+            outputs = self._infer(model.module, batch, model.device)
         except Exception as exc:
-            del batch
+            # Keep only words: the traceback holds the failed forward's tensors until this block ends.
+            failure = (is_out_of_memory(exc), f"{type(exc).__name__}: {exc}")
+        del batch
+        if failure is not None and failure[0]:  # out of memory: recover outside the except block
+            outcomes = self.recovery.recover(
+                model.module,
+                [item.tensor for item in group],
+                self._infer,
+                [item.decoded.original_size for item in group],
+                failure[1],
+            )
+            outputs = []
+            for item, outcome in zip(group, outcomes):
+                item.recovered, item.error = outcome.steps, outcome.error
+                outputs.append(outcome.output)
+        elif failure is not None:
             if len(group) > 1:  # find the image the model fails on; the others still get results
                 for item in group:
                     self._forward(model, [item], item.tensor.unsqueeze(0))
                 return
-            group[0].error = f"the model failed on this image ({type(exc).__name__}: {exc})"
+            group[0].error = f"the model failed on this image ({failure[1]})"
             return
-        del batch
         for item, output in zip(group, outputs):
+            if output is None:
+                continue  # out of memory even after recovery: item.error says so
             try:
                 item.result = model.adapter.postprocess(output, self._meta(item))
             except Exception as exc:

@@ -3,6 +3,7 @@ summary.json at the end, and atomic writes so a killed run never leaves a half-w
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Callable
@@ -38,6 +39,26 @@ def output_path_for(output_dir: Path, rel: str, suffix: str = ".png") -> Path:
     return output_dir / name
 
 
+def write_error(exc: OSError, output_dir: Path) -> str:
+    """One sentence for a write that failed: what happened, that nothing written is damaged, what to do."""
+    kept = "Everything written so far is complete and valid"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (
+            f"The disk holding the output folder {output_dir} is full (no space left on device), so the "
+            f"run stopped. {kept}: free some space, then run the same command with --resume to finish."
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (
+            f"The output folder {output_dir} is no longer writable ({exc.strerror}), so the run stopped. "
+            f"{kept}: fix the folder's permissions, then run again with --resume."
+        )
+    where = exc.filename or output_dir
+    return (
+        f"Cannot write {where}: {exc.strerror or exc}, so the run stopped. "
+        f"{kept}; once the cause is fixed, run again with --resume."
+    )
+
+
 def read_records(path: Path) -> list[dict]:
     """Every complete line of a predictions.jsonl. A final partial line (a killed run) is dropped."""
     if not path.exists():
@@ -68,15 +89,31 @@ class ResultsWriter:
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.kept))
         else:
             self.path.unlink(missing_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8")
+        # Unbuffered bytes: each line reaches the operating system whole the moment it is written.
+        self._file = open(self.path, "ab", buffering=0)
 
     @property
     def done(self) -> set[str]:
         return {r["image"] for r in self.kept}
 
     def write(self, record: dict) -> None:
-        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._file.flush()
+        """Append one whole line. If the disk fills up part-way, the partial line is cut off again, so
+        the file only ever holds complete lines (then the OSError is raised)."""
+        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        start = self._file.seek(0, os.SEEK_END)
+        try:
+            self._write_all(data)
+        except OSError:
+            try:
+                os.ftruncate(self._file.fileno(), start)
+            except OSError:
+                pass  # resume drops a partial last line anyway
+            raise
+
+    def _write_all(self, data: bytes) -> None:
+        fd, view = self._file.fileno(), memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
 
     def close(self, order: list[str] | None = None) -> None:
         """Close the file; with `order` (the scan order), sort the lines into it (after a resume)."""

@@ -20,16 +20,29 @@ from batchlens.core.autobatch import choose_batch_size
 from batchlens.core.devices import resolve_device
 from batchlens.core.errors import BatchLensError
 from batchlens.core.events import Event, ImageResult, RunFinished, RunNote, RunStarted
-from batchlens.core.images import DEFAULT_MAX_PIXELS, ScanStats, scan_images
+from batchlens.core.images import DEFAULT_MAX_PIXELS, Candidate, ScanStats, header_size, scan_images
 from batchlens.core.inference import check_precision, use_channels_last
 from batchlens.core.memory import MemoryProbe, probe_for
 from batchlens.core.models import LoadedModel, load_model
 from batchlens.core.pipeline import BatchPipeline, Item, record_line
 from batchlens.core.prefetch import Prefetcher
-from batchlens.core.results import ResultsWriter, read_records
+from batchlens.core.recovery import (
+    LeakWatch,
+    OomRecovery,
+    leak_warning,
+    other_processes_warning,
+    outsized_image_warning,
+    snapshot_saver,
+    start_memory_history,
+    stop_memory_history,
+)
+from batchlens.core.results import ResultsWriter, read_records, write_error
 from batchlens.core.tasks.base import thumbnail
 
 log = logging.getLogger(__name__)
+
+MEMORY_SNAPSHOT = "memory-snapshot.pickle"  # --memory-snapshot: open it in https://pytorch.org/memory_viz
+PREFLIGHT_SECONDS = 2.0  # the most time spent reading image headers before a run
 
 
 @dataclass(frozen=True)
@@ -47,6 +60,9 @@ class RunConfig:
     prefetch: int = 0  # batches decoded ahead on background threads (0: decode in the loop)
     precision: str = "fp32"  # "fp32", or "fp16"/"bf16" to run the model under autocast
     channels_last: bool | None = None  # NHWC for conv nets; None: on for CUDA, where it helps
+    max_failures: int | None = None  # stop the run once this many images have failed (misconfigured)
+    cpu_fallback: bool = False  # out of memory even in tiles: run that one image on the CPU
+    memory_snapshot: bool = False  # CUDA: save the allocator's history at the first out-of-memory error
 
 
 def check_folders(input_dir: Path, output_dir: Path) -> tuple[Path, Path]:
@@ -115,6 +131,8 @@ class Runner:
             raise BatchLensError("The batch size must be a whole number of at least 1, or auto.")
         if cfg.prefetch < 0:
             raise BatchLensError("The prefetch depth must be 0 or more batches.")
+        if cfg.max_failures is not None and cfg.max_failures < 1:
+            raise BatchLensError("--max-failures must be at least 1.")
         input_dir, output_dir = check_folders(cfg.input_dir, cfg.output_dir)
         device = resolve_device(cfg.device)
         model = self.model or load_model(cfg.model, device, cfg.model_options)
@@ -124,7 +142,10 @@ class Runner:
 
         stats = ScanStats()
         candidates = list(scan_images(input_dir, cfg.recursive, stats, exclude=output_dir))
-        writer = ResultsWriter(output_dir, cfg.resume)
+        try:
+            writer = ResultsWriter(output_dir, cfg.resume)
+        except OSError as exc:
+            raise BatchLensError(write_error(exc, output_dir)) from None
         done = writer.done
         todo = [c for c in candidates if c.rel not in done]
         started_at = datetime.now(UTC)
@@ -146,10 +167,21 @@ class Runner:
                 "warning",
                 f"Skipped folder {dirname}: unreadable, or a link back to a folder already scanned.",
             )
+        yield from self._preflight(todo, device, probe)
 
         check_precision(cfg.precision, device)
         channels_last = use_channels_last(model.module, device, cfg.channels_last)
         pipeline = BatchPipeline(model, output_dir, cfg.max_pixels, cfg.precision, channels_last)
+        snapshot = cfg.memory_snapshot and start_memory_history(device)
+        pipeline.recovery = OomRecovery(
+            device,
+            tiles=model.adapter.task == "image_to_image",
+            cpu_fallback=cfg.cpu_fallback,
+            probe=probe,
+            on_first_oom=snapshot_saver(output_dir / MEMORY_SNAPSHOT) if snapshot else None,
+        )
+        leaks = LeakWatch()
+        stopped = None
         batch_size, batch_choice = cfg.batch_size, None
         if batch_size == "auto":
             batch_choice = choose_batch_size(pipeline, todo, probe)
@@ -167,20 +199,39 @@ class Runner:
                 items = pipeline.finish(next(ahead))
                 sample = probe.sample()  # after the batch's device tensors were dropped
                 peak = max(peak, sample.peak)
+                for note in pipeline.recovery.take_notes():
+                    yield RunNote(note.level, note.message, sample)
                 for item in items:
                     index += 1
                     event = self._record(item, index, len(todo), sample, model)
-                    writer.write(self._line(event))
+                    try:
+                        writer.write(self._line(event))
+                    except OSError as exc:
+                        raise BatchLensError(write_error(exc, output_dir)) from None
                     counts[event.status] += 1
                     yield event
+                rate = leaks.add(index, sample)
+                if rate is not None:
+                    yield RunNote("warning", leak_warning(rate, leaks.window), sample)
+                if cfg.max_failures and counts["error"] >= cfg.max_failures:
+                    stopped = self._too_many_failures(counts, items, output_dir)
+                    break
         finally:
             ahead.close()
-            writer.close(order=[c.rel for c in candidates] if cfg.resume else None)
+            if snapshot:
+                stop_memory_history(device)
+            try:
+                writer.close(order=[c.rel for c in candidates] if cfg.resume else None)
+            except OSError as exc:  # the lines are all there; only their order after a resume is not
+                log.warning("Could not sort %s after the resume: %s", writer.path, exc)
 
         seconds = time.perf_counter() - t0
         files = []
-        if not self._cancel.is_set():
-            files = [str(p) for p in model.adapter.finish(output_dir, read_records(writer.path))]
+        if not self._cancel.is_set() and stopped is None:
+            try:
+                files = [str(p) for p in model.adapter.finish(output_dir, read_records(writer.path))]
+            except OSError as exc:
+                raise BatchLensError(write_error(exc, output_dir)) from None
         processed = counts["ok"] + counts["error"]
         summary = {
             "batchlens_version": __version__,
@@ -210,9 +261,47 @@ class Runner:
             "started_at": started_at.isoformat(timespec="seconds"),
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "files": files,
+            "stopped": stopped,
         }
-        writer.write_summary(summary)
+        try:
+            writer.write_summary(summary)
+        except OSError as exc:
+            raise BatchLensError(write_error(exc, output_dir)) from None
+        if stopped:
+            raise BatchLensError(stopped)
         yield RunFinished(summary, cancelled=self._cancel.is_set())
+
+    def _preflight(self, todo: list[Candidate], device, probe: MemoryProbe) -> Iterator[RunNote]:
+        """Warnings before the first image: a crowded GPU, an outsized image, a snapshot we cannot take."""
+        cfg = self.config
+        sample = probe.sample()
+        if probe.kind != "cpu":
+            message = other_processes_warning(sample, device)
+            if message:
+                yield RunNote("warning", message, sample)
+        if cfg.memory_snapshot and device.type != "cuda":
+            yield RunNote("info", f"--memory-snapshot needs a CUDA GPU; no snapshot is taken on {device}.")
+        # Headers only (no decoding), and at most ~2 s of them so a huge folder starts promptly.
+        sizes, deadline = [], time.perf_counter() + PREFLIGHT_SECONDS
+        for candidate in todo:
+            if time.perf_counter() > deadline:
+                break
+            size = header_size(candidate.path)
+            if size is not None:
+                sizes.append((candidate.rel, *size))
+        message = outsized_image_warning(sizes, cfg.max_pixels)
+        if message:
+            yield RunNote("warning", message, sample)
+
+    def _too_many_failures(self, counts: dict, items: list[Item], output_dir: Path) -> str:
+        last = next((item.error_message() for item in reversed(items) if not item.ok), None)
+        everything = " (every image so far)" if counts["ok"] == 0 else ""
+        return (
+            f"Stopped after {counts['error']} failed image(s){everything}, the limit set by "
+            f"--max-failures {self.config.max_failures}. The last error: {last}. When most images fail, "
+            "the model or its settings usually do not fit these images. The results so far are in "
+            f"{output_dir / 'predictions.jsonl'}; fix the cause and run again with --resume."
+        )
 
     def _record(self, item: Item, index: int, total: int, sample, model: LoadedModel) -> ImageResult:
         ok = item.ok
