@@ -21,6 +21,7 @@ class ModelInfo:
     source: str  # "built-in", "torchvision", "file"
     description: str = ""
     size_bytes: int | None = None
+    downloaded: bool | None = None  # catalogue weights already in the torch hub cache (None: not applicable)
 
 
 @dataclass
@@ -29,6 +30,8 @@ class LoadedModel:
     module: nn.Module  # in eval(), on its device
     adapter: TaskAdapter
     device: torch.device
+    # Detection models take a list of 3xHxW images of any sizes (torchvision's convention), not a stack.
+    takes_list: bool = False
 
 
 def sidecar_transform(sidecar: Sidecar) -> v2.Compose:

@@ -5,11 +5,15 @@ from __future__ import annotations
 from batchlens.core.errors import BatchLensError
 from batchlens.core.tasks.base import ImageMeta, TaskAdapter, TaskResult
 from batchlens.core.tasks.classification import ClassificationAdapter
+from batchlens.core.tasks.detection import DetectionAdapter
 from batchlens.core.tasks.image_to_image import ImageToImageAdapter
+from batchlens.core.tasks.segmentation import SegmentationAdapter
 
 ADAPTERS: dict[str, type[TaskAdapter]] = {
     ClassificationAdapter.task: ClassificationAdapter,
     ImageToImageAdapter.task: ImageToImageAdapter,
+    DetectionAdapter.task: DetectionAdapter,
+    SegmentationAdapter.task: SegmentationAdapter,
 }
 
 

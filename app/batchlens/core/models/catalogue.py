@@ -1,0 +1,225 @@
+"""The torchvision catalogue: every classification, detection and segmentation model torchvision lists.
+
+Everything model-specific comes from torchvision's registry: the list (`list_models(module=...)`),
+the weights (`get_model_weights`), the preprocessing (`weights.transforms()`) and the labels
+(`weights.meta["categories"]`). Weights download once into the torch hub cache, with progress.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import re
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+import torchvision.models as tvm
+from torch import nn
+
+from batchlens.core.errors import BatchLensError
+from batchlens.core.models.base import LoadedModel, ModelInfo, prepare
+from batchlens.core.models.errors import DownloadCancelled, WeightsDownloadError
+from batchlens.core.models.state_dict import torch_load
+from batchlens.core.tasks import make_adapter
+
+log = logging.getLogger(__name__)
+
+TASK_MODULES = {
+    "classification": tvm,
+    "detection": tvm.detection,
+    "segmentation": tvm.segmentation,
+}
+
+# progress(bytes_done, bytes_total or None) -> False to cancel
+Progress = Callable[[int, int | None], bool | None]
+
+_CHUNK = 1 << 16
+_HASH_IN_NAME = re.compile(r"-([a-f0-9]+)\.")  # torch hub's convention: NAME-<sha256 prefix>.pth
+_BUILD_LOCK = threading.Lock()
+
+
+@functools.cache
+def catalogue_tasks() -> dict[str, str]:
+    """torchvision model name -> task, for the modules BatchLens has adapters for."""
+    names: dict[str, str] = {}
+    for task, module in TASK_MODULES.items():
+        for name in tvm.list_models(module=module):
+            names[name] = task
+    return names
+
+
+def split_id(model_id: str) -> tuple[str, str | None]:
+    """ "resnet50" -> ("resnet50", None); "resnet50:IMAGENET1K_V1" -> ("resnet50", "IMAGENET1K_V1")."""
+    name, _, variant = model_id.partition(":")
+    return name, variant or None
+
+
+def is_catalogue_model(model_id: str) -> bool:
+    return split_id(model_id)[0] in catalogue_tasks()
+
+
+def weights_for(model_id: str) -> tvm.WeightsEnum:
+    """The weights a catalogue id names (its DEFAULT weights when no variant is given)."""
+    name, variant = split_id(model_id)
+    enum = tvm.get_model_weights(name)
+    if variant is None:
+        return enum.DEFAULT
+    try:
+        return enum[variant]
+    except KeyError:
+        choices = ", ".join(m for m in enum.__members__ if m != "DEFAULT")
+        raise BatchLensError(f"{name} has no weights {variant!r}; it has {choices}.") from None
+
+
+def weights_path(weights: tvm.WeightsEnum) -> Path:
+    """Where torch hub keeps (or will keep) this weights file."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
+
+
+def is_downloaded(model_id: str) -> bool:
+    return weights_path(weights_for(model_id)).is_file()
+
+
+def _describe(weights: tvm.WeightsEnum) -> str:
+    meta = weights.meta
+    parts = []
+    for dataset, metrics in meta.get("_metrics", {}).items():
+        shown = ", ".join(f"{k} {v}" for k, v in metrics.items())
+        parts.append(f"{dataset}: {shown}")
+        break
+    parts.append(f"{meta['num_params'] / 1e6:.1f} M params")
+    parts.append(f"{len(meta['categories'])} classes")
+    return "; ".join(parts)
+
+
+def list_catalogue(task: str | None = None) -> list[ModelInfo]:
+    infos = []
+    for name, model_task in catalogue_tasks().items():
+        if task and model_task != task:
+            continue
+        weights = weights_for(name)
+        file_mib = weights.meta.get("_file_size")  # torchvision records it in MiB
+        size = int(file_mib * 1024 * 1024) if file_mib else None
+        infos.append(
+            ModelInfo(
+                name,
+                model_task,
+                "torchvision",
+                _describe(weights),
+                size,
+                downloaded=weights_path(weights).is_file(),
+            )
+        )
+    return infos
+
+
+def download_file(url: str, dest: Path, progress: Progress | None = None, timeout: float = 30) -> Path:
+    """Download `url` to `dest` (atomically), checking the hash prefix in the file name if it has one."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
+    digest = hashlib.sha256()
+    try:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as f:
+                total = int(response.headers.get("Content-Length") or 0) or None
+                done = 0
+                if progress is not None and progress(0, total) is False:
+                    raise DownloadCancelled(f"Download of {url} cancelled.")
+                while chunk := response.read(_CHUNK):
+                    f.write(chunk)
+                    digest.update(chunk)
+                    done += len(chunk)
+                    if progress is not None and progress(done, total) is False:
+                        raise DownloadCancelled(f"Download of {url} cancelled.")
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", None) or exc.strerror or exc
+            raise WeightsDownloadError(
+                f"Could not download {url}: {reason}. Is this computer offline? The weights are fetched once "
+                f"into {dest.parent} (the torch hub cache; set TORCH_HOME to move it). Without a network, "
+                "download the file on another machine and copy it there, or pass a weights file with "
+                "--weights FILE."
+            ) from None
+        expected = _HASH_IN_NAME.search(dest.name)
+        if expected and not digest.hexdigest().startswith(expected.group(1)):
+            raise WeightsDownloadError(f"The download of {url} is corrupt (wrong checksum); try again.")
+        os.replace(partial, dest)
+    finally:
+        partial.unlink(missing_ok=True)
+    return dest
+
+
+def download_weights(model_id: str, progress: Progress | None = None) -> Path:
+    """Make sure the weights of a catalogue model are in the torch hub cache; returns their path."""
+    weights = weights_for(model_id)
+    path = weights_path(weights)
+    if not path.is_file():
+        log.info("downloading %s to %s", weights.url, path)
+        download_file(weights.url, path, progress)
+    return path
+
+
+def build_architecture(arch: str, num_classes: int | None = None, state_dict: dict | None = None, **kwargs):
+    """An untrained torchvision architecture (no download), sized for `num_classes` if given."""
+    task = catalogue_tasks().get(arch)
+    if task is None:
+        raise BatchLensError(
+            f"Unknown architecture {arch!r}: use a torchvision model name from `batchlens models` "
+            "(for example resnet18, fasterrcnn_resnet50_fpn, deeplabv3_resnet50)."
+        )
+    if num_classes is not None:
+        kwargs.setdefault("num_classes", num_classes)
+    if task in ("detection", "segmentation"):
+        kwargs.setdefault("weights_backbone", None)  # never download a backbone for a user's weights
+    if task == "segmentation" and state_dict and any(k.startswith("aux_classifier.") for k in state_dict):
+        kwargs.setdefault("aux_loss", True)
+    try:
+        return tvm.get_model(arch, weights=None, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise BatchLensError(f"Cannot build {arch} with {kwargs}: {exc}.") from None
+
+
+def _build_pretrained(name: str, weights: tvm.WeightsEnum, state_dict: dict) -> nn.Module:
+    """torchvision's builder with its weights: it sets the architecture's options from the weights
+    (num_classes, aux heads, image size...) and renames old keys. It would fetch the state_dict through
+    weights.get_state_dict, which torch.hub unpickles fully; we hand it the one we loaded with
+    weights_only=True instead (for the duration of the build, under a lock)."""
+    cls = type(weights)
+    with _BUILD_LOCK:
+        cls.get_state_dict = lambda self, *args, **kwargs: state_dict
+        try:
+            return tvm.get_model(name, weights=weights)
+        finally:
+            del cls.get_state_dict
+
+
+def drop_aux_head(module: nn.Module) -> nn.Module:
+    """Segmentation models' auxiliary head only helps training; without it inference does less work."""
+    if getattr(module, "aux_classifier", None) is not None:
+        module.aux_classifier = None
+    return module
+
+
+def load_catalogue(
+    model_id: str, device: torch.device, options: dict | None = None, progress: Progress | None = None
+) -> LoadedModel:
+    """A catalogue model with its pretrained weights (downloaded if needed)."""
+    options = dict(options or {})
+    name, _ = split_id(model_id)
+    task = catalogue_tasks()[name]
+    weights = weights_for(model_id)
+    path = download_weights(model_id, progress)
+    state_dict = torch_load(path)  # weights_only=True: torchvision's files are plain state_dicts
+    module = drop_aux_head(_build_pretrained(name, weights, state_dict))
+    del state_dict
+    adapter = make_adapter(
+        task, transform=weights.transforms(), labels=list(weights.meta["categories"]), options=options
+    )
+    info = ModelInfo(model_id, task, "torchvision", _describe(weights), path.stat().st_size, downloaded=True)
+    return LoadedModel(info, prepare(module, device), adapter, device, takes_list=task == "detection")

@@ -1,0 +1,217 @@
+"""Model files a user was handed: TorchScript (.pt/.ts), torch.export programs (.pt2), safetensors and
+.pth state_dicts (with an architecture), and, only when trusted, fully pickled modules.
+
+What the model is (task, labels, input size, mean/std, architecture) comes from a sidecar NAME.json next
+to the file, overridden by the options --task, --labels, --input-size, --mean, --std and --arch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from batchlens.core.errors import BatchLensError
+from batchlens.core.models.base import LoadedModel, ModelInfo, prepare, sidecar_transform
+from batchlens.core.models.catalogue import build_architecture, catalogue_tasks, drop_aux_head, weights_for
+from batchlens.core.models.demo_nets import ARCHITECTURES as DEMO_ARCHITECTURES
+from batchlens.core.models.sidecar import Sidecar, parse_sidecar
+from batchlens.core.models.state_dict import load_state_dict_checked, read_weights
+from batchlens.core.tasks import ADAPTERS, make_adapter
+
+log = logging.getLogger(__name__)
+
+TORCHSCRIPT_SUFFIXES = {".pt", ".ts", ".torchscript", ".jit"}
+EXPORT_SUFFIXES = {".pt2"}
+WEIGHTS_SUFFIXES = {".safetensors", ".pth", ".pt", ".bin", ".ckpt"}
+MODEL_FILE_SUFFIXES = TORCHSCRIPT_SUFFIXES | EXPORT_SUFFIXES | WEIGHTS_SUFFIXES
+# Options that describe the model, as the sidecar keys they override.
+SPEC_OPTIONS = ("task", "labels", "input_size", "mean", "std", "arch")
+
+
+def looks_like_model_file(model: str) -> bool:
+    path = Path(model)
+    return path.suffix.lower() in MODEL_FILE_SUFFIXES or len(path.parts) > 1
+
+
+def sidecar_path_for(path: Path) -> Path | None:
+    """NAME.json next to NAME.pt (or NAME.pt.json); None when there is none."""
+    for candidate in (path.with_suffix(".json"), path.with_name(path.name + ".json")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_labels(path: Path) -> list[str]:
+    """Labels from a .json list or a text file with one label per line."""
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BatchLensError(f"{path}: labels file not found.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BatchLensError(f"{path}: cannot read the labels ({exc}).") from None
+    if path.suffix.lower() == ".json":
+        try:
+            labels = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise BatchLensError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}).") from None
+        if not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
+            raise BatchLensError(f"{path}: a JSON labels file must hold a list of strings.")
+    else:
+        labels = [line.strip() for line in text.splitlines()]
+        while labels and not labels[-1]:
+            labels.pop()
+    if not labels:
+        raise BatchLensError(f"{path}: the labels file is empty.")
+    return labels
+
+
+def _read_sidecar_dict(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise BatchLensError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}).") from None
+    if not isinstance(data, dict):
+        raise BatchLensError(f"{path}: a model sidecar must be a JSON object.")
+    if isinstance(data.get("labels"), str):  # a labels file named relative to the sidecar
+        data["labels"] = read_labels(path.parent / data["labels"])
+    # Validate now, so that a mistake is reported against this file rather than the merged options.
+    parse_sidecar({"task": "classification", **data}, str(path))
+    return data
+
+
+def model_spec(path: Path, options: dict) -> tuple[Sidecar, Path | None]:
+    """The sidecar next to `path` (if any) with the command-line options laid over it."""
+    sidecar_file = sidecar_path_for(path)
+    data = _read_sidecar_dict(sidecar_file) if sidecar_file else {}
+    for key in SPEC_OPTIONS:
+        if options.get(key) is not None:
+            data[key] = read_labels(options[key]) if key == "labels" else options[key]
+    arch_task = catalogue_tasks().get(data.get("arch") or "")
+    if "task" not in data and arch_task:
+        data["task"] = arch_task
+    if "task" not in data:
+        where = sidecar_file or path.with_suffix(".json")
+        raise BatchLensError(
+            f"{path}: BatchLens cannot tell which task this model does. Pass --task "
+            "(classification, detection, segmentation or image_to_image) or write a sidecar "
+            f'{where.name} next to it with at least {{"task": ...}}.'
+        )
+    if data["task"] not in ADAPTERS:
+        raise BatchLensError(
+            f"{sidecar_file or '--task'}: unknown task {data['task']!r}; BatchLens knows "
+            f"{', '.join(sorted(ADAPTERS))}."
+        )
+    return parse_sidecar(data, str(sidecar_file or "the model options")), sidecar_file
+
+
+class DetectionsOnly(nn.Module):
+    """Scripted torchvision detectors return (losses, detections); the engine wants the detections."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, images):
+        out = self.inner(images)
+        if isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], dict):
+            return out[1]
+        return out
+
+
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives are zip files with a code/ folder; torch.save files are zips without one."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in name or name.startswith("code/") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _load_program(path: Path) -> nn.Module:
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:
+        raise BatchLensError(f"{path}: not a torch.export program ({type(exc).__name__}: {exc}).") from None
+    return program.module()
+
+
+def _build_from_state_dict(
+    path: Path, state_dict: dict, spec: Sidecar, sidecar_file: Path | None
+) -> nn.Module:
+    arch = spec.arch
+    if not arch:
+        where = f'"arch" in {sidecar_file}' if sidecar_file else f'"arch" in a sidecar {path.stem}.json'
+        raise BatchLensError(
+            f"{path} holds only weights (a state_dict). Say which architecture they belong to with --arch "
+            f"NAME or {where}, e.g. resnet18 (`batchlens models` lists the torchvision names)."
+        )
+    kwargs = dict(spec.arch_kwargs)
+    if arch in DEMO_ARCHITECTURES:
+        module = DEMO_ARCHITECTURES[arch](**kwargs)
+    else:
+        num_classes = len(spec.labels) if spec.labels and "num_classes" not in kwargs else None
+        module = build_architecture(arch, num_classes, state_dict, **kwargs)
+    load_state_dict_checked(module, state_dict, str(path), arch)
+    return drop_aux_head(module)
+
+
+def load_model_file(
+    path: Path, device: torch.device, options: dict | None = None, model_id: str | None = None
+) -> LoadedModel:
+    """Load a model file (see the module docstring). `options` may carry the spec options above,
+    "trust_pickle", and the task's options (min_score...)."""
+    options = dict(options or {})
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise BatchLensError(f"The model file {path} does not exist.")
+    spec, sidecar_file = model_spec(path, options)
+    suffix = path.suffix.lower()
+    if suffix in EXPORT_SUFFIXES:
+        module, kind = _load_program(path), "torch.export program"
+    elif suffix in TORCHSCRIPT_SUFFIXES and _is_torchscript(path):
+        try:
+            module, kind = torch.jit.load(str(path), map_location="cpu"), "TorchScript"
+        except RuntimeError as exc:
+            raise BatchLensError(f"{path}: not a loadable TorchScript file ({exc}).") from None
+    elif suffix in TORCHSCRIPT_SUFFIXES - WEIGHTS_SUFFIXES:
+        raise BatchLensError(f"{path}: not a TorchScript file (save it with torch.jit.save).")
+    elif suffix in WEIGHTS_SUFFIXES:
+        weights = read_weights(path, trust_pickle=bool(options.get("trust_pickle")))
+        if isinstance(weights, nn.Module):  # a whole pickled model; only with trust_pickle
+            module, kind = weights, "pickled model"
+        else:
+            module, kind = _build_from_state_dict(path, weights, spec, sidecar_file), f"{spec.arch} weights"
+            del weights
+    else:
+        raise BatchLensError(
+            f"{path}: unknown model file type {suffix!r}; BatchLens reads "
+            f"{', '.join(sorted(MODEL_FILE_SUFFIXES))}."
+        )
+    if spec.task == "detection":
+        module = DetectionsOnly(module)
+
+    labels = spec.labels
+    transform = None
+    if spec.arch in catalogue_tasks():
+        # A torchvision architecture with the user's weights: its default weights say how images are
+        # prepared and, when the class count is unchanged, what the classes are called.
+        default = weights_for(spec.arch)
+        if not (spec.input_size or spec.mean or spec.std):
+            transform = default.transforms()
+        num_classes = spec.arch_kwargs.get("num_classes")
+        if labels is None and num_classes in (None, len(default.meta["categories"])):
+            labels = list(default.meta["categories"])
+    if transform is None:
+        transform = sidecar_transform(spec)
+    adapter = make_adapter(
+        spec.task, transform=transform, labels=labels, color_mode=spec.color_mode, options=options
+    )
+    description = spec.description or f"{kind} from {path.name}"
+    info = ModelInfo(model_id or str(path), spec.task, "file", description, path.stat().st_size)
+    return LoadedModel(info, prepare(module, device), adapter, device, takes_list=spec.task == "detection")

@@ -1,0 +1,79 @@
+"""Segmentation (DeepLabV3, FCN, LRASPP...): a class-index mask PNG per image at the original size,
+mirroring the input tree, the fraction of pixels per class, and a colour overlay preview."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from batchlens.core.results import atomic_write, atomic_write_text, output_path_for
+from batchlens.core.tasks.base import ImageMeta, TaskAdapter, TaskResult, thumbnail
+from batchlens.core.tasks.palette import palette_array
+
+CLASSES_FILE = "mask_classes.json"
+OVERLAY_ALPHA = 0.5
+
+
+def class_mask(output) -> torch.Tensor:
+    """Per-pixel class indices (H x W) from one image's output: torchvision's {"out": C x H x W logits},
+    plain C x H x W logits (one channel: a binary mask from logits), or H x W indices."""
+    logits = output["out"] if isinstance(output, Mapping) else output
+    if logits.dim() == 2:
+        return logits.long()
+    if logits.shape[0] == 1:
+        return (logits[0] > 0).long()
+    return logits.argmax(0)
+
+
+class SegmentationAdapter(TaskAdapter):
+    task = "segmentation"
+
+    def postprocess(self, output, meta: ImageMeta) -> TaskResult:
+        mask = class_mask(output)
+        top = int(mask.max())
+        array = mask.numpy().astype(np.uint8 if top < 256 else np.uint16)
+        image = Image.fromarray(array)
+        width, height = meta.original_size
+        if image.size != (width, height):  # the model saw a resized image: back to the original pixels
+            image = image.resize((width, height), Image.Resampling.NEAREST)
+        counts = np.bincount(np.asarray(image).reshape(-1))
+        total = counts.sum()
+        classes = [
+            {"label": self.label(i), "index": i, "fraction": round(float(counts[i] / total), 5)}
+            for i in np.argsort(-counts, kind="stable").tolist()
+            if counts[i]
+        ]
+        return TaskResult({"size": [width, height], "classes": classes}, image=image)
+
+    def write(self, result: TaskResult, meta: ImageMeta, output_dir: Path) -> None:
+        path = output_path_for(output_dir, meta.rel)
+        atomic_write(path, lambda tmp: result.image.save(tmp, format="PNG"))
+        result.fields["mask"] = path.relative_to(output_dir).as_posix()
+
+    def preview(self, image: Image.Image, result: TaskResult) -> Image.Image | None:
+        """The image with each class but 0 (background) tinted in its colour."""
+        thumb = thumbnail(image)
+        mask = np.asarray(result.image.resize(thumb.size, Image.Resampling.NEAREST)).astype(np.int64)
+        colours = palette_array()[mask % 256].astype(np.float32)
+        pixels = np.asarray(thumb).astype(np.float32)
+        blended = pixels * (1 - OVERLAY_ALPHA) + colours * OVERLAY_ALPHA
+        tinted = np.where((mask > 0)[..., None], blended, pixels)
+        return Image.fromarray(tinted.round().astype(np.uint8))
+
+    def finish(self, output_dir: Path, records: list[dict]) -> list[Path]:
+        """mask_classes.json: what each mask value means, and the colour the previews use for it."""
+        seen = {c["index"] for r in records if r.get("status") == "ok" for c in r.get("classes", [])}
+        count = max(len(self.labels or []), max(seen, default=-1) + 1)
+        palette = palette_array()
+        classes = [
+            {"index": i, "label": self.label(i), "colour": [int(v) for v in palette[i % 256]]}
+            for i in range(count)
+        ]
+        path = output_dir / CLASSES_FILE
+        atomic_write_text(path, json.dumps({"classes": classes}, indent=1, ensure_ascii=False) + "\n")
+        return [path]
