@@ -65,6 +65,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument(
+        "--max-failures",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stop the run once N images have failed (a misconfigured run); default: never",
+    )
+    run.add_argument(
+        "--cpu-fallback",
+        action="store_true",
+        help="when an image runs out of GPU memory even in tiles, run that image on the CPU",
+    )
+    run.add_argument(
+        "--memory-snapshot",
+        action="store_true",
+        help="CUDA: save memory-snapshot.pickle at the first out-of-memory error (pytorch.org/memory_viz)",
+    )
+    run.add_argument(
         "--cluster",
         metavar="auto|local|ray://HOST:PORT",
         default=None,
@@ -99,6 +116,9 @@ def _run(args: argparse.Namespace) -> int:
         recursive=args.recursive,
         resume=args.resume,
         max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
+        max_failures=args.max_failures,
+        cpu_fallback=args.cpu_fallback,
+        memory_snapshot=args.memory_snapshot,
     )
     if args.cluster:
         from batchlens.core.cluster import ClusterConfig, ClusterRunner, require_ray
