@@ -105,15 +105,19 @@ class BatchPipeline:
                 item.error = str(exc)
             except Exception as exc:  # a preprocessing bug must not end the run
                 item.error = f"could not be prepared for the model ({type(exc).__name__}: {exc})"
-        # Images of equal tensor shape go through the model together.
+        # Images of equal tensor shape go through the model together; a model that takes a list of
+        # images (detection) takes images of any size together.
         groups: dict[tuple, list[Item]] = {}
         for item in items:
             if item.tensor is not None:
-                groups.setdefault(tuple(item.tensor.shape), []).append(item)
+                key = () if self.model.takes_list else tuple(item.tensor.shape)
+                groups.setdefault(key, []).append(item)
         return Prepared(items, [(group, self._stack(group)) for group in groups.values()])
 
     def _stack(self, group: list[Item]) -> torch.Tensor | None:
         """One batch tensor for the group (None if it cannot be built: `_forward` then retries per image)."""
+        if self.model.takes_list:
+            return [item.tensor for item in group]
         try:
             first = group[0].tensor
             batch = torch.empty((len(group), *first.shape), dtype=first.dtype, pin_memory=self.pin_memory)
@@ -172,7 +176,8 @@ class BatchPipeline:
         elif failure is not None:
             if len(group) > 1:  # find the image the model fails on; the others still get results
                 for item in group:
-                    self._forward(model, [item], item.tensor.unsqueeze(0))
+                    single = [item.tensor] if model.takes_list else item.tensor.unsqueeze(0)
+                    self._forward(model, [item], single)
                 return
             group[0].error = f"the model failed on this image ({failure[1]})"
             return
