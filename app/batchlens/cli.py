@@ -23,6 +23,99 @@ def _add_run_options(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps | xpu")
 
 
+TASKS = ["classification", "detection", "segmentation", "image_to_image"]
+
+
+def _image_size(text: str) -> list[int]:
+    """ "224" -> [224, 224]; "480,640" or "480x640" -> [480, 640] (height, width)."""
+    try:
+        size = [int(p) for p in text.lower().replace("x", ",").split(",")]
+    except ValueError:
+        size = []
+    if len(size) == 1:
+        size *= 2
+    if len(size) != 2 or min(size) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: give N or HEIGHT,WIDTH")
+    return size
+
+
+def _numbers(text: str) -> list[float]:
+    try:
+        return [float(p) for p in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a list of numbers like 0.485,0.456,0.406"
+        ) from None
+
+
+def _score(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a score between 0 and 1")
+    return value
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """What the model is and how to load it (README, "Models"); they override a model file's sidecar."""
+    group = parser.add_argument_group("model options")
+    group.add_argument(
+        "--weights", type=Path, metavar="FILE", help="a state_dict for the torchvision --model (no download)"
+    )
+    group.add_argument("--arch", help="torchvision architecture of a state_dict model file (e.g. resnet18)")
+    group.add_argument("--task", choices=TASKS, help="what a model file does (when it has no sidecar)")
+    group.add_argument(
+        "--labels", type=Path, metavar="FILE", help="class names: text file (one per line) or JSON list"
+    )
+    group.add_argument("--input-size", type=_image_size, metavar="H[,W]", help="resize images to this size")
+    group.add_argument("--mean", type=_numbers, metavar="M,M,M", help="normalisation mean per channel")
+    group.add_argument("--std", type=_numbers, metavar="S,S,S", help="normalisation std per channel")
+    group.add_argument(
+        "--min-score",
+        type=_score,
+        default=0.5,
+        metavar="S",
+        help="detection: keep boxes scoring at least S (default 0.5)",
+    )
+    group.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow a model file that needs full pickle (it can run code: only for files you trust)",
+    )
+
+
+def model_options(args: argparse.Namespace) -> dict:
+    """RunConfig.model_options from the model options above."""
+    options = {"min_score": args.min_score, "trust_pickle": args.trust_pickle}
+    for key in ("weights", "arch", "task", "labels", "input_size", "mean", "std"):
+        value = getattr(args, key)
+        if value is not None:
+            options[key] = str(value) if isinstance(value, Path) else value
+    return options
+
+
+def _download_weights(model: str, options: dict, quiet: bool) -> None:
+    """Fetch torchvision weights into the torch hub cache before the run, with a progress bar."""
+    from tqdm import tqdm
+
+    from batchlens.core.models import download_weights, needs_download
+
+    if not needs_download(model, options):
+        return
+    with tqdm(
+        unit="B", unit_scale=True, unit_divisor=1024, desc=f"Downloading {model}", disable=quiet
+    ) as bar:
+
+        def progress(done: int, total: int | None) -> None:
+            if total and bar.total != total:
+                bar.total = total
+            bar.update(done - bar.n)
+
+        download_weights(model, progress)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="batchlens",
@@ -50,7 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a model over a folder, headless")
     _add_run_options(run, required=True)
-    run.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
+    _add_model_options(run)
+    run.add_argument(
+        "--batch-size",
+        type=batch_size_arg,
+        default=1,
+        help="images per forward pass (default 1), or auto: try 1, 2, 4, ... and keep the fastest",
+    )
+    _add_speed_options(run)
     run.add_argument("--recursive", action="store_true", help="include images in subfolders")
     run.add_argument(
         "--resume",
@@ -95,8 +195,86 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --cluster: workers to start (default: one per GPU, or CPU)",
     )
 
-    sub.add_parser("models", help="list the models you can use")
+    models = sub.add_parser("models", help="list the models you can use")
+    models.add_argument("filter", nargs="?", default="", help="only models whose id contains this text")
+    models.add_argument("--task", choices=TASKS, help="only models of this task")
+
+    bench = sub.add_parser(
+        "bench",
+        help="time the engine against a plain PyTorch loop and the naive loop, on the same images",
+    )
+    bench.add_argument("--model", required=True, help="model id (see `batchlens models`)")
+    source = bench.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", type=Path, help="folder of images to benchmark on")
+    source.add_argument("--synthetic", type=int, metavar="N", help="generate N photo-like JPEGs instead")
+    bench.add_argument("--size", type=size_arg, default=(1600, 1200), help="WxH of --synthetic images")
+    bench.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps | xpu")
+    bench.add_argument(
+        "--batch-size",
+        type=batch_size_arg,
+        default="auto",
+        help="batch size of the batched engine row (default auto)",
+    )
+    bench.add_argument("--prefetch", type=int, default=2, help="prefetch depth of the batched row (2)")
+    bench.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "bf16"),
+        default="fp32",
+        help="fp16/bf16 adds a mixed-precision row",
+    )
+    bench.add_argument(
+        "--naive-limit",
+        type=float,
+        default=1024,
+        metavar="MIB",
+        help="stop the naive loop once memory has grown by this many MiB (default 1024)",
+    )
+    bench.add_argument("--repeat", type=int, default=1, help="time each row this many times, keep the best")
+    bench.add_argument(
+        "--sampler-check",
+        action="store_true",
+        help="add a row without memory sampling to measure what the sampler costs",
+    )
+    bench.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     return parser
+
+
+def batch_size_arg(text: str) -> int | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number or auto") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("the batch size must be at least 1")
+    return value
+
+
+def size_arg(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT, e.g. 1600x1200") from None
+    if width < 1 or height < 1:
+        raise argparse.ArgumentTypeError("width and height must be positive")
+    return width, height
+
+
+def _add_speed_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--prefetch",
+        type=int,
+        default=0,
+        metavar="N",
+        help="decode and preprocess the next N batches on background threads (default 0: in the loop)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "bf16"),
+        default="fp32",
+        help="fp16/bf16 run the model under autocast (mixed precision); default fp32",
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -109,6 +287,7 @@ def _run(args: argparse.Namespace) -> int:
 
     config = RunConfig(
         model=args.model,
+        model_options=model_options(args),
         input_dir=args.input,
         output_dir=args.output,
         device=args.device,
@@ -119,7 +298,10 @@ def _run(args: argparse.Namespace) -> int:
         max_failures=args.max_failures,
         cpu_fallback=args.cpu_fallback,
         memory_snapshot=args.memory_snapshot,
+        prefetch=args.prefetch,
+        precision=args.precision,
     )
+    _download_weights(args.model, config.model_options, args.no_progress)
     if args.cluster:
         from batchlens.core.cluster import ClusterConfig, ClusterRunner, require_ray
 
@@ -189,12 +371,56 @@ def _models(args: argparse.Namespace) -> int:
     from batchlens.core.memory import format_bytes
     from batchlens.core.models import list_models
 
-    models = list_models()
+    models = [m for m in list_models(args.task) if args.filter.lower() in m.id.lower()]
+    if not models:
+        print("No model matches; `batchlens models` lists them all.")
+        return 0
     width = max(len(m.id) for m in models)
-    print(f"{'MODEL':<{width}}  {'TASK':<15} {'SOURCE':<12} {'SIZE':>9}  DESCRIPTION")
+    groups: dict[str, list] = {}
     for m in models:
-        size = format_bytes(m.size_bytes) if m.size_bytes else ""
-        print(f"{m.id:<{width}}  {m.task:<15} {m.source:<12} {size:>9}  {m.description}")
+        title = "Built-in demos" if m.source == "built-in" else f"torchvision {m.task}"
+        groups.setdefault(title, []).append(m)
+    for title, members in groups.items():
+        print(f"{title}:")
+        for m in members:
+            size = format_bytes(m.size_bytes) if m.size_bytes else ""
+            cached = "  (downloaded)" if m.downloaded else ""
+            print(f"  {m.id:<{width}}  {m.task:<15} {size:>9}  {m.description}{cached}")
+        print()
+    print(
+        "torchvision models download their weights once, into the torch hub cache. "
+        "A model file is used by its path: batchlens run --model FILE ... (README, Models)."
+    )
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import json
+
+    from batchlens.core.bench import BenchConfig, format_table, run_bench
+
+    if args.synthetic is not None and args.synthetic < 1:
+        raise BatchLensError("--synthetic needs at least 1 image.")
+    config = BenchConfig(
+        model=args.model,
+        input_dir=args.input,
+        synthetic=args.synthetic or 0,
+        size=args.size,
+        device=args.device,
+        batch_size=args.batch_size,
+        prefetch=args.prefetch,
+        precision=args.precision,
+        naive_limit_bytes=int(args.naive_limit * 2**20),
+        repeat=args.repeat,
+        sampler_check=args.sampler_check,
+    )
+    result = run_bench(config, log=lambda text: print(f"bench: {text}", file=sys.stderr, flush=True))
+    print(format_table(result))
+    if args.json:
+        from batchlens.core.results import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+        print(f"Wrote {args.json}")
     return 0
 
 
@@ -204,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    commands = {"run": _run, "models": _models}
+    commands = {"run": _run, "models": _models, "bench": _bench}
     try:
         if args.command is None:
             from batchlens.ui.app import run_window
