@@ -1,0 +1,432 @@
+"""The live memory plot: a QTimer on the GUI thread samples the memory probe ~10 times a second.
+
+History lives in a fixed-size ring buffer (the plot never grows with the run), one PlotDataItem per
+line gets `setData` on each tick, and markers on the time axis say where a run started and ended,
+where an image failed and where Clear cache was pressed. The probe is injectable, so tests can feed
+known numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QEvent, Qt, QTimer, Signal
+from PySide6.QtGui import QPalette
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
+
+from batchlens.core.memory import ClearResult, MemoryProbe, MemorySample, format_bytes
+
+MIB = 2**20
+GIB = 2**30
+
+# Columns of the ring buffer (bytes, NaN where the backend cannot tell).
+COLUMNS = ("time_s", "allocated", "reserved", "peak", "device_used", "device_total")
+
+# Colours chosen to read on both a light and a dark background.
+LINE_COLORS = {
+    "allocated": "#3d8bfd",
+    "reserved": "#f08c00",
+    "peak": "#ae3ec9",
+    "device_used": "#12b886",
+    "device_total": "#868e96",
+}
+MARKER_COLORS = {
+    "run_start": "#2f9e44",
+    "run_end": "#2f9e44",
+    "failure": "#e03131",
+    "clear_cache": "#d6336c",
+}
+
+
+class RingBuffer:
+    """A fixed number of rows of floats; appending past capacity overwrites the oldest row."""
+
+    def __init__(self, capacity: int, columns: int):
+        self._data = np.full((capacity, columns), np.nan)
+        self._next = 0
+        self._count = 0
+
+    @property
+    def capacity(self) -> int:
+        return self._data.shape[0]
+
+    def __len__(self) -> int:
+        return self._count
+
+    def append(self, row) -> None:
+        self._data[self._next] = row
+        self._next = (self._next + 1) % self.capacity
+        self._count = min(self._count + 1, self.capacity)
+
+    def array(self) -> np.ndarray:
+        """The rows, oldest first (a copy)."""
+        if self._count < self.capacity:
+            return self._data[: self._count].copy()
+        return np.concatenate((self._data[self._next :], self._data[: self._next]))
+
+    def clear(self) -> None:
+        self._data[:] = np.nan
+        self._next = self._count = 0
+
+
+@dataclass(frozen=True)
+class Marker:
+    time_s: float
+    kind: str  # a key of MARKER_COLORS
+    text: str
+
+
+def _nan(value: int | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+class MemoryPlot(QWidget):
+    """The plot, the numbers under it, and Clear cache / Save PNG / Export CSV."""
+
+    cache_cleared = Signal(object)  # ClearResult
+    sampled = Signal(object)  # MemorySample, after each tick (for the status line and tests)
+
+    def __init__(
+        self,
+        probe: MemoryProbe | None = None,
+        interval_ms: int = 100,
+        window_s: float = 120.0,
+        parent: QWidget | None = None,
+    ):
+        super().__init__(parent)
+        self.window_s = window_s
+        self.history = RingBuffer(int(window_s * 1000 / interval_ms) + 10, len(COLUMNS))
+        self.markers: deque[Marker] = deque(maxlen=500)
+        self._marker_lines: deque[tuple[Marker, pg.InfiniteLine]] = deque()
+        self._t0 = time.monotonic()
+        self._divisor = MIB
+        self._last: MemorySample | None = None
+        self.probe: MemoryProbe | None = None
+
+        self.plot_widget = pg.PlotWidget()
+        self.plot_widget.setMinimumSize(320, 200)
+        self.plot_widget.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self.plot_item = self.plot_widget.getPlotItem()
+        self.plot_item.setMouseEnabled(x=False, y=False)
+        self.plot_item.hideButtons()
+        self.plot_item.setMenuEnabled(False)
+        self.plot_item.showGrid(x=True, y=True, alpha=0.2)
+        self.plot_item.setClipToView(True)
+        self.plot_item.setLabel("bottom", "time", units="s")
+        self.legend = self.plot_item.addLegend(offset=(8, 8), labelTextSize="8pt")
+        self.curves: dict[str, pg.PlotDataItem] = {}
+        for key in ("allocated", "reserved", "peak", "device_used"):
+            style = Qt.PenStyle.DotLine if key == "peak" else Qt.PenStyle.SolidLine
+            pen = pg.mkPen(LINE_COLORS[key], width=2, style=style)
+            self.curves[key] = self.plot_item.plot([], [], pen=pen, name=key)
+        self.total_line = pg.InfiniteLine(
+            angle=0,
+            movable=False,
+            pen=pg.mkPen(LINE_COLORS["device_total"], width=1.5, style=Qt.PenStyle.DashLine),
+        )
+        self.total_line.setVisible(False)
+        self.plot_item.addItem(self.total_line, ignoreBounds=True)
+        self.hover_line = pg.InfiniteLine(angle=90, movable=False, pen=pg.mkPen("#adb5bd", width=1))
+        self.hover_line.setVisible(False)
+        self.plot_item.addItem(self.hover_line, ignoreBounds=True)
+        self.plot_widget.scene().sigMouseMoved.connect(self._on_mouse_moved)
+
+        self.title = QLabel()
+        self.title.setWordWrap(True)
+        self.readout = QLabel("—")
+        self.readout.setWordWrap(True)
+        self.readout.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.hover_label = QLabel(" ")
+        self.hover_label.setToolTip("Move the mouse over the plot to read the values at that moment.")
+
+        self.clear_button = QPushButton("Clear cache")
+        self.clear_button.setToolTip(
+            "Run Python's garbage collector and hand the memory PyTorch keeps cached back to the "
+            "device (empty_cache). Works during a run and when idle; the reserved line drops."
+        )
+        self.clear_button.clicked.connect(self.clear_cache)
+        self.save_button = QPushButton("Save plot as PNG…")
+        self.save_button.setToolTip("Save a picture of the plot as it is now.")
+        self.save_button.clicked.connect(self._ask_save_png)
+        self.csv_button = QPushButton("Export CSV…")
+        self.csv_button.setToolTip(
+            "Save the plotted history (bytes, one row per sample, with markers) as CSV."
+        )
+        self.csv_button.clicked.connect(self._ask_export_csv)
+
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.clear_button)
+        buttons.addStretch(1)
+        buttons.addWidget(self.save_button)
+        buttons.addWidget(self.csv_button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.title)
+        layout.addWidget(self.plot_widget, 1)
+        layout.addWidget(self.readout)
+        layout.addWidget(self.hover_label)
+        layout.addLayout(buttons)
+
+        self._apply_palette()
+        self.timer = QTimer(self)
+        self.timer.setInterval(interval_ms)
+        self.timer.timeout.connect(self.sample_now)
+        if probe is not None:
+            self.set_probe(probe)
+        self.timer.start()
+
+    # -- the probe --------------------------------------------------------------------------------
+    def set_probe(self, probe: MemoryProbe) -> None:
+        """Plot a new probe (another device): history starts afresh, the lines are relabelled."""
+        self.probe = probe
+        self.history.clear()
+        cpu = probe.kind == "cpu"
+        names = {
+            "allocated": "process RAM (RSS)" if cpu else "allocated (live tensors)",
+            "reserved": "reserved (allocated + cache)",
+            "peak": "peak RSS" if cpu else "peak allocated",
+            "device_used": "device used (all processes)",
+        }
+        self.legend.clear()
+        for key, curve in self.curves.items():
+            # On the CPU "reserved" is the same RSS, and "device" is the whole machine's RAM, which
+            # would squash the process line flat: those numbers are shown as text instead.
+            visible = not (cpu and key in ("reserved", "device_used"))
+            curve.setVisible(visible)
+            curve.opts["name"] = names[key]
+            if visible:
+                self.legend.addItem(curve, names[key])
+        if cpu:
+            self.title.setText("<b>Process RAM</b> — running on the CPU, so this is RAM, not GPU memory.")
+        else:
+            self.title.setText(f"<b>{probe.kind.upper()} memory</b> (hover here for what the lines mean)")
+        tip = probe.description or ""
+        if probe.kind == "cuda":
+            tip += (
+                "\n\nThe gap between 'device used' and 'reserved' is memory PyTorch cannot free: the CUDA "
+                "context and other processes on the same GPU. The dashed line is the device total."
+            )
+        self.plot_widget.setToolTip(tip)
+        self.title.setToolTip(tip)
+        self.sample_now()
+
+    def sample_now(self) -> None:
+        if self.probe is None:
+            return
+        try:
+            sample = self.probe.sample()
+        except Exception as exc:  # a probe must never take the window down
+            self.readout.setText(f"Cannot read memory: {exc}")
+            return
+        self._last = sample
+        self.history.append(
+            (
+                sample.time - self._t0,
+                sample.allocated,
+                sample.reserved,
+                sample.peak,
+                _nan(sample.device_used),
+                _nan(sample.device_total),
+            )
+        )
+        self._redraw()
+        self.readout.setText(self.describe(sample))
+        self.sampled.emit(sample)
+
+    def now_s(self) -> float:
+        return time.monotonic() - self._t0
+
+    # -- drawing ----------------------------------------------------------------------------------
+    def _redraw(self) -> None:
+        data = self.history.array()
+        if not len(data):
+            return
+        cpu = self.probe is not None and self.probe.kind == "cpu"
+        shown = (
+            ["allocated", "peak"] if cpu else ["allocated", "reserved", "peak", "device_used", "device_total"]
+        )
+        biggest = np.nanmax(data[:, [COLUMNS.index(k) for k in shown]]) if len(data) else 0
+        self._divisor = GIB if biggest >= 2 * GIB else MIB
+        self.plot_item.setLabel(
+            "left", "RAM" if cpu else "memory", units="GiB" if self._divisor == GIB else "MiB"
+        )
+        self.plot_item.getAxis("left").enableAutoSIPrefix(False)
+        self.plot_item.getAxis("bottom").enableAutoSIPrefix(False)
+        t = data[:, 0]
+        for key, curve in self.curves.items():
+            column = data[:, COLUMNS.index(key)]
+            if key == "device_used" and np.isnan(column).all():
+                curve.setData([], [])
+                continue
+            curve.setData(t, column / self._divisor, connect="finite")
+        total = data[-1, COLUMNS.index("device_total")]
+        self.total_line.setVisible(not cpu and not math.isnan(total))
+        if not math.isnan(total):
+            self.total_line.setValue(total / self._divisor)
+        now = t[-1]
+        self.plot_item.setXRange(max(0.0, now - self.window_s), max(now, 10.0), padding=0)
+        top = biggest if not cpu else np.nanmax(data[:, [1, 3]])
+        if not cpu and not math.isnan(total):
+            top = max(top, total)
+        self.plot_item.setYRange(0, max(top / self._divisor, 1.0) * 1.08, padding=0)
+        self._drop_old_markers(now)
+
+    def describe(self, sample: MemorySample) -> str:
+        if self.probe is not None and self.probe.kind == "cpu":
+            text = f"Process RAM {format_bytes(sample.allocated)} · peak {format_bytes(sample.peak)}"
+            if sample.device_total:
+                text += (
+                    f" · machine RAM used {format_bytes(sample.device_used)} of "
+                    f"{format_bytes(sample.device_total)}"
+                )
+            return text
+        text = (
+            f"Allocated {format_bytes(sample.allocated)} · reserved {format_bytes(sample.reserved)} · "
+            f"peak {format_bytes(sample.peak)}"
+        )
+        if sample.device_used is not None:
+            text += f" · device used {format_bytes(sample.device_used)}"
+        if sample.device_total is not None:
+            text += f" of {format_bytes(sample.device_total)}"
+        return text
+
+    # -- markers ----------------------------------------------------------------------------------
+    def add_marker(self, kind: str, text: str) -> Marker:
+        """A vertical line at the current time: run_start, run_end, failure or clear_cache."""
+        marker = Marker(self.now_s(), kind, text)
+        self.markers.append(marker)
+        line = pg.InfiniteLine(
+            pos=marker.time_s,
+            angle=90,
+            movable=False,
+            pen=pg.mkPen(MARKER_COLORS.get(kind, "#868e96"), width=1.5, style=Qt.PenStyle.DashLine),
+        )
+        line.setToolTip(text)
+        if kind != "failure":  # failures can come in dozens; their lines speak without a label
+            pg.InfLineLabel(
+                line, text=kind.replace("_", " "), position=0.92, rotateAxis=(1, 0), anchors=[(0, 0), (0, 0)]
+            )
+        self.plot_item.addItem(line, ignoreBounds=True)
+        self._marker_lines.append((marker, line))
+        return marker
+
+    def _drop_old_markers(self, now: float) -> None:
+        # Marker lines left of the rolling window are removed, so their number stays bounded too.
+        while self._marker_lines and (
+            self._marker_lines[0][0].time_s < now - self.window_s or len(self._marker_lines) > 500
+        ):
+            _, line = self._marker_lines.popleft()
+            self.plot_item.removeItem(line)
+
+    def marker_lines(self) -> list[tuple[Marker, pg.InfiniteLine]]:
+        return list(self._marker_lines)
+
+    # -- actions ----------------------------------------------------------------------------------
+    def clear_cache(self) -> ClearResult | None:
+        if self.probe is None:
+            return None
+        result = self.probe.clear_cache()
+        self.add_marker("clear_cache", result.message())
+        self.sample_now()
+        self.cache_cleared.emit(result)
+        return result
+
+    def save_png(self, path: Path) -> None:
+        if not self.plot_widget.grab().save(str(path), "PNG"):
+            raise OSError(f"Could not write {path}")
+
+    def export_csv(self, path: Path) -> None:
+        """Every sample in the history (bytes), with the markers set since the previous sample."""
+        data = self.history.array()
+        markers = sorted(self.markers, key=lambda m: m.time_s)
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow([*(c if c == "time_s" else f"{c}_bytes" for c in COLUMNS), "markers"])
+            previous = -math.inf
+            for row in data:
+                notes = "; ".join(f"{m.kind}: {m.text}" for m in markers if previous < m.time_s <= row[0])
+                previous = row[0]
+                cells = [f"{row[0]:.3f}"] + ["" if math.isnan(v) else str(int(v)) for v in row[1:]]
+                writer.writerow([*cells, notes])
+
+    def _ask_save_png(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save plot as PNG", "memory.png", "PNG image (*.png)")
+        if path:
+            self.save_png(Path(path))
+
+    def _ask_export_csv(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export memory history", "memory.csv", "CSV (*.csv)")
+        if path:
+            self.export_csv(Path(path))
+
+    # -- hover read-out -----------------------------------------------------------------------------
+    def values_at(self, time_s: float) -> np.ndarray | None:
+        """The sample nearest to `time_s` (a row of COLUMNS), or None with no history."""
+        data = self.history.array()
+        if not len(data):
+            return None
+        index = int(np.clip(np.searchsorted(data[:, 0], time_s), 0, len(data) - 1))
+        if index > 0 and abs(data[index - 1, 0] - time_s) < abs(data[index, 0] - time_s):
+            index -= 1
+        return data[index]
+
+    def _on_mouse_moved(self, scene_pos) -> None:
+        if not self.plot_item.sceneBoundingRect().contains(scene_pos):
+            self.hover_line.setVisible(False)
+            self.hover_label.setText(" ")
+            return
+        x = self.plot_item.vb.mapSceneToView(scene_pos).x()
+        row = self.values_at(x)
+        if row is None:
+            return
+        self.hover_line.setValue(row[0])
+        self.hover_line.setVisible(True)
+        parts = [f"at {row[0]:.1f} s:"]
+        cpu = self.probe is not None and self.probe.kind == "cpu"
+        labels = (
+            (("allocated", "RSS"), ("peak", "peak"))
+            if cpu
+            else (
+                ("allocated", "allocated"),
+                ("reserved", "reserved"),
+                ("peak", "peak"),
+                ("device_used", "device used"),
+            )
+        )
+        for key, label in labels:
+            value = row[COLUMNS.index(key)]
+            if not math.isnan(value):
+                parts.append(f"{label} {format_bytes(value)}")
+        self.hover_label.setText(" ".join(parts[:1]) + " " + " · ".join(parts[1:]))
+
+    # -- light and dark themes --------------------------------------------------------------------------
+    def changeEvent(self, event: QEvent) -> None:
+        if event.type() in (QEvent.Type.PaletteChange, QEvent.Type.ApplicationPaletteChange):
+            self._apply_palette()
+        super().changeEvent(event)
+
+    def _apply_palette(self) -> None:
+        palette = self.palette()
+        self.plot_widget.setBackground(palette.color(QPalette.ColorRole.Base))
+        text = palette.color(QPalette.ColorRole.Text)
+        for name in ("left", "bottom"):
+            axis = self.plot_item.getAxis(name)
+            axis.setPen(pg.mkPen(text))
+            axis.setTextPen(pg.mkPen(text))
+        self.legend.setLabelTextColor(text)
+        self.legend.setBrush(pg.mkBrush(palette.color(QPalette.ColorRole.Base)))

@@ -1,0 +1,120 @@
+"""`batchlens --self-test`: open the real window, run the demo models over their bundled samples into a
+temporary folder, check what was written, and exit 0 (or non-zero with a message).
+
+Installers run it to prove a build works end to end: Qt platform plugin, torch, the bundled resources,
+the worker thread, previews and the memory plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from PySide6.QtCore import QEventLoop, QTimer
+
+from batchlens.core.images import scan_images
+from batchlens.core.resources import sample_folder
+
+DEMOS = ("demo-shapes", "demo-denoise")
+RUN_TIMEOUT_S = 300
+
+
+class SelfTestFailure(Exception):
+    pass
+
+
+def _wait_for_run(window, timeout_s: float) -> dict | None:
+    loop = QEventLoop()
+    result: dict = {}
+
+    def done(summary) -> None:
+        result["summary"] = summary
+        loop.quit()
+
+    window.run_finished.connect(done)
+    QTimer.singleShot(int(timeout_s * 1000), loop.quit)
+    loop.exec()
+    window.run_finished.disconnect(done)
+    if "summary" not in result:
+        raise SelfTestFailure(f"the run did not finish within {timeout_s:.0f} s")
+    return result["summary"]
+
+
+def _check_run(window, model: str, output: Path) -> str:
+    samples = sample_folder(model)
+    expected = sorted(c.rel for c in scan_images(samples))
+    if not expected:
+        raise SelfTestFailure(f"no bundled sample images in {samples}")
+    window.prefill(model=model, input_dir=samples, output_dir=output, device="cpu")
+    if window.model_picker.current_model_id() != model:
+        raise SelfTestFailure(f"the model picker does not offer {model}")
+    t0 = time.perf_counter()
+    if not window.start_run():
+        raise SelfTestFailure(f"the run of {model} did not start: {window.run_message.text()}")
+    summary = _wait_for_run(window, RUN_TIMEOUT_S)
+    seconds = time.perf_counter() - t0
+    if summary is None:
+        raise SelfTestFailure(f"the run of {model} failed: {window.last_error}")
+    lines = [json.loads(line) for line in (output / "predictions.jsonl").read_text("utf-8").splitlines()]
+    images = sorted(line["image"] for line in lines)
+    if images != expected:
+        raise SelfTestFailure(f"{model}: predictions.jsonl has {len(lines)} lines for {len(expected)} images")
+    failed = [line for line in lines if line["status"] != "ok"]
+    if failed:
+        raise SelfTestFailure(f"{model}: {len(failed)} sample image(s) failed, e.g. {failed[0]['error']}")
+    if not (output / "summary.json").is_file():
+        raise SelfTestFailure(f"{model}: summary.json was not written")
+    if window.progress.value() != window.progress.maximum():
+        raise SelfTestFailure(f"{model}: the progress bar stopped at {window.progress.value()}")
+    shown = window.previews.shown
+    if shown is None or shown.image != lines[-1]["image"] or not window.previews.input_view.has_image():
+        raise SelfTestFailure(f"{model}: the preview does not show the last image")
+    return f"{model}: {len(lines)} images ok in {seconds:.1f} s"
+
+
+def run_self_test(args: argparse.Namespace) -> int:
+    from batchlens.ui.app import create_app, needs_offscreen
+
+    if needs_offscreen():
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
+    app = create_app()
+    from batchlens.ui.main_window import MainWindow
+    from batchlens.ui.settings import Settings
+
+    with tempfile.TemporaryDirectory(prefix="batchlens-self-test-") as tmp:
+        tmp_path = Path(tmp)
+        # Own settings file: the self-test must not change what the user's window remembers.
+        window = MainWindow(Settings(tmp_path / "settings.ini"))
+        window.ask_questions = False
+        window.show()
+        app.processEvents()
+        try:
+            reports = [_check_run(window, model, tmp_path / model) for model in DEMOS]
+            samples = len(window.memory_plot.history)
+            if samples == 0:
+                raise SelfTestFailure("the memory plot took no samples")
+            cleared = window.memory_plot.clear_cache()
+            reports.append(
+                f"memory plot: {samples} samples ({window.memory_plot.probe.kind}); {cleared.message()}"
+            )
+        except SelfTestFailure as exc:
+            print(f"batchlens self-test FAILED: {exc}", file=sys.stderr)
+            window.close()
+            return 1
+        except Exception as exc:  # anything else is a failure too, with its reason
+            print(f"batchlens self-test FAILED: unexpected {exc!r}", file=sys.stderr)
+            window.close()
+            return 1
+        window.close()
+        if window.thread is not None and window.thread.isRunning():
+            print("batchlens self-test FAILED: the run thread was still running after close", file=sys.stderr)
+            return 1
+    print(f"batchlens self-test passed (Qt platform: {app.platformName()}):")
+    for line in reports:
+        print(f"  {line}")
+    return 0
