@@ -1,0 +1,100 @@
+"""`batchlens bench` end to end on a tiny synthetic folder: the table and the JSON have every row,
+and every row processed the same images. No timing assertions: speed is reported, not tested."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from batchlens.cli import main
+from batchlens.core.bench import digest, make_synthetic_folder
+
+ROW_NAMES = ["plain", "naive", "engine", "no-probe", "tuned"]
+
+
+def test_bench_cli_prints_table_and_writes_json(tmp_path: Path, capsys):
+    out = tmp_path / "bench.json"
+    code = main(
+        [
+            "bench",
+            "--model",
+            "demo-shapes",
+            "--synthetic",
+            "6",
+            "--size",
+            "80x60",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "auto",
+            "--sampler-check",
+            "--json",
+            str(out),
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+
+    assert [row["name"] for row in result["rows"]] == ROW_NAMES
+    assert result["images"] == 6 and result["device"] == "cpu" and result["memory_kind"] == "cpu"
+    assert result["command"].startswith("batchlens bench --model demo-shapes --synthetic 6 --size 80x60")
+    names = [f"img_{i:05d}.jpg" for i in range(6)]
+    for row in result["rows"]:
+        assert row["images"] == 6, row  # the naive loop too: 6 small images stay far under 1 GiB
+        assert row["images_digest"] == digest(names), row["name"]
+        assert row["images_per_second"] > 0 and row["seconds"] > 0
+        assert row["peak_bytes"] > 0 and row["after_bytes"] > 0
+        assert row["label"] in printed
+    plain = result["rows"][0]
+    assert plain["ratio"] == 1.0
+    tuned = result["rows"][-1]
+    assert tuned["settings"]["prefetch"] == 2 and isinstance(tuned["settings"]["batch_size"], int)
+    assert "auto:" in tuned["note"]  # the auto batch size says why it stopped where it did
+    assert result["sampler"]["us_per_sample"] > 0 and result["sampler"]["samples"] == 6
+    assert "ab_percent" in result["sampler"]
+    for column in ("images/s", "vs plain", "peak mem", "mem after", "mem/image"):
+        assert column in printed
+    assert "memory sampler:" in printed
+
+
+def test_naive_row_stops_at_its_memory_limit(tmp_path: Path):
+    """The origin story's loop, bounded: with a tiny limit it stops early and says how far it got,
+    while its memory per image is clearly above the engine's."""
+    from batchlens.core.bench import BenchConfig, run_bench
+
+    folder = make_synthetic_folder(tmp_path / "in", 6, (200, 200))
+    result = run_bench(
+        BenchConfig(
+            "demo-denoise", input_dir=folder, device="cpu", batch_size=2, naive_limit_bytes=1, prefetch=1
+        )
+    )
+    rows = {row["name"]: row for row in result["rows"]}
+    naive = rows["naive"]
+    assert 1 <= naive["images"] < 6 and naive["note"].startswith("stopped after")
+    assert rows["engine"]["images"] == rows["tuned"]["images"] == rows["plain"]["images"] == 6
+    assert rows["tuned"]["settings"]["batch_size"] == 2
+
+
+def test_synthetic_images_are_photo_sized_jpegs(tmp_path: Path):
+    folder = make_synthetic_folder(tmp_path / "syn", 2, (320, 240))
+    files = sorted(folder.iterdir())
+    assert [f.name for f in files] == ["img_00000.jpg", "img_00001.jpg"]
+    with Image.open(files[0]) as im:
+        assert im.format == "JPEG" and im.size == (320, 240)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--synthetic", "0"], "at least 1 image"),
+        (["--input", "/no/such/folder"], "does not exist"),
+    ],
+)
+def test_bench_input_problems_are_one_sentence(argv, message, capsys):
+    code = main(["bench", "--model", "demo-shapes", "--device", "cpu", *argv])
+    assert code == 2
+    assert message in capsys.readouterr().err
