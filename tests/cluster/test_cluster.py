@@ -89,8 +89,12 @@ def test_demo_models_give_the_local_engines_lines_and_files(ray_cluster, tmp_pat
     assert isinstance(finished, RunFinished) and not finished.cancelled
     summary = json.loads((tmp_path / "ray-shapes/summary.json").read_text())
     local_summary = json.loads((tmp_path / "local-shapes/summary.json").read_text())
-    assert set(local_summary) <= set(summary)  # the same summary, plus where it ran
+    for key in ("model", "task", "memory_kind", "recursive", "batch_size", "precision", "channels_last"):
+        assert summary[key] == local_summary[key], key  # the same summary, plus where it ran
+    for key in ("seconds", "images_per_second", "peak_memory_bytes", "started_at", "finished_at"):
+        assert summary[key], key
     assert summary["counts"] == local_summary["counts"] == {**summary["counts"], "ok": 10, "error": 1}
+    assert summary["files"] == [str(tmp_path / "ray-shapes/predictions.csv")]
     assert summary["cluster"]["workers"] == 2 and summary["cluster"]["worker_device"] == "cpu"
     assert summary["retries"] == {"batches_retried": 0, "worker_restarts": 0}
 
@@ -157,9 +161,10 @@ def test_cli_resumes_on_a_cluster_address(ray_cluster, tmp_path: Path):
     (out / "predictions.jsonl").write_text("".join(full[:3]) + full[5])  # 4 done, out of order
 
     address = ray_cluster.get_runtime_context().gcs_address  # HOST:PORT, joined from a new process
-    result = subprocess.run(
-        [sys.executable, "-m", "batchlens", "run", "--model", "demo-shapes", "--input", str(shapes)]
-        + ["--output", str(out), "--cluster", address, "--workers", "1", "--resume", "--no-progress"],
+    result = subprocess.run(  # relative folders: the workers run elsewhere, the driver resolves them
+        [sys.executable, "-m", "batchlens", "run", "--model", "demo-shapes", "--input", "shapes"]
+        + ["--output", "out", "--cluster", address, "--workers", "1", "--resume", "--no-progress"],
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=300,

@@ -21,7 +21,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,11 +29,13 @@ import torch
 from PIL import Image
 
 from batchlens import __version__
+from batchlens.core.autobatch import BatchChoice, choose_batch_size
 from batchlens.core.devices import resolve_device
 from batchlens.core.errors import BatchLensError
 from batchlens.core.events import Event, ImageResult, RunFinished, RunNote, RunStarted
 from batchlens.core.images import Candidate, ScanStats, scan_images
-from batchlens.core.memory import MemorySample, probe_for
+from batchlens.core.inference import PRECISIONS, check_precision, use_channels_last
+from batchlens.core.memory import MemoryProbe, MemorySample, probe_for
 from batchlens.core.models import LoadedModel, load_model
 from batchlens.core.pipeline import BatchPipeline, Item
 from batchlens.core.results import ResultsWriter, read_records
@@ -118,31 +120,38 @@ def _png(image: Image.Image | None) -> bytes:
     return buffer.getvalue()
 
 
+def worker_pipeline(
+    config: RunConfig, device: str, loader: Callable[..., LoadedModel]
+) -> tuple[BatchPipeline, MemoryProbe]:
+    """On a worker: load the model and set up the pipeline as `Runner` does for a local run."""
+    # Every node must see the folders at the same paths; say so plainly where one does not.
+    if not Path(config.input_dir).is_dir():
+        raise BatchLensError(f"The input folder {config.input_dir} is not visible on {socket.gethostname()}.")
+    input_dir, output_dir = check_folders(config.input_dir, config.output_dir)
+    model = loader(config.model, resolve_device(device), config.model_options)
+    check_precision(config.precision, model.device)
+    channels_last = use_channels_last(model.module, model.device, config.channels_last)
+    pipeline = BatchPipeline(model, output_dir, config.max_pixels, config.precision, channels_last)
+    return pipeline, probe_for(model.device)
+
+
+def tune_batch_size(config: RunConfig, device: str, loader, todo: list[Candidate]) -> BatchChoice:
+    """`--batch-size auto` on a cluster: measured once, on a worker like the ones that will run."""
+    pipeline, probe = worker_pipeline(config, device, loader)
+    return choose_batch_size(pipeline, todo, probe)
+
+
 class ImageWorker:
     """The callable class Ray Data runs as actors: the model is loaded once per actor."""
 
     def __init__(
-        self,
-        model: str,
-        device: str,
-        options: dict,
-        input_dir: str,
-        output_dir: str,
-        max_pixels: int | None,
-        previews: bool,
-        ledger,
-        loader: Callable[..., LoadedModel] = load_model,
+        self, config: RunConfig, device: str, ledger, loader: Callable[..., LoadedModel] = load_model
     ):
         import ray
 
-        # Every node must see the folders at the same paths; say so plainly where one does not.
-        if not Path(input_dir).is_dir():
-            raise BatchLensError(f"The input folder {input_dir} is not visible on {socket.gethostname()}.")
-        check_folders(Path(input_dir), Path(output_dir))
-        self.model = loader(model, resolve_device(device), options)
-        self.pipeline = BatchPipeline(self.model, Path(output_dir), max_pixels)
-        self.probe = probe_for(self.model.device)
-        self.previews = previews
+        self.pipeline, self.probe = worker_pipeline(config, device, loader)
+        self.model = self.pipeline.model
+        self.previews = config.previews
         self.ledger = ledger
         self.where = f"{socket.gethostname()} (pid {os.getpid()}, {self.model.device})"
         ray.get(ledger.worker_started.remote(ray.get_runtime_context().get_actor_id()))
@@ -275,12 +284,14 @@ class ClusterRunner(Runner):
     def events(self) -> Iterator[Event]:
         ray = require_ray()
         cfg = self.config
-        if cfg.batch_size < 1:
-            raise BatchLensError("The batch size must be at least 1.")
+        if cfg.batch_size != "auto" and (not isinstance(cfg.batch_size, int) or cfg.batch_size < 1):
+            raise BatchLensError("The batch size must be a whole number of at least 1, or auto.")
+        if cfg.precision not in PRECISIONS:  # whether the workers' device can run it, they check
+            raise BatchLensError(f"Unknown precision {cfg.precision!r}: use {', '.join(PRECISIONS)}.")
         input_dir, output_dir = check_folders(cfg.input_dir, cfg.output_dir)
+        input_dir, output_dir = input_dir.resolve(), output_dir.resolve()  # workers run in other folders
         # Loaded once on the driver's CPU: a wrong id fails here, and its adapter writes the end files.
         model = self.loader(cfg.model, torch.device("cpu"), cfg.model_options)
-        model.module = None  # the driver never runs it
 
         stats = ScanStats()
         candidates = list(scan_images(input_dir, cfg.recursive, stats, exclude=output_dir))
@@ -294,6 +305,9 @@ class ClusterRunner(Runner):
     def _run(self, ray, model, input_dir: Path, output_dir: Path, candidates: list[Candidate], stats):
         cfg = self.config
         plan = plan_workers(ray.cluster_resources(), cfg.device, self.cluster.workers)
+        # The workers' choice, made by the same function on the driver's copy, which it then drops.
+        channels_last = use_channels_last(model.module, torch.device(plan.device), cfg.channels_last)
+        model.module = None
         writer = ResultsWriter(output_dir, cfg.resume)
         done = writer.done
         todo = [c for c in candidates if c.rel not in done]
@@ -322,12 +336,24 @@ class ClusterRunner(Runner):
                 f"Skipped folder {dirname}: unreadable, or a link back to a folder already scanned.",
             )
 
+        if cfg.prefetch:
+            yield RunNote("info", "Prefetch is not used on a cluster: Ray Data feeds each worker.")
+        batch_size, batch_choice = cfg.batch_size, None
+        if batch_size == "auto" and todo:
+            tune = ray.remote(num_cpus=1, num_gpus=plan.gpus_per_worker)(tune_batch_size)
+            on_worker = replace(cfg, input_dir=input_dir, output_dir=output_dir)
+            batch_choice = ray.get(tune.remote(on_worker, plan.device, self.loader, todo[:8]))
+            batch_size = batch_choice.batch_size
+            yield RunNote("info", batch_choice.message())
+        batch_size = batch_size if isinstance(batch_size, int) else 1
+
         pending: dict[int, dict] = {}  # lines that finished ahead of an earlier image
         next_line = 0
         rows = iter(())
         try:
             if todo:
-                rows = self._dataset(ray, plan, input_dir, output_dir, todo, ledger).iter_rows()
+                dataset = self._dataset(ray, plan, input_dir, output_dir, todo, ledger, batch_size)
+                rows = dataset.iter_rows()
             for index, row in enumerate(rows, start=1):
                 self._wait_if_paused()
                 if self._cancel.is_set():
@@ -373,10 +399,14 @@ class ClusterRunner(Runner):
             "task": model.info.task,
             "device": where,
             "memory_kind": memory_kind,
-            "input": str(input_dir.resolve()),
-            "output": str(output_dir.resolve()),
+            "input": str(input_dir),
+            "output": str(output_dir),
             "recursive": cfg.recursive,
-            "batch_size": cfg.batch_size,
+            "batch_size": batch_size,
+            "batch_size_auto": batch_choice.to_json() if batch_choice else None,
+            "prefetch": 0,
+            "precision": cfg.precision,
+            "channels_last": channels_last,
             "counts": {
                 "ok": counts["ok"],
                 "error": counts["error"],
@@ -402,13 +432,13 @@ class ClusterRunner(Runner):
         writer.write_summary(summary)
         yield RunFinished(summary, cancelled=self._cancel.is_set())
 
-    def _dataset(self, ray, plan: WorkerPlan, input_dir: Path, output_dir: Path, todo, ledger):
+    def _dataset(self, ray, plan: WorkerPlan, input_dir, output_dir, todo, ledger, batch_size: int):
         cfg = self.config
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the CLI and the window show their own progress
         context.print_on_execution_start = False
         # Blocks of whole batches, at most MAX_BLOCKS of them: a retry redoes one block.
-        rows_per_block = cfg.batch_size * math.ceil(len(todo) / (cfg.batch_size * MAX_BLOCKS))
+        rows_per_block = batch_size * math.ceil(len(todo) / (batch_size * MAX_BLOCKS))
         dataset = ray.data.from_items(
             [{"image": c.rel, "path": str(c.path)} for c in todo],
             override_num_blocks=math.ceil(len(todo) / rows_per_block),
@@ -416,17 +446,12 @@ class ClusterRunner(Runner):
         return dataset.map_batches(
             ImageWorker,
             fn_constructor_kwargs={
-                "model": cfg.model,
+                "config": replace(cfg, input_dir=input_dir, output_dir=output_dir),
                 "device": plan.device,
-                "options": dict(cfg.model_options),
-                "input_dir": str(input_dir),
-                "output_dir": str(output_dir),
-                "max_pixels": cfg.max_pixels,
-                "previews": cfg.previews,
                 "ledger": ledger,
                 "loader": self.loader,
             },
-            batch_size=cfg.batch_size,
+            batch_size=batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=plan.workers),
             num_cpus=1,
