@@ -1,0 +1,179 @@
+"""The speed options: prefetching, batching with --batch-size auto, mixed precision, channels_last.
+Each must give the same answers as the plain engine, stay bounded, and stop cleanly."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from batchlens.cli import main
+from batchlens.core.autobatch import BatchChoice, find_batch_size
+from batchlens.core.errors import BatchLensError
+from batchlens.core.events import ImageResult, RunNote
+from batchlens.core.inference import infer, use_channels_last
+from batchlens.core.memory import CpuProbe
+from batchlens.core.models import load_model
+from batchlens.core.prefetch import Prefetcher
+from batchlens.core.runner import RunConfig, Runner
+
+CPU = torch.device("cpu")
+
+
+def _predictions(out: Path) -> list[dict]:
+    lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    for line in lines:
+        line.pop("seconds")
+    return lines
+
+
+def _prefetch_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("batchlens-prefetch")]
+
+
+def test_prefetcher_keeps_order_stays_bounded_and_passes_errors_on():
+    in_flight, most = 0, 0
+    lock = threading.Lock()
+
+    def prepare(x: int) -> int:
+        nonlocal in_flight, most
+        with lock:
+            in_flight += 1
+            most = max(most, in_flight)
+        time.sleep(0.01 * (x % 3))  # finish out of order
+        return x * 10
+
+    def consume(depth: int) -> list[int]:
+        nonlocal in_flight
+        got = []
+        with Prefetcher(prepare, list(range(12)), depth) as ahead:
+            for value in ahead:
+                with lock:
+                    in_flight -= 1
+                got.append(value)
+        return got
+
+    assert consume(0) == [x * 10 for x in range(12)] and most == 1
+    most = 0
+    assert consume(3) == [x * 10 for x in range(12)]
+    assert most <= 4  # `depth` prepared ahead plus the one the consumer holds
+
+    def broken(x: int) -> int:
+        if x == 2:
+            raise RuntimeError("decoder exploded")
+        return x
+
+    with Prefetcher(broken, [0, 1, 2, 3], 2) as ahead:
+        assert next(ahead) == 0 and next(ahead) == 1
+        with pytest.raises(RuntimeError, match="decoder exploded"):
+            next(ahead)
+    assert not _prefetch_threads()
+    with pytest.raises(ValueError):
+        Prefetcher(broken, [], -1)
+
+
+def test_batching_and_prefetch_give_the_same_answers(shapes_folder: Path, tmp_path: Path):
+    list(Runner(RunConfig("demo-shapes", shapes_folder, tmp_path / "a", device="cpu")).events())
+    events = list(
+        Runner(
+            RunConfig("demo-shapes", shapes_folder, tmp_path / "b", device="cpu", batch_size=5, prefetch=2)
+        ).events()
+    )
+    assert _predictions(tmp_path / "a") == _predictions(tmp_path / "b")
+    assert [e.index for e in events if isinstance(e, ImageResult)] == list(range(1, 13))
+    summary = events[-1].summary
+    assert summary["batch_size"] == 5 and summary["prefetch"] == 2 and summary["channels_last"] is False
+    assert not _prefetch_threads()
+
+
+def test_cancel_with_prefetch_stops_the_background_threads(shapes_folder: Path, tmp_path: Path):
+    runner = Runner(RunConfig("demo-shapes", shapes_folder, tmp_path / "out", device="cpu", prefetch=3))
+    seen = 0
+    for event in runner.events():
+        if isinstance(event, ImageResult):
+            seen += 1
+            if seen == 2:
+                runner.cancel()
+    assert seen == 2
+    assert events_written(tmp_path / "out") == 2
+    assert not _prefetch_threads()
+
+
+def events_written(out: Path) -> int:
+    return len((out / "predictions.jsonl").read_text().splitlines())
+
+
+def test_batch_size_auto_reports_its_choice(shapes_folder: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    config = RunConfig("demo-shapes", shapes_folder, out, device="cpu", batch_size="auto")
+    events = list(Runner(config).events())
+    notes = [e for e in events if isinstance(e, RunNote) and e.message.startswith("Batch size auto: chose")]
+    assert len(notes) == 1
+    summary = json.loads((out / "summary.json").read_text())
+    auto = summary["batch_size_auto"]
+    assert summary["batch_size"] == auto["chosen"] and summary["counts"]["ok"] == 12
+    sizes = [t["batch_size"] for t in auto["trials"]]
+    assert sizes[0] == 1 and sizes == [2**i for i in range(len(sizes))] and max(sizes) <= 12
+    assert auto["chosen"] in sizes and auto["reason"]
+    best = max(auto["trials"], key=lambda t: t["images_per_second"] or 0)
+    assert auto["chosen"] == best["batch_size"]  # the fastest size tried wins
+
+
+def test_find_batch_size_stops_at_out_of_memory():
+    """A model that 'runs out of memory' above 4 images: the search stops there and keeps a size that
+    worked (the OOM path, without needing a GPU to exhaust)."""
+
+    class Limited(torch.nn.Module):
+        def forward(self, x):
+            if x.shape[0] > 4:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            time.sleep(0.02)  # a fixed cost per batch: bigger batches are faster per image
+            return x.flatten(1)[:, :3]
+
+    model = load_model("demo-shapes", CPU)
+    model.module = Limited()
+    choice = find_batch_size(model, torch.rand(3, 8, 8), CpuProbe(), max_batch=64)
+    assert isinstance(choice, BatchChoice)
+    assert [t.batch_size for t in choice.trials][-1] == 8 and choice.trials[-1].error == "out of memory"
+    assert choice.batch_size in (1, 2, 4) and "ran out of memory" in choice.reason
+    assert "chose" in choice.message()
+
+
+def test_mixed_precision_runs_and_hands_adapters_float32(shapes_folder: Path, tmp_path: Path):
+    model = load_model("demo-shapes", CPU)
+    outputs = infer(model.module, torch.rand(2, 3, 64, 64), CPU, "bf16")
+    assert [o.dtype for o in outputs] == [torch.float32, torch.float32]
+    out = tmp_path / "out"
+    list(Runner(RunConfig("demo-shapes", shapes_folder, out, device="cpu", precision="bf16")).events())
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["precision"] == "bf16" and summary["counts"]["ok"] == 12
+    with pytest.raises(BatchLensError, match="Unknown precision"):
+        list(Runner(RunConfig("demo-shapes", shapes_folder, out, device="cpu", precision="fp8")).events())
+
+
+def test_channels_last_gives_the_same_answers():
+    model = load_model("demo-shapes", CPU)
+    x = torch.rand(3, 3, 64, 64)
+    plain = infer(model.module, x, CPU)
+    assert use_channels_last(model.module, CPU, None) is False  # auto: only on CUDA
+    assert use_channels_last(model.module, CPU, True) is True
+    assert model.module.features[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    nhwc = infer(model.module, x, CPU, channels_last=True)
+    for a, b in zip(plain, nhwc):
+        assert torch.allclose(a, b, atol=1e-4) and a.is_contiguous()
+
+
+def test_cli_run_takes_the_speed_options(shapes_folder: Path, tmp_path: Path, capsys):
+    out = tmp_path / "out"
+    argv = ["run", "--model", "demo-shapes", "--input", str(shapes_folder), "--output", str(out)]
+    code = main([*argv, "--device", "cpu", "--batch-size", "4", "--prefetch", "2", "--precision", "bf16"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["batch_size"], summary["prefetch"], summary["precision"]) == (4, 2, "bf16")
+    with pytest.raises(SystemExit):
+        main([*argv, "--batch-size", "many"])
+    assert "not a whole number or auto" in capsys.readouterr().err
