@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from batchlens.core.memory import MemoryProbe, MemorySample, format_bytes
+from batchlens.core.memory import MemorySample, _malloc_trim, format_bytes
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +45,18 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
-def release_memory(device: torch.device, probe: MemoryProbe | None = None) -> int:
-    """Collect garbage and hand cached blocks back to the device; return the bytes freed (if known)."""
-    if probe is not None:
-        return probe.clear_cache().freed
-    gc.collect()
+def release_memory(device: torch.device) -> None:
+    """Collect garbage and hand the allocator's cached blocks back to the device.
+
+    Only the young generations are collected: a failed attempt's reference cycles are new objects, and
+    a full collection in a process that has imported torch can take a second."""
+    gc.collect(1)
     backend = {"cuda": torch.cuda, "mps": getattr(torch, "mps", None), "xpu": getattr(torch, "xpu", None)}
     module = backend.get(device.type)
     if module is not None:
         module.empty_cache()
-    return 0
+    elif device.type == "cpu":
+        _malloc_trim()  # glibc keeps freed heap pages otherwise; RSS would not come down
 
 
 @dataclass
@@ -152,7 +154,6 @@ class OomRecovery:
         *,
         tiles: bool = False,
         cpu_fallback: bool = False,
-        probe: MemoryProbe | None = None,
         on_first_oom: Callable[[], str | None] | None = None,
     ):
         self.device = device
@@ -160,7 +161,6 @@ class OomRecovery:
         self.cpu_fallback = cpu_fallback
         #: where the last step runs; the step is skipped when the model is already there
         self.fallback_device = CPU
-        self.probe = probe
         self.on_first_oom = on_first_oom
         self.oom_count = 0
         self.notes: list[RecoveryNote] = []  # drained by the runner after each batch
@@ -178,8 +178,8 @@ class OomRecovery:
         of memory together. Returns one Outcome per image."""
         self._first_oom()
         outcomes = [Outcome() for _ in images]
-        freed = self._free()
-        step = f"freed {format_bytes(freed)} and retried" if freed else "freed memory and retried"
+        self._free()
+        step = "freed memory and retried"
         if self._attempt(module, forward, images, list(range(len(images))), outcomes, [], step):
             self._note("info", f"Out of memory ({_short(first_error)}); {step}: that was enough.")
             return outcomes
@@ -292,8 +292,8 @@ class OomRecovery:
                 failure = f"failed ({type(exc).__name__}: {_short(str(exc))})"
         return None, failure
 
-    def _free(self) -> int:
-        return release_memory(self.device, self.probe)
+    def _free(self) -> None:
+        release_memory(self.device)
 
     def _first_oom(self) -> None:
         self.oom_count += 1
@@ -313,7 +313,7 @@ class LeakWatch:
     A model that keeps references (a list of outputs, a cache keyed by input) grows by about the same
     amount every image; the noise of a healthy run does not climb steadily. Warns once."""
 
-    def __init__(self, warmup: int = 4, window: int = 12, min_rate: float = 1 << 20):
+    def __init__(self, warmup: int = 3, window: int = 8, min_rate: float = 1 << 20):
         self.warmup = warmup  # batches ignored at the start (caches, lazy initialisation)
         self.window = window  # batches looked at
         self.min_rate = min_rate  # bytes per image

@@ -177,7 +177,6 @@ class Runner:
             device,
             tiles=model.adapter.task == "image_to_image",
             cpu_fallback=cfg.cpu_fallback,
-            probe=probe,
             on_first_oom=snapshot_saver(output_dir / MEMORY_SNAPSHOT) if snapshot else None,
         )
         leaks = LeakWatch()
