@@ -1,0 +1,141 @@
+"""The GPU proof, on a real CUDA device (marked `cuda`; skipped where CUDA is absent).
+
+Run on a GPU machine with: python -m pytest tests/gpu -m cuda -s
+(-s shows the printed figures: how far the naive loop got, the memory freed, images/s.)
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+from batchlens.core.bench import BenchConfig, format_table, run_bench  # noqa: E402
+from batchlens.core.events import ImageResult  # noqa: E402
+from batchlens.core.images import load_image  # noqa: E402
+from batchlens.core.memory import CudaProbe, format_bytes  # noqa: E402
+from batchlens.core.models import load_model  # noqa: E402
+from batchlens.core.pipeline import BatchPipeline  # noqa: E402
+from batchlens.core.runner import RunConfig, Runner  # noqa: E402
+from tests.helpers import make_denoise_folder  # noqa: E402
+
+MiB = 2**20
+CAP = 1536 * MiB  # the per-process limit for the origin story: a small GPU, as in the story
+
+
+@pytest.fixture
+def capped_gpu():
+    """Limit this process's CUDA caching allocator to CAP bytes, and lift the limit afterwards."""
+    device = torch.device("cuda", torch.cuda.current_device())
+    gc.collect()
+    torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(CAP / total, device)
+    yield device
+    torch.cuda.set_per_process_memory_fraction(1.0, device)
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def test_origin_story_naive_loop_runs_out_of_memory_engine_stays_flat(tmp_path: Path, capped_gpu):
+    """300x300 single-channel images through demo-denoise: the naive loop (no no_grad, outputs kept
+    on the GPU) hits the limit after a bounded number of images; the engine finishes the whole
+    folder under the same limit with flat allocated memory."""
+    device = capped_gpu
+    folder = tmp_path / "in"
+    make_denoise_folder(folder, 120, size=300)
+    paths = sorted(folder.iterdir())
+
+    model = load_model("demo-denoise", device)
+    naive = copy.deepcopy(model.module).requires_grad_(True)  # fresh from training
+    kept, reached = [], 0
+    with pytest.raises(torch.OutOfMemoryError):
+        for path in paths:
+            x = model.adapter.preprocess(load_image(path, "L").image).unsqueeze(0).to(device)
+            kept.append(naive(x))  # no no_grad: each output holds its whole graph on the GPU
+            reached += 1
+    per_image = torch.cuda.memory_allocated(device) / max(1, reached)
+    print(f"\nnaive loop: out of memory after {reached} images (~{format_bytes(per_image)} kept per image)")
+    assert 1 < reached < len(paths)
+    del kept, naive, x
+    gc.collect()
+    torch.cuda.empty_cache()
+
+    allocated = []
+    events = Runner(
+        RunConfig("demo-denoise", folder, tmp_path / "out", device=str(device)), model=model
+    ).events()
+    for event in events:
+        if isinstance(event, ImageResult):
+            assert event.ok, event.error
+            allocated.append(event.memory.allocated)
+    assert len(allocated) == len(paths)
+    steady = allocated[5:]
+    spread = max(steady) - min(steady)
+    print(
+        f"engine: {len(allocated)} images, allocated {format_bytes(min(steady))}..{format_bytes(max(steady))}"
+    )
+    assert spread <= 1 * MiB, "allocated memory must stay flat"
+
+
+def test_clear_cache_hands_back_what_it_reports():
+    device = torch.device("cuda", torch.cuda.current_device())
+    probe = CudaProbe(device)
+    blocks = [torch.empty(64 * MiB, dtype=torch.uint8, device=device) for _ in range(4)]
+    del blocks  # freed to PyTorch's cache, still reserved from the driver
+    before = torch.cuda.memory_reserved(device)
+    result = probe.clear_cache()
+    after = torch.cuda.memory_reserved(device)
+    print(f"\nclear cache: reserved {format_bytes(before)} -> {format_bytes(after)}; {result.message()}")
+    assert result.freed == before - after
+    assert result.freed >= 256 * MiB
+    assert result.still_allocated == torch.cuda.memory_allocated(device)
+
+
+def test_batches_are_pinned_and_conv_nets_run_channels_last_on_cuda(tmp_path: Path):
+    device = torch.device("cuda", torch.cuda.current_device())
+    folder = tmp_path / "in"
+    make_denoise_folder(folder, 4, size=64)
+    model = load_model("demo-denoise", device)
+    pipeline = BatchPipeline(model, tmp_path / "out", None)
+    from batchlens.core.images import scan_images
+
+    prepared = pipeline.prepare(list(scan_images(folder)))
+    ((_, batch),) = prepared.groups
+    assert batch.is_pinned() and batch.shape[0] == 4  # so the copy to the GPU does not block
+    summary = None
+    for event in Runner(
+        RunConfig("demo-denoise", folder, tmp_path / "out", device=str(device), prefetch=2)
+    ).events():
+        summary = getattr(event, "summary", summary)
+    assert summary["channels_last"] is True and summary["counts"]["ok"] == 4
+
+
+@pytest.mark.parametrize(
+    "model_id, size, precision",
+    [
+        ("demo-shapes", (96, 96), "fp32"),
+        ("demo-denoise", (300, 300), "fp32"),
+        ("resnet50", (1600, 1200), "fp16"),
+    ],
+)
+def test_throughput_at_batch_1_and_best_batch(model_id, size, precision):
+    """Prints images/s for the plain loop, the engine at batch 1 and at the best (auto) batch size,
+    and with AMP for the torchvision model. Speed is reported, never asserted."""
+    device = f"cuda:{torch.cuda.current_device()}"
+    result = run_bench(
+        BenchConfig(model_id, synthetic=200, size=size, device=device, batch_size="auto", precision=precision)
+    )
+    print("\n" + format_table(result))
+    rows = {row["name"]: row for row in result["rows"]}
+    for name in ("plain", "engine", "tuned"):
+        assert rows[name]["images"] == 200 and rows[name]["images_digest"] == rows["plain"]["images_digest"]
+    assert rows["engine"]["settings"]["batch_size"] == 1 and rows["tuned"]["settings"]["batch_size"] >= 1
