@@ -7,9 +7,12 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
+import torchvision
 
 from batchlens.cli import main
 from batchlens.core.cluster import ClusterConfig, ClusterRunner, WorkerPlan, plan_workers
@@ -98,25 +101,24 @@ def test_demo_models_give_the_local_engines_lines_and_files(ray_cluster, tmp_pat
     assert summary["cluster"]["workers"] == 2 and summary["cluster"]["worker_device"] == "cpu"
     assert summary["retries"] == {"batches_retried": 0, "worker_restarts": 0}
 
-    # image-to-image: the workers write the PNGs into the output folder, byte for byte the local ones
-    noisy = tmp_path / "noisy"
-    make_denoise_folder(noisy / "sub", 2, size=96)
-    make_denoise_folder(noisy, 2, size=80, seed=7)
-    config = RunConfig("demo-denoise", noisy, tmp_path / "ray-denoise", device="cpu", recursive=True)
-    list(ClusterRunner(config, ClusterConfig(workers=1)).events())
-    lines = read_lines(tmp_path / "ray-denoise/predictions.jsonl")
-    local_config = RunConfig("demo-denoise", noisy, tmp_path / "local-denoise", device="cpu", recursive=True)
-    list(Runner(local_config).events())
-    assert lines == read_lines(tmp_path / "local-denoise/predictions.jsonl")
-    assert [line["output"] for line in lines] == [
-        "noisy_0000.png",
-        "noisy_0001.png",
-        "sub/noisy_0000.png",
-        "sub/noisy_0001.png",
-    ]
-    for line in lines:
-        ours = (tmp_path / "ray-denoise" / line["output"]).read_bytes()
-        assert ours == (tmp_path / "local-denoise" / line["output"]).read_bytes()
+
+@pytest.mark.cluster
+def test_a_torchvision_model_gives_the_local_engines_lines(ray_cluster, tmp_path: Path):
+    torch.manual_seed(0)  # seeded offline weights for a torchvision architecture, on shared storage
+    weights = tmp_path / "mobilenet.pth"
+    torch.save(torchvision.models.get_model("mobilenet_v3_small", weights=None).state_dict(), weights)
+    photos = tmp_path / "photos"
+    make_shapes_folder(photos, 3, size=120)
+    options = {"weights": str(weights)}
+    local = RunConfig("mobilenet_v3_small", photos, tmp_path / "local", device="cpu", model_options=options)
+    list(Runner(local).events())
+    config = replace(local, output_dir=tmp_path / "ray")
+    events = list(ClusterRunner(config, ClusterConfig(workers=1)).events())
+
+    lines = read_lines(tmp_path / "ray/predictions.jsonl")
+    assert lines == read_lines(tmp_path / "local/predictions.jsonl")
+    assert len(lines) == 3 and all(len(line["top"]) == 5 for line in lines)
+    assert events[0].model.startswith("mobilenet_v3_small") and events[-1].summary["counts"]["ok"] == 3
 
 
 @pytest.mark.cluster
@@ -151,29 +153,44 @@ def test_worker_failures_become_error_lines_and_the_run_completes(ray_cluster, t
 
 
 @pytest.mark.cluster
-def test_cli_resumes_on_a_cluster_address(ray_cluster, tmp_path: Path):
-    shapes = tmp_path / "shapes"
-    make_shapes_folder(shapes, 8)
-    local_run("demo-shapes", shapes, tmp_path / "local")
+def test_cli_resumes_image_to_image_on_a_cluster_address(ray_cluster, tmp_path: Path):
+    noisy = tmp_path / "noisy"
+    make_denoise_folder(noisy / "sub", 2, size=96)
+    make_denoise_folder(noisy, 3, size=80, seed=7)
+    reference = RunConfig("demo-denoise", noisy, tmp_path / "local", device="cpu", recursive=True)
+    list(Runner(reference).events())
     out = tmp_path / "out"
-    local_run("demo-shapes", shapes, out)
+    list(Runner(replace(reference, output_dir=out)).events())
     full = (out / "predictions.jsonl").read_text().splitlines(keepends=True)
-    (out / "predictions.jsonl").write_text("".join(full[:3]) + full[5])  # 4 done, out of order
+    (out / "predictions.jsonl").write_text("".join(full[:2]) + full[3])  # 3 done, out of order
+    for line in full[2:3] + full[4:]:
+        (out / json.loads(line)["output"]).unlink()  # the workers must write these again
 
     address = ray_cluster.get_runtime_context().gcs_address  # HOST:PORT, joined from a new process
     result = subprocess.run(  # relative folders: the workers run elsewhere, the driver resolves them
-        [sys.executable, "-m", "batchlens", "run", "--model", "demo-shapes", "--input", "shapes"]
-        + ["--output", "out", "--cluster", address, "--workers", "1", "--resume", "--no-progress"],
+        [sys.executable, "-m", "batchlens", "run", "--model", "demo-denoise", "--input", "noisy"]
+        + ["--output", "out", "--recursive", "--resume", "--no-progress"]
+        + ["--cluster", address, "--workers", "1"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    assert "over 4 image(s), 4 already done" in result.stdout and "Ray cluster, 1 worker(s)" in result.stdout
-    assert read_lines(out / "predictions.jsonl") == read_lines(tmp_path / "local/predictions.jsonl")
+    assert "over 2 image(s), 3 already done" in result.stdout and "Ray cluster, 1 worker(s)" in result.stdout
+    lines = read_lines(out / "predictions.jsonl")
+    assert lines == read_lines(tmp_path / "local/predictions.jsonl")
+    assert [line["output"] for line in lines] == [
+        "noisy_0000.png",
+        "noisy_0001.png",
+        "noisy_0002.png",
+        "sub/noisy_0000.png",
+        "sub/noisy_0001.png",
+    ]
+    for line in lines:  # the workers' PNGs are byte for byte the local engine's
+        assert (out / line["output"]).read_bytes() == (tmp_path / "local" / line["output"]).read_bytes()
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["counts"]["already_done"] == 4 and summary["counts"]["ok"] == 4
+    assert summary["counts"]["already_done"] == 3 and summary["counts"]["ok"] == 2
 
 
 def test_the_pool_is_sized_to_the_cluster():

@@ -38,6 +38,7 @@ from batchlens.core.inference import PRECISIONS, check_precision, use_channels_l
 from batchlens.core.memory import MemoryProbe, MemorySample, probe_for
 from batchlens.core.models import LoadedModel, load_model
 from batchlens.core.pipeline import BatchPipeline, Item
+from batchlens.core.recovery import OomRecovery
 from batchlens.core.results import ResultsWriter, read_records
 from batchlens.core.runner import RunConfig, Runner, check_folders
 from batchlens.core.tasks.base import thumbnail
@@ -132,6 +133,9 @@ def worker_pipeline(
     check_precision(config.precision, model.device)
     channels_last = use_channels_last(model.module, model.device, config.channels_last)
     pipeline = BatchPipeline(model, output_dir, config.max_pixels, config.precision, channels_last)
+    pipeline.recovery = OomRecovery(
+        model.device, tiles=model.adapter.task == "image_to_image", cpu_fallback=config.cpu_fallback
+    )
     return pipeline, probe_for(model.device)
 
 
@@ -176,7 +180,9 @@ class ImageWorker:
                 rows += self._process([candidate])
         ray.get(self.ledger.end.remote(key))
         sample = self.probe.sample()  # after the batch's device tensors were dropped
+        notes = [[note.level, note.message] for note in self.pipeline.recovery.take_notes()]
         for row in rows:
+            row["notes"] = json.dumps(notes if row is rows[0] else [])
             row.update(
                 attempt=attempt,
                 worker=self.where,
@@ -286,10 +292,18 @@ class ClusterRunner(Runner):
         cfg = self.config
         if cfg.batch_size != "auto" and (not isinstance(cfg.batch_size, int) or cfg.batch_size < 1):
             raise BatchLensError("The batch size must be a whole number of at least 1, or auto.")
+        if cfg.max_failures is not None and cfg.max_failures < 1:
+            raise BatchLensError("--max-failures must be at least 1.")
         if cfg.precision not in PRECISIONS:  # whether the workers' device can run it, they check
             raise BatchLensError(f"Unknown precision {cfg.precision!r}: use {', '.join(PRECISIONS)}.")
         input_dir, output_dir = check_folders(cfg.input_dir, cfg.output_dir)
-        input_dir, output_dir = input_dir.resolve(), output_dir.resolve()  # workers run in other folders
+        # Workers run in other folders: every path they get is absolute.
+        input_dir, output_dir = input_dir.resolve(), output_dir.resolve()
+        if Path(cfg.model).expanduser().is_file():
+            self.config = cfg = replace(cfg, model=str(Path(cfg.model).expanduser().resolve()))
+        if cfg.model_options.get("weights"):
+            weights = str(Path(cfg.model_options["weights"]).expanduser().resolve())
+            self.config = cfg = replace(cfg, model_options={**cfg.model_options, "weights": weights})
         # Loaded once on the driver's CPU: a wrong id fails here, and its adapter writes the end files.
         model = self.loader(cfg.model, torch.device("cpu"), cfg.model_options)
 
@@ -347,6 +361,9 @@ class ClusterRunner(Runner):
             yield RunNote("info", batch_choice.message())
         batch_size = batch_size if isinstance(batch_size, int) else 1
 
+        if cfg.memory_snapshot:
+            yield RunNote("info", "--memory-snapshot is not taken on a cluster; run on one GPU for it.")
+        stopped = None
         pending: dict[int, dict] = {}  # lines that finished ahead of an earlier image
         next_line = 0
         rows = iter(())
@@ -359,6 +376,8 @@ class ClusterRunner(Runner):
                 if self._cancel.is_set():
                     break
                 event = self._event(row, index, len(todo))
+                for level, message in json.loads(row["notes"]):  # out-of-memory recovery on a worker
+                    yield RunNote(level, f"{row['worker']}: {message}", event.memory)
                 pending[position[event.image]] = self._line(event)
                 while next_line in pending:  # predictions.jsonl stays in scan order
                     writer.write(pending.pop(next_line))
@@ -367,6 +386,13 @@ class ClusterRunner(Runner):
                 peak = max(peak, event.memory.peak)
                 nodes.add(str(row["worker"]).split(" (")[0])
                 yield event
+                if cfg.max_failures and counts["error"] >= cfg.max_failures:
+                    stopped = (
+                        f"Stopped after {counts['error']} failed image(s), the limit set by --max-failures "
+                        f"{cfg.max_failures}. The last error: {event.error}. The results so far are in "
+                        f"{writer.path}; fix the cause and run again with --resume."
+                    )
+                    break
         except ray.exceptions.RayError as exc:
             raise BatchLensError(
                 f"The cluster run failed: {_last_line(exc)}. Results written so far are kept "
@@ -390,7 +416,7 @@ class ClusterRunner(Runner):
             )
         seconds = time.perf_counter() - t0
         files = []
-        if not self._cancel.is_set():
+        if not self._cancel.is_set() and stopped is None:
             files = [str(p) for p in model.adapter.finish(output_dir, read_records(writer.path))]
         processed = counts["ok"] + counts["error"]
         summary = {
@@ -427,9 +453,12 @@ class ClusterRunner(Runner):
                 "worker_device": plan.device,
                 "nodes": sorted(nodes),
             },
+            "stopped": stopped,
             "retries": retries,
         }
         writer.write_summary(summary)
+        if stopped:
+            raise BatchLensError(stopped)
         yield RunFinished(summary, cancelled=self._cancel.is_set())
 
     def _dataset(self, ray, plan: WorkerPlan, input_dir, output_dir, todo, ledger, batch_size: int):
