@@ -75,6 +75,17 @@ def read_records(path: Path) -> list[dict]:
     return records
 
 
+def remove_stale_temp_files(output_dir: Path) -> int:
+    """Delete the temporary files of a killed run (`.NAME.PID.tmp`, see atomic_write); return how many."""
+    removed = 0
+    for tmp in Path(output_dir).rglob(".*.tmp"):
+        parts = tmp.name.rsplit(".", 2)  # [".NAME", "PID", "tmp"]
+        if len(parts) == 3 and parts[1].isdigit() and tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 class ResultsWriter:
     """Appends one JSON line per image and flushes it, so every finished image survives a crash."""
 
@@ -86,7 +97,8 @@ class ResultsWriter:
             # Keep the images that already succeeded; errors are retried. Rewriting atomically also
             # drops a partial last line left by a killed run.
             self.kept = [r for r in read_records(self.path) if r.get("status") == "ok"]
-            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.kept))
+            atomic_write_text(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.kept))
+            remove_stale_temp_files(self.output_dir)
         else:
             self.path.unlink(missing_ok=True)
         # Unbuffered bytes: each line reaches the operating system whole the moment it is written.
