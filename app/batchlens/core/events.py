@@ -46,6 +46,9 @@ class RunNote:
     level: str  # "info" or "warning"
     message: str
     memory: MemorySample | None = None
+    #: what it is about, for the memory plot's markers: "note" (anything), "out_of_memory" (a recovery
+    #: step), "leak", "other_processes", "outsized_image", "memory_snapshot"
+    kind: str = "note"
 
 
 @dataclass(frozen=True)

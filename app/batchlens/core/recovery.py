@@ -74,6 +74,7 @@ class RecoveryNote:
 
     level: str
     message: str
+    kind: str = "out_of_memory"  # RunNote.kind
 
 
 def _short(message: str) -> str:
@@ -300,11 +301,11 @@ class OomRecovery:
         if self.oom_count == 1 and self.on_first_oom is not None:
             message = self.on_first_oom()
             if message:
-                self._note("info", message)
+                self._note("info", message, kind="memory_snapshot")
 
-    def _note(self, level: str, message: str) -> None:
+    def _note(self, level: str, message: str, kind: str = "out_of_memory") -> None:
         log.log(logging.WARNING if level == "warning" else logging.INFO, message)
-        self.notes.append(RecoveryNote(level, message))
+        self.notes.append(RecoveryNote(level, message, kind))
 
 
 class LeakWatch:

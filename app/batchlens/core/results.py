@@ -7,6 +7,7 @@ import errno
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 PREDICTIONS = "predictions.jsonl"
@@ -84,6 +85,35 @@ def remove_stale_temp_files(output_dir: Path) -> int:
             tmp.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+@dataclass(frozen=True)
+class UnfinishedRun:
+    """An output folder whose last run did not finish (killed, cancelled, stopped, or with images
+    still to do): what `--resume` (the window's Resume) would keep."""
+
+    ok: int  # images finished (kept by a resume)
+    failed: int  # images with an error line (retried by a resume)
+
+
+def unfinished_run(output_dir: Path) -> UnfinishedRun | None:
+    """None when `output_dir` holds no run, or a run that finished; else what it holds."""
+    predictions, summary = Path(output_dir) / PREDICTIONS, Path(output_dir) / SUMMARY
+    records = read_records(predictions)
+    if not records:
+        return None
+    ok = sum(r.get("status") == "ok" for r in records)
+    try:
+        data = json.loads(summary.read_text(encoding="utf-8"))
+        finished = (
+            summary.stat().st_mtime_ns >= predictions.stat().st_mtime_ns  # not an older run's summary
+            and not data.get("cancelled")
+            and not data.get("stopped")
+            and data["counts"].get("not_processed", 0) == 0
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        finished = False  # no summary: the run was killed or crashed
+    return None if finished else UnfinishedRun(ok, len(records) - ok)
 
 
 class ResultsWriter:

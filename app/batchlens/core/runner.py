@@ -199,7 +199,7 @@ class Runner:
                 sample = probe.sample()  # after the batch's device tensors were dropped
                 peak = max(peak, sample.peak)
                 for note in pipeline.recovery.take_notes():
-                    yield RunNote(note.level, note.message, sample)
+                    yield RunNote(note.level, note.message, sample, note.kind)
                 for item in items:
                     index += 1
                     event = self._record(item, index, len(todo), sample, model)
@@ -211,7 +211,7 @@ class Runner:
                     yield event
                 rate = leaks.add(index, sample)
                 if rate is not None:
-                    yield RunNote("warning", leak_warning(rate, leaks.window), sample)
+                    yield RunNote("warning", leak_warning(rate, leaks.window), sample, "leak")
                 if cfg.max_failures and counts["error"] >= cfg.max_failures:
                     stopped = self._too_many_failures(counts, items, output_dir)
                     break
@@ -277,7 +277,7 @@ class Runner:
         if probe.kind != "cpu":
             message = other_processes_warning(sample, device)
             if message:
-                yield RunNote("warning", message, sample)
+                yield RunNote("warning", message, sample, "other_processes")
         if cfg.memory_snapshot and device.type != "cuda":
             yield RunNote("info", f"--memory-snapshot needs a CUDA GPU; no snapshot is taken on {device}.")
         # Headers only (no decoding), and at most ~2 s of them so a huge folder starts promptly.
@@ -290,7 +290,7 @@ class Runner:
                 sizes.append((candidate.rel, *size))
         message = outsized_image_warning(sizes, cfg.max_pixels)
         if message:
-            yield RunNote("warning", message, sample)
+            yield RunNote("warning", message, sample, "outsized_image")
 
     def _too_many_failures(self, counts: dict, items: list[Item], output_dir: Path) -> str:
         last = next((item.error_message() for item in reversed(items) if not item.ok), None)
