@@ -12,11 +12,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import QObject, Qt, QThread, QThreadPool, QTimer, QUrl, Signal
+from PySide6.QtCore import QObject, Qt, QThread, QThreadPool, QTimer, QUrl, Signal, Slot
 from PySide6.QtGui import QAction, QDesktopServices, QKeySequence
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QFrame,
     QFileDialog,
     QGridLayout,
     QGroupBox,
@@ -28,6 +29,7 @@ from PySide6.QtWidgets import (
     QMessageBox,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSplitter,
     QStatusBar,
     QTreeWidget,
@@ -42,6 +44,7 @@ from batchlens.core.events import ImageResult, RunFinished, RunNote, RunStarted
 from batchlens.core.images import ScanStats, scan_images
 from batchlens.core.memory import ClearResult, MemoryProbe, probe_for
 from batchlens.core.resources import resource_path, sample_folder
+from batchlens.core.results import unfinished_run
 from batchlens.core.runner import RunConfig
 from batchlens.ui.memory_plot import MemoryPlot
 from batchlens.ui.model_picker import ModelPicker
@@ -101,6 +104,7 @@ def format_duration(seconds: float) -> str:
 
 class MainWindow(QMainWindow):
     run_finished = Signal(object)  # the summary dict, or None when the run could not go on
+    worker_created = Signal(object)  # the RunWorker of a run about to start
 
     def __init__(
         self,
@@ -157,6 +161,11 @@ class MainWindow(QMainWindow):
         )
         self.output_browse = QPushButton("Browse…")
         self.output_browse.setToolTip("Choose the folder for the results.")
+        self.cpu_fallback_check = QCheckBox("Fall back to CPU")
+        self.cpu_fallback_check.setToolTip(
+            "When an image runs out of GPU memory even after retrying, smaller batches and tiles, run "
+            "that one image on the CPU (slower) instead of giving it an error line."
+        )
 
         setup = QGroupBox("What to run")
         grid = QGridLayout(setup)
@@ -172,6 +181,7 @@ class MainWindow(QMainWindow):
         grid.addWidget(QLabel("Output folder"), 3, 0)
         grid.addWidget(self.output_edit, 3, 1)
         grid.addWidget(self.output_browse, 3, 2)
+        grid.addWidget(self.cpu_fallback_check, 3, 3, 1, 2)
         grid.setColumnStretch(1, 1)
         self.setup_box = setup
 
@@ -207,7 +217,15 @@ class MainWindow(QMainWindow):
         preview_box = QGroupBox("Previews")
         preview_layout = QVBoxLayout(preview_box)
         preview_layout.addWidget(self.previews, 1)
-        preview_layout.addWidget(self.thumbnails)
+        strip = QScrollArea()  # the strip keeps its size; a narrow window scrolls it instead
+        strip.setWidget(self.thumbnails)
+        strip.setWidgetResizable(True)
+        strip.setFrameShape(QFrame.Shape.NoFrame)
+        strip.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        strip.setFixedHeight(
+            self.thumbnails.minimumHeight() + strip.horizontalScrollBar().sizeHint().height()
+        )
+        preview_layout.addWidget(strip)
 
         self.memory_plot = MemoryPlot()
         memory_box = QGroupBox("Memory")
@@ -470,15 +488,44 @@ class MainWindow(QMainWindow):
             )
             if answer != QMessageBox.StandardButton.Yes:
                 return None
+        resume = self.offer_resume(output_dir)
+        if resume is None:
+            return None
         return RunConfig(
             model=model,
             input_dir=input_dir,
             output_dir=output_dir,
             device=self.device_name(),
             recursive=self.recursive_check.isChecked(),
+            resume=resume,
             previews=True,
             model_options=self.model_picker.current_options(),
+            cpu_fallback=self.cpu_fallback_check.isChecked(),
         )
+
+    def offer_resume(self, output_dir: Path) -> bool | None:
+        """When the output folder holds an unfinished run, ask: Resume (True), Start over (False) or
+        Cancel (None). Without questions (--start, --self-test) resume: it loses nothing."""
+        unfinished = unfinished_run(output_dir)
+        if unfinished is None:
+            return False
+        if not self.ask_questions:
+            return True
+        box = QMessageBox(
+            QMessageBox.Icon.Question,
+            "Unfinished run",
+            f"The output folder {output_dir} holds a run that did not finish: {unfinished.ok} image(s) "
+            f"done, {unfinished.failed} failed.\n\nResume keeps the finished images, retries the failed "
+            "ones and does the rest. Start over replaces its results.",
+            QMessageBox.StandardButton.Cancel,
+            self,
+        )
+        resume = box.addButton("Resume", QMessageBox.ButtonRole.AcceptRole)
+        restart = box.addButton("Start over", QMessageBox.ButtonRole.DestructiveRole)
+        box.setDefaultButton(resume)
+        box.exec()
+        clicked = box.clickedButton()
+        return True if clicked is resume else False if clicked is restart else None
 
     def start_run(self) -> bool:
         if self.is_running():
@@ -503,9 +550,12 @@ class MainWindow(QMainWindow):
         worker = RunWorker(config)
         worker.yielded.connect(self._on_event)
         worker.errored.connect(self._on_errored)
-        worker.paused.connect(lambda: self._show_paused(True))
-        worker.resumed.connect(lambda: self._show_paused(False))
+        # Bound methods of the window (not lambdas), so Qt queues them onto the GUI thread whichever
+        # thread emits.
+        worker.paused.connect(self._on_paused)
+        worker.resumed.connect(self._on_resumed)
         self.worker = worker
+        self.worker_created.emit(worker)  # before the thread starts: a hook for extensions and tests
         self.thread = start_in_thread(worker)
         self.thread.finished.connect(self._on_thread_finished)
         self._set_running(True)
@@ -528,6 +578,14 @@ class MainWindow(QMainWindow):
         self.cancel_button.setEnabled(False)
         self.pause_button.setEnabled(False)
         self.statusBar().showMessage("Cancelling after the current image…")
+
+    @Slot()
+    def _on_paused(self) -> None:
+        self._show_paused(True)
+
+    @Slot()
+    def _on_resumed(self) -> None:
+        self._show_paused(False)
 
     def _show_paused(self, paused: bool) -> None:
         now = time.monotonic()
@@ -558,6 +616,8 @@ class MainWindow(QMainWindow):
         elif isinstance(event, RunNote):
             self._add_problem("(run)", event.message, warning=event.level != "error")
             self.statusBar().showMessage(event.message)
+            if event.kind != "note":  # memory events (out-of-memory recovery, a leak...) mark the plot
+                self.memory_plot.add_marker(event.kind, event.message)
         elif isinstance(event, RunFinished):
             self._on_finished(event)
 
