@@ -119,7 +119,7 @@ class MemoryPlot(QWidget):
         self.probe: MemoryProbe | None = None
 
         self.plot_widget = pg.PlotWidget()
-        self.plot_widget.setMinimumSize(320, 200)
+        self.plot_widget.setMinimumSize(300, 150)
         self.plot_widget.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.plot_item = self.plot_widget.getPlotItem()
         self.plot_item.setMouseEnabled(x=False, y=False)
@@ -128,6 +128,9 @@ class MemoryPlot(QWidget):
         self.plot_item.showGrid(x=True, y=True, alpha=0.2)
         self.plot_item.setClipToView(True)
         self.plot_item.setLabel("bottom", "time", units="s")
+        self.plot_item.getAxis("left").enableAutoSIPrefix(False)
+        self.plot_item.getAxis("bottom").enableAutoSIPrefix(False)
+        self._axis_label: tuple[str, str] | None = None
         self.legend = self.plot_item.addLegend(offset=(8, 8), labelTextSize="8pt")
         self.curves: dict[str, pg.PlotDataItem] = {}
         for key in ("allocated", "reserved", "peak", "device_used"):
@@ -195,6 +198,7 @@ class MemoryPlot(QWidget):
         """Plot a new probe (another device): history starts afresh, the lines are relabelled."""
         self.probe = probe
         self.history.clear()
+        self._axis_label = None
         cpu = probe.kind == "cpu"
         names = {
             "allocated": "process RAM (RSS)" if cpu else "allocated (live tensors)",
@@ -244,7 +248,8 @@ class MemoryPlot(QWidget):
                 _nan(sample.device_total),
             )
         )
-        self._redraw()
+        if self.isVisible():  # a hidden or minimised window only records
+            self._redraw()
         self.readout.setText(self.describe(sample))
         self.sampled.emit(sample)
 
@@ -260,20 +265,20 @@ class MemoryPlot(QWidget):
         shown = (
             ["allocated", "peak"] if cpu else ["allocated", "reserved", "peak", "device_used", "device_total"]
         )
-        biggest = np.nanmax(data[:, [COLUMNS.index(k) for k in shown]]) if len(data) else 0
-        self._divisor = GIB if biggest >= 2 * GIB else MIB
-        self.plot_item.setLabel(
-            "left", "RAM" if cpu else "memory", units="GiB" if self._divisor == GIB else "MiB"
-        )
-        self.plot_item.getAxis("left").enableAutoSIPrefix(False)
-        self.plot_item.getAxis("bottom").enableAutoSIPrefix(False)
+        biggest = np.nanmax(data[:, [COLUMNS.index(k) for k in shown]])
+        divisor = GIB if biggest >= 2 * GIB else MIB
+        label = ("RAM" if cpu else "memory", "GiB" if divisor == GIB else "MiB")
+        if label != self._axis_label:  # relabelling re-lays out the axis: only when it changes
+            self._axis_label = label
+            self.plot_item.setLabel("left", label[0], units=label[1])
+        self._divisor = divisor
         t = data[:, 0]
         for key, curve in self.curves.items():
             column = data[:, COLUMNS.index(key)]
             if key == "device_used" and np.isnan(column).all():
                 curve.setData([], [])
                 continue
-            curve.setData(t, column / self._divisor, connect="finite")
+            curve.setData(t, column / self._divisor, skipFiniteCheck=True)
         total = data[-1, COLUMNS.index("device_total")]
         self.total_line.setVisible(not cpu and not math.isnan(total))
         if not math.isnan(total):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from PySide6.QtCore import QObject, QThread, Signal, Slot
+from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
 from batchlens.core.errors import BatchLensError
 from batchlens.core.events import RunFinished
@@ -83,6 +83,8 @@ def start_in_thread(worker: RunWorker) -> QThread:
     thread.setObjectName("batchlens-run")
     worker.moveToThread(thread)
     thread.started.connect(worker.run)
-    worker.finished.connect(thread.quit)
+    # quit() is thread-safe; calling it directly from the worker thread (not queued to the GUI thread)
+    # lets the thread end even while the GUI thread is blocked in thread.wait() on close.
+    worker.finished.connect(thread.quit, Qt.ConnectionType.DirectConnection)
     thread.start()
     return thread

@@ -1,0 +1,271 @@
+"""The real window, offscreen: run the demo models, pause, cancel, close mid-run, clear the cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PySide6.QtCore import QMimeData, QPointF, Qt, QTimer, QUrl
+from PySide6.QtGui import QDropEvent
+
+from batchlens.core.events import ImageResult
+from batchlens.core.resources import sample_folder
+from batchlens.ui.main_window import MainWindow, default_output_for
+from batchlens.ui.previews import THUMBNAILS
+from batchlens.ui.settings import Settings
+from tests.helpers import make_shapes_folder
+from tests.ui.conftest import GIB, MIB
+
+RUN_TIMEOUT_MS = 120_000
+
+
+def jsonl(output: Path) -> list[dict]:
+    path = output / "predictions.jsonl"
+    return [json.loads(line) for line in path.read_text("utf-8").splitlines()] if path.exists() else []
+
+
+def pause_at(window: MainWindow, index: int) -> None:
+    """Press Pause on the worker thread right after image `index` (as a user could), deterministically."""
+
+    def hook(worker):
+        def on_event(event):
+            if isinstance(event, ImageResult) and event.index == index:
+                worker.pause()
+
+        worker.yielded.connect(on_event, Qt.ConnectionType.DirectConnection)
+
+    window.worker_created.connect(hook)
+
+
+def start(qtbot, window: MainWindow, model: str, folder: Path, output: Path) -> None:
+    window.prefill(model=model, input_dir=folder, output_dir=output, device="cpu")
+    qtbot.mouseClick(window.run_button, Qt.MouseButton.LeftButton)
+    assert window.is_running()
+
+
+def test_run_demo_on_a_generated_folder_to_the_end(qtbot, window, shapes_folder, tmp_path):
+    output = tmp_path / "out"
+    window.prefill(model="demo-shapes", input_dir=shapes_folder, output_dir=output, device="cpu")
+    qtbot.waitUntil(lambda: window.count_label.text() == "12 images found.", timeout=10_000)
+    with qtbot.waitSignal(window.run_finished, timeout=RUN_TIMEOUT_MS) as finished:
+        qtbot.mouseClick(window.run_button, Qt.MouseButton.LeftButton)
+    summary = finished.args[0]
+    lines = jsonl(output)
+    assert [line["image"] for line in lines] == [f"shape_{i:04d}.png" for i in range(12)]
+    assert summary["counts"]["ok"] == 12 and not summary["cancelled"]
+    assert window.progress.maximum() == 12 and window.progress.value() == 12
+    # The previews show the last image: its input and its ranked labels as score bars.
+    shown = window.previews.shown
+    assert shown.image == "shape_0011.png"
+    assert window.previews.input_view.has_image()
+    assert window.previews.result_stack.currentWidget() is window.previews.bars
+    ranking = window.previews.bars.ranking()
+    assert ranking[0][0] == lines[-1]["top"][0]["label"]
+    assert ranking[0][1] == pytest.approx(lines[-1]["top"][0]["score"], abs=1e-3)
+    assert "shape_0011.png" in window.previews.caption.text()
+    # The thumbnail strip has its fixed bound, newest last.
+    visible = [b for b in window.thumbnails.buttons if not b.isHidden()]
+    assert len(visible) == min(12, THUMBNAILS)
+    assert "shape_0011.png" in visible[-1].toolTip()
+    assert "Finished: 12 image(s) ok" in window.run_message.text()
+    assert window.run_button.isEnabled() and window.open_output_button.isEnabled()
+    assert not window.is_running()
+    assert [m.kind for m in window.memory_plot.markers] == ["run_start", "run_end"]
+
+
+def test_image_to_image_shows_output_beside_input_with_a_slider(qtbot, window, denoise_folder, tmp_path):
+    output = tmp_path / "out"
+    with qtbot.waitSignal(window.run_finished, timeout=RUN_TIMEOUT_MS):
+        start(qtbot, window, "demo-denoise", denoise_folder, output)
+    assert len(jsonl(output)) == 6
+    previews = window.previews
+    assert previews.shown.image == "noisy_0005.png"
+    assert previews.result_stack.currentIndex() == 2 and previews.output_view.has_image()
+    assert previews.output_view.image_size() == previews.input_view.image_size()
+    previews.compare_slider.setValue(40)
+    assert previews.output_view.split == pytest.approx(0.4)
+    # The before/after split really paints the input over the left part of the output.
+    previews.compare_slider.setValue(100)
+    image = previews.output_view.grab().toImage()
+    assert not image.isNull()
+
+
+def test_bad_images_are_listed_and_the_run_goes_on(qtbot, window, tmp_path):
+    folder = tmp_path / "mixed"
+    make_shapes_folder(folder, 3)
+    (folder / "notes.jpg").write_text("not a picture")
+    output = tmp_path / "out"
+    with qtbot.waitSignal(window.run_finished, timeout=RUN_TIMEOUT_MS):
+        start(qtbot, window, "demo-shapes", folder, output)
+    lines = jsonl(output)
+    assert [line["status"] for line in lines].count("ok") == 3
+    assert window.problems.topLevelItemCount() == 1
+    row = window.problems.topLevelItem(0)
+    assert row.text(0) == "notes.jpg" and "notes.jpg" in row.text(1)
+    assert window.problems_box.title() == "Problems (1)"
+    assert "failure" in [m.kind for m in window.memory_plot.markers]
+
+
+def test_pause_then_resume(qtbot, window, tmp_path):
+    folder = tmp_path / "many"
+    make_shapes_folder(folder, 20, size=48)
+    output = tmp_path / "out"
+    pause_at(window, 3)
+    start(qtbot, window, "demo-shapes", folder, output)
+    qtbot.waitUntil(lambda: window.pause_button.text() == "Resume", timeout=RUN_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: window.progress.value() == 3, timeout=5000)
+    qtbot.wait(300)  # paused: nothing more happens
+    assert len(jsonl(output)) == 3 and window.progress.value() == 3
+    assert window.statusBar().currentMessage().startswith("Paused")
+    with qtbot.waitSignal(window.run_finished, timeout=RUN_TIMEOUT_MS) as finished:
+        qtbot.mouseClick(window.pause_button, Qt.MouseButton.LeftButton)
+    assert not finished.args[0]["cancelled"]
+    assert len(jsonl(output)) == 20 and window.progress.value() == 20
+
+
+def test_cancel_with_escape_keeps_what_was_done(qtbot, window, tmp_path):
+    folder = tmp_path / "many"
+    make_shapes_folder(folder, 20, size=48)
+    output = tmp_path / "out"
+    pause_at(window, 4)
+    start(qtbot, window, "demo-shapes", folder, output)
+    qtbot.waitUntil(lambda: window.pause_button.text() == "Resume", timeout=RUN_TIMEOUT_MS)
+    with qtbot.waitSignal(window.run_finished, timeout=RUN_TIMEOUT_MS) as finished:
+        qtbot.keyClick(window, Qt.Key.Key_Escape)
+    summary = finished.args[0]
+    assert summary["cancelled"] and summary["counts"]["not_processed"] == 16
+    assert [line["image"] for line in jsonl(output)] == [f"shape_{i:04d}.png" for i in range(4)]
+    assert window.progress.value() == 4
+    assert "Cancelled" in window.run_message.text()
+    assert window.run_button.isEnabled() and not window.cancel_button.isEnabled()
+
+
+@pytest.mark.parametrize("paused", [True, False], ids=["paused", "running"])
+def test_closing_mid_run_stops_the_thread_and_keeps_results(qtbot, qtlog, window, tmp_path, paused):
+    folder = tmp_path / "many"
+    make_shapes_folder(folder, 30, size=48)
+    output = tmp_path / "out"
+    if paused:
+        pause_at(window, 2)
+    start(qtbot, window, "demo-shapes", folder, output)
+    qtbot.waitUntil(lambda: window.progress.value() >= (2 if paused else 1), timeout=RUN_TIMEOUT_MS)
+    thread = window.thread
+    window.close()
+    assert not thread.isRunning()
+    lines = jsonl(output)
+    assert lines and all(line["status"] == "ok" for line in lines)  # every written line is whole
+    if paused:
+        assert len(lines) == 2
+    summary = json.loads((output / "summary.json").read_text("utf-8"))
+    assert summary["counts"]["ok"] == len(lines)
+    assert not [r for r in qtlog.records if "QThread" in r.message]
+
+
+def test_clear_cache_button_reports_what_was_freed(qtbot, window, fake_probe):
+    fake_probe.freed = int(1.2 * GIB)
+    fake_probe.still = 340 * MIB
+    qtbot.mouseClick(window.memory_plot.clear_button, Qt.MouseButton.LeftButton)
+    assert fake_probe.clear_calls == 1
+    assert window.statusBar().currentMessage() == (
+        "Freed 1.2 GiB of cached memory; 340.0 MiB still allocated by live tensors."
+    )
+    assert window.memory_plot.markers[-1].kind == "clear_cache"
+
+
+def test_the_plot_samples_its_probe_on_a_timer_without_a_run(qtbot, window, fake_probe):
+    calls = fake_probe.calls
+    qtbot.waitUntil(lambda: fake_probe.calls >= calls + 3, timeout=5000)
+    _, allocated = window.memory_plot.curves["allocated"].getData()
+    assert window.memory_plot.plot_item.getAxis("left").labelUnits == "GiB"  # an 8 GiB device
+    assert np.allclose(allocated * GIB, 100 * MIB)  # the fake probe's 100 MiB
+
+
+def test_first_start_preselects_the_demo_and_remembers_choices(qtbot, tmp_path, fake_probe, shapes_folder):
+    settings_file = tmp_path / "fresh.ini"
+    first = MainWindow(Settings(settings_file), probe_factory=lambda name: fake_probe)
+    qtbot.addWidget(first)
+    assert first.model_picker.current_model_id() == "demo-shapes"
+    assert Path(first.input_edit.text()) == sample_folder("demo-shapes")
+    output = Path(first.output_edit.text())
+    assert not output.resolve().is_relative_to(sample_folder("demo-shapes").resolve())
+    qtbot.waitUntil(lambda: first.count_label.text() == "32 images found.", timeout=10_000)
+    # Choosing the other demo moves the input to its samples.
+    first.model_picker.set_current_model("demo-denoise")
+    assert Path(first.input_edit.text()) == sample_folder("demo-denoise")
+    first.input_edit.setText(str(shapes_folder))
+    assert (
+        Path(first.output_edit.text())
+        == default_output_for(shapes_folder)
+        == shapes_folder.parent / "shapes-batchlens"
+    )
+    first.recursive_check.setChecked(True)
+    first.set_device("cpu")
+    first.show()
+    first.resize(780, 700)  # inside the offscreen screen (800 x 800)
+    qtbot.waitUntil(lambda: first.width() == 780)
+    first.close()
+
+    second = MainWindow(Settings(settings_file), probe_factory=lambda name: fake_probe)
+    qtbot.addWidget(second)
+    assert second.model_picker.current_model_id() == "demo-denoise"
+    assert second.input_edit.text() == str(shapes_folder)
+    assert second.recursive_check.isChecked()
+    assert second.device_name() == "cpu"
+    second.show()
+    assert second.size().toTuple() == (780, 700)
+    second.close()
+
+
+def test_dropping_a_folder_sets_the_input(qtbot, window, shapes_folder):
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(shapes_folder))])
+    event = QDropEvent(
+        QPointF(10, 10),
+        Qt.DropAction.CopyAction,
+        mime,
+        Qt.MouseButton.LeftButton,
+        Qt.KeyboardModifier.NoModifier,
+    )
+    window.dropEvent(event)
+    assert window.input_edit.text() == str(shapes_folder)
+    qtbot.waitUntil(lambda: window.count_label.text() == "12 images found.", timeout=10_000)
+
+
+def test_a_run_problem_is_shown_not_raised(qtbot, window, tmp_path):
+    with qtbot.waitSignal(window.run_finished, timeout=RUN_TIMEOUT_MS) as finished:
+        start(qtbot, window, "demo-shapes", tmp_path / "missing", tmp_path / "out")
+    assert finished.args[0] is None
+    assert "does not exist" in window.run_message.text() and "missing" in window.run_message.text()
+    assert window.run_button.isEnabled()
+
+
+def test_timer_lateness_during_a_run(qtbot, tmp_path):
+    """Print how late a 10 ms timer on the GUI thread fires while a run goes (not asserted)."""
+    window = MainWindow(Settings(tmp_path / "s.ini"))  # the real memory probe, sampling at 10 Hz
+    window.ask_questions = False
+    qtbot.addWidget(window)
+    window.show()
+    folder = tmp_path / "many"
+    make_shapes_folder(folder, 60, size=64)
+    stamps: list[float] = []
+    timer = QTimer()
+    timer.setTimerType(Qt.TimerType.PreciseTimer)
+    timer.setInterval(10)
+    import time
+
+    timer.timeout.connect(lambda: stamps.append(time.perf_counter()))
+    with qtbot.waitSignal(window.run_finished, timeout=RUN_TIMEOUT_MS):
+        window.prefill(model="demo-shapes", input_dir=folder, output_dir=tmp_path / "out", device="cpu")
+        timer.start()
+        window.start_run()
+    timer.stop()
+    late_ms = np.maximum(np.diff(stamps) * 1000 - 10, 0)
+    print(
+        f"\nGUI timer lateness during a run ({len(late_ms)} ticks of 10 ms): "
+        f"p50 {np.percentile(late_ms, 50):.1f} ms, p99 {np.percentile(late_ms, 99):.1f} ms, "
+        f"max {late_ms.max():.1f} ms"
+    )
+    assert len(late_ms) > 0
+    window.close()
