@@ -315,6 +315,8 @@ class LeakWatch:
     amount every image; the noise of a healthy run does not climb steadily. Warns once."""
 
     def __init__(self, warmup: int = 3, window: int = 8, min_rate: float = 1 << 20):
+        # On a GPU "allocated" counts live tensors exactly; on the CPU it is the process's RSS, which
+        # also moves with the allocator and (in the window) previews: the runner asks for 2 MiB there.
         self.warmup = warmup  # batches ignored at the start (caches, lazy initialisation)
         self.window = window  # batches looked at
         self.min_rate = min_rate  # bytes per image

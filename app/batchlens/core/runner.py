@@ -179,7 +179,7 @@ class Runner:
             cpu_fallback=cfg.cpu_fallback,
             on_first_oom=snapshot_saver(output_dir / MEMORY_SNAPSHOT) if snapshot else None,
         )
-        leaks = LeakWatch()
+        leaks = LeakWatch(min_rate=(2 if probe.kind == "cpu" else 1) * 2**20)  # bytes per image
         stopped = None
         batch_size, batch_choice = cfg.batch_size, None
         if batch_size == "auto":
