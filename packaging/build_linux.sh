@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Build the Linux installers: bash packaging/build_linux.sh
+#
+#   dist/batchlens/                                 the PyInstaller one-folder bundle
+#   dist/batchlens-VERSION-linux-x86_64.tar.zst     that folder as a tarball (unpack anywhere, run batchlens)
+#   dist/batchlens_VERSION_amd64.deb                installs to /opt/batchlens, `batchlens` on the PATH,
+#                                                   an applications-menu entry and icon
+#
+# Needs: the project installed with the packaging extra (pip install -e ".[packaging]"), dpkg-deb and
+# zstd; desktop-file-validate (desktop-file-utils) and lintian are run when present.
+# PYTHON=/path/to/python picks the interpreter (default: .venv/bin/python, else python3).
+# SKIP_LINTIAN=1 skips lintian (it unpacks the whole 2.5 GB package and takes a few minutes).
+# SKIP_BUNDLE=1 reuses dist/batchlens from an earlier run (when only the packaging changed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+
+if [[ -z "${PYTHON:-}" ]]; then
+    if [[ -n "${VIRTUAL_ENV:-}" ]]; then PYTHON="$VIRTUAL_ENV/bin/python"
+    elif [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python
+    else PYTHON=python3; fi
+fi
+"$PYTHON" -m PyInstaller --version >/dev/null 2>&1 \
+    || { echo "build_linux.sh: PyInstaller is missing; run: $PYTHON -m pip install -e \".[packaging]\"" >&2; exit 2; }
+for tool in dpkg-deb zstd objdump; do
+    command -v "$tool" >/dev/null || { echo "build_linux.sh: $tool is missing (apt-get install $tool)" >&2; exit 2; }
+done
+
+VERSION=$("$PYTHON" -c "import sys; sys.path.insert(0, 'app'); import batchlens; print(batchlens.__version__)")
+ARCH=$(dpkg --print-architecture)
+TARBALL="dist/batchlens-$VERSION-linux-$(uname -m).tar.zst"
+DEB="dist/batchlens_${VERSION}_${ARCH}.deb"
+seconds() { echo $(( $(date +%s) - $1 )); }
+total_start=$(date +%s)
+
+echo "== 1/4 PyInstaller bundle (dist/batchlens/)"
+step=$(date +%s)
+if [[ "${SKIP_BUNDLE:-0}" == 1 && -x dist/batchlens/batchlens ]]; then
+    echo "reusing dist/batchlens (SKIP_BUNDLE=1)"
+else
+    rm -rf dist/batchlens
+    "$PYTHON" -m PyInstaller --noconfirm --clean --log-level WARN \
+        --workpath build/pyinstaller --distpath dist packaging/batchlens.spec
+fi
+echo "bundle: $(du -sh dist/batchlens | cut -f1) in $(seconds "$step") s"
+
+echo "== 2/4 tarball ($TARBALL)"
+step=$(date +%s)
+rm -f "$TARBALL"
+tar -C dist -cf - batchlens | zstd -q -T0 -3 -o "$TARBALL"
+echo "tarball: $(du -h "$TARBALL" | cut -f1) in $(seconds "$step") s"
+
+echo "== 3/4 Debian package ($DEB)"
+step=$(date +%s)
+ROOT=build/deb/batchlens
+rm -rf build/deb
+mkdir -p "$ROOT/DEBIAN" "$ROOT/opt" "$ROOT/usr/bin" "$ROOT/usr/share/applications" \
+    "$ROOT/usr/share/doc/batchlens" "$ROOT/usr/share/lintian/overrides"
+# Hard links, not copies: the bundle is 4 GB and dpkg-deb only reads it.
+cp -al dist/batchlens "$ROOT/opt/batchlens"
+ln -s /opt/batchlens/batchlens "$ROOT/usr/bin/batchlens"
+install -m 644 packaging/linux/batchlens.desktop "$ROOT/usr/share/applications/batchlens.desktop"
+# The icon at the sizes desktops look for (hicolor theme), made from the PNG in resources/icons.
+"$PYTHON" packaging/make_icons.py build/icons >/dev/null
+mkdir -p "$ROOT/usr/share/icons"
+cp -r build/icons/hicolor "$ROOT/usr/share/icons/hicolor"
+install -m 644 packaging/linux/copyright "$ROOT/usr/share/doc/batchlens/copyright"
+sed "s/@VERSION@/$VERSION/; s/@DATE@/$(date -R)/" packaging/linux/changelog \
+    | gzip -9n > "$ROOT/usr/share/doc/batchlens/changelog.gz"
+install -m 644 packaging/linux/lintian-overrides "$ROOT/usr/share/lintian/overrides/batchlens"
+# The newest glibc symbol any bundled binary needs: the oldest system the package can run on.
+GLIBC=$(find dist/batchlens -type f \( -name '*.so*' -o -name batchlens \) -print0 \
+    | xargs -0 objdump -T 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -V -u | tail -1)
+sed -e "s/@VERSION@/$VERSION/" -e "s/@ARCH@/$ARCH/" -e "s/@GLIBC@/${GLIBC:-2.28}/" \
+    -e "s/@INSTALLED_SIZE@/$(du -sk --exclude=DEBIAN "$ROOT" | cut -f1)/" \
+    packaging/linux/control > "$ROOT/DEBIAN/control"
+(cd "$ROOT" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | sort -z | xargs -0 md5sum > DEBIAN/md5sums)
+chmod 644 "$ROOT/DEBIAN/md5sums"
+# Files must be world-readable and owned by root in the package, whatever the build umask was.
+chmod -R u+rwX,go+rX,go-w "$ROOT"
+rm -f "$DEB"
+dpkg-deb --root-owner-group -Zzstd -z3 --build "$ROOT" "$DEB" >/dev/null
+rm -rf build/deb
+echo ".deb: $(du -h "$DEB" | cut -f1) in $(seconds "$step") s"
+
+echo "== 4/4 checks"
+if command -v desktop-file-validate >/dev/null; then
+    desktop-file-validate packaging/linux/batchlens.desktop && echo "desktop-file-validate: no findings"
+else
+    echo "desktop-file-validate not installed (apt-get install desktop-file-utils): skipped"
+fi
+if [[ "${SKIP_LINTIAN:-0}" == 1 ]]; then
+    echo "lintian: skipped (SKIP_LINTIAN=1)"
+elif command -v lintian >/dev/null; then
+    step=$(date +%s)
+    # Tags we accept are explained in packaging/linux/lintian-overrides (shipped in the package).
+    lintian --no-tag-display-limit "$DEB" || true
+    echo "lintian: done in $(seconds "$step") s (overridden tags: lintian --show-overrides $DEB)"
+else
+    echo "lintian not installed (apt-get install lintian): skipped"
+fi
+echo "Built $TARBALL and $DEB in $(seconds "$total_start") s in all."
