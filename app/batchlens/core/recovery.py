@@ -304,7 +304,7 @@ class OomRecovery:
                 self._note("info", message, kind="memory_snapshot")
 
     def _note(self, level: str, message: str, kind: str = "out_of_memory") -> None:
-        log.log(logging.WARNING if level == "warning" else logging.INFO, message)
+        log.info(message)  # the user sees it as a RunNote; logging it louder would print it twice
         self.notes.append(RecoveryNote(level, message, kind))
 
 
