@@ -209,6 +209,8 @@ class Runner:
                         raise BatchLensError(write_error(exc, output_dir)) from None
                     counts[event.status] += 1
                     yield event
+                if probe.kind != "cpu" and not self._crowded_warned:  # other programs may start later
+                    yield from self._crowded_note(sample, device)
                 rate = leaks.add(index, sample)
                 if rate is not None:
                     yield RunNote("warning", leak_warning(rate, leaks.window), sample, "leak")
@@ -274,10 +276,9 @@ class Runner:
         """Warnings before the first image: a crowded GPU, an outsized image, a snapshot we cannot take."""
         cfg = self.config
         sample = probe.sample()
+        self._crowded_warned = False
         if probe.kind != "cpu":
-            message = other_processes_warning(sample, device)
-            if message:
-                yield RunNote("warning", message, sample, "other_processes")
+            yield from self._crowded_note(sample, device)
         if cfg.memory_snapshot and device.type != "cuda":
             yield RunNote("info", f"--memory-snapshot needs a CUDA GPU; no snapshot is taken on {device}.")
         # Headers only (no decoding), and at most ~2 s of them so a huge folder starts promptly.
@@ -291,6 +292,13 @@ class Runner:
         message = outsized_image_warning(sizes, cfg.max_pixels)
         if message:
             yield RunNote("warning", message, sample, "outsized_image")
+
+    def _crowded_note(self, sample, device) -> Iterator[RunNote]:
+        """Warn (once a run) when other processes hold much of the device."""
+        message = other_processes_warning(sample, device)
+        if message:
+            self._crowded_warned = True
+            yield RunNote("warning", message, sample, "other_processes")
 
     def _too_many_failures(self, counts: dict, items: list[Item], output_dir: Path) -> str:
         last = next((item.error_message() for item in reversed(items) if not item.ok), None)
