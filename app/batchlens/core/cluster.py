@@ -53,6 +53,8 @@ MAX_BLOCKS = 2000  # input blocks; more means finer retries and progress, but mo
 
 def require_ray():
     """Import ray (and Ray Data), or raise BatchLensError saying how to install it."""
+    # Ray Data logs every execution to the console at INFO; our own progress says it better.
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
     try:
         import ray
         import ray.data  # noqa: F401
@@ -367,6 +369,8 @@ class ClusterRunner(Runner):
         pending: dict[int, dict] = {}  # lines that finished ahead of an earlier image
         next_line = 0
         rows = iter(())
+        if todo:  # the first result waits for the workers to start and load the model
+            yield RunNote("info", f"Starting {plan.workers} worker(s); each loads {model.info.id} once.")
         try:
             if todo:
                 dataset = self._dataset(ray, plan, input_dir, output_dir, todo, ledger, batch_size)
