@@ -58,5 +58,6 @@ def adapter_from_sidecar(sidecar: Sidecar, options: dict | None = None) -> TaskA
 def prepare(module: nn.Module, device: torch.device) -> nn.Module:
     """Eval mode, no gradients wanted, on the device."""
     module.eval()
-    module.requires_grad_(False)
+    for parameter in module.parameters():  # (a ScriptModule refuses module.requires_grad_)
+        parameter.requires_grad_(False)
     return module.to(device)
