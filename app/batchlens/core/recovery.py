@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from batchlens.core.errors import BatchLensError
 from batchlens.core.memory import MemorySample, _malloc_trim, format_bytes
 
 log = logging.getLogger(__name__)
@@ -261,14 +262,18 @@ class OomRecovery:
 
     def _on_fallback_device(self, module, forward, image):
         """Move the model to the CPU for this one image, then back (freeing device memory meanwhile)."""
-        try:
-            module.to(self.fallback_device)
-        except Exception as exc:
-            return None, f"could not move the model ({type(exc).__name__})"
+        moved, error = self._call(module.to, self.fallback_device)
+        output = None
+        if moved is not None:
+            self._free()
+            output, error = self._call(forward, module, image.unsqueeze(0), self.fallback_device)
         self._free()
-        output, error = self._call(forward, module, image.unsqueeze(0), self.fallback_device)
-        self._free()
-        module.to(self.device)
+        _, back_error = self._call(module.to, self.device)
+        if back_error is not None:  # it fitted before; the run cannot go on with the model half moved
+            raise BatchLensError(
+                f"Could not move the model back to {self.device} after running an image on the CPU "
+                f"({back_error}). The results written so far are kept; run again with --resume."
+            )
         return (output[0] if output else None), error
 
     def take_notes(self) -> list[RecoveryNote]:
