@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PySide6.QtCore import QMimeData, QPointF, Qt, QTimer, QUrl
+from PySide6.QtCore import QMimeData, QPointF, QSize, Qt, QTimer, QUrl
 from PySide6.QtGui import QDropEvent
 
 from batchlens.core.events import ImageResult
@@ -68,7 +68,8 @@ def test_run_demo_on_a_generated_folder_to_the_end(qtbot, window, shapes_folder,
     # The thumbnail strip has its fixed bound, newest last.
     visible = [b for b in window.thumbnails.buttons if not b.isHidden()]
     assert len(visible) == min(12, THUMBNAILS)
-    assert "shape_0011.png" in visible[-1].toolTip()
+    assert "shape_0011.png" in visible[0].toolTip()  # newest first, always in view
+    assert "shape_0004.png" in visible[-1].toolTip()
     assert "Finished: 12 image(s) ok" in window.run_message.text()
     assert window.run_button.isEnabled() and window.open_output_button.isEnabled()
     assert not window.is_running()
@@ -203,8 +204,9 @@ def test_first_start_preselects_the_demo_and_remembers_choices(qtbot, tmp_path, 
     first.recursive_check.setChecked(True)
     first.set_device("cpu")
     first.show()
-    first.resize(780, 700)  # inside the offscreen screen (800 x 800)
-    qtbot.waitUntil(lambda: first.width() == 780)
+    size = first.minimumSizeHint().expandedTo(QSize(600, 500)) + QSize(7, 5)  # not the default size
+    first.resize(size)
+    qtbot.waitUntil(lambda: first.size() == size)
     first.close()
 
     second = MainWindow(Settings(settings_file), probe_factory=lambda name: fake_probe)
@@ -214,7 +216,7 @@ def test_first_start_preselects_the_demo_and_remembers_choices(qtbot, tmp_path, 
     assert second.recursive_check.isChecked()
     assert second.device_name() == "cpu"
     second.show()
-    assert second.size().toTuple() == (780, 700)
+    assert second.size() == size
     second.close()
 
 

@@ -290,8 +290,15 @@ class MainWindow(QMainWindow):
 
     def _fill_devices(self) -> None:
         self.device_combo.clear()
+        try:
+            auto = str(resolve_device("auto"))
+        except BatchLensError:
+            auto = None
         for choice in available_devices():
-            self.device_combo.addItem(choice.label, choice.name)
+            label = choice.label
+            if choice.name == "auto" and auto:
+                label = f"{label}: {auto} here"
+            self.device_combo.addItem(label, choice.name)
 
     # == wiring ====================================================================================
     def _wire(self) -> None:
@@ -699,8 +706,9 @@ class MainWindow(QMainWindow):
             QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder)))
 
     def _on_cache_cleared(self, result: ClearResult) -> None:
-        self.statusBar().showMessage(result.message())
-        self.memory_plot.readout.setToolTip(result.message())
+        message = self.memory_plot.clear_message(result)
+        self.statusBar().showMessage(message)
+        self.memory_plot.readout.setToolTip(message)
 
     # == closing ===================================================================================
     def stop_and_wait(self, wait_ms: int = CLOSE_WAIT_MS) -> bool:

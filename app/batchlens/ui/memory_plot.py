@@ -131,7 +131,8 @@ class MemoryPlot(QWidget):
         self.plot_item.getAxis("left").enableAutoSIPrefix(False)
         self.plot_item.getAxis("bottom").enableAutoSIPrefix(False)
         self._axis_label: tuple[str, str] | None = None
-        self.legend = self.plot_item.addLegend(offset=(8, 8), labelTextSize="8pt")
+        # Bottom right: the run-start marker and the early history (left) stay readable.
+        self.legend = self.plot_item.addLegend(offset=(-8, -8), labelTextSize="8pt")
         self.curves: dict[str, pg.PlotDataItem] = {}
         for key in ("allocated", "reserved", "peak", "device_used"):
             style = Qt.PenStyle.DotLine if key == "peak" else Qt.PenStyle.SolidLine
@@ -324,7 +325,11 @@ class MemoryPlot(QWidget):
         line.setToolTip(text)
         if kind != "failure":  # failures can come in dozens; their lines speak without a label
             pg.InfLineLabel(
-                line, text=kind.replace("_", " "), position=0.92, rotateAxis=(1, 0), anchors=[(0, 0), (0, 0)]
+                line,
+                text=kind.replace("_", " "),
+                position=0.97,
+                anchors=[(0, 0), (0, 0)],
+                color=MARKER_COLORS.get(kind, "#868e96"),
             )
         self.plot_item.addItem(line, ignoreBounds=True)
         self._marker_lines.append((marker, line))
@@ -346,10 +351,19 @@ class MemoryPlot(QWidget):
         if self.probe is None:
             return None
         result = self.probe.clear_cache()
-        self.add_marker("clear_cache", result.message())
+        self.add_marker("clear_cache", self.clear_message(result))
         self.sample_now()
         self.cache_cleared.emit(result)
         return result
+
+    def clear_message(self, result: ClearResult) -> str:
+        """What Clear cache did, in the words of this backend (on the CPU there is no tensor cache)."""
+        if self.probe is not None and self.probe.kind == "cpu":
+            return (
+                f"Handed {format_bytes(result.freed)} of RAM back to the system; "
+                f"this process now uses {format_bytes(result.still_allocated)}."
+            )
+        return result.message()
 
     def save_png(self, path: Path) -> None:
         if not self.plot_widget.grab().save(str(path), "PNG"):

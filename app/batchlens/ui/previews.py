@@ -29,8 +29,8 @@ from PySide6.QtWidgets import (
 from batchlens.core.events import ImageResult
 
 MAX_BARS = 5
-THUMBNAILS = 12  # the strip's fixed bound: it never grows with the folder
-THUMB_SIZE = 64
+THUMBNAILS = 8  # the strip's fixed bound: it never grows with the folder
+THUMB_SIZE = 52
 
 
 def to_qimage(image: Image.Image) -> QImage:
@@ -240,7 +240,7 @@ class PreviewPanel(QWidget):
 
 
 class ThumbnailStrip(QWidget):
-    """The last THUMBNAILS images, newest on the right. Click one to show it again above."""
+    """The last THUMBNAILS images, newest on the left (always in view). Click one to show it again."""
 
     activated = Signal(object)  # ImageResult
 
@@ -270,7 +270,7 @@ class ThumbnailStrip(QWidget):
         """Redraw the strip from the bounded list (called on the window's preview timer)."""
         for slot, button in enumerate(self.buttons):
             if slot < len(self.events):
-                event = self.events[slot]
+                event = self.events[-1 - slot]
                 if button.property("image") != (event.image, event.index):
                     source = event.output_preview or event.input_preview
                     if source is not None:
@@ -296,4 +296,4 @@ class ThumbnailStrip(QWidget):
 
     def _clicked(self, slot: int) -> None:
         if slot < len(self.events):
-            self.activated.emit(self.events[slot])
+            self.activated.emit(self.events[-1 - slot])
