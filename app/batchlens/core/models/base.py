@@ -57,7 +57,10 @@ def adapter_from_sidecar(sidecar: Sidecar, options: dict | None = None) -> TaskA
 
 def prepare(module: nn.Module, device: torch.device) -> nn.Module:
     """Eval mode, no gradients wanted, on the device."""
-    module.eval()
+    try:
+        module.eval()
+    except NotImplementedError:
+        pass  # a torch.export program runs as it was exported (export it in eval mode)
     for parameter in module.parameters():  # (a ScriptModule refuses module.requires_grad_)
         parameter.requires_grad_(False)
     return module.to(device)

@@ -85,16 +85,25 @@ def _read_sidecar_dict(path: Path) -> dict:
     return data
 
 
-def model_spec(path: Path, options: dict) -> tuple[Sidecar, Path | None]:
-    """The sidecar next to `path` (if any) with the command-line options laid over it."""
+def model_spec(path: Path, options: dict, weights_only: bool = False) -> tuple[Sidecar, Path | None]:
+    """The sidecar next to `path` (if any) with the command-line options laid over it.
+    `weights_only`: the file holds weights, so an architecture is what is missing first."""
     sidecar_file = sidecar_path_for(path)
     data = _read_sidecar_dict(sidecar_file) if sidecar_file else {}
     for key in SPEC_OPTIONS:
         if options.get(key) is not None:
             data[key] = read_labels(options[key]) if key == "labels" else options[key]
-    arch_task = catalogue_tasks().get(data.get("arch") or "")
+    arch = data.get("arch")
+    if arch and arch not in catalogue_tasks() and arch not in DEMO_ARCHITECTURES:
+        raise BatchLensError(
+            f"{sidecar_file or '--arch'}: unknown architecture {arch!r}; use a torchvision model name from "
+            "`batchlens models` (for example resnet18, fasterrcnn_resnet50_fpn, deeplabv3_resnet50)."
+        )
+    arch_task = catalogue_tasks().get(arch or "")
     if "task" not in data and arch_task:
         data["task"] = arch_task
+    if "task" not in data and weights_only and not data.get("arch"):
+        raise _no_arch_error(path, sidecar_file)
     if "task" not in data:
         where = sidecar_file or path.with_suffix(".json")
         raise BatchLensError(
@@ -141,16 +150,20 @@ def _load_program(path: Path) -> nn.Module:
     return program.module()
 
 
+def _no_arch_error(path: Path, sidecar_file: Path | None) -> BatchLensError:
+    where = f'"arch" in {sidecar_file}' if sidecar_file else f'"arch" in a sidecar {path.stem}.json'
+    return BatchLensError(
+        f"{path} holds only weights (a state_dict). Say which architecture they belong to with --arch "
+        f"NAME or {where}, e.g. resnet18 (`batchlens models` lists the torchvision names)."
+    )
+
+
 def _build_from_state_dict(
     path: Path, state_dict: dict, spec: Sidecar, sidecar_file: Path | None
 ) -> nn.Module:
     arch = spec.arch
     if not arch:
-        where = f'"arch" in {sidecar_file}' if sidecar_file else f'"arch" in a sidecar {path.stem}.json'
-        raise BatchLensError(
-            f"{path} holds only weights (a state_dict). Say which architecture they belong to with --arch "
-            f"NAME or {where}, e.g. resnet18 (`batchlens models` lists the torchvision names)."
-        )
+        raise _no_arch_error(path, sidecar_file)
     kwargs = dict(spec.arch_kwargs)
     if arch in DEMO_ARCHITECTURES:
         module = DEMO_ARCHITECTURES[arch](**kwargs)
@@ -170,11 +183,13 @@ def load_model_file(
     path = Path(path).expanduser()
     if not path.is_file():
         raise BatchLensError(f"The model file {path} does not exist.")
-    spec, sidecar_file = model_spec(path, options)
     suffix = path.suffix.lower()
+    scripted = suffix in TORCHSCRIPT_SUFFIXES and _is_torchscript(path)
+    weights_only = suffix in WEIGHTS_SUFFIXES and not scripted and not options.get("trust_pickle")
+    spec, sidecar_file = model_spec(path, options, weights_only)
     if suffix in EXPORT_SUFFIXES:
         module, kind = _load_program(path), "torch.export program"
-    elif suffix in TORCHSCRIPT_SUFFIXES and _is_torchscript(path):
+    elif scripted:
         try:
             module, kind = torch.jit.load(str(path), map_location="cpu"), "TorchScript"
         except RuntimeError as exc:

@@ -25,7 +25,7 @@ def _is_state_dict(obj) -> bool:
 def _refusal_reason(exc: Exception) -> str:
     """torch names the global the pickle asked for ("Unsupported global: GLOBAL builtins.exec")."""
     found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-    return f"it asks Python to run {found.group(1)}" if found else "it stores Python objects"
+    return f"it calls for the Python object {found.group(1)}" if found else "it stores Python objects"
 
 
 def torch_load(path: Path, trust_pickle: bool = False):
