@@ -319,3 +319,24 @@ def test_unreadable_file_gets_permission_message():
             message = str(info.value)
         path.chmod(0o644)
     assert message == "cannot be read: permission denied"
+
+
+def test_colour_modes_convert_to_what_the_picture_shows(tmp_path: Path):
+    source = _rgb(48, 40)
+    source.convert("CMYK").save(tmp_path / "cmyk.jpg", "JPEG", quality=95)
+    cmyk = np.asarray(load_image(tmp_path / "cmyk.jpg").image).astype(int)
+    assert np.abs(cmyk - np.asarray(source).astype(int)).mean() < 8  # the same colours, not inverted
+
+    rgba = Image.new("RGBA", (8, 8), (255, 0, 0, 255))
+    rgba.putpixel((0, 0), (0, 0, 0, 0))  # fully transparent black
+    rgba.save(tmp_path / "rgba.png")
+    decoded = load_image(tmp_path / "rgba.png").image
+    assert decoded.getpixel((0, 0)) == (255, 255, 255) and decoded.getpixel((4, 4)) == (255, 0, 0)
+
+    source.quantize(16).save(tmp_path / "palette.png")
+    palette = np.asarray(load_image(tmp_path / "palette.png").image).astype(int)
+    assert np.abs(palette - np.asarray(source.quantize(16).convert("RGB")).astype(int)).max() == 0
+
+    Image.fromarray(_gradient(40, 30), "L").convert("LA").save(tmp_path / "la.png")
+    grey = load_image(tmp_path / "la.png", mode="L").image
+    assert grey.mode == "L" and np.array_equal(np.asarray(grey), _gradient(40, 30))
