@@ -1,0 +1,82 @@
+"""Starting the window: command-line options, --start, --self-test, the icon."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QApplication
+
+from batchlens.cli import build_parser
+from batchlens.core.resources import sample_folder
+from batchlens.ui.app import app_icon, run_window
+from batchlens.ui.main_window import MainWindow
+
+
+def test_window_options_do_not_clash_with_the_run_command():
+    args = build_parser().parse_args(
+        ["--model", "demo-denoise", "--input", "in", "--device", "cpu", "--start"]
+    )
+    assert args.command is None
+    assert (args.window_model, args.window_input, args.window_device) == ("demo-denoise", Path("in"), "cpu")
+    assert args.window_start and not args.self_test
+    run = build_parser().parse_args(["run", "--model", "demo-shapes", "--input", "a", "--output", "b"])
+    assert run.command == "run" and run.model == "demo-shapes" and run.window_model is None
+    assert build_parser().parse_args(["--self-test"]).self_test
+
+
+def test_the_app_icon_is_bundled(qapp):
+    icon = app_icon()
+    assert not icon.isNull()
+    assert icon.pixmap(64, 64).width() == 64
+
+
+def test_start_option_prefills_and_runs(qapp, shapes_folder, tmp_path):
+    output = tmp_path / "out"
+    args = build_parser().parse_args(
+        [
+            "--model",
+            "demo-shapes",
+            "--input",
+            str(shapes_folder),
+            "--output",
+            str(output),
+            "--device",
+            "cpu",
+            "--start",
+        ]
+    )
+    seen = {}
+
+    def close_when_done():
+        for widget in QApplication.topLevelWidgets():
+            if isinstance(widget, MainWindow) and widget.isVisible() and widget.last_summary is not None:
+                seen["summary"] = widget.last_summary
+                seen["input"] = widget.input_edit.text()
+                widget.close()
+                return
+        QTimer.singleShot(50, close_when_done)
+
+    QTimer.singleShot(0, close_when_done)
+    QTimer.singleShot(120_000, qapp.quit)  # a safety net: never hang the test run
+    assert run_window(args) == 0
+    assert seen["input"] == str(shapes_folder)
+    assert seen["summary"]["counts"]["ok"] == 12
+    assert len((output / "predictions.jsonl").read_text("utf-8").splitlines()) == 12
+
+
+def test_self_test_passes_and_leaves_nothing_behind(qapp, capsys, tmp_path):
+    args = build_parser().parse_args(["--self-test"])
+    assert run_window(args) == 0
+    out = capsys.readouterr().out
+    assert "self-test passed" in out
+    shapes = len(list(sample_folder("demo-shapes").glob("*.png")))
+    assert f"demo-shapes: {shapes} images ok" in out and "demo-denoise:" in out
+    assert "memory plot:" in out
+
+
+def test_self_test_fails_with_a_message(qapp, capsys, monkeypatch):
+    # A broken build: the bundled samples are missing.
+    monkeypatch.setattr("batchlens.ui.self_test.sample_folder", lambda model: Path("/nonexistent") / model)
+    assert run_window(build_parser().parse_args(["--self-test"])) == 1
+    assert "self-test FAILED" in capsys.readouterr().err

@@ -1,0 +1,66 @@
+"""The model picker on its own: grouping by source, tasks shown, "Open model file…"."""
+
+from __future__ import annotations
+
+from batchlens.core.models import ModelInfo, list_models
+from batchlens.ui.model_picker import ROLE_INFO, ModelPicker
+
+
+def rows(picker: ModelPicker) -> list[str]:
+    return [picker.item_model.item(r).text().strip() for r in range(picker.item_model.rowCount())]
+
+
+def test_lists_every_model_grouped_by_source_with_its_task(qtbot):
+    picker = ModelPicker()
+    qtbot.addWidget(picker)
+    texts = rows(picker)
+    assert texts[0] == "Built-in demo models"
+    assert not picker.item_model.item(0).isEnabled()  # a group title cannot be chosen
+    for info in list_models():
+        assert f"{info.id}  —  {info.task}" in texts
+    assert texts[-1] == "Open model file…"
+    assert picker.current_model_id() == list_models()[0].id
+    assert picker.current_model().task in picker.task_label.text()
+
+
+def test_choosing_emits_the_id_and_unknown_ids_are_refused(qtbot):
+    picker = ModelPicker()
+    qtbot.addWidget(picker)
+    with qtbot.waitSignal(picker.model_changed) as changed:
+        assert picker.set_current_model("demo-denoise")
+    assert changed.args == ["demo-denoise"]
+    assert "image_to_image" in picker.task_label.text()
+    assert not picker.set_current_model("no-such-model")
+    assert picker.current_model_id() == "demo-denoise"
+
+
+def test_open_model_file_uses_the_chooser_and_adds_a_file_group(qtbot, tmp_path):
+    weights = tmp_path / "mine.pt"
+    weights.write_bytes(b"x")
+    picker = ModelPicker()
+    qtbot.addWidget(picker)
+    picker.set_current_model("demo-shapes")
+    answers = [None, ModelInfo(id=str(weights), task="classification", source="file")]
+    picker.file_chooser = lambda parent: answers.pop(0)
+    opener = picker.item_model.rowCount() - 1
+
+    picker.combo.setCurrentIndex(opener)  # the user cancels the file dialog
+    assert picker.current_model_id() == "demo-shapes"
+
+    with qtbot.waitSignal(picker.model_changed) as changed:
+        picker.combo.setCurrentIndex(opener)
+    assert changed.args == [str(weights)]
+    assert picker.current_model_id() == str(weights)
+    assert "Model files" in rows(picker)
+    assert picker.item_model.item(picker.combo.currentIndex()).data(ROLE_INFO).source == "file"
+    assert rows(picker)[-1] == "Open model file…"
+
+
+def test_other_sources_and_their_options_plug_in(qtbot):
+    picker = ModelPicker(models=[ModelInfo("demo-shapes", "classification", "built-in")])
+    qtbot.addWidget(picker)
+    picker.add_model(ModelInfo("resnet18", "classification", "torchvision"), select=True)
+    picker.options["resnet18"] = {"weights": "DEFAULT"}
+    assert "torchvision catalogue" in rows(picker)
+    assert picker.current_model_id() == "resnet18"
+    assert picker.current_options() == {"weights": "DEFAULT"}
