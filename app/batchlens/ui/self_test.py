@@ -98,9 +98,10 @@ def run_self_test(args: argparse.Namespace) -> int:
             samples = len(window.memory_plot.history)
             if samples == 0:
                 raise SelfTestFailure("the memory plot took no samples")
-            cleared = window.memory_plot.clear_cache()
+            plot = window.memory_plot
+            cleared = plot.clear_cache()
             reports.append(
-                f"memory plot: {samples} samples ({window.memory_plot.probe.kind}); {cleared.message()}"
+                f"memory plot: {samples} samples ({plot.probe.kind}); {plot.clear_message(cleared)}"
             )
         except SelfTestFailure as exc:
             print(f"batchlens self-test FAILED: {exc}", file=sys.stderr)
