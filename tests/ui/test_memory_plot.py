@@ -117,3 +117,14 @@ def test_export_csv_and_save_png(qtbot, tmp_path):
     plot.save_png(tmp_path / "memory.png")
     with Image.open(tmp_path / "memory.png") as image:
         assert image.size[0] > 100 and image.size[1] > 100
+
+
+def test_hover_reads_out_the_values_under_the_mouse(qtbot):
+    probe = FakeProbe("cuda", [(10 * MIB, 40 * MIB, 20 * MIB, 100 * MIB, GIB)])
+    plot = make_plot(qtbot, probe)
+    plot.sample_now()
+    centre = plot.plot_item.vb.sceneBoundingRect().center()
+    plot.plot_widget.scene().sigMouseMoved.emit(centre)
+    text = plot.hover_label.text()
+    assert text.startswith("at ") and "allocated 10.0 MiB" in text and "device used 100.0 MiB" in text
+    assert plot.hover_line.isVisible()

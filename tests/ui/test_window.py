@@ -271,3 +271,42 @@ def test_timer_lateness_during_a_run(qtbot, tmp_path):
     )
     assert len(late_ms) > 0
     window.close()
+
+
+def test_every_control_has_a_tooltip(window):
+    from PySide6.QtWidgets import QAbstractButton, QComboBox, QLineEdit, QProgressBar, QSlider
+
+    missing = [
+        f"{type(w).__name__} {getattr(w, 'text', lambda: '')()!r}"
+        for kind in (QAbstractButton, QComboBox, QLineEdit, QSlider, QProgressBar)
+        for w in window.findChildren(kind)
+        if not w.isHidden()
+        and not w.toolTip()
+        and not (isinstance(w, QLineEdit) and isinstance(w.parent(), QComboBox))
+    ]
+    assert missing == []
+
+
+def test_shortcuts_run_and_cancel(qtbot, window, tmp_path):
+    folder = tmp_path / "many"
+    make_shapes_folder(folder, 10, size=48)
+    window.prefill(model="demo-shapes", input_dir=folder, output_dir=tmp_path / "out", device="cpu")
+    pause_at(window, 1)
+    qtbot.keyClick(window, Qt.Key.Key_R, Qt.KeyboardModifier.ControlModifier)
+    assert window.is_running()
+    qtbot.waitUntil(lambda: window.pause_button.text() == "Resume", timeout=RUN_TIMEOUT_MS)
+    with qtbot.waitSignal(window.run_finished, timeout=RUN_TIMEOUT_MS) as finished:
+        qtbot.keyClick(window, Qt.Key.Key_Escape)
+    assert finished.args[0]["cancelled"]
+
+
+def test_the_plot_follows_a_dark_palette(qtbot, window):
+    from PySide6.QtGui import QColor, QPalette
+
+    dark = QPalette(window.palette())
+    dark.setColor(QPalette.ColorRole.Base, QColor("#1e1e1e"))
+    dark.setColor(QPalette.ColorRole.Text, QColor("#e6e6e6"))
+    window.setPalette(dark)
+    plot = window.memory_plot
+    qtbot.waitUntil(lambda: plot.plot_widget.backgroundBrush().color() == QColor("#1e1e1e"), timeout=2000)
+    assert plot.plot_item.getAxis("left").textPen().color() == QColor("#e6e6e6")

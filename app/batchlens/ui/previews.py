@@ -115,6 +115,7 @@ class ScoreBars(QWidget):
             bar = QProgressBar()
             bar.setRange(0, 1000)
             bar.setTextVisible(True)
+            bar.setToolTip("The model's score for this label (softmax, 0 to 100 %).")
             layout.addWidget(label, row, 0)
             layout.addWidget(bar, row, 1)
             self.labels.append(label)
@@ -133,7 +134,7 @@ class ScoreBars(QWidget):
                 label.setText(str(entry.get("label", entry.get("index", "?"))))
                 bar.setValue(round(score * 1000))
                 bar.setFormat(f"{score * 100:.1f} %")
-                bar.setToolTip(f"{label.text()}: score {score:.4f}")
+                bar.setToolTip(f"{label.text()}: score {score:.4f} (softmax, 0 to 1)")
 
     def ranking(self) -> list[tuple[str, float]]:
         return [
