@@ -235,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="add a row without memory sampling to measure what the sampler costs",
     )
+    bench.add_argument("--threads", type=int, default=None, help="torch CPU threads for every row")
     bench.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     return parser
 
@@ -413,6 +414,7 @@ def _bench(args: argparse.Namespace) -> int:
         naive_limit_bytes=int(args.naive_limit * 2**20),
         repeat=args.repeat,
         sampler_check=args.sampler_check,
+        threads=args.threads,
     )
     result = run_bench(config, log=lambda text: print(f"bench: {text}", file=sys.stderr, flush=True))
     print(format_table(result))

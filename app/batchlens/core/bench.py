@@ -59,6 +59,7 @@ class BenchConfig:
     naive_limit_bytes: int = DEFAULT_NAIVE_LIMIT
     repeat: int = 1  # time every row this many times and keep the best
     sampler_check: bool = False
+    threads: int | None = None  # torch intra-op threads for every row (None: torch's default)
 
 
 @dataclass
@@ -272,6 +273,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda _: None) -> 
     if (cfg.input_dir is None) == (not cfg.synthetic):
         raise BatchLensError("Give either --input DIR or --synthetic N (not both).")
     device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     with ExitStack() as stack:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="batchlens-bench-")))
         if cfg.synthetic:
@@ -384,6 +387,8 @@ def bench_command(cfg: BenchConfig) -> str:
         parts += ["--repeat", str(cfg.repeat)]
     if cfg.sampler_check:
         parts.append("--sampler-check")
+    if cfg.threads:
+        parts += ["--threads", str(cfg.threads)]
     return " ".join(parts)
 
 
