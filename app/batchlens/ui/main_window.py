@@ -48,6 +48,7 @@ from batchlens.core.results import unfinished_run
 from batchlens.core.runner import RunConfig
 from batchlens.ui.memory_plot import MemoryPlot
 from batchlens.ui.model_picker import ModelPicker
+from batchlens.ui.model_sources import ModelSources
 from batchlens.ui.previews import PreviewPanel, ThumbnailStrip
 from batchlens.ui.settings import Settings
 from batchlens.ui.worker import RunWorker, start_in_thread
@@ -139,6 +140,7 @@ class MainWindow(QMainWindow):
     # == layout ====================================================================================
     def _build(self) -> None:
         self.model_picker = ModelPicker()
+        self.model_sources = ModelSources(self)  # weights download, "Use weights file…", pickle trust
         self.device_combo = QComboBox()
         self.device_combo.setToolTip(
             "Where the model runs. Auto picks a CUDA GPU, then Apple MPS, then Intel XPU, then the CPU."
@@ -537,6 +539,9 @@ class MainWindow(QMainWindow):
     def start_run(self) -> bool:
         if self.is_running():
             return False
+        picker = self.model_picker
+        if not self.model_sources.ready(picker.current_model_id(), picker.current_options(), self.start_run):
+            return False  # the user declined a pickle file, or the weights download first and then start
         config = self.build_config()
         if config is None:
             return False

@@ -27,7 +27,12 @@ from batchlens.core.models.errors import (
     StateDictMismatchError,
     WeightsDownloadError,
 )
-from batchlens.core.models.files import MODEL_FILE_SUFFIXES, load_model_file, looks_like_model_file
+from batchlens.core.models.files import (
+    MODEL_FILE_SUFFIXES,
+    load_model_file,
+    looks_like_model_file,
+    pickle_risk,
+)
 
 
 def list_models(task: str | None = None) -> list[ModelInfo]:
@@ -35,6 +40,17 @@ def list_models(task: str | None = None) -> list[ModelInfo]:
     segmentation). Model files are not listed: they are opened by path."""
     builtin = [m for m in list_builtin() if task in (None, m.task)]
     return builtin + list_catalogue(task)
+
+
+def file_to_trust(model: str, options: dict | None = None) -> tuple[Path, list[str]] | None:
+    """(file, the Python objects it imports) when running `model` would unpickle a file in full, which
+    needs the user's trust ("trust_pickle"); None when nothing needs trusting."""
+    options = options or {}
+    path = Path(options.get("weights") or model).expanduser()
+    if options.get("trust_pickle") or not path.is_file():
+        return None
+    objects = pickle_risk(path)
+    return (path, objects) if objects else None
 
 
 def needs_download(model: str, options: dict | None = None) -> bool:
@@ -82,6 +98,7 @@ __all__ = [
     "StateDictMismatchError",
     "WeightsDownloadError",
     "download_weights",
+    "file_to_trust",
     "list_models",
     "load_model",
     "needs_download",

@@ -119,6 +119,20 @@ def model_spec(path: Path, options: dict, weights_only: bool = False) -> tuple[S
     return parse_sidecar(data, str(sidecar_file or "the model options")), sidecar_file
 
 
+def pickle_risk(path: Path) -> list[str]:
+    """The Python objects a model file would import if it were unpickled in full (empty: plain weights,
+    TorchScript, torch.export or safetensors, nothing to trust). Reads only the file's pickle, not its
+    tensors, so a window can ask before loading."""
+    path = Path(path).expanduser()
+    suffix = path.suffix.lower()
+    if suffix not in WEIGHTS_SUFFIXES - {".safetensors"} or _is_torchscript(path) or not path.is_file():
+        return []
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    except Exception:  # not a torch.save zip (legacy format, another file): loading will tell
+        return []
+
+
 class DetectionsOnly(nn.Module):
     """Scripted torchvision detectors return (losses, detections); the engine wants the detections."""
 
