@@ -33,7 +33,8 @@ def ray_cluster():
     )
     # Workers unpickle this module's loader by value: they need not import the tests package.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20)
+    # address="local": always a fresh cluster of our own, never one left running on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20)
     yield ray
     ray.shutdown()
 
@@ -103,7 +104,8 @@ def test_demo_models_give_the_local_engines_lines_and_files(ray_cluster, tmp_pat
 
 
 @pytest.mark.cluster
-def test_a_torchvision_model_gives_the_local_engines_lines(ray_cluster, tmp_path: Path):
+def test_a_torchvision_model_with_the_driver_on_the_cluster(ray_cluster, tmp_path: Path):
+    """As for a ray:// address: the scan and the files are done by an actor on the cluster."""
     torch.manual_seed(0)  # seeded offline weights for a torchvision architecture, on shared storage
     weights = tmp_path / "mobilenet.pth"
     torch.save(torchvision.models.get_model("mobilenet_v3_small", weights=None).state_dict(), weights)
@@ -113,12 +115,13 @@ def test_a_torchvision_model_gives_the_local_engines_lines(ray_cluster, tmp_path
     local = RunConfig("mobilenet_v3_small", photos, tmp_path / "local", device="cpu", model_options=options)
     list(Runner(local).events())
     config = replace(local, output_dir=tmp_path / "ray")
-    events = list(ClusterRunner(config, ClusterConfig(workers=1)).events())
+    events = list(ClusterRunner(config, ClusterConfig(workers=1, driver_on_cluster=True)).events())
 
     lines = read_lines(tmp_path / "ray/predictions.jsonl")
     assert lines == read_lines(tmp_path / "local/predictions.jsonl")
     assert len(lines) == 3 and all(len(line["top"]) == 5 for line in lines)
     assert events[0].model.startswith("mobilenet_v3_small") and events[-1].summary["counts"]["ok"] == 3
+    assert [type(e).__name__ for e in events].count("ImageResult") == 3  # streamed back in chunks
 
 
 @pytest.mark.cluster

@@ -46,7 +46,7 @@ from batchlens.core.tasks.base import thumbnail
 log = logging.getLogger(__name__)
 
 RAY_VERSION = "2.60.0"  # the version the `cluster` extra pins
-INSTALL_HINT = f'pip install "batchlens[cluster]" (it adds ray[data]=={RAY_VERSION})'
+INSTALL_HINT = f'pip install "batchlens[cluster]" (it adds ray[data,client]=={RAY_VERSION})'
 DEATHS_BEFORE_GIVING_UP = 2  # an image in the worker's hands at this many worker deaths is not retried
 MAX_BLOCKS = 2000  # input blocks; more means finer retries and progress, but more scheduling overhead
 
@@ -73,6 +73,16 @@ class ClusterConfig:
 
     address: str = "auto"
     workers: int | None = None  # actors in the pool; None: one per GPU, or one per CPU without GPUs
+    # Run the driver's part (scan, predictions.jsonl, summary.json) in an actor on the cluster and
+    # stream its events here. None: only for Ray Client (ray://), whose process cannot drive Ray Data
+    # and may not see the cluster's storage at all.
+    driver_on_cluster: bool | None = None
+
+    @property
+    def remote_driver(self) -> bool:
+        if self.driver_on_cluster is not None:
+            return self.driver_on_cluster
+        return self.address.strip().startswith("ray://")
 
 
 # -- the worker side ------------------------------------------------------------------------------
@@ -291,6 +301,9 @@ class ClusterRunner(Runner):
 
     def events(self) -> Iterator[Event]:
         ray = require_ray()
+        if self.cluster.remote_driver:
+            yield from self._events_from_cluster(ray)
+            return
         cfg = self.config
         if cfg.batch_size != "auto" and (not isinstance(cfg.batch_size, int) or cfg.batch_size < 1):
             raise BatchLensError("The batch size must be a whole number of at least 1, or auto.")
@@ -315,6 +328,43 @@ class ClusterRunner(Runner):
         try:
             yield from self._run(ray, model, input_dir, output_dir, candidates, stats)
         finally:
+            if started_ray:
+                ray.shutdown()
+
+    def _events_from_cluster(self, ray) -> Iterator[Event]:
+        """The whole run in a RemoteDriver actor on the cluster; its events are pulled here in chunks.
+        Pausing here stops the pulling, and so the run there at its next event."""
+        cfg = self.config
+        for name, folder in (("input", cfg.input_dir), ("output", cfg.output_dir)):
+            if not Path(folder).is_absolute():
+                raise BatchLensError(
+                    f"With a ray:// address give the {name} folder as an absolute path, as the cluster's "
+                    f"nodes see it (not {folder})."
+                )
+        started_ray = connect(ray, self.cluster.address)
+        on_cluster = replace(self.cluster, driver_on_cluster=False)  # inside the actor Ray is up
+        driver = None
+        try:
+            # Two threads: cancel() must get through while take() waits for the next event.
+            actor = ray.remote(num_cpus=0, max_concurrency=2)(RemoteDriver)
+            driver = actor.remote(cfg, on_cluster, self.loader)
+            cancel_sent = False
+            while True:
+                self._wait_if_paused()
+                if self._cancel.is_set() and not cancel_sent:
+                    ray.get(driver.cancel.remote())
+                    cancel_sent = True
+                events = ray.get(driver.take.remote())
+                if not events:
+                    break
+                yield from events
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, BatchLensError):
+                raise BatchLensError(str(exc.cause)) from None
+            raise BatchLensError(f"The cluster run failed: {_last_line(exc)}.") from None
+        finally:
+            if driver is not None:
+                ray.kill(driver)
             if started_ray:
                 ray.shutdown()
 
@@ -512,6 +562,26 @@ class ClusterRunner(Runner):
         )
 
 
+class RemoteDriver:
+    """A Ray actor on the cluster that runs a ClusterRunner and hands out its events in chunks."""
+
+    def __init__(self, config: RunConfig, cluster: ClusterConfig, loader: Callable[..., LoadedModel]):
+        self.runner = ClusterRunner(config, cluster, loader)
+        self.events = self.runner.events()
+
+    def take(self, max_events: int = 256, max_seconds: float = 0.25) -> list[Event]:
+        """The next events (at least one, unless the run is over: then none)."""
+        chunk, start = [], time.monotonic()
+        for event in self.events:  # leaving the loop early keeps the generator where it is
+            chunk.append(event)
+            if len(chunk) >= max_events or time.monotonic() - start > max_seconds:
+                break
+        return chunk
+
+    def cancel(self) -> None:
+        self.runner.cancel()
+
+
 def _image(data) -> Image.Image | None:
     if data is None or len(data) == 0:
         return None
@@ -540,5 +610,13 @@ def connect(ray, address: str) -> bool:
         else:
             ray.init(address=address, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise BatchLensError(f"Cannot connect to the Ray cluster at {address}: {_last_line(exc)}.") from None
+        hint = ""
+        if address.startswith("ray://") and "timeout" in str(exc).lower():
+            hint = (
+                " If the cluster uses token authentication (Ray's default), set RAY_AUTH_MODE=token and "
+                "give its token in RAY_AUTH_TOKEN."
+            )
+        raise BatchLensError(
+            f"Cannot connect to the Ray cluster at {address}: {_last_line(exc)}.{hint}"
+        ) from None
     return True
