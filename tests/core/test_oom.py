@@ -281,7 +281,7 @@ class LeakyModel(nn.Module):
 
 def test_a_leaking_model_is_reported_once_with_its_rate(tmp_path: Path):
     folder = tmp_path / "shapes"
-    make_shapes_folder(folder, 12, size=64)
+    make_shapes_folder(folder, 30, size=64)  # the CPU watch looks at batches 9 to 24
     loaded = load_model("demo-shapes", torch.device("cpu"))
     leaky = LeakyModel(loaded.module, mib_per_call=6)
     events = run(folder, tmp_path / "out", LoadedModel(loaded.info, leaky, loaded.adapter, loaded.device))

@@ -348,6 +348,15 @@ class LeakWatch:
         return None
 
 
+def leak_watch_for(memory_kind: str) -> LeakWatch:
+    """A GPU's allocated bytes count live tensors exactly, so a short look suffices. On the CPU the
+    figure is the process RSS, which also grows while allocator arenas, caches and (in the window)
+    previews warm up over the first dozen images: look later and longer there, and ask for more."""
+    if memory_kind == "cpu":
+        return LeakWatch(warmup=8, window=16, min_rate=2 * 2**20)
+    return LeakWatch(warmup=3, window=8, min_rate=2**20)
+
+
 def other_processes_share(
     sample: MemorySample,
 ) -> tuple[int, float] | None:

@@ -27,9 +27,9 @@ from batchlens.core.models import LoadedModel, load_model
 from batchlens.core.pipeline import BatchPipeline, Item, record_line
 from batchlens.core.prefetch import Prefetcher
 from batchlens.core.recovery import (
-    LeakWatch,
     OomRecovery,
     leak_warning,
+    leak_watch_for,
     other_processes_warning,
     outsized_image_warning,
     snapshot_saver,
@@ -179,7 +179,7 @@ class Runner:
             cpu_fallback=cfg.cpu_fallback,
             on_first_oom=snapshot_saver(output_dir / MEMORY_SNAPSHOT) if snapshot else None,
         )
-        leaks = LeakWatch(min_rate=(2 if probe.kind == "cpu" else 1) * 2**20)  # bytes per image
+        leaks = leak_watch_for(probe.kind)
         stopped = None
         batch_size, batch_choice = cfg.batch_size, None
         if batch_size == "auto":
