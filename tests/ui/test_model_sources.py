@@ -110,3 +110,26 @@ def test_pickled_model_runs_only_after_confirmation(qtbot, window, tmp_path):
         assert window.start_run() is True
     assert finished.args[0]["counts"]["ok"] == 1 and len(asked) == 2
     assert window.model_picker.current_options()["trust_pickle"] is True, "asked once per file and session"
+
+
+def test_detection_and_segmentation_files_run_in_the_window(qtbot, window, tmp_path):
+    """Model files opened in the window: the result pane shows the adapter's preview (boxes, overlay)."""
+    from tests.core.test_tasks_detection import BlockFinder, make_block_images
+
+    detector = tmp_path / "blocks.pt"
+    torch.jit.save(torch.jit.script(BlockFinder()), str(detector))
+    sidecar = {"task": "detection", "input_size": [100, 100], "labels": ["__background__", "block", "decoy"]}
+    detector.with_suffix(".json").write_text(json.dumps(sidecar))
+    segmenter = tmp_path / "halves.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Conv2d(3, 2, 1)), str(segmenter))
+    segmenter.with_suffix(".json").write_text(json.dumps({"task": "segmentation"}))
+    make_block_images(tmp_path / "in")
+
+    for model, output_file in ((detector, "detections.coco.json"), (segmenter, "mask_classes.json")):
+        out = tmp_path / f"out-{model.stem}"
+        point_at(window, str(model), tmp_path / "in", out)
+        with qtbot.waitSignal(window.run_finished, timeout=RUN_TIMEOUT_MS) as finished:
+            assert window.start_run() is True
+        assert finished.args[0]["counts"]["ok"] == 2 and (out / output_file).is_file()
+        qtbot.waitUntil(lambda: window.previews.shown is not None)
+        assert window.previews.output_view.has_image(), "the preview of the result is shown"
