@@ -7,7 +7,7 @@
 #         tarball in dist/.
 #
 # For each one: runs the bundled `batchlens run` on the bundled demo samples (both demo models) with
-# no network (Linux: a new network namespace), an empty environment and a scratch working directory,
+# an empty environment from a scratch directory and, on Linux, no network and the source tree hidden,
 # so neither the source tree nor a Python installation can be used; checks predictions.jsonl and
 # summary.json; opens the bundled window offscreen with `batchlens --self-test` (runs both demos
 # through the real window); prints the bundle size and the start-up times.
@@ -35,19 +35,37 @@ trap 'rm -rf "$SCRATCH"' EXIT
 failures=0
 fail() { echo "FAIL: $*" >&2; failures=$((failures + 1)); }
 
-# Run the bundled program with nothing of this machine's Python set-up and (on Linux) no network.
-NO_NET=()
+# Run the bundled program with nothing of this machine's Python set-up, and on Linux with no network
+# (a new network namespace) and the source tree hidden under an empty tmpfs (a new mount namespace),
+# so the program can only use what is inside the bundle.
+HIDE_REPO=()
+NET_ONLY=()
 if [[ "$(uname -s)" == Linux ]]; then
-    if unshare -n true 2>/dev/null; then NO_NET=(unshare -n)
-    elif unshare -rn true 2>/dev/null; then NO_NET=(unshare -rn)
-    else echo "note: cannot make a network namespace here (unshare); running with the network" >&2; fi
+    if unshare -n true 2>/dev/null; then NET_ONLY=(unshare -n)
+    elif unshare -rn true 2>/dev/null; then NET_ONLY=(unshare -rn)
+    else echo "note: no unshare here: the network stays visible" >&2; fi
+    if [[ "$SCRATCH" != "$REPO"/* ]] && unshare -n -m true 2>/dev/null; then
+        HIDE_REPO=(unshare -n -m -- sh -c 'mount -t tmpfs -o size=1m hidden "$1" && shift && exec "$@"' sh "$REPO")
+    fi
 fi
+isolate_for() {  # BUNDLE_DIR: hide the source tree unless the bundle lives in it
+    local dir
+    dir=$(cd "$1" && pwd)
+    if [[ ${#HIDE_REPO[@]} -gt 0 && "$dir" != "$REPO"/* ]]; then
+        ISOLATE=("${HIDE_REPO[@]}"); echo "  isolation: empty environment, no network, $REPO hidden"
+    elif [[ ${#NET_ONLY[@]} -gt 0 ]]; then
+        ISOLATE=("${NET_ONLY[@]}"); echo "  isolation: empty environment, no network"
+    else
+        ISOLATE=(); echo "  isolation: empty environment"
+    fi
+}
+ISOLATE=()
 run_isolated() {
     local home="$SCRATCH/home"
     mkdir -p "$home"
     if [[ "$(uname -s)" == Linux || "$(uname -s)" == Darwin ]]; then
         (cd "$home" && env -i PATH=/usr/bin:/bin HOME="$home" LANG=C.UTF-8 QT_QPA_PLATFORM=offscreen \
-            ${NO_NET[@]+"${NO_NET[@]}"} "$@")
+            ${ISOLATE[@]+"${ISOLATE[@]}"} "$@")
     else  # Windows (Git Bash): keep the variables Windows itself needs
         (cd "$home" && env -u PYTHONPATH -u PYTHONHOME -u VIRTUAL_ENV QT_QPA_PLATFORM=offscreen "$@")
     fi
@@ -96,6 +114,7 @@ smoke() {  # BUNDLE_DIR (holds the batchlens executable) LABEL
     top=$bundle
     [[ "$bundle" != */Contents/MacOS ]] || top=$(cd "$bundle/../.." && pwd)
     echo "-- $label"
+    isolate_for "$top"
     echo "  bundle size: $(du -sh "$top" | cut -f1)"
     local t
     t=$(seconds_of run_isolated "$exe" --version) || { fail "$label: batchlens --version"; return; }
