@@ -634,14 +634,10 @@ class MainWindow(QMainWindow):
             self._on_finished(event)
 
     def _on_image(self, event: ImageResult) -> None:
+        # Per image only bookkeeping; progress and previews are drawn by the refresh timer, so a fast
+        # model costs the GUI thread almost nothing per image.
         self._latest = event
         self.thumbnails.add(event)
-        self.progress.setValue(event.index)
-        elapsed = time.monotonic() - self._run_t0 - self._paused_total
-        if elapsed > 0:
-            rate = event.index / elapsed
-            left = (event.total - event.index) / rate if rate > 0 else 0
-            self.rate_label.setText(f"{rate:.1f} images/s · {format_duration(left)} left")
         if not event.ok:
             self._add_problem(event.image, event.error or "failed")
             self.memory_plot.add_marker("failure", f"{event.image}: {event.error}")
@@ -677,8 +673,19 @@ class MainWindow(QMainWindow):
         self.run_finished.emit(self.last_summary)
 
     def _refresh_previews(self) -> None:
-        if self._latest is not None and self._latest is not self.previews.shown:
-            self.previews.show_result(self._latest)
+        """Draw the newest result: progress, speed, previews, thumbnails (on a timer, ~12 per second)."""
+        event = self._latest
+        if event is None or event is self.previews.shown:
+            return
+        self.progress.setValue(event.index)
+        elapsed = time.monotonic() - self._run_t0 - self._paused_total
+        if self._paused_at is not None:
+            elapsed -= time.monotonic() - self._paused_at
+        if elapsed > 0:
+            rate = event.index / elapsed
+            left = (event.total - event.index) / rate if rate > 0 else 0
+            self.rate_label.setText(f"{rate:.1f} images/s · {format_duration(left)} left")
+        self.previews.show_result(event)
         self.thumbnails.refresh()
 
     def _add_problem(self, where: str, message: str, warning: bool = False) -> None:

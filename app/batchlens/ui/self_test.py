@@ -78,11 +78,12 @@ def _check_run(window, model: str, output: Path) -> str:
 
 
 def run_self_test(args: argparse.Namespace) -> int:
-    from batchlens.ui.app import create_app, needs_offscreen
+    from batchlens.ui.app import create_app, leave_a_core_for_the_window, needs_offscreen
 
     if needs_offscreen():
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
     app = create_app()
+    leave_a_core_for_the_window()
     from batchlens.ui.main_window import MainWindow
     from batchlens.ui.settings import Settings
 
