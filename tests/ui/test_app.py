@@ -80,3 +80,11 @@ def test_self_test_fails_with_a_message(qapp, capsys, monkeypatch):
     monkeypatch.setattr("batchlens.ui.self_test.sample_folder", lambda model: Path("/nonexistent") / model)
     assert run_window(build_parser().parse_args(["--self-test"])) == 1
     assert "self-test FAILED" in capsys.readouterr().err
+
+
+def test_no_display_is_a_clear_message_not_a_crash(monkeypatch, capsys):
+    monkeypatch.setattr("sys.platform", "linux")
+    for name in ("QT_QPA_PLATFORM", "DISPLAY", "WAYLAND_DISPLAY"):
+        monkeypatch.delenv(name, raising=False)
+    assert run_window(build_parser().parse_args([])) == 2
+    assert "no display" in capsys.readouterr().err

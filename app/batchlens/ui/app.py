@@ -67,6 +67,14 @@ def run_window(args: argparse.Namespace) -> int:
 
         return run_self_test(args)
 
+    if needs_offscreen():
+        # Qt would abort with a core dump; say what to do instead.
+        print(
+            "batchlens: no display to open the window on (DISPLAY and WAYLAND_DISPLAY are not set). "
+            "Use `batchlens run ...` to run without a window, or `xvfb-run batchlens`.",
+            file=sys.stderr,
+        )
+        return 2
     app = create_app()
     leave_a_core_for_the_window()
     from batchlens.ui.main_window import MainWindow
