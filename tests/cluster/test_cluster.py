@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import replace
@@ -15,6 +16,7 @@ import torch
 import torchvision
 
 from batchlens.cli import main
+from batchlens.core import cluster
 from batchlens.core.cluster import ClusterConfig, ClusterRunner, WorkerPlan, plan_workers
 from batchlens.core.errors import BatchLensError
 from batchlens.core.events import ImageResult, RunFinished, RunStarted
@@ -215,3 +217,16 @@ def test_without_ray_the_cli_says_how_to_install_it(monkeypatch, capsys, shapes_
     assert main([*args, "--cluster", "auto"]) == 2
     assert 'pip install "batchlens[cluster]"' in capsys.readouterr().err
     assert not (tmp_path / "o" / "predictions.jsonl").exists()
+
+
+def test_auto_joins_only_a_cluster_that_answers(monkeypatch, tmp_path: Path):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    remembered = tmp_path / "ray_current_cluster"
+    monkeypatch.setattr(cluster, "RAY_CURRENT_CLUSTER", remembered)
+    assert cluster.running_cluster() is None  # nothing started here: auto starts a local cluster
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        remembered.write_text(f"127.0.0.1:{server.getsockname()[1]}\n")
+        assert cluster.running_cluster() == f"127.0.0.1:{server.getsockname()[1]}"
+    assert cluster.running_cluster() is None  # that cluster is gone: do not wait minutes for it
+    monkeypatch.setenv("RAY_ADDRESS", "head:6379")
+    assert cluster.running_cluster() == "head:6379"

@@ -595,18 +595,33 @@ def _last_line(exc: BaseException) -> str:
     return lines[-1].rstrip(".") if lines else type(exc).__name__
 
 
+RAY_CURRENT_CLUSTER = Path("/tmp/ray/ray_current_cluster")  # where `ray start` notes its address
+
+
+def running_cluster() -> str | None:
+    """What --cluster auto joins: RAY_ADDRESS, else the last `ray start` on this machine if it still
+    answers (Ray itself would wait for minutes on a cluster that is gone), else None."""
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    try:
+        remembered = RAY_CURRENT_CLUSTER.read_text().strip()
+        host, port = remembered.rsplit(":", 1)
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except (OSError, ValueError):
+        return None
+    return remembered
+
+
 def connect(ray, address: str) -> bool:
     """Join (or start) the cluster for `address`. Returns True when this call started Ray here."""
     if ray.is_initialized():  # a caller (a test, a notebook) already connected
         return False
     address = (address or "auto").strip()
+    if address == "auto":
+        address = running_cluster() or "local"
     try:
-        if address in ("auto", "local"):  # may start Ray on this machine: no dashboard wanted
-            ray.init(
-                address=None if address == "auto" else "local",
-                include_dashboard=False,
-                logging_level=logging.WARNING,
-            )
+        if address == "local":  # starts Ray on this machine: no dashboard wanted
+            ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
         else:
             ray.init(address=address, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as exc:
