@@ -728,6 +728,8 @@ class MainWindow(QMainWindow):
         if self.thread is None:
             return True
         self.worker.cancel()
+        self.statusBar().showMessage("Stopping the run after the current image…")
+        self.statusBar().repaint()  # the wait below blocks the event loop: paint the message now
         return self.thread.wait(wait_ms)
 
     def closeEvent(self, event) -> None:

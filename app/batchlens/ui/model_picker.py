@@ -88,7 +88,7 @@ class ModelPicker(QWidget):
             header.setFont(font)
             self.item_model.appendRow(header)
             for info in infos:
-                item = QStandardItem(f"   {info.id}  —  {info.task}")
+                item = QStandardItem(f"{info.id}  —  {info.task}")
                 item.setData(info, ROLE_INFO)
                 item.setToolTip(info.description or info.id)
                 self.item_model.appendRow(item)
