@@ -66,10 +66,10 @@ def test_naive_row_stops_at_its_memory_limit(tmp_path: Path):
     while its memory per image is clearly above the engine's."""
     from batchlens.core.bench import BenchConfig, run_bench
 
-    folder = make_synthetic_folder(tmp_path / "in", 6, (200, 200))
+    folder = make_synthetic_folder(tmp_path / "in", 6, (96, 96))
     result = run_bench(
         BenchConfig(
-            "demo-denoise", input_dir=folder, device="cpu", batch_size=2, naive_limit_bytes=1, prefetch=1
+            "demo-shapes", input_dir=folder, device="cpu", batch_size=2, naive_limit_bytes=1, prefetch=1
         )
     )
     rows = {row["name"]: row for row in result["rows"]}

@@ -69,8 +69,9 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def _free(device: torch.device) -> None:
-    gc.collect()
+def _free(device: torch.device, collect: bool) -> None:
+    if collect:  # an out-of-memory traceback holds frames (and their tensors) in reference cycles
+        gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     elif device.type == "mps":
@@ -118,7 +119,7 @@ def find_batch_size(
             trial = BatchTrial(size, None, probe.sample().peak, "out of memory")
         finally:
             batch = None
-            _free(device)
+        _free(device, collect=trial.error is not None)
         trials.append(trial)
         if trial.images_per_second is None:
             reason = f"batch {size} ran out of memory"

@@ -16,7 +16,6 @@ Memory is the device's allocated memory on GPUs and the process RSS on the CPU (
 from __future__ import annotations
 
 import copy
-import gc
 import hashlib
 import os
 import platform
@@ -160,8 +159,7 @@ class _PeakWatch:
 
 
 def _settle(probe: MemoryProbe) -> MemorySample:
-    gc.collect()
-    probe.clear_cache()
+    probe.clear_cache()  # collects garbage and hands cached memory back
     return probe.sample()
 
 
