@@ -88,3 +88,27 @@ def test_no_display_is_a_clear_message_not_a_crash(monkeypatch, capsys):
         monkeypatch.delenv(name, raising=False)
     assert run_window(build_parser().parse_args([])) == 2
     assert "no display" in capsys.readouterr().err
+
+
+def test_a_run_thread_that_outlives_the_close_is_left_behind_not_destroyed(monkeypatch, capsys):
+    """If an image takes longer than the close waits, `batchlens` exits without it, never hangs."""
+    import time
+    from types import SimpleNamespace
+
+    from PySide6.QtCore import QThread
+
+    from batchlens.ui import app as app_module
+
+    class SlowImage(QThread):
+        def run(self):
+            time.sleep(0.5)
+
+    thread = SlowImage()
+    thread.start()
+    exits = []
+    monkeypatch.setattr(app_module.os, "_exit", exits.append)
+    app_module.finish(SimpleNamespace(thread=thread), 0)
+    assert exits == [0]
+    assert "still being processed" in capsys.readouterr().err
+    assert thread.wait(5000)  # (the test itself lets it finish)
+    assert app_module.finish(SimpleNamespace(thread=thread), 0) == 0
