@@ -34,12 +34,15 @@ from PIL import Image
 from torch.utils._pytree import tree_map
 
 from batchlens import __version__
+from batchlens.core.autobatch import choose_batch_size
 from batchlens.core.devices import resolve_device
 from batchlens.core.errors import BatchLensError
 from batchlens.core.events import ImageResult, RunFinished
 from batchlens.core.images import Candidate, scan_images
+from batchlens.core.inference import use_channels_last
 from batchlens.core.memory import MemoryProbe, MemorySample, format_bytes, probe_for
 from batchlens.core.models import LoadedModel, load_model
+from batchlens.core.pipeline import BatchPipeline
 from batchlens.core.runner import RunConfig, Runner
 
 DEFAULT_NAIVE_LIMIT = 1 << 30  # the naive loop stops once memory has grown by 1 GiB
@@ -312,10 +315,18 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda _: None) -> 
         if cfg.sampler_check:
             log("engine, defaults, no memory sampling")
             rows["no-probe"] = engine_row("no-probe", "BatchLens, no sampler", run_probe=_NoProbe(probe.kind))
-        log(f"engine, batch {cfg.batch_size}, prefetch {cfg.prefetch}")
+        batch_size, tuning = cfg.batch_size, None
+        if batch_size == "auto":
+            # Tuned once, outside the timed row: its cost is paid once a run, not once an image.
+            log("choosing the batch size (auto)")
+            batch_size, tuning = tune_batch_size(model, scratch, candidates, probe)
+        log(f"engine, batch {batch_size}, prefetch {cfg.prefetch}")
         rows["tuned"] = engine_row(
-            "tuned", "BatchLens, batch+prefetch", batch_size=cfg.batch_size, prefetch=cfg.prefetch
+            "tuned", "BatchLens, batch+prefetch", batch_size=batch_size, prefetch=cfg.prefetch
         )
+        if tuning:
+            rows["tuned"].note += f"; {tuning}"
+            rows["tuned"].settings["batch_size_auto"] = tuning
         if cfg.precision != "fp32":
             chosen = rows["tuned"].settings.get("batch_size") or 1
             log(f"engine, {cfg.precision}")
@@ -388,6 +399,19 @@ def bench_command(cfg: BenchConfig) -> str:
     if cfg.threads:
         parts += ["--threads", str(cfg.threads)]
     return " ".join(parts)
+
+
+def tune_batch_size(
+    model: LoadedModel, scratch: Path, candidates: list[Candidate], probe: MemoryProbe
+) -> tuple[int, str]:
+    """What `--batch-size auto` would choose for a run over these images, and how it got there."""
+    start = time.perf_counter()
+    channels_last = use_channels_last(model.module, model.device, None)  # as the runner sets it up
+    pipeline = BatchPipeline(model, scratch / "tuning", None, channels_last=channels_last)
+    choice = choose_batch_size(pipeline, candidates, probe)
+    seconds = time.perf_counter() - start
+    tried = ", ".join(f"{t.batch_size}: {t.images_per_second or 0:.1f}/s" for t in choice.trials)
+    return choice.batch_size, f"auto chose {choice.batch_size} in {seconds:.1f} s ({choice.reason}; {tried})"
 
 
 def _best_of(repeat: int, measure: Callable[[], Row]) -> Row:
