@@ -105,7 +105,10 @@ def find_batch_size(
     while size <= max_batch:
         probe.reset_peak()
         try:
-            batch = sample.unsqueeze(0).expand(size, *sample.shape).contiguous()
+            if getattr(model, "takes_list", False):  # detection models take a list of images
+                batch = [sample] * size
+            else:
+                batch = sample.unsqueeze(0).expand(size, *sample.shape).contiguous()
             infer(model.module, batch, device, precision, channels_last)  # warm-up (allocator, kernels)
             count, start = 0, time.perf_counter()
             while count < 1 or time.perf_counter() - start < TRIAL_MIN_S:
