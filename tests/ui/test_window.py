@@ -241,6 +241,7 @@ def test_a_run_problem_is_shown_not_raised(qtbot, window, tmp_path):
     assert finished.args[0] is None
     assert "does not exist" in window.run_message.text() and "missing" in window.run_message.text()
     assert window.run_button.isEnabled()
+    assert window.progress.maximum() > 0  # no busy indicator left running
 
 
 def test_timer_lateness_during_a_run(qtbot, tmp_path):

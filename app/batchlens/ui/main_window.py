@@ -663,6 +663,9 @@ class MainWindow(QMainWindow):
     def _on_thread_finished(self) -> None:
         self.preview_timer.stop()
         self._refresh_previews()
+        if self.progress.maximum() == 0:  # stopped before the engine counted the images: not busy now
+            self.progress.setRange(0, 1)
+            self.progress.setValue(0)
         if self.worker is not None:
             self.worker.deleteLater()
         if self.thread is not None:
