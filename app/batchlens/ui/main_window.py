@@ -298,8 +298,8 @@ class MainWindow(QMainWindow):
             auto = None
         for choice in available_devices():
             label = choice.label
-            if choice.name == "auto" and auto:
-                label = f"{label}: {auto} here"
+            if choice.name == "auto" and auto:  # say what auto means on this machine
+                label = f"{label[:-1]}: {auto})" if label.endswith(")") else f"{label} ({auto})"
             self.device_combo.addItem(label, choice.name)
 
     # == wiring ====================================================================================
