@@ -68,6 +68,8 @@ install -m 644 packaging/linux/copyright "$ROOT/usr/share/doc/batchlens/copyrigh
 sed "s/@VERSION@/$VERSION/; s/@DATE@/$(date -R)/" packaging/linux/changelog \
     | gzip -9n > "$ROOT/usr/share/doc/batchlens/changelog.gz"
 install -m 644 packaging/linux/lintian-overrides "$ROOT/usr/share/lintian/overrides/batchlens"
+mkdir -p "$ROOT/usr/share/man/man1"
+sed "s/@VERSION@/$VERSION/" packaging/linux/batchlens.1 | gzip -9n > "$ROOT/usr/share/man/man1/batchlens.1.gz"
 # The newest glibc symbol any bundled binary needs: the oldest system the package can run on.
 GLIBC=$(find dist/batchlens -type f \( -name '*.so*' -o -name batchlens \) -print0 \
     | xargs -0 objdump -T 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -V -u | tail -1)
@@ -76,8 +78,10 @@ sed -e "s/@VERSION@/$VERSION/" -e "s/@ARCH@/$ARCH/" -e "s/@GLIBC@/${GLIBC:-2.28}
     packaging/linux/control > "$ROOT/DEBIAN/control"
 (cd "$ROOT" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | sort -z | xargs -0 md5sum > DEBIAN/md5sums)
 chmod 644 "$ROOT/DEBIAN/md5sums"
-# Files must be world-readable and owned by root in the package, whatever the build umask was.
+# Files must be world-readable and owned by root in the package, whatever the build umask was;
+# shared libraries need no execute bit (the wheels ship some with one).
 chmod -R u+rwX,go+rX,go-w "$ROOT"
+find "$ROOT/opt" -type f -name '*.so*' -exec chmod 644 {} +
 rm -f "$DEB"
 dpkg-deb --root-owner-group -Zzstd -z3 --build "$ROOT" "$DEB" >/dev/null
 rm -rf build/deb
