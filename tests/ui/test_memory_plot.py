@@ -128,3 +128,17 @@ def test_hover_reads_out_the_values_under_the_mouse(qtbot):
     text = plot.hover_label.text()
     assert text.startswith("at ") and "allocated 10.0 MiB" in text and "device used 100.0 MiB" in text
     assert plot.hover_line.isVisible()
+
+
+def test_the_buttons_save_where_the_user_chose(qtbot, tmp_path, monkeypatch):
+    from PySide6.QtWidgets import QFileDialog
+
+    plot = make_plot(qtbot, FakeProbe("cuda"))
+    chosen = iter([str(tmp_path / "plot.png"), str(tmp_path / "history.csv")])
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (next(chosen), ""))
+    qtbot.mouseClick(plot.save_button, Qt.MouseButton.LeftButton)
+    qtbot.mouseClick(plot.csv_button, Qt.MouseButton.LeftButton)
+    assert (tmp_path / "plot.png").stat().st_size > 0
+    assert (tmp_path / "history.csv").read_text("utf-8").startswith("time_s,allocated_bytes")
+    assert plot.hover_label.text() == f"Saved {tmp_path / 'history.csv'}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.csv", "plot.png"]  # no temp files left

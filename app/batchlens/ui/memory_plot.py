@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
     QLabel,
+    QMessageBox,
     QPushButton,
     QSizePolicy,
     QVBoxLayout,
@@ -30,6 +31,7 @@ from PySide6.QtWidgets import (
 )
 
 from batchlens.core.memory import ClearResult, MemoryProbe, MemorySample, format_bytes
+from batchlens.core.results import atomic_write
 
 MIB = 2**20
 GIB = 2**30
@@ -152,6 +154,9 @@ class MemoryPlot(QWidget):
 
         self.title = QLabel()
         self.title.setWordWrap(True)
+        self.where_label = QLabel()  # where the work runs, when that is not this process (a cluster)
+        self.where_label.setWordWrap(True)
+        self.where_label.setVisible(False)
         self.readout = QLabel("—")
         self.readout.setWordWrap(True)
         self.readout.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -181,6 +186,7 @@ class MemoryPlot(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.title)
+        layout.addWidget(self.where_label)
         layout.addWidget(self.plot_widget, 1)
         layout.addWidget(self.readout)
         layout.addWidget(self.hover_label)
@@ -229,6 +235,11 @@ class MemoryPlot(QWidget):
         self.plot_widget.setToolTip(tip)
         self.title.setToolTip(tip)
         self.sample_now()
+
+    def set_where(self, text: str | None) -> None:
+        """Say where the work runs when this plot cannot show it (None: here, as the title says)."""
+        self.where_label.setText(text or "")
+        self.where_label.setVisible(bool(text))
 
     def sample_now(self) -> None:
         if self.probe is None:
@@ -366,32 +377,50 @@ class MemoryPlot(QWidget):
         return result.message()
 
     def save_png(self, path: Path) -> None:
-        if not self.plot_widget.grab().save(str(path), "PNG"):
-            raise OSError(f"Could not write {path}")
+        """The plot as it is now, written atomically (an existing file is replaced only when complete)."""
+        pixmap = self.plot_widget.grab()
+
+        def write(tmp: Path) -> None:
+            if not pixmap.save(str(tmp), "PNG"):
+                raise OSError(f"Could not write {path}.")
+
+        atomic_write(Path(path), write)
 
     def export_csv(self, path: Path) -> None:
         """Every sample in the history (bytes), with the markers set since the previous sample."""
         data = self.history.array()
         markers = sorted(self.markers, key=lambda m: m.time_s)
-        with open(path, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow([*(c if c == "time_s" else f"{c}_bytes" for c in COLUMNS), "markers"])
-            previous = -math.inf
-            for row in data:
-                notes = "; ".join(f"{m.kind}: {m.text}" for m in markers if previous < m.time_s <= row[0])
-                previous = row[0]
-                cells = [f"{row[0]:.3f}"] + ["" if math.isnan(v) else str(int(v)) for v in row[1:]]
-                writer.writerow([*cells, notes])
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="", encoding="utf-8") as fh:
+                writer = csv.writer(fh)
+                writer.writerow([*(c if c == "time_s" else f"{c}_bytes" for c in COLUMNS), "markers"])
+                previous = -math.inf
+                for row in data:
+                    notes = "; ".join(f"{m.kind}: {m.text}" for m in markers if previous < m.time_s <= row[0])
+                    previous = row[0]
+                    cells = [f"{row[0]:.3f}"] + ["" if math.isnan(v) else str(int(v)) for v in row[1:]]
+                    writer.writerow([*cells, notes])
+
+        atomic_write(Path(path), write)
 
     def _ask_save_png(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save plot as PNG", "memory.png", "PNG image (*.png)")
         if path:
-            self.save_png(Path(path))
+            self._save_with_message(self.save_png, Path(path))
 
     def _ask_export_csv(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Export memory history", "memory.csv", "CSV (*.csv)")
         if path:
-            self.export_csv(Path(path))
+            self._save_with_message(self.export_csv, Path(path))
+
+    def _save_with_message(self, save, path: Path) -> None:
+        try:
+            save(path)
+        except OSError as exc:
+            QMessageBox.warning(self, "Could not save", f"Could not write {path}: {exc.strerror or exc}")
+        else:
+            self.hover_label.setText(f"Saved {path}")
 
     # -- hover read-out -----------------------------------------------------------------------------
     def values_at(self, time_s: float) -> np.ndarray | None:
