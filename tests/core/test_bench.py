@@ -56,7 +56,7 @@ def test_bench_cli_prints_table_and_writes_json(tmp_path: Path, capsys):
     assert "auto chose" in tuned["note"]  # the auto batch size says why it stopped where it did
     assert result["sampler"]["us_per_sample"] > 0 and result["sampler"]["samples"] == 6
     assert "ab_percent" in result["sampler"]
-    for column in ("images/s", "vs plain", "peak mem", "mem after", "mem/image"):
+    for column in ("images/s", "vs plain", "CPU ms/img", "peak mem", "mem after", "mem/image"):
         assert column in printed
     assert "memory sampler:" in printed
 

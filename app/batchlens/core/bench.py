@@ -71,6 +71,7 @@ class Row:
     images: int = 0
     images_digest: str = ""
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # CPU time of the whole process over the row (all threads)
     images_per_second: float = 0.0
     ratio: float | None = None  # images/s over the plain loop's
     peak_bytes: int = 0
@@ -248,9 +249,10 @@ def _timed(name: str, label: str, probe: MemoryProbe, body: Callable[[], dict]) 
     and fill a Row with its speed and memory."""
     before = _settle(probe).allocated
     with _PeakWatch(probe) as watch:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         out = body()
         seconds = time.perf_counter() - t0
+        cpu_seconds = time.process_time() - cpu0
     done = out["done"]
     after = out.get("after", probe.sample().allocated)
     before = out.get("before", before)
@@ -260,6 +262,7 @@ def _timed(name: str, label: str, probe: MemoryProbe, body: Callable[[], dict]) 
         images=len(done),
         images_digest=digest(done),
         seconds=round(seconds, 4),
+        cpu_seconds=round(cpu_seconds, 4),
         images_per_second=len(done) / seconds if seconds > 0 else 0.0,
         peak_bytes=watch.peak,
         after_bytes=after,
@@ -454,7 +457,17 @@ def format_table(result: dict) -> str:
         + (f" ({result['model_note']})" if result["model_note"] else "")
         + f"; memory is {kind}"
     )
-    columns = ["row", "images", "images/s", "vs plain", "peak mem", "mem after", "mem/image", "notes"]
+    columns = [
+        "row",
+        "images",
+        "images/s",
+        "vs plain",
+        "CPU ms/img",
+        "peak mem",
+        "mem after",
+        "mem/image",
+        "notes",
+    ]
     lines = []
     for row in result["rows"]:
         lines.append(
@@ -463,6 +476,7 @@ def format_table(result: dict) -> str:
                 str(row["images"]),
                 f"{row['images_per_second']:.2f}",
                 f"{row['ratio']:.2f}x" if row["ratio"] is not None else "",
+                f"{1000 * row['cpu_seconds'] / max(1, row['images']):.0f}",
                 format_bytes(row["peak_bytes"]),
                 format_bytes(row["after_bytes"]),
                 format_bytes(row["per_image_bytes"]),
