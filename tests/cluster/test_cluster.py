@@ -198,6 +198,44 @@ def test_cli_resumes_image_to_image_on_a_cluster_address(ray_cluster, tmp_path: 
     assert summary["counts"]["already_done"] == 3 and summary["counts"]["ok"] == 2
 
 
+@pytest.mark.cluster
+def test_the_window_runs_on_the_cluster_and_says_so(ray_cluster, qtbot, tmp_path: Path):
+    from PySide6.QtCore import QSettings
+
+    from batchlens.ui.main_window import CLUSTER, MainWindow
+    from batchlens.ui.settings import Settings
+
+    for fmt in (QSettings.Format.NativeFormat, QSettings.Format.IniFormat):  # never the user's settings
+        QSettings.setPath(fmt, QSettings.Scope.UserScope, str(tmp_path / "qsettings"))
+    shapes = tmp_path / "shapes"
+    make_shapes_folder(shapes, 4)
+    local_run("demo-shapes", shapes, tmp_path / "local")
+    window = MainWindow(Settings(tmp_path / "settings.ini"))
+    window.ask_questions = False
+    qtbot.addWidget(window)
+    window.show()
+    window.prefill(model="demo-shapes", input_dir=shapes, output_dir=tmp_path / "out", device=CLUSTER)
+    assert window.cluster_edit.isVisible() and window.cluster_edit.text() == "auto"
+    window.cluster_edit.setText("local")
+    window.cluster_edit.setText("auto")  # joins the cluster this test started
+    where = window.memory_plot.where_label
+    assert where.isVisible() and "Ray cluster (auto)" in where.text() and "this window" in where.text()
+    created = []
+    window.worker_created.connect(created.append)
+    with qtbot.waitSignal(window.run_finished, timeout=300_000) as finished:
+        assert window.start_run()
+    assert isinstance(created[0].runner, ClusterRunner) and created[0].runner.cluster.address == "auto"
+    summary = finished.args[0]
+    assert summary["counts"]["ok"] == 4 and summary["cluster"]["workers"] == 2
+    assert read_lines(tmp_path / "out/predictions.jsonl") == read_lines(tmp_path / "local/predictions.jsonl")
+    assert window.previews.shown.image == "shape_0003.png"  # previews made on the workers
+    assert window.previews.input_view.has_image()
+    assert "Latest worker report" in where.text()
+    window.set_device("cpu")  # back on this machine: the plot needs no caveat
+    assert not where.isVisible() and not window.cluster_edit.isVisible()
+    window.close()
+
+
 def test_the_pool_is_sized_to_the_cluster():
     assert plan_workers({"CPU": 16.0, "GPU": 4.0}, "auto", None) == WorkerPlan(4, "cuda", 1.0)
     assert plan_workers({"CPU": 16.0, "GPU": 4.0}, "cuda:1", 2) == WorkerPlan(2, "cuda", 1.0)

@@ -38,11 +38,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from batchlens.core.cluster import ClusterConfig, ClusterRunner
 from batchlens.core.devices import available_devices, resolve_device
 from batchlens.core.errors import BatchLensError
 from batchlens.core.events import ImageResult, RunFinished, RunNote, RunStarted
 from batchlens.core.images import ScanStats, scan_images
-from batchlens.core.memory import ClearResult, MemoryProbe, probe_for
+from batchlens.core.memory import ClearResult, MemoryProbe, format_bytes, probe_for
 from batchlens.core.resources import resource_path, sample_folder
 from batchlens.core.results import unfinished_run
 from batchlens.core.runner import RunConfig
@@ -56,6 +57,7 @@ from batchlens.ui.worker import RunWorker, start_in_thread
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "demo-shapes"
+CLUSTER = "cluster"  # the device picker's Ray cluster choice (core/cluster.py); its address is beside it
 CLOSE_WAIT_MS = 5000  # how long closing the window waits for the current image to finish
 PREVIEW_INTERVAL_MS = 80
 
@@ -146,6 +148,14 @@ class MainWindow(QMainWindow):
             "Where the model runs. Auto picks a CUDA GPU, then Apple MPS, then Intel XPU, then the CPU."
         )
         self._fill_devices()
+        self.cluster_edit = QLineEdit("auto")
+        self.cluster_edit.setPlaceholderText("auto, local or ray://HOST:PORT")
+        self.cluster_edit.setToolTip(
+            "The Ray cluster to run on: auto (the running one, or a new one on this machine), local (a "
+            "new one here), HOST:PORT, or ray://HOST:PORT (Ray Client). Needs the cluster extra: "
+            'pip install "batchlens[cluster]". The folders must be on storage every node sees.'
+        )
+        self.cluster_edit.setVisible(False)
 
         self.input_edit = QLineEdit()
         self.input_edit.setPlaceholderText("Folder of images (Browse, or drop a folder on the window)")
@@ -175,6 +185,7 @@ class MainWindow(QMainWindow):
         grid.addWidget(self.model_picker, 0, 1, 1, 2)
         grid.addWidget(QLabel("Device"), 0, 3)
         grid.addWidget(self.device_combo, 0, 4)
+        grid.addWidget(self.cluster_edit, 0, 5)
         grid.addWidget(QLabel("Input folder"), 1, 0)
         grid.addWidget(self.input_edit, 1, 1)
         grid.addWidget(self.input_browse, 1, 2)
@@ -301,6 +312,7 @@ class MainWindow(QMainWindow):
             if choice.name == "auto" and auto:  # say what auto means on this machine
                 label = f"{label[:-1]}: {auto})" if label.endswith(")") else f"{label} ({auto})"
             self.device_combo.addItem(label, choice.name)
+        self.device_combo.addItem("Cluster (Ray): address →", CLUSTER)
 
     # == wiring ====================================================================================
     def _wire(self) -> None:
@@ -315,6 +327,7 @@ class MainWindow(QMainWindow):
         self.recursive_check.toggled.connect(lambda _: self.count_timer.start())
         self.model_picker.model_changed.connect(self._on_model_changed)
         self.device_combo.currentIndexChanged.connect(self._on_device_changed)
+        self.cluster_edit.textChanged.connect(self._on_cluster_address_changed)
         self.memory_plot.cache_cleared.connect(self._on_cache_cleared)
         self.thumbnails.activated.connect(self.previews.show_result)
 
@@ -385,10 +398,27 @@ class MainWindow(QMainWindow):
 
     def _on_device_changed(self, *_args) -> None:
         name = self.device_name()
+        cluster = name == CLUSTER
+        self.cluster_edit.setVisible(cluster)
         try:
-            self.memory_plot.set_probe(self.probe_factory(name))
+            # On a cluster the plot can only show this window's own process; it says so.
+            self.memory_plot.set_probe(self.probe_factory("cpu" if cluster else name))
         except BatchLensError as exc:
             self.show_error(str(exc))
+        self._show_where()
+
+    def _on_cluster_address_changed(self, _text: str) -> None:
+        self._show_where()
+
+    def _show_where(self, worker_report: str = "") -> None:
+        if self.device_name() != CLUSTER:
+            self.memory_plot.set_where(None)
+            return
+        address = self.cluster_edit.text().strip() or "auto"
+        self.memory_plot.set_where(
+            f"<b>The work runs on the Ray cluster ({address})</b>; this plot shows this window's own "
+            f"process. {worker_report or 'Each worker reports its memory after every batch.'}"
+        )
 
     def _on_model_changed(self, model_id: str) -> None:
         # Switching between demo models moves the input to the new model's bundled samples too.
@@ -504,7 +534,7 @@ class MainWindow(QMainWindow):
             model=model,
             input_dir=input_dir,
             output_dir=output_dir,
-            device=self.device_name(),
+            device="auto" if self.device_name() == CLUSTER else self.device_name(),
             recursive=self.recursive_check.isChecked(),
             resume=resume,
             previews=True,
@@ -559,7 +589,10 @@ class MainWindow(QMainWindow):
         self._paused_at = None
         self._paused_total = 0.0
 
-        worker = RunWorker(config)
+        runner = None
+        if self.device_name() == CLUSTER:
+            runner = ClusterRunner(config, ClusterConfig(self.cluster_edit.text().strip() or "auto"))
+        worker = RunWorker(config, runner=runner)
         worker.yielded.connect(self._on_event)
         worker.errored.connect(self._on_errored)
         # Bound methods of the window (not lambdas), so Qt queues them onto the GUI thread whichever
@@ -615,11 +648,18 @@ class MainWindow(QMainWindow):
     def _on_event(self, event) -> None:
         if isinstance(event, ImageResult):
             self._on_image(event)
+            if isinstance(self.worker and self.worker.runner, ClusterRunner):
+                self._show_where(
+                    f"Latest worker report: {format_bytes(event.memory.allocated)} in use, "
+                    f"peak {format_bytes(event.memory.peak)}."
+                )
         elif isinstance(event, RunStarted):
             self._run_t0 = time.monotonic()
             self.progress.setRange(0, max(event.total, 1))
             self.progress.setValue(0)
             memory = "RAM" if event.memory_kind == "cpu" else f"{event.memory_kind.upper()} memory"
+            if isinstance(self.worker and self.worker.runner, ClusterRunner):
+                memory = "this window's own process; the workers report theirs above it"
             text = f"Running {event.model} ({event.task}) on {event.device} over {event.total} image(s)"
             if event.already_done:
                 text += f", {event.already_done} already done"

@@ -30,10 +30,10 @@ class RunWorker(QObject):
     returned = Signal(object)  # the run's summary dict
     finished = Signal()  # always last, whatever happened
 
-    def __init__(self, config: RunConfig, probe: MemoryProbe | None = None):
+    def __init__(self, config: RunConfig, probe: MemoryProbe | None = None, runner: Runner | None = None):
         super().__init__()
         self.config = config
-        self.runner = Runner(config, probe=probe)
+        self.runner = runner or Runner(config, probe=probe)  # runner: e.g. a ClusterRunner
 
     # -- control: called from the GUI thread; the Runner's flags are thread-safe ---------------------
     def pause(self) -> None:
