@@ -9,6 +9,9 @@ writes predictions.jsonl in scan order and summary.json, and yields the same eve
 A worker that dies is restarted by Ray and its batch retried; `RetryLedger` (a tiny actor) counts
 the retries and remembers which images were in the worker's hands when it died, so an image that
 kills the worker twice becomes an error line instead of a run that never ends.
+
+Through Ray Client (ray://) the driver's part itself runs in an actor on the cluster (`RemoteDriver`)
+and its events are pulled here in chunks.
 """
 
 from __future__ import annotations
@@ -196,7 +199,6 @@ class ImageWorker:
         for row in rows:
             row["notes"] = json.dumps(notes if row is rows[0] else [])
             row.update(
-                attempt=attempt,
                 worker=self.where,
                 mem_allocated=sample.allocated,
                 mem_reserved=sample.reserved,
