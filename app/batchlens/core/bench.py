@@ -298,48 +298,40 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda _: None) -> 
         # Warm up kernels and allocators once, so no row pays for first-call set-up.
         plain_loop(model, candidates[:1])
 
-        def engine_row(name: str, label: str, run_probe: MemoryProbe | None = None, **settings) -> Row:
+        def engine_row(name: str, label: str, run_probe: MemoryProbe | None = None, **settings):
             runs = iter(range(1_000_000))
 
             def body() -> dict:
                 out = scratch / f"out-{name}-{next(runs)}"
                 return engine_run(model, folder, out, cfg.device, run_probe or probe, **settings)
 
-            return _best_of(cfg.repeat, lambda: _timed(name, label, probe, body))
+            return name, label, body
 
-        rows: dict[str, Row] = {}
-        log("plain loop")
-        rows["plain"] = _best_of(
-            cfg.repeat,
-            lambda: _timed("plain", "plain loop", probe, lambda: {"done": plain_loop(model, candidates)}),
-        )
-        log("engine, defaults")
-        rows["engine"] = engine_row("engine", "BatchLens, defaults")
-        if cfg.sampler_check:
-            log("engine, defaults, no memory sampling")
-            rows["no-probe"] = engine_row("no-probe", "BatchLens, no sampler", run_probe=_NoProbe(probe.kind))
         batch_size, tuning = cfg.batch_size, None
         if batch_size == "auto":
-            # Tuned once, outside the timed row: its cost is paid once a run, not once an image.
+            # Tuned once, outside the timed rows: its cost is paid once a run, not once an image.
             log("choosing the batch size (auto)")
             batch_size, tuning = tune_batch_size(model, scratch, candidates, probe)
-        log(f"engine, batch {batch_size}, prefetch {cfg.prefetch}")
-        rows["tuned"] = engine_row(
-            "tuned", "BatchLens, batch+prefetch", batch_size=batch_size, prefetch=cfg.prefetch
-        )
+        timed = [("plain", "plain loop", lambda: {"done": plain_loop(model, candidates)})]
+        timed.append(engine_row("engine", "BatchLens, defaults"))
+        if cfg.sampler_check:
+            timed.append(engine_row("no-probe", "BatchLens, no sampler", run_probe=_NoProbe(probe.kind)))
+        tuned = {"batch_size": batch_size, "prefetch": cfg.prefetch}
+        timed.append(engine_row("tuned", "BatchLens, batch+prefetch", **tuned))
+        if cfg.precision != "fp32":
+            timed.append(engine_row("amp", f"BatchLens, {cfg.precision}", **tuned, precision=cfg.precision))
+        # Repeats go round all the rows in turn, so a busy spell on a shared machine hits every row
+        # alike; each row keeps its best round.
+        rows: dict[str, Row] = {}
+        for round_ in range(max(1, cfg.repeat)):
+            for name, label, body in timed:
+                log(f"{label} (round {round_ + 1} of {max(1, cfg.repeat)})")
+                row = _timed(name, label, probe, body)
+                if name not in rows or row.images_per_second > rows[name].images_per_second:
+                    rows[name] = row
         if tuning:
             rows["tuned"].note += f"; {tuning}"
             rows["tuned"].settings["batch_size_auto"] = tuning
-        if cfg.precision != "fp32":
-            chosen = rows["tuned"].settings.get("batch_size") or 1
-            log(f"engine, {cfg.precision}")
-            rows["amp"] = engine_row(
-                "amp",
-                f"BatchLens, {cfg.precision}",
-                batch_size=chosen,
-                prefetch=cfg.prefetch,
-                precision=cfg.precision,
-            )
         # The naive loop runs last, so the memory it strands cannot weigh on the other rows.
         log("naive loop (origin story)")
         naive = _timed(
@@ -415,15 +407,6 @@ def tune_batch_size(
     seconds = time.perf_counter() - start
     tried = ", ".join(f"{t.batch_size}: {t.images_per_second or 0:.1f}/s" for t in choice.trials)
     return choice.batch_size, f"auto chose {choice.batch_size} in {seconds:.1f} s ({choice.reason}; {tried})"
-
-
-def _best_of(repeat: int, measure: Callable[[], Row]) -> Row:
-    best = None
-    for _ in range(max(1, repeat)):
-        result = measure()
-        if best is None or result.images_per_second > best.images_per_second:
-            best = result
-    return best
 
 
 def _describe_settings(shown: dict, summary: dict) -> str:
