@@ -120,7 +120,9 @@ def test_batch_size_auto_reports_its_choice(shapes_folder: Path, tmp_path: Path)
     assert sizes[0] == 1 and sizes == [2**i for i in range(len(sizes))] and max(sizes) <= 12
     assert auto["chosen"] in sizes and auto["reason"]
     best = max(auto["trials"], key=lambda t: t["images_per_second"] or 0)
-    assert auto["chosen"] == best["batch_size"]  # the fastest size tried wins
+    chosen = next(t for t in auto["trials"] if t["batch_size"] == auto["chosen"])
+    # the fastest size wins, unless a larger one was less than 5 % faster than it (not worth the memory)
+    assert chosen["images_per_second"] * 1.05 >= best["images_per_second"]
 
 
 def test_find_batch_size_stops_at_out_of_memory():
