@@ -34,8 +34,14 @@ class MemorySample:
 class ClearResult:
     freed: int
     still_allocated: int
+    kind: str = "cuda"  # the probe's kind: on "cpu" both figures are process RAM, not a tensor cache
 
     def message(self) -> str:
+        if self.kind == "cpu":
+            return (
+                f"Handed {format_bytes(self.freed)} of RAM back to the system; "
+                f"this process now uses {format_bytes(self.still_allocated)}."
+            )
         return (
             f"Freed {format_bytes(self.freed)} of cached memory; "
             f"{format_bytes(self.still_allocated)} still allocated by live tensors."
@@ -218,7 +224,7 @@ class CpuProbe(MemoryProbe):
         gc.collect()
         _malloc_trim()
         after = self._rss()
-        return ClearResult(max(0, before - after), after)
+        return ClearResult(max(0, before - after), after, kind="cpu")
 
     def reset_peak(self) -> None:
         self._peak = 0

@@ -666,7 +666,8 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"{text}; the plot shows {memory}.")
             self.previews.clear("Waiting for the first image…")
         elif isinstance(event, RunNote):
-            self._add_problem("(run)", event.message, warning=event.level != "error")
+            if event.level != "info":  # an info note (workers starting, batch size chosen) is no problem
+                self._add_problem("(run)", event.message, warning=event.level != "error")
             self.statusBar().showMessage(event.message)
             if event.kind != "note":  # memory events (out-of-memory recovery, a leak...) mark the plot
                 self.memory_plot.add_marker(event.kind, event.message)
@@ -761,7 +762,7 @@ class MainWindow(QMainWindow):
             QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder)))
 
     def _on_cache_cleared(self, result: ClearResult) -> None:
-        message = self.memory_plot.clear_message(result)
+        message = result.message()
         self.statusBar().showMessage(message)
         self.memory_plot.readout.setToolTip(message)
 

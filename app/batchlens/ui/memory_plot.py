@@ -362,19 +362,10 @@ class MemoryPlot(QWidget):
         if self.probe is None:
             return None
         result = self.probe.clear_cache()
-        self.add_marker("clear_cache", self.clear_message(result))
+        self.add_marker("clear_cache", result.message())
         self.sample_now()
         self.cache_cleared.emit(result)
         return result
-
-    def clear_message(self, result: ClearResult) -> str:
-        """What Clear cache did, in the words of this backend (on the CPU there is no tensor cache)."""
-        if self.probe is not None and self.probe.kind == "cpu":
-            return (
-                f"Handed {format_bytes(result.freed)} of RAM back to the system; "
-                f"this process now uses {format_bytes(result.still_allocated)}."
-            )
-        return result.message()
 
     def save_png(self, path: Path) -> None:
         """The plot as it is now, written atomically (an existing file is replaced only when complete)."""

@@ -119,7 +119,7 @@ def _self_test() -> int:
             plot = window.memory_plot
             cleared = plot.clear_cache()
             reports.append(
-                f"memory plot: {samples} samples ({plot.probe.kind}); {plot.clear_message(cleared)}"
+                f"memory plot: {samples} samples ({plot.probe.kind}); {cleared.message()}"
             )
         except SelfTestFailure as exc:
             print(f"batchlens self-test FAILED: {exc}", file=sys.stderr)
