@@ -345,3 +345,15 @@ def test_an_output_folder_inside_the_input_needs_a_yes(qtbot, window, shapes_fol
     assert not window.start_run()
     assert asked and "inside the folder of images" in asked[0]
     assert not (shapes_folder / "results").exists()
+
+
+def test_the_cluster_choice_is_offered_only_where_ray_is_installed(qtbot, window, monkeypatch):
+    from batchlens.ui import main_window
+
+    names = lambda: [window.device_combo.itemData(i) for i in range(window.device_combo.count())]  # noqa: E731
+    monkeypatch.setattr(main_window, "ray_installed", lambda: True)
+    window._fill_devices()
+    assert main_window.CLUSTER in names()
+    monkeypatch.setattr(main_window, "ray_installed", lambda: False)  # as in the installers
+    window._fill_devices()
+    assert main_window.CLUSTER not in names() and names()[-1] == "cpu"

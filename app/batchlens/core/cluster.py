@@ -16,6 +16,7 @@ and its events are pulled here in chunks.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import logging
@@ -52,6 +53,11 @@ RAY_VERSION = "2.60.0"  # the version the `cluster` extra pins
 INSTALL_HINT = f'pip install "batchlens[cluster]" (it adds ray[data,client]=={RAY_VERSION})'
 DEATHS_BEFORE_GIVING_UP = 2  # an image in the worker's hands at this many worker deaths is not retried
 MAX_BLOCKS = 2000  # input blocks; more means finer retries and progress, but more scheduling overhead
+
+
+def ray_installed() -> bool:
+    """Whether the cluster extra is here (the installers ship without it), without importing Ray."""
+    return importlib.util.find_spec("ray") is not None
 
 
 def require_ray():

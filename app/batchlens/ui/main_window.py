@@ -38,7 +38,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from batchlens.core.cluster import ClusterConfig, ClusterRunner
+from batchlens.core.cluster import ClusterConfig, ClusterRunner, ray_installed
 from batchlens.core.devices import available_devices, resolve_device
 from batchlens.core.errors import BatchLensError
 from batchlens.core.events import ImageResult, RunFinished, RunNote, RunStarted
@@ -312,7 +312,8 @@ class MainWindow(QMainWindow):
             if choice.name == "auto" and auto:  # say what auto means on this machine
                 label = f"{label[:-1]}: {auto})" if label.endswith(")") else f"{label} ({auto})"
             self.device_combo.addItem(label, choice.name)
-        self.device_combo.addItem("Cluster (Ray): address →", CLUSTER)
+        if ray_installed():  # the installers ship without Ray: no choice that can only fail
+            self.device_combo.addItem("Cluster (Ray): address →", CLUSTER)
 
     # == wiring ====================================================================================
     def _wire(self) -> None:
