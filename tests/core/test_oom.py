@@ -352,3 +352,48 @@ def test_max_failures_stops_a_misconfigured_run(tmp_path: Path):
     assert sorted(rows) == ["photo_00.jpg", "photo_01.jpg", "photo_02.jpg"]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["stopped"] == message and summary["counts"]["not_processed"] == 3
+
+
+class ListDetector(nn.Module):
+    """A detection-style model (takes a list of any-size images) that, like a small GPU, runs out of
+    memory whenever it is given more than one image at once. Each image gets one box: its full frame."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[int] = []
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict]:
+        self.calls.append(len(images))
+        if len(images) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated by the test)")
+        h, w = images[0].shape[-2:]
+        box = torch.tensor([[0.0, 0.0, float(w), float(h)]])
+        return [{"boxes": box, "labels": torch.tensor([1]), "scores": torch.tensor([0.9])}]
+
+
+def test_a_detection_batch_of_mixed_sizes_is_split_after_out_of_memory(tmp_path: Path):
+    from torchvision.transforms import v2
+
+    from batchlens.core.models import ModelInfo
+    from batchlens.core.tasks import make_adapter
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    sizes = [(40, 30), (64, 48), (50, 50), (33, 70)]
+    for i, size in enumerate(sizes):
+        Image.new("RGB", size, (i * 40, 90, 200)).save(folder / f"p{i}.png")
+    adapter = make_adapter(
+        "detection",
+        transform=v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]),
+        labels=["background", "thing"],
+    )
+    detector = ListDetector()
+    model = LoadedModel(ModelInfo("list-detector", "detection", "file"), detector, adapter, ACCELERATOR, True)
+    events = run(folder, tmp_path / "out", model, batch_size=4)
+    results = [e for e in events if isinstance(e, ImageResult)]
+    assert [e.status for e in results] == ["ok"] * 4, [e.error for e in results]
+    # the batch of 4, its retry after freeing, then halves of 2 (each failing) and each image alone
+    assert detector.calls == [4, 4, 2, 1, 1, 2, 1, 1]
+    for event, (w, h) in zip(results, sizes):
+        assert event.fields["detections"][0]["box"] == [0.0, 0.0, float(w), float(h)]
+        assert event.fields["recovered"][-1].endswith(": ok")

@@ -42,7 +42,6 @@ from batchlens.core.inference import PRECISIONS, check_precision, use_channels_l
 from batchlens.core.memory import MemoryProbe, MemorySample, probe_for
 from batchlens.core.models import LoadedModel, load_model
 from batchlens.core.pipeline import BatchPipeline, Item
-from batchlens.core.recovery import OomRecovery
 from batchlens.core.results import ResultsWriter, read_records
 from batchlens.core.runner import RunConfig, Runner, check_folders
 from batchlens.core.tasks.base import thumbnail
@@ -154,9 +153,7 @@ def worker_pipeline(
     check_precision(config.precision, model.device)
     channels_last = use_channels_last(model.module, model.device, config.channels_last)
     pipeline = BatchPipeline(model, output_dir, config.max_pixels, config.precision, channels_last)
-    pipeline.recovery = OomRecovery(
-        model.device, tiles=model.adapter.task == "image_to_image", cpu_fallback=config.cpu_fallback
-    )
+    pipeline.recovery = pipeline.make_recovery(cpu_fallback=config.cpu_fallback)
     return pipeline, probe_for(model.device)
 
 

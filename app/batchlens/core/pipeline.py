@@ -87,8 +87,17 @@ class BatchPipeline:
         self.precision = precision
         self.channels_last = channels_last
         self.pin_memory = model.device.type == "cuda"
-        # The runner swaps in one configured with --cpu-fallback, the memory probe and the snapshot.
-        self.recovery = OomRecovery(model.device, tiles=model.adapter.task == "image_to_image")
+        self.recovery = self.make_recovery()
+
+    def make_recovery(self, cpu_fallback: bool = False, on_first_oom=None) -> OomRecovery:
+        """The out-of-memory ladder for this model (the runner adds --cpu-fallback and the snapshot)."""
+        return OomRecovery(
+            self.model.device,
+            tiles=self.model.adapter.tileable,
+            takes_list=self.model.takes_list,
+            cpu_fallback=cpu_fallback,
+            on_first_oom=on_first_oom,
+        )
 
     def process(self, batch: list[Candidate]) -> list[Item]:
         return self.finish(self.prepare(batch))

@@ -155,10 +155,12 @@ class OomRecovery:
         device: torch.device,
         *,
         tiles: bool = False,
+        takes_list: bool = False,
         cpu_fallback: bool = False,
         on_first_oom: Callable[[], str | None] | None = None,
     ):
         self.device = device
+        self.takes_list = takes_list  # detection models take a list of any-size images, not a stack
         self.tiles = tiles  # image-to-image models: the output is an image the same shape as the input
         self.cpu_fallback = cpu_fallback
         #: where the last step runs; the step is skipped when the model is already there
@@ -194,7 +196,7 @@ class OomRecovery:
     # -- the ladder ----------------------------------------------------------------------------
     def _attempt(self, module, forward, images, indices, outcomes, before: list[str], step: str) -> bool:
         """Try `indices` as one batch; on success give each its output and the steps so far."""
-        batch = torch.stack([images[i] for i in indices])
+        batch = [images[i] for i in indices] if self.takes_list else torch.stack([images[i] for i in indices])
         outputs, error = self._call(forward, module, batch, self.device)
         del batch
         if error is None:

@@ -27,7 +27,6 @@ from batchlens.core.models import LoadedModel, load_model
 from batchlens.core.pipeline import BatchPipeline, Item, record_line
 from batchlens.core.prefetch import Prefetcher
 from batchlens.core.recovery import (
-    OomRecovery,
     leak_warning,
     leak_watch_for,
     other_processes_warning,
@@ -173,9 +172,7 @@ class Runner:
         channels_last = use_channels_last(model.module, device, cfg.channels_last)
         pipeline = BatchPipeline(model, output_dir, cfg.max_pixels, cfg.precision, channels_last)
         snapshot = cfg.memory_snapshot and start_memory_history(device)
-        pipeline.recovery = OomRecovery(
-            device,
-            tiles=model.adapter.task == "image_to_image",
+        pipeline.recovery = pipeline.make_recovery(
             cpu_fallback=cfg.cpu_fallback,
             on_first_oom=snapshot_saver(output_dir / MEMORY_SNAPSHOT) if snapshot else None,
         )

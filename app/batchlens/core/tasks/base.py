@@ -44,6 +44,9 @@ class TaskAdapter:
     options: dict = field(default_factory=dict)
 
     task = "base"
+    #: the output is an image of the input's shape (up to scale), so out-of-memory recovery may run
+    #: the model on overlapping tiles and stitch them (core/recovery.py)
+    tileable = False
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self.transform(image)
