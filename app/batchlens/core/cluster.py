@@ -32,7 +32,6 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from batchlens import __version__
 from batchlens.core.autobatch import BatchChoice, choose_batch_size
 from batchlens.core.devices import resolve_device
 from batchlens.core.errors import BatchLensError
@@ -43,7 +42,7 @@ from batchlens.core.memory import MemoryProbe, MemorySample, probe_for
 from batchlens.core.models import LoadedModel, load_model
 from batchlens.core.pipeline import BatchPipeline, Item
 from batchlens.core.results import ResultsWriter, read_records
-from batchlens.core.runner import RunConfig, Runner, check_folders
+from batchlens.core.runner import RunConfig, Runner, check_folders, run_summary
 from batchlens.core.tasks.base import thumbnail
 
 log = logging.getLogger(__name__)
@@ -477,44 +476,35 @@ class ClusterRunner(Runner):
         files = []
         if not self._cancel.is_set() and stopped is None:
             files = [str(p) for p in model.adapter.finish(output_dir, read_records(writer.path))]
-        processed = counts["ok"] + counts["error"]
-        summary = {
-            "batchlens_version": __version__,
-            "model": model.info.id,
-            "task": model.info.task,
-            "device": where,
-            "memory_kind": memory_kind,
-            "input": str(input_dir),
-            "output": str(output_dir),
-            "recursive": cfg.recursive,
-            "batch_size": batch_size,
-            "batch_size_auto": batch_choice.to_json() if batch_choice else None,
-            "prefetch": 0,
-            "precision": cfg.precision,
-            "channels_last": channels_last,
-            "counts": {
-                "ok": counts["ok"],
-                "error": counts["error"],
-                "skipped": stats.skipped,
-                "already_done": len(candidates) - len(todo),
-                "not_processed": len(todo) - processed,
-            },
-            "cancelled": self._cancel.is_set(),
-            "seconds": round(seconds, 3),
-            "images_per_second": round(processed / seconds, 3) if seconds > 0 else None,
-            "peak_memory_bytes": peak,  # the largest any worker reported
-            "started_at": started_at.isoformat(timespec="seconds"),
-            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "files": files,
-            "cluster": {
+        summary = run_summary(
+            cfg,
+            model,
+            device=where,
+            memory_kind=memory_kind,
+            input_dir=input_dir,
+            output_dir=output_dir,
+            batch_size=batch_size,
+            batch_choice=batch_choice,
+            channels_last=channels_last,
+            counts=counts,
+            skipped=stats.skipped,
+            already_done=len(candidates) - len(todo),
+            todo=len(todo),
+            cancelled=self._cancel.is_set(),
+            seconds=seconds,
+            peak=peak,  # the largest any worker reported
+            started_at=started_at,
+            files=files,
+            stopped=stopped,
+            prefetch=0,  # workers decode in their loop: no prefetch on a cluster
+            cluster={
                 "address": self.cluster.address,
                 "workers": plan.workers,
                 "worker_device": plan.device,
                 "nodes": sorted(nodes),
             },
-            "stopped": stopped,
-            "retries": retries,
-        }
+            retries=retries,
+        )
         writer.write_summary(summary)
         if stopped:
             raise BatchLensError(stopped)

@@ -88,6 +88,65 @@ def check_folders(input_dir: Path, output_dir: Path) -> tuple[Path, Path]:
     return input_dir, output_dir
 
 
+def run_summary(
+    cfg: RunConfig,
+    model: LoadedModel,
+    *,
+    device: str,
+    memory_kind: str,
+    input_dir: Path,
+    output_dir: Path,
+    batch_size: int,
+    batch_choice,
+    channels_last: bool,
+    counts: dict,
+    skipped: int,
+    already_done: int,
+    todo: int,
+    cancelled: bool,
+    seconds: float,
+    peak: int,
+    started_at: datetime,
+    files: list[str],
+    stopped: str | None,
+    prefetch: int | None = None,
+    **extra,
+) -> dict:
+    """summary.json: the same keys for a local run and a cluster run (which adds its own `extra`)."""
+    processed = counts["ok"] + counts["error"]
+    return {
+        "batchlens_version": __version__,
+        "model": model.info.id,
+        "task": model.info.task,
+        "device": device,
+        "memory_kind": memory_kind,
+        "input": str(Path(input_dir).resolve()),
+        "output": str(Path(output_dir).resolve()),
+        "recursive": cfg.recursive,
+        "batch_size": batch_size,
+        "batch_size_auto": batch_choice.to_json() if batch_choice else None,
+        "prefetch": cfg.prefetch if prefetch is None else prefetch,
+        "precision": cfg.precision,
+        "channels_last": channels_last,
+        "counts": {
+            "ok": counts["ok"],
+            "error": counts["error"],
+            "skipped": skipped,
+            "already_done": already_done,
+            "not_processed": todo - processed,
+        },
+        "cancelled": cancelled,
+        "seconds": round(seconds, 3),
+        "images_per_second": round(processed / seconds, 3) if seconds > 0 else None,
+        "peak_memory_bytes": peak,
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "files": files,
+        "stopped": stopped,
+        **extra,
+    }
+
+
 class Runner:
     """Runs one RunConfig. Iterate `events()` (on any thread); `cancel()`/`pause()` from another."""
 
@@ -230,37 +289,27 @@ class Runner:
                 files = [str(p) for p in model.adapter.finish(output_dir, read_records(writer.path))]
             except OSError as exc:
                 raise BatchLensError(write_error(exc, output_dir)) from None
-        processed = counts["ok"] + counts["error"]
-        summary = {
-            "batchlens_version": __version__,
-            "model": model.info.id,
-            "task": model.info.task,
-            "device": str(device),
-            "memory_kind": probe.kind,
-            "input": str(input_dir.resolve()),
-            "output": str(output_dir.resolve()),
-            "recursive": cfg.recursive,
-            "batch_size": batch_size,
-            "batch_size_auto": batch_choice.to_json() if batch_choice else None,
-            "prefetch": cfg.prefetch,
-            "precision": cfg.precision,
-            "channels_last": channels_last,
-            "counts": {
-                "ok": counts["ok"],
-                "error": counts["error"],
-                "skipped": stats.skipped,
-                "already_done": len(candidates) - len(todo),
-                "not_processed": len(todo) - processed,
-            },
-            "cancelled": self._cancel.is_set(),
-            "seconds": round(seconds, 3),
-            "images_per_second": round(processed / seconds, 3) if seconds > 0 else None,
-            "peak_memory_bytes": peak,
-            "started_at": started_at.isoformat(timespec="seconds"),
-            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "files": files,
-            "stopped": stopped,
-        }
+        summary = run_summary(
+            cfg,
+            model,
+            device=str(device),
+            memory_kind=probe.kind,
+            input_dir=input_dir,
+            output_dir=output_dir,
+            batch_size=batch_size,
+            batch_choice=batch_choice,
+            channels_last=channels_last,
+            counts=counts,
+            skipped=stats.skipped,
+            already_done=len(candidates) - len(todo),
+            todo=len(todo),
+            cancelled=self._cancel.is_set(),
+            seconds=seconds,
+            peak=peak,
+            started_at=started_at,
+            files=files,
+            stopped=stopped,
+        )
         try:
             writer.write_summary(summary)
         except OSError as exc:
