@@ -358,7 +358,7 @@ def describe_summary(summary: dict) -> str:
         f"{counts['error']} failed, {counts['skipped']} skipped (not images or system files)"
         + (f", {counts['already_done']} already done earlier" if counts["already_done"] else "")
         + f", in {summary['seconds']:.1f} s"
-        + (f" ({rate:.1f} images/s)" if rate else "")
+        + (f" ({rate:.3g} images/s)" if rate else "")
         + f" with {summary['model']} on {summary['device']}; peak "
         + ("RAM" if summary["memory_kind"] == "cpu" else "memory")
         + f" {format_bytes(summary['peak_memory_bytes'])}. Results are in "

@@ -194,3 +194,22 @@ def test_scan_is_sorted_recursive_and_case_insensitive(tmp_path: Path):
     stats = ScanStats()
     deep = [c.rel for c in scan_images(tmp_path, recursive=True, stats=stats)]
     assert deep == ["a/inner/shape_0000.png", "b/UPPER.PNG", "b/shape_0001.png", "z.JPG"]
+
+
+def test_labels_that_do_not_match_the_model_are_an_error_not_a_wrong_name(
+    shapes_folder: Path, tmp_path: Path
+):
+    from dataclasses import replace
+
+    import torch
+
+    from batchlens.core.models import load_model
+
+    loaded = load_model("demo-shapes", torch.device("cpu"))
+    loaded.adapter = replace(loaded.adapter, labels=["circle", "square", "triangle"])  # the model has 4
+    events = list(
+        Runner(RunConfig("demo-shapes", shapes_folder, tmp_path / "o", device="cpu"), model=loaded).events()
+    )
+    errors = [e.error for e in events if isinstance(e, ImageResult)]
+    assert len(errors) == 12
+    assert all("the model gives 4 scores but there are 3 labels" in (e or "") for e in errors)

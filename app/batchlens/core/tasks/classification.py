@@ -18,6 +18,12 @@ class ClassificationAdapter(TaskAdapter):
 
     def postprocess(self, output: torch.Tensor, meta: ImageMeta) -> TaskResult:
         logits = output.reshape(-1).float()
+        if self.labels and len(self.labels) != logits.numel():
+            # Wrong labels would put a plausible but false name on every image: refuse instead.
+            raise ValueError(
+                f"the model gives {logits.numel()} scores but there are {len(self.labels)} labels; "
+                "check the labels file or the sidecar's \"labels\""
+            )
         scores = torch.softmax(logits, dim=0)
         values, indices = scores.topk(min(TOP_K, scores.numel()))
         top = [
