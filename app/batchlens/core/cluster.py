@@ -35,14 +35,14 @@ from PIL import Image
 from batchlens.core.autobatch import BatchChoice, choose_batch_size
 from batchlens.core.devices import resolve_device
 from batchlens.core.errors import BatchLensError
-from batchlens.core.events import Event, ImageResult, RunFinished, RunNote, RunStarted
+from batchlens.core.events import Event, ImageResult, RunNote, RunStarted
 from batchlens.core.images import Candidate, ScanStats, scan_images
 from batchlens.core.inference import PRECISIONS, check_precision, use_channels_last
 from batchlens.core.memory import MemoryProbe, MemorySample, probe_for
 from batchlens.core.models import LoadedModel, load_model
 from batchlens.core.pipeline import BatchPipeline, Item
-from batchlens.core.results import ResultsWriter, read_records
-from batchlens.core.runner import RunConfig, Runner, check_folders, run_summary
+from batchlens.core.results import ResultsWriter
+from batchlens.core.runner import RunConfig, Runner, check_folders, finish_run
 from batchlens.core.tasks.base import thumbnail
 
 log = logging.getLogger(__name__)
@@ -472,17 +472,15 @@ class ClusterRunner(Runner):
                 f"Ray restarted {retries['worker_restarts']} worker(s) and retried "
                 f"{retries['batches_retried']} batch(es) after workers died.",
             )
-        seconds = time.perf_counter() - t0
-        files = []
-        if not self._cancel.is_set() and stopped is None:
-            files = [str(p) for p in model.adapter.finish(output_dir, read_records(writer.path))]
-        summary = run_summary(
+        yield finish_run(
             cfg,
             model,
+            writer,
+            cancelled=self._cancel.is_set(),
+            stopped=stopped,
             device=where,
             memory_kind=memory_kind,
             input_dir=input_dir,
-            output_dir=output_dir,
             batch_size=batch_size,
             batch_choice=batch_choice,
             channels_last=channels_last,
@@ -490,12 +488,9 @@ class ClusterRunner(Runner):
             skipped=stats.skipped,
             already_done=len(candidates) - len(todo),
             todo=len(todo),
-            cancelled=self._cancel.is_set(),
-            seconds=seconds,
+            seconds=time.perf_counter() - t0,
             peak=peak,  # the largest any worker reported
             started_at=started_at,
-            files=files,
-            stopped=stopped,
             prefetch=0,  # workers decode in their loop: no prefetch on a cluster
             cluster={
                 "address": self.cluster.address,
@@ -505,10 +500,6 @@ class ClusterRunner(Runner):
             },
             retries=retries,
         )
-        writer.write_summary(summary)
-        if stopped:
-            raise BatchLensError(stopped)
-        yield RunFinished(summary, cancelled=self._cancel.is_set())
 
     def _dataset(self, ray, plan: WorkerPlan, input_dir, output_dir, todo, ledger, batch_size: int):
         cfg = self.config

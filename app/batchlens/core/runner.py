@@ -147,6 +147,33 @@ def run_summary(
     }
 
 
+def finish_run(
+    cfg: RunConfig,
+    model: LoadedModel,
+    writer: ResultsWriter,
+    *,
+    cancelled: bool,
+    stopped: str | None,
+    **fields,
+) -> RunFinished:
+    """The end of a run, local or on a cluster: the task's end-of-run files (unless cancelled or
+    stopped), summary.json, then the RunFinished event, or the sentence that stopped the run."""
+    output_dir = writer.output_dir
+    try:
+        files = []
+        if not cancelled and stopped is None:
+            files = [str(p) for p in model.adapter.finish(output_dir, read_records(writer.path))]
+        summary = run_summary(
+            cfg, model, output_dir=output_dir, cancelled=cancelled, stopped=stopped, files=files, **fields
+        )
+        writer.write_summary(summary)
+    except OSError as exc:
+        raise BatchLensError(write_error(exc, output_dir)) from None
+    if stopped:
+        raise BatchLensError(stopped)
+    return RunFinished(summary, cancelled=cancelled)
+
+
 class Runner:
     """Runs one RunConfig. Iterate `events()` (on any thread); `cancel()`/`pause()` from another."""
 
@@ -282,20 +309,15 @@ class Runner:
             except OSError as exc:  # the lines are all there; only their order after a resume is not
                 log.warning("Could not sort %s after the resume: %s", writer.path, exc)
 
-        seconds = time.perf_counter() - t0
-        files = []
-        if not self._cancel.is_set() and stopped is None:
-            try:
-                files = [str(p) for p in model.adapter.finish(output_dir, read_records(writer.path))]
-            except OSError as exc:
-                raise BatchLensError(write_error(exc, output_dir)) from None
-        summary = run_summary(
+        yield finish_run(
             cfg,
             model,
+            writer,
+            cancelled=self._cancel.is_set(),
+            stopped=stopped,
             device=str(device),
             memory_kind=probe.kind,
             input_dir=input_dir,
-            output_dir=output_dir,
             batch_size=batch_size,
             batch_choice=batch_choice,
             channels_last=channels_last,
@@ -303,20 +325,10 @@ class Runner:
             skipped=stats.skipped,
             already_done=len(candidates) - len(todo),
             todo=len(todo),
-            cancelled=self._cancel.is_set(),
-            seconds=seconds,
+            seconds=time.perf_counter() - t0,
             peak=peak,
             started_at=started_at,
-            files=files,
-            stopped=stopped,
         )
-        try:
-            writer.write_summary(summary)
-        except OSError as exc:
-            raise BatchLensError(write_error(exc, output_dir)) from None
-        if stopped:
-            raise BatchLensError(stopped)
-        yield RunFinished(summary, cancelled=self._cancel.is_set())
 
     def _preflight(self, todo: list[Candidate], device, probe: MemoryProbe) -> Iterator[RunNote]:
         """Warnings before the first image: a crowded GPU, an outsized image, a snapshot we cannot take."""
