@@ -36,9 +36,10 @@ class LiveTensorTracker(TorchDispatchMode):
         return out
 
     def live(self) -> int:
+        """Distinct tensors still alive (an op may hand back a tensor it was given: count it once)."""
         gc.collect()
         self.refs = [r for r in self.refs if r() is not None]
-        return len(self.refs)
+        return len({id(r()) for r in self.refs})
 
 
 def naive_loop(model: torch.nn.Module, images: list[torch.Tensor], after_each) -> list:
