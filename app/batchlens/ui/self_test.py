@@ -118,9 +118,7 @@ def _self_test() -> int:
                 raise SelfTestFailure("the memory plot took no samples")
             plot = window.memory_plot
             cleared = plot.clear_cache()
-            reports.append(
-                f"memory plot: {samples} samples ({plot.probe.kind}); {cleared.message()}"
-            )
+            reports.append(f"memory plot: {samples} samples ({plot.probe.kind}); {cleared.message()}")
         except SelfTestFailure as exc:
             print(f"batchlens self-test FAILED: {exc}", file=sys.stderr)
             window.close()

@@ -22,7 +22,7 @@ class ClassificationAdapter(TaskAdapter):
             # Wrong labels would put a plausible but false name on every image: refuse instead.
             raise ValueError(
                 f"the model gives {logits.numel()} scores but there are {len(self.labels)} labels; "
-                "check the labels file or the sidecar's \"labels\""
+                'check the labels file or the sidecar\'s "labels"'
             )
         scores = torch.softmax(logits, dim=0)
         values, indices = scores.topk(min(TOP_K, scores.numel()))
