@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from batchlens.core.results import atomic_write, output_path_for
+
 PREVIEW_SIZE = 320  # longest side of preview images, in pixels
 
 
@@ -57,6 +59,12 @@ class TaskAdapter:
 
     def write(self, result: TaskResult, meta: ImageMeta, output_dir: Path) -> None:
         """Write this image's output files (atomically) and record their paths in result.fields."""
+
+    def write_image(self, result: TaskResult, meta: ImageMeta, output_dir: Path, field_name: str) -> None:
+        """Save result.image as a PNG mirroring the input tree (atomically); record its path."""
+        path = output_path_for(output_dir, meta.rel)
+        atomic_write(path, lambda tmp: result.image.save(tmp, format="PNG"))
+        result.fields[field_name] = path.relative_to(output_dir).as_posix()
 
     def preview(self, image: Image.Image, result: TaskResult) -> Image.Image | None:
         """A small picture of the result for the window (None: the fields say it all)."""

@@ -8,7 +8,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from batchlens.core.results import atomic_write, output_path_for
 from batchlens.core.tasks.base import ImageMeta, TaskAdapter, TaskResult, thumbnail
 
 
@@ -33,9 +32,7 @@ class ImageToImageAdapter(TaskAdapter):
         return TaskResult({"size": [width, height], "scale": scale}, image=image)
 
     def write(self, result: TaskResult, meta: ImageMeta, output_dir: Path) -> None:
-        path = output_path_for(output_dir, meta.rel)
-        atomic_write(path, lambda tmp: result.image.save(tmp, format="PNG"))
-        result.fields["output"] = path.relative_to(output_dir).as_posix()
+        self.write_image(result, meta, output_dir, "output")
 
     def preview(self, image: Image.Image, result: TaskResult) -> Image.Image | None:
         return thumbnail(result.image) if result.image is not None else None

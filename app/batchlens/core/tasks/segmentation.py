@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from batchlens.core.results import atomic_write, atomic_write_text, output_path_for
+from batchlens.core.results import atomic_write_text
 from batchlens.core.tasks.base import ImageMeta, TaskAdapter, TaskResult, thumbnail
 from batchlens.core.tasks.palette import palette_array
 
@@ -51,9 +51,7 @@ class SegmentationAdapter(TaskAdapter):
         return TaskResult({"size": [width, height], "classes": classes}, image=image)
 
     def write(self, result: TaskResult, meta: ImageMeta, output_dir: Path) -> None:
-        path = output_path_for(output_dir, meta.rel)
-        atomic_write(path, lambda tmp: result.image.save(tmp, format="PNG"))
-        result.fields["mask"] = path.relative_to(output_dir).as_posix()
+        self.write_image(result, meta, output_dir, "mask")
 
     def preview(self, image: Image.Image, result: TaskResult) -> Image.Image | None:
         """The image with each class but 0 (background) tinted in its colour."""
