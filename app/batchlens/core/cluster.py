@@ -35,14 +35,14 @@ from PIL import Image
 from batchlens.core.autobatch import BatchChoice, choose_batch_size
 from batchlens.core.devices import resolve_device
 from batchlens.core.errors import BatchLensError
-from batchlens.core.events import Event, ImageResult, RunNote, RunStarted
+from batchlens.core.events import Event, ImageResult, RunNote
 from batchlens.core.images import Candidate, ScanStats, scan_images
 from batchlens.core.inference import PRECISIONS, check_precision, use_channels_last
 from batchlens.core.memory import MemoryProbe, MemorySample, probe_for
 from batchlens.core.models import LoadedModel, load_model
 from batchlens.core.pipeline import BatchPipeline, Item
 from batchlens.core.results import ResultsWriter
-from batchlens.core.runner import RunConfig, Runner, check_folders, finish_run
+from batchlens.core.runner import RunConfig, Runner, check_folders, finish_run, start_events
 from batchlens.core.tasks.base import thumbnail
 
 log = logging.getLogger(__name__)
@@ -390,21 +390,7 @@ class ClusterRunner(Runner):
         peak = 0
         nodes: set[str] = set()
         ledger = ray.remote(num_cpus=0)(RetryLedger).remote()
-        yield RunStarted(
-            model.info.id,
-            model.info.task,
-            where,
-            memory_kind,
-            len(todo),
-            len(candidates) - len(todo),
-            stats.skipped,
-            str(output_dir),
-        )
-        for dirname in stats.skipped_dirs:
-            yield RunNote(
-                "warning",
-                f"Skipped folder {dirname}: unreadable, or a link back to a folder already scanned.",
-            )
+        yield from start_events(model, where, memory_kind, candidates, todo, stats, output_dir)
 
         if cfg.prefetch:
             yield RunNote("info", "Prefetch is not used on a cluster: Ray Data feeds each worker.")

@@ -147,6 +147,33 @@ def run_summary(
     }
 
 
+def start_events(
+    model: LoadedModel,
+    where: str,
+    memory_kind: str,
+    candidates: list[Candidate],
+    todo: list[Candidate],
+    stats: ScanStats,
+    output_dir: Path,
+) -> Iterator[Event]:
+    """The start of a run, local or on a cluster: RunStarted, then a note per folder the scan skipped."""
+    yield RunStarted(
+        model.info.id,
+        model.info.task,
+        where,
+        memory_kind,
+        len(todo),
+        len(candidates) - len(todo),
+        stats.skipped,
+        str(output_dir),
+    )
+    for dirname in stats.skipped_dirs:
+        yield RunNote(
+            "warning",
+            f"Skipped folder {dirname}: unreadable, or a link back to a folder already scanned.",
+        )
+
+
 def finish_run(
     cfg: RunConfig,
     model: LoadedModel,
@@ -237,21 +264,7 @@ class Runner:
         t0 = time.perf_counter()
         peak = 0
         counts = {"ok": 0, "error": 0}
-        yield RunStarted(
-            model.info.id,
-            model.info.task,
-            str(device),
-            probe.kind,
-            len(todo),
-            len(candidates) - len(todo),
-            stats.skipped,
-            str(output_dir),
-        )
-        for dirname in stats.skipped_dirs:
-            yield RunNote(
-                "warning",
-                f"Skipped folder {dirname}: unreadable, or a link back to a folder already scanned.",
-            )
+        yield from start_events(model, str(device), probe.kind, candidates, todo, stats, output_dir)
         yield from self._preflight(todo, device, probe)
 
         check_precision(cfg.precision, device)
