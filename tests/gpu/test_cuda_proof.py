@@ -25,6 +25,7 @@ from batchlens.core.memory import CudaProbe, format_bytes  # noqa: E402
 from batchlens.core.models import load_model  # noqa: E402
 from batchlens.core.pipeline import BatchPipeline  # noqa: E402
 from batchlens.core.runner import RunConfig, Runner  # noqa: E402
+from tests.gpu.cuda_cap import capped_cuda  # noqa: E402
 from tests.helpers import make_denoise_folder  # noqa: E402
 
 MiB = 2**20
@@ -33,16 +34,8 @@ CAP = 1536 * MiB  # the per-process limit for the origin story: a small GPU, as 
 
 @pytest.fixture
 def capped_gpu():
-    """Limit this process's CUDA caching allocator to CAP bytes, and lift the limit afterwards."""
-    device = torch.device("cuda", torch.cuda.current_device())
-    gc.collect()
-    torch.cuda.empty_cache()
-    total = torch.cuda.get_device_properties(device).total_memory
-    torch.cuda.set_per_process_memory_fraction(CAP / total, device)
-    yield device
-    torch.cuda.set_per_process_memory_fraction(1.0, device)
-    gc.collect()
-    torch.cuda.empty_cache()
+    with capped_cuda(CAP) as device:
+        yield device
 
 
 def test_origin_story_naive_loop_runs_out_of_memory_engine_stays_flat(tmp_path: Path, capped_gpu):

@@ -25,6 +25,7 @@ pytestmark = [
 from batchlens.core.events import RunNote  # noqa: E402
 from batchlens.core.models import load_model  # noqa: E402
 from batchlens.core.runner import MEMORY_SNAPSHOT, RunConfig, Runner  # noqa: E402
+from tests.gpu.cuda_cap import capped_cuda  # noqa: E402
 
 MiB = 2**20
 CAP = 256 * MiB  # one 2400×2400×32-channel float activation alone is ~700 MiB
@@ -32,15 +33,8 @@ CAP = 256 * MiB  # one 2400×2400×32-channel float activation alone is ~700 MiB
 
 @pytest.fixture
 def small_gpu():
-    device = torch.device("cuda", torch.cuda.current_device())
-    gc.collect()
-    torch.cuda.empty_cache()
-    total = torch.cuda.get_device_properties(device).total_memory
-    torch.cuda.set_per_process_memory_fraction(CAP / total, device)
-    yield device
-    torch.cuda.set_per_process_memory_fraction(1.0, device)
-    gc.collect()
-    torch.cuda.empty_cache()
+    with capped_cuda(CAP) as device:
+        yield device
 
 
 def test_real_cuda_oom_is_recovered_in_tiles_with_a_snapshot(tmp_path: Path, small_gpu):
