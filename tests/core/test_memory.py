@@ -22,12 +22,15 @@ MiB = 2**20
 def test_cpu_probe_reports_rss_and_clear_cache_hands_memory_back():
     probe = probe_for(torch.device("cpu"))
     assert isinstance(probe, CpuProbe) and probe.kind == "cpu" and "RAM" in probe.description
+    # Trim first: free pages that earlier tests left resident inside the heap would otherwise be
+    # reused by the blocks below without raising RSS (CI once saw 145 of the 187 MiB show up).
+    probe.clear_cache()
     first = probe.sample()
     assert first.allocated > 10 * MiB and first.device_total > first.allocated
-    # ~190 MiB in 64 KiB heap blocks; freeing every other one leaves holes inside the heap that
+    # 187.5 MiB in 64 KiB heap blocks; freeing every other one leaves holes inside the heap that
     # glibc keeps (it only trims the top by itself) until clear_cache() asks for them back.
     blocks = [bytearray(64 * 1024) for _ in range(3000)]
-    assert probe.sample().allocated >= first.allocated + 150 * MiB
+    assert probe.sample().allocated >= first.allocated + 120 * MiB
     del blocks[::2]
     before = probe.sample().allocated
     result = probe.clear_cache()
@@ -37,7 +40,7 @@ def test_cpu_probe_reports_rss_and_clear_cache_hands_memory_back():
     assert result.still_allocated == pytest.approx(after, abs=8 * MiB)
     del blocks
     assert result.message().startswith("Handed ") and "of RAM back to the system" in result.message()
-    assert probe.sample().peak >= first.allocated + 150 * MiB
+    assert probe.sample().peak >= first.allocated + 120 * MiB
 
 
 def test_format_bytes():
