@@ -276,6 +276,12 @@ def _add_speed_options(parser: argparse.ArgumentParser) -> None:
         default="fp32",
         help="fp16/bf16 run the model under autocast (mixed precision); default fp32",
     )
+    parser.add_argument(
+        "--fast-decode",
+        action="store_true",
+        help="classification: decode JPEGs at 1/2, 1/4 or 1/8 scale when the model shrinks them anyway "
+        "(much less decoding; scores can differ slightly from a full-size decode)",
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -301,6 +307,7 @@ def _run(args: argparse.Namespace) -> int:
         memory_snapshot=args.memory_snapshot,
         prefetch=args.prefetch,
         precision=args.precision,
+        fast_decode=args.fast_decode,
     )
     _download_weights(args.model, config.model_options, args.no_progress)
     if args.cluster:

@@ -6,6 +6,8 @@ Rows (each timed from its first image to its last output on the CPU, model alrea
            bounded: it stops when memory has grown past a limit, and reports how far it got
   engine   the BatchLens engine with default settings (batch 1, no prefetch)
   tuned    the engine with batching (--batch-size, or auto) and prefetching
+  fast     the tuned engine with --fast-decode (classification: JPEGs decoded at reduced scale), with
+           how often its top-1 label agrees with the default row's full-size decode
   amp      the tuned engine under --precision fp16/bf16 (when asked for)
   no-probe the engine's defaults with memory sampling switched off (--sampler-check), to measure
            what the sampler costs
@@ -233,15 +235,18 @@ def engine_run(
     runner = Runner(
         RunConfig(model.info.id, folder, out, device=device, **settings), probe=probe, model=model
     )
-    done, summary = [], {}
+    done, top1, summary = [], {}, {}
     for event in runner.events():
         if isinstance(event, ImageResult):
             if event.ok:
                 done.append(event.image)
+                if event.fields.get("top"):
+                    top1[event.image] = event.fields["top"][0]["index"]
         elif isinstance(event, RunFinished):
             summary = event.summary
-    settings = {k: summary.get(k) for k in ("batch_size", "prefetch", "precision", "channels_last")}
-    return {"done": done, "note": _describe_settings(settings, summary), "settings": settings}
+    keys = ("batch_size", "prefetch", "precision", "channels_last", "fast_decode")
+    settings = {k: summary.get(k) for k in keys}
+    return {"done": done, "note": _describe_settings(settings, summary), "settings": settings, "top1": top1}
 
 
 def _timed(name: str, label: str, probe: MemoryProbe, body: Callable[[], dict]) -> Row:
@@ -298,12 +303,16 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda _: None) -> 
         # Warm up kernels and allocators once, so no row pays for first-call set-up.
         plain_loop(model, candidates[:1])
 
+        top1: dict[str, dict] = {}  # each engine row's top-1 label index per image (classification)
+
         def engine_row(name: str, label: str, run_probe: MemoryProbe | None = None, **settings):
             runs = iter(range(1_000_000))
 
             def body() -> dict:
                 out = scratch / f"out-{name}-{next(runs)}"
-                return engine_run(model, folder, out, cfg.device, run_probe or probe, **settings)
+                result = engine_run(model, folder, out, cfg.device, run_probe or probe, **settings)
+                top1[name] = result.pop("top1")
+                return result
 
             return name, label, body
 
@@ -318,6 +327,9 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda _: None) -> 
             timed.append(engine_row("no-probe", "BatchLens, no sampler", run_probe=_NoProbe(probe.kind)))
         tuned = {"batch_size": batch_size, "prefetch": cfg.prefetch}
         timed.append(engine_row("tuned", "BatchLens, batch+prefetch", **tuned))
+        if fast_decode_applies(model, candidates[0]):
+            label = "BatchLens, batch+prefetch+fast decode"
+            timed.append(engine_row("fast", label, **tuned, fast_decode=True))
         if cfg.precision != "fp32":
             timed.append(engine_row("amp", f"BatchLens, {cfg.precision}", **tuned, precision=cfg.precision))
         # Repeats go round all the rows in turn, so a busy spell on a shared machine hits every row
@@ -332,6 +344,10 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda _: None) -> 
         if tuning:
             rows["tuned"].note += f"; {tuning}"
             rows["tuned"].settings["batch_size_auto"] = tuning
+        if "fast" in rows and top1.get("engine"):
+            same = sum(top1["fast"].get(image) == index for image, index in top1["engine"].items())
+            rows["fast"].note += f"; top-1 as with full decode on {same} of {len(top1['engine'])} images"
+            rows["fast"].settings["top1_agreement"] = [same, len(top1["engine"])]
         # The naive loop runs last, so the memory it strands cannot weigh on the other rows.
         log("naive loop (origin story)")
         naive = _timed(
@@ -343,7 +359,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda _: None) -> 
         _settle(probe)
 
         ordered = [rows["plain"], naive] + [
-            rows[k] for k in ("engine", "no-probe", "tuned", "amp") if k in rows
+            rows[k] for k in ("engine", "no-probe", "tuned", "fast", "amp") if k in rows
         ]
         plain_rate = rows["plain"].images_per_second
         for row in ordered:
@@ -373,6 +389,17 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda _: None) -> 
             "rows": [row.__dict__ for row in ordered],
             "sampler": sampler,
         }
+
+
+def fast_decode_applies(model: LoadedModel, candidate: Candidate) -> bool:
+    """Whether --fast-decode would decode this (first) image at a reduced scale."""
+    try:
+        with Image.open(candidate.path) as im:
+            target = model.adapter.decode_size(im.size) if im.format == "JPEG" else None
+            # JPEG scales by 1/2, 1/4 or 1/8 only: below twice the target nothing is saved
+            return target is not None and min(im.width // target[0], im.height // target[1]) >= 2
+    except Exception:
+        return False
 
 
 def bench_command(cfg: BenchConfig) -> str:
@@ -415,6 +442,8 @@ def _describe_settings(shown: dict, summary: dict) -> str:
         parts.append(shown["precision"])
     if shown.get("channels_last"):
         parts.append("channels_last")
+    if shown.get("fast_decode"):
+        parts.append("fast decode")
     auto = summary.get("batch_size_auto")
     if auto:
         parts.append(f"auto: {auto['reason']}")

@@ -9,12 +9,12 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 # We enforce our own, configurable pixel limit (checked from the header, before decoding), so
 # Pillow's global bomb guard would only get in the way with a less helpful message.
@@ -192,8 +192,22 @@ def convert_mode(image: Image.Image, mode: str) -> Image.Image:
     return image if image.mode == mode else image.convert(mode)
 
 
-def load_image(path: Path, mode: str = "RGB", max_pixels: int | None = DEFAULT_MAX_PIXELS) -> DecodedImage:
-    """Decode one image file into `mode`, or raise ImageError with a plain-words reason."""
+# EXIF orientations that turn the picture by 90 or 270 degrees (width and height trade places).
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})
+
+
+def load_image(
+    path: Path,
+    mode: str = "RGB",
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    reduce_to: Callable[[tuple[int, int]], tuple[int, int] | None] | None = None,
+) -> DecodedImage:
+    """Decode one image file into `mode`, or raise ImageError with a plain-words reason.
+
+    `reduce_to(upright_size)` may name the smallest (width, height) the caller needs; a JPEG is then
+    decoded at 1/2, 1/4 or 1/8 scale where that still gives at least that many pixels (Pillow's
+    `draft`, the same DCT-domain scaling `Image.thumbnail` uses). original_size stays the full size.
+    """
     path = Path(path)
     try:
         st = os.stat(path)
@@ -225,10 +239,16 @@ def load_image(path: Path, mode: str = "RGB", max_pixels: int | None = DEFAULT_M
                 )
             frames = getattr(im, "n_frames", 1)
             im.seek(0)
+            turned = im.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS
+            upright = (height, width) if turned else (width, height)
+            wanted = reduce_to(upright) if reduce_to is not None and im.format == "JPEG" else None
+            if wanted:
+                im.draft(im.mode, wanted[::-1] if turned else wanted)
             im.load()
-            image = ImageOps.exif_transpose(im)  # returns a new image, detached from the file
-            if image is im:
-                image = im.copy()
+            # In place: an upright image is not copied (a 2 MP copy is ~3 % of a CPU run). The
+            # pixels stay usable after the `with` block, which only closes the file.
+            ImageOps.exif_transpose(im, in_place=True)
+            image = im
     except ImageError:
         raise
     except PermissionError:
@@ -245,7 +265,8 @@ def load_image(path: Path, mode: str = "RGB", max_pixels: int | None = DEFAULT_M
     if image.width == 0 or image.height == 0:
         raise ImageError("has no pixels (zero width or height)")
     note = f"first frame of {frames} used" if frames > 1 else None
-    return DecodedImage(convert_mode(image, mode), image.size, note)
+    original_size = upright if wanted else image.size
+    return DecodedImage(convert_mode(image, mode), original_size, note)
 
 
 def header_size(path: Path) -> tuple[int, int] | None:

@@ -80,12 +80,14 @@ class BatchPipeline:
         max_pixels: int | None,
         precision: str = "fp32",
         channels_last: bool = False,
+        fast_decode: bool = False,
     ):
         self.model = model
         self.output_dir = output_dir
         self.max_pixels = max_pixels
         self.precision = precision
         self.channels_last = channels_last
+        self.fast_decode = fast_decode  # JPEGs decoded at the reduced scale the adapter allows
         self.pin_memory = model.device.type == "cuda"
         self.recovery = self.make_recovery()
 
@@ -106,9 +108,10 @@ class BatchPipeline:
         """Decode and preprocess a batch. CPU work only, safe on a background thread (core/prefetch.py)."""
         adapter = self.model.adapter
         items = [Item(c, time.perf_counter()) for c in batch]
+        reduce_to = adapter.decode_size if self.fast_decode else None
         for item in items:
             try:
-                item.decoded = load_image(item.candidate.path, adapter.color_mode, self.max_pixels)
+                item.decoded = load_image(item.candidate.path, adapter.color_mode, self.max_pixels, reduce_to)
                 item.tensor = adapter.preprocess(item.decoded.image)
             except ImageError as exc:
                 item.error = str(exc)

@@ -59,6 +59,9 @@ class RunConfig:
     prefetch: int = 0  # batches decoded ahead on background threads (0: decode in the loop)
     precision: str = "fp32"  # "fp32", or "fp16"/"bf16" to run the model under autocast
     channels_last: bool | None = None  # NHWC for conv nets; None: on for CUDA, where it helps
+    # Decode JPEGs at a reduced scale when the model shrinks them anyway (classification only);
+    # off by default so that results match a plain full-size decode exactly.
+    fast_decode: bool = False
     max_failures: int | None = None  # stop the run once this many images have failed (misconfigured)
     cpu_fallback: bool = False  # out of memory even in tiles: run that one image on the CPU
     memory_snapshot: bool = False  # CUDA: save the allocator's history at the first out-of-memory error
@@ -128,6 +131,7 @@ def run_summary(
         "prefetch": cfg.prefetch if prefetch is None else prefetch,
         "precision": cfg.precision,
         "channels_last": channels_last,
+        "fast_decode": cfg.fast_decode,
         "counts": {
             "ok": counts["ok"],
             "error": counts["error"],
@@ -269,7 +273,9 @@ class Runner:
 
         check_precision(cfg.precision, device)
         channels_last = use_channels_last(model.module, device, cfg.channels_last)
-        pipeline = BatchPipeline(model, output_dir, cfg.max_pixels, cfg.precision, channels_last)
+        pipeline = BatchPipeline(
+            model, output_dir, cfg.max_pixels, cfg.precision, channels_last, fast_decode=cfg.fast_decode
+        )
         snapshot = cfg.memory_snapshot and start_memory_history(device)
         pipeline.recovery = pipeline.make_recovery(
             cpu_fallback=cfg.cpu_fallback,

@@ -7,12 +7,14 @@ written at the end of a run. The runner and the UI never branch on the task.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from PIL import Image
+from torchvision.transforms import v2
 
 from batchlens.core.results import atomic_write, output_path_for
 
@@ -53,6 +55,11 @@ class TaskAdapter:
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self.transform(image)
 
+    def decode_size(self, size: tuple[int, int]) -> tuple[int, int] | None:
+        """The fewest pixels (width, height) preprocessing needs from an image of `size`, for tasks
+        whose results never refer to the full-size pixels; None: decode the image in full."""
+        return None
+
     def postprocess(self, output, meta: ImageMeta) -> TaskResult:
         """`output` is this image's share of the model output, already on the CPU, no autograd."""
         raise NotImplementedError
@@ -78,6 +85,25 @@ class TaskAdapter:
         if self.labels and 0 <= index < len(self.labels):
             return self.labels[index]
         return str(index)
+
+
+def resize_target(transform, size: tuple[int, int]) -> tuple[int, int] | None:
+    """(width, height) that `transform`'s leading resize makes of an image of `size`, when it shrinks
+    it; None when the transform does not start with a resize we recognise, or does not shrink."""
+    resize = getattr(transform, "resize_size", None)  # torchvision's ImageClassification preset
+    if resize is None and isinstance(transform, v2.Compose) and transform.transforms:
+        first = transform.transforms[0]
+        if isinstance(first, v2.Resize) and first.max_size is None:
+            resize = first.size
+    if not resize:
+        return None
+    width, height = size
+    if len(resize) == 1:  # the short side becomes resize[0], the aspect ratio is kept
+        scale = resize[0] / min(width, height)
+        target = (math.ceil(width * scale), math.ceil(height * scale))
+    else:
+        target = (resize[1], resize[0])
+    return target if target[0] < width and target[1] < height else None
 
 
 def thumbnail(image: Image.Image, size: int = PREVIEW_SIZE) -> Image.Image:

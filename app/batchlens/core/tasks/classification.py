@@ -8,13 +8,17 @@ from pathlib import Path
 import torch
 
 from batchlens.core.results import atomic_write
-from batchlens.core.tasks.base import ImageMeta, TaskAdapter, TaskResult
+from batchlens.core.tasks.base import ImageMeta, TaskAdapter, TaskResult, resize_target
 
 TOP_K = 5
 
 
 class ClassificationAdapter(TaskAdapter):
     task = "classification"
+
+    def decode_size(self, size: tuple[int, int]) -> tuple[int, int] | None:
+        # Scores do not refer to pixel positions, so a reduced-scale decode changes nothing else.
+        return resize_target(self.transform, size)
 
     def postprocess(self, output: torch.Tensor, meta: ImageMeta) -> TaskResult:
         logits = output.reshape(-1).float()

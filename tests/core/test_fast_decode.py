@@ -1,0 +1,110 @@
+"""--fast-decode: JPEGs decoded at a reduced scale when a classification model shrinks them anyway.
+
+Real JPEG files, the real torchvision preset transforms, and a real resnet18 (seeded random weights:
+no download) through the real runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+
+from batchlens.core.bench import load_bench_model, make_synthetic_folder
+from batchlens.core.events import ImageResult, RunFinished
+from batchlens.core.images import load_image, scan_images
+from batchlens.core.models.base import sidecar_transform
+from batchlens.core.models.sidecar import Sidecar
+from batchlens.core.pipeline import BatchPipeline
+from batchlens.core.runner import RunConfig, Runner
+from batchlens.core.tasks import make_adapter
+from batchlens.core.tasks.base import resize_target
+
+PRESET = torchvision.models.ResNet18_Weights.DEFAULT.transforms()  # short side 256, crop 224
+
+
+def short_side_256(size):
+    return resize_target(PRESET, size)
+
+
+def test_resize_target_reads_presets_and_sidecar_resizes():
+    assert resize_target(PRESET, (1600, 1200)) == (342, 256)  # 1600 * 256 / 1200 = 341.3, rounded up
+    assert resize_target(PRESET, (1200, 1600)) == (256, 342)
+    assert resize_target(PRESET, (300, 200)) is None  # 200 < 256: the preset enlarges it
+    fixed = sidecar_transform(Sidecar(task="classification", input_size=[64, 96]))  # (height, width)
+    assert resize_target(fixed, (800, 600)) == (96, 64)
+    assert resize_target(torchvision.transforms.v2.ToImage(), (800, 600)) is None
+
+
+def test_large_jpeg_is_decoded_at_a_quarter_and_keeps_its_original_size(tmp_path: Path):
+    path = make_synthetic_folder(tmp_path, 1, (1600, 1200)) / "img_00000.jpg"
+    full = load_image(path)
+    reduced = load_image(path, reduce_to=short_side_256)
+    assert full.image.size == (1600, 1200) and full.original_size == (1600, 1200)
+    # 1/4 scale is the smallest that still gives >= 342 x 256 pixels (1/8 would give 200 x 150).
+    assert reduced.image.size == (400, 300) and reduced.original_size == (1600, 1200)
+    # The same picture: the full decode shrunk to 400 x 300 is close to the reduced decode.
+    shrunk = np.asarray(full.image.resize((400, 300), Image.Resampling.BOX), dtype=np.float32)
+    assert np.abs(shrunk - np.asarray(reduced.image, dtype=np.float32)).mean() < 3.0
+
+
+def test_exif_rotated_jpeg_is_reduced_upright(tmp_path: Path):
+    """A portrait photo stored landscape with EXIF orientation 6: reduce_to sees the upright size."""
+    stored = make_synthetic_folder(tmp_path / "src", 1, (1600, 1200)) / "img_00000.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    path = tmp_path / "portrait.jpg"
+    with Image.open(stored) as im:
+        im.save(path, exif=exif, quality=90)
+    asked = []
+    decoded = load_image(path, reduce_to=lambda size: asked.append(size) or short_side_256(size))
+    assert asked == [(1200, 1600)]
+    assert decoded.original_size == (1200, 1600) and decoded.image.size == (300, 400)
+
+
+def test_png_and_small_jpegs_are_decoded_in_full(tmp_path: Path):
+    png = tmp_path / "big.png"
+    Image.new("RGB", (1600, 1200), (10, 200, 30)).save(png)
+    assert load_image(png, reduce_to=short_side_256).image.size == (1600, 1200)
+    small = make_synthetic_folder(tmp_path / "small", 1, (300, 240)) / "img_00000.jpg"
+    assert load_image(small, reduce_to=short_side_256).image.size == (300, 240)
+
+
+def test_only_classification_asks_for_reduced_decoding():
+    for task in ("detection", "segmentation", "image_to_image"):
+        adapter = make_adapter(task, transform=PRESET, labels=["a", "b"])
+        assert adapter.decode_size((1600, 1200)) is None, task  # their outputs refer to pixels
+    assert make_adapter("classification", transform=PRESET).decode_size((1600, 1200)) == (342, 256)
+
+
+def test_fast_decode_run_gives_the_same_labels_from_fewer_pixels(tmp_path: Path):
+    folder = make_synthetic_folder(tmp_path / "photos", 4, (1600, 1200))
+    model, _ = load_bench_model("resnet18", torch.device("cpu"))
+    pipeline = BatchPipeline(model, tmp_path / "scratch", None, fast_decode=True)
+    prepared = pipeline.prepare(list(scan_images(folder))[:1])
+    assert prepared.items[0].decoded.image.size == (400, 300)
+    assert prepared.items[0].decoded.original_size == (1600, 1200)
+    assert prepared.items[0].tensor.shape == (3, 224, 224)
+
+    def run(fast: bool, out: str) -> tuple[dict, dict]:
+        runner = Runner(
+            RunConfig("resnet18", folder, tmp_path / out, device="cpu", fast_decode=fast), model=model
+        )
+        scores, summary = {}, {}
+        for event in runner.events():
+            if isinstance(event, ImageResult):
+                assert event.ok, event.error
+                scores[event.image] = event.fields["top"][0]
+            elif isinstance(event, RunFinished):
+                summary = event.summary
+        return scores, summary
+
+    full, full_summary = run(False, "full")
+    fast, fast_summary = run(True, "fast")
+    assert full_summary["fast_decode"] is False and fast_summary["fast_decode"] is True
+    assert fast.keys() == full.keys() and len(fast) == 4
+    for image, best in full.items():
+        assert fast[image]["index"] == best["index"], image
+        assert abs(fast[image]["score"] - best["score"]) < 0.05, image
