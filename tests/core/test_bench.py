@@ -98,3 +98,19 @@ def test_bench_input_problems_are_one_sentence(argv, message, capsys):
     code = main(["bench", "--model", "demo-shapes", "--device", "cpu", *argv])
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_fast_decode_row_says_how_often_its_labels_agree(tmp_path: Path):
+    """On JPEGs at least twice the model's input size, the bench adds the --fast-decode row and
+    compares its top-1 labels with the default row's full-size decode."""
+    from batchlens.core.bench import BenchConfig, run_bench
+
+    folder = make_synthetic_folder(tmp_path / "in", 4, (256, 192))  # demo-shapes takes 64x64
+    result = run_bench(BenchConfig("demo-shapes", input_dir=folder, device="cpu", batch_size=2))
+    rows = {row["name"]: row for row in result["rows"]}
+    fast = rows["fast"]
+    assert fast["images"] == 4 and fast["settings"]["fast_decode"] is True
+    same, total = fast["settings"]["top1_agreement"]
+    assert total == 4 and 0 <= same <= 4
+    assert f"top-1 as with full decode on {same} of 4 images" in fast["note"]
+    assert rows["tuned"]["settings"]["fast_decode"] is False

@@ -5,6 +5,7 @@ no download) through the real runner."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 import torchvision
 from PIL import Image
 
+from batchlens.cli import main as cli_main
 from batchlens.core.bench import load_bench_model, make_synthetic_folder
 from batchlens.core.events import ImageResult, RunFinished
 from batchlens.core.images import load_image, scan_images
@@ -108,3 +110,14 @@ def test_fast_decode_run_gives_the_same_labels_from_fewer_pixels(tmp_path: Path)
     for image, best in full.items():
         assert fast[image]["index"] == best["index"], image
         assert abs(fast[image]["score"] - best["score"]) < 0.05, image
+
+
+def test_cli_run_fast_decode_is_recorded_in_the_summary(tmp_path: Path):
+    folder = make_synthetic_folder(tmp_path / "photos", 2, (256, 192))
+    out = tmp_path / "out"
+    code = cli_main(
+        ["run", "--model", "demo-shapes", "--input", str(folder), "--output", str(out), "--fast-decode"]
+        + ["--no-progress"]
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert code == 0 and summary["fast_decode"] is True and summary["counts"]["ok"] == 2
