@@ -202,6 +202,9 @@ def test_first_start_preselects_the_demo_and_remembers_choices(qtbot, tmp_path, 
         == shapes_folder.parent / "shapes-batchlens"
     )
     first.recursive_check.setChecked(True)
+    first.cpu_fallback_check.setChecked(True)
+    first.speed_combo.setCurrentIndex(first.speed_combo.findData("fastest"))
+    first.cluster_edit.setText("ray://head:10001")
     first.set_device("cpu")
     first.show()
     size = first.minimumSizeHint().expandedTo(QSize(600, 500)) + QSize(7, 5)  # not the default size
@@ -213,11 +216,30 @@ def test_first_start_preselects_the_demo_and_remembers_choices(qtbot, tmp_path, 
     qtbot.addWidget(second)
     assert second.model_picker.current_model_id() == "demo-denoise"
     assert second.input_edit.text() == str(shapes_folder)
-    assert second.recursive_check.isChecked()
+    assert second.recursive_check.isChecked() and second.cpu_fallback_check.isChecked()
+    assert second.speed_combo.currentText() == "Fastest"
+    assert second.cluster_edit.text() == "ray://head:10001"
     assert second.device_name() == "cpu"
     second.show()
     assert second.size() == size
     second.close()
+
+
+def test_fastest_speed_batches_prefetches_and_decodes_jpegs_small(qtbot, window, tmp_path):
+    """The Speed choice reaches the engine: batch size measured (auto), 2 batches decoded ahead, and
+    JPEGs decoded at a reduced scale (demo-shapes takes 64×64; these photos are 256×192)."""
+    from batchlens.core.bench import make_synthetic_folder
+
+    assert window.speed_combo.currentText() == "Standard"  # the default: exact, least memory
+    folder = make_synthetic_folder(tmp_path / "photos", 6, (256, 192))
+    window.speed_combo.setCurrentIndex(window.speed_combo.findData("fastest"))
+    window.prefill(model="demo-shapes", input_dir=folder, output_dir=tmp_path / "out", device="cpu")
+    with qtbot.waitSignal(window.run_finished, timeout=RUN_TIMEOUT_MS) as finished:
+        qtbot.mouseClick(window.run_button, Qt.MouseButton.LeftButton)
+    summary = finished.args[0]
+    assert summary["counts"]["ok"] == 6
+    assert summary["prefetch"] == 2 and summary["fast_decode"] is True
+    assert summary["batch_size_auto"] is not None and summary["batch_size"] >= 1
 
 
 def test_dropping_a_folder_sets_the_input(qtbot, window, shapes_folder):

@@ -1,4 +1,4 @@
-"""What the window remembers between sessions (QSettings): model, folders, device, geometry."""
+"""What the window remembers between sessions (QSettings): the run's choices and the geometry."""
 
 from __future__ import annotations
 
@@ -10,64 +10,53 @@ ORGANIZATION = "BatchLens"
 APPLICATION = "BatchLens"
 
 
+class _Text:
+    """A remembered string (None when unset or empty)."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def __get__(self, settings: Settings, owner=None) -> str | None:
+        value = settings._qs.value(self.key)
+        return str(value) if value not in (None, "") else None
+
+    def __set__(self, settings: Settings, value: str | None) -> None:
+        if value is None:
+            settings._qs.remove(self.key)
+        else:
+            settings._qs.setValue(self.key, value)
+
+
+class _Flag:
+    """A remembered yes/no (stored as "true"/"false": ini files have no booleans)."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def __get__(self, settings: Settings, owner=None) -> bool:
+        return str(settings._qs.value(self.key, "false")).lower() == "true"
+
+    def __set__(self, settings: Settings, value: bool) -> None:
+        settings._qs.setValue(self.key, "true" if value else "false")
+
+
 class Settings:
     """Typed access to QSettings. Pass `path` to keep them in an ini file (tests, --self-test)."""
+
+    model = _Text("run/model")
+    input_dir = _Text("run/input")
+    output_dir = _Text("run/output")
+    device = _Text("run/device")
+    cluster = _Text("run/cluster")  # the Ray cluster address, when the device is "Ray cluster"
+    speed = _Text("run/speed")  # one of main_window.SPEEDS
+    recursive = _Flag("run/recursive")
+    cpu_fallback = _Flag("run/cpu_fallback")
 
     def __init__(self, path: Path | None = None):
         if path is None:
             self._qs = QSettings(ORGANIZATION, APPLICATION)
         else:
             self._qs = QSettings(str(path), QSettings.Format.IniFormat)
-
-    def _str(self, key: str) -> str | None:
-        value = self._qs.value(key)
-        return str(value) if value not in (None, "") else None
-
-    def _set(self, key: str, value) -> None:
-        if value is None:
-            self._qs.remove(key)
-        else:
-            self._qs.setValue(key, value)
-
-    @property
-    def model(self) -> str | None:
-        return self._str("run/model")
-
-    @model.setter
-    def model(self, value: str | None) -> None:
-        self._set("run/model", value)
-
-    @property
-    def input_dir(self) -> str | None:
-        return self._str("run/input")
-
-    @input_dir.setter
-    def input_dir(self, value: str | None) -> None:
-        self._set("run/input", value)
-
-    @property
-    def output_dir(self) -> str | None:
-        return self._str("run/output")
-
-    @output_dir.setter
-    def output_dir(self, value: str | None) -> None:
-        self._set("run/output", value)
-
-    @property
-    def device(self) -> str | None:
-        return self._str("run/device")
-
-    @device.setter
-    def device(self, value: str | None) -> None:
-        self._set("run/device", value)
-
-    @property
-    def recursive(self) -> bool:
-        return str(self._qs.value("run/recursive", "false")).lower() == "true"
-
-    @recursive.setter
-    def recursive(self, value: bool) -> None:
-        self._qs.setValue("run/recursive", "true" if value else "false")
 
     def state(self, key: str) -> QByteArray | None:
         """Window geometry or splitter state saved under `key`."""
