@@ -117,14 +117,13 @@ def load_bench_model(model_id: str, device: torch.device) -> tuple[LoadedModel, 
         if not catalogue.is_catalogue_model(model_id) or catalogue.is_downloaded(model_id):
             raise
     from batchlens.core.models.base import ModelInfo, prepare
-    from batchlens.core.tasks import make_adapter
 
     name, _ = catalogue.split_id(model_id)
     task = catalogue.catalogue_tasks()[name]
     weights = catalogue.weights_for(model_id)
     torch.manual_seed(0)
     module = catalogue.drop_aux_head(catalogue.build_architecture(name))
-    adapter = make_adapter(task, transform=weights.transforms(), labels=list(weights.meta["categories"]))
+    adapter = catalogue.catalogue_adapter(task, weights)
     info = ModelInfo(model_id, task, "torchvision", "random weights (offline)")
     loaded = LoadedModel(info, prepare(module, device), adapter, device, takes_list=task == "detection")
     return loaded, "weights not downloaded: random weights (same speed and memory)"

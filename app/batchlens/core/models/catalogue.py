@@ -206,6 +206,19 @@ def drop_aux_head(module: nn.Module) -> nn.Module:
     return module
 
 
+def catalogue_adapter(task: str, weights: tvm.WeightsEnum, options: dict | None = None):
+    """The task adapter for catalogue weights: their preprocessing, labels and keypoint names."""
+    names = weights.meta.get("keypoint_names")
+    extra = {"keypoint_names": list(names)} if names else {}
+    return make_adapter(
+        task,
+        transform=weights.transforms(),
+        labels=list(weights.meta["categories"]),
+        options=dict(options or {}),
+        **extra,
+    )
+
+
 def load_catalogue(
     model_id: str, device: torch.device, options: dict | None = None, progress: Progress | None = None
 ) -> LoadedModel:
@@ -218,8 +231,6 @@ def load_catalogue(
     state_dict = torch_load(path)  # weights_only=True: torchvision's files are plain state_dicts
     module = drop_aux_head(_build_pretrained(name, weights, state_dict))
     del state_dict
-    adapter = make_adapter(
-        task, transform=weights.transforms(), labels=list(weights.meta["categories"]), options=options
-    )
+    adapter = catalogue_adapter(task, weights, options)
     info = ModelInfo(model_id, task, "torchvision", _describe(weights), path.stat().st_size, downloaded=True)
     return LoadedModel(info, prepare(module, device), adapter, device, takes_list=task == "detection")

@@ -227,6 +227,7 @@ def load_model_file(
 
     labels = spec.labels
     transform = None
+    extra = {}
     if spec.arch in catalogue_tasks():
         # A torchvision architecture with the user's weights: its default weights say how images are
         # prepared and, when the class count is unchanged, what the classes are called.
@@ -236,10 +237,13 @@ def load_model_file(
         num_classes = spec.arch_kwargs.get("num_classes")
         if labels is None and num_classes in (None, len(default.meta["categories"])):
             labels = list(default.meta["categories"])
+        points = default.meta.get("keypoint_names")
+        if points and spec.arch_kwargs.get("num_keypoints") in (None, len(points)):
+            extra["keypoint_names"] = list(points)
     if transform is None:
         transform = sidecar_transform(spec)
     adapter = make_adapter(
-        spec.task, transform=transform, labels=labels, color_mode=spec.color_mode, options=options
+        spec.task, transform=transform, labels=labels, color_mode=spec.color_mode, options=options, **extra
     )
     description = spec.description or f"{kind} from {path.name}"
     info = ModelInfo(model_id or str(path), spec.task, "file", description, path.stat().st_size)

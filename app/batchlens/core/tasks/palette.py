@@ -1,10 +1,11 @@
-"""Class colours shared by the detection boxes and the segmentation overlays."""
+"""Class colours, and the tinting, shared by the detection and segmentation previews."""
 
 from __future__ import annotations
 
 import functools
 
 import numpy as np
+from PIL import Image
 
 
 def colour(index: int) -> tuple[int, int, int]:
@@ -17,6 +18,13 @@ def colour(index: int) -> tuple[int, int, int]:
         b |= ((c >> 2) & 1) << (7 - shift)
         c >>= 3
     return r, g, b
+
+
+def tint(image: Image.Image, colours: np.ndarray, where: np.ndarray, alpha: float = 0.5) -> Image.Image:
+    """`image` (RGB) with the pixels where `where` is true blended with `colours` (H x W x 3)."""
+    pixels = np.asarray(image).astype(np.float32)
+    blended = pixels * (1 - alpha) + colours.astype(np.float32) * alpha
+    return Image.fromarray(np.where(where[..., None], blended, pixels).round().astype(np.uint8))
 
 
 @functools.cache

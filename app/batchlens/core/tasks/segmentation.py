@@ -13,7 +13,7 @@ from PIL import Image
 
 from batchlens.core.results import atomic_write_text
 from batchlens.core.tasks.base import ImageMeta, TaskAdapter, TaskResult, thumbnail
-from batchlens.core.tasks.palette import palette_array
+from batchlens.core.tasks.palette import palette_array, tint
 
 CLASSES_FILE = "mask_classes.json"
 OVERLAY_ALPHA = 0.5
@@ -57,11 +57,7 @@ class SegmentationAdapter(TaskAdapter):
         """The image with each class but 0 (background) tinted in its colour."""
         thumb = thumbnail(image)
         mask = np.asarray(result.image.resize(thumb.size, Image.Resampling.NEAREST)).astype(np.int64)
-        colours = palette_array()[mask % 256].astype(np.float32)
-        pixels = np.asarray(thumb).astype(np.float32)
-        blended = pixels * (1 - OVERLAY_ALPHA) + colours * OVERLAY_ALPHA
-        tinted = np.where((mask > 0)[..., None], blended, pixels)
-        return Image.fromarray(tinted.round().astype(np.uint8))
+        return tint(thumb, palette_array()[mask % 256], mask > 0, OVERLAY_ALPHA)
 
     def finish(self, output_dir: Path, records: list[dict]) -> list[Path]:
         """mask_classes.json: what each mask value means, and the colour the previews use for it."""
