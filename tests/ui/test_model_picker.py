@@ -64,3 +64,22 @@ def test_other_sources_and_their_options_plug_in(qtbot):
     assert "torchvision catalogue" in rows(picker)
     assert picker.current_model_id() == "resnet18"
     assert picker.current_options() == {"weights": "DEFAULT"}
+
+
+def test_a_model_file_shows_the_task_its_sidecar_names(qtbot, tmp_path):
+    import json
+
+    detector = tmp_path / "boxes.pt"
+    detector.write_bytes(b"x")
+    (tmp_path / "boxes.json").write_text(json.dumps({"task": "detection"}))
+    by_arch = tmp_path / "birds.safetensors"
+    by_arch.write_bytes(b"x")
+    (tmp_path / "birds.safetensors.json").write_text(json.dumps({"arch": "deeplabv3_resnet50"}))
+    bare = tmp_path / "bare.pt"
+    bare.write_bytes(b"x")
+    picker = ModelPicker()
+    qtbot.addWidget(picker)
+    for path, task in ((detector, "detection"), (by_arch, "segmentation"), (bare, "from file")):
+        assert picker.set_current_model(str(path))
+        assert picker.current_model().task == task and f"<b>{task}</b>" in picker.task_label.text()
+        assert picker.current_model_id() == str(path)

@@ -16,6 +16,7 @@ from PySide6.QtGui import QFont, QStandardItem, QStandardItemModel
 from PySide6.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QWidget
 
 from batchlens.core.models import ModelInfo, list_models
+from batchlens.core.models.files import file_model_info
 
 ROLE_INFO = Qt.ItemDataRole.UserRole + 1
 OPEN_FILE = "open-file"
@@ -33,7 +34,7 @@ def choose_model_file(parent: QWidget) -> ModelInfo | None:
     path, _ = QFileDialog.getOpenFileName(parent, "Open model file", "", MODEL_FILE_FILTER)
     if not path:
         return None
-    return ModelInfo(id=path, task="from file", source="file", description=Path(path).name)
+    return file_model_info(path)
 
 
 class ModelPicker(QWidget):
@@ -125,7 +126,7 @@ class ModelPicker(QWidget):
                 self.combo.setCurrentIndex(row)
                 return True
         if Path(model_id).is_file():
-            self.add_model(ModelInfo(id=model_id, task="from file", source="file"), select=True)
+            self.add_model(file_model_info(model_id), select=True)
             return True
         return False
 

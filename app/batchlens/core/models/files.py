@@ -46,6 +46,23 @@ def sidecar_path_for(path: Path) -> Path | None:
     return None
 
 
+def file_model_info(model_id: str) -> ModelInfo:
+    """What the model picker shows for a model file (its path is its id) before it is loaded: the task
+    its sidecar names or its architecture implies, else "from file" (the task is known once it loads)."""
+    path = Path(model_id)
+    task = "from file"
+    sidecar = sidecar_path_for(path)
+    if sidecar is not None:
+        try:
+            data = json.loads(sidecar.read_text(encoding="utf-8"))
+            named = data.get("task") or catalogue_tasks().get(data.get("arch"))
+            task = named if named in ADAPTERS else task
+        except (OSError, ValueError, AttributeError):
+            pass  # a broken sidecar is reported, with its reason, when the model loads
+    size = path.stat().st_size if path.is_file() else None
+    return ModelInfo(id=model_id, task=task, source="file", description=path.name, size_bytes=size)
+
+
 def read_labels(path: Path) -> list[str]:
     """Labels from a .json list or a text file with one label per line."""
     path = Path(path).expanduser()
