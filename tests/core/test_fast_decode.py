@@ -84,18 +84,22 @@ def test_only_classification_asks_for_reduced_decoding():
 def test_fast_decode_run_gives_the_same_labels_from_fewer_pixels(tmp_path: Path):
     folder = make_synthetic_folder(tmp_path / "photos", 4, (1600, 1200))
     model, _ = load_bench_model("resnet18", torch.device("cpu"))
-    pipeline = BatchPipeline(model, tmp_path / "scratch", None, fast_decode=True)
-    prepared = pipeline.prepare(list(scan_images(folder))[:1])
-    assert prepared.items[0].decoded.image.size == (400, 300)
-    assert prepared.items[0].decoded.original_size == (1600, 1200)
-    assert prepared.items[0].tensor.shape == (3, 224, 224)
+    candidates = list(scan_images(folder))
+    fast = BatchPipeline(model, tmp_path / "scratch", None, fast_decode=True).prepare(candidates)
+    full = BatchPipeline(model, tmp_path / "scratch", None).prepare(candidates)
+    assert fast.items[0].decoded.image.size == (400, 300)
+    assert fast.items[0].decoded.original_size == (1600, 1200)
+    # What the model sees is nearly the same picture: the preprocessed tensors (normalised, std ~1)
+    # differ by about 0.01 on average (here 0.0099-0.0100, correlation 0.9999).
+    for a, b in zip(full.items, fast.items):
+        assert a.tensor.shape == b.tensor.shape == (3, 224, 224)
+        assert (a.tensor - b.tensor).abs().mean() < 0.02
+        assert torch.corrcoef(torch.stack([a.tensor.flatten(), b.tensor.flatten()]))[0, 1] > 0.999
 
-    def run(fast: bool, out: str) -> tuple[dict, dict]:
-        runner = Runner(
-            RunConfig("resnet18", folder, tmp_path / out, device="cpu", fast_decode=fast), model=model
-        )
+    def run(fast_decode: bool, out: str) -> tuple[dict, dict]:
+        config = RunConfig("resnet18", folder, tmp_path / out, device="cpu", fast_decode=fast_decode)
         scores, summary = {}, {}
-        for event in runner.events():
+        for event in Runner(config, model=model).events():
             if isinstance(event, ImageResult):
                 assert event.ok, event.error
                 scores[event.image] = event.fields["top"][0]
@@ -103,13 +107,13 @@ def test_fast_decode_run_gives_the_same_labels_from_fewer_pixels(tmp_path: Path)
                 summary = event.summary
         return scores, summary
 
-    full, full_summary = run(False, "full")
-    fast, fast_summary = run(True, "fast")
+    full_top, full_summary = run(False, "full")
+    fast_top, fast_summary = run(True, "fast")
     assert full_summary["fast_decode"] is False and fast_summary["fast_decode"] is True
-    assert fast.keys() == full.keys() and len(fast) == 4
-    for image, best in full.items():
-        assert fast[image]["index"] == best["index"], image
-        assert abs(fast[image]["score"] - best["score"]) < 0.05, image
+    assert fast_top.keys() == full_top.keys() and len(fast_top) == 4
+    for image, best in full_top.items():  # (random weights: the scores are small and close together)
+        assert fast_top[image]["index"] == best["index"], image
+        assert abs(fast_top[image]["score"] - best["score"]) < 0.001, image
 
 
 def test_cli_run_fast_decode_is_recorded_in_the_summary(tmp_path: Path):
