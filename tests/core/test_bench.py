@@ -113,4 +113,7 @@ def test_fast_decode_row_says_how_often_its_labels_agree(tmp_path: Path):
     same, total = fast["settings"]["top1_agreement"]
     assert total == 4 and 0 <= same <= 4
     assert f"top-1 as with full decode on {same} of 4 images" in fast["note"]
+    # demo-shapes' inputs are normalised with std 0.25: a reduced decode moves them, but not far
+    assert 0 < fast["settings"]["input_mean_abs_diff"] < 0.1
+    assert f"mean |diff| {fast['settings']['input_mean_abs_diff']:.4f}" in fast["note"]
     assert rows["tuned"]["settings"]["fast_decode"] is False
