@@ -101,6 +101,28 @@ def test_markers_for_failures_and_clear_cache(qtbot):
         assert line in plot.plot_item.items and line.value() == marker.time_s
 
 
+def test_labels_of_markers_close_in_time_do_not_overlap(qtbot):
+    """A run of a few images starts and ends within a fraction of a second: its two labels must not
+    be printed on top of each other."""
+    import pyqtgraph as pg
+
+    plot = make_plot(qtbot, FakeProbe("cpu"))
+    for kind in ("run_start", "run_end", "clear_cache", "run_start"):
+        plot.add_marker(kind, kind)
+    labels = [
+        next(c for c in line.childItems() if isinstance(c, pg.InfLineLabel))
+        for _, line in plot.marker_lines()
+    ]
+    assert [label.textItem.toPlainText() for label in labels] == [
+        "run start",
+        "run end",
+        "clear cache",
+        "run start",
+    ]
+    heights = [label.orthoPos for label in labels]
+    assert len(set(heights)) == 4 and all(0 < h < 1 for h in heights)
+
+
 def test_export_csv_and_save_png(qtbot, tmp_path):
     probe = FakeProbe(
         "cuda",

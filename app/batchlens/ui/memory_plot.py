@@ -115,6 +115,7 @@ class MemoryPlot(QWidget):
         self.history = RingBuffer(int(window_s * 1000 / interval_ms) + 10, len(COLUMNS))
         self.markers: deque[Marker] = deque(maxlen=500)
         self._marker_lines: deque[tuple[Marker, pg.InfiniteLine]] = deque()
+        self._labels_placed = 0
         self._t0 = time.monotonic()
         self._divisor = MIB
         self._last: MemorySample | None = None
@@ -335,10 +336,13 @@ class MemoryPlot(QWidget):
         )
         line.setToolTip(text)
         if kind != "failure":  # failures can come in dozens; their lines speak without a label
+            # Successive labels step down the plot, so markers close in time (the start and end of a
+            # run of a few images) do not print over each other.
+            self._labels_placed += 1
             pg.InfLineLabel(
                 line,
                 text=kind.replace("_", " "),
-                position=0.97,
+                position=0.97 - 0.08 * ((self._labels_placed - 1) % 4),
                 anchors=[(0, 0), (0, 0)],
                 color=MARKER_COLORS.get(kind, "#868e96"),
             )
