@@ -125,3 +125,19 @@ def test_cli_run_fast_decode_is_recorded_in_the_summary(tmp_path: Path):
     )
     summary = json.loads((out / "summary.json").read_text())
     assert code == 0 and summary["fast_decode"] is True and summary["counts"]["ok"] == 2
+
+
+def test_a_run_says_when_fast_decode_has_nothing_to_do(tmp_path: Path):
+    from batchlens.core.events import RunNote
+    from batchlens.core.resources import sample_folder
+
+    def notes(model: str, folder: Path) -> list[str]:
+        config = RunConfig(model, folder, tmp_path / f"out-{model}", device="cpu", fast_decode=True)
+        events = list(Runner(config).events())
+        assert isinstance(events[-1], RunFinished) and events[-1].summary["counts"]["error"] == 0
+        return [e.message for e in events if isinstance(e, RunNote) and "--fast-decode" in e.message]
+
+    photos = make_synthetic_folder(tmp_path / "photos", 2, (256, 192))
+    assert notes("demo-shapes", photos) == []  # large JPEGs for a classifier: it helps, no note
+    (note,) = notes("demo-denoise", sample_folder("demo-denoise"))  # image-to-image, PNG samples
+    assert "nothing to do" in note and "decoded in full" in note

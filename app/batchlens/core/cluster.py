@@ -392,7 +392,9 @@ class ClusterRunner(Runner):
         peak = 0
         nodes: set[str] = set()
         ledger = ray.remote(num_cpus=0)(RetryLedger).remote()
-        yield from start_events(model, where, memory_kind, candidates, todo, stats, output_dir)
+        yield from start_events(
+            model, where, memory_kind, candidates, todo, stats, output_dir, cfg.fast_decode
+        )
 
         if cfg.prefetch:
             yield RunNote("info", "Prefetch is not used on a cluster: Ray Data feeds each worker.")

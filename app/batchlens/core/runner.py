@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 MEMORY_SNAPSHOT = "memory-snapshot.pickle"  # --memory-snapshot: open it in https://pytorch.org/memory_viz
 PREFLIGHT_SECONDS = 2.0  # the most time spent reading image headers before a run
+FAST_DECODE_PROBES = 20  # images whose headers say whether --fast-decode will help
+JPEG_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif"})  # the format Pillow can decode reduced
 
 
 @dataclass(frozen=True)
@@ -159,8 +161,10 @@ def start_events(
     todo: list[Candidate],
     stats: ScanStats,
     output_dir: Path,
+    fast_decode: bool = False,
 ) -> Iterator[Event]:
-    """The start of a run, local or on a cluster: RunStarted, then a note per folder the scan skipped."""
+    """The start of a run, local or on a cluster: RunStarted, then a note per folder the scan skipped,
+    and one when --fast-decode was asked for but has nothing to do."""
     yield RunStarted(
         model.info.id,
         model.info.task,
@@ -176,6 +180,19 @@ def start_events(
             "warning",
             f"Skipped folder {dirname}: unreadable, or a link back to a folder already scanned.",
         )
+    if fast_decode and todo and not fast_decode_helps(model, todo[:FAST_DECODE_PROBES]):
+        yield RunNote(
+            "info",
+            "--fast-decode has nothing to do here: this model's preprocessing does not shrink these "
+            "images with a resize BatchLens recognises (it helps classification models that resize "
+            "large JPEG photos down), so every image is decoded in full.",
+        )
+
+
+def fast_decode_helps(model: LoadedModel, candidates: list[Candidate]) -> bool:
+    """Whether the adapter would decode any of these images (read from their headers) at reduced size."""
+    sizes = (header_size(c.path) for c in candidates if c.path.suffix.lower() in JPEG_SUFFIXES)
+    return any(size is not None and model.adapter.decode_size(size) is not None for size in sizes)
 
 
 def finish_run(
@@ -268,7 +285,9 @@ class Runner:
         t0 = time.perf_counter()
         peak = 0
         counts = {"ok": 0, "error": 0}
-        yield from start_events(model, str(device), probe.kind, candidates, todo, stats, output_dir)
+        yield from start_events(
+            model, str(device), probe.kind, candidates, todo, stats, output_dir, cfg.fast_decode
+        )
         yield from self._preflight(todo, device, probe)
 
         check_precision(cfg.precision, device)
