@@ -69,6 +69,14 @@ def save_state_dict(model: torch.nn.Module, path: Path) -> Path:
     return path
 
 
+def save_scripted(module: torch.nn.Module, path: Path, sidecar: dict) -> Path:
+    """A TorchScript model file made from `module`, with its sidecar NAME.json next to it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(torch.jit.script(module), str(path))
+    path.with_suffix(".json").write_text(json.dumps(sidecar))
+    return path
+
+
 def run_cli(*args) -> int:
     return cli_main(["run", "--device", "cpu", "--no-progress", *[str(a) for a in args]])
 

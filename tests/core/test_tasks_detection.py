@@ -22,6 +22,7 @@ from tests.core.modelkit import (
     random_model,
     read_jsonl,
     run_cli,
+    save_scripted,
     save_state_dict,
 )
 
@@ -118,13 +119,14 @@ class BlockFinder(torch.nn.Module):
 
 @pytest.fixture
 def block_model(tmp_path: Path) -> Path:
-    path = tmp_path / "models" / "blocks.pt"
-    path.parent.mkdir()
-    torch.jit.save(torch.jit.script(BlockFinder()), str(path))
-    sidecar = {"task": "detection", "input_size": [100, 100], "labels": ["__background__", "block", "decoy"]}
-    (path.parent / "blocks.json").write_text(json.dumps(sidecar))
-    return path
+    return save_scripted(BlockFinder(), tmp_path / "models" / "blocks.pt", BLOCK_SIDECAR)
 
+
+BLOCK_SIDECAR = {
+    "task": "detection",
+    "input_size": [100, 100],
+    "labels": ["__background__", "block", "decoy"],
+}
 
 # (image size, block) with the block as x1, y1, x2, y2 in the original image's pixels
 BLOCKS = {"wide.png": ((400, 200), (100, 50, 300, 150)), "tall.png": ((120, 360), (30, 180, 90, 324))}

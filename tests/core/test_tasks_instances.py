@@ -3,7 +3,6 @@ the original size, in the preview, and in detections.coco.json, checked with pyc
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +19,8 @@ from batchlens.core.models.catalogue import catalogue_adapter, weights_for
 from batchlens.core.runner import RunConfig, Runner
 from batchlens.core.tasks.detection import coco_rle
 from batchlens.core.tasks.palette import colour
-from tests.core.modelkit import make_photos, read_jsonl, run_cli
-from tests.core.test_tasks_detection import BLOCKS, assert_valid_coco, make_block_images
+from tests.core.modelkit import make_photos, read_jsonl, run_cli, save_scripted
+from tests.core.test_tasks_detection import BLOCK_SIDECAR, BLOCKS, assert_valid_coco, make_block_images
 
 
 def test_coco_rle_is_what_pycocotools_writes():
@@ -72,12 +71,7 @@ class BlockSegmenter(torch.nn.Module):
 
 @pytest.fixture
 def instance_model(tmp_path: Path) -> Path:
-    path = tmp_path / "models" / "instances.pt"
-    path.parent.mkdir()
-    torch.jit.save(torch.jit.script(BlockSegmenter()), str(path))
-    sidecar = {"task": "detection", "input_size": [100, 100], "labels": ["__background__", "block", "decoy"]}
-    (path.parent / "instances.json").write_text(json.dumps(sidecar))
-    return path
+    return save_scripted(BlockSegmenter(), tmp_path / "models" / "instances.pt", BLOCK_SIDECAR)
 
 
 def test_instance_masks_and_keypoints_land_in_original_pixels(instance_model: Path, tmp_path: Path):
