@@ -16,7 +16,7 @@ from PIL import Image
 from batchlens.cli import main as cli_main
 from batchlens.core.bench import load_bench_model, make_synthetic_folder
 from batchlens.core.events import ImageResult, RunFinished
-from batchlens.core.images import load_image, scan_images
+from batchlens.core.images import decodes_reduced, load_image, scan_images
 from batchlens.core.models.base import sidecar_transform
 from batchlens.core.models.sidecar import Sidecar
 from batchlens.core.pipeline import BatchPipeline
@@ -64,6 +64,7 @@ def test_exif_rotated_jpeg_is_reduced_upright(tmp_path: Path):
     decoded = load_image(path, reduce_to=lambda size: asked.append(size) or short_side_256(size))
     assert asked == [(1200, 1600)]
     assert decoded.original_size == (1200, 1600) and decoded.image.size == (300, 400)
+    assert decodes_reduced(path, short_side_256)  # the header check agrees, upright size and all
 
 
 def test_png_and_small_jpegs_are_decoded_in_full(tmp_path: Path):
@@ -72,6 +73,7 @@ def test_png_and_small_jpegs_are_decoded_in_full(tmp_path: Path):
     assert load_image(png, reduce_to=short_side_256).image.size == (1600, 1200)
     small = make_synthetic_folder(tmp_path / "small", 1, (300, 240)) / "img_00000.jpg"
     assert load_image(small, reduce_to=short_side_256).image.size == (300, 240)
+    assert not decodes_reduced(png, short_side_256) and not decodes_reduced(small, short_side_256)
 
 
 def test_only_classification_asks_for_reduced_decoding():

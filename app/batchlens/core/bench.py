@@ -40,7 +40,7 @@ from batchlens.core.autobatch import choose_batch_size
 from batchlens.core.devices import resolve_device
 from batchlens.core.errors import BatchLensError
 from batchlens.core.events import ImageResult, RunFinished
-from batchlens.core.images import Candidate, scan_images
+from batchlens.core.images import Candidate, decodes_reduced, scan_images
 from batchlens.core.inference import use_channels_last
 from batchlens.core.memory import MemoryProbe, MemorySample, format_bytes, probe_for
 from batchlens.core.models import LoadedModel, load_model
@@ -326,7 +326,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda _: None) -> 
             timed.append(engine_row("no-probe", "BatchLens, no sampler", run_probe=_NoProbe(probe.kind)))
         tuned = {"batch_size": batch_size, "prefetch": cfg.prefetch}
         timed.append(engine_row("tuned", "BatchLens, batch+prefetch", **tuned))
-        if fast_decode_applies(model, candidates[0]):
+        if decodes_reduced(candidates[0].path, model.adapter.decode_size):
             label = "BatchLens, batch+prefetch+fast decode"
             timed.append(engine_row("fast", label, **tuned, fast_decode=True))
         if cfg.precision != "fp32":
@@ -406,17 +406,6 @@ def input_difference(model: LoadedModel, candidates: list[Candidate], scratch: P
         if a.tensor is not None and b.tensor is not None  # (an image that fails to decode has none)
     ]
     return sum(diffs) / len(diffs) if diffs else float("nan")
-
-
-def fast_decode_applies(model: LoadedModel, candidate: Candidate) -> bool:
-    """Whether --fast-decode would decode this (first) image at a reduced scale."""
-    try:
-        with Image.open(candidate.path) as im:
-            target = model.adapter.decode_size(im.size) if im.format == "JPEG" else None
-            # JPEG scales by 1/2, 1/4 or 1/8 only: below twice the target nothing is saved
-            return target is not None and min(im.width // target[0], im.height // target[1]) >= 2
-    except Exception:
-        return False
 
 
 def bench_command(cfg: BenchConfig) -> str:

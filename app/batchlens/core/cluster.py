@@ -475,9 +475,9 @@ class ClusterRunner(Runner):
             batch_choice=batch_choice,
             channels_last=channels_last,
             counts=counts,
-            skipped=stats.skipped,
-            already_done=len(candidates) - len(todo),
-            todo=len(todo),
+            candidates=candidates,
+            todo=todo,
+            stats=stats,
             seconds=time.perf_counter() - t0,
             peak=peak,  # the largest any worker reported
             started_at=started_at,

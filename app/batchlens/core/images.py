@@ -195,12 +195,34 @@ def convert_mode(image: Image.Image, mode: str) -> Image.Image:
 # EXIF orientations that turn the picture by 90 or 270 degrees (width and height trade places).
 _QUARTER_TURNS = frozenset({5, 6, 7, 8})
 
+SizeWanted = Callable[[tuple[int, int]], tuple[int, int] | None]  # upright size -> fewest pixels needed
+
+
+def _upright(im: Image.Image) -> tuple[tuple[int, int], bool]:
+    """The opened image's (width, height) as displayed, and whether EXIF turns it a quarter."""
+    turned = im.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS
+    return ((im.height, im.width) if turned else im.size), turned
+
+
+def decodes_reduced(path: Path, reduce_to: SizeWanted) -> bool:
+    """Whether load_image(path, reduce_to=reduce_to) decodes this file at 1/2 scale or less (read from
+    its header): a JPEG, at least twice the size asked for (JPEG scales only by 1/2, 1/4 and 1/8)."""
+    try:
+        with Image.open(path) as im:
+            if im.format != "JPEG":
+                return False
+            upright, _ = _upright(im)
+            wanted = reduce_to(upright)
+            return wanted is not None and min(upright[0] // wanted[0], upright[1] // wanted[1]) >= 2
+    except Exception:  # an unreadable file is reported when it is decoded, not here
+        return False
+
 
 def load_image(
     path: Path,
     mode: str = "RGB",
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    reduce_to: Callable[[tuple[int, int]], tuple[int, int] | None] | None = None,
+    reduce_to: SizeWanted | None = None,
 ) -> DecodedImage:
     """Decode one image file into `mode`, or raise ImageError with a plain-words reason.
 
@@ -239,8 +261,7 @@ def load_image(
                 )
             frames = getattr(im, "n_frames", 1)
             im.seek(0)
-            turned = im.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS
-            upright = (height, width) if turned else (width, height)
+            upright, turned = _upright(im)
             wanted = reduce_to(upright) if reduce_to is not None and im.format == "JPEG" else None
             if wanted:
                 im.draft(im.mode, wanted[::-1] if turned else wanted)

@@ -20,7 +20,14 @@ from batchlens.core.autobatch import choose_batch_size
 from batchlens.core.devices import resolve_device
 from batchlens.core.errors import BatchLensError
 from batchlens.core.events import Event, ImageResult, RunFinished, RunNote, RunStarted
-from batchlens.core.images import DEFAULT_MAX_PIXELS, Candidate, ScanStats, header_size, scan_images
+from batchlens.core.images import (
+    DEFAULT_MAX_PIXELS,
+    Candidate,
+    ScanStats,
+    decodes_reduced,
+    header_size,
+    scan_images,
+)
 from batchlens.core.inference import check_precision, use_channels_last
 from batchlens.core.memory import MemoryProbe, probe_for
 from batchlens.core.models import LoadedModel, load_model
@@ -43,7 +50,6 @@ log = logging.getLogger(__name__)
 MEMORY_SNAPSHOT = "memory-snapshot.pickle"  # --memory-snapshot: open it in https://pytorch.org/memory_viz
 PREFLIGHT_SECONDS = 2.0  # the most time spent reading image headers before a run
 FAST_DECODE_PROBES = 20  # images whose headers say whether --fast-decode will help
-JPEG_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif"})  # the format Pillow can decode reduced
 
 
 @dataclass(frozen=True)
@@ -105,9 +111,9 @@ def run_summary(
     batch_choice,
     channels_last: bool,
     counts: dict,
-    skipped: int,
-    already_done: int,
-    todo: int,
+    candidates: list[Candidate],
+    todo: list[Candidate],
+    stats: ScanStats,
     cancelled: bool,
     seconds: float,
     peak: int,
@@ -117,7 +123,8 @@ def run_summary(
     prefetch: int | None = None,
     **extra,
 ) -> dict:
-    """summary.json: the same keys for a local run and a cluster run (which adds its own `extra`)."""
+    """summary.json: the same keys for a local run and a cluster run (which adds its own `extra`).
+    `candidates` are the images the scan found, `todo` those this run set out to process."""
     processed = counts["ok"] + counts["error"]
     return {
         "batchlens_version": __version__,
@@ -137,9 +144,9 @@ def run_summary(
         "counts": {
             "ok": counts["ok"],
             "error": counts["error"],
-            "skipped": skipped,
-            "already_done": already_done,
-            "not_processed": todo - processed,
+            "skipped": stats.skipped,
+            "already_done": len(candidates) - len(todo),
+            "not_processed": len(todo) - processed,
         },
         "cancelled": cancelled,
         "seconds": round(seconds, 3),
@@ -180,19 +187,14 @@ def start_events(
             "warning",
             f"Skipped folder {dirname}: unreadable, or a link back to a folder already scanned.",
         )
-    if fast_decode and todo and not fast_decode_helps(model, todo[:FAST_DECODE_PROBES]):
+    probes = todo[:FAST_DECODE_PROBES]
+    if fast_decode and todo and not any(decodes_reduced(c.path, model.adapter.decode_size) for c in probes):
         yield RunNote(
             "info",
             "--fast-decode has nothing to do here: this model's preprocessing does not shrink these "
             "images with a resize BatchLens recognises (it helps classification models that resize "
             "large JPEG photos down), so every image is decoded in full.",
         )
-
-
-def fast_decode_helps(model: LoadedModel, candidates: list[Candidate]) -> bool:
-    """Whether the adapter would decode any of these images (read from their headers) at reduced size."""
-    sizes = (header_size(c.path) for c in candidates if c.path.suffix.lower() in JPEG_SUFFIXES)
-    return any(size is not None and model.adapter.decode_size(size) is not None for size in sizes)
 
 
 def finish_run(
@@ -360,9 +362,9 @@ class Runner:
             batch_choice=batch_choice,
             channels_last=channels_last,
             counts=counts,
-            skipped=stats.skipped,
-            already_done=len(candidates) - len(todo),
-            todo=len(todo),
+            candidates=candidates,
+            todo=todo,
+            stats=stats,
             seconds=time.perf_counter() - t0,
             peak=peak,
             started_at=started_at,
