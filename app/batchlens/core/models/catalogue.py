@@ -206,16 +206,21 @@ def drop_aux_head(module: nn.Module) -> nn.Module:
     return module
 
 
+def keypoint_names(weights: tvm.WeightsEnum, num_keypoints: int | None = None) -> dict:
+    """{"keypoint_names": [...]} for an adapter, from weights that name their keypoints (Keypoint R-CNN),
+    unless the model was built with another number of keypoints; else {}."""
+    names = weights.meta.get("keypoint_names")
+    return {"keypoint_names": list(names)} if names and num_keypoints in (None, len(names)) else {}
+
+
 def catalogue_adapter(task: str, weights: tvm.WeightsEnum, options: dict | None = None):
     """The task adapter for catalogue weights: their preprocessing, labels and keypoint names."""
-    names = weights.meta.get("keypoint_names")
-    extra = {"keypoint_names": list(names)} if names else {}
     return make_adapter(
         task,
         transform=weights.transforms(),
         labels=list(weights.meta["categories"]),
         options=dict(options or {}),
-        **extra,
+        **keypoint_names(weights),
     )
 
 

@@ -17,7 +17,13 @@ from torch import nn
 
 from batchlens.core.errors import BatchLensError
 from batchlens.core.models.base import LoadedModel, ModelInfo, prepare, sidecar_transform
-from batchlens.core.models.catalogue import build_architecture, catalogue_tasks, drop_aux_head, weights_for
+from batchlens.core.models.catalogue import (
+    build_architecture,
+    catalogue_tasks,
+    drop_aux_head,
+    keypoint_names,
+    weights_for,
+)
 from batchlens.core.models.demo_nets import ARCHITECTURES as DEMO_ARCHITECTURES
 from batchlens.core.models.sidecar import Sidecar, parse_sidecar
 from batchlens.core.models.state_dict import load_state_dict_checked, read_weights
@@ -254,9 +260,7 @@ def load_model_file(
         num_classes = spec.arch_kwargs.get("num_classes")
         if labels is None and num_classes in (None, len(default.meta["categories"])):
             labels = list(default.meta["categories"])
-        points = default.meta.get("keypoint_names")
-        if points and spec.arch_kwargs.get("num_keypoints") in (None, len(points)):
-            extra["keypoint_names"] = list(points)
+        extra = keypoint_names(default, spec.arch_kwargs.get("num_keypoints"))
     if transform is None:
         transform = sidecar_transform(spec)
     adapter = make_adapter(
