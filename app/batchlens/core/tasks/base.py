@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import v2
@@ -104,6 +105,16 @@ def resize_target(transform, size: tuple[int, int]) -> tuple[int, int] | None:
     else:
         target = (resize[1], resize[0])
     return target if target[0] < width and target[1] < height else None
+
+
+def label_image(labels: torch.Tensor, size: tuple[int, int]) -> Image.Image:
+    """An integer map (H x W: class indices, instance numbers) as an 8-bit image (16-bit past 255) at
+    `size`, the original image's; nearest-neighbour resizing, so every pixel keeps a real label."""
+    array = labels.numpy().astype(np.uint8 if int(labels.max()) < 256 else np.uint16)
+    image = Image.fromarray(array)
+    if image.size != tuple(size):  # the model saw a resized image: back to the original pixels
+        image = image.resize(tuple(size), Image.Resampling.NEAREST)
+    return image
 
 
 def thumbnail(image: Image.Image, size: int = PREVIEW_SIZE) -> Image.Image:

@@ -15,7 +15,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from batchlens.core.results import atomic_write_text
-from batchlens.core.tasks.base import ImageMeta, TaskAdapter, TaskResult, thumbnail
+from batchlens.core.tasks.base import ImageMeta, TaskAdapter, TaskResult, label_image, thumbnail
 from batchlens.core.tasks.palette import colour, tint
 
 DEFAULT_MIN_SCORE = 0.5
@@ -110,10 +110,7 @@ class DetectionAdapter(TaskAdapter):
         owner = torch.zeros(masks.shape[-2:], dtype=torch.int32)
         for value in range(len(order), 0, -1):  # worst first, so the best is painted last
             owner[masks[order[value - 1]] >= MASK_THRESHOLD] = value
-        image = Image.fromarray(owner.numpy().astype(np.uint8 if len(order) < 256 else np.uint16))
-        if image.size != tuple(size):  # the model saw a resized image: back to the original pixels
-            image = image.resize(tuple(size), Image.Resampling.NEAREST)
-        return image
+        return label_image(owner, size)
 
     def write(self, result: TaskResult, meta: ImageMeta, output_dir: Path) -> None:
         if result.image is not None:

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from batchlens.core.results import atomic_write_text
-from batchlens.core.tasks.base import ImageMeta, TaskAdapter, TaskResult, thumbnail
+from batchlens.core.tasks.base import ImageMeta, TaskAdapter, TaskResult, label_image, thumbnail
 from batchlens.core.tasks.palette import palette_array, tint
 
 CLASSES_FILE = "mask_classes.json"
@@ -34,13 +34,8 @@ class SegmentationAdapter(TaskAdapter):
     task = "segmentation"
 
     def postprocess(self, output, meta: ImageMeta) -> TaskResult:
-        mask = class_mask(output)
-        top = int(mask.max())
-        array = mask.numpy().astype(np.uint8 if top < 256 else np.uint16)
-        image = Image.fromarray(array)
         width, height = meta.original_size
-        if image.size != (width, height):  # the model saw a resized image: back to the original pixels
-            image = image.resize((width, height), Image.Resampling.NEAREST)
+        image = label_image(class_mask(output), (width, height))
         counts = np.bincount(np.asarray(image).reshape(-1))
         total = counts.sum()
         classes = [
