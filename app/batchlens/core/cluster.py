@@ -151,9 +151,7 @@ def worker_pipeline(
     model = loader(config.model, resolve_device(device), config.model_options)
     check_precision(config.precision, model.device)
     channels_last = use_channels_last(model.module, model.device, config.channels_last)
-    pipeline = BatchPipeline(
-        model, output_dir, config.max_pixels, config.precision, channels_last, fast_decode=config.fast_decode
-    )
+    pipeline = BatchPipeline.for_run(model, output_dir, config, channels_last)
     pipeline.recovery = pipeline.make_recovery(cpu_fallback=config.cpu_fallback)
     return pipeline, probe_for(model.device)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -20,6 +21,9 @@ from batchlens.core.models import LoadedModel
 from batchlens.core.recovery import OomRecovery, is_out_of_memory
 from batchlens.core.results import write_error
 from batchlens.core.tasks.base import ImageMeta, TaskResult
+
+if TYPE_CHECKING:
+    from batchlens.core.runner import RunConfig
 
 
 def record_line(image: str, status: str, error: str | None, seconds: float, fields: dict) -> dict:
@@ -90,6 +94,13 @@ class BatchPipeline:
         self.fast_decode = fast_decode  # JPEGs decoded at the reduced scale the adapter allows
         self.pin_memory = model.device.type == "cuda"
         self.recovery = self.make_recovery()
+
+    @classmethod
+    def for_run(
+        cls, model: LoadedModel, output_dir: Path, config: RunConfig, channels_last: bool
+    ) -> BatchPipeline:
+        """The pipeline a run of `config` uses: the local runner's and every cluster worker's."""
+        return cls(model, output_dir, config.max_pixels, config.precision, channels_last, config.fast_decode)
 
     def make_recovery(self, cpu_fallback: bool = False, on_first_oom=None) -> OomRecovery:
         """The out-of-memory ladder for this model (the runner adds --cpu-fallback and the snapshot)."""

@@ -294,9 +294,7 @@ class Runner:
 
         check_precision(cfg.precision, device)
         channels_last = use_channels_last(model.module, device, cfg.channels_last)
-        pipeline = BatchPipeline(
-            model, output_dir, cfg.max_pixels, cfg.precision, channels_last, fast_decode=cfg.fast_decode
-        )
+        pipeline = BatchPipeline.for_run(model, output_dir, cfg, channels_last)
         snapshot = cfg.memory_snapshot and start_memory_history(device)
         pipeline.recovery = pipeline.make_recovery(
             cpu_fallback=cfg.cpu_fallback,

@@ -60,10 +60,10 @@ def file_model_info(model_id: str) -> ModelInfo:
     sidecar = sidecar_path_for(path)
     if sidecar is not None:
         try:
-            data = json.loads(sidecar.read_text(encoding="utf-8"))
+            data = _read_sidecar_dict(sidecar)
             named = data.get("task") or catalogue_tasks().get(data.get("arch"))
             task = named if named in ADAPTERS else task
-        except (OSError, ValueError, AttributeError):
+        except (BatchLensError, OSError, ValueError):
             pass  # a broken sidecar is reported, with its reason, when the model loads
     size = path.stat().st_size if path.is_file() else None
     return ModelInfo(id=model_id, task=task, source="file", description=path.name, size_bytes=size)
