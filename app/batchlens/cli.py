@@ -287,10 +287,11 @@ def _add_speed_options(parser: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from batchlens.core.config import RunConfig
     from batchlens.core.events import ImageResult, RunFinished, RunNote, RunStarted
     from batchlens.core.images import DEFAULT_MAX_PIXELS
     from batchlens.core.memory import format_bytes
-    from batchlens.core.runner import RunConfig, Runner
+    from batchlens.core.runner import Runner
 
     config = RunConfig(
         model=args.model,

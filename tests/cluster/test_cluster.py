@@ -18,10 +18,11 @@ import torchvision
 from batchlens.cli import main
 from batchlens.core import cluster
 from batchlens.core.cluster import ClusterConfig, ClusterRunner, WorkerPlan, plan_workers
+from batchlens.core.config import RunConfig
 from batchlens.core.errors import BatchLensError
 from batchlens.core.events import ImageResult, RunFinished, RunStarted
 from batchlens.core.models import load_model
-from batchlens.core.runner import RunConfig, Runner
+from batchlens.core.runner import Runner
 from tests.helpers import make_denoise_folder, make_shapes_folder
 
 RAISES = "shape_0002.png"  # the faulty worker below raises on this image

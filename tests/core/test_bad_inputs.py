@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from batchlens.core.config import RunConfig
 from batchlens.core.events import ImageResult, RunFinished, RunNote
 from batchlens.core.images import ImageError, load_image, scan_images
-from batchlens.core.runner import RunConfig, Runner
+from batchlens.core.runner import Runner
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0  # root reads files whatever their permissions
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from batchlens.core.config import RunConfig
 from batchlens.core.models.demo_data import SHAPES, psnr
-from batchlens.core.runner import RunConfig, Runner
+from batchlens.core.runner import Runner
 from tests.helpers import make_denoise_folder, make_shapes_folder
 
 

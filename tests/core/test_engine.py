@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from batchlens.core.config import RunConfig
 from batchlens.core.errors import BatchLensError
 from batchlens.core.events import ImageResult, RunFinished, RunStarted
-from batchlens.core.runner import RunConfig, Runner
+from batchlens.core.runner import Runner
 from tests.helpers import make_shapes_folder
 
 

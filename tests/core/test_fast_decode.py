@@ -15,12 +15,13 @@ from PIL import Image
 
 from batchlens.cli import main as cli_main
 from batchlens.core.bench import load_bench_model, make_synthetic_folder
+from batchlens.core.config import RunConfig
 from batchlens.core.events import ImageResult, RunFinished
 from batchlens.core.images import decodes_reduced, load_image, scan_images
 from batchlens.core.models.base import sidecar_transform
 from batchlens.core.models.sidecar import Sidecar
 from batchlens.core.pipeline import BatchPipeline
-from batchlens.core.runner import RunConfig, Runner
+from batchlens.core.runner import Runner
 from batchlens.core.tasks import make_adapter
 from batchlens.core.tasks.base import resize_target
 

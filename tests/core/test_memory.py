@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from batchlens.core.config import RunConfig
 from batchlens.core.devices import available_devices, resolve_device
 from batchlens.core.errors import BatchLensError
 from batchlens.core.events import ImageResult
 from batchlens.core.memory import CpuProbe, format_bytes, probe_for
-from batchlens.core.runner import RunConfig, Runner
+from batchlens.core.runner import Runner
 from tests.helpers import make_denoise_folder
 
 MiB = 2**20

@@ -15,12 +15,13 @@ import torch
 from PIL import Image
 from torch import nn
 
+from batchlens.core.config import RunConfig
 from batchlens.core.errors import BatchLensError
 from batchlens.core.events import ImageResult, RunNote
 from batchlens.core.memory import CpuProbe, MemoryProbe, MemorySample
 from batchlens.core.models import LoadedModel, load_model
 from batchlens.core.recovery import release_memory, tile_sizes, tiled_forward
-from batchlens.core.runner import RunConfig, Runner
+from batchlens.core.runner import Runner
 from tests.helpers import make_denoise_folder, make_shapes_folder
 
 ACCELERATOR = torch.device("cpu", 0)  # stands for a GPU: compares unequal to the CPU fallback device

@@ -13,13 +13,14 @@ import torch
 
 from batchlens.cli import main
 from batchlens.core.autobatch import BatchChoice, find_batch_size
+from batchlens.core.config import RunConfig
 from batchlens.core.errors import BatchLensError
 from batchlens.core.events import ImageResult, RunNote
 from batchlens.core.inference import infer, use_channels_last
 from batchlens.core.memory import CpuProbe
 from batchlens.core.models import load_model
 from batchlens.core.prefetch import Prefetcher
-from batchlens.core.runner import RunConfig, Runner
+from batchlens.core.runner import Runner
 
 CPU = torch.device("cpu")
 

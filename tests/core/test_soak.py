@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from batchlens.core.config import RunConfig
 from batchlens.core.events import ImageResult
-from batchlens.core.runner import RunConfig, Runner
+from batchlens.core.runner import Runner
 from tests.helpers import make_shapes_folder
 
 MiB = 2**20

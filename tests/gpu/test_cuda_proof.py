@@ -19,12 +19,13 @@ pytestmark = [
 ]
 
 from batchlens.core.bench import BenchConfig, format_table, run_bench  # noqa: E402
+from batchlens.core.config import RunConfig  # noqa: E402
 from batchlens.core.events import ImageResult  # noqa: E402
 from batchlens.core.images import load_image  # noqa: E402
 from batchlens.core.memory import CudaProbe, format_bytes  # noqa: E402
 from batchlens.core.models import load_model  # noqa: E402
 from batchlens.core.pipeline import BatchPipeline  # noqa: E402
-from batchlens.core.runner import RunConfig, Runner  # noqa: E402
+from batchlens.core.runner import Runner  # noqa: E402
 from tests.gpu.cuda_cap import capped_cuda  # noqa: E402
 from tests.helpers import make_denoise_folder  # noqa: E402
 

@@ -10,7 +10,8 @@ from PIL import Image
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QApplication, QMessageBox
 
-from batchlens.core.runner import RunConfig, Runner
+from batchlens.core.config import RunConfig
+from batchlens.core.runner import Runner
 from tests.helpers import make_shapes_folder
 
 RUN_TIMEOUT_MS = 120_000

@@ -37,6 +37,7 @@ from torch.utils._pytree import tree_map
 
 from batchlens import __version__
 from batchlens.core.autobatch import choose_batch_size
+from batchlens.core.config import RunConfig
 from batchlens.core.devices import resolve_device
 from batchlens.core.errors import BatchLensError
 from batchlens.core.events import ImageResult, RunFinished
@@ -45,7 +46,7 @@ from batchlens.core.inference import use_channels_last
 from batchlens.core.memory import MemoryProbe, MemorySample, format_bytes, probe_for
 from batchlens.core.models import LoadedModel, load_model
 from batchlens.core.pipeline import BatchPipeline
-from batchlens.core.runner import RunConfig, Runner
+from batchlens.core.runner import Runner
 
 DEFAULT_NAIVE_LIMIT = 1 << 30  # the naive loop stops once memory has grown by 1 GiB
 

@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 
 from batchlens.core.autobatch import BatchChoice, choose_batch_size
+from batchlens.core.config import RunConfig
 from batchlens.core.devices import resolve_device
 from batchlens.core.errors import BatchLensError
 from batchlens.core.events import Event, ImageResult, RunNote
@@ -42,7 +43,7 @@ from batchlens.core.memory import MemoryProbe, MemorySample, probe_for
 from batchlens.core.models import LoadedModel, load_model
 from batchlens.core.pipeline import BatchPipeline, Item
 from batchlens.core.results import ResultsWriter
-from batchlens.core.runner import RunConfig, Runner, check_folders, finish_run, start_events
+from batchlens.core.runner import Runner, check_folders, finish_run, start_events
 from batchlens.core.tasks.base import thumbnail
 
 log = logging.getLogger(__name__)

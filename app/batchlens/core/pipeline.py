@@ -10,10 +10,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
+from batchlens.core.config import RunConfig
 from batchlens.core.errors import BatchLensError
 from batchlens.core.images import Candidate, DecodedImage, ImageError, load_image
 from batchlens.core.inference import infer
@@ -21,9 +21,6 @@ from batchlens.core.models import LoadedModel
 from batchlens.core.recovery import OomRecovery, is_out_of_memory
 from batchlens.core.results import write_error
 from batchlens.core.tasks.base import ImageMeta, TaskResult
-
-if TYPE_CHECKING:
-    from batchlens.core.runner import RunConfig
 
 
 def record_line(image: str, status: str, error: str | None, seconds: float, fields: dict) -> dict:

@@ -11,17 +11,16 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from batchlens import __version__
 from batchlens.core.autobatch import choose_batch_size
+from batchlens.core.config import RunConfig
 from batchlens.core.devices import resolve_device
 from batchlens.core.errors import BatchLensError
 from batchlens.core.events import Event, ImageResult, RunFinished, RunNote, RunStarted
 from batchlens.core.images import (
-    DEFAULT_MAX_PIXELS,
     Candidate,
     ScanStats,
     decodes_reduced,
@@ -50,29 +49,6 @@ log = logging.getLogger(__name__)
 MEMORY_SNAPSHOT = "memory-snapshot.pickle"  # --memory-snapshot: open it in https://pytorch.org/memory_viz
 PREFLIGHT_SECONDS = 2.0  # the most time spent reading image headers before a run
 FAST_DECODE_PROBES = 20  # images whose headers say whether --fast-decode will help
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    model: str
-    input_dir: Path
-    output_dir: Path
-    device: str = "auto"
-    batch_size: int | str = 1  # images per forward pass, or "auto" (core/autobatch.py picks it)
-    recursive: bool = False
-    resume: bool = False
-    previews: bool = False  # make small preview images for the window (costs a little time)
-    max_pixels: int | None = DEFAULT_MAX_PIXELS
-    model_options: dict = field(default_factory=dict)  # task options, e.g. {"min_score": 0.5}
-    prefetch: int = 0  # batches decoded ahead on background threads (0: decode in the loop)
-    precision: str = "fp32"  # "fp32", or "fp16"/"bf16" to run the model under autocast
-    channels_last: bool | None = None  # NHWC for conv nets; None: on for CUDA, where it helps
-    # Decode JPEGs at a reduced scale when the model shrinks them anyway (classification only);
-    # off by default so that results match a plain full-size decode exactly.
-    fast_decode: bool = False
-    max_failures: int | None = None  # stop the run once this many images have failed (misconfigured)
-    cpu_fallback: bool = False  # out of memory even in tiles: run that one image on the CPU
-    memory_snapshot: bool = False  # CUDA: save the allocator's history at the first out-of-memory error
 
 
 def check_folders(input_dir: Path, output_dir: Path) -> tuple[Path, Path]:

@@ -39,6 +39,7 @@ from PySide6.QtWidgets import (
 )
 
 from batchlens.core.cluster import ClusterConfig, ClusterRunner, ray_installed
+from batchlens.core.config import RunConfig
 from batchlens.core.devices import available_devices, resolve_device
 from batchlens.core.errors import BatchLensError
 from batchlens.core.events import ImageResult, RunFinished, RunNote, RunStarted
@@ -46,7 +47,6 @@ from batchlens.core.images import ScanStats, scan_images
 from batchlens.core.memory import ClearResult, MemoryProbe, format_bytes, probe_for
 from batchlens.core.resources import resource_path, sample_folder
 from batchlens.core.results import unfinished_run
-from batchlens.core.runner import RunConfig
 from batchlens.ui.memory_plot import MemoryPlot
 from batchlens.ui.model_picker import ModelPicker
 from batchlens.ui.model_sources import ModelSources

@@ -1,0 +1,36 @@
+"""The settings of one run.
+
+RunConfig sits below the runner, the pipeline and the cluster runner, which all read it, so none of
+them has to import another just for the settings (core/pipeline.py used to import core/runner.py,
+which imports the pipeline).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from batchlens.core.images import DEFAULT_MAX_PIXELS
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: str
+    input_dir: Path
+    output_dir: Path
+    device: str = "auto"
+    batch_size: int | str = 1  # images per forward pass, or "auto" (core/autobatch.py picks it)
+    recursive: bool = False
+    resume: bool = False
+    previews: bool = False  # make small preview images for the window (costs a little time)
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    model_options: dict = field(default_factory=dict)  # task options, e.g. {"min_score": 0.5}
+    prefetch: int = 0  # batches decoded ahead on background threads (0: decode in the loop)
+    precision: str = "fp32"  # "fp32", or "fp16"/"bf16" to run the model under autocast
+    channels_last: bool | None = None  # NHWC for conv nets; None: on for CUDA, where it helps
+    # Decode JPEGs at a reduced scale when the model shrinks them anyway (classification only);
+    # off by default so that results match a plain full-size decode exactly.
+    fast_decode: bool = False
+    max_failures: int | None = None  # stop the run once this many images have failed (misconfigured)
+    cpu_fallback: bool = False  # out of memory even in tiles: run that one image on the CPU
+    memory_snapshot: bool = False  # CUDA: save the allocator's history at the first out-of-memory error
