@@ -88,12 +88,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def model_options(args: argparse.Namespace) -> dict:
     """RunConfig.model_options from the model options above."""
-    options = {"min_score": args.min_score, "trust_pickle": args.trust_pickle}
-    for key in ("weights", "arch", "task", "labels", "input_size", "mean", "std"):
-        value = getattr(args, key)
-        if value is not None:
-            options[key] = str(value) if isinstance(value, Path) else value
-    return options
+    from batchlens.core.model_request import MODEL_OPTIONS, model_request
+
+    return model_request({key: getattr(args, key) for key in MODEL_OPTIONS})
 
 
 def _download_weights(model: str, options: dict, quiet: bool) -> None:
@@ -291,6 +288,7 @@ def _run(args: argparse.Namespace) -> int:
     from batchlens.core.events import ImageResult, RunFinished, RunNote, RunStarted
     from batchlens.core.images import DEFAULT_MAX_PIXELS
     from batchlens.core.memory import format_bytes
+    from batchlens.core.run_text import describe_start, describe_summary
     from batchlens.core.runner import Runner
 
     config = RunConfig(
@@ -326,12 +324,7 @@ def _run(args: argparse.Namespace) -> int:
         for event in runner.events():
             if isinstance(event, RunStarted):
                 where = "RAM" if event.memory_kind == "cpu" else event.memory_kind.upper()
-                tqdm.write(
-                    f"Running {event.model} ({event.task}) on {event.device} over "
-                    f"{event.total} image(s)"
-                    + (f", {event.already_done} already done" if event.already_done else "")
-                    + f"; memory shown is {where}."
-                )
+                tqdm.write(f"{describe_start(event)}; memory shown is {where}.")
                 bar = tqdm(total=event.total, unit="img", disable=args.no_progress, dynamic_ncols=True)
             elif isinstance(event, ImageResult):
                 if not event.ok:
@@ -354,26 +347,6 @@ def _run(args: argparse.Namespace) -> int:
             bar.close()
     print(describe_summary(summary))
     return 0
-
-
-def describe_summary(summary: dict) -> str:
-    from batchlens.core.memory import format_bytes
-
-    counts = summary["counts"]
-    rate = summary["images_per_second"]
-    text = (
-        f"{'Cancelled' if summary['cancelled'] else 'Finished'}: {counts['ok']} image(s) ok, "
-        f"{counts['error']} failed, {counts['skipped']} skipped (not images or system files)"
-        + (f", {counts['already_done']} already done earlier" if counts["already_done"] else "")
-        + f", in {summary['seconds']:.1f} s"
-        + (f" ({rate:.3g} images/s)" if rate else "")
-        + f" with {summary['model']} on {summary['device']}; peak "
-        + ("RAM" if summary["memory_kind"] == "cpu" else "memory")
-        + f" {format_bytes(summary['peak_memory_bytes'])}. Results are in "
-        f"{Path(summary['output']) / 'predictions.jsonl'}"
-        + (" (failed images have an error line there)." if counts["error"] else ".")
-    )
-    return text
 
 
 def _models(args: argparse.Namespace) -> int:
