@@ -216,9 +216,9 @@ def test_the_window_runs_on_the_cluster_and_says_so(ray_cluster, qtbot, tmp_path
     qtbot.addWidget(window)
     window.show()
     window.prefill(model="demo-shapes", input_dir=shapes, output_dir=tmp_path / "out", device=CLUSTER)
-    assert window.cluster_edit.isVisible() and window.cluster_edit.text() == "auto"
-    window.cluster_edit.setText("local")
-    window.cluster_edit.setText("auto")  # joins the cluster this test started
+    assert window.form.cluster_edit.isVisible() and window.form.cluster_edit.text() == "auto"
+    window.form.cluster_edit.setText("local")
+    window.form.cluster_edit.setText("auto")  # joins the cluster this test started
     where = window.memory_plot.where_label
     assert where.isVisible() and "Ray cluster (auto)" in where.text() and "this window" in where.text()
     created = []
@@ -233,7 +233,7 @@ def test_the_window_runs_on_the_cluster_and_says_so(ray_cluster, qtbot, tmp_path
     assert window.previews.input_view.has_image()
     assert "Latest worker report" in where.text()
     window.set_device("cpu")  # back on this machine: the plot needs no caveat
-    assert not where.isVisible() and not window.cluster_edit.isVisible()
+    assert not where.isVisible() and not window.form.cluster_edit.isVisible()
     window.close()
 
 

@@ -78,9 +78,9 @@ def main() -> int:
         wait_until(lambda: False, timeout_s=3)  # a little memory history before the run
         window.previews.compare_slider.setValue(50)
         window.start_run()
-        wait_until(lambda: window.progress.value() >= 6)
+        wait_until(lambda: window.controls.progress.value() >= 6)
         window.memory_plot.clear_cache()
-        wait_until(lambda: window.progress.value() >= args.at)
+        wait_until(lambda: window.controls.progress.value() >= args.at)
         app.processEvents()
         screen = window.screen().grabWindow(0)  # what the X server shows, not a re-render
         frame = window.frameGeometry()
@@ -88,7 +88,8 @@ def main() -> int:
         if not image.save(str(args.output), "PNG"):
             print(f"could not write {args.output}", file=sys.stderr)
             return 1
-        print(f"saved {args.output} ({image.width()}x{image.height()}) at image {window.progress.value()}")
+        done = window.controls.progress.value()
+        print(f"saved {args.output} ({image.width()}x{image.height()}) at image {done}")
         window.close()
     return 0
 

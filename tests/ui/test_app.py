@@ -52,7 +52,7 @@ def test_start_option_prefills_and_runs(qapp, shapes_folder, tmp_path):
         for widget in QApplication.topLevelWidgets():
             if isinstance(widget, MainWindow) and widget.isVisible() and widget.last_summary is not None:
                 seen["summary"] = widget.last_summary
-                seen["input"] = widget.input_edit.text()
+                seen["input"] = widget.form.input_edit.text()
                 widget.close()
                 return
         QTimer.singleShot(50, close_when_done)

@@ -21,8 +21,8 @@ RUN_TIMEOUT_MS = 120_000
 
 def point_at(window, model: str, folder: Path, out: Path) -> None:
     assert window.model_picker.set_current_model(model)
-    window.input_edit.setText(str(folder))
-    window.output_edit.setText(str(out))
+    window.form.input_edit.setText(str(folder))
+    window.form.output_edit.setText(str(out))
 
 
 def test_download_dialog_then_run(qtbot, window, hub, server, monkeypatch, tmp_path):  # noqa: F811
@@ -46,8 +46,8 @@ def test_offline_download_shows_the_message(qtbot, window, hub, monkeypatch, tmp
     make_photos(tmp_path / "in", sizes=[(40, 30)])
     point_at(window, ARCH, tmp_path / "in", tmp_path / "out")
     assert window.start_run() is False
-    qtbot.waitUntil(lambda: "offline" in window.run_message.text(), timeout=RUN_TIMEOUT_MS)
-    assert "--weights FILE" in window.run_message.text() and not window.is_running()
+    qtbot.waitUntil(lambda: "offline" in window.controls.message.text(), timeout=RUN_TIMEOUT_MS)
+    assert "--weights FILE" in window.controls.message.text() and not window.is_running()
 
 
 def test_use_weights_file_needs_no_download(qtbot, window, hub, tmp_path):  # noqa: F811
@@ -102,7 +102,7 @@ def test_pickled_model_runs_only_after_confirmation(qtbot, window, tmp_path):
     sources.ask_trust = lambda parent, path, objects: asked.append((path, objects)) or False
     assert window.start_run() is False and not window.is_running()
     assert asked[0][0] == model_file and "tests.core.test_models_files.TinyClassifier" in asked[0][1]
-    assert "was not loaded" in window.run_message.text()
+    assert "was not loaded" in window.controls.message.text()
     assert not (tmp_path / "out" / "predictions.jsonl").exists()
 
     sources.ask_trust = lambda parent, path, objects: asked.append((path, objects)) or True

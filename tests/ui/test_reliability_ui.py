@@ -40,7 +40,7 @@ def killed_run(folder: Path, out: Path, keep: int) -> None:
 
 
 def test_fall_back_to_cpu_checkbox_reaches_the_run(window):
-    box = window.cpu_fallback_check
+    box = window.form.cpu_fallback_check
     assert box.text() == "Fall back to CPU" and "CPU" in box.toolTip() and not box.isChecked()
     window.prefill(model="demo-shapes", input_dir=Path("."), output_dir=Path("/tmp/unused"), device="cpu")
     assert window.build_config().cpu_fallback is False
@@ -57,7 +57,7 @@ def test_resume_offer_for_an_unfinished_run(qtbot, window, tmp_path):
     seen: list[str] = []
     click_in_dialog("Resume", seen)
     with qtbot.waitSignal(window.run_finished, timeout=RUN_TIMEOUT_MS) as finished:
-        qtbot.mouseClick(window.run_button, Qt.MouseButton.LeftButton)
+        qtbot.mouseClick(window.controls.run_button, Qt.MouseButton.LeftButton)
     assert len(seen) == 1 and "did not finish: 2 image(s) done, 0 failed" in seen[0]
     summary = finished.args[0]
     assert summary["counts"]["already_done"] == 2 and summary["counts"]["ok"] == 3
@@ -88,7 +88,7 @@ def test_memory_notes_are_marked_on_the_plot(qtbot, window, tmp_path):
     Image.new("RGB", (900, 700), (20, 20, 200)).save(folder / "huge.png")  # pre-flight warning
     window.prefill(model="demo-shapes", input_dir=folder, output_dir=tmp_path / "out", device="cpu")
     with qtbot.waitSignal(window.run_finished, timeout=RUN_TIMEOUT_MS):
-        qtbot.mouseClick(window.run_button, Qt.MouseButton.LeftButton)
+        qtbot.mouseClick(window.controls.run_button, Qt.MouseButton.LeftButton)
     kinds = [m.kind for m in window.memory_plot.markers]
     assert kinds == ["run_start", "outsized_image", "run_end"]
     outsized = window.memory_plot.markers[1]

@@ -41,21 +41,21 @@ def pause_at(window: MainWindow, index: int) -> None:
 
 def start(qtbot, window: MainWindow, model: str, folder: Path, output: Path) -> None:
     window.prefill(model=model, input_dir=folder, output_dir=output, device="cpu")
-    qtbot.mouseClick(window.run_button, Qt.MouseButton.LeftButton)
+    qtbot.mouseClick(window.controls.run_button, Qt.MouseButton.LeftButton)
     assert window.is_running()
 
 
 def test_run_demo_on_a_generated_folder_to_the_end(qtbot, window, shapes_folder, tmp_path):
     output = tmp_path / "out"
     window.prefill(model="demo-shapes", input_dir=shapes_folder, output_dir=output, device="cpu")
-    qtbot.waitUntil(lambda: window.count_label.text() == "12 images found.", timeout=10_000)
+    qtbot.waitUntil(lambda: window.form.count_label.text() == "12 images found.", timeout=10_000)
     with qtbot.waitSignal(window.run_finished, timeout=RUN_TIMEOUT_MS) as finished:
-        qtbot.mouseClick(window.run_button, Qt.MouseButton.LeftButton)
+        qtbot.mouseClick(window.controls.run_button, Qt.MouseButton.LeftButton)
     summary = finished.args[0]
     lines = jsonl(output)
     assert [line["image"] for line in lines] == [f"shape_{i:04d}.png" for i in range(12)]
     assert summary["counts"]["ok"] == 12 and not summary["cancelled"]
-    assert window.progress.maximum() == 12 and window.progress.value() == 12
+    assert window.controls.progress.maximum() == 12 and window.controls.progress.value() == 12
     # The previews show the last image: its input and its ranked labels as score bars.
     shown = window.previews.shown
     assert shown.image == "shape_0011.png"
@@ -70,8 +70,8 @@ def test_run_demo_on_a_generated_folder_to_the_end(qtbot, window, shapes_folder,
     assert len(visible) == min(12, THUMBNAILS)
     assert "shape_0011.png" in visible[0].toolTip()  # newest first, always in view
     assert "shape_0004.png" in visible[-1].toolTip()
-    assert "Finished: 12 image(s) ok" in window.run_message.text()
-    assert window.run_button.isEnabled() and window.open_output_button.isEnabled()
+    assert "Finished: 12 image(s) ok" in window.controls.message.text()
+    assert window.controls.run_button.isEnabled() and window.controls.open_output_button.isEnabled()
     assert not window.is_running()
     assert [m.kind for m in window.memory_plot.markers] == ["run_start", "run_end"]
 
@@ -102,10 +102,10 @@ def test_bad_images_are_listed_and_the_run_goes_on(qtbot, window, tmp_path):
         start(qtbot, window, "demo-shapes", folder, output)
     lines = jsonl(output)
     assert [line["status"] for line in lines].count("ok") == 3
-    assert window.problems.topLevelItemCount() == 1
-    row = window.problems.topLevelItem(0)
+    assert window.problems.count() == 1
+    row = window.problems.tree.topLevelItem(0)
     assert row.text(0) == "notes.jpg" and "notes.jpg" in row.text(1)
-    assert window.problems_box.title() == "Problems (1)"
+    assert window.problems.title() == "Problems (1)"
     assert "failure" in [m.kind for m in window.memory_plot.markers]
 
 
@@ -115,15 +115,15 @@ def test_pause_then_resume(qtbot, window, tmp_path):
     output = tmp_path / "out"
     pause_at(window, 3)
     start(qtbot, window, "demo-shapes", folder, output)
-    qtbot.waitUntil(lambda: window.pause_button.text() == "Resume", timeout=RUN_TIMEOUT_MS)
-    qtbot.waitUntil(lambda: window.progress.value() == 3, timeout=5000)
+    qtbot.waitUntil(lambda: window.controls.pause_button.text() == "Resume", timeout=RUN_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: window.controls.progress.value() == 3, timeout=5000)
     qtbot.wait(300)  # paused: nothing more happens
-    assert len(jsonl(output)) == 3 and window.progress.value() == 3
+    assert len(jsonl(output)) == 3 and window.controls.progress.value() == 3
     assert window.statusBar().currentMessage().startswith("Paused")
     with qtbot.waitSignal(window.run_finished, timeout=RUN_TIMEOUT_MS) as finished:
-        qtbot.mouseClick(window.pause_button, Qt.MouseButton.LeftButton)
+        qtbot.mouseClick(window.controls.pause_button, Qt.MouseButton.LeftButton)
     assert not finished.args[0]["cancelled"]
-    assert len(jsonl(output)) == 20 and window.progress.value() == 20
+    assert len(jsonl(output)) == 20 and window.controls.progress.value() == 20
 
 
 def test_cancel_with_escape_keeps_what_was_done(qtbot, window, tmp_path):
@@ -132,15 +132,15 @@ def test_cancel_with_escape_keeps_what_was_done(qtbot, window, tmp_path):
     output = tmp_path / "out"
     pause_at(window, 4)
     start(qtbot, window, "demo-shapes", folder, output)
-    qtbot.waitUntil(lambda: window.pause_button.text() == "Resume", timeout=RUN_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: window.controls.pause_button.text() == "Resume", timeout=RUN_TIMEOUT_MS)
     with qtbot.waitSignal(window.run_finished, timeout=RUN_TIMEOUT_MS) as finished:
         qtbot.keyClick(window, Qt.Key.Key_Escape)
     summary = finished.args[0]
     assert summary["cancelled"] and summary["counts"]["not_processed"] == 16
     assert [line["image"] for line in jsonl(output)] == [f"shape_{i:04d}.png" for i in range(4)]
-    assert window.progress.value() == 4
-    assert "Cancelled" in window.run_message.text()
-    assert window.run_button.isEnabled() and not window.cancel_button.isEnabled()
+    assert window.controls.progress.value() == 4
+    assert "Cancelled" in window.controls.message.text()
+    assert window.controls.run_button.isEnabled() and not window.controls.cancel_button.isEnabled()
 
 
 @pytest.mark.parametrize("paused", [True, False], ids=["paused", "running"])
@@ -151,7 +151,7 @@ def test_closing_mid_run_stops_the_thread_and_keeps_results(qtbot, qtlog, window
     if paused:
         pause_at(window, 2)
     start(qtbot, window, "demo-shapes", folder, output)
-    qtbot.waitUntil(lambda: window.progress.value() >= (2 if paused else 1), timeout=RUN_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: window.controls.progress.value() >= (2 if paused else 1), timeout=RUN_TIMEOUT_MS)
     thread = window.thread
     window.close()
     assert not thread.isRunning()
@@ -188,23 +188,23 @@ def test_first_start_preselects_the_demo_and_remembers_choices(qtbot, tmp_path, 
     first = MainWindow(Settings(settings_file), probe_factory=lambda name: fake_probe)
     qtbot.addWidget(first)
     assert first.model_picker.current_model_id() == "demo-shapes"
-    assert Path(first.input_edit.text()) == sample_folder("demo-shapes")
-    output = Path(first.output_edit.text())
+    assert Path(first.form.input_edit.text()) == sample_folder("demo-shapes")
+    output = Path(first.form.output_edit.text())
     assert not output.resolve().is_relative_to(sample_folder("demo-shapes").resolve())
-    qtbot.waitUntil(lambda: first.count_label.text() == "32 images found.", timeout=10_000)
+    qtbot.waitUntil(lambda: first.form.count_label.text() == "32 images found.", timeout=10_000)
     # Choosing the other demo moves the input to its samples.
     first.model_picker.set_current_model("demo-denoise")
-    assert Path(first.input_edit.text()) == sample_folder("demo-denoise")
-    first.input_edit.setText(str(shapes_folder))
+    assert Path(first.form.input_edit.text()) == sample_folder("demo-denoise")
+    first.form.input_edit.setText(str(shapes_folder))
     assert (
-        Path(first.output_edit.text())
+        Path(first.form.output_edit.text())
         == default_output_for(shapes_folder)
         == shapes_folder.parent / "shapes-batchlens"
     )
-    first.recursive_check.setChecked(True)
-    first.cpu_fallback_check.setChecked(True)
-    first.speed_combo.setCurrentIndex(first.speed_combo.findData("fastest"))
-    first.cluster_edit.setText("ray://head:10001")
+    first.form.recursive_check.setChecked(True)
+    first.form.cpu_fallback_check.setChecked(True)
+    first.form.speed_combo.setCurrentIndex(first.form.speed_combo.findData("fastest"))
+    first.form.cluster_edit.setText("ray://head:10001")
     first.set_device("cpu")
     first.show()
     size = first.minimumSizeHint().expandedTo(QSize(600, 500)) + QSize(7, 5)  # not the default size
@@ -215,10 +215,10 @@ def test_first_start_preselects_the_demo_and_remembers_choices(qtbot, tmp_path, 
     second = MainWindow(Settings(settings_file), probe_factory=lambda name: fake_probe)
     qtbot.addWidget(second)
     assert second.model_picker.current_model_id() == "demo-denoise"
-    assert second.input_edit.text() == str(shapes_folder)
-    assert second.recursive_check.isChecked() and second.cpu_fallback_check.isChecked()
-    assert second.speed_combo.currentText() == "Fastest"
-    assert second.cluster_edit.text() == "ray://head:10001"
+    assert second.form.input_edit.text() == str(shapes_folder)
+    assert second.form.recursive_check.isChecked() and second.form.cpu_fallback_check.isChecked()
+    assert second.form.speed_combo.currentText() == "Fastest"
+    assert second.form.cluster_edit.text() == "ray://head:10001"
     assert second.device_name() == "cpu"
     second.show()
     assert second.size() == size
@@ -230,12 +230,12 @@ def test_fastest_speed_batches_prefetches_and_decodes_jpegs_small(qtbot, window,
     JPEGs decoded at a reduced scale (demo-shapes takes 64×64; these photos are 256×192)."""
     from batchlens.core.bench import make_synthetic_folder
 
-    assert window.speed_combo.currentText() == "Standard"  # the default: exact, least memory
+    assert window.form.speed_combo.currentText() == "Standard"  # the default: exact, least memory
     folder = make_synthetic_folder(tmp_path / "photos", 6, (256, 192))
-    window.speed_combo.setCurrentIndex(window.speed_combo.findData("fastest"))
+    window.form.speed_combo.setCurrentIndex(window.form.speed_combo.findData("fastest"))
     window.prefill(model="demo-shapes", input_dir=folder, output_dir=tmp_path / "out", device="cpu")
     with qtbot.waitSignal(window.run_finished, timeout=RUN_TIMEOUT_MS) as finished:
-        qtbot.mouseClick(window.run_button, Qt.MouseButton.LeftButton)
+        qtbot.mouseClick(window.controls.run_button, Qt.MouseButton.LeftButton)
     summary = finished.args[0]
     assert summary["counts"]["ok"] == 6
     assert summary["prefetch"] == 2 and summary["fast_decode"] is True
@@ -253,17 +253,17 @@ def test_dropping_a_folder_sets_the_input(qtbot, window, shapes_folder):
         Qt.KeyboardModifier.NoModifier,
     )
     window.dropEvent(event)
-    assert window.input_edit.text() == str(shapes_folder)
-    qtbot.waitUntil(lambda: window.count_label.text() == "12 images found.", timeout=10_000)
+    assert window.form.input_edit.text() == str(shapes_folder)
+    qtbot.waitUntil(lambda: window.form.count_label.text() == "12 images found.", timeout=10_000)
 
 
 def test_a_run_problem_is_shown_not_raised(qtbot, window, tmp_path):
     with qtbot.waitSignal(window.run_finished, timeout=RUN_TIMEOUT_MS) as finished:
         start(qtbot, window, "demo-shapes", tmp_path / "missing", tmp_path / "out")
     assert finished.args[0] is None
-    assert "does not exist" in window.run_message.text() and "missing" in window.run_message.text()
-    assert window.run_button.isEnabled()
-    assert window.progress.maximum() > 0  # no busy indicator left running
+    assert "does not exist" in window.controls.message.text() and "missing" in window.controls.message.text()
+    assert window.controls.run_button.isEnabled()
+    assert window.controls.progress.maximum() > 0  # no busy indicator left running
 
 
 def test_timer_lateness_during_a_run(qtbot, tmp_path):
@@ -332,7 +332,7 @@ def test_shortcuts_run_and_cancel(qtbot, window, tmp_path):
     pause_at(window, 1)
     qtbot.keyClick(window, Qt.Key.Key_R, Qt.KeyboardModifier.ControlModifier)
     assert window.is_running()
-    qtbot.waitUntil(lambda: window.pause_button.text() == "Resume", timeout=RUN_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: window.controls.pause_button.text() == "Resume", timeout=RUN_TIMEOUT_MS)
     with qtbot.waitSignal(window.run_finished, timeout=RUN_TIMEOUT_MS) as finished:
         qtbot.keyClick(window, Qt.Key.Key_Escape)
     assert finished.args[0]["cancelled"]
@@ -372,10 +372,10 @@ def test_an_output_folder_inside_the_input_needs_a_yes(qtbot, window, shapes_fol
 def test_the_cluster_choice_is_offered_only_where_ray_is_installed(qtbot, window, monkeypatch):
     from batchlens.ui import main_window
 
-    names = lambda: [window.device_combo.itemData(i) for i in range(window.device_combo.count())]  # noqa: E731
+    names = lambda: [window.form.device_combo.itemData(i) for i in range(window.form.device_combo.count())]  # noqa: E731
     monkeypatch.setattr(main_window, "ray_installed", lambda: True)
-    window._fill_devices()
+    window.form.fill_devices()
     assert main_window.CLUSTER in names()
     monkeypatch.setattr(main_window, "ray_installed", lambda: False)  # as in the installers
-    window._fill_devices()
+    window.form.fill_devices()
     assert main_window.CLUSTER not in names() and names()[-1] == "cpu"

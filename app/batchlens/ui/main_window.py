@@ -222,9 +222,10 @@ class MainWindow(QMainWindow):
         if self.device_name() != CLUSTER:
             self.memory_plot.set_where(None)
             return
+        report = worker_report or "Each worker reports its memory after every batch."
         self.memory_plot.set_where(
             f"<b>The work runs on the Ray cluster ({self.form.cluster_address()})</b>; this plot shows "
-            f"this window's own process. {worker_report or 'Each worker reports its memory after every batch.'}"
+            f"this window's own process. {report}"
         )
 
     # == drag and drop a folder =====================================================================

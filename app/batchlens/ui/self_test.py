@@ -55,7 +55,7 @@ def _check_run(window, model: str, output: Path) -> str:
         raise SelfTestFailure(f"the model picker does not offer {model}")
     t0 = time.perf_counter()
     if not window.start_run():
-        raise SelfTestFailure(f"the run of {model} did not start: {window.run_message.text()}")
+        raise SelfTestFailure(f"the run of {model} did not start: {window.controls.message.text()}")
     summary = _wait_for_run(window, RUN_TIMEOUT_S)
     seconds = time.perf_counter() - t0
     if summary is None:
@@ -69,8 +69,8 @@ def _check_run(window, model: str, output: Path) -> str:
         raise SelfTestFailure(f"{model}: {len(failed)} sample image(s) failed, e.g. {failed[0]['error']}")
     if not (output / "summary.json").is_file():
         raise SelfTestFailure(f"{model}: summary.json was not written")
-    if window.progress.value() != window.progress.maximum():
-        raise SelfTestFailure(f"{model}: the progress bar stopped at {window.progress.value()}")
+    if window.controls.progress.value() != window.controls.progress.maximum():
+        raise SelfTestFailure(f"{model}: the progress bar stopped at {window.controls.progress.value()}")
     shown = window.previews.shown
     if shown is None or shown.image != lines[-1]["image"] or not window.previews.input_view.has_image():
         raise SelfTestFailure(f"{model}: the preview does not show the last image")
