@@ -7,7 +7,6 @@ to the file, overridden by the options --task, --labels, --input-size, --mean, -
 
 from __future__ import annotations
 
-import json
 import logging
 import zipfile
 from pathlib import Path
@@ -25,7 +24,7 @@ from batchlens.core.models.catalogue import (
     weights_for,
 )
 from batchlens.core.models.demo_nets import ARCHITECTURES as DEMO_ARCHITECTURES
-from batchlens.core.models.sidecar import Sidecar, parse_sidecar
+from batchlens.core.models.sidecar import Sidecar, parse_sidecar, read_json_file, read_text_file
 from batchlens.core.models.state_dict import load_state_dict_checked, read_weights
 from batchlens.core.tasks import ADAPTERS, make_adapter
 
@@ -47,7 +46,7 @@ def looks_like_model_file(model: str) -> bool:
 def sidecar_path_for(path: Path) -> Path | None:
     """NAME.json next to NAME.pt (or NAME.pt.json); None when there is none."""
     for candidate in (path.with_suffix(".json"), path.with_name(path.name + ".json")):
-        if candidate.is_file():
+        if candidate.exists() and not candidate.is_dir():  # a named pipe is found, then refused when read
             return candidate
     return None
 
@@ -69,24 +68,16 @@ def file_model_info(model_id: str) -> ModelInfo:
     return ModelInfo(id=model_id, task=task, source="file", description=path.name, size_bytes=size)
 
 
-def read_labels(path: Path) -> list[str]:
-    """Labels from a .json list or a text file with one label per line."""
+def read_labels(path: Path, what: str = "labels file") -> list[str]:
+    """Labels from a .json list or a text file with one label per line (read as sidecar.read_text_file
+    reads: a regular file, bounded, UTF-8)."""
     path = Path(path).expanduser()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BatchLensError(f"{path}: labels file not found.") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BatchLensError(f"{path}: cannot read the labels ({exc}).") from None
     if path.suffix.lower() == ".json":
-        try:
-            labels = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise BatchLensError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}).") from None
+        labels = read_json_file(path, what)
         if not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
             raise BatchLensError(f"{path}: a JSON labels file must hold a list of strings.")
     else:
-        labels = [line.strip() for line in text.splitlines()]
+        labels = [line.strip() for line in read_text_file(path, what).splitlines()]
         while labels and not labels[-1]:
             labels.pop()
     if not labels:
@@ -95,17 +86,27 @@ def read_labels(path: Path) -> list[str]:
 
 
 def _read_sidecar_dict(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise BatchLensError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}).") from None
+    data = read_json_file(path)
     if not isinstance(data, dict):
         raise BatchLensError(f"{path}: a model sidecar must be a JSON object.")
     if isinstance(data.get("labels"), str):  # a labels file named relative to the sidecar
-        data["labels"] = read_labels(path.parent / data["labels"])
+        data["labels"] = read_labels(_beside(path, data["labels"]))
     # Validate now, so that a mistake is reported against this file rather than the merged options.
     parse_sidecar({"task": "classification", **data}, str(path))
     return data
+
+
+def _beside(sidecar: Path, name: str) -> Path:
+    """The labels file a sidecar names: in the sidecar's folder or below it, never elsewhere on the disk
+    (a sidecar that came with a download must not make BatchLens read, say, ~/.ssh into its results)."""
+    folder = sidecar.parent.resolve()
+    target = (folder / name).resolve()
+    if not target.is_relative_to(folder):
+        raise BatchLensError(
+            f'{sidecar}: "labels" names {name!r}, outside the sidecar\'s folder; a sidecar may only name a '
+            "labels file next to it (or pass --labels FILE)."
+        )
+    return target
 
 
 def model_spec(path: Path, options: dict, weights_only: bool = False) -> tuple[Sidecar, Path | None]:
