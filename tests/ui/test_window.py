@@ -273,7 +273,7 @@ def test_timer_lateness_during_a_run(qtbot, tmp_path):
 
     import torch
 
-    from batchlens.ui.app import leave_a_core_for_the_window
+    from batchlens.ui.qt_app import leave_a_core_for_the_window
 
     threads = torch.get_num_threads()
     leave_a_core_for_the_window()  # as `batchlens` does
@@ -370,12 +370,13 @@ def test_an_output_folder_inside_the_input_needs_a_yes(qtbot, window, shapes_fol
 
 
 def test_the_cluster_choice_is_offered_only_where_ray_is_installed(qtbot, window, monkeypatch):
-    from batchlens.ui import main_window
+    from batchlens.ui import run_form
 
-    names = lambda: [window.form.device_combo.itemData(i) for i in range(window.form.device_combo.count())]  # noqa: E731
-    monkeypatch.setattr(main_window, "ray_installed", lambda: True)
+    combo = window.form.device_combo
+    names = lambda: [combo.itemData(i) for i in range(combo.count())]  # noqa: E731
+    monkeypatch.setattr(run_form, "ray_installed", lambda: True)
     window.form.fill_devices()
-    assert main_window.CLUSTER in names()
-    monkeypatch.setattr(main_window, "ray_installed", lambda: False)  # as in the installers
+    assert run_form.CLUSTER in names()
+    monkeypatch.setattr(run_form, "ray_installed", lambda: False)  # as in the installers
     window.form.fill_devices()
-    assert main_window.CLUSTER not in names() and names()[-1] == "cpu"
+    assert run_form.CLUSTER not in names() and names()[-1] == "cpu"
