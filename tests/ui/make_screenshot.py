@@ -59,7 +59,7 @@ def main() -> int:
     parser.add_argument("--dark", action="store_true", help="ask Qt for its dark colour scheme")
     args = parser.parse_args()
 
-    from batchlens.ui.app import create_app
+    from batchlens.ui.qt_app import create_app
 
     app = create_app()
     if args.dark:

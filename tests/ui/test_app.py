@@ -9,8 +9,9 @@ from PySide6.QtWidgets import QApplication
 
 from batchlens.cli import build_parser
 from batchlens.core.resources import sample_folder
-from batchlens.ui.app import app_icon, run_window
+from batchlens.ui.app import run_window
 from batchlens.ui.main_window import MainWindow
+from batchlens.ui.qt_app import app_icon
 
 
 def test_window_options_do_not_clash_with_the_run_command():

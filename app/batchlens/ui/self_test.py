@@ -85,7 +85,7 @@ def _quiet_offscreen_notices(mode, context, message: str) -> None:
 
 
 def run_self_test(args: argparse.Namespace) -> int:
-    from batchlens.ui.app import needs_offscreen
+    from batchlens.ui.qt_app import needs_offscreen
 
     if needs_offscreen():
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
@@ -97,7 +97,7 @@ def run_self_test(args: argparse.Namespace) -> int:
 
 
 def _self_test() -> int:
-    from batchlens.ui.app import create_app, leave_a_core_for_the_window
+    from batchlens.ui.qt_app import create_app, leave_a_core_for_the_window
 
     app = create_app()
     leave_a_core_for_the_window()
