@@ -34,3 +34,8 @@ class RunConfig:
     max_failures: int | None = None  # stop the run once this many images have failed (misconfigured)
     cpu_fallback: bool = False  # out of memory even in tiles: run that one image on the CPU
     memory_snapshot: bool = False  # CUDA: save the allocator's history at the first out-of-memory error
+    # Decode JPEGs on the model's device in batches (nvJPEG on CUDA; classification), see core/gpu_decode.py
+    gpu_decode: bool = False
+    # When to hand cached device memory back to the driver: "never", "image", "every:N" or
+    # "reserved:F" (reserved over F of the device), see core/cache_policy.py
+    empty_cache: str = "never"

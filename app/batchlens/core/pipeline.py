@@ -15,6 +15,7 @@ import torch
 
 from batchlens.core.config import RunConfig
 from batchlens.core.errors import BatchLensError
+from batchlens.core.gpu_decode import DeviceDecoder, preview_of, wait_for
 from batchlens.core.images import Candidate, DecodedImage, ImageError, load_image
 from batchlens.core.inference import infer
 from batchlens.core.models import LoadedModel
@@ -69,6 +70,7 @@ class Prepared:
 
     items: list[Item]
     groups: list[tuple[list[Item], torch.Tensor | None]]
+    ready: torch.cuda.Event | None = None  # --gpu-decode on CUDA: the side stream's work is done
 
 
 class BatchPipeline:
@@ -82,6 +84,7 @@ class BatchPipeline:
         precision: str = "fp32",
         channels_last: bool = False,
         fast_decode: bool = False,
+        gpu_decode: bool = False,
     ):
         self.model = model
         self.output_dir = output_dir
@@ -90,6 +93,12 @@ class BatchPipeline:
         self.channels_last = channels_last
         self.fast_decode = fast_decode  # JPEGs decoded at the reduced scale the adapter allows
         self.pin_memory = model.device.type == "cuda"
+        # --gpu-decode: a batch's JPEGs are decoded and preprocessed on the model's device
+        self.device_decoder = (
+            DeviceDecoder(model.device, model.adapter.color_mode, max_pixels)
+            if gpu_decode and model.adapter.task == "classification"
+            else None
+        )
         self.recovery = self.make_recovery()
 
     @classmethod
@@ -97,7 +106,15 @@ class BatchPipeline:
         cls, model: LoadedModel, output_dir: Path, config: RunConfig, channels_last: bool
     ) -> BatchPipeline:
         """The pipeline a run of `config` uses: the local runner's and every cluster worker's."""
-        return cls(model, output_dir, config.max_pixels, config.precision, channels_last, config.fast_decode)
+        return cls(
+            model,
+            output_dir,
+            config.max_pixels,
+            config.precision,
+            channels_last,
+            config.fast_decode,
+            config.gpu_decode,
+        )
 
     def make_recovery(self, cpu_fallback: bool = False, on_first_oom=None) -> OomRecovery:
         """The out-of-memory ladder for this model (the runner adds --cpu-fallback and the snapshot)."""
@@ -113,11 +130,24 @@ class BatchPipeline:
         return self.finish(self.prepare(batch))
 
     def prepare(self, batch: list[Candidate]) -> Prepared:
-        """Decode and preprocess a batch. CPU work only, safe on a background thread (core/prefetch.py)."""
+        """Decode and preprocess a batch, safe on a background thread (core/prefetch.py). CPU work
+        only, except with --gpu-decode, whose device work runs on a side stream (`Prepared.ready`)."""
+        if self.device_decoder is None:
+            return self._prepare(batch)
+        with self.device_decoder.side_stream():
+            prepared = self._prepare(batch)
+            prepared.ready = self.device_decoder.mark_done()
+        return prepared
+
+    def _prepare(self, batch: list[Candidate]) -> Prepared:
         adapter = self.model.adapter
         items = [Item(c, time.perf_counter()) for c in batch]
         reduce_to = adapter.decode_size if self.fast_decode else None
+        if self.device_decoder is not None:
+            self._decode_on_device(items)
         for item in items:
+            if item.tensor is not None:
+                continue  # decoded on the device
             try:
                 item.decoded = load_image(item.candidate.path, adapter.color_mode, self.max_pixels, reduce_to)
                 item.tensor = adapter.preprocess(item.decoded.image)
@@ -134,12 +164,33 @@ class BatchPipeline:
                 groups.setdefault(key, []).append(item)
         return Prepared(items, [(group, self._stack(group)) for group in groups.values()])
 
+    def _decode_on_device(self, items: list[Item]) -> None:
+        """Decode the batch's JPEGs on the device in one call and preprocess them there; the images
+        it does not take keep `tensor is None` and go through the Pillow decode."""
+        decoder, adapter = self.device_decoder, self.model.adapter
+        encoded = [(item, data) for item in items if (data := decoder.read(item.candidate.path)) is not None]
+        pixels = decoder.decode([data for _, data in encoded])
+        for (item, _), picture in zip(encoded, pixels):
+            if picture is None:
+                continue
+            try:
+                item.tensor = adapter.preprocess(picture)
+            except Exception:
+                continue  # a transform that only takes PIL images: the Pillow path runs it
+            width, height = picture.shape[-1], picture.shape[-2]
+            item.decoded = DecodedImage(preview_of(picture), (width, height))
+
     def _stack(self, group: list[Item]) -> torch.Tensor | None:
         """One batch tensor for the group (None if it cannot be built: `_forward` then retries per image)."""
         if self.model.takes_list:
             return [item.tensor for item in group]
         try:
             first = group[0].tensor
+            if first.device.type != "cpu":  # preprocessed on the device (--gpu-decode)
+                batch = torch.stack([item.tensor for item in group])
+                for i, item in enumerate(group):
+                    item.tensor = batch[i]
+                return batch
             batch = torch.empty((len(group), *first.shape), dtype=first.dtype, pin_memory=self.pin_memory)
             torch.stack([item.tensor for item in group], out=batch)
         except Exception:
@@ -154,6 +205,7 @@ class BatchPipeline:
         adapter = model.adapter
         items = prepared.items
         groups, prepared.groups = prepared.groups, []
+        wait_for(prepared.ready, [batch for _, batch in groups if isinstance(batch, torch.Tensor)])
         while groups:
             group, batch = groups.pop(0)
             self._forward(model, group, batch)

@@ -117,6 +117,8 @@ def run_summary(
         "precision": cfg.precision,
         "channels_last": channels_last,
         "fast_decode": cfg.fast_decode,
+        "gpu_decode": cfg.gpu_decode,
+        "empty_cache": cfg.empty_cache,
         "counts": {
             "ok": counts["ok"],
             "error": counts["error"],
