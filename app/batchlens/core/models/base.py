@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
+from batchlens.core.models.preprocessing import Preprocessing
 from batchlens.core.models.sidecar import Sidecar
 from batchlens.core.tasks import TaskAdapter, make_adapter
 
@@ -32,17 +33,15 @@ class LoadedModel:
     device: torch.device
     # Detection models take a list of 3xHxW images of any sizes (torchvision's convention), not a stack.
     takes_list: bool = False
+    #: how images are prepared for it, in words summary.json records (None: the source does not say)
+    preprocessing: Preprocessing | None = None
+    #: what the user should hear once when a run starts (e.g. which of two sidecars was used)
+    notes: tuple[str, ...] = ()
 
 
 def sidecar_transform(sidecar: Sidecar) -> v2.Compose:
-    """PIL image -> float tensor, resized and normalised as the sidecar says."""
-    steps = []
-    if sidecar.input_size:
-        steps.append(v2.Resize(list(sidecar.input_size), antialias=True))
-    steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
-    if sidecar.mean and sidecar.std:
-        steps.append(v2.Normalize(list(sidecar.mean), list(sidecar.std)))
-    return v2.Compose(steps)
+    """PIL image -> float tensor, resized, cropped and normalised as the sidecar says."""
+    return sidecar.preprocess().to_transform()
 
 
 def adapter_from_sidecar(sidecar: Sidecar, options: dict | None = None) -> TaskAdapter:

@@ -29,4 +29,6 @@ def load_builtin(model_id: str, device: torch.device, options: dict | None = Non
     weights = resource_path("models", f"{model_id}.safetensors")
     module.load_state_dict(load_file(str(weights)))
     info = ModelInfo(model_id, sidecar.task, "built-in", sidecar.description, weights.stat().st_size)
-    return LoadedModel(info, prepare(module, device), adapter_from_sidecar(sidecar, options), device)
+    adapter = adapter_from_sidecar(sidecar, options)
+    preprocessing = sidecar.preprocess().with_source(f"the sidecar of {model_id}")
+    return LoadedModel(info, prepare(module, device), adapter, device, preprocessing=preprocessing)

@@ -26,6 +26,7 @@ from torch import nn
 from batchlens.core.errors import BatchLensError
 from batchlens.core.models.base import LoadedModel, ModelInfo, prepare
 from batchlens.core.models.errors import DownloadCancelled, WeightsDownloadError
+from batchlens.core.models.preprocessing import Preprocessing
 from batchlens.core.models.state_dict import torch_load
 from batchlens.core.tasks import make_adapter
 
@@ -238,4 +239,11 @@ def load_catalogue(
     del state_dict
     adapter = catalogue_adapter(task, weights, options)
     info = ModelInfo(model_id, task, "torchvision", _describe(weights), path.stat().st_size, downloaded=True)
-    return LoadedModel(info, prepare(module, device), adapter, device, takes_list=task == "detection")
+    return LoadedModel(
+        info,
+        prepare(module, device),
+        adapter,
+        device,
+        takes_list=task == "detection",
+        preprocessing=Preprocessing.from_torchvision(weights),
+    )

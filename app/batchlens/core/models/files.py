@@ -24,7 +24,15 @@ from batchlens.core.models.catalogue import (
     weights_for,
 )
 from batchlens.core.models.demo_nets import ARCHITECTURES as DEMO_ARCHITECTURES
-from batchlens.core.models.sidecar import Sidecar, parse_sidecar, read_json_file, read_text_file
+from batchlens.core.models.preprocessing import Preprocessing
+from batchlens.core.models.sidecar import (
+    Sidecar,
+    normalise_task,
+    parse_sidecar,
+    read_json_file,
+    read_text_file,
+)
+from batchlens.core.models.sidecar_store import stored_sidecar_path
 from batchlens.core.models.state_dict import load_state_dict_checked, read_weights
 from batchlens.core.tasks import ADAPTERS, make_adapter
 
@@ -43,12 +51,32 @@ def looks_like_model_file(model: str) -> bool:
     return path.suffix.lower() in MODEL_FILE_SUFFIXES or len(path.parts) > 1
 
 
+def sidecar_candidates(path: Path) -> list[Path]:
+    """Where a model file's sidecar may be, in the order they are used: NAME.pt2.json (it names this
+    one file), then NAME.json (it may describe several exports of one model), then the copy the window
+    saved in BatchLens's data folder when the model's folder was read-only."""
+    path = Path(path)
+    beside = [path.with_name(path.name + ".json"), path.with_suffix(".json")]
+    return [c for c in dict.fromkeys(beside) if c != path] + [stored_sidecar_path(path)]
+
+
 def sidecar_path_for(path: Path) -> Path | None:
-    """NAME.json next to NAME.pt (or NAME.pt.json); None when there is none."""
-    for candidate in (path.with_suffix(".json"), path.with_name(path.name + ".json")):
+    """The sidecar a model file uses (see sidecar_candidates); None when there is none."""
+    for candidate in sidecar_candidates(path):
         if candidate.exists() and not candidate.is_dir():  # a named pipe is found, then refused when read
             return candidate
     return None
+
+
+def sidecar_note(path: Path) -> str | None:
+    """A sentence naming the sidecar used when more than one exists for `path`, else None."""
+    found = [c for c in sidecar_candidates(path) if c.exists() and not c.is_dir()]
+    if len(found) < 2:
+        return None
+    return (
+        f"{Path(path).name} has {len(found)} sidecars; used {found[0]}, not "
+        f"{', '.join(str(f) for f in found[1:])} (NAME.pt2.json comes before NAME.json)."
+    )
 
 
 def file_model_info(model_id: str) -> ModelInfo:
@@ -117,6 +145,8 @@ def model_spec(path: Path, options: dict, weights_only: bool = False) -> tuple[S
     for key in SPEC_OPTIONS:
         if options.get(key) is not None:
             data[key] = read_labels(options[key]) if key == "labels" else options[key]
+    if "task" in data:
+        data["task"] = normalise_task(data["task"])
     arch = data.get("arch")
     if arch and arch not in catalogue_tasks() and arch not in DEMO_ARCHITECTURES:
         raise BatchLensError(
@@ -251,13 +281,14 @@ def load_model_file(
 
     labels = spec.labels
     transform = None
+    preprocessing = spec.preprocess()
     extra = {}
     if spec.arch in catalogue_tasks():
         # A torchvision architecture with the user's weights: its default weights say how images are
         # prepared and, when the class count is unchanged, what the classes are called.
         default = weights_for(spec.arch)
-        if not (spec.input_size or spec.mean or spec.std):
-            transform = default.transforms()
+        if not spec.states_preprocessing:
+            transform, preprocessing = default.transforms(), Preprocessing.from_torchvision(default)
         num_classes = spec.arch_kwargs.get("num_classes")
         if labels is None and num_classes in (None, len(default.meta["categories"])):
             labels = list(default.meta["categories"])
@@ -269,4 +300,15 @@ def load_model_file(
     )
     description = spec.description or f"{kind} from {path.name}"
     info = ModelInfo(model_id or str(path), spec.task, "file", description, path.stat().st_size)
-    return LoadedModel(info, prepare(module, device), adapter, device, takes_list=spec.task == "detection")
+    note = sidecar_note(path)
+    if note:
+        log.info("%s", note)
+    return LoadedModel(
+        info,
+        prepare(module, device),
+        adapter,
+        device,
+        takes_list=spec.task == "detection",
+        preprocessing=preprocessing,
+        notes=(note,) if note else (),
+    )

@@ -6,7 +6,6 @@ MAX_SIDE_FILE_BYTES, UTF-8, JSON of sane depth, and values of the right types; e
 sentence naming the file.
 """
 
-
 from __future__ import annotations
 
 import json
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from batchlens.core.errors import BatchLensError
+from batchlens.core.models.preprocessing import SIDECAR_KEYS, Preprocessing
 
 MAX_SIDE_FILE_BYTES = 10 * 2**20  # a sidecar or labels file; 21k ImageNet labels are ~0.5 MB
 
@@ -30,7 +30,15 @@ KNOWN_KEYS = {
     "arch_kwargs",
     "description",
     "name",
+    *SIDECAR_KEYS,  # how images are prepared: resize, crop, interpolation, mean/std... (preprocessing.py)
 }
+
+
+def normalise_task(task):
+    """Forgiving where it is unambiguous: "Image-to-Image" and "image to image" mean image_to_image."""
+    if not isinstance(task, str):
+        return task
+    return "_".join(task.strip().lower().replace("-", " ").split())
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,19 @@ class Sidecar:
     arch_kwargs: dict = field(default_factory=dict)
     description: str = ""
     name: str | None = None
+    preprocessing: Preprocessing | None = None  # None: built from input_size, mean, std, color_mode
+    #: the sidecar says how images are prepared (else a source may use its own default, e.g. torchvision's)
+    states_preprocessing: bool = False
+
+    def preprocess(self) -> Preprocessing:
+        if self.preprocessing is not None:
+            return self.preprocessing
+        return Preprocessing(
+            resize=tuple(self.input_size) if self.input_size else None,
+            mean=self.mean,
+            std=self.std,
+            color_mode=self.color_mode,
+        )
 
 
 def parse_sidecar(data: dict, source: str) -> Sidecar:
@@ -67,42 +88,20 @@ def parse_sidecar(data: dict, source: str) -> Sidecar:
     labels = data.get("labels")
     if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
         raise BatchLensError(f'{source}: "labels" must be a list of strings.')
-    size = data.get("input_size")
-    if size is not None:
-        if isinstance(size, int):
-            size = [size, size]
-        if not (
-            isinstance(size, list) and len(size) == 2 and all(isinstance(x, int) and x > 0 for x in size)
-        ):
-            raise BatchLensError(f'{source}: "input_size" must be [height, width] in pixels.')
-        size = (size[0], size[1])
-    color_mode = data.get("color_mode", "RGB")
-    if color_mode not in ("RGB", "L"):
-        raise BatchLensError(f'{source}: "color_mode" must be "RGB" or "L" (greyscale).')
-    channels = 1 if color_mode == "L" else 3
-    stats = {}
-    for key in ("mean", "std"):
-        value = data.get(key)
-        if value is not None:
-            if not (
-                isinstance(value, list)
-                and len(value) == channels
-                and all(isinstance(x, (int, float)) for x in value)
-            ):
-                raise BatchLensError(f'{source}: "{key}" must be a list of {channels} numbers.')
-            value = tuple(float(x) for x in value)
-        stats[key] = value
+    preprocessing = Preprocessing.from_sidecar(data, source)
     return Sidecar(
-        task=data["task"],
+        task=normalise_task(data["task"]),
         labels=labels,
-        input_size=size,
-        mean=stats["mean"],
-        std=stats["std"],
-        color_mode=color_mode,
+        input_size=preprocessing.resize if preprocessing.resize and len(preprocessing.resize) == 2 else None,
+        mean=preprocessing.mean,
+        std=preprocessing.std,
+        color_mode=preprocessing.color_mode,
         arch=data.get("arch"),
         arch_kwargs=data.get("arch_kwargs") or {},
         description=data.get("description", ""),
         name=data.get("name"),
+        preprocessing=preprocessing,
+        states_preprocessing=any(key in data for key in SIDECAR_KEYS if key != "color_mode"),
     )
 
 

@@ -1,0 +1,47 @@
+"""Sidecars for model files that sit in a folder BatchLens may not write (a read-only share, a system
+folder): the window's sidecar dialog writes them into the app's data folder instead, and the loader
+finds them there. The folder is Qt's AppDataLocation for BatchLens, computed here without Qt so the
+command line finds the same files; BATCHLENS_DATA_DIR overrides it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+APP_NAME = "BatchLens"  # Qt's organisation and application name (ui/qt_app.py)
+
+
+def user_data_dir() -> Path:
+    """Where Qt's QStandardPaths.AppDataLocation puts BatchLens's data on this platform."""
+    override = os.environ.get("BATCHLENS_DATA_DIR")
+    if override:
+        return Path(override).expanduser()
+    home = Path.home()
+    if sys.platform == "win32":
+        base = Path(os.environ.get("APPDATA") or home / "AppData" / "Roaming")
+    elif sys.platform == "darwin":
+        base = home / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or home / ".local" / "share")
+    return base / APP_NAME / APP_NAME
+
+
+def stored_sidecar_path(model_path: Path) -> Path:
+    """The data-folder sidecar of one model file: keyed by the file's absolute path (two models called
+    model.pt in different folders get different sidecars), named after it so a person can tell."""
+    resolved = str(Path(model_path).expanduser().resolve())
+    digest = hashlib.sha256(resolved.encode("utf-8")).hexdigest()[:16]
+    return user_data_dir() / "sidecars" / f"{Path(model_path).name}.{digest}.json"
+
+
+def folder_is_writable(folder: Path) -> bool:
+    """True when a file can be created in `folder` (tried, not guessed from permission bits)."""
+    probe = Path(folder) / f".batchlens-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError:
+        return False
+    return True
