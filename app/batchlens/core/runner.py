@@ -117,6 +117,7 @@ def run_summary(
         "precision": cfg.precision,
         "channels_last": channels_last,
         "fast_decode": cfg.fast_decode,
+        "preprocessing": model.preprocessing.to_json() if model.preprocessing else None,
         "gpu_decode": cfg.gpu_decode,
         "empty_cache": cfg.empty_cache,
         "counts": {
@@ -160,6 +161,8 @@ def start_events(
         stats.skipped,
         str(output_dir),
     )
+    for note in model.notes:  # from the model source, e.g. which of two sidecars it used
+        yield RunNote("info", note)
     for dirname in stats.skipped_dirs:
         yield RunNote(
             "warning",
