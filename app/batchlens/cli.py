@@ -174,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="when an image runs out of GPU memory even in tiles, run that image on the CPU",
     )
     run.add_argument(
+        "--empty-cache",
+        default="never",
+        metavar="POLICY",
+        help="when to hand cached GPU memory back to the driver: never (default, fastest), image (after "
+        "every batch), every:N (every N images) or reserved:F (when reserved memory is over F of the GPU)",
+    )
+    run.add_argument(
         "--memory-snapshot",
         action="store_true",
         help="CUDA: save memory-snapshot.pickle at the first out-of-memory error (pytorch.org/memory_viz)",
@@ -279,6 +286,12 @@ def _add_speed_options(parser: argparse.ArgumentParser) -> None:
         help="classification: decode JPEGs at 1/2, 1/4 or 1/8 scale when the model shrinks them anyway "
         "(much less decoding; scores can differ slightly from a full-size decode)",
     )
+    parser.add_argument(
+        "--gpu-decode",
+        action="store_true",
+        help="classification: decode JPEGs in batches on the GPU (nvJPEG) and preprocess them there; "
+        "other files are decoded on the CPU as usual",
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -307,6 +320,8 @@ def _run(args: argparse.Namespace) -> int:
         prefetch=args.prefetch,
         precision=args.precision,
         fast_decode=args.fast_decode,
+        gpu_decode=args.gpu_decode,
+        empty_cache=args.empty_cache,
     )
     _download_weights(args.model, config.model_options, args.no_progress)
     if args.cluster:

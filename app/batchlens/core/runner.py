@@ -16,6 +16,7 @@ from pathlib import Path
 
 from batchlens import __version__
 from batchlens.core.autobatch import choose_batch_size
+from batchlens.core.cache_policy import CachePolicy, empty_device_cache
 from batchlens.core.config import RunConfig
 from batchlens.core.devices import resolve_device
 from batchlens.core.errors import BatchLensError
@@ -249,6 +250,7 @@ class Runner:
             raise BatchLensError("The prefetch depth must be 0 or more batches.")
         if cfg.max_failures is not None and cfg.max_failures < 1:
             raise BatchLensError("--max-failures must be at least 1.")
+        CachePolicy.parse(cfg.empty_cache)  # a wrong policy is one sentence before anything starts
         input_dir, output_dir = check_folders(cfg.input_dir, cfg.output_dir)
         device = resolve_device(cfg.device)
         model = self.model or load_model(cfg.model, device, cfg.model_options)
@@ -281,6 +283,7 @@ class Runner:
             cpu_fallback=cfg.cpu_fallback,
             on_first_oom=snapshot_saver(output_dir / MEMORY_SNAPSHOT) if snapshot else None,
         )
+        cache_policy = CachePolicy.parse(cfg.empty_cache)
         leaks = leak_watch_for(probe.kind)
         stopped = None
         batch_size, batch_choice = cfg.batch_size, None
@@ -299,6 +302,8 @@ class Runner:
                     break
                 items = pipeline.finish(next(ahead))
                 sample = probe.sample()  # after the batch's device tensors were dropped
+                if cache_policy.due(index, index + len(items), sample):
+                    empty_device_cache(device)
                 peak = max(peak, sample.peak)
                 for note in pipeline.recovery.take_notes():
                     yield RunNote(note.level, note.message, sample, note.kind)
