@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import psutil
 import torch
 
-from batchlens.core.inference import infer
+from batchlens.core.inference import describe_error, infer
 from batchlens.core.memory import MemoryProbe, format_bytes
 from batchlens.core.models import LoadedModel
 
@@ -39,6 +39,13 @@ class BatchChoice:
     batch_size: int
     reason: str  # why the search stopped
     trials: tuple[BatchTrial, ...]
+
+    @property
+    def one_at_a_time(self) -> str | None:
+        """Why the model takes one image at a time, when a batch of several failed where one ran."""
+        if self.batch_size == 1 and any(t.error and t.error != "out of memory" for t in self.trials[1:]):
+            return self.reason
+        return None
 
     def message(self) -> str:
         tried = ", ".join(
@@ -67,6 +74,11 @@ class BatchChoice:
 
 def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _short(text: str, limit: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _free(device: torch.device, collect: bool) -> None:
@@ -117,16 +129,21 @@ def find_batch_size(
                 count += 1
             seconds = time.perf_counter() - start
             trial = BatchTrial(size, size * count / seconds, probe.sample().peak)
-        except Exception as exc:
-            if not is_out_of_memory(exc):
-                raise
-            trial = BatchTrial(size, None, probe.sample().peak, "out of memory")
+        except Exception as exc:  # keep only words: the traceback holds the failed forward's tensors
+            error = "out of memory" if is_out_of_memory(exc) else describe_error(exc)
+            trial = BatchTrial(size, None, probe.sample().peak, error)
         finally:
             batch = None
         _free(device, collect=trial.error is not None)
         trials.append(trial)
-        if trial.images_per_second is None:
+        if trial.error == "out of memory":
             reason = f"batch {size} ran out of memory"
+            break
+        if trial.error and size == 1:  # each image of the run will say whether the model fails on it
+            reason = f"the model failed on the first image ({_short(trial.error)})"
+            break
+        if trial.error:
+            reason = f"the model takes one image at a time (batch {size} failed: {_short(trial.error)})"
             break
         if best is not None and trial.images_per_second < best.images_per_second * MIN_GAIN:
             reason = f"batch {size} was not {MIN_GAIN - 1:.0%} faster than batch {best.batch_size}"

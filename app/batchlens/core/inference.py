@@ -40,6 +40,32 @@ def use_channels_last(module: nn.Module, device: torch.device, setting: bool | N
     return True
 
 
+def describe_error(exc: BaseException) -> str:
+    """A model's exception as one line: "ValueError: one image only". TorchScript wraps the model's
+    own error in both of its tracebacks; its last line names the original error."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[-1].startswith("builtins."):
+        return lines[-1].removeprefix("builtins.")
+    return f"{type(exc).__name__}: {' '.join(lines)}"
+
+
+def fixed_batch_size(module: nn.Module) -> int | None:
+    """The batch size a model was exported with when it takes no other (a torch.export program made
+    from one example keeps that example's batch as a shape guard); None when it takes any, or when
+    the model does not say (eager and TorchScript modules)."""
+    graph = getattr(module, "graph", None)
+    if not isinstance(module, torch.fx.GraphModule) or graph is None:
+        return None
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            value = node.meta.get("val")
+            shape = getattr(value, "shape", None)
+            if shape and isinstance(shape[0], int):  # a symbolic (dynamic) batch is a SymInt
+                return shape[0]
+            return None
+    return None
+
+
 def to_cpu_compact(tensor: torch.Tensor) -> torch.Tensor:
     """A CPU copy that owns exactly its own storage (never a view into a batch or a device buffer).
 

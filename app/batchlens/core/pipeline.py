@@ -17,7 +17,7 @@ from batchlens.core.config import RunConfig
 from batchlens.core.errors import BatchLensError
 from batchlens.core.gpu_decode import DeviceDecoder, preview_of, wait_for
 from batchlens.core.images import Candidate, DecodedImage, ImageError, load_image
-from batchlens.core.inference import infer
+from batchlens.core.inference import describe_error, infer
 from batchlens.core.models import LoadedModel
 from batchlens.core.recovery import OomRecovery, is_out_of_memory
 from batchlens.core.results import write_error
@@ -100,6 +100,9 @@ class BatchPipeline:
             else None
         )
         self.recovery = self.make_recovery()
+        # Why the model takes one image at a time, once a batch failed where its images ran one by
+        # one: later batches go image by image without the failing try (the runner says so once).
+        self.one_at_a_time: str | None = None
 
     @classmethod
     def for_run(
@@ -224,6 +227,9 @@ class BatchPipeline:
         return infer(module, batch, device, self.precision, self.channels_last)
 
     def _forward(self, model: LoadedModel, group: list[Item], batch: torch.Tensor | None = None) -> None:
+        if self.one_at_a_time and len(group) > 1:  # learnt on an earlier batch: no failed try per batch
+            del batch
+            return self._forward_singly(model, group)
         failure = None
         try:
             if batch is None:
@@ -231,7 +237,7 @@ class BatchPipeline:
             outputs = self._infer(model.module, batch, model.device)
         except Exception as exc:
             # Keep only words: the traceback holds the failed forward's tensors until this block ends.
-            failure = (is_out_of_memory(exc), f"{type(exc).__name__}: {exc}")
+            failure = (is_out_of_memory(exc), describe_error(exc))
         del batch
         if failure is not None and failure[0]:  # out of memory: recover outside the except block
             outcomes = self.recovery.recover(
@@ -247,9 +253,9 @@ class BatchPipeline:
                 outputs.append(outcome.output)
         elif failure is not None:
             if len(group) > 1:  # find the image the model fails on; the others still get results
-                for item in group:
-                    single = [item.tensor] if model.takes_list else item.tensor.unsqueeze(0)
-                    self._forward(model, [item], single)
+                self._forward_singly(model, group)
+                if any(item.result is not None for item in group):  # the batch failed, not its images
+                    self.one_at_a_time = f"a batch of {len(group)} failed ({failure[1]})"
                 return
             group[0].error = f"the model failed on this image ({failure[1]})"
             return
@@ -261,6 +267,10 @@ class BatchPipeline:
             except Exception as exc:
                 item.error = f"its result could not be read ({type(exc).__name__}: {exc})"
         del outputs
+
+    def _forward_singly(self, model: LoadedModel, group: list[Item]) -> None:
+        for item in group:
+            self._forward(model, [item], [item.tensor] if model.takes_list else item.tensor.unsqueeze(0))
 
     @staticmethod
     def _meta(item: Item) -> ImageMeta:

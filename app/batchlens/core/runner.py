@@ -28,7 +28,7 @@ from batchlens.core.images import (
     header_size,
     scan_images,
 )
-from batchlens.core.inference import check_precision, use_channels_last
+from batchlens.core.inference import check_precision, fixed_batch_size, use_channels_last
 from batchlens.core.memory import MemoryProbe, probe_for
 from batchlens.core.models import LoadedModel, load_model
 from batchlens.core.pipeline import BatchPipeline, Item, record_line
@@ -98,6 +98,7 @@ def run_summary(
     files: list[str],
     stopped: str | None,
     prefetch: int | None = None,
+    batch_note: str | None = None,
     **extra,
 ) -> dict:
     """summary.json: the same keys for a local run and a cluster run (which adds its own `extra`).
@@ -114,6 +115,7 @@ def run_summary(
         "recursive": cfg.recursive,
         "batch_size": batch_size,
         "batch_size_auto": batch_choice.to_json() if batch_choice else None,
+        "batch_note": batch_note,  # why the run went at batch 1 when more was asked for
         "prefetch": cfg.prefetch if prefetch is None else prefetch,
         "precision": cfg.precision,
         "channels_last": channels_last,
@@ -286,10 +288,14 @@ class Runner:
         cache_policy = CachePolicy.parse(cfg.empty_cache)
         leaks = leak_watch_for(probe.kind)
         stopped = None
-        batch_size, batch_choice = cfg.batch_size, None
+        batch_size, batch_choice, batch_note = cfg.batch_size, None, None
+        if batch_size != 1 and fixed_batch_size(model.module) == 1:
+            batch_size, batch_note = 1, "the model was exported for a batch of exactly 1 image"
+            yield RunNote("info", f"The model takes one image at a time ({batch_note}): running at batch 1.")
         if batch_size == "auto":
             batch_choice = choose_batch_size(pipeline, todo, probe)
             batch_size = batch_choice.batch_size
+            batch_note = batch_choice.one_at_a_time
             yield RunNote("info", batch_choice.message(), probe.sample())
             probe.reset_peak()  # the run's peak, not the tuning's
         batches = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
@@ -307,6 +313,11 @@ class Runner:
                 peak = max(peak, sample.peak)
                 for note in pipeline.recovery.take_notes():
                     yield RunNote(note.level, note.message, sample, note.kind)
+                if pipeline.one_at_a_time and batch_note is None:
+                    batch_size, batch_note = 1, pipeline.one_at_a_time
+                    yield RunNote(
+                        "info", f"The model takes one image at a time ({batch_note}): going on at batch 1."
+                    )
                 for item in items:
                     index += 1
                     event = self._record(item, index, len(todo), sample, model)
@@ -344,6 +355,7 @@ class Runner:
             input_dir=input_dir,
             batch_size=batch_size,
             batch_choice=batch_choice,
+            batch_note=batch_note,
             channels_last=channels_last,
             counts=counts,
             candidates=candidates,
