@@ -83,10 +83,44 @@ def split_batch(output, n: int) -> list:
     Handles a tensor with the batch first, a mapping of such tensors (segmentation's {"out": ...}),
     and a list with one entry per image (detection's list of dicts).
     """
+    return _split_on_cpu(batch_to_host(output), n)
+
+
+def batch_to_host(output):
+    """The whole batch's output on the CPU with one synchronisation: every CUDA tensor is copied into
+    pinned memory without blocking, then the stream is waited on once (instead of one blocking copy
+    and sync per image). Other devices and CPU outputs are returned as they are."""
+    copies = []
+
+    def start_copy(value):
+        if isinstance(value, torch.Tensor) and value.device.type == "cuda":
+            host = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
+            host.copy_(value.detach(), non_blocking=True)
+            copies.append(value.device)
+            return host
+        return value
+
+    host = _map_tensors(output, start_copy)
+    if copies:
+        torch.cuda.current_stream(copies[0]).synchronize()
+    return host
+
+
+def _map_tensors(value, fn):
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, Mapping):
+        return {key: _map_tensors(v, fn) for key, v in value.items()}
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(_map_tensors(v, fn) for v in value)
+    return value
+
+
+def _split_on_cpu(output, n: int) -> list:
     if isinstance(output, torch.Tensor):
         return [to_cpu_compact(item) for item in output.unbind(0)]
     if isinstance(output, Mapping):
-        per_key = {key: split_batch(value, n) for key, value in output.items()}
+        per_key = {key: _split_on_cpu(value, n) for key, value in output.items()}
         return [{key: values[i] for key, values in per_key.items()} for i in range(n)]
     if isinstance(output, Sequence) and not isinstance(output, str) and len(output) == n:
         return [_to_cpu_tree(item) for item in output]
