@@ -1,4 +1,4 @@
-"""The engine on a Ray cluster (core/cluster.py): a real local Ray cluster started here, real demo
+"""The engine on a Ray cluster (core/cluster/): a real local Ray cluster started here, real demo
 models, real image folders; every cluster run is compared line for line with the local engine's."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import torch
 import torchvision
 
 from batchlens.cli import main
-from batchlens.core import cluster
 from batchlens.core.cluster import ClusterConfig, ClusterRunner, WorkerPlan, plan_workers
+from batchlens.core.cluster import connect as cluster_connect
 from batchlens.core.config import RunConfig
 from batchlens.core.errors import BatchLensError
 from batchlens.core.events import ImageResult, RunFinished, RunStarted
@@ -261,11 +261,11 @@ def test_without_ray_the_cli_says_how_to_install_it(monkeypatch, capsys, shapes_
 def test_auto_joins_only_a_cluster_that_answers(monkeypatch, tmp_path: Path):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     remembered = tmp_path / "ray_current_cluster"
-    monkeypatch.setattr(cluster, "RAY_CURRENT_CLUSTER", remembered)
-    assert cluster.running_cluster() is None  # nothing started here: auto starts a local cluster
+    monkeypatch.setattr(cluster_connect, "RAY_CURRENT_CLUSTER", remembered)
+    assert cluster_connect.running_cluster() is None  # nothing started here: auto starts a local cluster
     with socket.create_server(("127.0.0.1", 0)) as server:
         remembered.write_text(f"127.0.0.1:{server.getsockname()[1]}\n")
-        assert cluster.running_cluster() == f"127.0.0.1:{server.getsockname()[1]}"
-    assert cluster.running_cluster() is None  # that cluster is gone: do not wait minutes for it
+        assert cluster_connect.running_cluster() == f"127.0.0.1:{server.getsockname()[1]}"
+    assert cluster_connect.running_cluster() is None  # that cluster is gone: do not wait minutes for it
     monkeypatch.setenv("RAY_ADDRESS", "head:6379")
-    assert cluster.running_cluster() == "head:6379"
+    assert cluster_connect.running_cluster() == "head:6379"
