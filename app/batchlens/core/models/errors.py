@@ -6,16 +6,22 @@ from batchlens.core.errors import BatchLensError
 
 
 class PickleRefusedError(BatchLensError):
-    """A model file that only loads as a full Python pickle, refused because trust was not given."""
+    """A model file that would run code (a full Python pickle, native code) or touch files (TorchScript
+    file operations) when loaded, refused because trust was not given."""
 
-    def __init__(self, path, reason: str = ""):
+    def __init__(
+        self,
+        path,
+        reason: str = "",
+        holds: str = "a full Python pickle, not plain weights",
+        danger: str = "can run any code its author put inside",
+    ):
         self.path = str(path)
         detail = f" ({reason})" if reason else ""
         super().__init__(
-            f"{path}: this file is a full Python pickle, not plain weights{detail}. Unpickling it can run "
-            "any code its author put inside, so BatchLens refused to load it. If you trust where the file "
-            "came from, run again with --trust-pickle (in the window: confirm the warning); safer, ask "
-            "for a safetensors, TorchScript (.pt) or torch.export (.pt2) file instead."
+            f"{path} holds {holds}{detail}, which {danger}, so BatchLens refused to load it: if you trust "
+            "where the file came from, run again with --trust-pickle (in the window: confirm the warning), "
+            "or ask for a safetensors file instead."
         )
 
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from batchlens.core.errors import BatchLensError
+from batchlens.core.models.audit import checkpoint_risks, pt2_risks, torchscript_risks
 from batchlens.core.models.base import LoadedModel, ModelInfo, prepare, sidecar_transform
 from batchlens.core.models.catalogue import (
     build_architecture,
@@ -24,6 +25,7 @@ from batchlens.core.models.catalogue import (
     weights_for,
 )
 from batchlens.core.models.demo_nets import ARCHITECTURES as DEMO_ARCHITECTURES
+from batchlens.core.models.errors import PickleRefusedError
 from batchlens.core.models.preprocessing import Preprocessing
 from batchlens.core.models.sidecar import (
     Sidecar,
@@ -174,17 +176,40 @@ def model_spec(path: Path, options: dict, weights_only: bool = False) -> tuple[S
 
 
 def pickle_risk(path: Path) -> list[str]:
-    """The Python objects a model file would import if it were unpickled in full (empty: plain weights,
-    TorchScript, torch.export or safetensors, nothing to trust). Reads only the file's pickle, not its
-    tensors, so a window can ask before loading."""
+    """What loading a model file could do beyond computing, read without loading it (audit.py): the
+    Python objects its pickles import, pickled weights or native code in a torch.export archive, file
+    operations in TorchScript code. Empty: nothing to trust (plain weights, safetensors, a clean
+    TorchScript or torch.export file). A window asks before loading when this is not empty."""
     path = Path(path).expanduser()
     suffix = path.suffix.lower()
-    if suffix not in WEIGHTS_SUFFIXES - {".safetensors"} or _is_torchscript(path) or not path.is_file():
+    if not path.is_file() or suffix not in MODEL_FILE_SUFFIXES - {".safetensors"}:
         return []
+    if suffix in EXPORT_SUFFIXES or _is_torchscript(path):
+        try:
+            return pt2_risks(path) if suffix in EXPORT_SUFFIXES else torchscript_risks(path)
+        except Exception as exc:  # torch may read an archive Python's zipfile cannot: never unchecked
+            return [f"contents BatchLens cannot check ({type(exc).__name__})"]
     try:
-        return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
-    except Exception:  # not a torch.save zip (legacy format, another file): loading will tell
+        return checkpoint_risks(path)
+    except Exception:  # not a torch.save zip (legacy format, another file): torch.load(weights_only) guards
         return []
+
+
+def _refuse_untrusted(path: Path, scripted: bool) -> None:
+    """Refuse a torch.export or TorchScript file that would run code or touch files when loaded or run.
+    (State dicts need no check here: torch.load(weights_only=True) refuses what is not plain weights.)"""
+    risks = pickle_risk(path)
+    if not risks:
+        return
+    shown = "; ".join(risks[:3]) + (f" and {len(risks) - 3} more" if len(risks) > 3 else "")
+    if scripted:
+        raise PickleRefusedError(
+            path,
+            shown,
+            "TorchScript code that reads or writes files by name",
+            "can read or overwrite your files",
+        )
+    raise PickleRefusedError(path, shown, "Python pickles or native code, not only plain weights and a graph")
 
 
 class DetectionsOnly(nn.Module):
@@ -254,6 +279,8 @@ def load_model_file(
     suffix = path.suffix.lower()
     scripted = suffix in TORCHSCRIPT_SUFFIXES and _is_torchscript(path)
     weights_only = suffix in WEIGHTS_SUFFIXES and not scripted and not options.get("trust_pickle")
+    if not options.get("trust_pickle") and (scripted or suffix in EXPORT_SUFFIXES):
+        _refuse_untrusted(path, scripted)
     spec, sidecar_file = model_spec(path, options, weights_only)
     if suffix in EXPORT_SUFFIXES:
         module, kind = _load_program(path), "torch.export program"
