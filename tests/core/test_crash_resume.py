@@ -49,7 +49,7 @@ def comparable(out: Path) -> tuple[list[dict], dict[str, str]]:
     files = {
         p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(out.rglob("*"))
-        if p.is_file() and p.name not in ("predictions.jsonl", "summary.json")
+        if p.is_file() and p.name not in ("predictions.jsonl", "summary.json", "run.json")  # run.json: dates
     }
     return rows, files
 
@@ -118,7 +118,7 @@ def test_resume_drops_a_partial_last_line_and_stale_temporary_files(photos: Path
     (out / "predictions.jsonl").write_bytes(b"".join(lines[:-1]) + lines[-1][:25])
     last = json.loads(lines[-1])
     written = out / last["output"]
-    written.rename(written.with_name(f".{written.name}.12345.tmp"))
+    written.rename(written.with_name(".batchlens-12345-0123abcd.tmp"))  # results.TEMP_NAME
 
     events = list(Runner(RunConfig("demo-denoise", photos, out, "cpu", recursive=True, resume=True)).events())
     assert events[0].total == 1 and events[0].already_done == N_IMAGES - 1

@@ -21,7 +21,8 @@ class RunConfig:
     device: str = "auto"
     batch_size: int | str = 1  # images per forward pass, or "auto" (core/autobatch.py picks it)
     recursive: bool = False
-    resume: bool = False
+    resume: bool = False  # keep the folder's finished images (same model, input and settings only)
+    overwrite: bool = False  # replace the run the output folder holds (only its own files go)
     previews: bool = False  # make small preview images for the window (costs a little time)
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     model_options: dict = field(default_factory=dict)  # task options, e.g. {"min_score": 0.5}
@@ -34,6 +35,9 @@ class RunConfig:
     max_failures: int | None = None  # stop the run once this many images have failed (misconfigured)
     cpu_fallback: bool = False  # out of memory even in tiles: run that one image on the CPU
     memory_snapshot: bool = False  # CUDA: save the allocator's history at the first out-of-memory error
+    # Seconds one batch's forward may take before its images are marked as errors and the run goes on
+    # (None: no limit); see core/watchdog.py for what can and cannot be stopped
+    image_timeout: float | None = None
     # Decode JPEGs on the model's device in batches (nvJPEG on CUDA; classification), see core/gpu_decode.py
     gpu_decode: bool = False
     # When to hand cached device memory back to the driver: "never", "image", "every:N" or

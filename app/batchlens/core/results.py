@@ -1,23 +1,45 @@
 """The output contract: predictions.jsonl (one line per image, flushed as it is written),
-summary.json at the end, and atomic writes so a killed run never leaves a half-written file."""
+summary.json at the end, and atomic writes so a killed run never leaves a half-written file.
+
+What a resume keeps is read back defensively (`read_predictions`): a line that breaks the contract is
+set aside in predictions.rejected.jsonl with the reason, and its image runs again."""
 
 from __future__ import annotations
 
+import base64
 import errno
+import hashlib
 import json
+import logging
 import os
+import re
+import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+
+from batchlens.core.records import OUTPUT_FIELDS, check_line, json_ready, non_finite, record_key
+
+log = logging.getLogger(__name__)
 
 PREDICTIONS = "predictions.jsonl"
 SUMMARY = "summary.json"
+REJECTED = "predictions.rejected.jsonl"
+NAME_MAX = 255  # bytes in one file name on Linux, macOS and (UTF-16 units) Windows
+#: Every temporary file BatchLens writes has this name, so cleanup can never take a user's file.
+TEMP_NAME = re.compile(r"\.batchlens-(\d+)-[0-9a-f]{8}\.tmp")
+
+
+def temp_path_for(path: Path) -> Path:
+    """A short temporary name beside `path` (short: a 250-byte file name still has room for it)."""
+    return path.with_name(f".batchlens-{os.getpid()}-{secrets.token_hex(4)}.tmp")
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(tmp) on a temporary name next to `path`, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_path_for(path)
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -30,14 +52,41 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def output_path_for(output_dir: Path, rel: str, suffix: str = ".png") -> Path:
-    """Where an image's output file goes: the input tree mirrored under the output folder.
+def dumps_line(record: dict) -> str:
+    """One strict-JSON line (names escaped, NaN refused with ValueError)."""
+    return json.dumps(json_ready(record), ensure_ascii=False, allow_nan=False) + "\n"
 
-    `a/b.png` -> `a/b.png`; other inputs keep their extension in the name (`a/b.jpg` -> `a/b.jpg.png`)
-    so `b.jpg` and `b.png` in one folder never overwrite each other's output.
-    """
-    name = rel if rel.lower().endswith(suffix) else rel + suffix
-    return output_dir / name
+
+def legacy_output_rel(rel: str, suffix: str = ".png") -> str:
+    """The rule before 0.x: `a.png` -> `a.png`, `a.jpg` -> `a.jpg.png` (but `a.jpg.png` collided)."""
+    return rel if rel.lower().endswith(suffix) else rel + suffix
+
+
+def output_rel(rel: str, suffix: str = ".png") -> str:
+    """Where an image's output file goes, relative to the output folder (docs/outputs.md, "Names").
+
+    The input tree is mirrored. `a/b.png` -> `a/b.png`; any other input gets `.png` added, so
+    `b.jpg` -> `b.jpg.png` and `b.jpg.png` -> `b.jpg.png.png`: an input already named like another
+    input's output (`b.jpg.png` beside `b.jpg`) never takes its place. The mapping is one-to-one
+    because every input ends in an image extension. A name that would pass the file system's limit
+    (255 bytes) is cut and given a hash of the full name: `<start>~<12 hex>.png`."""
+    from batchlens.core.images import IMAGE_EXTENSIONS
+
+    head, _, name = rel.rpartition("/")
+    stem = name[: -len(suffix)] if name.lower().endswith(suffix) else None
+    if stem is None or os.path.splitext(stem)[1].lower() in IMAGE_EXTENSIONS:
+        name += suffix
+    if len(os.fsencode(name)) > NAME_MAX:
+        digest = hashlib.sha256(os.fsencode(rel)).hexdigest()[:12]
+        start = name
+        while len(os.fsencode(start)) > NAME_MAX - 40:
+            start = start[:-1]
+        name = f"{start}~{digest}{suffix}"
+    return f"{head}/{name}" if head else name
+
+
+def output_path_for(output_dir: Path, rel: str, suffix: str = ".png") -> Path:
+    return Path(output_dir) / output_rel(rel, suffix)
 
 
 def write_error(exc: OSError, output_dir: Path) -> str:
@@ -60,30 +109,125 @@ def write_error(exc: OSError, output_dir: Path) -> str:
     )
 
 
+def is_name_problem(exc: OSError) -> bool:
+    """A write failed because of this one file's name (too long, refused by the file system), not
+    because of the folder or the disk: that image gets an error line and the run goes on."""
+    return exc.errno in (errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL)
+
+
+@dataclass
+class ReadBack:
+    """What a predictions.jsonl holds, checked line by line."""
+
+    kept: list[dict] = field(default_factory=list)  # one valid ok line per image, in file order
+    errors: int = 0  # error lines: their images run again
+    rejected: list[tuple[int, bytes, str]] = field(default_factory=list)  # (line number, raw, reason)
+
+
+def read_predictions(path: Path, check: Callable[[dict], str | None] | None = None) -> ReadBack:
+    """Read `path` defensively. `check` adds the task's own checks of an ok line (its fields). A
+    final partial line (a run killed mid-write) is dropped: it never was a result."""
+    back = ReadBack()
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return back
+    seen: set[str] = set()
+    output_dir = Path(path).parent
+    for number, raw in enumerate(data.splitlines(keepends=True), start=1):
+        if not raw.endswith(b"\n"):
+            log.info("Dropped the partial last line of %s (the run was killed while writing it)", path)
+            break
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            back.rejected.append((number, raw, "not UTF-8 text"))
+            continue
+        except ValueError:
+            back.rejected.append((number, raw, "not JSON"))
+            continue
+        reason = check_line(record)
+        if reason is None and record["status"] == "ok":
+            reason = (check(record) if check else None) or _output_reason(record, output_dir)
+            if reason is None and record_key(record) in seen:
+                reason = "a second ok line for the same image"
+        if reason is not None:
+            back.rejected.append((number, raw, reason))
+        elif record["status"] == "ok":
+            seen.add(record_key(record))
+            back.kept.append(record)
+        else:
+            back.errors += 1
+    return back
+
+
+def _output_reason(record: dict, output_dir: Path) -> str | None:
+    """An ok line may name only the output file BatchLens writes for its image, and it must exist."""
+    image = record_key(record)
+    for name in OUTPUT_FIELDS:
+        if name in record:
+            written = record_key(record, name)
+            if written not in (output_rel(image), legacy_output_rel(image)):
+                return f"its {name!r} is not the file BatchLens writes for this image"
+            if not (output_dir / written).is_file():
+                return f"its output file {record[name]} is missing"
+    return None
+
+
 def read_records(path: Path) -> list[dict]:
-    """Every complete line of a predictions.jsonl. A final partial line (a killed run) is dropped."""
-    if not path.exists():
-        return []
+    """Every line of a predictions.jsonl that keeps the contract (ok and error lines)."""
     records = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.endswith("\n"):
-                break  # partial last line: the process died mid-write
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
+    try:
+        lines = Path(path).read_bytes().splitlines(keepends=True)
+    except FileNotFoundError:
+        return []
+    for raw in lines:
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except ValueError:
+            continue
+        if raw.endswith(b"\n") and check_line(record) is None:
+            records.append(record)
     return records
 
 
-def remove_stale_temp_files(output_dir: Path) -> int:
-    """Delete the temporary files of a killed run (`.NAME.PID.tmp`, see atomic_write); return how many."""
+def set_aside(output_dir: Path, rejected: list[tuple[int, bytes, str]]) -> None:
+    """Append the rejected lines, whole (text and raw bytes) with their reasons, to REJECTED."""
+    when = datetime.now(UTC).isoformat(timespec="seconds")
+    lines = "".join(
+        json.dumps(
+            {
+                "line": number,
+                "reason": reason,
+                "set_aside_at": when,
+                "text": raw.rstrip(b"\n").decode("utf-8", "backslashreplace"),
+                "bytes_b64": base64.b64encode(raw).decode("ascii"),
+            },
+            ensure_ascii=False,
+        )
+        + "\n"
+        for number, raw, reason in rejected
+    )
+    with open(Path(output_dir) / REJECTED, "a", encoding="utf-8") as f:
+        f.write(lines)
+
+
+def remove_stale_temp_files(output_dir: Path, input_dir: Path | None = None) -> int:
+    """Delete the temporary files of a killed run and return how many. Only names of BatchLens's own
+    pattern (TEMP_NAME), never inside the input folder (which may sit inside the output folder),
+    links not followed. Call it while holding the folder's lock, so no live run owns them."""
     removed = 0
-    for tmp in Path(output_dir).rglob(".*.tmp"):
-        parts = tmp.name.rsplit(".", 2)  # [".NAME", "PID", "tmp"]
-        if len(parts) == 3 and parts[1].isdigit() and tmp.is_file():
-            tmp.unlink(missing_ok=True)
-            removed += 1
+    skip = Path(input_dir).resolve() if input_dir is not None else None
+    for folder, dirs, files in os.walk(output_dir):
+        if skip is not None:
+            dirs[:] = [d for d in dirs if Path(folder, d).resolve() != skip]
+            if Path(folder).resolve() == skip:
+                continue
+        for name in files:
+            path = Path(folder, name)
+            if TEMP_NAME.fullmatch(name) and path.is_file() and not path.is_symlink():
+                path.unlink(missing_ok=True)
+                removed += 1
     return removed
 
 
@@ -96,39 +240,56 @@ class UnfinishedRun:
     failed: int  # images with an error line (retried by a resume)
 
 
-def unfinished_run(output_dir: Path) -> UnfinishedRun | None:
-    """None when `output_dir` holds no run, or a run that finished; else what it holds."""
+def run_finished(output_dir: Path) -> bool:
+    """Whether summary.json says the folder's run got to its end (not killed, cancelled or stopped)."""
     predictions, summary = Path(output_dir) / PREDICTIONS, Path(output_dir) / SUMMARY
-    records = read_records(predictions)
-    if not records:
-        return None
-    ok = sum(r.get("status") == "ok" for r in records)
     try:
         data = json.loads(summary.read_text(encoding="utf-8"))
-        finished = (
+        return bool(
             summary.stat().st_mtime_ns >= predictions.stat().st_mtime_ns  # not an older run's summary
             and not data.get("cancelled")
             and not data.get("stopped")
             and data["counts"].get("not_processed", 0) == 0
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        finished = False  # no summary: the run was killed or crashed
-    return None if finished else UnfinishedRun(ok, len(records) - ok)
+        return False  # no summary: the run was killed or crashed
+
+
+def unfinished_run(output_dir: Path) -> UnfinishedRun | None:
+    """None when `output_dir` holds no run, or a run that finished; else what it holds."""
+    records = read_records(Path(output_dir) / PREDICTIONS)
+    if not records or run_finished(output_dir):
+        return None
+    ok = sum(r.get("status") == "ok" for r in records)
+    return UnfinishedRun(ok, len(records) - ok)
 
 
 class ResultsWriter:
-    """Appends one JSON line per image and flushes it, so every finished image survives a crash."""
+    """Appends one JSON line per image and flushes it, so every finished image survives a crash.
 
-    def __init__(self, output_dir: Path, resume: bool = False):
+    With `resume`, the lines a resume keeps are read back with `check` (the task's field checks):
+    anything else is set aside in REJECTED (never silently dropped) and its image runs again."""
+
+    def __init__(
+        self,
+        output_dir: Path,
+        resume: bool = False,
+        check: Callable[[dict], str | None] | None = None,
+        input_dir: Path | None = None,
+    ):
         self.output_dir = Path(output_dir)
         self.path = self.output_dir / PREDICTIONS
         self.kept: list[dict] = []
+        self.rejected: list[tuple[int, bytes, str]] = []
         if resume:
+            back = read_predictions(self.path, check)
+            self.kept, self.rejected = back.kept, back.rejected
+            if self.rejected:
+                set_aside(self.output_dir, self.rejected)
             # Keep the images that already succeeded; errors are retried. Rewriting atomically also
             # drops a partial last line left by a killed run.
-            self.kept = [r for r in read_records(self.path) if r.get("status") == "ok"]
-            atomic_write_text(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.kept))
-            remove_stale_temp_files(self.output_dir)
+            atomic_write_text(self.path, "".join(dumps_line(r) for r in self.kept))
+            remove_stale_temp_files(self.output_dir, input_dir)
         else:
             self.path.unlink(missing_ok=True)
         # Unbuffered bytes: each line reaches the operating system whole the moment it is written.
@@ -136,12 +297,35 @@ class ResultsWriter:
 
     @property
     def done(self) -> set[str]:
-        return {r["image"] for r in self.kept}
+        return {record_key(r) for r in self.kept}
+
+    def rejected_note(self) -> str | None:
+        """One sentence about the lines set aside, or None."""
+        if not self.rejected:
+            return None
+        lines = ", ".join(f"{n} ({reason})" for n, _, reason in self.rejected[:5])
+        more = f" and {len(self.rejected) - 5} more" if len(self.rejected) > 5 else ""
+        return (
+            f"{len(self.rejected)} line(s) of {self.path.name} broke the output contract and were set "
+            f"aside in {REJECTED}, their images run again: line {lines}{more}."
+        )
 
     def write(self, record: dict) -> None:
         """Append one whole line. If the disk fills up part-way, the partial line is cut off again, so
         the file only ever holds complete lines (then the OSError is raised)."""
-        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        try:
+            text = dumps_line(record)
+        except ValueError:  # NaN the pipeline did not catch: an error line, never invalid JSON
+            where = non_finite(record) or "a value"
+            text = dumps_line(
+                {
+                    "image": record["image"],
+                    "status": "error",
+                    "error": f"{record['image']}: the model produced NaN or infinity ({where})",
+                    "seconds": record.get("seconds", 0.0),
+                }
+            )
+        data = text.encode("utf-8", "backslashreplace")  # a lone surrogate in a message: never a crash
         start = self._file.seek(0, os.SEEK_END)
         try:
             self._write_all(data)
@@ -163,10 +347,11 @@ class ResultsWriter:
         if order is not None and self.kept:
             rank = {rel: i for i, rel in enumerate(order)}
             records = read_records(self.path)
-            records.sort(key=lambda r: rank.get(r.get("image"), len(rank)))
+            records.sort(key=lambda r: rank.get(record_key(r), len(rank)))
             atomic_write_text(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
     def write_summary(self, summary: dict) -> Path:
         path = self.output_dir / SUMMARY
-        atomic_write_text(path, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+        text = json.dumps(json_ready(summary), indent=2, ensure_ascii=False, allow_nan=False)
+        atomic_write_text(path, text + "\n")
         return path

@@ -29,6 +29,7 @@ from batchlens.core.images import (
     scan_images,
 )
 from batchlens.core.inference import check_precision, fixed_batch_size, use_channels_last
+from batchlens.core.manifest import open_output, refuse_plain_run
 from batchlens.core.memory import MemoryProbe, probe_for
 from batchlens.core.models import LoadedModel, load_model
 from batchlens.core.pipeline import BatchPipeline, Item, record_line
@@ -43,6 +44,7 @@ from batchlens.core.recovery import (
     stop_memory_history,
 )
 from batchlens.core.results import ResultsWriter, read_records, write_error
+from batchlens.core.runlock import RunLock
 from batchlens.core.tasks.base import thumbnail
 
 log = logging.getLogger(__name__)
@@ -253,7 +255,16 @@ class Runner:
         if cfg.max_failures is not None and cfg.max_failures < 1:
             raise BatchLensError("--max-failures must be at least 1.")
         CachePolicy.parse(cfg.empty_cache)  # a wrong policy is one sentence before anything starts
+        if cfg.resume and cfg.overwrite:
+            raise BatchLensError("Choose --resume or --overwrite, not both.")
         input_dir, output_dir = check_folders(cfg.input_dir, cfg.output_dir)
+        with RunLock(output_dir):  # one run at a time in a folder, released however the run ends
+            yield from self._events(input_dir, output_dir)
+
+    def _events(self, input_dir: Path, output_dir: Path) -> Iterator[Event]:
+        cfg = self.config
+        if not cfg.resume and not cfg.overwrite:
+            refuse_plain_run(output_dir)  # before the model loads: a refusal comes at once
         device = resolve_device(cfg.device)
         model = self.model or load_model(cfg.model, device, cfg.model_options)
         device = model.device
@@ -262,10 +273,7 @@ class Runner:
 
         stats = ScanStats()
         candidates = list(scan_images(input_dir, cfg.recursive, stats, exclude=output_dir))
-        try:
-            writer = ResultsWriter(output_dir, cfg.resume)
-        except OSError as exc:
-            raise BatchLensError(write_error(exc, output_dir)) from None
+        writer = open_output(cfg, model, input_dir, output_dir)
         done = writer.done
         todo = [c for c in candidates if c.rel not in done]
         started_at = datetime.now(UTC)
@@ -275,6 +283,8 @@ class Runner:
         yield from start_events(
             model, str(device), probe.kind, candidates, todo, stats, output_dir, cfg.fast_decode
         )
+        if writer.rejected_note():
+            yield RunNote("warning", writer.rejected_note())
         yield from self._preflight(todo, device, probe)
 
         check_precision(cfg.precision, device)

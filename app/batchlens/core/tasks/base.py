@@ -65,6 +65,15 @@ class TaskAdapter:
         """`output` is this image's share of the model output, already on the CPU, no autograd."""
         raise NotImplementedError
 
+    def result_options(self) -> dict:
+        """The task options that change its results (in run.json; a resume must use the same)."""
+        return {}
+
+    def check_fields(self, record: dict) -> str | None:
+        """Why an ok line read back for --resume does not hold this task's fields, or None. A line
+        that fails is set aside and its image runs again (core/results.py, read_predictions)."""
+        return None
+
     def write(self, result: TaskResult, meta: ImageMeta, output_dir: Path) -> None:
         """Write this image's output files (atomically) and record their paths in result.fields."""
 
@@ -86,6 +95,30 @@ class TaskAdapter:
         if self.labels and 0 <= index < len(self.labels):
             return self.labels[index]
         return str(index)
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_entries(record: dict, key: str, fields: dict[str, type | tuple]) -> str | None:
+    """Why `record[key]` is not a list of objects with `fields` of those types, or None (the check
+    of a task's list field, e.g. classification's `top`, in a line read back for --resume)."""
+    entries = record.get(key)
+    if not isinstance(entries, list):
+        return f"{key!r} is not a list"
+    for entry in entries:
+        if not isinstance(entry, dict):
+            return f"an entry of {key!r} is not an object"
+        for name, kind in fields.items():
+            value = entry.get(name)
+            if kind is float:
+                ok = is_number(value)
+            else:
+                ok = isinstance(value, kind) and not isinstance(value, bool)
+            if not ok:
+                return f"an entry of {key!r} has no proper {name!r}"
+    return None
 
 
 def resize_target(transform, size: tuple[int, int]) -> tuple[int, int] | None:

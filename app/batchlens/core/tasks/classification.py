@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from batchlens.core.results import atomic_write
-from batchlens.core.tasks.base import ImageMeta, TaskAdapter, TaskResult, resize_target
+from batchlens.core.tasks.base import ImageMeta, TaskAdapter, TaskResult, check_entries, resize_target
 
 TOP_K = 5
 
@@ -35,6 +35,12 @@ class ClassificationAdapter(TaskAdapter):
             for v, i in zip(values.tolist(), indices.tolist())
         ]
         return TaskResult({"top": top})
+
+    def check_fields(self, record: dict) -> str | None:
+        reason = check_entries(record, "top", {"label": str, "index": int, "score": float})
+        if reason is None and not record["top"]:
+            reason = "'top' is empty"
+        return reason
 
     def finish(self, output_dir: Path, records: list[dict]) -> list[Path]:
         path = output_dir / "predictions.csv"

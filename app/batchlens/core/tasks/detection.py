@@ -15,7 +15,15 @@ import torch
 from PIL import Image, ImageDraw
 
 from batchlens.core.results import atomic_write_text
-from batchlens.core.tasks.base import ImageMeta, TaskAdapter, TaskResult, label_image, thumbnail
+from batchlens.core.tasks.base import (
+    ImageMeta,
+    TaskAdapter,
+    TaskResult,
+    check_entries,
+    is_number,
+    label_image,
+    thumbnail,
+)
 from batchlens.core.tasks.palette import colour, tint
 
 DEFAULT_MIN_SCORE = 0.5
@@ -111,6 +119,17 @@ class DetectionAdapter(TaskAdapter):
         for value in range(len(order), 0, -1):  # worst first, so the best is painted last
             owner[masks[order[value - 1]] >= MASK_THRESHOLD] = value
         return label_image(owner, size)
+
+    def result_options(self) -> dict:
+        return {"min_score": self.min_score}
+
+    def check_fields(self, record: dict) -> str | None:
+        fields = {"label": str, "index": int, "score": float, "box": list}
+        reason = check_entries(record, "detections", fields)
+        boxes = [] if reason else [d["box"] for d in record["detections"]]
+        if any(len(box) != 4 or not all(map(is_number, box)) for box in boxes):
+            reason = "a detection's 'box' is not four numbers"
+        return reason
 
     def write(self, result: TaskResult, meta: ImageMeta, output_dir: Path) -> None:
         if result.image is not None:

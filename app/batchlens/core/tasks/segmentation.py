@@ -12,7 +12,14 @@ import torch
 from PIL import Image
 
 from batchlens.core.results import atomic_write_text
-from batchlens.core.tasks.base import ImageMeta, TaskAdapter, TaskResult, label_image, thumbnail
+from batchlens.core.tasks.base import (
+    ImageMeta,
+    TaskAdapter,
+    TaskResult,
+    check_entries,
+    label_image,
+    thumbnail,
+)
 from batchlens.core.tasks.palette import palette_array, tint
 
 CLASSES_FILE = "mask_classes.json"
@@ -44,6 +51,9 @@ class SegmentationAdapter(TaskAdapter):
             if counts[i]
         ]
         return TaskResult({"size": [width, height], "classes": classes}, image=image)
+
+    def check_fields(self, record: dict) -> str | None:
+        return check_entries(record, "classes", {"label": str, "index": int, "fraction": float})
 
     def write(self, result: TaskResult, meta: ImageMeta, output_dir: Path) -> None:
         self.write_image(result, meta, output_dir, "mask")

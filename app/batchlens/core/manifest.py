@@ -1,0 +1,313 @@
+"""run.json: what made an output folder, and the rules that keep two runs' results apart.
+
+Every run writes run.json before its first image: the model and a hash of its file, the weights, the
+preprocessing, the task, the input folder, the options that change results, and versions. Then:
+- a plain run into a folder that holds a run is refused (`refuse_plain_run`);
+- `--resume` is refused when the earlier run differs in any of those (`resume_mismatch`);
+- `--overwrite` deletes the earlier run's files, and only those it can prove the run wrote
+  (`clear_run`), so no stale output of the old run stays beside the new one.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import platform
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+import torchvision
+
+from batchlens import __version__
+from batchlens.core.errors import BatchLensError
+from batchlens.core.records import OUTPUT_FIELDS, record_key
+from batchlens.core.results import (
+    PREDICTIONS,
+    REJECTED,
+    SUMMARY,
+    TEMP_NAME,
+    ResultsWriter,
+    atomic_write_text,
+    legacy_output_rel,
+    output_rel,
+    read_records,
+    run_finished,
+    write_error,
+)
+
+MANIFEST = "run.json"
+#: Files a run writes at the top of its output folder (tasks' end-of-run files included).
+RUN_FILES = (
+    PREDICTIONS,
+    SUMMARY,
+    MANIFEST,
+    REJECTED,
+    "predictions.csv",
+    "detections.coco.json",
+    "mask_classes.json",
+    "memory-snapshot.pickle",
+)
+#: What must match for a resume: (manifest key, words for the sentence).
+IDENTITY = (
+    ("model", "model"),
+    ("model_sha256", "model file"),
+    ("weights_sha256", "weights file"),
+    ("task", "task"),
+    ("preprocessing", "preprocessing"),
+    ("labels_sha256", "labels"),
+    ("input", "input folder"),
+    ("options", "options"),
+)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, computed once per file version (size and modification time) in a process."""
+    st = Path(path).stat()
+    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+def preprocessing_description(model) -> str:
+    """How images are prepared for the model, as text that is equal exactly when the preprocessing is.
+
+    Hook: a loader that gives the LoadedModel a structured `preprocessing` description (H-models'
+    preprocessing.py) is used as it is; otherwise the transform's repr, without memory addresses."""
+    described = getattr(model, "preprocessing", None)
+    if described is not None:
+        as_dict = getattr(described, "to_json", None)
+        return json.dumps(as_dict() if as_dict else described, sort_keys=True, default=str)
+    adapter = model.adapter
+    text = f"{adapter.color_mode}: {adapter.transform!r}"
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", text)
+
+
+def build_manifest(cfg, model, input_dir: Path) -> dict:
+    """run.json for a run of `cfg` with the loaded `model`."""
+    options = cfg.model_options or {}
+    model_file = Path(cfg.model).expanduser()
+    weights = options.get("weights")
+    labels = model.adapter.labels
+    result_options = {
+        "precision": cfg.precision,
+        "fast_decode": cfg.fast_decode,
+        "gpu_decode": getattr(cfg, "gpu_decode", False),
+        **model.adapter.result_options(),
+    }
+    return {
+        "batchlens_run": 1,
+        "model": model.info.id,
+        "model_file": str(model_file.resolve()) if model_file.is_file() else None,
+        "model_sha256": file_sha256(model_file) if model_file.is_file() else None,
+        "weights": str(Path(weights).expanduser().resolve()) if weights else None,
+        "weights_sha256": file_sha256(Path(weights).expanduser()) if weights else None,
+        "task": model.info.task,
+        "preprocessing": preprocessing_description(model),
+        "labels_sha256": hashlib.sha256(json.dumps(labels).encode()).hexdigest() if labels else None,
+        "input": os.fsdecode(Path(input_dir).resolve()),
+        "recursive": cfg.recursive,
+        "max_pixels": cfg.max_pixels,
+        "options": result_options,
+        "versions": {
+            "batchlens": __version__,
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "python": platform.python_version(),
+        },
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def write_manifest(output_dir: Path, manifest: dict) -> None:
+    text = json.dumps(manifest, indent=2, ensure_ascii=False, allow_nan=False, default=str)
+    atomic_write_text(Path(output_dir) / MANIFEST, text.encode("utf-8", "backslashreplace").decode() + "\n")
+
+
+def read_manifest(output_dir: Path) -> dict | None:
+    try:
+        data = json.loads((Path(output_dir) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+@dataclass(frozen=True)
+class ExistingRun:
+    """What an output folder already holds, in words for the refusal and the window's dialog."""
+
+    model: str
+    images: int  # lines in predictions.jsonl
+    ok: int
+    failed: int
+    date: str
+    input: str | None
+    finished: bool
+    manifest: dict | None
+
+    def words(self) -> str:
+        """e.g. `demo-shapes (12 images, 2026-11-27 10:40 UTC)`."""
+        return f"{self.model} ({self.images} image(s), {self.date})"
+
+
+def _date(text: str | None, fallback: Path) -> str:
+    try:
+        when = datetime.fromisoformat(text) if text else datetime.fromtimestamp(fallback.stat().st_mtime, UTC)
+    except (OSError, ValueError):
+        return "an unknown date"
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def existing_run(output_dir: Path) -> ExistingRun | None:
+    """None when `output_dir` holds no BatchLens run; else what it holds (finished or not)."""
+    output_dir = Path(output_dir)
+    if not any((output_dir / name).is_file() for name in (MANIFEST, PREDICTIONS, SUMMARY)):
+        return None
+    manifest = read_manifest(output_dir)
+    try:
+        summary = json.loads((output_dir / SUMMARY).read_text(encoding="utf-8"))
+        summary = summary if isinstance(summary, dict) else {}
+    except (OSError, ValueError):
+        summary = {}
+    records = read_records(output_dir / PREDICTIONS)
+    ok = sum(r["status"] == "ok" for r in records)
+    about = manifest or summary
+    model = about.get("model") if isinstance(about.get("model"), str) else "an unknown model"
+    when = about.get("created_at") or summary.get("started_at")
+    return ExistingRun(
+        model=model,
+        images=len(records),
+        ok=ok,
+        failed=len(records) - ok,
+        date=_date(when if isinstance(when, str) else None, output_dir / PREDICTIONS),
+        input=about.get("input") if isinstance(about.get("input"), str) else None,
+        finished=run_finished(output_dir),
+        manifest=manifest,
+    )
+
+
+def refuse_plain_run(output_dir: Path) -> None:
+    """A run that neither resumes nor overwrites may not start in a folder that holds a run."""
+    earlier = existing_run(output_dir)
+    if earlier is not None:
+        raise BatchLensError(
+            f"{output_dir} already holds a run of {earlier.words()}: use --resume to continue it, "
+            "--overwrite to replace it, or another folder."
+        )
+
+
+def resume_mismatch(output_dir: Path, manifest: dict) -> str | None:
+    """The sentence refusing a resume whose run differs from the folder's earlier run, or None."""
+    earlier = existing_run(output_dir)
+    if earlier is None:
+        return None
+    old = earlier.manifest
+    if old is None:  # an older BatchLens: only summary.json says what made it
+        old = {"model": earlier.model, "input": earlier.input}
+        if earlier.model == "an unknown model":
+            return None  # nothing recorded to compare: the lines themselves are checked on resume
+    for key, words in IDENTITY:
+        if key == "model" and old.get("model_sha256") and manifest.get("model_sha256"):
+            continue  # a model file: its hash says it all, whatever path it was given by
+        if key in old and old.get(key) != manifest.get(key):
+            return (
+                f"{output_dir} holds a run of {earlier.words()} whose {words} differs from this run's "
+                f"({_show(key, old.get(key))} there, {_show(key, manifest.get(key))} now): resuming would "
+                "mix two runs' results; use --overwrite to replace it, or another folder."
+            )
+    return None
+
+
+def _show(key: str, value) -> str:
+    if value is None:
+        return "none"
+    if key.endswith("sha256"):
+        return f"sha256 {value[:12]}"
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    text = " ".join(text.split())
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def clear_run(output_dir: Path, keep_out: list[Path]) -> int:
+    """Delete the run in `output_dir` for --overwrite; return how many files went. Only what the run
+    provably wrote: its fixed file names at the top, each ok line's output file when it is exactly the
+    file BatchLens writes for that line's image, and BatchLens's temporary files; never anything
+    inside a folder of `keep_out` (the input folders), never a link. Emptied mirror folders go too."""
+    output_dir = Path(output_dir)
+    root = output_dir.resolve()
+    guarded = [Path(p).resolve() for p in keep_out if p]
+    targets = [output_dir / name for name in RUN_FILES]
+    for record in read_records(output_dir / PREDICTIONS):
+        if record["status"] != "ok":
+            continue
+        image = record_key(record)
+        for name in OUTPUT_FIELDS:
+            if name in record:
+                written = record_key(record, name)
+                if written in (output_rel(image), legacy_output_rel(image)):
+                    targets.append(output_dir / written)
+    for folder, dirs, files in os.walk(output_dir):
+        dirs[:] = [d for d in dirs if Path(folder, d).resolve() not in guarded]
+        targets += [Path(folder, name) for name in files if TEMP_NAME.fullmatch(name)]
+    removed, parents = 0, set()
+    for path in targets:
+        if path.is_symlink() or not path.is_file():
+            continue
+        real = path.resolve()
+        if not real.is_relative_to(root) or any(real.is_relative_to(g) for g in guarded):
+            continue
+        path.unlink()
+        removed += 1
+        parents.add(path.parent)
+    for folder in sorted(parents, key=lambda p: len(p.parts), reverse=True):
+        while folder.resolve() != root and folder.resolve().is_relative_to(root):
+            try:
+                folder.rmdir()  # only when empty
+            except OSError:
+                break
+            folder = folder.parent
+    return removed
+
+
+def open_output(cfg, model, input_dir: Path, output_dir: Path) -> ResultsWriter:
+    """The results writer of a run (local or cluster), once the folder's earlier run allows it: a plain
+    run only into a folder without a run, a resume only of the same model, input and settings, an
+    overwrite after the earlier run's files are gone. Writes run.json. Hold the folder's RunLock."""
+    if cfg.resume and cfg.overwrite:
+        raise BatchLensError("Choose --resume or --overwrite, not both.")
+    manifest = build_manifest(cfg, model, input_dir)
+    earlier = existing_run(output_dir)
+    if cfg.resume:
+        refusal = resume_mismatch(output_dir, manifest)
+        if refusal:
+            raise BatchLensError(refusal)
+        if earlier is not None and earlier.manifest:  # keep when the run began; note each resume
+            manifest["created_at"] = earlier.manifest.get("created_at", manifest["created_at"])
+            resumed = earlier.manifest.get("resumed_at")
+            manifest["resumed_at"] = [*(resumed if isinstance(resumed, list) else []), _now()]
+    elif cfg.overwrite:
+        old_input = earlier.input if earlier is not None else None
+        clear_run(output_dir, [input_dir, Path(old_input) if old_input else None])
+    else:
+        refuse_plain_run(output_dir)
+    try:
+        writer = ResultsWriter(output_dir, cfg.resume, model.adapter.check_fields, input_dir)
+        write_manifest(output_dir, manifest)
+    except OSError as exc:
+        raise BatchLensError(write_error(exc, output_dir)) from None
+    return writer
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
