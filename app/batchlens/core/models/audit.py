@@ -7,8 +7,8 @@ graph may name Python modules to import; a TorchScript archive cannot import Pyt
 call the ops that read and write files by name (`torch.save`, `torch.from_file`). `model_file_risks`
 lists all of that without unpickling anything, so loaders refuse such a file unless the user trusts it.
 
-`tensor_bytes` reads how many bytes a torch.save file's tensors would need, so that a small file
-declaring gigabytes (a zip bomb) is refused before torch allocates them.
+`size_problem` reads how many bytes a model file's tensors would need, so that a small file declaring
+gigabytes (a zip bomb) is refused before torch allocates them.
 """
 
 from __future__ import annotations
@@ -19,7 +19,10 @@ import re
 import zipfile
 from pathlib import Path
 
+import psutil
 import torch
+
+from batchlens.core.memory import format_bytes
 
 # Globals torch's weights-only unpickler allows (tensors, storages, dtypes, OrderedDict...). A pickle
 # that imports only these cannot run code, even under torch.load(weights_only=False).
@@ -220,30 +223,39 @@ def checkpoint_risks(path: Path) -> list[str]:
         return _zip_pickle_risks(archive, None)
 
 
-def tensor_bytes(path: Path) -> tuple[int, int] | None:
-    """(bytes its data.pkl declares for the tensors' storages, bytes its storage records data/N hold)
-    for a torch.save zip, read without loading a tensor; None when it is not one (or unreadable)."""
+def size_problem(path: Path, available: int | None = None) -> str | None:
+    """Why a zip model file (torch.save, TorchScript, .pt2) must not be loaded for its size, read from the
+    zip directory and data.pkl without loading a tensor; None when nothing is wrong (or it is no zip).
+
+    torch writes every record uncompressed, so a file that unpacks to more than its size on disk is a zip
+    bomb (torch would inflate it all in memory), as is one whose pickle declares more tensor bytes than
+    the file holds; and tensors that need more than the memory available would only end in an error."""
+    path = Path(path)
     try:
+        on_disk = path.stat().st_size
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()
+            unpacked = sum(info.file_size for info in infos)
             pickles = [i for i in infos if re.fullmatch(r"(?:[^/]+/)?data\.pkl", i.filename)]
-            if len(pickles) != 1:
-                return None
-            read = read_pickle(archive.read(pickles[0]))
-            records = {
-                i.filename.rsplit("/", 1)[1]: i.file_size
-                for i in infos
-                if re.fullmatch(r"(?:[^/]+/)?data/\d+", i.filename)
-            }
-    except (zipfile.BadZipFile, OSError):
+            read = read_pickle(archive.read(pickles[0])) if len(pickles) == 1 else None
+    except (zipfile.BadZipFile, OSError, EOFError):
         return None
-    if read is None:
-        return None
-    declared = {}
-    for pid in read[1]:
+    declared: dict[str, int] = {}
+    for pid in read[1] if read else []:
         if len(pid) == 5 and pid[0] == "storage" and isinstance(pid[4], int):
             declared[str(pid[2])] = pid[4] * _element_size(pid[1])
-    return sum(declared.values()), sum(records.values())
+    needed = max(unpacked, sum(declared.values()))
+    if needed > on_disk:
+        return (
+            f"it unpacks to {format_bytes(needed)} but is only {format_bytes(on_disk)} on disk, while torch "
+            "stores tensors uncompressed (a zip bomb, or a damaged file)"
+        )
+    available = psutil.virtual_memory().available if available is None else available
+    if needed > available:
+        return (
+            f"its tensors need {format_bytes(needed)}, more than the {format_bytes(available)} of memory free"
+        )
+    return None
 
 
 def _element_size(storage_type) -> int:
@@ -260,6 +272,6 @@ __all__ = [
     "pickle_globals",
     "pt2_risks",
     "read_pickle",
-    "tensor_bytes",
+    "size_problem",
     "torchscript_risks",
 ]

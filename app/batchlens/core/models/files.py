@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from batchlens.core.errors import BatchLensError
-from batchlens.core.models.audit import checkpoint_risks, pt2_risks, torchscript_risks
+from batchlens.core.models.audit import checkpoint_risks, pt2_risks, size_problem, torchscript_risks
 from batchlens.core.models.base import LoadedModel, ModelInfo, prepare, sidecar_transform
 from batchlens.core.models.catalogue import (
     build_architecture,
@@ -281,6 +281,9 @@ def load_model_file(
     weights_only = suffix in WEIGHTS_SUFFIXES and not scripted and not options.get("trust_pickle")
     if not options.get("trust_pickle") and (scripted or suffix in EXPORT_SUFFIXES):
         _refuse_untrusted(path, scripted)
+    too_big = size_problem(path)  # before torch allocates anything, trusted or not
+    if too_big:
+        raise BatchLensError(f"{path}: {too_big}, so it was not loaded.")
     spec, sidecar_file = model_spec(path, options, weights_only)
     if suffix in EXPORT_SUFFIXES:
         module, kind = _load_program(path), "torch.export program"
