@@ -1,7 +1,9 @@
 """Where models come from. `list_models()` for pickers, `load_model()` for the runner.
 
-Sources: the built-in demos (resources/), the torchvision catalogue (catalogue.py) and model files
-(files.py: TorchScript, torch.export, safetensors and .pth state_dicts).
+Sources, one module each, all producing a LoadedModel with its Preprocessing: the built-in demos
+(resources/), the torchvision catalogue (catalogue.py), model files + sidecar (files.py: TorchScript,
+torch.export, safetensors and .pth state_dicts), Hugging Face folders and the HF cache (hf.py,
+hf_cache.py) and timm checkpoints (timm_models.py). `SOURCES` says which one takes a model id.
 """
 
 from __future__ import annotations
@@ -33,13 +35,22 @@ from batchlens.core.models.files import (
     looks_like_model_file,
     pickle_risk,
 )
+from batchlens.core.models.hf import is_hf_model, load_hf
+from batchlens.core.models.hf_cache import list_hf_cache
+from batchlens.core.models.timm_models import is_timm_model, load_timm
+
+# Sources that recognise their model ids by a prefix or a folder layout (hf:ORG/NAME or a folder with
+# config.json; timm:NAME): (claims(model id), load(model id, device, options)).
+SOURCES = [(is_hf_model, load_hf), (is_timm_model, load_timm)]
 
 
 def list_models(task: str | None = None) -> list[ModelInfo]:
     """The built-in demos first, then the torchvision catalogue (classification, detection,
-    segmentation). Model files are not listed: they are opened by path."""
+    segmentation), then the vision models in the Hugging Face cache on this computer. Model files are
+    not listed: they are opened by path."""
     builtin = [m for m in list_builtin() if task in (None, m.task)]
-    return builtin + list_catalogue(task)
+    cached = [m for m in list_hf_cache() if task in (None, m.task)]
+    return builtin + list_catalogue(task) + cached
 
 
 def file_to_trust(model: str, options: dict | None = None) -> tuple[Path, list[str]] | None:
@@ -74,6 +85,9 @@ def load_model(
     options = dict(options or {})
     if model in BUILTIN_IDS:
         return load_builtin(model, device, options)
+    for claims, load in SOURCES:
+        if claims(model):
+            return load(model, device, options)
     path = Path(model).expanduser()
     if path.is_file():
         return load_model_file(path, device, options)

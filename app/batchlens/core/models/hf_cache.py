@@ -1,0 +1,125 @@
+"""The Hugging Face cache on this computer: the vision models it holds, found by reading files only
+(no transformers import, no network), and the folder of `hf:ORG/NAME` (downloaded if needed).
+
+The hub lays the cache out as HUB/models--ORG--NAME/snapshots/REVISION/config.json, with
+refs/main naming the revision `main` points at. HUB is $HF_HUB_CACHE, else $HF_HOME/hub, else
+$XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub (huggingface_hub's own order).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from batchlens.core.errors import BatchLensError
+from batchlens.core.models.base import ModelInfo
+from batchlens.core.models.sidecar import read_json_file
+
+log = logging.getLogger(__name__)
+
+HF_PREFIX = "hf:"
+# The end of a transformers class name in config.json's "architectures" -> BatchLens task.
+ARCHITECTURE_TASKS = {
+    "ForImageClassification": "classification",
+    "ForObjectDetection": "detection",
+    "ForSemanticSegmentation": "segmentation",
+    "ForImageSuperResolution": "image_to_image",
+}
+DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.txt"]
+
+
+def hf_task(config: dict) -> str | None:
+    """The task of a transformers config (from its architectures), None when BatchLens runs none."""
+    for name in config.get("architectures") or []:
+        for ending, task in ARCHITECTURE_TASKS.items():
+            if isinstance(name, str) and name.endswith(ending):
+                return task
+    return None
+
+
+def hub_cache_dir() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
+    return cache / "huggingface" / "hub"
+
+
+def _snapshot(repo_dir: Path) -> Path | None:
+    """The snapshot refs/main points at, else the newest one holding a config.json."""
+    ref = repo_dir / "refs" / "main"
+    if ref.is_file():
+        folder = repo_dir / "snapshots" / ref.read_text(encoding="utf-8").strip()
+        if (folder / "config.json").is_file():
+            return folder
+    snapshots = [s for s in (repo_dir / "snapshots").glob("*") if (s / "config.json").is_file()]
+    return max(snapshots, key=lambda s: s.stat().st_mtime, default=None)
+
+
+def _repo_dir(repo_id: str) -> Path:
+    return hub_cache_dir() / ("models--" + repo_id.replace("/", "--"))
+
+
+def list_hf_cache() -> list[ModelInfo]:
+    """The cached models BatchLens can run, as `hf:ORG/NAME`, with their task; unreadable or
+    non-vision entries are passed over."""
+    root = hub_cache_dir()
+    infos = []
+    for repo_dir in sorted(root.glob("models--*")) if root.is_dir() else []:
+        snapshot = _snapshot(repo_dir)
+        if snapshot is None:
+            continue
+        try:
+            config = read_json_file(snapshot / "config.json", "model config")
+        except BatchLensError as exc:
+            log.info("%s", exc)
+            continue
+        task = hf_task(config) if isinstance(config, dict) else None
+        if task is None:
+            continue
+        repo_id = repo_dir.name.removeprefix("models--").replace("--", "/", 1)
+        weights = [f for f in snapshot.glob("*.safetensors") if f.exists()]
+        size = sum(f.stat().st_size for f in weights) or None
+        architecture = (config.get("architectures") or ["?"])[0]
+        description = f"{architecture} (cached)"
+        infos.append(ModelInfo(HF_PREFIX + repo_id, task, "huggingface", description, size, True))
+    return infos
+
+
+def snapshot_for(model: str) -> Path:
+    """The local folder of `hf:ORG/NAME`: the cached snapshot, else downloaded into the cache (with
+    huggingface_hub's progress bars) where the network allows; one sentence when it cannot be had."""
+    repo_id = model.removeprefix(HF_PREFIX)
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise BatchLensError(
+            f"{model}: a Hugging Face model is named hf:ORG/NAME (e.g. hf:google/vit-base-patch16-224)."
+        )
+    cached = _snapshot(_repo_dir(repo_id)) if _repo_dir(repo_id).is_dir() else None
+    if cached is not None:
+        return cached
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    where = f"It is not in the Hugging Face cache ({hub_cache_dir()})"
+    if offline:
+        raise BatchLensError(
+            f"{model}: {where.lower()[0]}{where[1:]} and HF_HUB_OFFLINE is set, so it cannot be downloaded. "
+            f"Download it on a computer with a network (huggingface-cli download {repo_id}) and copy the "
+            "folder here, then give its path as the model."
+        )
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise BatchLensError(
+            "Hugging Face models need the transformers library: pip install 'batchlens[hf]'."
+        ) from None
+    try:
+        folder = snapshot_download(repo_id, allow_patterns=DOWNLOAD_PATTERNS)
+    except Exception as exc:  # offline, unknown repo, gated repo, server error: all one sentence
+        reason, first_line = type(exc).__name__, (str(exc).splitlines() or [""])[0]
+        raise BatchLensError(
+            f"{model}: could not download it from the Hugging Face hub ({reason}: {first_line}). "
+            f"{where}. Is this computer offline? Download it where there is a network "
+            f"(huggingface-cli download {repo_id}) and give the folder's path as the model."
+        ) from None
+    return Path(folder)

@@ -1,0 +1,236 @@
+"""Hugging Face model folders, end to end through `batchlens run`, checked against transformers' own
+pipelines and post-processing on the same image files. The models are tiny, random and seeded, saved
+with save_pretrained (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.core.modelkit import read_jsonl, run_cli
+
+transformers = pytest.importorskip("transformers")
+
+
+def _spread(module: torch.nn.Module, seed: int, scale: float = 0.5) -> None:
+    """Random heads with some spread, so labels, scores and boxes differ from image to image (at
+    transformers' initialisation every output is nearly the same)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * scale)
+
+
+@pytest.fixture(scope="module")
+def hf(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf")
+    images = root / "in"
+    images.mkdir()
+    rng = np.random.default_rng(5)
+    for name, (w, h) in (("a.png", (70, 50)), ("b.jpg", (90, 120)), ("c.png", (64, 64))):
+        y, x = np.mgrid[0:h, 0:w]
+        base = np.stack([x * 255 / w, y * 255 / h, np.full_like(x, 128)], axis=-1)
+        pixels = np.clip(base + rng.normal(0, 40, base.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(images / name, quality=95)
+    torch.manual_seed(0)
+    t = transformers
+    vit = t.ViTForImageClassification(
+        t.ViTConfig(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=37,
+            num_labels=3,
+            id2label={0: "cat", 1: "dog", 2: "fox"},
+            label2id={"cat": 0, "dog": 1, "fox": 2},
+        )
+    )
+    _spread(vit.classifier, 1)
+    vit.save_pretrained(root / "vit")
+    t.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(root / "vit")
+    backbone = t.ResNetConfig(
+        embedding_size=8,
+        hidden_sizes=[8, 16, 16, 16],
+        depths=[1, 1, 1, 1],
+        layer_type="basic",
+        out_features=["stage4"],
+    )
+    detr = t.DetrForObjectDetection(
+        t.DetrConfig(
+            use_timm_backbone=False,
+            backbone_config=backbone,
+            use_pretrained_backbone=False,
+            d_model=16,
+            encoder_layers=1,
+            decoder_layers=1,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=16,
+            decoder_ffn_dim=16,
+            num_queries=8,
+            num_labels=3,
+            id2label={0: "car", 1: "bus", 2: "van"},
+            label2id={"car": 0, "bus": 1, "van": 2},
+        )
+    )
+    _spread(detr.class_labels_classifier, 2)
+    _spread(detr.bbox_predictor, 3)
+    detr.save_pretrained(root / "detr")
+    t.DetrImageProcessor(size={"shortest_edge": 48, "longest_edge": 80}).save_pretrained(root / "detr")
+    seg = t.SegformerForSemanticSegmentation(
+        t.SegformerConfig(
+            num_encoder_blocks=2,
+            depths=[1, 1],
+            sr_ratios=[2, 1],
+            hidden_sizes=[8, 16],
+            num_attention_heads=[1, 1],
+            decoder_hidden_size=16,
+            num_labels=3,
+            patch_sizes=[7, 3],
+            strides=[4, 2],
+            mlp_ratios=[2, 2],
+            id2label={0: "sky", 1: "road", 2: "tree"},
+            label2id={"sky": 0, "road": 1, "tree": 2},
+        )
+    )
+    _spread(seg.decode_head, 4, scale=1.0)
+    torch.nn.init.zeros_(seg.decode_head.classifier.bias)
+    seg.save_pretrained(root / "seg")
+    t.SegformerImageProcessor(size={"height": 64, "width": 64}).save_pretrained(root / "seg")
+    return root
+
+
+def _run(folder: Path, out: Path, *flags, inputs: Path | None = None) -> list[dict]:
+    inputs = inputs or folder.parent / "in"
+    assert run_cli("--model", folder, "--input", inputs, "--output", out, *flags) == 0
+    records = read_jsonl(out / "predictions.jsonl")
+    assert [r["status"] for r in records] == ["ok"] * 3, records
+    return records
+
+
+def _image(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def test_classification_matches_the_pipeline(hf, tmp_path):
+    records = _run(hf / "vit", tmp_path / "out", "--batch-size", "3")
+    pipe = transformers.pipeline("image-classification", model=str(hf / "vit"), device="cpu")
+    worst = 0.0
+    for record in records:
+        theirs = pipe(_image(hf / "in" / record["image"]), top_k=3)
+        assert [t["label"] for t in theirs] == [o["label"] for o in record["top"]]
+        worst = max(worst, *(abs(t["score"] - o["score"]) for t, o in zip(theirs, record["top"])))
+    assert worst < 1e-4
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    words = summary["preprocessing"]["description"]
+    assert "exactly 32x32" in words and "mean 0.5, 0.5, 0.5" in words and "ViTImageProcessor" in words
+    print(f"HF ViT classification: max |score diff| vs pipeline {worst:.2e}")
+
+
+def test_detection_matches_the_processor_post_processing(hf, tmp_path):
+    records = _run(hf / "detr", tmp_path / "out", "--min-score", "0.2")
+    model = transformers.AutoModelForObjectDetection.from_pretrained(hf / "detr").eval()
+    processor = transformers.AutoImageProcessor.from_pretrained(hf / "detr")
+    pipe = transformers.pipeline("object-detection", model=str(hf / "detr"), device="cpu")
+    worst_box = worst_score = 0.0
+    total = 0
+    for record in records:
+        image = _image(hf / "in" / record["image"])
+        with torch.no_grad():
+            out = model(**processor(images=image, return_tensors="pt"))
+        theirs = processor.post_process_object_detection(out, threshold=0.2, target_sizes=[image.size[::-1]])[
+            0
+        ]
+        order = theirs["scores"].argsort(descending=True, stable=True)
+        # BatchLens keeps boxes inside the image (random heads put some corners outside)
+        theirs["boxes"][:, 0::2] = theirs["boxes"][:, 0::2].clamp(0, image.width)
+        theirs["boxes"][:, 1::2] = theirs["boxes"][:, 1::2].clamp(0, image.height)
+        ours = record["detections"]
+        assert len(ours) == len(order) > 0
+        total += len(ours)
+        for det, i in zip(ours, order.tolist()):
+            assert det["label"] == model.config.id2label[int(theirs["labels"][i])]
+            worst_score = max(worst_score, abs(det["score"] - float(theirs["scores"][i])))
+            worst_box = max(worst_box, *(abs(a - float(b)) for a, b in zip(det["box"], theirs["boxes"][i])))
+        # the pipeline (which rounds boxes to whole pixels) finds the same labels
+        piped = pipe(image, threshold=0.2)
+        assert sorted(p["label"] for p in piped) == sorted(d["label"] for d in ours)
+    assert worst_score <= 5e-5 + 1e-6  # the JSONL keeps 4 decimals
+    assert worst_box <= 5e-3 + 1e-4  # ... and boxes to 0.01 px
+    coco = json.loads((tmp_path / "out" / "detections.coco.json").read_text())
+    assert len(coco["annotations"]) == total
+    assert {c["name"] for c in coco["categories"]} >= {d["label"] for r in records for d in r["detections"]}
+    print(f"HF DETR detection: {total} boxes, max |box diff| {worst_box:.4f} px, score {worst_score:.1e}")
+
+
+def test_segmentation_matches_the_pipeline(hf, tmp_path):
+    records = _run(hf / "seg", tmp_path / "out")
+    pipe = transformers.pipeline("image-segmentation", model=str(hf / "seg"), device="cpu")
+    labels = {0: "sky", 1: "road", 2: "tree"}
+    for record in records:
+        image = _image(hf / "in" / record["image"])
+        mask = np.asarray(Image.open(tmp_path / "out" / record["mask"]))
+        assert mask.shape == (image.height, image.width)
+        theirs = pipe(image, subtask="semantic")
+        assert {t["label"] for t in theirs} == {labels[int(v)] for v in np.unique(mask)}
+        for t in theirs:
+            index = next(i for i, name in labels.items() if name == t["label"])
+            assert np.array_equal(np.asarray(t["mask"]) > 0, mask == index)
+    assert any(len(r["classes"]) > 1 for r in records)  # the masks are not trivially one class
+
+
+def test_remote_code_and_unknown_types_are_refused(hf, tmp_path, capsys):
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    config = json.loads((hf / "vit" / "config.json").read_text())
+    (remote / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModel": "x.Y"}}))
+    (remote / "model.safetensors").write_bytes((hf / "vit" / "model.safetensors").read_bytes())
+    unknown = tmp_path / "unknown"
+    unknown.mkdir()
+    (unknown / "config.json").write_text(json.dumps({**config, "model_type": "made_up_net"}))
+    (unknown / "model.safetensors").write_bytes(b"")
+    for folder, words in ((remote, "never runs downloaded code"), (unknown, "'made_up_net' is unknown")):
+        assert run_cli("--model", folder, "--input", hf / "in", "--output", tmp_path / "out") == 2
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_hf_cache_listing_and_offline_sentence(hf, tmp_path, monkeypatch, capsys):
+    """A fake cache laid out as the hub lays it out: listed with its task without loading, loadable by
+    hf:ORG/NAME, and one sentence for a model that is not there while offline."""
+    from batchlens.cli import main as cli_main
+    from batchlens.core.models import list_models
+
+    hub = tmp_path / "hub"
+    snapshot = hub / "models--acme--tiny-vit" / "snapshots" / "0123abc"
+    snapshot.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
+        (snapshot / name).write_bytes((hf / "vit" / name).read_bytes())
+    (hub / "models--acme--tiny-vit" / "refs").mkdir()
+    (hub / "models--acme--tiny-vit" / "refs" / "main").write_text("0123abc")
+    text = hub / "models--acme--bert" / "snapshots" / "1"
+    text.mkdir(parents=True)
+    (text / "config.json").write_text(json.dumps({"architectures": ["BertForMaskedLM"]}))
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cached = [m for m in list_models() if m.source == "huggingface"]
+    assert [(m.id, m.task) for m in cached] == [("hf:acme/tiny-vit", "classification")]
+    assert cli_main(["models", "tiny"]) == 0
+    assert "hf:acme/tiny-vit" in capsys.readouterr().out
+    records = _run(snapshot, tmp_path / "by-path", inputs=hf / "in")
+    by_name = tmp_path / "by-name"
+    assert run_cli("--model", "hf:acme/tiny-vit", "--input", hf / "in", "--output", by_name) == 0
+    assert [r["top"] for r in read_jsonl(by_name / "predictions.jsonl")] == [r["top"] for r in records]
+    capsys.readouterr()
+    assert run_cli("--model", "hf:acme/missing", "--input", hf / "in", "--output", tmp_path / "x") == 2
+    err = capsys.readouterr().err
+    assert "HF_HUB_OFFLINE is set" in err and "huggingface-cli download acme/missing" in err
+    assert len(err.strip().splitlines()) == 1
