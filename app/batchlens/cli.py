@@ -376,7 +376,8 @@ def _models(args: argparse.Namespace) -> int:
     width = max(len(m.id) for m in models)
     groups: dict[str, list] = {}
     for m in models:
-        title = "Built-in demos" if m.source == "built-in" else f"torchvision {m.task}"
+        titles = {"built-in": "Built-in demos", "huggingface": "On this computer (Hugging Face cache)"}
+        title = titles.get(m.source, f"torchvision {m.task}")
         groups.setdefault(title, []).append(m)
     for title, members in groups.items():
         print(f"{title}:")
@@ -387,7 +388,8 @@ def _models(args: argparse.Namespace) -> int:
         print()
     print(
         "torchvision models download their weights once, into the torch hub cache. "
-        "A model file is used by its path: batchlens run --model FILE ... (README, Models)."
+        "A model file or Hugging Face folder is used by its path: batchlens run --model PATH ...; timm models "
+        "as --model timm:NAME --weights FILE (docs/models.md)."
     )
     return 0
 
