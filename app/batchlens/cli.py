@@ -388,8 +388,8 @@ def _models(args: argparse.Namespace) -> int:
         print()
     print(
         "torchvision models download their weights once, into the torch hub cache. "
-        "A model file or Hugging Face folder is used by its path: batchlens run --model PATH ...; timm models "
-        "as --model timm:NAME --weights FILE (docs/models.md)."
+        "A model file or Hugging Face folder is used by its path: batchlens run --model PATH ...; "
+        "timm models as --model timm:NAME --weights FILE (docs/models.md)."
     )
     return 0
 
