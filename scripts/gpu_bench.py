@@ -1,0 +1,250 @@
+"""GPU figures for the proof kit (scripts/gpu_proof.sh): throughput against a plain loop and an expert
+DataLoader loop, the cost of each --empty-cache policy, and allocated memory over 10,000 images.
+
+    python scripts/gpu_bench.py --out DIR [--quick]
+
+Writes DIR/gpu-bench.json and prints a table. Every figure is measured here, in this run, on the
+same images and the same model (ResNet-50 with seeded random weights: no download needed, and the
+speed and memory are those of the trained network). Needs a CUDA device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import multiprocessing
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from batchlens.core.bench import load_bench_model, make_synthetic_folder
+from batchlens.core.config import RunConfig
+from batchlens.core.events import ImageResult, RunFinished
+from batchlens.core.runner import Runner
+
+MiB = 2**20
+
+
+# -- images ---------------------------------------------------------------------------------------
+def _make_part(args) -> None:
+    folder, n, size, seed = args
+    make_synthetic_folder(Path(folder), n, size, seed=seed)
+
+
+def photo_folder(root: Path, name: str, n: int, size: tuple[int, int], distinct: int = 256) -> Path:
+    """`n` photo-like JPEGs of `size`: `distinct` generated in parallel, the rest hard links to them
+    (the decoder does the same work for each; generating 10,000 would take minutes)."""
+    folder = root / name
+    parts = root / f"{name}-parts"
+    jobs = min(distinct, os.cpu_count() or 4)
+    per = -(-distinct // jobs)
+    with multiprocessing.Pool(jobs) as pool:
+        pool.map(_make_part, [(str(parts / str(j)), per, size, j) for j in range(jobs)])
+    sources = sorted(parts.rglob("*.jpg"))[:distinct]
+    folder.mkdir(parents=True)
+    for i in range(n):
+        os.link(sources[i % len(sources)], folder / f"img_{i:05d}.jpg")
+    return folder
+
+
+# -- contenders -----------------------------------------------------------------------------------
+def plain_loop(model, paths: list[Path]) -> float:
+    """What a careful person writes by hand: batch 1, inference_mode, result to the CPU. Returns the
+    seconds to the first result."""
+    start, first = time.perf_counter(), None
+    for path in paths:
+        x = model.adapter.preprocess(Image.open(path).convert("RGB")).unsqueeze(0).to(model.device)
+        with torch.inference_mode():
+            model.module(x).cpu()
+        first = first or time.perf_counter() - start
+    return first
+
+
+class _Files(torch.utils.data.Dataset):
+    def __init__(self, paths, transform):
+        self.paths, self.transform = paths, transform
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        return self.transform(Image.open(self.paths[i]).convert("RGB"))
+
+
+def expert_loop(model, paths: list[Path], batch: int = 64) -> float:
+    """What an expert writes: DataLoader with a worker per core, pinned memory, batch 64, fp16
+    autocast, channels_last. Returns the seconds to the first result."""
+    loader = torch.utils.data.DataLoader(
+        _Files(paths, model.adapter.transform),
+        batch_size=batch,
+        num_workers=os.cpu_count() or 4,
+        pin_memory=model.device.type == "cuda",
+        persistent_workers=False,
+    )
+    module = copy.deepcopy(model.module).to(memory_format=torch.channels_last)
+    start, first = time.perf_counter(), None
+    cuda = model.device.type == "cuda"
+    with torch.inference_mode(), torch.autocast(model.device.type, torch.float16, enabled=cuda):
+        for x in loader:
+            x = x.to(model.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            module(x).float().cpu()
+            first = first or time.perf_counter() - start
+    return first
+
+
+def engine(model, folder: Path, out: Path, **settings) -> dict:
+    """A BatchLens run; returns its summary plus the allocated memory after each image."""
+    allocated, summary, first = [], None, None
+    config = RunConfig(model.info.id, folder, out, device=str(model.device), **settings)
+    start = time.perf_counter()
+    for event in Runner(config, model=model).events():
+        if isinstance(event, ImageResult):
+            first = first or time.perf_counter() - start
+            allocated.append(event.memory.allocated)
+        elif isinstance(event, RunFinished):
+            summary = event.summary
+    shutil.rmtree(out, ignore_errors=True)
+    return {"summary": summary, "allocated": allocated, "first": first}
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn, *args, **kwargs) -> tuple[float, object]:
+    sync()
+    start = time.perf_counter()
+    value = fn(*args, **kwargs)
+    sync()
+    return time.perf_counter() - start, value
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--quick", action="store_true", help="few small images: a smoke test of the script")
+    parser.add_argument("--device", default="cuda", help="cuda (the proof), or cpu for --quick checks")
+    parser.add_argument("--model", default="resnet50")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    model, note = load_bench_model(args.model, device)
+    fast = dict(batch_size=64, prefetch=2, precision="fp16" if cuda else "fp32", channels_last=cuda)
+    n, n_plain = (48, 8) if args.quick else (2048, 256)
+    sizes = ((160, 120), (320, 240)) if args.quick else ((640, 480), (1600, 1200))
+    report = {
+        "device": torch.cuda.get_device_name(device) if cuda else args.device,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cores": os.cpu_count(),
+        "model": f"{args.model} ({note or 'downloaded weights'})",
+        "rows": [],
+    }
+
+    def row(name, size, images, seconds, first=None, extra=None):
+        entry = {
+            "name": name,
+            "size": f"{size[0]}x{size[1]}",
+            "images": images,
+            "seconds": round(seconds, 3),
+            "images_per_second": round(images / seconds, 1),
+            "first_result_seconds": None if first is None else round(first, 3),
+            **(extra or {}),
+        }
+        report["rows"].append(entry)
+        print(json.dumps(entry), flush=True)
+        return entry
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for size in sizes:
+            folder = photo_folder(root, f"{size[0]}", n, size)
+            paths = sorted(folder.iterdir())
+            model.module.to(memory_format=torch.contiguous_format)  # batch-1 rows: the layout as loaded
+            plain_loop(model, paths[:8])  # warm-up: cuDNN picks its kernels
+            seconds, first = timed(plain_loop, model, paths[:n_plain])
+            plain = row("plain loop, batch 1, fp32", size, n_plain, seconds, first)
+            small = root / f"{size[0]}-b1"
+            small.mkdir()
+            for p in paths[:n_plain]:
+                os.link(p, small / p.name)
+            seconds, run = timed(engine, model, small, root / "o", batch_size=1)
+            row(
+                "engine, batch 1 (exact), fp32",
+                size,
+                n_plain,
+                seconds,
+                run["first"],
+                extra={"vs_plain": round((n_plain / seconds) / plain["images_per_second"], 3)},
+            )
+            seconds, first = timed(expert_loop, model, paths)
+            expert = row(
+                "expert DataLoader loop (workers=cores, pinned, b64, fp16, NHWC)", size, n, seconds, first
+            )
+            for label, extra_settings in (("CPU decode", {}), ("GPU decode", {"gpu_decode": True})):
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats(device)
+                seconds, run = timed(engine, model, folder, root / "o", **fast, **extra_settings)
+                row(
+                    f"engine b64 prefetch 2 fp16 NHWC, {label}",
+                    size,
+                    n,
+                    seconds,
+                    run["first"],
+                    extra={
+                        "vs_expert": round((n / seconds) / expert["images_per_second"], 3),
+                        "peak_allocated_mib": round(torch.cuda.max_memory_allocated(device) / MiB, 1)
+                        if cuda
+                        else None,
+                        "reserved_mib": round(torch.cuda.memory_reserved(device) / MiB, 1) if cuda else None,
+                        "ok": run["summary"]["counts"]["ok"],
+                    },
+                )
+
+        # The cost of each cache policy per image, at batch 1 on the same small-set images.
+        small = root / f"{sizes[0][0]}-b1"
+        costs = {}
+        for policy in ("never", "image", "every:16", "reserved:0.5"):
+            rounds = [
+                timed(engine, model, small, root / "o", batch_size=1, empty_cache=policy)[0] for _ in range(3)
+            ]
+            costs[policy] = statistics.median(rounds) / n_plain * 1000
+        report["cache_policy_ms_per_image"] = {k: round(v, 3) for k, v in costs.items()}
+        report["cache_policy_extra_ms_per_image"] = {
+            k: round(v - costs["never"], 3) for k, v in costs.items()
+        }
+        print("cache policies, ms/image:", report["cache_policy_ms_per_image"], flush=True)
+
+        # Flat memory: allocated after 10,000 images equals allocated after 100.
+        many = 200 if args.quick else 10_000
+        folder = root / "many"
+        folder.mkdir()
+        sources = sorted((root / f"{sizes[0][0]}").iterdir())
+        for i in range(many):
+            os.link(sources[i % len(sources)], folder / f"m_{i:05d}.jpg")
+        seconds, run = timed(engine, model, folder, root / "o", **fast, gpu_decode=True)
+        allocated = run["allocated"]
+        report["flat_memory"] = {
+            "images": len(allocated),
+            "allocated_after_100_mib": round(allocated[99] / MiB, 2),
+            "allocated_at_end_mib": round(allocated[-1] / MiB, 2),
+            "difference_mib": round((allocated[-1] - allocated[99]) / MiB, 3),
+            "images_per_second": round(len(allocated) / seconds, 1),
+        }
+        print("flat memory:", report["flat_memory"], flush=True)
+
+    (args.out / "gpu-bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The GPU proof kit: everything BatchLens claims about CUDA, checked in one command (~5 minutes on
+# an H100/H200, no network, installs nothing). Writes, into $OUT (the device tool's folder) or
+# gpu-proof/: env.txt, gpu-tests.{log,xml}, gpu-bench.{log,json} and gpu-report.md. Commit the
+# report as docs/gpu-report.md.
+#
+#   bash scripts/gpu_proof.sh            # on a machine with a CUDA GPU and PyTorch installed
+#
+# It uses the machine's own python3 (PYTHON=... to choose) with its torch and torchvision, and runs
+# BatchLens from this checkout through a copy on PYTHONPATH (no pip: the GPU machine is offline).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR="${OUT:-gpu-proof}"
+mkdir -p "$OUT_DIR"
+PY="${PYTHON:-python3}"
+export PYTHONUNBUFFERED=1
+start=$(date +%s)
+
+# BatchLens as the wheel lays it out (batchlens + batchlens.resources), without installing it.
+site=$(mktemp -d)
+cp -r app/batchlens "$site/batchlens"
+cp -r resources "$site/batchlens/resources"
+export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+{
+  date -u +"%Y-%m-%d %H:%M UTC"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1
+  "$PY" - <<'PYEOF'
+import os, platform, torch, torchvision
+print(f"python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
+      f"torchvision {torchvision.__version__}, {os.cpu_count()} CPU cores")
+print("cuDNN", torch.backends.cudnn.version(), "| device:", torch.cuda.get_device_name(0))
+PYEOF
+  git log -1 --format="BatchLens commit %h (%cs): %s" 2>/dev/null
+} > "$OUT_DIR/env.txt" 2>&1
+cat "$OUT_DIR/env.txt"
+
+# 1. The cuda tests (origin story, clear cache, OOM recovery, GPU decode, one copy per batch, ...).
+# -p no:warnings: the machine's torch is not the pinned one, and its warnings are not ours to fail on.
+timeout 240 "$PY" -m pytest tests/gpu -m cuda -s -q -p no:warnings -p no:cacheprovider -o addopts="" \
+  --junitxml="$OUT_DIR/gpu-tests.xml" 2>&1 | tee "$OUT_DIR/gpu-tests.log"
+echo "tests took $(( $(date +%s) - start )) s"
+
+# 2. Throughput against the plain and the expert loop, cache policy costs, flat memory.
+timeout 200 "$PY" scripts/gpu_bench.py --out "$OUT_DIR" ${GPU_BENCH_ARGS:-} 2>&1 | tee "$OUT_DIR/gpu-bench.log"
+
+"$PY" scripts/gpu_report.py "$OUT_DIR" > "$OUT_DIR/gpu-report.md"
+rm -rf "$site"
+echo "proof kit took $(( $(date +%s) - start )) s; report: $OUT_DIR/gpu-report.md"

@@ -1,0 +1,100 @@
+"""Turn the proof kit's raw results into docs/gpu-report.md (see scripts/gpu_proof.sh).
+
+    python scripts/gpu_report.py DIR > gpu-report.md
+DIR holds env.txt, gpu-tests.xml (pytest's JUnit XML), gpu-tests.log and gpu-bench.json.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import xml.etree.ElementTree as ET
+from datetime import UTC, datetime
+from pathlib import Path
+
+
+def tests_section(xml: Path) -> list[str]:
+    if not xml.exists():
+        return ["The `cuda` tests did not run (no gpu-tests.xml): see gpu-tests.log."]
+    lines = ["| test | outcome | seconds |", "|---|---|---|"]
+    for case in ET.parse(xml).getroot().iter("testcase"):
+        outcome = "passed"
+        for tag in ("failure", "error", "skipped"):
+            found = case.find(tag)
+            if found is not None:
+                outcome = (
+                    f"{tag}: {(found.get('message') or '').splitlines()[0][:120]}"
+                    if found.get("message")
+                    else tag
+                )
+        lines.append(f"| `{case.get('name')}` | {outcome} | {float(case.get('time', 0)):.1f} |")
+    return lines
+
+
+def bench_section(path: Path) -> list[str]:
+    if not path.exists():
+        return ["The GPU benchmark did not finish (no gpu-bench.json): see gpu-bench.log."]
+    data = json.loads(path.read_text())
+    lines = [
+        f"Model: {data['model']}; {data['cores']} CPU cores; torch {data['torch']}, CUDA {data['cuda']}.",
+        "",
+        "| row | images | images/s | ratio | first result (s) | peak allocated (MiB) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in data["rows"]:
+        ratio = row.get("vs_expert", row.get("vs_plain"))
+        ratio = "" if ratio is None else f"{ratio:.2f}x {'expert' if 'vs_expert' in row else 'plain'}"
+        lines.append(
+            f"| {row['name']} ({row['size']}) | {row['images']} | {row['images_per_second']} | {ratio} | "
+            f"{row.get('first_result_seconds') or ''} | {row.get('peak_allocated_mib') or ''} |"
+        )
+    costs = data.get("cache_policy_extra_ms_per_image", {})
+    if costs:
+        lines += [
+            "",
+            "Cost of each `--empty-cache` policy at batch 1 (ms per image over `never`, median of 3):",
+            "",
+        ]
+        lines += [f"- `{policy}`: {cost:+.3f} ms" for policy, cost in costs.items()]
+    flat = data.get("flat_memory")
+    if flat:
+        lines += [
+            "",
+            f"Flat memory: allocated after 100 images {flat['allocated_after_100_mib']} MiB, after "
+            f"{flat['images']} images {flat['allocated_at_end_mib']} MiB "
+            f"(difference {flat['difference_mib']} MiB; "
+            f"{flat['images_per_second']} images/s with GPU decode).",
+        ]
+    return lines
+
+
+def main() -> int:
+    folder = Path(sys.argv[1])
+    env = (folder / "env.txt").read_text().strip() if (folder / "env.txt").exists() else "(no env.txt)"
+    out = [
+        "# GPU report",
+        "",
+        f"Written by `bash scripts/gpu_proof.sh` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC. This page is the",
+        "project's GPU truth: every figure below was measured in that run; nothing here is estimated.",
+        "",
+        "## The machine",
+        "",
+        "```",
+        env,
+        "```",
+        "",
+        "## The `cuda` tests (`pytest tests/gpu -m cuda`)",
+        "",
+        *tests_section(folder / "gpu-tests.xml"),
+        "",
+        "## Throughput, cache policy, flat memory (`scripts/gpu_bench.py`)",
+        "",
+        *bench_section(folder / "gpu-bench.json"),
+        "",
+    ]
+    print("\n".join(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
