@@ -22,9 +22,8 @@ from torch import nn
 
 from batchlens.core.errors import BatchLensError
 from batchlens.core.models.base import LoadedModel, ModelInfo, prepare
-from batchlens.core.models.hf_cache import HF_PREFIX, hf_task, snapshot_for
+from batchlens.core.models.hf_cache import HF_PREFIX, read_hf_config, snapshot_for
 from batchlens.core.models.preprocessing import Preprocessing
-from batchlens.core.models.sidecar import read_json_file
 from batchlens.core.tasks.base import ImageMeta, TaskResult
 from batchlens.core.tasks.classification import ClassificationAdapter
 from batchlens.core.tasks.detection import DetectionAdapter
@@ -141,28 +140,9 @@ ADAPTERS = {
 
 
 def check_folder(folder: Path) -> tuple[dict, str]:
-    """(config.json's contents, task), or BatchLensError with one sentence: no config, remote code,
-    no vision task BatchLens runs, no safetensors weights."""
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise BatchLensError(f"{folder}: not a Hugging Face model folder (it has no config.json).")
-    config = read_json_file(config_file, "model config")
-    if not isinstance(config, dict):
-        raise BatchLensError(f"{config_file}: a model config must be a JSON object.")
-    processor_file = folder / "preprocessor_config.json"
-    processor = read_json_file(processor_file, "processor config") if processor_file.is_file() else {}
-    if "auto_map" in config or (isinstance(processor, dict) and "auto_map" in processor):
-        raise BatchLensError(
-            f"{folder}: this model needs its own Python code from the hub (auto_map), and BatchLens never "
-            "runs downloaded code (trust_remote_code), so it was not loaded."
-        )
-    task = hf_task(config)
-    if task is None:
-        raise BatchLensError(
-            f"{folder}: {', '.join(config.get('architectures') or ['no architecture'])} is not a model "
-            "BatchLens runs (image classification, object detection, semantic segmentation or "
-            "super-resolution)."
-        )
+    """(config.json's contents, task), or BatchLensError with one sentence (see read_hf_config; and
+    weights only from safetensors)."""
+    config, task = read_hf_config(folder)
     if not any(folder.glob("*.safetensors")):
         raise BatchLensError(
             f"{folder}: no model.safetensors; BatchLens loads Hugging Face weights only from safetensors "

@@ -123,3 +123,39 @@ def snapshot_for(model: str) -> Path:
             f"(huggingface-cli download {repo_id}) and give the folder's path as the model."
         ) from None
     return Path(folder)
+
+
+def read_hf_config(folder: Path) -> tuple[dict, str]:
+    """(config.json's contents, task) of a Hugging Face model folder, read only; BatchLensError with one
+    sentence when it is not a model folder, needs remote code (auto_map), or does no task BatchLens runs."""
+    folder = Path(folder)
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise BatchLensError(f"{folder}: not a Hugging Face model folder (it has no config.json).")
+    config = read_json_file(config_file, "model config")
+    if not isinstance(config, dict):
+        raise BatchLensError(f"{config_file}: a model config must be a JSON object.")
+    processor_file = folder / "preprocessor_config.json"
+    processor = read_json_file(processor_file, "processor config") if processor_file.is_file() else {}
+    if "auto_map" in config or (isinstance(processor, dict) and "auto_map" in processor):
+        raise BatchLensError(
+            f"{folder}: this model needs its own Python code from the hub (auto_map), and BatchLens never "
+            "runs downloaded code (trust_remote_code), so it was not loaded."
+        )
+    task = hf_task(config)
+    if task is None:
+        names = ", ".join(str(n) for n in config.get("architectures") or ["no architecture"])
+        raise BatchLensError(
+            f"{folder}: {names} is not a model BatchLens runs (image classification, object detection, "
+            "semantic segmentation or super-resolution)."
+        )
+    return config, task
+
+
+def hf_folder_info(folder: Path) -> ModelInfo:
+    """What the picker shows for a Hugging Face model folder before it loads (its path is its id)."""
+    folder = Path(folder)
+    config, task = read_hf_config(folder)
+    size = sum(f.stat().st_size for f in folder.glob("*.safetensors")) or None
+    architecture = (config.get("architectures") or ["?"])[0]
+    return ModelInfo(str(folder), task, "huggingface", f"{architecture} ({folder.name})", size)

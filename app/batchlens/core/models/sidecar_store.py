@@ -6,6 +6,7 @@ command line finds the same files; BATCHLENS_DATA_DIR overrides it."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 from pathlib import Path
@@ -45,3 +46,22 @@ def folder_is_writable(folder: Path) -> bool:
     except OSError:
         return False
     return True
+
+
+def save_sidecar(model_path: Path, data: dict) -> Path:
+    """Write a sidecar for `model_path` (checked first with the loader's own parser): NAME.EXT.json
+    beside the file, or the data-folder copy when the model's folder cannot be written. Returns where."""
+    from batchlens.core.models.sidecar import parse_sidecar  # (sidecar.py needs nothing from here)
+
+    model_path = Path(model_path)
+    parse_sidecar(data, f"the sidecar for {model_path.name}")
+    beside = model_path.with_name(model_path.name + ".json")
+    target = beside if folder_is_writable(model_path.parent) else stored_sidecar_path(model_path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    try:
+        partial.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
