@@ -14,8 +14,6 @@ overlaps the current batch's forward (the consumer waits on `ready()` before usi
 
 from __future__ import annotations
 
-import os
-import stat
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -26,7 +24,7 @@ from PIL import ExifTags, Image
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
-from batchlens.core.images import DEFAULT_MAX_PIXELS
+from batchlens.core.images import DEFAULT_MAX_PIXELS, open_input
 from batchlens.core.tasks.base import PREVIEW_SIZE
 
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -86,16 +84,16 @@ class DeviceDecoder:
         """The file's bytes when the device path can decode it; None sends it to the Pillow decode
         (which also gives the user the reason when the file is broken)."""
         try:
-            if not stat.S_ISREG(os.stat(path).st_mode):
-                return None  # never open a pipe or a device: the Pillow path says what it is
-            with Image.open(path) as im:
-                if im.format != "JPEG" or im.mode not in ("RGB", "L"):
-                    return None  # CMYK and YCCK JPEGs: Pillow converts them properly
-                width, height = im.size
-                if self.max_pixels and width * height > self.max_pixels:
-                    return None  # the Pillow path refuses it with its usual sentence
-                orientation = im.getexif().get(ExifTags.Base.Orientation, 1)
-            with open(path, "rb") as f:
+            # The guarded opener never opens a pipe or a device: the Pillow path says what it is.
+            with open_input(path) as f:
+                with Image.open(f) as im:
+                    if im.format != "JPEG" or im.mode not in ("RGB", "L"):
+                        return None  # CMYK and YCCK JPEGs: Pillow converts them properly
+                    width, height = im.size
+                    if self.max_pixels and width * height > self.max_pixels:
+                        return None  # the Pillow path refuses it with its usual sentence
+                    orientation = im.getexif().get(ExifTags.Base.Orientation, 1)
+                f.seek(0)
                 data = f.read()
         except Exception:
             return None

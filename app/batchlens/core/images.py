@@ -12,6 +12,7 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -43,6 +44,8 @@ IMAGE_EXTENSIONS = frozenset(
 )
 # Files operating systems leave in folders. Skipped silently and counted as skipped.
 JUNK_NAMES = frozenset({"thumbs.db", "desktop.ini", ".ds_store", "ehthumbs.db"})
+# Opening a named pipe would wait forever for a writer; devices and sockets are no images.
+_NOT_REGULAR = "is not a regular file (a named pipe, socket or device), so it was not opened"
 DEFAULT_MAX_PIXELS = 150_000_000  # about 12,000 x 12,000; a 30,000 x 30,000 "bomb" is refused
 
 
@@ -136,12 +139,51 @@ class DecodedImage:
     note: str | None = None  # e.g. "first frame of 12 used"
 
 
+def open_input(path: Path) -> BinaryIO:
+    """Open an input file for reading: the one way BatchLens opens what it was pointed at (decoding,
+    header probes, the GPU decoder's bytes). Only a regular file is opened, and never in a way that
+    blocks: a named pipe would wait forever for a writer, a device may never end. Raises ImageError
+    with the reason in plain words."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise ImageError("is a broken symbolic link (its target does not exist)") from None
+        raise ImageError("was removed before it could be read") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageError(
+                "is a symbolic link that loops back on itself (too many levels of symbolic links)"
+            ) from None
+        raise ImageError(f"cannot be read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageError("is a folder, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageError(_NOT_REGULAR)
+    try:
+        # O_NONBLOCK: a file swapped for a named pipe after the check above still does not block.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except PermissionError:
+        raise ImageError("cannot be read: permission denied") from None
+    except FileNotFoundError:
+        raise ImageError("was removed before it could be read") from None
+    except OSError as exc:
+        raise ImageError(f"cannot be read ({exc.strerror or exc})") from None
+    f = os.fdopen(fd, "rb")
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+        f.close()
+        raise ImageError(_NOT_REGULAR if not stat.S_ISREG(st.st_mode) else "is empty (0 bytes)")
+    return f
+
+
 def _sniff(path: Path) -> str:
     """Say what a file that Pillow cannot read looks like, from its first bytes."""
     try:
-        with open(path, "rb") as f:
+        with open_input(path) as f:
             head = f.read(512)
-    except OSError:
+    except ImageError:
         return "is not an image Pillow can read"
     if not head:
         return "is empty (0 bytes)"
@@ -208,7 +250,7 @@ def decodes_reduced(path: Path, reduce_to: SizeWanted) -> bool:
     """Whether load_image(path, reduce_to=reduce_to) decodes this file at 1/2 scale or less (read from
     its header): a JPEG, at least twice the size asked for (JPEG scales only by 1/2, 1/4 and 1/8)."""
     try:
-        with Image.open(path) as im:
+        with open_input(path) as f, Image.open(f) as im:
             if im.format != "JPEG":
                 return False
             upright, _ = _upright(im)
@@ -230,28 +272,9 @@ def load_image(
     decoded at 1/2, 1/4 or 1/8 scale where that still gives at least that many pixels (Pillow's
     `draft`, the same DCT-domain scaling `Image.thumbnail` uses). original_size stays the full size.
     """
-    path = Path(path)
+    f = open_input(path)
     try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        if os.path.islink(path):
-            raise ImageError("is a broken symbolic link (its target does not exist)") from None
-        raise ImageError("was removed before it could be read") from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise ImageError(
-                "is a symbolic link that loops back on itself (too many levels of symbolic links)"
-            ) from None
-        raise ImageError(f"cannot be read ({exc.strerror or exc})") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise ImageError("is a folder, not a file")
-    if not stat.S_ISREG(st.st_mode):
-        # Opening a named pipe would wait forever for a writer; devices and sockets are no images.
-        raise ImageError("is not a regular file (a named pipe, socket or device), so it was not opened")
-    if st.st_size == 0:
-        raise ImageError("is empty (0 bytes)")
-    try:
-        with Image.open(path) as im:
+        with f, Image.open(f) as im:
             width, height = im.size
             if max_pixels and width * height > max_pixels:
                 raise ImageError(
@@ -293,9 +316,7 @@ def load_image(
 def header_size(path: Path) -> tuple[int, int] | None:
     """(width, height) from the file's header, without decoding it; None when it cannot be read."""
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return None
-        with Image.open(path) as im:
+        with open_input(path) as f, Image.open(f) as im:
             return im.size
     except Exception:
         return None
