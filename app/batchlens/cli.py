@@ -10,6 +10,7 @@ from pathlib import Path
 
 from batchlens import __version__
 from batchlens.core.errors import BatchLensError
+from batchlens.core.terminal import PrintableFormatter, printable
 
 
 def _add_run_options(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -340,15 +341,15 @@ def _run(args: argparse.Namespace) -> int:
         for event in runner.events():
             if isinstance(event, RunStarted):
                 where = "RAM" if event.memory_kind == "cpu" else event.memory_kind.upper()
-                tqdm.write(f"{describe_start(event)}; memory shown is {where}.")
+                tqdm.write(printable(f"{describe_start(event)}; memory shown is {where}."))
                 bar = tqdm(total=event.total, unit="img", disable=args.no_progress, dynamic_ncols=True)
             elif isinstance(event, ImageResult):
                 if not event.ok:
-                    tqdm.write(f"error: {event.error}", file=sys.stderr)
+                    tqdm.write(printable(f"error: {event.error}"), file=sys.stderr)
                 bar.set_postfix_str(f"mem {format_bytes(event.memory.allocated)}", refresh=False)
                 bar.update(1)
             elif isinstance(event, RunNote):
-                tqdm.write(f"{event.level}: {event.message}", file=sys.stderr)
+                tqdm.write(printable(f"{event.level}: {event.message}"), file=sys.stderr)
             elif isinstance(event, RunFinished):
                 summary = event.summary
     except KeyboardInterrupt:
@@ -361,7 +362,7 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    print(describe_summary(summary))
+    print(printable(describe_summary(summary)))
     return 0
 
 
@@ -415,22 +416,24 @@ def _bench(args: argparse.Namespace) -> int:
         sampler_check=args.sampler_check,
         threads=args.threads,
     )
-    result = run_bench(config, log=lambda text: print(f"bench: {text}", file=sys.stderr, flush=True))
+    result = run_bench(
+        config, log=lambda text: print(printable(f"bench: {text}"), file=sys.stderr, flush=True)
+    )
     print(format_table(result))
     if args.json:
         from batchlens.core.results import atomic_write_text
 
         atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
-        print(f"Wrote {args.json}")
+        print(printable(f"Wrote {args.json}"))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    handler = logging.StreamHandler()  # file names in log lines are escaped, as in every printed line
+    handler.setFormatter(PrintableFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
     if not args.verbose:  # torch's advice to its own developers, not to someone running a model file
         warnings.filterwarnings("ignore", r"`torch\.jit\.(load|save)` is deprecated", FutureWarning)
     commands = {"run": _run, "models": _models, "bench": _bench}
@@ -441,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_window(args)
         return commands[args.command](args)
     except BatchLensError as exc:
-        print(f"batchlens: {exc}", file=sys.stderr)
+        print(printable(f"batchlens: {exc}"), file=sys.stderr)
         return 2
 
 
