@@ -10,6 +10,7 @@ from pathlib import Path
 
 from batchlens.core.events import RunStarted
 from batchlens.core.memory import format_bytes
+from batchlens.core.run_speed import format_rate
 
 
 def describe_start(event: RunStarted) -> str:
@@ -29,7 +30,7 @@ def describe_summary(summary: dict) -> str:
         f"{counts['error']} failed, {counts['skipped']} skipped (not images or system files)"
         + (f", {counts['already_done']} already done earlier" if counts["already_done"] else "")
         + f", in {summary['seconds']:.1f} s"
-        + (f" ({rate:.3g} images/s)" if rate else "")
+        + (f" ({format_rate(rate)})" if rate else "")
         + f" with {summary['model']} on {summary['device']}; peak "
         + ("RAM" if summary["memory_kind"] == "cpu" else "memory")
         + f" {format_bytes(summary['peak_memory_bytes'])}. Results are in "
