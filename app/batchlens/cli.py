@@ -132,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     window.add_argument("--device", dest="window_device", metavar="DEV", help="auto | cpu | cuda:N | mps")
     window.add_argument("--start", dest="window_start", action="store_true", help="start the run at once")
     window.add_argument(
+        "--results",
+        type=Path,
+        metavar="DIR",
+        help="browse the results in an output folder (with --input DIR: where its input images are now)",
+    )
+    window.add_argument(
         "--self-test",
         dest="self_test",
         action="store_true",
@@ -438,6 +444,10 @@ def main(argv: list[str] | None = None) -> int:
         warnings.filterwarnings("ignore", r"`torch\.jit\.(load|save)` is deprecated", FutureWarning)
     commands = {"run": _run, "models": _models, "bench": _bench}
     try:
+        if args.command is None and args.results is not None:
+            from batchlens.ui.results.window import run_results_window
+
+            return run_results_window(args)
         if args.command is None:
             from batchlens.ui.app import run_window
 

@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 
 from batchlens.core.results import atomic_write_text
 from batchlens.core.tasks.base import (
+    PREVIEW_SIZE,
     ImageMeta,
     TaskAdapter,
     TaskResult,
@@ -135,9 +136,9 @@ class DetectionAdapter(TaskAdapter):
         if result.image is not None:
             self.write_image(result, meta, output_dir, "mask")
 
-    def preview(self, image: Image.Image, result: TaskResult) -> Image.Image | None:
-        thumb = thumbnail(image)
-        factor = thumb.width / image.width
+    def preview(self, image: Image.Image, result: TaskResult, size: int = PREVIEW_SIZE) -> Image.Image | None:
+        thumb = thumbnail(image, size)
+        factor = thumb.width / result.fields.get("size", image.size)[0]  # boxes are in original pixels
         detections = result.fields["detections"]
         if result.image is not None:  # instance masks tinted in their class colours
             owner = np.asarray(result.image.resize(thumb.size, Image.Resampling.NEAREST)).astype(np.int64)

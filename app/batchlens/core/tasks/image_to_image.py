@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from batchlens.core.tasks.base import ImageMeta, TaskAdapter, TaskResult, thumbnail
+from batchlens.core.tasks.base import PREVIEW_SIZE, ImageMeta, TaskAdapter, TaskResult, thumbnail
 
 
 def tensor_to_image(output: torch.Tensor) -> Image.Image:
@@ -34,5 +34,5 @@ class ImageToImageAdapter(TaskAdapter):
     def write(self, result: TaskResult, meta: ImageMeta, output_dir: Path) -> None:
         self.write_image(result, meta, output_dir, "output")
 
-    def preview(self, image: Image.Image, result: TaskResult) -> Image.Image | None:
-        return thumbnail(result.image) if result.image is not None else None
+    def preview(self, image: Image.Image, result: TaskResult, size: int = PREVIEW_SIZE) -> Image.Image | None:
+        return thumbnail(result.image, size) if result.image is not None else None

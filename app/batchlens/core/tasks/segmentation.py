@@ -13,6 +13,7 @@ from PIL import Image
 
 from batchlens.core.results import atomic_write_text
 from batchlens.core.tasks.base import (
+    PREVIEW_SIZE,
     ImageMeta,
     TaskAdapter,
     TaskResult,
@@ -58,9 +59,9 @@ class SegmentationAdapter(TaskAdapter):
     def write(self, result: TaskResult, meta: ImageMeta, output_dir: Path) -> None:
         self.write_image(result, meta, output_dir, "mask")
 
-    def preview(self, image: Image.Image, result: TaskResult) -> Image.Image | None:
+    def preview(self, image: Image.Image, result: TaskResult, size: int = PREVIEW_SIZE) -> Image.Image | None:
         """The image with each class but 0 (background) tinted in its colour."""
-        thumb = thumbnail(image)
+        thumb = thumbnail(image, size)
         mask = np.asarray(result.image.resize(thumb.size, Image.Resampling.NEAREST)).astype(np.int64)
         return tint(thumb, palette_array()[mask % 256], mask > 0, OVERLAY_ALPHA)
 

@@ -1,0 +1,306 @@
+"""The results browser: every image of an output folder in a grid with its result drawn on it, filters
+and sorting on the side, and one result large on demand.
+
+Use: `browser = ResultsBrowser(parent)`, `browser.open_folder(path)`; `back_requested` is emitted when
+the user asks to leave (Esc on the grid, the Back button shown with `show_back=True`). The folder may
+still be written by a run: new lines are read as they arrive (a timer checks the file's size).
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QScrollArea,
+    QSplitter,
+    QStackedWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from batchlens.core.result_pictures import ResultPictures, task_of
+from batchlens.core.results_index import (
+    OutputFolder,
+    PredictionsReader,
+    ResultRecord,
+    describe_folder,
+    read_line,
+)
+from batchlens.ui.results.detail import LARGE, ResultDetail
+from batchlens.ui.results.filters import FilterPanel
+from batchlens.ui.results.grid import ResultsGrid, TileDelegate, tile_pixels
+from batchlens.ui.results.model import ResultsFilter, ResultsModel
+from batchlens.ui.results.thumbnails import Job, ThumbnailCache, ThumbnailLoader, make_pictures
+
+POLL_MS = 500  # how often a folder is checked for new lines (a stat call when nothing changed)
+
+
+class ResultsBrowser(QWidget):
+    back_requested = Signal()
+    folder_opened = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None, show_back: bool = False):
+        super().__init__(parent)
+        self.folder: OutputFolder | None = None
+        self.reader: PredictionsReader | None = None
+        self._inferred_task: str | None = None
+        self.generation = 0  # bumped whenever the records are read afresh: old tiles are ignored
+
+        self.results = ResultsModel(self)
+        self.shown = ResultsFilter(self.results, self)
+        self.cache = ThumbnailCache()
+        self.loader = ThumbnailLoader(parent=self)
+        self.loader.ready.connect(self._picture_ready)
+
+        # Top: where the results come from, and what is missing.
+        self.back_button = QPushButton("← Back")
+        self.back_button.setToolTip("Back to the run (Esc).")
+        self.back_button.clicked.connect(self.back_requested)
+        self.back_button.setVisible(show_back)
+        self.title = QLabel("No results opened.")
+        self.title.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.title.setWordWrap(True)
+        self.notice = QLabel()
+        self.notice.setWordWrap(True)
+        self.notice.setStyleSheet("QLabel { background: rgba(240, 140, 0, 40); padding: 4px; }")
+        self.notice.hide()
+        self.choose_input_button = QPushButton("Choose input folder…")
+        self.choose_input_button.setToolTip("Show the input pictures from the folder where they are now.")
+        self.choose_input_button.clicked.connect(self.choose_input_folder)
+        self.choose_input_button.hide()
+
+        # Left: filters. Right: the grid, or one result large.
+        self.filters = FilterPanel()
+        self.filters.statuses_changed.connect(self.shown.set_statuses)
+        self.filters.label_changed.connect(self.shown.set_label)
+        self.filters.score_changed.connect(self.shown.set_score_range)
+        self.filters.sort_changed.connect(self.results.set_sort)
+        side = QScrollArea()
+        side.setWidget(self.filters)
+        side.setWidgetResizable(True)
+        side.setMinimumWidth(190)
+
+        self.count_label = QLabel()
+        self.grid = ResultsGrid()
+        self.grid.setModel(self.shown)
+        self.grid.setItemDelegate(TileDelegate(self.cache, self.loader, self._job, self.grid))
+        self.grid.open_requested.connect(self.open_row)
+        self.grid.back_requested.connect(self.back_requested)
+        grid_page = QWidget()
+        grid_layout = QVBoxLayout(grid_page)
+        grid_layout.setContentsMargins(0, 0, 0, 0)
+        grid_layout.addWidget(self.count_label)
+        grid_layout.addWidget(self.grid, 1)
+        self.detail = ResultDetail()
+        self.detail.back_requested.connect(self.show_grid)
+        self.detail.step_requested.connect(lambda step: self.open_row(self.detail.row + step))
+        self.pages = QStackedWidget()
+        self.pages.addWidget(grid_page)
+        self.pages.addWidget(self.detail)
+
+        splitter = QSplitter()
+        splitter.addWidget(side)
+        splitter.addWidget(self.pages)
+        splitter.setStretchFactor(1, 1)
+        splitter.setSizes([230, 800])
+        splitter.setCollapsible(1, False)
+        top = QHBoxLayout()
+        top.addWidget(self.back_button)
+        top.addWidget(self.title, 1)
+        notice_row = QHBoxLayout()
+        notice_row.addWidget(self.notice, 1)
+        notice_row.addWidget(self.choose_input_button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addLayout(top)
+        layout.addLayout(notice_row)
+        layout.addWidget(splitter, 1)
+
+        for signal in (
+            self.shown.rowsInserted,
+            self.shown.rowsRemoved,
+            self.shown.modelReset,
+            self.shown.layoutChanged,
+        ):
+            signal.connect(self._update_count)
+        self.timer = QTimer(self)
+        self.timer.setInterval(POLL_MS)
+        self.timer.timeout.connect(self.poll)
+        self._update_count()
+
+    # -- public API ----------------------------------------------------------------------------
+    def open_folder(self, path: Path | str, input_dir: Path | str | None = None) -> None:
+        """Show the results in `path` (read now, then followed while a run adds to them). `input_dir`:
+        where the input images are, when not where the run recorded them."""
+        self.folder = describe_folder(Path(path), Path(input_dir) if input_dir else None)
+        self.reader = PredictionsReader(self.folder.predictions)
+        self._restart()
+        self.show_grid()
+        self.poll()
+        self.timer.start()
+        self.folder_opened.emit(str(self.folder.path))
+
+    def choose_input_folder(self) -> None:
+        if self.folder is None:
+            return
+        start = str(self.folder.recorded_input or self.folder.path)
+        chosen = QFileDialog.getExistingDirectory(self, "Where are the input images now?", start)
+        if chosen:
+            self.set_input_folder(Path(chosen))
+
+    def set_input_folder(self, input_dir: Path) -> None:
+        """Draw the input pictures from `input_dir` (the images' paths are relative to it)."""
+        if self.folder is None:
+            return
+        self.folder = describe_folder(self.folder.path, input_dir)
+        self.generation += 1
+        self.cache.clear()
+        self.loader.cancel_all()
+        self._update_title()
+        self.grid.viewport().update()
+
+    def shutdown(self) -> None:
+        """Stop following the folder and wait for the picture threads (called on close)."""
+        self.timer.stop()
+        self.loader.shutdown()
+
+    def closeEvent(self, event) -> None:
+        self.shutdown()
+        super().closeEvent(event)
+
+    def showing_detail(self) -> bool:
+        return self.pages.currentWidget() is self.detail
+
+    # -- reading -------------------------------------------------------------------------------
+    def poll(self) -> None:
+        """Read the lines added since the last call; a big file is read in steps without blocking."""
+        if self.reader is None or self.folder is None:
+            return
+        records, restarted = self.reader.read_new()
+        if restarted:
+            self._restart()
+        self.results.append(records)
+        if not self.folder.finished:
+            finished_before = self.folder.finished
+            self.folder = describe_folder(self.folder.path, self.folder.input_dir)
+            if self.folder.finished != finished_before or records:
+                self._update_title()
+        if records:
+            self.filters.set_counts(
+                self.results.status_counts, self.results.label_counts, self.results.has_scores, self._task()
+            )
+            if len(records) and self.reader.offset < self._file_size():
+                QTimer.singleShot(0, self.poll)  # more to read: continue after the window repaints
+
+    def _file_size(self) -> int:
+        try:
+            return self.reader.path.stat().st_size
+        except OSError:
+            return 0
+
+    def _restart(self) -> None:
+        self.generation += 1
+        self._inferred_task = None
+        self.cache.clear()
+        self.loader.cancel_all()
+        self.results.clear()
+        self.filters.clear()
+        self._update_title()
+
+    def _task(self) -> str | None:
+        """The run's task: as recorded, else from the shape of its first successful result."""
+        if self.folder is not None and self.folder.task:
+            return self.folder.task
+        if self._inferred_task is None and self.folder is not None:
+            first = next((r for r in self.results.records[:200] if r.status != "error"), None)
+            if first is not None:
+                self._inferred_task = task_of(read_line(self.folder.predictions, first))
+        return self._inferred_task
+
+    # -- pictures ------------------------------------------------------------------------------
+    def _job(self, record: ResultRecord, size: int | None = None, large: bool = False) -> Job:
+        folder = self.folder
+        return Job(
+            key=("large" if large else "tile", self.generation, record.offset),
+            record=record,
+            predictions=folder.predictions,
+            input_dir=folder.input_dir,
+            output_dir=folder.path,
+            task=self._task(),
+            size=size or tile_pixels(self.grid),
+        )
+
+    def _picture_ready(self, key: tuple, result) -> None:
+        kind, generation, offset = key
+        if generation != self.generation:
+            return
+        if kind == "tile":
+            self.cache.put(key, result)
+            self.grid.viewport().update()
+        elif isinstance(result, ResultPictures) and self.detail.record is not None:
+            if self.showing_detail() and self.detail.record.offset == offset:
+                self.detail.show_pictures(result)
+
+    # -- pages ---------------------------------------------------------------------------------
+    def open_row(self, row: int) -> None:
+        """Show the row'th shown result large (rows outside the shown ones are ignored)."""
+        record = self.shown.record(row)
+        if record is None or self.folder is None:
+            return
+        self.grid.setCurrentIndex(self.shown.index(row, 0))
+        fields = read_line(self.folder.predictions, record)
+        self.detail.show_record(record, fields, row, self.shown.rowCount())
+        self.pages.setCurrentWidget(self.detail)
+        self.detail.setFocus()
+        self.loader.request(self._job(record, LARGE, large=True), make_pictures)
+
+    def show_grid(self) -> None:
+        self.pages.setCurrentIndex(0)
+        current = self.grid.currentIndex()
+        if current.isValid():
+            self.grid.scrollTo(current)
+        self.grid.setFocus()
+
+    # -- text ----------------------------------------------------------------------------------
+    def _update_count(self) -> None:
+        total, shown = self.results.rowCount(), self.shown.rowCount()
+        if self.folder is None:
+            text = "Open an output folder to see its results."
+        elif total == 0:
+            text = (
+                "No results yet: waiting for the run's first image…"
+                if not self.folder.finished
+                else "This folder holds no results (its predictions.jsonl is empty or missing)."
+            )
+        else:
+            text = f"Showing {shown:,} of {total:,}"
+        self.count_label.setText(text)
+
+    def _update_title(self) -> None:
+        folder = self.folder
+        if folder is None:
+            self.title.setText("No results opened.")
+            return
+        model = f" by <b>{html.escape(folder.model)}</b>" if folder.model else ""
+        state = "" if folder.finished else " — <i>not finished (new results appear as they are written)</i>"
+        self.title.setText(f"Results{model} in {html.escape(str(folder.path))}{state}")
+        missing = folder.input_dir is None
+        if missing:
+            where = (
+                f"The input folder {folder.recorded_input} is not on this computer"
+                if folder.recorded_input
+                else "This folder does not say where its input images are"
+            )
+            self.notice.setText(
+                f"{html.escape(where)}, so the results are shown without the input pictures. "
+                "Choose the folder where the images are now to see them."
+            )
+        self.notice.setVisible(missing)
+        self.choose_input_button.setVisible(missing)
+        self._update_count()
