@@ -1,9 +1,11 @@
-"""The model picker: every model from `list_models()`, grouped by where it comes from, plus
+"""The model picker: every model from `list_models()` (the Hugging Face cache under "On this
+computer"), grouped by where it comes from, plus "Open Hugging Face folder…", "timm model…" and
 "Open model file…".
 
-Built to be extended: `set_models()`/`add_model()` take ModelInfo from any source, `file_chooser` is the
-callable behind "Open model file…" (swap it for a richer dialog), and `options` holds per-model
-`RunConfig.model_options` that a source's dialog may fill in.
+Built to be extended: `set_models()`/`add_model()` take ModelInfo from any source; `file_chooser`,
+`folder_chooser` and `timm_chooser` are the callables behind the three entries (swap them for richer
+dialogs, or for answers in tests), and `options` holds per-model `RunConfig.model_options` that a
+source's dialog may fill in.
 """
 
 from __future__ import annotations
@@ -13,20 +15,33 @@ from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QFont, QStandardItem, QStandardItemModel
-from PySide6.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QWidget
+from PySide6.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QInputDialog, QLabel, QMessageBox, QWidget
 
+from batchlens.core.errors import BatchLensError
 from batchlens.core.models import ModelInfo, list_models
-from batchlens.core.models.files import file_model_info
+from batchlens.core.models.files import MODEL_FILE_SUFFIXES, file_model_info
+from batchlens.core.models.hf_cache import hf_folder_info
+from batchlens.core.models.timm_models import TIMM_PREFIX
 
 ROLE_INFO = Qt.ItemDataRole.UserRole + 1
 OPEN_FILE = "open-file"
+OPEN_HF_FOLDER = "open-hf-folder"
+OPEN_TIMM = "open-timm"
+ACTIONS = (  # the entries at the end of the list, in order: (data, text, tooltip)
+    (OPEN_HF_FOLDER, "Open Hugging Face folder…", "A folder with config.json and model.safetensors."),
+    (OPEN_TIMM, "timm model with a weights file…", "A timm architecture by name and your checkpoint."),
+    (OPEN_FILE, "Open model file…", "Use a model saved in a file on this computer."),
+)
 
 SOURCE_TITLES = {
     "built-in": "Built-in demo models",
     "torchvision": "torchvision catalogue",
+    "huggingface": "On this computer (Hugging Face)",
+    "timm": "timm",
     "file": "Model files",
 }
-MODEL_FILE_FILTER = "Model files (*.pt *.pt2 *.pth *.ts *.safetensors);;All files (*)"
+# Every extension `batchlens run --model FILE` reads.
+MODEL_FILE_FILTER = f"Model files ({' '.join(f'*{s}' for s in sorted(MODEL_FILE_SUFFIXES))});;All files (*)"
 
 
 def choose_model_file(parent: QWidget) -> ModelInfo | None:
@@ -37,12 +52,47 @@ def choose_model_file(parent: QWidget) -> ModelInfo | None:
     return file_model_info(path)
 
 
+def choose_hf_folder(parent: QWidget) -> ModelInfo | None:
+    """Default "Open Hugging Face folder…": pick a folder; say in a sentence why it cannot be used."""
+    path = QFileDialog.getExistingDirectory(parent, "Open Hugging Face model folder")
+    if not path:
+        return None
+    try:
+        return hf_folder_info(Path(path))
+    except BatchLensError as exc:
+        QMessageBox.warning(parent, "Not a model BatchLens can run", str(exc))
+        return None
+
+
+def choose_timm_model(parent: QWidget) -> tuple[ModelInfo, dict] | None:
+    """Default "timm model…": the architecture's timm name, then the checkpoint file."""
+    name, ok = QInputDialog.getText(
+        parent, "timm model", "timm architecture name (as in timm.list_models(), e.g. resnet50):"
+    )
+    if not ok or not name.strip():
+        return None
+    weights, _ = QFileDialog.getOpenFileName(
+        parent, f"Weights for {name.strip()}", "", "Weights (*.safetensors *.pth *.bin);;All files (*)"
+    )
+    if not weights:
+        return None
+    return timm_info(name.strip(), weights), {"weights": weights}
+
+
+def timm_info(name: str, weights: str | None = None) -> ModelInfo:
+    model_id = name if name.startswith(TIMM_PREFIX) else TIMM_PREFIX + name
+    where = f" with {Path(weights).name}" if weights else ""
+    return ModelInfo(model_id, "classification", "timm", f"timm {model_id.removeprefix(TIMM_PREFIX)}{where}")
+
+
 class ModelPicker(QWidget):
     model_changed = Signal(str)  # the id of the newly chosen model
 
     def __init__(self, models: list[ModelInfo] | None = None, parent: QWidget | None = None):
         super().__init__(parent)
         self.file_chooser: Callable[[QWidget], ModelInfo | None] = choose_model_file
+        self.folder_chooser: Callable[[QWidget], ModelInfo | None] = choose_hf_folder
+        self.timm_chooser: Callable[[QWidget], tuple[ModelInfo, dict] | None] = choose_timm_model
         self.options: dict[str, dict] = {}  # model id -> RunConfig.model_options
         self._infos: list[ModelInfo] = []
         self._previous = -1
@@ -93,10 +143,11 @@ class ModelPicker(QWidget):
                 item.setData(info, ROLE_INFO)
                 item.setToolTip(info.description or info.id)
                 self.item_model.appendRow(item)
-        opener = QStandardItem("Open model file…")
-        opener.setData(OPEN_FILE, ROLE_INFO)
-        opener.setToolTip("Use a model saved in a file on this computer.")
-        self.item_model.appendRow(opener)
+        for action, text, tooltip in ACTIONS:
+            opener = QStandardItem(text)
+            opener.setData(action, ROLE_INFO)
+            opener.setToolTip(tooltip)
+            self.item_model.appendRow(opener)
         self.combo.blockSignals(False)
         if not (select_id and self.set_current_model(select_id)):
             first = next((row for row in range(self.item_model.rowCount()) if self._info_at(row)), -1)
@@ -128,15 +179,33 @@ class ModelPicker(QWidget):
         if Path(model_id).is_file():
             self.add_model(file_model_info(model_id), select=True)
             return True
+        if (Path(model_id) / "config.json").is_file():
+            try:
+                self.add_model(hf_folder_info(Path(model_id)), select=True)
+            except BatchLensError:
+                return False
+            return True
+        if model_id.startswith(TIMM_PREFIX):
+            self.add_model(timm_info(model_id, self.options.get(model_id, {}).get("weights")), select=True)
+            return True
         return False
 
     def _on_index_changed(self, row: int) -> None:
-        if 0 <= row < self.item_model.rowCount() and self.item_model.item(row).data(ROLE_INFO) == OPEN_FILE:
+        action = self.item_model.item(row).data(ROLE_INFO) if 0 <= row < self.item_model.rowCount() else None
+        if action in (OPEN_FILE, OPEN_HF_FOLDER, OPEN_TIMM):
             self.combo.blockSignals(True)
-            self.combo.setCurrentIndex(self._previous)  # stay on the old choice unless a file is picked
+            self.combo.setCurrentIndex(self._previous)  # stay on the old choice unless a model is picked
             self.combo.blockSignals(False)
-            info = self.file_chooser(self)
+            options = None
+            if action == OPEN_FILE:
+                info = self.file_chooser(self)
+            elif action == OPEN_HF_FOLDER:
+                info = self.folder_chooser(self)
+            else:
+                info, options = self.timm_chooser(self) or (None, None)
             if info is not None:
+                if options:
+                    self.options.setdefault(info.id, {}).update(options)
                 self.add_model(info, select=True)
                 self.model_changed.emit(info.id)
             return

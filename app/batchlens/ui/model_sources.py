@@ -1,6 +1,7 @@
 """What the window needs from the model sources before a run: download torchvision weights (with a
-progress dialog), "Use weights file…" for a torchvision architecture, and the explicit confirmation a
-model file that needs full pickle must get before it is loaded.
+progress dialog), "Use weights file…" for a torchvision architecture, the explicit confirmation a
+model file that needs full pickle must get before it is loaded, and, for a model file without a
+sidecar, the dialog that describes it (ui/sidecar_dialog.py) instead of command-line flags.
 
 `ModelSources(window)` adds its button to the window's model picker; the window calls
 `ready(model_id, options, retry)` before it builds a run, and starts nothing when it returns False
@@ -18,6 +19,8 @@ from PySide6.QtWidgets import QFileDialog, QMenu, QMessageBox, QProgressDialog, 
 
 from batchlens.core.errors import BatchLensError
 from batchlens.core.models import DownloadCancelled, download_weights, file_to_trust, needs_download
+from batchlens.core.models.files import file_model_info, sidecar_path_for
+from batchlens.ui.sidecar_dialog import ask_sidecar
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +158,9 @@ class ModelSources(QObject):
         self.picker = window.model_picker
         self.ask_trust: Callable[[QWidget, Path, list[str]], bool] = ask_trust
         self.weights_chooser: Callable[[QWidget], str | None] = choose_weights_file
+        self.ask_sidecar: Callable[[QWidget, Path], Path | None] = ask_sidecar
+        self._choose_file = self.picker.file_chooser
+        self.picker.file_chooser = self.choose_model_file
         self.download_dialog: DownloadDialog | None = None
 
         self.weights_button = QToolButton()
@@ -167,6 +173,26 @@ class ModelSources(QObject):
         self.picker.layout().addWidget(self.weights_button)
         self.picker.model_changed.connect(self._update_button)
         self._update_button()
+
+    # -- a model file without a sidecar ----------------------------------------------------------------
+    @staticmethod
+    def needs_sidecar(model_id: str | None, options: dict) -> bool:
+        """A model file with no sidecar, and no options that say what it is."""
+        path = Path(model_id or "")
+        return (
+            path.is_file()
+            and sidecar_path_for(path) is None
+            and not (options.get("task") or options.get("arch"))
+        )
+
+    def choose_model_file(self, parent: QWidget):
+        """ "Open model file…": the file, then, when it has no sidecar, the dialog that describes it."""
+        info = self._choose_file(parent)
+        if info is not None and self.needs_sidecar(info.id, {}):
+            if self.ask_sidecar(self.window, Path(info.id)) is None:
+                return None  # cancelled: the file cannot run without knowing what it does
+            info = file_model_info(info.id)
+        return info
 
     # -- "Use weights file…" -----------------------------------------------------------------------
     def _current_catalogue_id(self) -> str | None:
@@ -209,6 +235,14 @@ class ModelSources(QObject):
         weights download (`retry` is called once they are there)."""
         if not model_id:
             return True
+        if self.needs_sidecar(model_id, options) and self.window.ask_questions:
+            if self.ask_sidecar(self.window, Path(model_id)) is None:
+                self.window.show_error(
+                    f"{Path(model_id).name} was not run: BatchLens needs to know what the model does "
+                    "(describe it when asked, or write a sidecar: docs/models.md)."
+                )
+                return False
+            self.picker.add_model(file_model_info(model_id), select=True)
         risky = file_to_trust(model_id, options)
         if risky is not None:
             path, objects = risky

@@ -226,6 +226,11 @@ class DetectionsOnly(nn.Module):
         return out
 
 
+def is_weights_file(path: Path) -> bool:
+    """A file of weights only (a state_dict: safetensors, .pth...), which needs an architecture."""
+    return Path(path).suffix.lower() in WEIGHTS_SUFFIXES and not _is_torchscript(Path(path))
+
+
 def _is_torchscript(path: Path) -> bool:
     """TorchScript archives are zip files with a code/ folder; torch.save files are zips without one."""
     try:

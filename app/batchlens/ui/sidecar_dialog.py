@@ -1,0 +1,204 @@
+"""The dialog that describes a model file which came without a sidecar: what it does, its labels, and
+how its images must be prepared (prefilled with the common ImageNet choice, explained in plain words).
+It writes the sidecar beside the model, or into BatchLens's data folder when the model's folder is
+read-only (where the loader also looks: core/models/sidecar_store.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QStackedWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from batchlens.core.errors import BatchLensError
+from batchlens.core.models.catalogue import catalogue_tasks
+from batchlens.core.models.files import is_weights_file, read_labels
+from batchlens.core.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS
+from batchlens.core.models.sidecar_store import save_sidecar
+
+TASKS = {
+    "classification": "Classification: a label for each image",
+    "detection": "Detection: boxes around objects",
+    "segmentation": "Segmentation: a class for every pixel",
+    "image_to_image": "Image to image: denoise, upscale…",
+}
+SIZE_MODES = {
+    "crop": "Resize the short side, then cut out the centre (most ImageNet models)",
+    "stretch": "Stretch to an exact size",
+    "keep": "Keep each image's own size",
+}
+EXPLANATION = (
+    "A model gives good answers only when images are prepared the way its training images were. "
+    "Most models trained on ImageNet want the short side resized to 256 pixels, the centre 224×224 "
+    "cut out, and each colour channel shifted by the mean and divided by the std below (ImageNet's "
+    "own averages). If the model's page or code says otherwise, use its numbers; if unsure, keep these."
+)
+
+
+def _numbers(text: str) -> list[float]:
+    return [float(part) for part in text.replace(";", ",").split(",") if part.strip()]
+
+
+class SidecarDialog(QDialog):
+    """Asks for what a model file's sidecar must say; `saved` is where it was written once accepted."""
+
+    def __init__(self, model_path: Path, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.model_path = Path(model_path)
+        self.saved: Path | None = None
+        self.setWindowTitle(f"Describe {self.model_path.name}")
+
+        intro = QLabel(
+            f"<b>{self.model_path.name}</b> has no sidecar saying what the model does. Tell BatchLens "
+            "once; it saves the answers in a small file next to the model."
+        )
+        intro.setWordWrap(True)
+        self.task = QComboBox()
+        for key, text in TASKS.items():
+            self.task.addItem(text, key)
+        self.arch = QComboBox()
+        self.arch.setEditable(True)
+        self.arch.addItem("")
+        self.arch.addItems(sorted(catalogue_tasks()))
+        self.arch.setToolTip("The torchvision architecture these weights belong to (a weights file only).")
+        self.arch.currentTextChanged.connect(self._on_arch_changed)
+        self.labels = QLineEdit()
+        self.labels.setPlaceholderText("optional: a text file, one label per line, or a JSON list")
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse_labels)
+        labels_row = QHBoxLayout()
+        labels_row.addWidget(self.labels, 1)
+        labels_row.addWidget(browse)
+
+        self.size_mode = QComboBox()
+        for key, text in SIZE_MODES.items():
+            self.size_mode.addItem(text, key)
+        self.resize_to = self._spin(256, "The short side becomes this many pixels; the shape is kept.")
+        self.crop = self._spin(224, "Then the centre square of this size is cut out.")
+        self.height = self._spin(224, "Images are stretched to exactly this height…")
+        self.width = self._spin(224, "…and this width.")
+        self.sizes = QStackedWidget()
+        for widgets in ((self.resize_to, "then crop", self.crop), (self.height, "×", self.width), ()):
+            page = QWidget()
+            row = QHBoxLayout(page)
+            row.setContentsMargins(0, 0, 0, 0)
+            for widget in widgets:
+                row.addWidget(QLabel(widget) if isinstance(widget, str) else widget)
+            row.addStretch(1)
+            self.sizes.addWidget(page)
+        self.size_mode.currentIndexChanged.connect(self.sizes.setCurrentIndex)
+        self.interpolation = QComboBox()
+        self.interpolation.addItems(list(INTERPOLATIONS))
+        self.normalise = QCheckBox("Subtract the mean and divide by the std (per colour channel, 0–1 units)")
+        self.normalise.setChecked(True)
+        self.mean = QLineEdit(", ".join(str(v) for v in IMAGENET_MEAN))
+        self.std = QLineEdit(", ".join(str(v) for v in IMAGENET_STD))
+        self.normalise.toggled.connect(self.mean.setEnabled)
+        self.normalise.toggled.connect(self.std.setEnabled)
+        self.explanation = QLabel(EXPLANATION)
+        self.explanation.setWordWrap(True)
+        self.error = QLabel()
+        self.error.setWordWrap(True)
+        self.error.setStyleSheet("color: #b00020")
+
+        form = QFormLayout()
+        form.addRow("What it does", self.task)
+        self.arch_label = QLabel("Architecture")
+        form.addRow(self.arch_label, self.arch)
+        form.addRow("Labels file", labels_row)
+        form.addRow("Image size", self.size_mode)
+        form.addRow("", self.sizes)
+        form.addRow("Resampling", self.interpolation)
+        form.addRow("", self.normalise)
+        form.addRow("Mean", self.mean)
+        form.addRow("Std", self.std)
+        self.weights_only = is_weights_file(self.model_path)
+        self.arch.setVisible(self.weights_only)
+        self.arch_label.setVisible(self.weights_only)
+        buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel
+        )
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addWidget(intro)
+        layout.addLayout(form)
+        layout.addWidget(self.explanation)
+        layout.addWidget(self.error)
+        layout.addWidget(buttons)
+
+    @staticmethod
+    def _spin(value: int, tooltip: str) -> QSpinBox:
+        spin = QSpinBox()
+        spin.setRange(1, 8192)
+        spin.setValue(value)
+        spin.setSuffix(" px")
+        spin.setToolTip(tooltip)
+        return spin
+
+    def _on_arch_changed(self, arch: str) -> None:
+        task = catalogue_tasks().get(arch.strip())
+        if task:  # the architecture decides the task
+            self.task.setCurrentIndex(self.task.findData(task))
+
+    def _browse_labels(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Labels file", str(self.model_path.parent))
+        if path:
+            self.labels.setText(path)
+
+    def sidecar_data(self) -> dict:
+        """The sidecar the fields describe (BatchLensError with one sentence when one is wrong)."""
+        data: dict = {"task": self.task.currentData()}
+        arch = self.arch.currentText().strip()
+        if self.weights_only and not arch:
+            raise BatchLensError(
+                f"{self.model_path.name} holds only weights: choose the architecture they belong to."
+            )
+        if self.weights_only:
+            data["arch"] = arch
+        if self.labels.text().strip():
+            data["labels"] = read_labels(Path(self.labels.text().strip()))  # kept in the sidecar itself
+        mode = self.size_mode.currentData()
+        if mode == "crop":
+            data["resize"], data["crop"] = self.resize_to.value(), [self.crop.value()] * 2
+        elif mode == "stretch":
+            data["resize"] = [self.height.value(), self.width.value()]
+        data["interpolation"] = self.interpolation.currentText()
+        if self.normalise.isChecked():
+            try:
+                data["mean"], data["std"] = _numbers(self.mean.text()), _numbers(self.std.text())
+            except ValueError:
+                raise BatchLensError("Mean and std must be numbers separated by commas.") from None
+        return data
+
+    def accept(self) -> None:
+        try:
+            self.saved = save_sidecar(self.model_path, self.sidecar_data())
+        except BatchLensError as exc:
+            self.error.setText(str(exc))
+            return
+        except OSError as exc:
+            self.error.setText(f"Could not save the sidecar: {exc.strerror or exc}.")
+            return
+        super().accept()
+
+
+def ask_sidecar(parent: QWidget, model_path: Path) -> Path | None:
+    """Show the dialog; the path of the sidecar it wrote, or None when the user cancelled."""
+    dialog = SidecarDialog(model_path, parent)
+    dialog.exec()
+    return dialog.saved
