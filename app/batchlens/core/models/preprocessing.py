@@ -80,6 +80,21 @@ class Preprocessing:
     color_mode: str = "RGB"  # what images are decoded to: "RGB" or "L" (greyscale)
     source: str = ""  # where the description came from, for describe()
 
+    def __post_init__(self):
+        # Whatever the source (a sidecar, a Hugging Face config someone handed over), a std of 0 would fail
+        # every image with the same error and a huge resize would only fill memory: one sentence at load.
+        where = self.source or "the model's preprocessing"
+        if self.std is not None and not all(math.isfinite(x) and x > 0 for x in self.std):
+            raise BatchLensError(f"{where}: std must be positive numbers (images are divided by it).")
+        if self.mean is not None and not all(math.isfinite(x) for x in self.mean):
+            raise BatchLensError(f"{where}: mean must be finite numbers.")
+        for name, size in (("resize", self.resize), ("crop", self.crop), ("max_size", (self.max_size,))):
+            if size and size[0] and math.prod(size) * (size[0] if len(size) == 1 else 1) > DEFAULT_MAX_PIXELS:
+                raise BatchLensError(
+                    f"{where}: {name} {'x'.join(map(str, size))} asks for more than the "
+                    f"{DEFAULT_MAX_PIXELS / 1e6:.0f} megapixels that images are held to."
+                )
+
     # -- building ------------------------------------------------------------------------------------
     @classmethod
     def from_sidecar(cls, data: dict, source: str = "the sidecar") -> Preprocessing:
