@@ -23,7 +23,9 @@ def test_reader_takes_whole_lines_only_and_starts_again_when_the_file_is_replace
     path = tmp_path / "predictions.jsonl"
     reader = PredictionsReader(path)
     assert reader.read_new() == ([], False)  # no file yet: a run that has not written a line
-    _write(path, [{"image": "a.png", "status": "ok", "seconds": 0.1, "top": [{"label": "cat", "score": 0.9}]}])
+    _write(
+        path, [{"image": "a.png", "status": "ok", "seconds": 0.1, "top": [{"label": "cat", "score": 0.9}]}]
+    )
     with open(path, "a", encoding="utf-8") as f:
         f.write('{"image": "b.png", "status": "er')  # the run is writing this one
     records, restarted = reader.read_new()
