@@ -234,3 +234,35 @@ def test_hf_cache_listing_and_offline_sentence(hf, tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err
     assert "HF_HUB_OFFLINE is set" in err and "huggingface-cli download acme/missing" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_super_resolution_matches_model_and_processor(hf, tmp_path):
+    """Swin2SR (transformers 5 has no image-to-image pipeline any more: its processor, its model, and the
+    old pipeline's round(x * 255)); the padding the processor adds is cropped off."""
+    t = transformers
+    torch.manual_seed(1)
+    config = t.Swin2SRConfig(
+        image_size=16,
+        patch_size=1,
+        embed_dim=8,
+        depths=[1, 1],
+        num_heads=[1, 1],
+        window_size=4,
+        upscale=2,
+        upsampler="pixelshuffle",
+        mlp_ratio=2.0,
+    )
+    model = t.Swin2SRForImageSuperResolution(config).eval()
+    model.save_pretrained(tmp_path / "sr")
+    t.Swin2SRImageProcessor(pad_size=8).save_pretrained(tmp_path / "sr")
+    records = _run(tmp_path / "sr", tmp_path / "out", inputs=hf / "in")
+    processor = t.AutoImageProcessor.from_pretrained(tmp_path / "sr")
+    for record in records:
+        image = _image(hf / "in" / record["image"])
+        with torch.no_grad():
+            out = model(**processor(images=image, return_tensors="pt")).reconstruction[0]
+        out = out[:, : image.height * 2, : image.width * 2].clamp(0, 1)
+        want = (out * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        ours = np.asarray(Image.open(tmp_path / "out" / record["output"]))
+        assert ours.shape == (image.height * 2, image.width * 2, 3) and record["scale"] == 2
+        assert np.array_equal(ours, want)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
@@ -121,14 +122,19 @@ class HFSegmentationAdapter(SegmentationAdapter):
 
 
 class HFImageToImageAdapter(ImageToImageAdapter):
-    """transformers' image-to-image pipeline rounds 0-1 outputs with round(x * 255); so do we."""
+    """Super-resolution: the processor pads the image on the right and bottom (Swin2SR: to a multiple of
+    its window), so the output is cropped back to the original size times the scale; 0-1 values
+    become 8-bit as transformers' image-to-image pipeline made them, round(x * 255)."""
 
     def postprocess(self, output: torch.Tensor, meta: ImageMeta) -> TaskResult:
+        scale = output.shape[-1] / meta.input_size[0] if meta.input_size[0] else 1.0
+        width, height = (round(v * scale) for v in meta.original_size)
+        output = output[..., :height, :width]
         array = (output.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-        image = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array[:, :, :3])
-        width = image.size[0]
-        scale = round(width / meta.input_size[0], 4) if meta.input_size[0] else 1.0
-        return TaskResult({"size": list(image.size), "scale": scale}, image=image)
+        image = Image.fromarray(
+            np.ascontiguousarray(array[:, :, 0] if array.shape[2] == 1 else array[:, :, :3])
+        )
+        return TaskResult({"size": list(image.size), "scale": round(scale, 4)}, image=image)
 
 
 ADAPTERS = {
