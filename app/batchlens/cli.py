@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 from batchlens import __version__
+from batchlens.cli_stop import Interrupted, SignalStop, events_in_thread
 from batchlens.core.errors import BatchLensError
 from batchlens.core.terminal import PrintableFormatter, printable
 
@@ -160,7 +161,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--resume",
         action="store_true",
-        help="skip images a previous run into the same output folder finished",
+        help="continue the run the output folder holds: skip the images it finished (same model, "
+        "input folder and settings only; docs/outputs.md)",
+    )
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run the output folder holds: its files are deleted first (only those it wrote)",
+    )
+    run.add_argument(
+        "--image-timeout",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="mark an image whose forward takes longer as an error and go on (docs/troubleshooting.md)",
     )
     run.add_argument(
         "--max-pixels",
@@ -302,7 +316,25 @@ def _add_speed_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return value
+
+
 def _run(args: argparse.Namespace) -> int:
+    stop = SignalStop().install()  # first: Ctrl+C during the imports that follow is one sentence too
+    try:
+        return _run_with(args, stop)
+    finally:
+        stop.uninstall()
+
+
+def _run_with(args: argparse.Namespace, stop: SignalStop) -> int:
     from tqdm import tqdm
 
     from batchlens.core.config import RunConfig
@@ -321,6 +353,8 @@ def _run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         recursive=args.recursive,
         resume=args.resume,
+        overwrite=args.overwrite,
+        image_timeout=args.image_timeout,
         max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
         max_failures=args.max_failures,
         cpu_fallback=args.cpu_fallback,
@@ -343,8 +377,12 @@ def _run(args: argparse.Namespace) -> int:
         runner = Runner(config)
     bar = None
     summary = None
+    stop.runner = runner
+    # A local run goes on a worker thread, so a signal is handled at once even during a long forward;
+    # a cluster run stays here (Ray sets itself up from the main thread).
+    events = runner.events() if args.cluster else events_in_thread(runner.events())
     try:
-        for event in runner.events():
+        for event in events:
             if isinstance(event, RunStarted):
                 where = "RAM" if event.memory_kind == "cpu" else event.memory_kind.upper()
                 tqdm.write(printable(f"{describe_start(event)}; memory shown is {where}."))
@@ -358,17 +396,16 @@ def _run(args: argparse.Namespace) -> int:
                 tqdm.write(printable(f"{event.level}: {event.message}"), file=sys.stderr)
             elif isinstance(event, RunFinished):
                 summary = event.summary
-    except KeyboardInterrupt:
-        runner.cancel()
-        print(
-            "Interrupted; every finished image is in predictions.jsonl (use --resume to go on).",
-            file=sys.stderr,
-        )
-        return 130
     finally:
         if bar is not None:
             bar.close()
     print(printable(describe_summary(summary)))
+    if stop.signum is not None:
+        print(
+            "Interrupted; every finished image is in predictions.jsonl (use --resume to go on).",
+            file=sys.stderr,
+        )
+        return stop.exit_code
     return 0
 
 
@@ -456,6 +493,9 @@ def main(argv: list[str] | None = None) -> int:
     except BatchLensError as exc:
         print(printable(f"batchlens: {exc}"), file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"batchlens: {exc.name}: stopped before the run started; nothing was written.", file=sys.stderr)
+        return exc.exit_code
 
 
 def main_gui() -> int:

@@ -80,18 +80,20 @@ def file_sha256(path: Path) -> str:
     return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
-def preprocessing_description(model) -> str:
-    """How images are prepared for the model, as text that is equal exactly when the preprocessing is.
-
-    Hook: a loader that gives the LoadedModel a structured `preprocessing` description (H-models'
-    preprocessing.py) is used as it is; otherwise the transform's repr, without memory addresses."""
+def preprocessing_settings(model) -> dict | str:
+    """How images are prepared for the model, in a form that is equal exactly when the preprocessing is:
+    the loader's structured description (its settings, not where they came from), or else the
+    transform's repr without memory addresses."""
     described = getattr(model, "preprocessing", None)
-    if described is not None:
-        as_dict = getattr(described, "to_json", None)
-        return json.dumps(as_dict() if as_dict else described, sort_keys=True, default=str)
+    if described is not None and hasattr(described, "to_sidecar"):
+        return described.to_sidecar()
     adapter = model.adapter
-    text = f"{adapter.color_mode}: {adapter.transform!r}"
-    return re.sub(r" at 0x[0-9a-fA-F]+", "", text)
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", f"{adapter.color_mode}: {adapter.transform!r}")
+
+
+def preprocessing_words(model) -> str:
+    described = getattr(model, "preprocessing", None)
+    return described.describe() if described is not None and hasattr(described, "describe") else ""
 
 
 def build_manifest(cfg, model, input_dir: Path) -> dict:
@@ -114,7 +116,8 @@ def build_manifest(cfg, model, input_dir: Path) -> dict:
         "weights": str(Path(weights).expanduser().resolve()) if weights else None,
         "weights_sha256": file_sha256(Path(weights).expanduser()) if weights else None,
         "task": model.info.task,
-        "preprocessing": preprocessing_description(model),
+        "preprocessing": preprocessing_settings(model),
+        "preprocessing_words": preprocessing_words(model),
         "labels_sha256": hashlib.sha256(json.dumps(labels).encode()).hexdigest() if labels else None,
         "input": os.fsdecode(Path(input_dir).resolve()),
         "recursive": cfg.recursive,

@@ -20,13 +20,26 @@ from batchlens.core.images import Candidate, DecodedImage, ImageError, load_imag
 from batchlens.core.inference import describe_error, infer
 from batchlens.core.models import LoadedModel
 from batchlens.core.recovery import OomRecovery, is_out_of_memory
-from batchlens.core.results import write_error
+from batchlens.core.records import non_finite
+from batchlens.core.results import is_name_problem, write_error
 from batchlens.core.tasks.base import ImageMeta, TaskResult
+from batchlens.core.watchdog import ForwardTimeout, call_with_timeout
 
 
 def record_line(image: str, status: str, error: str | None, seconds: float, fields: dict) -> dict:
     """One line of predictions.jsonl (the output contract)."""
     return {"image": image, "status": status, "error": error, "seconds": seconds, **fields}
+
+
+def all_finite(output) -> bool:
+    """Whether a model output (a tensor, or a mapping or list of them) holds no NaN or infinity."""
+    if isinstance(output, torch.Tensor):
+        return not output.is_floating_point() or bool(torch.isfinite(output).all())
+    if isinstance(output, dict):
+        return all(all_finite(v) for v in output.values())
+    if isinstance(output, (list, tuple)):
+        return all(all_finite(v) for v in output)
+    return True
 
 
 @dataclass
@@ -55,7 +68,7 @@ class Item:
         return fields
 
     def error_message(self) -> str | None:
-        return None if self.ok else f"{self.candidate.rel}: {self.error}"
+        return None if self.ok else f"{self.candidate.rel}: {self.error or 'the model gave no result for it'}"
 
     def seconds(self) -> float:
         return round(time.perf_counter() - self.started, 4)
@@ -100,6 +113,7 @@ class BatchPipeline:
             else None
         )
         self.recovery = self.make_recovery()
+        self.image_timeout: float | None = None  # --image-timeout (core/watchdog.py)
         # Why the model takes one image at a time, once a batch failed where its images ran one by
         # one: later batches go image by image without the failing try (the runner says so once).
         self.one_at_a_time: str | None = None
@@ -109,7 +123,7 @@ class BatchPipeline:
         cls, model: LoadedModel, output_dir: Path, config: RunConfig, channels_last: bool
     ) -> BatchPipeline:
         """The pipeline a run of `config` uses: the local runner's and every cluster worker's."""
-        return cls(
+        pipeline = cls(
             model,
             output_dir,
             config.max_pixels,
@@ -118,6 +132,8 @@ class BatchPipeline:
             config.fast_decode,
             config.gpu_decode,
         )
+        pipeline.image_timeout = config.image_timeout
+        return pipeline
 
     def make_recovery(self, cpu_fallback: bool = False, on_first_oom=None) -> OomRecovery:
         """The out-of-memory ladder for this model (the runner adds --cpu-fallback and the snapshot)."""
@@ -220,11 +236,14 @@ class BatchPipeline:
                 try:
                     adapter.write(item.result, meta, output_dir)
                 except OSError as exc:
-                    raise BatchLensError(write_error(exc, output_dir)) from None
+                    if not is_name_problem(exc):  # the disk or the folder: every image would fail
+                        raise BatchLensError(write_error(exc, output_dir)) from None
+                    item.result, item.error = None, f"its output file cannot be written ({exc.strerror})"
         return items
 
     def _infer(self, module, batch: torch.Tensor, device: torch.device) -> list:
-        return infer(module, batch, device, self.precision, self.channels_last)
+        limit = self.image_timeout
+        return call_with_timeout(infer, limit, module, batch, device, self.precision, self.channels_last)
 
     def _forward(self, model: LoadedModel, group: list[Item], batch: torch.Tensor | None = None) -> None:
         if self.one_at_a_time and len(group) > 1:  # learnt on an earlier batch: no failed try per batch
@@ -235,6 +254,13 @@ class BatchPipeline:
             if batch is None:
                 batch = torch.stack([item.tensor for item in group])
             outputs = self._infer(model.module, batch, model.device)
+            if len(outputs) != len(group):  # which row is whose cannot be known: none is used
+                failure = (False, f"it returned {len(outputs)} result(s) for {len(group)} image(s)")
+                del outputs
+        except ForwardTimeout as exc:  # not tried again image by image: that could take as long again
+            for item in group:
+                item.error = str(exc)
+            return
         except Exception as exc:
             # Keep only words: the traceback holds the failed forward's tensors until this block ends.
             failure = (is_out_of_memory(exc), describe_error(exc))
@@ -262,10 +288,17 @@ class BatchPipeline:
         for item, output in zip(group, outputs):
             if output is None:
                 continue  # out of memory even after recovery: item.error says so
+            if not all_finite(output):
+                item.error = "the model produced NaN or infinity for it, so there is no result to trust"
+                continue
             try:
                 item.result = model.adapter.postprocess(output, self._meta(item))
             except Exception as exc:
                 item.error = f"its result could not be read ({type(exc).__name__}: {exc})"
+                continue
+            where = non_finite(item.result.fields)
+            if where:  # strict JSON has no NaN: an error line, never a line readers reject
+                item.result, item.error = None, f"its result holds NaN or infinity ({where})"
         del outputs
 
     def _forward_singly(self, model: LoadedModel, group: list[Item]) -> None:

@@ -70,12 +70,7 @@ def output_rel(rel: str, suffix: str = ".png") -> str:
     input's output (`b.jpg.png` beside `b.jpg`) never takes its place. The mapping is one-to-one
     because every input ends in an image extension. A name that would pass the file system's limit
     (255 bytes) is cut and given a hash of the full name: `<start>~<12 hex>.png`."""
-    from batchlens.core.images import IMAGE_EXTENSIONS
-
-    head, _, name = rel.rpartition("/")
-    stem = name[: -len(suffix)] if name.lower().endswith(suffix) else None
-    if stem is None or os.path.splitext(stem)[1].lower() in IMAGE_EXTENSIONS:
-        name += suffix
+    head, _, name = _full_output_rel(rel, suffix).rpartition("/")
     if len(os.fsencode(name)) > NAME_MAX:
         digest = hashlib.sha256(os.fsencode(rel)).hexdigest()[:12]
         start = name
@@ -83,6 +78,19 @@ def output_rel(rel: str, suffix: str = ".png") -> str:
             start = start[:-1]
         name = f"{start}~{digest}{suffix}"
     return f"{head}/{name}" if head else name
+
+
+def _full_output_rel(rel: str, suffix: str) -> str:
+    from batchlens.core.images import IMAGE_EXTENSIONS
+
+    stem = rel[: -len(suffix)] if rel.lower().endswith(suffix) else None
+    keep = stem is not None and os.path.splitext(stem.rpartition("/")[2])[1].lower() not in IMAGE_EXTENSIONS
+    return rel if keep else rel + suffix
+
+
+def output_name_shortened(rel: str, suffix: str = ".png") -> bool:
+    """Whether `output_rel` had to cut this image's output name to fit NAME_MAX."""
+    return output_rel(rel, suffix) != _full_output_rel(rel, suffix)
 
 
 def output_path_for(output_dir: Path, rel: str, suffix: str = ".png") -> Path:

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from batchlens.core.results import atomic_write, output_path_for
+from batchlens.core.results import atomic_write, output_name_shortened, output_path_for
 
 PREVIEW_SIZE = 320  # longest side of preview images, in pixels
 
@@ -82,6 +82,10 @@ class TaskAdapter:
         path = output_path_for(output_dir, meta.rel)
         atomic_write(path, lambda tmp: result.image.save(tmp, format="PNG"))
         result.fields[field_name] = path.relative_to(output_dir).as_posix()
+        if output_name_shortened(meta.rel):
+            result.fields["output_note"] = (
+                "output name shortened: the full name is longer than file systems allow (docs/outputs.md)"
+            )
 
     def preview(self, image: Image.Image, result: TaskResult, size: int = PREVIEW_SIZE) -> Image.Image | None:
         """A picture of the result, `size` pixels at most on its longest side, for the window (None: the

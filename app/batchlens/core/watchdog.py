@@ -1,0 +1,72 @@
+"""--image-timeout: a forward that takes too long is given up, its images get error lines, and the run
+goes on.
+
+What can be stopped and what cannot: Python cannot kill a thread. The forward runs on a helper thread
+while the run waits for it at most the time limit. When the limit passes, the run stops waiting and
+asks the helper thread to stop with an asynchronous exception, which only takes effect when the thread
+next runs Python code: a model whose forward loops in Python stops there; a forward stuck inside one
+long C++ or GPU operation goes on in the background until that operation returns, holding its memory,
+while the run carries on with the next images. If forwards keep getting stuck (`MAX_STUCK` still
+running at once), the run stops with one sentence rather than pile them up: the results so far are
+kept and --resume goes on after them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from collections.abc import Callable
+
+from batchlens.core.errors import BatchLensError
+
+MAX_STUCK = 2  # abandoned forwards still running before the run gives up
+
+
+class ForwardTimeout(Exception):
+    """The forward took longer than the limit; the message is for the images' error lines."""
+
+
+class _Abandoned(BaseException):
+    """Raised inside an abandoned forward's thread (BaseException: the model's own `except
+    Exception` does not swallow it)."""
+
+
+_stuck: list[threading.Thread] = []
+
+
+def call_with_timeout(fn: Callable, seconds: float | None, *args):
+    """fn(*args), or ForwardTimeout once `seconds` pass (None: no limit, called on this thread)."""
+    if seconds is None:
+        return fn(*args)
+    _stuck[:] = [t for t in _stuck if t.is_alive()]
+    if len(_stuck) >= MAX_STUCK:
+        raise BatchLensError(
+            f"The model is stuck: {len(_stuck)} forwards passed --image-timeout and are still running "
+            "(a forward inside C++ or on the GPU cannot be stopped from within BatchLens), so the run "
+            "stopped. The results so far are kept; run again with --resume (and a larger limit) to go on."
+        )
+    box: dict = {}
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            box["value"] = fn(*args)
+        except _Abandoned:
+            pass
+        except BaseException as exc:  # raised again on the run's thread
+            box["error"] = exc
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=target, name="batchlens-forward", daemon=True)
+    thread.start()
+    if done.wait(seconds):
+        if "error" in box:
+            raise box.pop("error")
+        return box.pop("value")
+    # Stop it where Python code runs; otherwise it finishes in the background and is ignored.
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(_Abandoned))
+    _stuck.append(thread)
+    raise ForwardTimeout(
+        f"the model took longer than {seconds:g} s on it (--image-timeout), so it was given up"
+    )
