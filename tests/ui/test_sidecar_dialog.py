@@ -170,3 +170,38 @@ def test_picker_filter_and_other_sources(qtbot, tmp_path):
     assert picker.current_model_id() == "timm:resnet18"
     assert picker.current_options() == {"weights": str(weights)}
     assert picker.set_current_model(str(folder)) and picker.current_model().task == "segmentation"
+
+
+def test_window_runs_a_hugging_face_folder(qtbot, window, tmp_path):
+    """Picked with "Open Hugging Face folder…", run in the window like any model."""
+    transformers = pytest.importorskip("transformers")
+    folder = tmp_path / "vit"
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=37,
+        num_labels=2,
+        id2label={0: "plain", 1: "busy"},
+        label2id={"plain": 0, "busy": 1},
+    )
+    transformers.ViTForImageClassification(config).save_pretrained(folder)
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    make_photos(tmp_path / "in", sizes=[(40, 30), (50, 60)])
+    picker = window.model_picker
+    from batchlens.core.models.hf_cache import hf_folder_info
+
+    picker.folder_chooser = lambda parent: hf_folder_info(folder)
+    rows = {picker.item_model.item(r).data(ROLE_INFO): r for r in range(picker.item_model.rowCount())}
+    picker.combo.setCurrentIndex(rows[OPEN_HF_FOLDER])
+    assert picker.current_model_id() == str(folder) and picker.current_model().task == "classification"
+    window.form.input_edit.setText(str(tmp_path / "in"))
+    window.form.output_edit.setText(str(tmp_path / "out"))
+    with qtbot.waitSignal(window.run_finished, timeout=RUN_TIMEOUT_MS) as finished:
+        assert window.start_run() is True
+    assert finished.args[0]["counts"]["ok"] == 2
+    labels = {r["top"][0]["label"] for r in read_jsonl(tmp_path / "out" / "predictions.jsonl")}
+    assert labels <= {"plain", "busy"}
