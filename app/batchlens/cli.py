@@ -27,6 +27,8 @@ def _add_run_options(parser: argparse.ArgumentParser, required: bool) -> None:
 
 
 TASKS = ["classification", "detection", "segmentation", "image_to_image"]
+# core.models.preprocessing.INTERPOLATIONS' names, written out so that `--help` needs no torch import
+INTERPOLATION_NAMES = ["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"]
 
 
 def _image_size(text: str) -> list[int]:
@@ -40,6 +42,14 @@ def _image_size(text: str) -> list[int]:
     if len(size) != 2 or min(size) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size: give N or HEIGHT,WIDTH")
     return size
+
+
+def _resize(text: str) -> int | list[int]:
+    """"256" -> 256 (the short side, keeping the shape); "480,640" -> [480, 640] (exactly)."""
+    if "," not in text and "x" not in text.lower():
+        size = _image_size(text)
+        return size[0]
+    return _image_size(text)
 
 
 def _numbers(text: str) -> list[float]:
@@ -65,14 +75,26 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     """What the model is and how to load it (README, "Models"); they override a model file's sidecar."""
     group = parser.add_argument_group("model options")
     group.add_argument(
-        "--weights", type=Path, metavar="FILE", help="a state_dict for the torchvision --model (no download)"
+        "--weights",
+        type=Path,
+        metavar="FILE",
+        help="a state_dict for the torchvision --model, or the checkpoint of --model timm:NAME (no download)",
     )
     group.add_argument("--arch", help="torchvision architecture of a state_dict model file (e.g. resnet18)")
     group.add_argument("--task", choices=TASKS, help="what a model file does (when it has no sidecar)")
     group.add_argument(
         "--labels", type=Path, metavar="FILE", help="class names: text file (one per line) or JSON list"
     )
-    group.add_argument("--input-size", type=_image_size, metavar="H[,W]", help="resize images to this size")
+    group.add_argument(
+        "--input-size", type=_image_size, metavar="H[,W]", help="stretch images to exactly this size"
+    )
+    group.add_argument(
+        "--resize", type=_resize, metavar="N|H,W", help="resize the short side to N (or to exactly H,W)"
+    )
+    group.add_argument("--crop", type=_image_size, metavar="H[,W]", help="then cut out the centre H x W")
+    group.add_argument(
+        "--interpolation", choices=INTERPOLATION_NAMES, help="resampling filter for the resize (default bilinear)"
+    )
     group.add_argument("--mean", type=_numbers, metavar="M,M,M", help="normalisation mean per channel")
     group.add_argument("--std", type=_numbers, metavar="S,S,S", help="normalisation std per channel")
     group.add_argument(

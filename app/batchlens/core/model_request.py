@@ -12,10 +12,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 #: What the model is ("weights": a state_dict for a torchvision architecture, "arch", "task",
-#: "labels", "input_size", "mean", "std": these override a model file's sidecar), how far to trust
+#: "labels", "input_size", "resize", "crop", "interpolation", "mean", "std": these override a model
+#: file's sidecar), how far to trust
 #: its file ("trust_pickle"), and the task's options ("min_score" for detection).
 MODEL_OPTIONS = (
-    "weights", "arch", "task", "labels", "input_size", "mean", "std", "trust_pickle", "min_score",
+    "weights", "arch", "task", "labels", "input_size", "resize", "crop", "interpolation", "mean", "std",
+    "trust_pickle", "min_score",
 )
 
 

@@ -45,7 +45,9 @@ EXPORT_SUFFIXES = {".pt2"}
 WEIGHTS_SUFFIXES = {".safetensors", ".pth", ".pt", ".bin", ".ckpt"}
 MODEL_FILE_SUFFIXES = TORCHSCRIPT_SUFFIXES | EXPORT_SUFFIXES | WEIGHTS_SUFFIXES
 # Options that describe the model, as the sidecar keys they override.
-SPEC_OPTIONS = ("task", "labels", "input_size", "mean", "std", "arch")
+SPEC_OPTIONS = ("task", "labels", "input_size", "resize", "crop", "interpolation", "mean", "std", "arch")
+# A size given on the command line replaces all of the sidecar's (they would contradict each other).
+GEOMETRY_KEYS = ("input_size", "resize", "crop", "crop_pct", "max_size")
 
 
 def looks_like_model_file(model: str) -> bool:
@@ -144,6 +146,9 @@ def model_spec(path: Path, options: dict, weights_only: bool = False) -> tuple[S
     `weights_only`: the file holds weights, so an architecture is what is missing first."""
     sidecar_file = sidecar_path_for(path)
     data = _read_sidecar_dict(sidecar_file) if sidecar_file else {}
+    if any(options.get(key) is not None for key in GEOMETRY_KEYS):
+        for key in GEOMETRY_KEYS:
+            data.pop(key, None)
     for key in SPEC_OPTIONS:
         if options.get(key) is not None:
             data[key] = read_labels(options[key]) if key == "labels" else options[key]
