@@ -93,7 +93,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--crop", type=_image_size, metavar="H[,W]", help="then cut out the centre H x W")
     group.add_argument(
-        "--interpolation", choices=INTERPOLATION_NAMES, help="resampling filter of the resize (default bilinear)"
+        "--interpolation", choices=INTERPOLATION_NAMES, help="the resize's filter (default bilinear)"
     )
     group.add_argument("--mean", type=_numbers, metavar="M,M,M", help="normalisation mean per channel")
     group.add_argument("--std", type=_numbers, metavar="S,S,S", help="normalisation std per channel")
