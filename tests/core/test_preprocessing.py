@@ -176,3 +176,26 @@ def test_two_sidecars_the_specific_one_is_used_and_said(tmp_path, monkeypatch):
     assert sidecar_path_for(model) == tmp_path / "net.pt2.json"
     note = sidecar_note(model)
     assert "used " + str(tmp_path / "net.pt2.json") in note and str(tmp_path / "net.json") in note
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")  # torch 2.14; issue 14.5
+def test_command_line_states_it_too_and_replaces_the_sidecar_size(photos, tmp_path):
+    from batchlens import cli
+    from batchlens.core.models.preprocessing import INTERPOLATIONS
+    from tests.core.modelkit import run_cli
+    from tests.core.test_models_files import TinyClassifier
+
+    assert cli.INTERPOLATION_NAMES == list(INTERPOLATIONS)
+    model = tmp_path / "net.pt"
+    torch.jit.save(torch.jit.script(TinyClassifier().eval()), str(model))
+    model.with_suffix(".json").write_text(json.dumps({"task": "classification", "input_size": [64, 64]}))
+    (tmp_path / "in").mkdir()
+    for path in photos:
+        (tmp_path / "in" / path.name).write_bytes(path.read_bytes())
+    flags = ["--resize", "256", "--crop", "224", "--interpolation", "bicubic"]
+    assert run_cli("--model", model, *flags, "--input", tmp_path / "in", "--output", tmp_path / "out") == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["preprocessing"]["settings"]["resize"] == 256
+    assert summary["preprocessing"]["settings"]["crop"] == [224, 224]
+    assert "bicubic" in summary["preprocessing"]["description"]
+    assert "exactly" not in summary["preprocessing"]["description"], "the sidecar's input_size was replaced"
