@@ -78,7 +78,7 @@ class SignalStop:
             "Stopped at once: every line in predictions.jsonl is complete; "
             "run the same command with --resume to go on."
         )
-        os._exit(EXIT_CODES.get(signum, 130))
+        os._exit(EXIT_CODES.get(self.signum, 130))  # the first signal's code: what started the stop
 
 
 def _say(text: str) -> None:
