@@ -170,7 +170,7 @@ def test_20000_results_scroll_filter_sort_and_open(qtbot, browser, big_output):
     qtbot.keyClick(detail, Qt.Key.Key_Right)
     assert detail.record.offset == browser.results.records[13].offset  # line 13 failed: its message
     assert detail.record.status == "error"
-    assert "is empty (0 bytes)" in detail.details.text()
+    qtbot.waitUntil(lambda: "is empty (0 bytes)" in detail.panel.message.text(), timeout=5_000)
     qtbot.keyClick(detail, Qt.Key.Key_Left)
     qtbot.keyClick(detail, Qt.Key.Key_Left)
     assert detail.record.offset == browser.results.records[11].offset

@@ -186,6 +186,8 @@ class ResultsBrowser(QWidget):
         if restarted:
             self._restart()
         self.results.append(records)
+        if records and not self.grid.currentIndex().isValid() and self.shown.rowCount():
+            self.grid.setCurrentIndex(self.shown.index(0, 0))  # so Enter opens something at once
         if not self.folder.finished:
             finished_before = self.folder.finished
             self.folder = describe_folder(self.folder.path, self.folder.input_dir)

@@ -20,10 +20,9 @@ NO_SAMPLE = MemorySample(0.0, 0, 0, 0)  # a browsed result carries no memory rea
 
 
 def details_html(fields: dict, record: ResultRecord) -> str:
-    """What the line says beyond the picture: the error, recovery steps, notes, every label, files."""
+    """What the line says beyond the picture and its caption (which show an error): recovery steps,
+    notes, every label, files."""
     parts = []
-    if record.error:
-        parts.append(f"<b style='color:#e03131'>Failed:</b> {html.escape(record.error)}")
     if fields.get("recovered"):
         steps = ", ".join(html.escape(str(s)) for s in fields["recovered"])
         parts.append(f"<b style='color:#f08c00'>Recovered</b> from running out of memory: {steps}")
@@ -122,7 +121,7 @@ class ResultDetail(QWidget):
             output_preview=pictures.result,
         )
         self.panel.show_result(event)
-        if pictures.note:
+        if pictures.note and record.status != "error":  # a failed image's note repeats its error
             note = html.escape(pictures.note)
             self.details.setText("<br>".join(t for t in (self.details.text(), f"<i>{note}</i>") if t))
             self.details.setVisible(True)

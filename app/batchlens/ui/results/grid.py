@@ -69,8 +69,11 @@ class TileDelegate(QStyledItemDelegate):
         if image.isNull():  # nothing to show: no input here, no result picture
             painter.fillRect(target, palette.color(QPalette.ColorRole.AlternateBase))
             painter.setPen(palette.color(QPalette.ColorRole.PlaceholderText))
-            text = "no picture" if record.status != "error" else "failed"
-            painter.drawText(target, Qt.AlignmentFlag.AlignCenter, text)
+            text = "no picture" if record.status != "error" else (record.error or "failed")
+            if record.error and record.error.startswith(record.image + ": "):
+                text = text[len(record.image) + 2 :]  # the tile already names the file
+            flags = Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap
+            painter.drawText(target.adjusted(8, 8, -8, -8), flags, text)
             return
         size = image.size().scaled(target.size(), Qt.AspectRatioMode.KeepAspectRatio)
         x = target.x() + (target.width() - size.width()) // 2

@@ -39,8 +39,9 @@ def describe(record: ResultRecord) -> str:
     """The tile's second line: the result in a few words."""
     if record.status == "error":
         return "failed"
-    if record.label is None:
-        return "recovered" if record.status == "recovered" else "ok"
+    if record.label is None:  # nothing to name (an output picture): the status and the time it took
+        took = f" · {record.seconds * 1000:,.0f} ms" if record.seconds is not None else ""
+        return ("recovered" if record.status == "recovered" else "ok") + took
     text = record.label if record.score is None else f"{record.label} {record.score * 100:.0f} %"
     more = len(record.labels) - 1
     if more > 0:
