@@ -8,6 +8,8 @@ hf_cache.py) and timm checkpoints (timm_models.py). `SOURCES` says which one tak
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,9 +41,40 @@ from batchlens.core.models.hf import is_hf_model, load_hf
 from batchlens.core.models.hf_cache import list_hf_cache
 from batchlens.core.models.timm_models import is_timm_model, load_timm
 
-# Sources that recognise their model ids by a prefix or a folder layout (hf:ORG/NAME or a folder with
-# config.json; timm:NAME): (claims(model id), load(model id, device, options)).
-SOURCES = [(is_hf_model, load_hf), (is_timm_model, load_timm)]
+
+def _is_file(model: str) -> bool:
+    return Path(model).expanduser().is_file()
+
+
+def _load_file(model: str, device: torch.device, options: dict, progress: Progress | None) -> LoadedModel:
+    return load_model_file(Path(model).expanduser(), device, options)
+
+
+def _load_torchvision(model: str, device: torch.device, options: dict, progress: Progress | None):
+    if options.get("weights"):  # the architecture with the user's state_dict, no download
+        weights = Path(options["weights"]).expanduser()
+        return load_model_file(weights, device, {**options, "arch": model}, f"{model} ({weights.name})")
+    return load_catalogue(model, device, options, progress)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """One place models come from: `claims(model id)` says whether the id is its to load, and
+    `load(model id, device, options, progress)` returns the LoadedModel (or raises BatchLensError)."""
+
+    name: str
+    claims: Callable[[str], bool]
+    load: Callable[..., LoadedModel]
+
+
+# In the order they are asked; a new source is one module and one line here.
+SOURCES = (
+    ModelSource("built-in", lambda model: model in BUILTIN_IDS, lambda m, d, o, p: load_builtin(m, d, o)),
+    ModelSource("huggingface", is_hf_model, lambda m, d, o, p: load_hf(m, d, o)),  # hf:ORG/NAME, folders
+    ModelSource("timm", is_timm_model, lambda m, d, o, p: load_timm(m, d, o)),  # timm:NAME
+    ModelSource("file", _is_file, _load_file),  # TorchScript, torch.export, state_dicts + sidecar
+    ModelSource("torchvision", is_catalogue_model, _load_torchvision),
+)
 
 
 def list_models(task: str | None = None) -> list[ModelInfo]:
@@ -83,21 +116,11 @@ def load_model(
     "mean", "std", "arch"), "trust_pickle", and the task's options ("min_score"). `progress` follows a
     catalogue download (see catalogue.Progress)."""
     options = dict(options or {})
-    if model in BUILTIN_IDS:
-        return load_builtin(model, device, options)
-    for claims, load in SOURCES:
-        if claims(model):
-            return load(model, device, options)
-    path = Path(model).expanduser()
-    if path.is_file():
-        return load_model_file(path, device, options)
-    if is_catalogue_model(model):
-        if options.get("weights"):
-            weights = Path(options["weights"]).expanduser()
-            return load_model_file(weights, device, {**options, "arch": model}, f"{model} ({weights.name})")
-        return load_catalogue(model, device, options, progress)
+    for source in SOURCES:
+        if source.claims(model):
+            return source.load(model, device, options, progress)
     if looks_like_model_file(model):
-        raise BatchLensError(f"The model file {path} does not exist.")
+        raise BatchLensError(f"The model file {Path(model).expanduser()} does not exist.")
     raise BatchLensError(
         f"Unknown model {model!r}. Run `batchlens models` to see the models you can use, or give the path "
         f"of a model file ({', '.join(sorted(MODEL_FILE_SUFFIXES))})."
