@@ -210,17 +210,20 @@ def refuse_plain_run(output_dir: Path) -> None:
         )
 
 
-def resume_mismatch(output_dir: Path, manifest: dict) -> str | None:
-    """The sentence refusing a resume whose run differs from the folder's earlier run, or None."""
+def resume_mismatch(output_dir: Path, manifest: dict, only: tuple[str, ...] | None = None) -> str | None:
+    """The sentence refusing a resume whose run differs from the folder's earlier run, or None.
+    `only`: compare just these keys (what is known before the model loads)."""
     earlier = existing_run(output_dir)
     if earlier is None:
         return None
     old = earlier.manifest
     if old is None:  # an older BatchLens: only summary.json says what made it
-        old = {"model": earlier.model, "input": earlier.input}
+        old = {k: v for k, v in (("model", earlier.model), ("input", earlier.input)) if v is not None}
         if earlier.model == "an unknown model":
             return None  # nothing recorded to compare: the lines themselves are checked on resume
     for key, words in IDENTITY:
+        if only is not None and key not in only:
+            continue
         if key == "model" and old.get("model_sha256") and manifest.get("model_sha256"):
             continue  # a model file: its hash says it all, whatever path it was given by
         if key in old and old.get(key) != manifest.get(key):
@@ -230,6 +233,45 @@ def resume_mismatch(output_dir: Path, manifest: dict) -> str | None:
                 "mix two runs' results; use --overwrite to replace it, or another folder."
             )
     return None
+
+
+def resume_refusal_before_load(output_dir: Path, model: str, input_dir: Path) -> str | None:
+    """For the window's question, before any model loads: would a resume be refused? Compares the
+    input folder, a model file's hash, and a built-in model's id (other ids name their weights only
+    once loaded: the runner checks them, and everything else, after the load)."""
+    from batchlens.core.models.builtin import BUILTIN_IDS
+
+    path = Path(model).expanduser()
+    known: dict = {"input": os.fsdecode(Path(input_dir).expanduser().resolve())}
+    if path.is_file():
+        known["model_sha256"] = file_sha256(path)
+    elif model in BUILTIN_IDS:
+        known["model"] = model
+    return resume_mismatch(output_dir, known, only=tuple(known))
+
+
+def existing_run_question(earlier: ExistingRun, output_dir: Path, refusal: str | None, free: Path) -> str:
+    """The window's question about a folder that holds a run (its answers: Resume, Overwrite, or
+    another folder, the default), in the same words as the command line's refusal."""
+    state = "finished" if earlier.finished else "not finished"
+    where = f" over {earlier.input}" if earlier.input else ""
+    text = (
+        f"The output folder {output_dir} already holds a run of {earlier.model}{where}, started "
+        f"{earlier.date}: {earlier.ok} image(s) done, {earlier.failed} failed, {state}.\n\n"
+        f"Another folder leaves it as it is and writes the results to {free}. Resume keeps its finished "
+        "images and does the rest. Overwrite deletes that run's files (only those) and starts again."
+    )
+    return text + (f"\n\nResume is not possible: {refusal}" if refusal else "")
+
+
+def free_folder_beside(folder: Path) -> Path:
+    """`NAME-2`, `NAME-3`, ...: the first that does not exist yet."""
+    folder = Path(folder)
+    for n in range(2, 10_000):
+        candidate = folder.with_name(f"{folder.name}-{n}")
+        if not candidate.exists():
+            return candidate
+    raise BatchLensError(f"Could not find a free folder name beside {folder}.")
 
 
 def _show(key: str, value) -> str:

@@ -33,9 +33,14 @@ from batchlens.core.config import RunConfig
 from batchlens.core.devices import resolve_device
 from batchlens.core.errors import BatchLensError
 from batchlens.core.events import ImageResult, RunFinished, RunNote, RunStarted
+from batchlens.core.manifest import (
+    existing_run,
+    existing_run_question,
+    free_folder_beside,
+    resume_refusal_before_load,
+)
 from batchlens.core.memory import ClearResult, MemoryProbe, format_bytes, probe_for
 from batchlens.core.model_request import model_request
-from batchlens.core.results import unfinished_run
 from batchlens.core.run_text import describe_start, describe_summary
 from batchlens.ui.memory_plot import MemoryPlot
 from batchlens.ui.model_sources import ModelSources
@@ -282,45 +287,57 @@ class MainWindow(QMainWindow):
             )
             if answer != QMessageBox.StandardButton.Yes:
                 return None
-        resume = self.offer_resume(output_dir)
-        if resume is None:
+        choice = self.choose_for_existing_run(output_dir, model, input_dir)
+        if choice is None:
             return None
+        mode, output_dir = choice
         return RunConfig(
             model=model,
             input_dir=input_dir,
             output_dir=output_dir,
             device="auto" if self.device_name() == CLUSTER else self.device_name(),
             recursive=form.recursive(),
-            resume=resume,
+            resume=mode == "resume",
+            overwrite=mode == "overwrite",
             previews=True,
             model_options=model_request(form.model_options()),
             cpu_fallback=form.cpu_fallback(),
             **form.speed_settings(),
         )
 
-    def offer_resume(self, output_dir: Path) -> bool | None:
-        """When the output folder holds an unfinished run, ask: Resume (True), Start over (False) or
-        Cancel (None). Without questions (--start, --self-test) resume: it loses nothing."""
-        unfinished = unfinished_run(output_dir)
-        if unfinished is None:
-            return False
+    def choose_for_existing_run(
+        self, output_dir: Path, model: str, input_dir: Path
+    ) -> tuple[str, Path] | None:
+        """When the output folder already holds a run, ask (core/manifest.py has the words): Another
+        folder (the default, a new one beside it), Resume (off when the earlier run is of another model
+        or input folder), Overwrite, or Cancel (None). Returns ("plain" | "resume" | "overwrite",
+        folder). Without questions (--start, --self-test): resume when allowed, else another folder."""
+        earlier = existing_run(output_dir)
+        if earlier is None:
+            return "plain", output_dir
+        refusal = resume_refusal_before_load(output_dir, model, input_dir)
+        free = free_folder_beside(output_dir)
         if not self.ask_questions:
-            return True
-        box = QMessageBox(
-            QMessageBox.Icon.Question,
-            "Unfinished run",
-            f"The output folder {output_dir} holds a run that did not finish: {unfinished.ok} image(s) "
-            f"done, {unfinished.failed} failed.\n\nResume keeps the finished images, retries the failed "
-            "ones and does the rest. Start over replaces its results.",
-            QMessageBox.StandardButton.Cancel,
-            self,
-        )
-        resume = box.addButton("Resume", QMessageBox.ButtonRole.AcceptRole)
-        restart = box.addButton("Start over", QMessageBox.ButtonRole.DestructiveRole)
-        box.setDefaultButton(resume)
+            return ("resume", output_dir) if refusal is None else self._use_output(free)
+        text = existing_run_question(earlier, output_dir, refusal, free)
+        title, cancel = "The output folder holds a run", QMessageBox.StandardButton.Cancel
+        box = QMessageBox(QMessageBox.Icon.Question, title, text, cancel, self)
+        another = box.addButton("Another folder", QMessageBox.ButtonRole.AcceptRole)
+        resume = box.addButton("Resume", QMessageBox.ButtonRole.YesRole)
+        overwrite = box.addButton("Overwrite", QMessageBox.ButtonRole.DestructiveRole)
+        resume.setEnabled(refusal is None)
+        box.setDefaultButton(another)
         box.exec()
         clicked = box.clickedButton()
-        return True if clicked is resume else False if clicked is restart else None
+        if clicked is another:
+            return self._use_output(free)
+        if clicked in (resume, overwrite):
+            return ("resume" if clicked is resume else "overwrite"), output_dir
+        return None
+
+    def _use_output(self, folder: Path) -> tuple[str, Path]:
+        self.form.set_output(folder, chosen=True)
+        return "plain", folder
 
     def start_run(self) -> bool:
         if self.is_running():
