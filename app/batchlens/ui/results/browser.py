@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import QCoreApplication, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
@@ -133,6 +133,9 @@ class ResultsBrowser(QWidget):
         self.timer.setInterval(POLL_MS)
         self.timer.timeout.connect(self.poll)
         self._update_count()
+        app = QCoreApplication.instance()
+        if app is not None:  # embedded in a window that closes without closing us: stop the threads too
+            app.aboutToQuit.connect(self.shutdown)
 
     # -- public API ----------------------------------------------------------------------------
     def open_folder(self, path: Path | str, input_dir: Path | str | None = None) -> None:
