@@ -104,6 +104,25 @@ def hf(tmp_path_factory):
     torch.nn.init.zeros_(seg.decode_head.classifier.bias)
     seg.save_pretrained(root / "seg")
     t.SegformerImageProcessor(size={"height": 64, "width": 64}).save_pretrained(root / "seg")
+    convnext = t.ConvNextConfig(
+        hidden_sizes=[8, 16, 16, 16],
+        depths=[1, 1, 1, 1],
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )
+    upernet = t.UperNetForSemanticSegmentation(
+        t.UperNetConfig(
+            backbone_config=convnext,
+            hidden_size=16,
+            use_auxiliary_head=False,
+            num_labels=3,
+            id2label={0: "sky", 1: "road", 2: "tree"},
+            label2id={"sky": 0, "road": 1, "tree": 2},
+        )
+    )
+    _spread(upernet.decode_head, 5, scale=1.0)
+    torch.nn.init.zeros_(upernet.decode_head.classifier.bias)
+    upernet.save_pretrained(root / "upernet")
+    t.SegformerImageProcessor(size={"height": 64, "width": 64}).save_pretrained(root / "upernet")
     return root
 
 
@@ -171,9 +190,10 @@ def test_detection_matches_the_processor_post_processing(hf, tmp_path):
     print(f"HF DETR detection: {total} boxes, max |box diff| {worst_box:.4f} px, score {worst_score:.1e}")
 
 
-def test_segmentation_matches_the_pipeline(hf, tmp_path):
-    records = _run(hf / "seg", tmp_path / "out")
-    pipe = transformers.pipeline("image-segmentation", model=str(hf / "seg"), device="cpu")
+@pytest.mark.parametrize("name", ["seg", "upernet"])  # SegFormer, UperNet (ConvNeXt backbone)
+def test_segmentation_matches_the_pipeline(hf, tmp_path, name):
+    records = _run(hf / name, tmp_path / "out")
+    pipe = transformers.pipeline("image-segmentation", model=str(hf / name), device="cpu")
     labels = {0: "sky", 1: "road", 2: "tree"}
     for record in records:
         image = _image(hf / "in" / record["image"])
@@ -255,10 +275,14 @@ def test_super_resolution_matches_model_and_processor(hf, tmp_path):
     model = t.Swin2SRForImageSuperResolution(config).eval()
     model.save_pretrained(tmp_path / "sr")
     t.Swin2SRImageProcessor(pad_size=8).save_pretrained(tmp_path / "sr")
-    records = _run(tmp_path / "sr", tmp_path / "out", inputs=hf / "in")
+    small = tmp_path / "small"  # (attention over every pixel: small images keep the test fast)
+    small.mkdir()
+    for name in ("a.png", "b.jpg", "c.png"):
+        _image(hf / "in" / name).reduce(4).save(small / name)
+    records = _run(tmp_path / "sr", tmp_path / "out", inputs=small)
     processor = t.AutoImageProcessor.from_pretrained(tmp_path / "sr")
     for record in records:
-        image = _image(hf / "in" / record["image"])
+        image = _image(small / record["image"])
         with torch.no_grad():
             out = model(**processor(images=image, return_tensors="pt")).reconstruction[0]
         out = out[:, : image.height * 2, : image.width * 2].clamp(0, 1)
