@@ -201,12 +201,15 @@ def pickle_risk(path: Path) -> list[str]:
 
 
 def _refuse_untrusted(path: Path, scripted: bool) -> None:
-    """Refuse a torch.export or TorchScript file that would run code or touch files when loaded or run.
-    (State dicts need no check here: torch.load(weights_only=True) refuses what is not plain weights.)"""
+    """Refuse a model file that would run code or touch files when loaded or run, before torch reads it.
+    (torch.load(weights_only=True) would refuse a bad state_dict too, but a legacy file is not checked
+    here and torch warns about pickle protocols on the way.)"""
     risks = pickle_risk(path)
     if not risks:
         return
     shown = "; ".join(risks[:3]) + (f" and {len(risks) - 3} more" if len(risks) > 3 else "")
+    if path.suffix.lower() not in EXPORT_SUFFIXES and not scripted:
+        raise PickleRefusedError(path, f"it calls for the Python object {shown}")
     if scripted:
         raise PickleRefusedError(
             path,
@@ -289,7 +292,7 @@ def load_model_file(
     suffix = path.suffix.lower()
     scripted = suffix in TORCHSCRIPT_SUFFIXES and _is_torchscript(path)
     weights_only = suffix in WEIGHTS_SUFFIXES and not scripted and not options.get("trust_pickle")
-    if not options.get("trust_pickle") and (scripted or suffix in EXPORT_SUFFIXES):
+    if not options.get("trust_pickle"):
         _refuse_untrusted(path, scripted)
     too_big = size_problem(path)  # before torch allocates anything, trusted or not
     if too_big:

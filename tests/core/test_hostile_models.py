@@ -1,0 +1,328 @@
+"""Hostile model files, sidecars and labels (issue 12, points 1, 3, 5 and 17). Each test builds its
+hostile input itself and asserts: the exception or exit code, one sentence naming the file without a
+traceback, no code executed (the marker file never appears without trust), bounded time and memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import resource
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from batchlens.core.errors import BatchLensError
+from batchlens.core.models import PickleRefusedError, file_to_trust, load_model
+from batchlens.core.models.audit import pickle_globals, size_problem
+from batchlens.core.models.files import pickle_risk
+from batchlens.core.models.preprocessing import Preprocessing
+from tests.core.hostile import (
+    Marker,
+    assert_one_sentence,
+    checkpoint_zip,
+    declaring_pickle,
+    deflate_bomb,
+    pickled_weight_pt2,
+    rewrite_zip,
+    within,
+)
+from tests.core.modelkit import make_photos, read_jsonl, run_cli
+
+CPU = torch.device("cpu")
+JIT_LOAD = "ignore:`torch.jit.load` is deprecated:FutureWarning"
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+class Saver(nn.Module):
+    """TorchScript that writes a file by name when it runs (torch.save is a TorchScript builtin)."""
+
+    def __init__(self, target: str):
+        super().__init__()
+        self.target = target
+
+    def forward(self, x):
+        torch.save(x, self.target)
+        return x.mean((2, 3))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> Path:
+    """A real torch.export program (16x16 inputs), saved as .pt2."""
+    path = tmp_path_factory.mktemp("export") / "tiny.pt2"
+    torch.export.save(torch.export.export(Tiny().eval(), (torch.randn(1, 3, 16, 16),)), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def scripted(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("script") / "tiny.pt"
+    torch.jit.save(torch.jit.script(Tiny().eval()), str(path))
+    return path
+
+
+def _sample_inputs_pickle(good: Path, evil: Path, marker: Path) -> None:
+    """torch.export.load reads the sample inputs weights-only, then falls back to a full unpickle."""
+    payload = __import__("io").BytesIO()
+    torch.save(Marker(marker), payload)
+    rewrite_zip(good, evil, lambda name, data: payload.getvalue() if "sample_inputs/" in name else data)
+
+
+def _native_code(good: Path, evil: Path, marker: Path) -> None:
+    with zipfile.ZipFile(good) as archive:
+        top = archive.namelist()[0].split("/")[0]
+    rewrite_zip(good, evil, lambda name, data: data)
+    with zipfile.ZipFile(evil, "a") as archive:
+        archive.writestr(f"{top}/data/aotinductor/model/model.so", b"\x7fELF native code")
+
+
+# -- 1. model files never run code unasked ----------------------------------------------------------------
+def test_pt2_with_a_pickled_weight_is_refused_until_trusted(exported: Path, tmp_path: Path, capsys):
+    marker, evil = tmp_path / "MARKER", tmp_path / "evil.pt2"
+    fqn = pickled_weight_pt2(exported, evil, marker)
+    assert pickle_risk(exported) == [], "a clean program needs no trust"
+
+    options = {"task": "classification"}
+    started = time.perf_counter()
+    with pytest.raises(PickleRefusedError) as refused:
+        load_model(str(evil), CPU, options)
+    assert time.perf_counter() - started < 30
+    assert_one_sentence(str(refused.value), evil)
+    assert (
+        fqn in str(refused.value)
+        and "use_pickle" in str(refused.value)
+        and "--trust-pickle" in str(refused.value)
+    )
+    assert not marker.exists(), "the payload ran without trust"
+
+    # The window asks before loading: file_to_trust names what the file would run.
+    path, risks = file_to_trust(str(evil), options)
+    assert path == evil and any("use_pickle" in r for r in risks) and any("eval" in r for r in risks)
+
+    make_photos(tmp_path / "in", sizes=[(16, 16)])
+    out = tmp_path / "out"
+    assert (
+        run_cli("--model", evil, "--task", "classification", "--input", tmp_path / "in", "--output", out) == 2
+    )
+    err = capsys.readouterr().err
+    assert_one_sentence(err.removeprefix("batchlens: "), evil)
+    assert not marker.exists() and not (out / "predictions.jsonl").exists()
+
+    # Trusted, it loads and runs; the marker shows the payload was real all along.
+    code = run_cli(
+        "--model",
+        evil,
+        "--task",
+        "classification",
+        "--trust-pickle",
+        "--input",
+        tmp_path / "in",
+        "--output",
+        out,
+    )
+    assert code == 0 and marker.exists() and read_jsonl(out / "predictions.jsonl")[0]["status"] == "ok"
+
+
+@pytest.mark.parametrize("make", [_sample_inputs_pickle, _native_code], ids=["sample-inputs", "aoti"])
+def test_pt2_other_code_paths_are_refused(exported: Path, tmp_path: Path, make):
+    marker, evil = tmp_path / "MARKER", tmp_path / "evil.pt2"
+    make(exported, evil, marker)
+    with pytest.raises(PickleRefusedError) as refused:
+        load_model(str(evil), CPU, {"task": "classification"})
+    assert_one_sentence(str(refused.value), evil)
+    assert not marker.exists()
+
+
+@pytest.mark.filterwarnings(JIT_LOAD)
+def test_torchscript_that_writes_files_needs_trust(scripted: Path, tmp_path: Path):
+    target = tmp_path / "written-by-the-model"
+    saver = tmp_path / "saver.pt"
+    torch.jit.save(torch.jit.script(Saver(str(target))), str(saver))
+    options = {"task": "classification"}
+    with pytest.raises(PickleRefusedError, match="torch.save") as refused:
+        load_model(str(saver), CPU, options)
+    assert_one_sentence(str(refused.value), saver)
+    assert file_to_trust(str(saver), options) is not None and pickle_risk(scripted) == []
+
+    model = load_model(str(saver), CPU, {**options, "trust_pickle": True})
+    model.module(torch.zeros(1, 3, 8, 8))
+    assert target.exists(), "the op is real: trusted, the model wrote its file"
+
+
+@pytest.mark.filterwarnings(JIT_LOAD)
+def test_torchscript_pickles_cannot_import_python(scripted: Path, tmp_path: Path):
+    """The documented conclusion: torch.jit.load's own C++ unpickler resolves only TorchScript and
+    torch types, so a data.pkl that imports os.system fails to load instead of running."""
+    marker, evil = tmp_path / "MARKER", tmp_path / "evil.pt"
+
+    class System:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    rewrite_zip(
+        scripted, evil, lambda name, data: pickle.dumps(System(), 2) if name.endswith("/data.pkl") else data
+    )
+    with pytest.raises(RuntimeError, match="system"):
+        torch.jit.load(str(evil))
+    assert not marker.exists()
+
+
+def test_any_pickle_protocol_is_read_statically(tmp_path: Path):
+    """torch's own static check reads only GLOBAL; a protocol-4 payload (STACK_GLOBAL, memoized names)
+    is read too, and a checkpoint made of it is refused without running."""
+    marker = tmp_path / "MARKER"
+
+    class System:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    for protocol in range(6):
+        found = pickle_globals(pickle.dumps([System(), {"again": System()}], protocol))
+        assert found == {f"{os.system.__module__}.system"}, protocol
+    evil = checkpoint_zip(tmp_path / "evil.pth", pickle.dumps(System(), 4))
+    assert pickle_risk(evil) == [f"{os.system.__module__}.system"]
+    with pytest.raises(PickleRefusedError) as refused:
+        load_model("resnet18", CPU, {"weights": str(evil)})
+    assert_one_sentence(str(refused.value), evil)
+    assert not marker.exists()
+
+
+# -- 5. zip bombs ---------------------------------------------------------------------------------------
+def test_declared_sizes_beyond_the_file_are_refused(tmp_path: Path):
+    lying = checkpoint_zip(tmp_path / "lying.pth", declaring_pickle(2**31), {"0": bytes(2**20)})
+    with pytest.raises(BatchLensError) as refused:
+        load_model("resnet18", CPU, {"weights": str(lying)})
+    assert_one_sentence(str(refused.value), lying)
+    assert "8.0 GiB" in str(refused.value) and "zip bomb" in str(refused.value)
+
+    honest = checkpoint_zip(tmp_path / "honest.pth", declaring_pickle(256), {"0": bytes(1024)})
+    assert size_problem(honest) is None
+    assert "more than the 10 B of memory free" in size_problem(honest, available=10)
+
+
+def test_deflate_bomb_is_refused_before_torch_allocates(tmp_path: Path, monkeypatch):
+    """8 GiB declared in an 8 MB file: the real command line refuses it quickly, under an address-space
+    limit that an 8 GiB allocation would break, and its peak memory stays far below the declared size."""
+    bomb = deflate_bomb(tmp_path / "bomb.pth", 8, monkeypatch)
+    assert bomb.stat().st_size < 16 * 2**20
+    make_photos(tmp_path / "in", sizes=[(16, 16)])
+    limit = 6 * 2**30  # torch, imported, maps about 3 GiB of address space; the bomb would need 8 more
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "batchlens", "run", "--model", "resnet18", "--weights", str(bomb), "--device",
+         "cpu", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--no-progress"],
+        capture_output=True, text=True, timeout=180, preexec_fn=cap,
+    )  # fmt: skip
+    seconds = time.perf_counter() - started
+    assert done.returncode == 2, done.stderr
+    assert_one_sentence(done.stderr.strip().removeprefix("batchlens: "), bomb)
+    assert "zip bomb" in done.stderr and "8.0 GiB" in done.stderr
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    assert peak < 4 * 2**30, f"a child peaked at {peak / 2**30:.1f} GiB"
+    assert seconds < 180
+
+
+# -- 3. sidecars and labels files ---------------------------------------------------------------------------
+def _fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+SIDECARS = {
+    "nested 200,000 deep": (lambda d: "[" * 200_000 + "]" * 200_000, "nests"),
+    "Latin-1 bytes": (lambda d: '{"task": "classification", "name": "caf\xe9"}'.encode("latin-1"), "UTF-8"),
+    "task as a list": (lambda d: json.dumps({"task": ["classification"]}), '"task" must be a string'),
+    "arch as a number": (
+        lambda d: json.dumps({"task": "classification", "arch": 5}),
+        '"arch" must be a string',
+    ),
+    "arch as a list": (lambda d: json.dumps({"arch": ["resnet18"]}), '"arch" must be a string'),
+    "labels /dev/zero": (lambda d: json.dumps({"task": "classification", "labels": "/dev/zero"}), "outside"),
+    "labels elsewhere": (
+        lambda d: json.dumps({"task": "classification", "labels": "../../etc/passwd"}),
+        "outside",
+    ),
+    "labels a fifo": (
+        lambda d: (_fifo(d / "labels.txt"), json.dumps({"task": "classification", "labels": "labels.txt"}))[
+            1
+        ],
+        "not a regular file",
+    ),
+    "labels too large": (
+        lambda d: (
+            (d / "big.txt").write_bytes(b"a\n" * (6 * 2**20)),
+            '{"task": "classification", "labels": "big.txt"}',
+        )[1],
+        "larger than 10 MB",
+    ),
+    "sidecar too large": (lambda d: '{"task": "classification"}' + " " * (11 * 2**20), "larger than 10 MB"),
+    "sidecar a fifo": (None, "not a regular file"),
+    "std 0": (lambda d: json.dumps({"task": "classification", "mean": [0, 0, 0], "std": [1, 0, 1]}), "std"),
+    "input_size too large": (
+        lambda d: json.dumps({"task": "classification", "input_size": 100_000}),
+        "megapixels",
+    ),
+}
+
+
+@pytest.mark.filterwarnings(JIT_LOAD)
+@pytest.mark.parametrize("case", list(SIDECARS))
+def test_hostile_sidecars_are_one_sentence(scripted: Path, tmp_path: Path, case: str):
+    model = tmp_path / "model.pt"
+    model.write_bytes(scripted.read_bytes())
+    sidecar = tmp_path / "model.json"
+    make, expected = SIDECARS[case]
+    if make is None:
+        _fifo(sidecar)
+    else:
+        content = make(tmp_path)
+        sidecar.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(BatchLensError) as refused:
+        within(30, load_model, str(model), CPU)
+    message = str(refused.value)
+    assert_one_sentence(message, tmp_path)
+    assert expected in message
+
+
+@pytest.mark.filterwarnings(JIT_LOAD)
+def test_labels_option_is_guarded_too(scripted: Path, tmp_path: Path):
+    for labels in (Path("/dev/zero"), _fifo(tmp_path / "labels.txt")):
+        with pytest.raises(BatchLensError) as refused:
+            within(30, load_model, str(scripted), CPU, {"task": "classification", "labels": str(labels)})
+        assert_one_sentence(str(refused.value), labels)
+
+
+def test_std_zero_is_refused_at_load_for_every_source(tmp_path: Path, capsys):
+    config = {"size": {"height": 32, "width": 32}, "image_mean": [0.5] * 3, "image_std": [0.5, 0.0, 0.5]}
+    with pytest.raises(BatchLensError, match="std must be positive"):
+        Preprocessing.from_hf(config, str(tmp_path / "preprocessor_config.json"))
+    with pytest.raises(BatchLensError, match="megapixels"):
+        Preprocessing.from_hf({**config, "image_std": [0.5] * 3, "size": {"height": 20_000, "width": 20_000}})
+    # The command line: one run-level sentence and exit 2, not an error line per image.
+    model = tmp_path / "m.pt"
+    torch.jit.save(torch.jit.script(Tiny().eval()), str(model))
+    make_photos(tmp_path / "in")
+    code = run_cli("--model", model, "--task", "classification", "--mean", "0,0,0", "--std", "1,0,1",
+                   "--input", tmp_path / "in", "--output", tmp_path / "out")  # fmt: skip
+    assert code == 2 and not (tmp_path / "out" / "predictions.jsonl").exists()
+    assert "std" in capsys.readouterr().err
