@@ -46,8 +46,8 @@ class ResultPictures:
     note: str | None = None  # why a picture is missing, in a sentence
 
 
-def _fit(size: tuple[int, int], longest: int) -> tuple[int, int]:
-    scale = min(1.0, longest / max(size))
+def _fit(size: tuple[int, int], longest: int, enlarge: bool = False) -> tuple[int, int]:
+    scale = longest / max(size) if enlarge else min(1.0, longest / max(size))
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
@@ -94,6 +94,10 @@ def render(
         name = fields.get(kind)
         return ResultPictures(thumbnail(image, size) if image else None, None, f"The file {name} is missing.")
     canvas = image
+    if canvas is not None and max(canvas.size) * 2 <= size:
+        # A small image shown large: draw on an enlarged copy (pixels kept sharp), so box labels stay
+        # in proportion instead of being blown up with the picture.
+        canvas = canvas.resize(_fit(canvas.size, size, enlarge=True), Image.Resampling.NEAREST)
     if canvas is None:
         shape = fields.get("size")
         shape = tuple(shape) if isinstance(shape, list) and len(shape) == 2 else (size, size)
