@@ -123,6 +123,10 @@ def test_render_draws_each_task_as_a_run_does_with_or_without_the_input(tmp_path
     assert pictures.input.size == (200, 100) and pictures.result.size == (200, 100)
     drawn = np.asarray(pictures.result)
     assert (drawn[75, 49:52] != 255).any() and (drawn[75, 40] == 255).all()
+    # Shown larger than the image: drawn on an enlarged copy, the box where it belongs at that scale.
+    big = np.asarray(render(detection, inputs / "photo.jpg", out, size=1200).result)
+    assert big.shape[:2] == (600, 1200)
+    assert (big[300, 299:302] != 255).any() and (big[300, 280] == 255).all()
     # Without the input folder: the same box on a plain canvas of the recorded shape, and a note.
     pictures = render(detection, None, out, size=200)
     assert pictures.input is None and pictures.result.size == (200, 100)
