@@ -84,6 +84,40 @@ def hf(tmp_path_factory):
     _spread(detr.bbox_predictor, 3)
     detr.save_pretrained(root / "detr")
     t.DetrImageProcessor(size={"shortest_edge": 48, "longest_edge": 80}).save_pretrained(root / "detr")
+    resnet = t.RTDetrResNetConfig(
+        embedding_size=8,
+        hidden_sizes=[8, 16, 16, 16],
+        depths=[1, 1, 1, 1],
+        layer_type="basic",
+        out_features=["stage2", "stage3", "stage4"],
+    )
+    rtdetr = t.RTDetrForObjectDetection(
+        t.RTDetrConfig(
+            backbone_config=resnet,
+            use_pretrained_backbone=False,
+            encoder_hidden_dim=16,
+            encoder_in_channels=[16, 16, 16],
+            feat_strides=[8, 16, 32],
+            d_model=16,
+            encoder_ffn_dim=16,
+            decoder_ffn_dim=16,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            decoder_layers=1,
+            encoder_layers=1,
+            num_queries=10,
+            decoder_in_channels=[16, 16, 16],
+            num_feature_levels=3,
+            num_denoising=0,
+            num_labels=3,
+            id2label={0: "car", 1: "bus", 2: "van"},
+            label2id={"car": 0, "bus": 1, "van": 2},
+        )
+    )
+    _spread(rtdetr.model.decoder.class_embed, 6)
+    _spread(rtdetr.model.decoder.bbox_embed, 7)
+    rtdetr.save_pretrained(root / "rtdetr")
+    t.RTDetrImageProcessor(size={"height": 64, "width": 64}).save_pretrained(root / "rtdetr")
     seg = t.SegformerForSemanticSegmentation(
         t.SegformerConfig(
             num_encoder_blocks=2,
@@ -154,11 +188,12 @@ def test_classification_matches_the_pipeline(hf, tmp_path):
     print(f"HF ViT classification: max |score diff| vs pipeline {worst:.2e}")
 
 
-def test_detection_matches_the_processor_post_processing(hf, tmp_path):
-    records = _run(hf / "detr", tmp_path / "out", "--min-score", "0.2")
-    model = transformers.AutoModelForObjectDetection.from_pretrained(hf / "detr").eval()
-    processor = transformers.AutoImageProcessor.from_pretrained(hf / "detr")
-    pipe = transformers.pipeline("object-detection", model=str(hf / "detr"), device="cpu")
+@pytest.mark.parametrize("name", ["detr", "rtdetr"])  # DETR (softmax), RT-DETR (sigmoid, top-k)
+def test_detection_matches_the_processor_post_processing(hf, tmp_path, name):
+    records = _run(hf / name, tmp_path / "out", "--min-score", "0.2")
+    model = transformers.AutoModelForObjectDetection.from_pretrained(hf / name).eval()
+    processor = transformers.AutoImageProcessor.from_pretrained(hf / name)
+    pipe = transformers.pipeline("object-detection", model=str(hf / name), device="cpu")
     worst_box = worst_score = 0.0
     total = 0
     for record in records:
@@ -187,7 +222,7 @@ def test_detection_matches_the_processor_post_processing(hf, tmp_path):
     coco = json.loads((tmp_path / "out" / "detections.coco.json").read_text())
     assert len(coco["annotations"]) == total
     assert {c["name"] for c in coco["categories"]} >= {d["label"] for r in records for d in r["detections"]}
-    print(f"HF DETR detection: {total} boxes, max |box diff| {worst_box:.4f} px, score {worst_score:.1e}")
+    print(f"HF {name} detection: {total} boxes, max |box diff| {worst_box:.4f} px, score {worst_score:.1e}")
 
 
 @pytest.mark.parametrize("name", ["seg", "upernet"])  # SegFormer, UperNet (ConvNeXt backbone)
