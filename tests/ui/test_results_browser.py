@@ -238,3 +238,22 @@ def test_cli_results_refuses_a_folder_without_results(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["--results", str(tmp_path)]) == 2
     assert "holds no results" in capsys.readouterr().err
+
+
+def test_the_results_window_opens_a_folder(qtbot, tmp_path):
+    """What `batchlens --results DIR` shows: the browser in its own window, with File > Open results…"""
+    from batchlens.ui.results.window import ResultsWindow
+
+    output = tmp_path / "out"
+    output.mkdir()
+    lines = "".join(json.dumps(_line(i)) + "\n" for i in range(4))
+    (output / "predictions.jsonl").write_text(lines, encoding="utf-8")
+    window = ResultsWindow()
+    qtbot.addWidget(window)
+    window.browser.open_folder(output)
+    assert str(output) in window.windowTitle()
+    assert window.browser.count_label.text() == "Showing 4 of 4"
+    actions = [a.text() for a in window.menuBar().actions()[0].menu().actions()]
+    assert actions == ["&Open results…", "&Quit"]
+    window.close()
+    assert not window.browser.timer.isActive()
