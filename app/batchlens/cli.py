@@ -503,10 +503,6 @@ def main(argv: list[str] | None = None) -> int:
         warnings.filterwarnings("ignore", r"`torch\.jit\.(load|save)` is deprecated", FutureWarning)
     commands = {"run": _run, "models": _models, "bench": _bench}
     try:
-        if args.command is None and args.results is not None:
-            from batchlens.ui.results.window import run_results_window
-
-            return run_results_window(args)
         if args.command is None:
             from batchlens.ui.app import run_window
 

@@ -17,6 +17,10 @@ def run_window(args: argparse.Namespace) -> int:
         from batchlens.ui.self_test import run_self_test
 
         return run_self_test(args)
+    if getattr(args, "results", None) is not None:  # batchlens --results DIR: the results browser alone
+        from batchlens.ui.results.window import run_results_window
+
+        return run_results_window(args)
 
     if needs_offscreen():
         # Qt would abort with a core dump; say what to do instead.

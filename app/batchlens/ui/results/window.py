@@ -44,7 +44,7 @@ class ResultsWindow(QMainWindow):
 
 def run_results_window(args: argparse.Namespace) -> int:
     """Open the browser on args.results (with --input: where the input images are now)."""
-    from batchlens.ui.app import create_app, needs_offscreen
+    from batchlens.ui.qt_app import create_app, needs_offscreen
 
     folder = Path(args.results).expanduser()
     if not folder.is_dir():
