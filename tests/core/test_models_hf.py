@@ -325,3 +325,26 @@ def test_super_resolution_matches_model_and_processor(hf, tmp_path):
         ours = np.asarray(Image.open(tmp_path / "out" / record["output"]))
         assert ours.shape == (image.height * 2, image.width * 2, 3) and record["scale"] == 2
         assert np.array_equal(ours, want)
+
+
+def test_download_progress_reaches_the_callback_and_can_cancel():
+    """The bar huggingface_hub's snapshot_download builds from our tqdm class (with its own helper)
+    reports bytes to the window's progress callback, not the duplicate transfer count, and stops."""
+    import logging
+
+    from huggingface_hub.utils.tqdm import _create_progress_bar
+
+    from batchlens.core.models.errors import DownloadCancelled
+    from batchlens.core.models.hf_cache import _reporting_bar
+
+    seen = []
+    cls = _reporting_bar(lambda done, total: seen.append((done, total)) or len(seen) < 3)
+    make = dict(cls=cls, log_level=logging.WARNING, initial=0, unit="B", unit_scale=True)
+    transfer = _create_progress_bar(name="t", desc="Downloading bytes", total=100, **make)
+    written = _create_progress_bar(name="r", desc="Reconstructing", total=100, **make)
+    transfer.update(40)
+    written.update(30)
+    written.update(30)
+    assert seen == [(30, 100), (60, 100)]
+    with pytest.raises(DownloadCancelled):
+        written.update(40)

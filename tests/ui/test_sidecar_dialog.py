@@ -205,3 +205,15 @@ def test_window_runs_a_hugging_face_folder(qtbot, window, tmp_path):
     assert finished.args[0]["counts"]["ok"] == 2
     labels = {r["top"][0]["label"] for r in read_jsonl(tmp_path / "out" / "predictions.jsonl")}
     assert labels <= {"plain", "busy"}
+
+
+def test_window_says_plainly_when_a_hub_model_cannot_be_downloaded(qtbot, window, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    make_photos(tmp_path / "in", sizes=[(40, 30)])
+    assert window.model_picker.set_current_model("hf:acme/not-here")
+    window.form.input_edit.setText(str(tmp_path / "in"))
+    window.form.output_edit.setText(str(tmp_path / "out"))
+    assert window.start_run() is False  # the download dialog goes first
+    qtbot.waitUntil(lambda: "HF_HUB_OFFLINE is set" in window.controls.message.text(), timeout=RUN_TIMEOUT_MS)
+    assert not window.is_running() and not (tmp_path / "out" / "predictions.jsonl").exists()

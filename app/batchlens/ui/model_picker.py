@@ -20,7 +20,7 @@ from PySide6.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QInputDialog,
 from batchlens.core.errors import BatchLensError
 from batchlens.core.models import ModelInfo, list_models
 from batchlens.core.models.files import MODEL_FILE_SUFFIXES, file_model_info
-from batchlens.core.models.hf_cache import hf_folder_info
+from batchlens.core.models.hf_cache import HF_PREFIX, hf_folder_info
 from batchlens.core.models.timm_models import TIMM_PREFIX
 
 ROLE_INFO = Qt.ItemDataRole.UserRole + 1
@@ -184,6 +184,9 @@ class ModelPicker(QWidget):
                 self.add_model(hf_folder_info(Path(model_id)), select=True)
             except BatchLensError:
                 return False
+            return True
+        if model_id.startswith(HF_PREFIX):  # a hub name not in the cache: downloaded before the run
+            self.add_model(ModelInfo(model_id, "from the hub", "huggingface", "downloaded on first use"))
             return True
         if model_id.startswith(TIMM_PREFIX):
             self.add_model(timm_info(model_id, self.options.get(model_id, {}).get("weights")), select=True)

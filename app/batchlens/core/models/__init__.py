@@ -19,12 +19,12 @@ from batchlens.core.models.base import LoadedModel, ModelInfo
 from batchlens.core.models.builtin import BUILTIN_IDS, list_builtin, load_builtin
 from batchlens.core.models.catalogue import (
     Progress,
-    download_weights,
     is_catalogue_model,
     is_downloaded,
     list_catalogue,
     load_catalogue,
 )
+from batchlens.core.models.catalogue import download_weights as download_catalogue_weights
 from batchlens.core.models.errors import (
     DownloadCancelled,
     PickleRefusedError,
@@ -38,7 +38,7 @@ from batchlens.core.models.files import (
     pickle_risk,
 )
 from batchlens.core.models.hf import is_hf_model, load_hf
-from batchlens.core.models.hf_cache import list_hf_cache
+from batchlens.core.models.hf_cache import HF_PREFIX, is_cached, list_hf_cache, snapshot_for
 from batchlens.core.models.timm_models import is_timm_model, load_timm
 
 
@@ -98,11 +98,21 @@ def file_to_trust(model: str, options: dict | None = None) -> tuple[Path, list[s
 
 
 def needs_download(model: str, options: dict | None = None) -> bool:
-    """True when `load_model(model, ...)` would first download catalogue weights."""
+    """True when `load_model(model, ...)` would first download catalogue weights or a Hugging Face
+    model (hf:ORG/NAME not in the cache)."""
     options = options or {}
+    if model.startswith(HF_PREFIX):
+        return not is_cached(model)
     if options.get("weights") or model in BUILTIN_IDS or Path(model).expanduser().is_file():
         return False
     return is_catalogue_model(model) and not is_downloaded(model)
+
+
+def download_weights(model: str, progress: Progress | None = None) -> Path:
+    """Fetch what `model` needs into its cache (torch hub, or the Hugging Face cache), with progress."""
+    if model.startswith(HF_PREFIX):
+        return snapshot_for(model, progress)
+    return download_catalogue_weights(model, progress)
 
 
 def load_model(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from batchlens.core.errors import BatchLensError
 from batchlens.core.models.base import ModelInfo
+from batchlens.core.models.errors import DownloadCancelled
 from batchlens.core.models.sidecar import read_json_file
 
 log = logging.getLogger(__name__)
@@ -88,9 +89,38 @@ def list_hf_cache() -> list[ModelInfo]:
     return infos
 
 
-def snapshot_for(model: str) -> Path:
+def is_cached(model: str) -> bool:
+    """True when `hf:ORG/NAME` has a snapshot with a config.json in the Hugging Face cache."""
+    repo_dir = _repo_dir(model.removeprefix(HF_PREFIX))
+    return repo_dir.is_dir() and _snapshot(repo_dir) is not None
+
+
+def _reporting_bar(progress):
+    """A tqdm class for huggingface_hub that hands the bytes of the download to `progress(done,
+    total)` (the window's download dialog) and prints nothing; cancelling raises DownloadCancelled."""
+    import io
+
+    from tqdm import tqdm
+
+    class Reporting(tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs["file"] = io.StringIO()
+            super().__init__(*args, **kwargs)
+
+        def update(self, n=1):
+            super().update(n)
+            # the byte count written to the cache; "Downloading bytes" counts the same bytes again
+            if self.unit == "B" and not str(self.desc).startswith("Downloading bytes"):
+                if progress(int(self.n), int(self.total) if self.total else None) is False:
+                    raise DownloadCancelled("Download cancelled.")
+
+    return Reporting
+
+
+def snapshot_for(model: str, progress=None) -> Path:
     """The local folder of `hf:ORG/NAME`: the cached snapshot, else downloaded into the cache (with
-    huggingface_hub's progress bars) where the network allows; one sentence when it cannot be had."""
+    huggingface_hub's progress bars, or `progress(done, total)`) where the network allows; one
+    sentence when it cannot be had."""
     repo_id = model.removeprefix(HF_PREFIX)
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise BatchLensError(
@@ -114,7 +144,10 @@ def snapshot_for(model: str) -> Path:
             "Hugging Face models need the transformers library: pip install 'batchlens[hf]'."
         ) from None
     try:
-        folder = snapshot_download(repo_id, allow_patterns=DOWNLOAD_PATTERNS)
+        bar = _reporting_bar(progress) if progress is not None else None
+        folder = snapshot_download(repo_id, allow_patterns=DOWNLOAD_PATTERNS, tqdm_class=bar)
+    except DownloadCancelled:
+        raise
     except Exception as exc:  # offline, unknown repo, gated repo, server error: all one sentence
         reason, first_line = type(exc).__name__, (str(exc).splitlines() or [""])[0]
         raise BatchLensError(
