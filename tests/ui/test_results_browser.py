@@ -233,6 +233,16 @@ def test_a_real_run_from_another_machine(qtbot, browser, shapes_folder, tmp_path
     assert not browser.cache.get(_tile_key(browser, 0)).isNull()
 
 
+def test_inputs_are_only_read_inside_the_input_folder(tmp_path):
+    from batchlens.ui.results.thumbnails import input_path
+
+    assert input_path(tmp_path, "a/b.png") == tmp_path / "a" / "b.png"
+    assert input_path(tmp_path, "a/../b.png") == tmp_path / "b.png"
+    for outside in ("../b.png", "a/../../b.png", "/etc/passwd", ".."):
+        assert input_path(tmp_path, outside) is None
+    assert input_path(None, "a.png") is None
+
+
 def test_cli_results_refuses_a_folder_without_results(tmp_path, capsys):
     assert main(["--results", str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err

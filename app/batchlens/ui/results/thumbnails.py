@@ -9,10 +9,11 @@ used cache with a byte budget, so memory stays flat however long the folder is.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from PIL import Image
@@ -41,10 +42,24 @@ class Job:
     size: int  # longest side of the pictures, in pixels
 
 
+def input_path(input_dir: Path | None, rel: str) -> Path | None:
+    """Where an image's input is: `rel` under the input folder, never outside it (a hand-edited line
+    cannot point the browser at other files; links inside the folder are followed as the scan does)."""
+    if input_dir is None:
+        return None
+    normal = os.path.normpath(rel)
+    if os.path.isabs(normal) or normal == ".." or normal.startswith(".." + os.sep):
+        return None
+    return input_dir / normal
+
+
 def make_pictures(job: Job) -> ResultPictures:
     fields = read_line(job.predictions, job.record)
-    input_path = job.input_dir / job.record.image if job.input_dir is not None else None
-    return render(fields, input_path, job.output_dir, job.size, job.task)
+    path = input_path(job.input_dir, job.record.image)
+    pictures = render(fields, path, job.output_dir, job.size, job.task)
+    if path is None and job.input_dir is not None:
+        return replace(pictures, note=f"{job.record.image} is outside the input folder, so it is not shown.")
+    return pictures
 
 
 def tile_image(job: Job) -> QImage:
