@@ -141,8 +141,11 @@ def test_20000_results_scroll_filter_sort_and_open(qtbot, browser, big_output):
 
     # Sorting: by score, highest first (images without a score last); by time taken; back to run order.
     combo = browser.filters.sort_combo
+    grid.setCurrentIndex(browser.shown.index(5, 0))
+    chosen = browser.shown.record(5)
     combo.setCurrentIndex(combo.findData("score"))
     browser.filters.direction.setChecked(True)
+    assert browser.shown.record(grid.currentIndex().row()) is chosen  # the current item moves with it
     scores = [browser.shown.record(r).score for r in range(browser.shown.rowCount())]
     having = [s for s in scores if s is not None]
     assert having == sorted(having, reverse=True) and scores[: len(having)] == having

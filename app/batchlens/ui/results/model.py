@@ -180,12 +180,5 @@ class ResultsFilter(QSortFilterProxyModel):
             return None
         return self.data(self.index(row, 0), RECORD_ROLE)
 
-    def row_of(self, record: ResultRecord) -> int:
-        """The shown row of a record (-1: filtered out)."""
-        for row, candidate in enumerate(self.results.records):
-            if candidate is record:
-                return self.mapFromSource(self.results.index(row)).row()
-        return -1
-
 
 __all__ = ["RECORD_ROLE", "ResultsFilter", "ResultsModel", "SORT_KEYS", "describe"]
