@@ -204,7 +204,7 @@ def test_any_pickle_protocol_is_read_statically(tmp_path: Path):
 
 
 # -- 5. zip bombs ---------------------------------------------------------------------------------------
-def test_declared_sizes_beyond_the_file_are_refused(tmp_path: Path):
+def test_declared_sizes_beyond_the_file_are_refused(scripted: Path, tmp_path: Path):
     lying = checkpoint_zip(tmp_path / "lying.pth", declaring_pickle(2**31), {"0": bytes(2**20)})
     with pytest.raises(BatchLensError) as refused:
         load_model("resnet18", CPU, {"weights": str(lying)})
@@ -213,6 +213,7 @@ def test_declared_sizes_beyond_the_file_are_refused(tmp_path: Path):
 
     honest = checkpoint_zip(tmp_path / "honest.pth", declaring_pickle(256), {"0": bytes(1024)})
     assert size_problem(honest) is None
+    assert size_problem(scripted) is None, "TorchScript deflates its code: that is no bomb"
     assert "more than the 10 B of memory free" in size_problem(honest, available=10)
 
 

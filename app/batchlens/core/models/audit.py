@@ -17,6 +17,7 @@ import json
 import pickletools
 import re
 import zipfile
+from _compat_pickle import IMPORT_MAPPING
 from pathlib import Path
 
 import psutil
@@ -35,6 +36,8 @@ except (ImportError, AttributeError):  # torch moved it: nothing counts as safe,
 
 _INT_OPS = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4"}
 _UNKNOWN = object()  # a stack value the static reading does not follow
+# Tensor records: data/N in torch.save and TorchScript zips, data/weights|constants/* in a .pt2.
+_TENSOR_RECORD = re.compile(r"(?:[^/]+/)?data/(?:\d+|weights/[^/]+|constants/[^/]+)")
 # .pt2 members torch reads as text, never unpickles.
 _PT2_TEXT = {"archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id"}
 # In a .pt2 graph (JSON): treespec contexts that make torch import a module by name.
@@ -79,6 +82,7 @@ def read_pickle(data: bytes) -> tuple[set[str], list[tuple]] | None:
                 del stack[len(stack) - count :]
             if name in ("GLOBAL", "INST"):
                 module, _, attr = arg.partition(" ")
+                module = IMPORT_MAPPING.get(module, module)  # Python 2 names, as pickle maps them
                 found.add(f"{module}.{attr}")
                 result = _Global(f"{module}.{attr}")
             elif name == "STACK_GLOBAL":
@@ -227,14 +231,16 @@ def size_problem(path: Path, available: int | None = None) -> str | None:
     """Why a zip model file (torch.save, TorchScript, .pt2) must not be loaded for its size, read from the
     zip directory and data.pkl without loading a tensor; None when nothing is wrong (or it is no zip).
 
-    torch writes every record uncompressed, so a file that unpacks to more than its size on disk is a zip
-    bomb (torch would inflate it all in memory), as is one whose pickle declares more tensor bytes than
-    the file holds; and tensors that need more than the memory available would only end in an error."""
+    torch stores tensors uncompressed (and weights hardly compress), so tensors declared beyond twice the
+    file's size on disk make a zip bomb (torch would allocate or inflate them all in memory); other members
+    (TorchScript code) are deflated, but text shrinks a few times, never a thousand. Tensors that need more
+    than the memory available would only end in an error."""
     path = Path(path)
     try:
         on_disk = path.stat().st_size
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()
+            tensors = sum(info.file_size for info in infos if _TENSOR_RECORD.fullmatch(info.filename))
             unpacked = sum(info.file_size for info in infos)
             pickles = [i for i in infos if re.fullmatch(r"(?:[^/]+/)?data\.pkl", i.filename)]
             read = read_pickle(archive.read(pickles[0])) if len(pickles) == 1 else None
@@ -244,11 +250,12 @@ def size_problem(path: Path, available: int | None = None) -> str | None:
     for pid in read[1] if read else []:
         if len(pid) == 5 and pid[0] == "storage" and isinstance(pid[4], int):
             declared[str(pid[2])] = pid[4] * _element_size(pid[1])
-    needed = max(unpacked, sum(declared.values()))
-    if needed > on_disk:
+    needed = max(tensors, sum(declared.values()))
+    if needed > 2 * on_disk + 2**20 or unpacked > 20 * on_disk + 2**24:
+        size = format_bytes(max(needed, unpacked))
         return (
-            f"it unpacks to {format_bytes(needed)} but is only {format_bytes(on_disk)} on disk, while torch "
-            "stores tensors uncompressed (a zip bomb, or a damaged file)"
+            f"it unpacks to {size} but is only {format_bytes(on_disk)} on disk, while torch stores tensors "
+            "uncompressed (a zip bomb, or a damaged file)"
         )
     available = psutil.virtual_memory().available if available is None else available
     if needed > available:
