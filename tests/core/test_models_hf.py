@@ -173,9 +173,19 @@ def _image(path: Path) -> Image.Image:
         return image.convert("RGB")
 
 
-def test_classification_matches_the_pipeline(hf, tmp_path):
-    records = _run(hf / "vit", tmp_path / "out", "--batch-size", "3")
-    pipe = transformers.pipeline("image-classification", model=str(hf / "vit"), device="cpu")
+@pytest.mark.parametrize("kind", ["single", "multi"])  # softmax; sigmoid for multi-label models
+def test_classification_matches_the_pipeline(hf, tmp_path, kind):
+    folder = hf / "vit"
+    if kind == "multi":
+        folder = tmp_path / "vit-multi"
+        folder.mkdir()
+        for name in ("model.safetensors", "preprocessor_config.json"):
+            (folder / name).write_bytes((hf / "vit" / name).read_bytes())
+        config = json.loads((hf / "vit" / "config.json").read_text())
+        config["problem_type"] = "multi_label_classification"
+        (folder / "config.json").write_text(json.dumps(config))
+    records = _run(folder, tmp_path / "out", "--batch-size", "3", inputs=hf / "in")
+    pipe = transformers.pipeline("image-classification", model=str(folder), device="cpu")
     worst = 0.0
     for record in records:
         theirs = pipe(_image(hf / "in" / record["image"]), top_k=3)
@@ -185,7 +195,9 @@ def test_classification_matches_the_pipeline(hf, tmp_path):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     words = summary["preprocessing"]["description"]
     assert "exactly 32x32" in words and "mean 0.5, 0.5, 0.5" in words and "ViTImageProcessor" in words
-    print(f"HF ViT classification: max |score diff| vs pipeline {worst:.2e}")
+    if kind == "multi":
+        assert sum(o["score"] for o in records[0]["top"]) > 1.01, "sigmoid scores do not sum to one"
+    print(f"HF ViT classification ({kind}-label): max |score diff| vs pipeline {worst:.2e}")
 
 
 @pytest.mark.parametrize("name", ["detr", "rtdetr"])  # DETR (softmax), RT-DETR (sigmoid, top-k)

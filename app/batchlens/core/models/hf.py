@@ -91,6 +91,14 @@ class HFForward(nn.Module):
         return {key: out[key] for key in self.outputs}
 
 
+class HFMultiLabelAdapter(ClassificationAdapter):
+    """Multi-label classifiers (and one-logit ones) score each label on its own, with a sigmoid, as
+    transformers' image-classification pipeline does for them."""
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits)
+
+
 @dataclass
 class HFDetectionAdapter(DetectionAdapter):
     """Boxes from the processor's post_process_object_detection, at the original image's size."""
@@ -182,7 +190,12 @@ def load_hf(model: str, device: torch.device, options: dict | None = None) -> Lo
     if getattr(config, "id2label", None) and task in ("classification", "detection", "segmentation"):
         labels = [str(config.id2label.get(i, i)) for i in range(len(config.id2label))]
     extra = {"processor": processor} if task in ("detection", "segmentation") else {}
-    adapter = ADAPTERS[task](transform=HFInputs(processor), labels=labels, options=options, **extra)
+    adapter_class = ADAPTERS[task]
+    if task == "classification" and (
+        getattr(config, "problem_type", None) == "multi_label_classification" or config.num_labels == 1
+    ):
+        adapter_class = HFMultiLabelAdapter
+    adapter = adapter_class(transform=HFInputs(processor), labels=labels, options=options, **extra)
     processor_file = folder / "preprocessor_config.json"
     preprocessing = None
     if processor_file.is_file():

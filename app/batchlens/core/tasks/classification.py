@@ -28,7 +28,7 @@ class ClassificationAdapter(TaskAdapter):
                 f"the model gives {logits.numel()} scores but there are {len(self.labels)} labels; "
                 'check the labels file or the sidecar\'s "labels"'
             )
-        scores = torch.softmax(logits, dim=0)
+        scores = self.scores(logits)
         values, indices = scores.topk(min(TOP_K, scores.numel()))
         top = [
             {"label": self.label(int(i)), "index": int(i), "score": round(float(v), 6)}
@@ -41,6 +41,10 @@ class ClassificationAdapter(TaskAdapter):
         if reason is None and not record["top"]:
             reason = "'top' is empty"
         return reason
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """One image's logits -> scores (softmax: the classes compete; multi-label models override)."""
+        return torch.softmax(logits, dim=0)
 
     def finish(self, output_dir: Path, records: list[dict]) -> list[Path]:
         path = output_dir / "predictions.csv"
