@@ -360,3 +360,18 @@ def test_download_progress_reaches_the_callback_and_can_cancel():
     assert seen == [(30, 100), (60, 100)]
     with pytest.raises(DownloadCancelled):
         written.update(40)
+
+
+def test_cache_folder_follows_huggingface_hubs_order(tmp_path, monkeypatch):
+    from batchlens.core.models.hf_cache import hub_cache_dir
+
+    for name in ("HF_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert hub_cache_dir() == tmp_path / "home" / ".cache" / "huggingface" / "hub"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert hub_cache_dir() == tmp_path / "xdg" / "huggingface" / "hub"
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    assert hub_cache_dir() == tmp_path / "hf-home" / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert hub_cache_dir() == tmp_path / "hub"
