@@ -3,7 +3,8 @@
 
 The hub lays the cache out as HUB/models--ORG--NAME/snapshots/REVISION/config.json, with
 refs/main naming the revision `main` points at. HUB is $HF_HUB_CACHE, else $HF_HOME/hub, else
-$XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub (huggingface_hub's own order).
+$XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub (huggingface_hub's own order; it
+also reads the older HUGGINGFACE_HUB_CACHE).
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ def hf_task(config: dict) -> str | None:
 
 
 def hub_cache_dir() -> Path:
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):  # (the second: its older name)
+        if os.environ.get(name):
+            return Path(os.environ[name]).expanduser()
     if os.environ.get("HF_HOME"):
         return Path(os.environ["HF_HOME"]).expanduser() / "hub"
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
@@ -145,7 +147,9 @@ def snapshot_for(model: str, progress=None) -> Path:
         ) from None
     try:
         bar = _reporting_bar(progress) if progress is not None else None
-        folder = snapshot_download(repo_id, allow_patterns=DOWNLOAD_PATTERNS, tqdm_class=bar)
+        folder = snapshot_download(
+            repo_id, cache_dir=hub_cache_dir(), allow_patterns=DOWNLOAD_PATTERNS, tqdm_class=bar
+        )
     except DownloadCancelled:
         raise
     except Exception as exc:  # offline, unknown repo, gated repo, server error: all one sentence
