@@ -175,8 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--batch-size",
         type=batch_size_arg,
-        default=1,
-        help="images per forward pass (default 1), or auto: try 1, 2, 4, ... and keep the fastest",
+        default=None,
+        help="images per forward pass, or auto (the default): measured on the run's own batches, "
+        "starting at 1; results differ from batch 1 only by float rounding",
     )
     _add_speed_options(run)
     run.add_argument("--recursive", action="store_true", help="include images in subfolders")
@@ -260,10 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--batch-size",
         type=batch_size_arg,
-        default="auto",
-        help="batch size of the batched engine row (default auto)",
+        default=None,
+        help="add a row of the engine at this fixed batch size (the defaults row measures its own)",
     )
-    bench.add_argument("--prefetch", type=int, default=2, help="prefetch depth of the batched row (2)")
+    bench.add_argument("--prefetch", type=int, default=2, help="prefetch depth of that row (2)")
     bench.add_argument(
         "--precision",
         choices=("fp32", "fp16", "bf16"),
@@ -277,13 +278,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MIB",
         help="stop the naive loop once memory has grown by this many MiB (default 1024)",
     )
-    bench.add_argument("--repeat", type=int, default=1, help="time each row this many times, keep the best")
+    bench.add_argument(
+        "--repeat", type=int, default=1, help="rounds over every row (medians and ranges are reported)"
+    )
     bench.add_argument(
         "--sampler-check",
         action="store_true",
         help="add a row without memory sampling to measure what the sampler costs",
     )
-    bench.add_argument("--threads", type=int, default=None, help="torch CPU threads for every row")
+    bench.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads for the loops (the engine picks its own)"
+    )
     bench.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     return parser
 
@@ -300,6 +305,28 @@ def batch_size_arg(text: str) -> int | str:
     return value
 
 
+def threads_arg(text: str) -> int | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of threads (1 or more) or auto")
+    return int(text)
+
+
+def speed_settings(args: argparse.Namespace) -> dict:
+    """RunConfig's batch, prefetch and threads settings from the options given (RunConfig's defaults
+    for the rest, so the window and the command line share one set of defaults)."""
+    from batchlens.core.config import EXACT_SETTINGS
+
+    given = {"batch_size": args.batch_size, "prefetch": args.prefetch, "threads": args.threads}
+    given = {key: value for key, value in given.items() if value is not None}
+    if args.exact:
+        if given:
+            raise BatchLensError(f"--exact fixes {', '.join(sorted(given))}: give one or the other.")
+        return dict(EXACT_SETTINGS)
+    return given
+
+
 def size_arg(text: str) -> tuple[int, int]:
     try:
         width, height = (int(part) for part in text.lower().split("x"))
@@ -314,9 +341,22 @@ def _add_speed_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prefetch",
         type=int,
-        default=0,
+        default=None,
         metavar="N",
-        help="decode and preprocess the next N batches on background threads (default 0: in the loop)",
+        help="decode and preprocess the next N batches on background threads (default 2; 0: in the loop)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=threads_arg,
+        default=None,
+        metavar="N|auto",
+        help="torch CPU threads; default auto: sized with the decoding threads from the free cores",
+    )
+    parser.add_argument(
+        "--exact",
+        action="store_true",
+        help="exactly a plain PyTorch loop: batch 1, decoding in the loop, torch's own threads "
+        "(the defaults batch and prefetch, which changes scores only by float rounding)",
     )
     parser.add_argument(
         "--precision",
@@ -372,7 +412,6 @@ def _run_with(args: argparse.Namespace, stop: SignalStop) -> int:
         input_dir=args.input,
         output_dir=args.output,
         device=args.device,
-        batch_size=args.batch_size,
         recursive=args.recursive,
         resume=args.resume,
         overwrite=args.overwrite,
@@ -381,9 +420,9 @@ def _run_with(args: argparse.Namespace, stop: SignalStop) -> int:
         max_failures=args.max_failures,
         cpu_fallback=args.cpu_fallback,
         memory_snapshot=args.memory_snapshot,
-        prefetch=args.prefetch,
         precision=args.precision,
         fast_decode=args.fast_decode,
+        **speed_settings(args),
         gpu_decode=args.gpu_decode,
         empty_cache=args.empty_cache,
     )

@@ -4,6 +4,7 @@ and every row processed the same images. No timing assertions: speed is reported
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from PIL import Image
 from batchlens.cli import main
 from batchlens.core.bench import digest, make_synthetic_folder
 
-ROW_NAMES = ["plain", "naive", "engine", "no-probe", "tuned"]
+ROW_NAMES = ["plain", "expert", "naive", "exact", "engine", "no-probe", "tuned"]
 
 
 def test_bench_cli_prints_table_and_writes_json(tmp_path: Path, capsys):
@@ -29,7 +30,9 @@ def test_bench_cli_prints_table_and_writes_json(tmp_path: Path, capsys):
             "--device",
             "cpu",
             "--batch-size",
-            "auto",
+            "2",
+            "--repeat",
+            "2",
             "--sampler-check",
             "--json",
             str(out),
@@ -46,17 +49,28 @@ def test_bench_cli_prints_table_and_writes_json(tmp_path: Path, capsys):
     for row in result["rows"]:
         assert row["images"] == 6, row  # the naive loop too: 6 small images stay far under 1 GiB
         assert row["images_digest"] == digest(names), row["name"]
-        assert row["images_per_second"] > 0 and row["seconds"] > 0
-        assert row["peak_bytes"] > 0 and row["after_bytes"] > 0
+        assert row["images_per_second"] > 0 and row["seconds"] > 0 and row["cpu_seconds"] > 0
+        assert row["peak_bytes"] > 0 and row["after_bytes"] > 0 and row["first_result_s"] > 0
         assert row["label"] in printed
-    plain = result["rows"][0]
-    assert plain["ratio"] == 1.0
-    tuned = result["rows"][-1]
-    assert tuned["settings"]["prefetch"] == 2 and isinstance(tuned["settings"]["batch_size"], int)
-    assert "auto chose" in tuned["note"]  # the auto batch size says why it stopped where it did
-    assert result["sampler"]["us_per_sample"] > 0 and result["sampler"]["samples"] == 6
+        low, high = row["images_per_second_range"]
+        assert low <= row["images_per_second"] <= high  # the median of its rounds
+        assert len(row["rounds"]) == (1 if row["name"] == "naive" else 2)
+    rows = {row["name"]: row for row in result["rows"]}
+    assert rows["plain"]["ratio"] == 1.0 and rows["expert"]["ratio_expert"] == 1.0
+    for row in result["rows"]:  # ratios are medians of the rounds' own ratios (paired rounds)
+        if row["name"] != "naive":
+            plain = rows["plain"]["rounds"]
+            paired = [r["images_per_second"] / p["images_per_second"] for r, p in zip(row["rounds"], plain)]
+            assert row["ratio"] == pytest.approx(statistics.median(paired), abs=1e-3)
+    assert rows["expert"]["settings"]["batch_size"] == 16 and rows["expert"]["settings"]["workers"] >= 1
+    assert rows["exact"]["settings"]["batch_size"] == 1 and rows["exact"]["settings"]["prefetch"] == 0
+    engine = rows["engine"]["settings"]
+    assert engine["prefetch"] == 2 and engine["batch_size_auto"]["sizes"][0]["batch_size"] == 1
+    assert engine["threads"]["torch"] >= 1 and "auto:" in rows["engine"]["note"]
+    assert rows["tuned"]["settings"]["batch_size"] == 2 and rows["tuned"]["settings"]["prefetch"] == 2
+    assert result["sampler"]["us_per_sample"] > 0 and result["sampler"]["samples"] >= 6
     assert "ab_percent" in result["sampler"]
-    for column in ("images/s", "vs plain", "CPU ms/img", "peak mem", "mem after", "mem/image"):
+    for column in ("images/s", "vs plain", "vs expert", "first result", "CPU ms/img", "peak mem"):
         assert column in printed
     assert "memory sampler:" in printed
 

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from batchlens.core.config import RunConfig
+from batchlens.core.config import EXACT_SETTINGS, RunConfig
 from batchlens.core.errors import BatchLensError
 from batchlens.core.events import ImageResult, RunNote
 from batchlens.core.memory import CpuProbe, MemoryProbe, MemorySample
@@ -285,7 +285,8 @@ def test_a_leaking_model_is_reported_once_with_its_rate(tmp_path: Path):
     make_shapes_folder(folder, 30, size=64)  # the CPU watch looks at batches 9 to 24
     loaded = load_model("demo-shapes", torch.device("cpu"))
     leaky = LeakyModel(loaded.module, mib_per_call=6)
-    events = run(folder, tmp_path / "out", LoadedModel(loaded.info, leaky, loaded.adapter, loaded.device))
+    model = LoadedModel(loaded.info, leaky, loaded.adapter, loaded.device)
+    events = run(folder, tmp_path / "out", model, **EXACT_SETTINGS)  # it leaks 6 MiB a forward
     warnings = [e.message for e in events if isinstance(e, RunNote) and "keeps climbing" in e.message]
     assert len(warnings) == 1, warnings
     rate = float(warnings[0].split("about ")[1].split(" MiB")[0])

@@ -112,18 +112,15 @@ def test_batch_size_auto_reports_its_choice(shapes_folder: Path, tmp_path: Path)
     out = tmp_path / "out"
     config = RunConfig("demo-shapes", shapes_folder, out, device="cpu", batch_size="auto")
     events = list(Runner(config).events())
-    notes = [e for e in events if isinstance(e, RunNote) and e.message.startswith("Batch size auto: chose")]
-    assert len(notes) == 1
+    notes = [e for e in events if isinstance(e, RunNote) and e.message.startswith("Batch size auto:")]
+    assert len(notes) <= 2  # when it settles, and when it changes later (12 images: rarely)
     summary = json.loads((out / "summary.json").read_text())
     auto = summary["batch_size_auto"]
     assert summary["batch_size"] == auto["chosen"] and summary["counts"]["ok"] == 12
-    sizes = [t["batch_size"] for t in auto["trials"]]
+    sizes = [s["batch_size"] for s in auto["sizes"]]
     assert sizes[0] == 1 and sizes == [2**i for i in range(len(sizes))] and max(sizes) <= 12
     assert auto["chosen"] in sizes and auto["reason"]
-    best = max(auto["trials"], key=lambda t: t["images_per_second"] or 0)
-    chosen = next(t for t in auto["trials"] if t["batch_size"] == auto["chosen"])
-    # the fastest size wins, unless a larger one was less than 5 % faster than it (not worth the memory)
-    assert chosen["images_per_second"] * 1.05 >= best["images_per_second"]
+    assert all(s["images_per_second"] > 0 and s["cpu_ms_per_image"] > 0 for s in auto["sizes"])
 
 
 def test_find_batch_size_stops_at_out_of_memory():
@@ -155,7 +152,8 @@ def test_mixed_precision_runs_and_hands_adapters_float32(shapes_folder: Path, tm
     summary = json.loads((out / "summary.json").read_text())
     assert summary["precision"] == "bf16" and summary["counts"]["ok"] == 12
     with pytest.raises(BatchLensError, match="Unknown precision"):
-        list(Runner(RunConfig("demo-shapes", shapes_folder, out, device="cpu", precision="fp8")).events())
+        wrong = RunConfig("demo-shapes", shapes_folder, tmp_path / "o2", device="cpu", precision="fp8")
+        list(Runner(wrong).events())
 
 
 def test_channels_last_gives_the_same_answers():

@@ -11,7 +11,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from batchlens.core.config import RunConfig
+from batchlens.core.config import EXACT_SETTINGS, RunConfig
 from batchlens.core.events import ImageResult
 from batchlens.core.inference import infer
 from batchlens.core.models import load_model
@@ -94,8 +94,8 @@ def test_live_tensors_grow_on_naive_loop_and_stay_flat_in_engine(tmp_path: Path)
     tracker = LiveTensorTracker()
     counts = []
     with tracker:
-        for event in Runner(
-            RunConfig("demo-denoise", tmp_path / "in", tmp_path / "out", device="cpu")
+        for event in Runner(  # one image a batch: the count after each image is the engine's floor
+            RunConfig("demo-denoise", tmp_path / "in", tmp_path / "out", device="cpu", **EXACT_SETTINGS)
         ).events():
             if isinstance(event, ImageResult):
                 assert event.ok, event.error

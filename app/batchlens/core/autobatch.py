@@ -1,29 +1,44 @@
-"""`--batch-size auto`: find the batch size that runs fastest without running out of memory.
+"""`--batch-size auto`: the batch size that runs fastest without running out of memory.
 
-Like accelerate's `find_executable_batch_size`, but growing instead of shrinking: try 1, 2, 4, ...
-with a real preprocessed image from the folder, through the same `infer()` the run uses, and stop
-when the device runs out of memory, memory nears the device's limit, the speed stops improving, or
-the time budget is spent. The fastest size tried wins.
+A local run measures on its own batches (`BatchSizer`): the first batch is one image, so the first
+result comes as soon as a plain loop's; then the size doubles while a larger batch proves faster per
+image, every result counting (nothing is computed twice to measure). Each batch is timed from the
+forward to its written outputs (decoding runs ahead on other threads, whatever the batch size), in
+wall time and in the process's CPU time per image;
+a larger size wins when it is clearly faster, or as fast with clearly less CPU per image (on a busy
+machine wall time is noisy, CPU time much less). A size that looked slower gets a second batch
+before it is turned down (its first batch pays one-time set-up), and is tried again later in the
+run, so one noisy figure cannot pin a run to a small size. Out of memory (or memory near the
+device's limit) caps the size; a model that takes one image at a time caps it at 1. The size a run
+settles on is remembered per model, device and input size (core/tuning_cache.py) and the next run
+goes to it straight after its first image.
+
+`find_batch_size` is the older stand-alone probe (1, 2, 4, ... copies of one image, before the run),
+which cluster workers still use.
 """
 
 from __future__ import annotations
 
 import gc
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import psutil
 import torch
 
-from batchlens.core.inference import describe_error, infer
+from batchlens.core.inference import describe_error, fixed_batch_size, infer
 from batchlens.core.memory import MemoryProbe, format_bytes
 from batchlens.core.models import LoadedModel
+from batchlens.core.tuning_cache import remember_batch_size, remembered_batch_size
 
 MAX_AUTO_BATCH = 256
 MIN_GAIN = 1.05  # a larger batch must be at least 5 % faster to be worth its memory
 MEMORY_HEADROOM = 0.85  # stop when a trial used more than this share of the device's memory
 TIME_BUDGET_S = 20.0  # tuning is a small fraction of a long run; never more than this
 TRIAL_MIN_S = 0.3  # time each size for at least this long (after one warm-up forward)
+RETRY_IMAGES = 64  # once settled, try the next larger size again after this many images (then 2x)
+RECENT = 3  # a size's figure is the best of its last few batches (noise only ever adds time)
 
 
 @dataclass(frozen=True)
@@ -90,7 +105,8 @@ def _free(device: torch.device, collect: bool) -> None:
         torch.mps.empty_cache()
 
 
-def _memory_limit(device: torch.device, probe: MemoryProbe) -> int:
+def memory_limit(device: torch.device, probe: MemoryProbe) -> int:
+    """What a run may fill: the device's memory, or on the CPU this process's RAM plus what is free."""
     if device.type == "cpu":
         return probe.sample().allocated + psutil.virtual_memory().available
     total = probe.sample().device_total
@@ -109,7 +125,7 @@ def find_batch_size(
     """Time forwards of `sample` (one preprocessed image) repeated 1, 2, 4, ... times; keep the
     fastest size, where a larger size must be at least 5 % faster than the best smaller one."""
     device = model.device
-    limit = _memory_limit(device, probe)
+    limit = memory_limit(device, probe)
     max_batch = max(1, min(max_batch, MAX_AUTO_BATCH))
     trials: list[BatchTrial] = []
     best: BatchTrial | None = None
@@ -177,3 +193,221 @@ def choose_batch_size(pipeline, todo: list, probe: MemoryProbe) -> BatchChoice:
                 channels_last=pipeline.channels_last,
             )
     return BatchChoice(1, "no image could be prepared to measure with", ())
+
+
+@dataclass
+class _Figures:
+    """Seconds per image of each batch run at one size: wall time and the process's CPU time."""
+
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+    def best(self) -> tuple[float, float]:
+        return min(self.wall[-RECENT:]), min(self.cpu[-RECENT:])
+
+
+class BatchSizer:
+    """The size of each next batch of a run: fixed, or (`"auto"`) measured on the run's own batches.
+
+    The runner takes batches from `batches(todo)` (lazily, so a new size applies to every batch not
+    yet started) and reports each finished batch to `record()`."""
+
+    def __init__(
+        self,
+        requested: int | str,
+        max_batch: int = MAX_AUTO_BATCH,
+        memory_limit: int = 0,
+        cache_key: str | None = None,
+        why_fixed: str | None = None,
+        one_at_a_time: str | None = None,
+    ):
+        self.one_at_a_time = one_at_a_time  # why the model takes one image at a time, once known
+        if one_at_a_time:
+            requested, why_fixed = 1, f"the model takes one image at a time ({one_at_a_time})"
+        self.auto = requested == "auto"
+        self.size = 1 if self.auto else int(requested)
+        self.ceiling = max(1, min(max_batch, MAX_AUTO_BATCH)) if self.auto else self.size
+        self.memory_limit = memory_limit
+        self.cache_key = cache_key  # model, device and settings; the input size is added when known
+        self.trying: int | None = None  # a larger size being measured against `size`
+        self.reason = why_fixed or ("asked for" if not self.auto else "measuring")
+        self.remembered: int | None = None
+        self.figures: dict[int, _Figures] = {}
+        self.changes: list[tuple[int, int]] = []  # (images done, new size)
+        self.images = 0
+        self._retry_at: int | None = None
+        self._retry_every = RETRY_IMAGES
+        self._base_peak: int | None = None
+        self._notes: list[str] = []
+        self._settled_once = False
+
+    # -- what the runner asks -------------------------------------------------------------------
+    def next_size(self) -> int:
+        return self.trying or self.size
+
+    def batches(self, todo: Sequence) -> Iterator[list]:
+        start = 0
+        while start < len(todo):
+            count = self.next_size()
+            yield list(todo[start : start + count])
+            start += count
+
+    def take_notes(self) -> list[str]:
+        notes, self._notes = self._notes, []
+        return notes
+
+    def record(
+        self,
+        size: int,
+        seconds: float,
+        cpu_seconds: float,
+        peak_bytes: int = 0,
+        input_shape: tuple | None = None,
+        out_of_memory: bool = False,
+        one_at_a_time: str | None = None,
+    ) -> None:
+        """One finished batch of `size` images: its seconds from the forward to the written results,
+        the process's CPU seconds over the same span, and memory's peak so far."""
+        first = self.images == 0
+        self.images += size
+        if one_at_a_time and not self.one_at_a_time:
+            self.one_at_a_time, self.ceiling, self.trying = one_at_a_time, 1, None
+            self._notes.append(f"The model takes one image at a time ({one_at_a_time}): going on at batch 1.")
+            self._set(1, f"the model takes one image at a time ({one_at_a_time})")
+            return
+        if not self.auto or size < 1:
+            return
+        if out_of_memory:
+            self.ceiling, self.trying = max(1, size // 2), None
+            self._set(min(self.size, self.ceiling), f"batch {size} ran out of memory")
+            return
+        if size & (size - 1) and size != self.remembered:
+            return  # the folder's last, partial batch: not a size being measured
+        self.figures.setdefault(size, _Figures())
+        self.figures[size].wall.append(seconds / size)
+        self.figures[size].cpu.append(cpu_seconds / size)
+        if first:
+            self._start(input_shape)
+        elif self.trying is None:
+            if self._retry_at is not None and self.images >= self._retry_at and self.size * 2 <= self.ceiling:
+                self.trying = self.size * 2  # measure again: the machine's load may have changed
+        elif size == self.trying:
+            self._compare()
+        self._check_memory(size, peak_bytes)
+
+    # -- the decisions --------------------------------------------------------------------------
+    def _start(self, input_shape: tuple | None) -> None:
+        if self.cache_key and input_shape:
+            self.cache_key = f"{self.cache_key}|input={'x'.join(map(str, input_shape))}"
+            self.remembered = remembered_batch_size(self.cache_key)
+        if self.remembered and self.remembered > 1:
+            self._set(min(self.remembered, self.ceiling), "remembered from an earlier run")
+            self._retry_at = self.images + self._retry_every
+        elif self.ceiling >= 2:
+            self.trying = 2
+
+    def _compare(self) -> None:
+        small, large = self.size, self.trying
+        wall_small, cpu_small = self.figures[small].best()
+        wall_large, cpu_large = self.figures[large].best()
+        faster = wall_large * MIN_GAIN <= wall_small
+        leaner = wall_large <= wall_small * MIN_GAIN and cpu_large * MIN_GAIN <= cpu_small
+        if faster or leaner:
+            how = "faster" if faster else "as fast with less CPU time"
+            self._set(large, f"batch {large} was {how} per image than batch {small}")
+            self.trying = large * 2 if large * 2 <= self.ceiling else None
+            if self.trying is None:
+                self._settle(f"batch {large} is the largest allowed" if large >= MAX_AUTO_BATCH else None)
+            return
+        if len(self.figures[large].wall) < 2:
+            return  # a size's first batch pays one-time set-up: give it a second before judging
+        self.trying = None
+        self.reason = f"batch {large} was not {MIN_GAIN - 1:.0%} faster per image than batch {small}"
+        self._settle()
+
+    def _settle(self, reason: str | None = None) -> None:
+        if reason:
+            self.reason = reason
+        self._retry_at = self.images + self._retry_every
+        self._retry_every *= 2
+        if not self._settled_once:
+            self._settled_once = True
+            self._notes.append(self.message())
+
+    def _set(self, size: int, reason: str) -> None:
+        if size != self.size:
+            self.changes.append((self.images, size))
+            if self._settled_once:
+                self._notes.append(f"Batch size auto: now {size} ({reason}).")
+        self.size, self.reason = size, reason
+
+    def _check_memory(self, size: int, peak: int) -> None:
+        """Cap the size where the next doubling would pass the memory headroom (the growth per image
+        is measured from the batches so far)."""
+        if not self.memory_limit or not peak:
+            return
+        if self._base_peak is None or size == 1:
+            self._base_peak = peak if self._base_peak is None else min(self._base_peak, peak)
+        per_image = max(0, peak - self._base_peak) / max(1, size - 1)
+        if peak + per_image * size > MEMORY_HEADROOM * self.memory_limit and size < self.ceiling:
+            self.ceiling = size
+            if self.trying and self.trying > size:
+                self.trying = None
+            limit = format_bytes(self.memory_limit)
+            self._settle(f"batch {size * 2} would pass {MEMORY_HEADROOM:.0%} of {limit}")
+
+    # -- what the run reports -------------------------------------------------------------------
+    def images_per_second(self, size: int) -> float | None:
+        figures = self.figures.get(size)
+        return 1 / figures.best()[0] if figures and figures.best()[0] > 0 else None
+
+    def message(self) -> str:
+        rates = ", ".join(
+            f"{size}: {rate:.1f}/s" for size in sorted(self.figures) if (rate := self.images_per_second(size))
+        )
+        return f"Batch size auto: {self.size} ({self.reason}; images/s by size so far: {rates or 'none'})."
+
+    def remember(self) -> None:
+        """Keep the size for the next run: the run's size when it measured it (two batches or more),
+        else the largest smaller size it did measure."""
+        if not (self.auto and self.cache_key and "|input=" in self.cache_key):
+            return
+        measured = [size for size, f in self.figures.items() if len(f.wall) >= 2 and size <= self.size]
+        if measured:
+            size = max(measured)
+            rate = self.images_per_second(size)
+            remember_batch_size(self.cache_key, size, round(rate, 3) if rate else None)
+
+    def to_json(self) -> dict:
+        return {
+            "chosen": self.size,
+            "reason": self.reason,
+            "remembered": self.remembered,
+            "changes": [{"after_images": images, "batch_size": size} for images, size in self.changes],
+            "sizes": [
+                {
+                    "batch_size": size,
+                    "batches": len(f.wall),
+                    "images_per_second": round(1 / f.best()[0], 3) if f.best()[0] > 0 else None,
+                    "cpu_ms_per_image": round(1000 * f.best()[1], 2),
+                }
+                for size, f in sorted(self.figures.items())
+            ],
+        }
+
+
+def sizer_for_run(
+    cfg, model: LoadedModel, channels_last: bool, probe: MemoryProbe, todo: Sequence
+) -> BatchSizer:
+    """The batch sizes of a run of `cfg` (a RunConfig) with `model`."""
+    requested = cfg.batch_size
+    if requested != 1 and fixed_batch_size(model.module) == 1:
+        return BatchSizer(1, one_at_a_time="the model was exported for a batch of exactly 1 image")
+    if requested != "auto":
+        return BatchSizer(requested)
+    if model.takes_list:
+        why = "a batch pads a detection model's images to one size, which can move its boxes"
+        return BatchSizer(1, why_fixed=why)
+    info, device = model.info, model.device
+    key = f"{info.id}|{info.size_bytes}|{device}|{cfg.precision}|cl={channels_last}|fast={cfg.fast_decode}"
+    return BatchSizer("auto", max(1, len(todo)), memory_limit(device, probe), key)

@@ -19,14 +19,20 @@ class RunConfig:
     input_dir: Path
     output_dir: Path
     device: str = "auto"
-    batch_size: int | str = 1  # images per forward pass, or "auto" (core/autobatch.py picks it)
+    # Images per forward pass, or "auto": measured on the run's own batches, starting at 1 so the first
+    # result comes as soon as a plain loop's (core/autobatch.py). Batching changes results only by
+    # float rounding; detection models stay at 1 under auto (a batch pads their images to one size).
+    batch_size: int | str = "auto"
     recursive: bool = False
     resume: bool = False  # keep the folder's finished images (same model, input and settings only)
     overwrite: bool = False  # replace the run the output folder holds (only its own files go)
     previews: bool = False  # make small preview images for the window (costs a little time)
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     model_options: dict = field(default_factory=dict)  # task options, e.g. {"min_score": 0.5}
-    prefetch: int = 0  # batches decoded ahead on background threads (0: decode in the loop)
+    prefetch: int = 2  # batches decoded ahead on background threads (0: decode in the loop)
+    # torch's intra-op threads: "auto" sizes them with the decoding threads from the free cores
+    # (core/threads.py), a number fixes them, None keeps torch's own choice (the exact mode)
+    threads: int | str | None = "auto"
     precision: str = "fp32"  # "fp32", or "fp16"/"bf16" to run the model under autocast
     channels_last: bool | None = None  # NHWC for conv nets; None: on for CUDA, where it helps
     # Decode JPEGs at a reduced scale when the model shrinks them anyway (classification only);
@@ -43,3 +49,9 @@ class RunConfig:
     # When to hand cached device memory back to the driver: "never", "image", "every:N" or
     # "reserved:F" (reserved over F of the device), see core/cache_policy.py
     empty_cache: str = "never"
+
+
+#: "Exactly a plain loop": one image per forward, decoded in the loop, torch's own threads. The
+#: defaults batch and prefetch instead (their results differ from these only by float rounding);
+#: `batchlens run --exact` and the window's Exact speed use these.
+EXACT_SETTINGS = {"batch_size": 1, "prefetch": 0, "threads": None}

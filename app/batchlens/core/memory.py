@@ -11,6 +11,7 @@ import ctypes.util
 import gc
 import resource
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -234,6 +235,43 @@ class CpuProbe(MemoryProbe):
         """The kernel's own peak RSS for this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return peak if sys.platform == "darwin" else peak * 1024
+
+
+class PeakWatch:
+    """The true peak over a span of work. A GPU allocator keeps its own exact peak
+    (`max_memory_allocated`, the probe's `peak`); the CPU has no such counter for a span (ru_maxrss is
+    the whole process's lifetime), so on the CPU a thread samples the RSS every `interval` seconds and
+    keeps the highest, catching the forward's own peak that samples taken between batches miss.
+    A sample costs ~20 µs: at 10 ms that is 0.2 % of one core."""
+
+    def __init__(self, probe: MemoryProbe, interval: float = 0.01):
+        self.probe = probe
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = None
+        if probe.kind == "cpu":
+            self._thread = threading.Thread(target=self._run, name="batchlens-peak", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self.probe.sample().peak)
+
+    def read(self) -> int:
+        self.peak = max(self.peak, self.probe.sample().peak)
+        return self.peak
+
+    def __enter__(self) -> PeakWatch:
+        self.probe.reset_peak()
+        if self._thread is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.read()
 
 
 def probe_for(device: torch.device) -> MemoryProbe:

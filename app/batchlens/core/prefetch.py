@@ -4,12 +4,15 @@ Decoding and preprocessing (Pillow and torchvision transforms, which release the
 parts) run on a small thread pool, at most `depth` batches ahead of the consumer, so the CPU decodes
 while the model computes. Results come back in order. Bounded: never more than `depth` prepared
 batches wait in memory, and closing the prefetcher (end of run, cancel, error) stops it.
+
+The batches may be a lazy iterable: each is taken from it only when it is submitted, so a batch size
+chosen while the run goes (core/autobatch.py) applies to every batch not yet submitted.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Generic, TypeVar
 
@@ -18,33 +21,33 @@ R = TypeVar("R")
 
 
 class Prefetcher(Generic[T, R]):
-    """Iterate `prepare(b)` for each b in `batches`, in order, computed up to `depth` batches ahead.
+    """Iterate `prepare(b)` for each b in `batches`, in order, computed up to `depth` batches ahead on
+    `workers` threads (default: one per batch ahead).
 
     `depth=0` prepares each batch in the consumer's thread when it is asked for (no thread at all),
-    so the engine's default path is exactly the plain loop. Use as a context manager, or call close().
+    so the exact mode is exactly the plain loop. Use as a context manager, or call close().
     """
 
-    def __init__(self, prepare: Callable[[T], R], batches: Sequence[T], depth: int = 0):
+    def __init__(self, prepare: Callable[[T], R], batches: Iterable[T], depth: int = 0, workers: int = 0):
         if depth < 0:
             raise ValueError("prefetch depth must be >= 0")
         self._prepare = prepare
-        self._batches = batches
+        self._batches = iter(batches)
         self._depth = depth
-        self._next = 0  # index of the next batch to submit
         self._pending: deque[Future[R]] = deque()
-        self._pool = (
-            ThreadPoolExecutor(max_workers=depth, thread_name_prefix="batchlens-prefetch") if depth else None
-        )
+        workers = min(depth, workers or depth)
+        self._pool = None
+        if depth:
+            self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="batchlens-prefetch")
 
     def __iter__(self) -> Iterator[R]:
         return self
 
     def __next__(self) -> R:
         if self._pool is None:
-            if self._next >= len(self._batches):
+            if self._depth:  # closed
                 raise StopIteration
-            self._next += 1
-            return self._prepare(self._batches[self._next - 1])
+            return self._prepare(next(self._batches))
         self._fill()
         if not self._pending:
             raise StopIteration
@@ -53,9 +56,11 @@ class Prefetcher(Generic[T, R]):
         return result
 
     def _fill(self) -> None:
-        while len(self._pending) < self._depth and self._next < len(self._batches):
-            self._pending.append(self._pool.submit(self._prepare, self._batches[self._next]))
-            self._next += 1
+        while len(self._pending) < self._depth:
+            batch = next(self._batches, _END)
+            if batch is _END:
+                return
+            self._pending.append(self._pool.submit(self._prepare, batch))
 
     def close(self) -> None:
         """Drop batches not started yet and wait for the ones being prepared (at most `depth`)."""
@@ -65,10 +70,13 @@ class Prefetcher(Generic[T, R]):
             self._pending.clear()
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-            self._next = len(self._batches)
+        self._batches = iter(())
 
     def __enter__(self) -> Prefetcher[T, R]:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+_END = object()

@@ -11,11 +11,12 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
 from batchlens import __version__
-from batchlens.core.autobatch import choose_batch_size
+from batchlens.core.autobatch import sizer_for_run
 from batchlens.core.cache_policy import CachePolicy, empty_device_cache
 from batchlens.core.config import RunConfig
 from batchlens.core.devices import resolve_device
@@ -28,9 +29,9 @@ from batchlens.core.images import (
     header_size,
     scan_images,
 )
-from batchlens.core.inference import check_precision, fixed_batch_size, use_channels_last
+from batchlens.core.inference import check_precision, use_channels_last
 from batchlens.core.manifest import open_output, refuse_plain_run
-from batchlens.core.memory import MemoryProbe, probe_for
+from batchlens.core.memory import CpuProbe, MemoryProbe, PeakWatch, probe_for
 from batchlens.core.models import LoadedModel, load_model
 from batchlens.core.pipeline import BatchPipeline, Item, record_line
 from batchlens.core.prefetch import Prefetcher
@@ -46,6 +47,7 @@ from batchlens.core.recovery import (
 from batchlens.core.results import ResultsWriter, read_records, write_error
 from batchlens.core.runlock import RunLock
 from batchlens.core.tasks.base import thumbnail
+from batchlens.core.threads import UseThreads, plan_threads
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,7 @@ def run_summary(
     stopped: str | None,
     prefetch: int | None = None,
     batch_note: str | None = None,
+    threads: dict | None = None,
     **extra,
 ) -> dict:
     """summary.json: the same keys for a local run and a cluster run (which adds its own `extra`).
@@ -136,6 +139,12 @@ def run_summary(
         "seconds": round(seconds, 3),
         "images_per_second": round(processed / seconds, 3) if seconds > 0 else None,
         "peak_memory_bytes": peak,
+        "peak_memory_source": "process RSS, sampled every 10 ms through the run"
+        if memory_kind == "cpu"
+        else "the allocator's max_memory_allocated over the run",
+        # (the kernel's ru_maxrss: the whole process's life, model loading and earlier runs included)
+        "peak_rss_process_lifetime_bytes": CpuProbe.lifetime_peak_rss() if memory_kind == "cpu" else None,
+        "threads": threads,
         "started_at": started_at.isoformat(timespec="seconds"),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "files": files,
@@ -298,36 +307,43 @@ class Runner:
         cache_policy = CachePolicy.parse(cfg.empty_cache)
         leaks = leak_watch_for(probe.kind)
         stopped = None
-        batch_size, batch_choice, batch_note = cfg.batch_size, None, None
-        if batch_size != 1 and fixed_batch_size(model.module) == 1:
-            batch_size, batch_note = 1, "the model was exported for a batch of exactly 1 image"
-            yield RunNote("info", f"The model takes one image at a time ({batch_note}): running at batch 1.")
-        if batch_size == "auto":
-            batch_choice = choose_batch_size(pipeline, todo, probe)
-            batch_size = batch_choice.batch_size
-            batch_note = batch_choice.one_at_a_time
-            yield RunNote("info", batch_choice.message(), probe.sample())
-            probe.reset_peak()  # the run's peak, not the tuning's
-        batches = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
-        ahead = Prefetcher(pipeline.prepare, batches, cfg.prefetch)
+        sizer = sizer_for_run(cfg, model, channels_last, probe, todo)
+        if sizer.one_at_a_time and cfg.batch_size != 1:
+            yield RunNote("info", f"The model takes one image at a time ({sizer.one_at_a_time}): batch 1.")
+        threads = plan_threads(cfg.threads, cfg.prefetch, device)
+        ahead = Prefetcher(pipeline.prepare, sizer.batches(todo), cfg.prefetch, threads.decode_threads)
         index = 0
+        running = ExitStack()  # torch's threads for the run, and the watch on memory's peak
         try:
-            for _ in batches:
+            running.enter_context(UseThreads(threads))
+            watch = running.enter_context(PeakWatch(probe))
+            while True:
                 self._wait_if_paused()
                 if self._cancel.is_set():
                     break
-                items = pipeline.finish(next(ahead))
+                prepared = next(ahead, None)
+                if prepared is None:
+                    break
+                started, cpu_started = time.perf_counter(), time.process_time()
+                shape = next((tuple(i.tensor.shape) for i in prepared.items if i.tensor is not None), None)
+                items = pipeline.finish(prepared)
                 sample = probe.sample()  # after the batch's device tensors were dropped
+                sizer.record(
+                    len(items),
+                    time.perf_counter() - started,
+                    time.process_time() - cpu_started,
+                    watch.read(),
+                    shape,
+                    out_of_memory=any(item.recovered for item in items),
+                    one_at_a_time=pipeline.one_at_a_time,
+                )
+                for message in sizer.take_notes():
+                    yield RunNote("info", message, sample)
                 if cache_policy.due(index, index + len(items), sample):
                     empty_device_cache(device)
                 peak = max(peak, sample.peak)
                 for note in pipeline.recovery.take_notes():
                     yield RunNote(note.level, note.message, sample, note.kind)
-                if pipeline.one_at_a_time and batch_note is None:
-                    batch_size, batch_note = 1, pipeline.one_at_a_time
-                    yield RunNote(
-                        "info", f"The model takes one image at a time ({batch_note}): going on at batch 1."
-                    )
                 for item in items:
                     index += 1
                     event = self._record(item, index, len(todo), sample, model)
@@ -347,6 +363,7 @@ class Runner:
                     break
         finally:
             ahead.close()
+            running.close()
             if snapshot:
                 stop_memory_history(device)
             try:
@@ -354,6 +371,7 @@ class Runner:
             except OSError as exc:  # the lines are all there; only their order after a resume is not
                 log.warning("Could not sort %s after the resume: %s", writer.path, exc)
 
+        sizer.remember()
         yield finish_run(
             cfg,
             model,
@@ -363,16 +381,17 @@ class Runner:
             device=str(device),
             memory_kind=probe.kind,
             input_dir=input_dir,
-            batch_size=batch_size,
-            batch_choice=batch_choice,
-            batch_note=batch_note,
+            batch_size=sizer.size,
+            batch_choice=sizer if sizer.auto else None,
+            batch_note=sizer.one_at_a_time,
+            threads=threads.to_json(),
             channels_last=channels_last,
             counts=counts,
             candidates=candidates,
             todo=todo,
             stats=stats,
             seconds=time.perf_counter() - t0,
-            peak=peak,
+            peak=max(peak, watch.peak),
             started_at=started_at,
         )
 

@@ -1,0 +1,220 @@
+"""The contenders `batchlens bench` times against each other, each a function that processes a list of
+images with a loaded model and returns which images it finished and when the first result came.
+
+  plain    what a careful person writes by hand: open -> preprocess -> inference_mode forward -> .cpu()
+  expert   what someone who knows PyTorch writes: a DataLoader with one worker process per core,
+           batches of 16, pinned memory on CUDA, inference_mode
+  naive    the origin story: no no_grad, every output kept on the device with its autograd graph
+  engine   the BatchLens engine through its public API, exactly as `batchlens run` drives it
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils._pytree import tree_map
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from batchlens.core.config import RunConfig
+from batchlens.core.errors import BatchLensError
+from batchlens.core.events import ImageResult, RunFinished
+from batchlens.core.images import Candidate
+from batchlens.core.memory import MemoryProbe, format_bytes
+from batchlens.core.models import LoadedModel, load_model
+from batchlens.core.runner import Runner
+from batchlens.core.threads import usable_cores
+
+EXPERT_BATCH = 16
+
+
+@dataclass
+class Outcome:
+    done: list[str]
+    first_result_s: float | None = None  # seconds from the start of the row to its first output
+    note: str = ""
+    settings: dict = field(default_factory=dict)
+    top1: dict = field(default_factory=dict)
+    before: int | None = None  # memory figures a loop measures itself (the naive loop)
+    after: int | None = None
+
+
+# -- images ---------------------------------------------------------------------------------------
+def make_synthetic_folder(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> Path:
+    """`n` photo-like JPEGs (smooth colour fields with fine noise: they compress and decode like
+    photographs, unlike pure noise) of `size` (width, height)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    width, height = size
+    for i in range(n):
+        coarse = rng.integers(0, 256, (max(2, height // 64), max(2, width // 64), 3), dtype=np.uint8)
+        image = Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
+        pixels = np.asarray(image, dtype=np.int16) + rng.integers(-12, 13, (height, width, 3), dtype=np.int16)
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(
+            folder / f"img_{i:05d}.jpg", quality=90
+        )
+    return folder
+
+
+# -- the model ------------------------------------------------------------------------------------
+def load_bench_model(model_id: str, device: torch.device) -> tuple[LoadedModel, str]:
+    """The model to benchmark, and a note. A torchvision model whose weights are not downloaded is
+    built with random weights (seeded): its speed and memory are those of the trained model."""
+    try:
+        return load_model(model_id, device), ""
+    except BatchLensError:
+        from batchlens.core.models import catalogue
+
+        if not catalogue.is_catalogue_model(model_id) or catalogue.is_downloaded(model_id):
+            raise
+    from batchlens.core.models.base import ModelInfo, prepare
+
+    name, _ = catalogue.split_id(model_id)
+    task = catalogue.catalogue_tasks()[name]
+    weights = catalogue.weights_for(model_id)
+    torch.manual_seed(0)
+    module = catalogue.drop_aux_head(catalogue.build_architecture(name))
+    adapter = catalogue.catalogue_adapter(task, weights)
+    info = ModelInfo(model_id, task, "torchvision", "random weights (offline)")
+    loaded = LoadedModel(info, prepare(module, device), adapter, device, takes_list=task == "detection")
+    return loaded, "weights not downloaded: random weights (same speed and memory)"
+
+
+def _batch_of_one(model: LoadedModel, tensor: torch.Tensor):
+    return [tensor] if model.takes_list else tensor.unsqueeze(0)
+
+
+def _to_cpu(value):
+    return tree_map(lambda v: v.cpu() if isinstance(v, torch.Tensor) else v, value)
+
+
+# -- the loops ------------------------------------------------------------------------------------
+def plain_loop(model: LoadedModel, candidates: list[Candidate]) -> Outcome:
+    """What a careful person writes by hand."""
+    start, first, done = time.perf_counter(), None, []
+    for c in candidates:
+        image = Image.open(c.path).convert(model.adapter.color_mode)
+        x = model.adapter.preprocess(image)
+        with torch.inference_mode():
+            output = _to_cpu(model.module(_batch_of_one(model, x).to(model.device)))
+        del output
+        first = first if first is not None else time.perf_counter() - start
+        done.append(c.rel)
+    return Outcome(done, first)
+
+
+class _Images(Dataset):
+    def __init__(self, model: LoadedModel, candidates: list[Candidate]):
+        self.paths = [c.path for c in candidates]
+        self.transform, self.mode = model.adapter.preprocess, model.adapter.color_mode
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        with Image.open(self.paths[index]) as image:
+            return self.transform(image.convert(self.mode))
+
+
+def expert_loop(model: LoadedModel, candidates: list[Candidate], batch_size: int = EXPERT_BATCH) -> Outcome:
+    """The loop someone who knows PyTorch writes: worker processes decode and preprocess, batches of
+    16, pinned memory on CUDA, inference_mode. Its CPU time includes its workers' (the bench reads
+    the children's CPU time once they have exited)."""
+    workers = usable_cores()
+    loader = DataLoader(
+        _Images(model, candidates),
+        batch_size=batch_size,
+        num_workers=workers,
+        pin_memory=model.device.type == "cuda",
+        collate_fn=list if model.takes_list else default_collate,
+    )
+    start, first, count = time.perf_counter(), None, 0
+    with torch.inference_mode():
+        for batch in loader:
+            inputs = (
+                [x.to(model.device, non_blocking=True) for x in batch]
+                if model.takes_list
+                else batch.to(model.device, non_blocking=True)
+            )
+            output = _to_cpu(model.module(inputs))
+            del output, inputs
+            first = first if first is not None else time.perf_counter() - start
+            count += len(batch)
+    settings = {"workers": workers, "batch_size": batch_size}
+    note = f"{workers} workers, batch {batch_size}"
+    return Outcome([c.rel for c in candidates[:count]], first, note, settings)
+
+
+def naive_loop(model: LoadedModel, candidates: list[Candidate], probe: MemoryProbe, limit: int) -> Outcome:
+    """The origin story: a model fresh from training (parameters require grad), no no_grad, every
+    output kept on the device. Stops when memory has grown past `limit` or the device is out of it.
+    Memory is measured from after the model copy, and "after" while the kept outputs still exist."""
+    module = copy.deepcopy(model.module).requires_grad_(True)
+    start_bytes = probe.sample().allocated
+    kept, done, note = [], [], ""
+    start, first = time.perf_counter(), None
+    try:
+        for c in candidates:
+            image = Image.open(c.path).convert(model.adapter.color_mode)
+            x = model.adapter.preprocess(image)
+            kept.append(module(_batch_of_one(model, x).to(model.device)))
+            first = first if first is not None else time.perf_counter() - start
+            done.append(c.rel)
+            grown = probe.sample().allocated - start_bytes
+            if grown > limit:
+                note = f"stopped after {len(done)} of {len(candidates)}: memory grew {format_bytes(grown)}"
+                break
+    except Exception as exc:
+        if "out of memory" not in str(exc).lower():
+            raise
+        note = f"out of memory after {len(done)} of {len(candidates)} images"
+    after = probe.sample().allocated
+    del kept, module
+    return Outcome(done, first, note or "completed within the memory limit", before=start_bytes, after=after)
+
+
+def engine_run(
+    model: LoadedModel, folder: Path, out: Path, device: str, probe: MemoryProbe, **settings
+) -> Outcome:
+    """The engine through its public API, exactly as `batchlens run` drives it."""
+    runner = Runner(
+        RunConfig(model.info.id, folder, out, device=device, **settings), probe=probe, model=model
+    )
+    start, first = time.perf_counter(), None
+    done, top1, summary = [], {}, {}
+    for event in runner.events():
+        if isinstance(event, ImageResult):
+            first = first if first is not None else time.perf_counter() - start
+            if event.ok:
+                done.append(event.image)
+                if event.fields.get("top"):
+                    top1[event.image] = event.fields["top"][0]["index"]
+        elif isinstance(event, RunFinished):
+            summary = event.summary
+    keys = ("batch_size", "prefetch", "precision", "channels_last", "fast_decode", "threads")
+    shown = {k: summary.get(k) for k in keys}
+    shown["batch_size_auto"] = summary.get("batch_size_auto")
+    return Outcome(done, first, describe_settings(shown), shown, top1)
+
+
+def describe_settings(shown: dict) -> str:
+    parts = [f"batch {shown['batch_size']}", f"prefetch {shown['prefetch']}"]
+    threads = shown.get("threads") or {}
+    if threads:
+        parts.append(f"{threads['torch']}+{threads['decode']} threads")
+    if shown.get("precision") not in (None, "fp32"):
+        parts.append(shown["precision"])
+    if shown.get("channels_last"):
+        parts.append("channels_last")
+    if shown.get("fast_decode"):
+        parts.append("fast decode")
+    auto = shown.get("batch_size_auto")
+    if auto:
+        sizes = ", ".join(f"{s['batch_size']}: {s['images_per_second'] or 0:.1f}/s" for s in auto["sizes"])
+        parts.append(f"auto: {auto['reason']} ({sizes})")
+    return ", ".join(parts)
