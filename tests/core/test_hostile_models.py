@@ -23,6 +23,7 @@ from batchlens.core.models import PickleRefusedError, file_to_trust, load_model
 from batchlens.core.models.audit import pickle_globals, size_problem
 from batchlens.core.models.files import pickle_risk
 from batchlens.core.models.preprocessing import Preprocessing
+from batchlens.core.models.state_dict import read_weights
 from tests.core.hostile import (
     Marker,
     assert_one_sentence,
@@ -210,6 +211,8 @@ def test_declared_sizes_beyond_the_file_are_refused(scripted: Path, tmp_path: Pa
         load_model("resnet18", CPU, {"weights": str(lying)})
     assert_one_sentence(str(refused.value), lying)
     assert "8.0 GiB" in str(refused.value) and "zip bomb" in str(refused.value)
+    with pytest.raises(BatchLensError, match="zip bomb"):  # every state_dict source reads with it (timm too)
+        read_weights(lying, trust_pickle=True)
 
     honest = checkpoint_zip(tmp_path / "honest.pth", declaring_pickle(256), {"0": bytes(1024)})
     assert size_problem(honest) is None

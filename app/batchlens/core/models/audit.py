@@ -23,6 +23,7 @@ from pathlib import Path
 import psutil
 import torch
 
+from batchlens.core.errors import BatchLensError
 from batchlens.core.memory import format_bytes
 
 # Globals torch's weights-only unpickler allows (tensors, storages, dtypes, OrderedDict...). A pickle
@@ -265,6 +266,18 @@ def size_problem(path: Path, available: int | None = None) -> str | None:
     return None
 
 
+def refuse_oversized(path: Path) -> None:
+    """Raise BatchLensError (one sentence) when size_problem finds one: before torch reads the file."""
+    problem = size_problem(path)
+    if problem:
+        raise BatchLensError(f"{path}: {problem}, so it was not loaded.")
+
+
+def summarise(risks: list[str], shown: int = 3) -> str:
+    """The first few risks, for a sentence."""
+    return "; ".join(risks[:shown]) + (f" and {len(risks) - shown} more" if len(risks) > shown else "")
+
+
 def _element_size(storage_type) -> int:
     """Bytes per element of a pickled storage type (torch.FloatStorage: 4; UntypedStorage: 1)."""
     name = str(storage_type).rsplit(".", 1)[-1]
@@ -279,6 +292,8 @@ __all__ = [
     "pickle_globals",
     "pt2_risks",
     "read_pickle",
+    "refuse_oversized",
     "size_problem",
+    "summarise",
     "torchscript_risks",
 ]

@@ -15,7 +15,13 @@ import torch
 from torch import nn
 
 from batchlens.core.errors import BatchLensError
-from batchlens.core.models.audit import checkpoint_risks, pt2_risks, size_problem, torchscript_risks
+from batchlens.core.models.audit import (
+    checkpoint_risks,
+    pt2_risks,
+    refuse_oversized,
+    summarise,
+    torchscript_risks,
+)
 from batchlens.core.models.base import LoadedModel, ModelInfo, prepare, sidecar_transform
 from batchlens.core.models.catalogue import (
     build_architecture,
@@ -201,23 +207,20 @@ def pickle_risk(path: Path) -> list[str]:
 
 
 def _refuse_untrusted(path: Path, scripted: bool) -> None:
-    """Refuse a model file that would run code or touch files when loaded or run, before torch reads it.
-    (torch.load(weights_only=True) would refuse a bad state_dict too, but a legacy file is not checked
-    here and torch warns about pickle protocols on the way.)"""
+    """Refuse a torch.export or TorchScript file that would run code or touch files when loaded or run."""
     risks = pickle_risk(path)
     if not risks:
         return
-    shown = "; ".join(risks[:3]) + (f" and {len(risks) - 3} more" if len(risks) > 3 else "")
-    if path.suffix.lower() not in EXPORT_SUFFIXES and not scripted:
-        raise PickleRefusedError(path, f"it calls for the Python object {shown}")
     if scripted:
         raise PickleRefusedError(
             path,
-            shown,
+            summarise(risks),
             "TorchScript code that reads or writes files by name",
             "can read or overwrite your files",
         )
-    raise PickleRefusedError(path, shown, "Python pickles or native code, not only plain weights and a graph")
+    raise PickleRefusedError(
+        path, summarise(risks), "Python pickles or native code, not only weights and a graph"
+    )
 
 
 class DetectionsOnly(nn.Module):
@@ -292,11 +295,10 @@ def load_model_file(
     suffix = path.suffix.lower()
     scripted = suffix in TORCHSCRIPT_SUFFIXES and _is_torchscript(path)
     weights_only = suffix in WEIGHTS_SUFFIXES and not scripted and not options.get("trust_pickle")
-    if not options.get("trust_pickle"):
-        _refuse_untrusted(path, scripted)
-    too_big = size_problem(path)  # before torch allocates anything, trusted or not
-    if too_big:
-        raise BatchLensError(f"{path}: {too_big}, so it was not loaded.")
+    if scripted or suffix in EXPORT_SUFFIXES:  # (state_dict files: read_weights checks them)
+        if not options.get("trust_pickle"):
+            _refuse_untrusted(path, scripted)
+        refuse_oversized(path)  # before torch allocates anything, trusted or not
     spec, sidecar_file = model_spec(path, options, weights_only)
     if suffix in EXPORT_SUFFIXES:
         module, kind = _load_program(path), "torch.export program"

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from batchlens.core.errors import BatchLensError
+from batchlens.core.models.audit import checkpoint_risks, refuse_oversized, summarise
 from batchlens.core.models.errors import PickleRefusedError, StateDictMismatchError
 
 # Checkpoints often wrap the weights: {"state_dict": ...} (Lightning), {"model": ...}, ...
@@ -29,7 +30,17 @@ def _refusal_reason(exc: Exception) -> str:
 
 
 def torch_load(path: Path, trust_pickle: bool = False):
-    """torch.load with weights_only=True; a file that needs full pickle is refused unless trusted."""
+    """torch.load with weights_only=True; a file that needs full pickle is refused unless trusted.
+    Before torch reads it: a zip bomb is refused, and (untrusted) a pickle that imports more than tensor
+    types, read statically (torch would refuse it too, but warns about pickle protocols on the way)."""
+    refuse_oversized(path)
+    if not trust_pickle:
+        try:
+            risks = checkpoint_risks(path)
+        except Exception:  # not a torch.save zip (a legacy file): torch's weights-only unpickler guards
+            risks = []
+        if risks:
+            raise PickleRefusedError(path, f"it calls for the Python object {summarise(risks)}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
