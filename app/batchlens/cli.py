@@ -489,7 +489,7 @@ def _models(args: argparse.Namespace) -> int:
         for m in members:
             size = format_bytes(m.size_bytes) if m.size_bytes else ""
             cached = "  (downloaded)" if m.downloaded else ""
-            print(f"  {m.id:<{width}}  {m.task:<15} {size:>9}  {m.description}{cached}")
+            print(printable(f"  {m.id:<{width}}  {m.task:<15} {size:>9}  {m.description}{cached}"))
         print()
     print(
         "torchvision models download their weights once, into the torch hub cache. "
@@ -523,7 +523,8 @@ def _bench(args: argparse.Namespace) -> int:
     result = run_bench(
         config, log=lambda text: print(printable(f"bench: {text}"), file=sys.stderr, flush=True)
     )
-    print(format_table(result))
+    for line in format_table(result).splitlines():  # names in it are escaped, line by line
+        print(printable(line))
     if args.json:
         from batchlens.core.results import atomic_write_text
 
