@@ -38,6 +38,7 @@ def test_defaults_write_the_imagenet_sidecar_beside_the_file(qtbot, tmp_path):
     qtbot.addWidget(dialog)
     assert not dialog.arch.isVisibleTo(dialog)  # TorchScript knows its architecture
     assert "ImageNet" in dialog.explanation.text() and dialog.mean.text() == "0.485, 0.456, 0.406"
+    assert dialog.interpolation.currentText() == "bilinear"
     dialog.labels.setText(str(labels))
     dialog.interpolation.setCurrentText("bicubic")
     dialog.accept()

@@ -103,6 +103,7 @@ class SidecarDialog(QDialog):
         self.size_mode.currentIndexChanged.connect(self.sizes.setCurrentIndex)
         self.interpolation = QComboBox()
         self.interpolation.addItems(list(INTERPOLATIONS))
+        self.interpolation.setCurrentText("bilinear")  # torchvision's and most models' choice
         self.normalise = QCheckBox("Subtract the mean and divide by the std (per colour channel, 0–1 units)")
         self.normalise.setChecked(True)
         self.mean = QLineEdit(", ".join(str(v) for v in IMAGENET_MEAN))
