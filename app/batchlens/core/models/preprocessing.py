@@ -112,6 +112,8 @@ class Preprocessing:
         crop = getattr(preset, "crop_size", None)
         mean, std = getattr(preset, "mean", None), getattr(preset, "std", None)
         interpolation = getattr(preset, "interpolation", v2.InterpolationMode.BILINEAR)
+        if mean is None and resize is None:  # torchvision's detectors resize and normalise inside
+            source += "; the detector resizes and normalises inside the model"
         return cls(
             resize=tuple(resize) if resize else None,
             crop=_pair(crop) if crop else None,
