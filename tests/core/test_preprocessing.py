@@ -199,3 +199,21 @@ def test_command_line_states_it_too_and_replaces_the_sidecar_size(photos, tmp_pa
     assert summary["preprocessing"]["settings"]["crop"] == [224, 224]
     assert "bicubic" in summary["preprocessing"]["description"]
     assert "exactly" not in summary["preprocessing"]["description"], "the sidecar's input_size was replaced"
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")  # torch 2.14; issue 14.5
+def test_a_run_says_which_sidecar_it_used(photos, tmp_path, monkeypatch, capsys):
+    from tests.core.modelkit import run_cli
+    from tests.core.test_models_files import TinyClassifier
+
+    monkeypatch.setenv("BATCHLENS_DATA_DIR", str(tmp_path / "data"))
+    model = tmp_path / "net.pt"
+    torch.jit.save(torch.jit.script(TinyClassifier().eval()), str(model))
+    (tmp_path / "net.json").write_text(json.dumps({"task": "classification", "input_size": 64}))
+    (tmp_path / "net.pt.json").write_text(json.dumps({"task": "classification", "input_size": 32}))
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / photos[0].name).write_bytes(photos[0].read_bytes())
+    assert run_cli("--model", model, "--input", tmp_path / "in", "--output", tmp_path / "out") == 0
+    assert f"used {tmp_path / 'net.pt.json'}, not {tmp_path / 'net.json'}" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert "exactly 32x32" in summary["preprocessing"]["description"]
