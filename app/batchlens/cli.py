@@ -371,6 +371,11 @@ def _add_speed_options(parser: argparse.ArgumentParser) -> None:
         "(much less decoding; scores can differ slightly from a full-size decode)",
     )
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model first (the first batch takes longer; summary.json says how long)",
+    )
+    parser.add_argument(
         "--gpu-decode",
         action="store_true",
         help="classification: decode JPEGs in batches on the GPU (nvJPEG) and preprocess them there; "
@@ -424,6 +429,7 @@ def _run_with(args: argparse.Namespace, stop: SignalStop) -> int:
         fast_decode=args.fast_decode,
         **speed_settings(args),
         gpu_decode=args.gpu_decode,
+        compile=args.compile,
         empty_cache=args.empty_cache,
     )
     _download_weights(args.model, config.model_options, args.no_progress)

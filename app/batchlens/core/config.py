@@ -49,6 +49,8 @@ class RunConfig:
     # When to hand cached device memory back to the driver: "never", "image", "every:N" or
     # "reserved:F" (reserved over F of the device), see core/cache_policy.py
     empty_cache: str = "never"
+    # torch.compile the model before the run (the first batch pays the compile time; see summary.json)
+    compile: bool = False
 
 
 #: "Exactly a plain loop": one image per forward, decoded in the loop, torch's own threads. The

@@ -66,6 +66,14 @@ def fixed_batch_size(module: nn.Module) -> int | None:
     return None
 
 
+def compile_module(module: nn.Module) -> nn.Module:
+    """--compile: torch.compile the model (lazily: the first forward compiles). TorchScript modules
+    are already compiled their own way and run as they are."""
+    if isinstance(module, torch.jit.ScriptModule):
+        return module
+    return torch.compile(module)
+
+
 def to_cpu_compact(tensor: torch.Tensor) -> torch.Tensor:
     """A CPU copy that owns exactly its own storage (never a view into a batch or a device buffer).
 

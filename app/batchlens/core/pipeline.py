@@ -12,15 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from batchlens.core.config import RunConfig
 from batchlens.core.errors import BatchLensError
 from batchlens.core.gpu_decode import DeviceDecoder, preview_of, wait_for
 from batchlens.core.images import Candidate, DecodedImage, ImageError, load_image
-from batchlens.core.inference import describe_error, infer
+from batchlens.core.inference import compile_module, describe_error, infer
 from batchlens.core.models import LoadedModel
-from batchlens.core.recovery import OomRecovery, is_out_of_memory
 from batchlens.core.records import non_finite
+from batchlens.core.recovery import OomRecovery, is_out_of_memory
 from batchlens.core.results import is_name_problem, write_error
 from batchlens.core.tasks.base import ImageMeta, TaskResult
 from batchlens.core.watchdog import ForwardTimeout, call_with_timeout
@@ -112,6 +113,10 @@ class BatchPipeline:
             if gpu_decode and model.adapter.task == "classification"
             else None
         )
+        self.first_forward_seconds: float | None = None
+        self.compiled = False  # --compile asked for
+        self.uncompiled: nn.Module | None = None  # --compile: the model as loaded, until a forward worked
+        self.compile_failed: str | None = None  # why torch.compile could not run the model
         self.recovery = self.make_recovery()
         self.image_timeout: float | None = None  # --image-timeout (core/watchdog.py)
         # Why the model takes one image at a time, once a batch failed where its images ran one by
@@ -133,7 +138,24 @@ class BatchPipeline:
             config.gpu_decode,
         )
         pipeline.image_timeout = config.image_timeout
+        if config.compile:
+            pipeline.compiled, pipeline.uncompiled = True, model.module
+            model.module = compile_module(model.module)
         return pipeline
+
+    def compile_report(self) -> tuple[str, dict] | None:
+        """--compile, once the first forward ran: a sentence for the user and summary.json's entry."""
+        if not self.compiled or self.first_forward_seconds is None:
+            return None
+        seconds = round(self.first_forward_seconds, 2)
+        if self.compile_failed:
+            message = (
+                f"torch.compile could not compile this model here ({self.compile_failed}); "
+                "the run goes on with the model as loaded."
+            )
+        else:
+            message = f"torch.compile: the first batch took {seconds} s, compiling included."
+        return message, {"first_forward_seconds": seconds, "failed": self.compile_failed}
 
     def make_recovery(self, cpu_fallback: bool = False, on_first_oom=None) -> OomRecovery:
         """The out-of-memory ladder for this model (the runner adds --cpu-fallback and the snapshot)."""
@@ -243,7 +265,22 @@ class BatchPipeline:
 
     def _infer(self, module, batch: torch.Tensor, device: torch.device) -> list:
         limit = self.image_timeout
-        return call_with_timeout(infer, limit, module, batch, device, self.precision, self.channels_last)
+        started = time.perf_counter()
+        settings = (self.precision, self.channels_last)
+        try:
+            outputs = call_with_timeout(infer, limit, module, batch, device, *settings)
+        except Exception as exc:
+            if self.uncompiled is None or is_out_of_memory(exc):
+                raise
+            # torch.compile could not build this model here (no C++ compiler, an unsupported op):
+            # the run goes on with the model as loaded, and says so once.
+            self.compile_failed = describe_error(exc)
+            self.model.module, module, self.uncompiled = self.uncompiled, self.uncompiled, None
+            outputs = call_with_timeout(infer, limit, module, batch, device, *settings)
+        self.uncompiled = None  # a forward worked: compiling is behind us
+        if self.first_forward_seconds is None:  # with --compile, this is where compiling happens
+            self.first_forward_seconds = time.perf_counter() - started
+        return outputs
 
     def _forward(self, model: LoadedModel, group: list[Item], batch: torch.Tensor | None = None) -> None:
         if self.one_at_a_time and len(group) > 1:  # learnt on an earlier batch: no failed try per batch

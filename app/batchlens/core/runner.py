@@ -313,6 +313,7 @@ class Runner:
         threads = plan_threads(cfg.threads, cfg.prefetch, device)
         ahead = Prefetcher(pipeline.prepare, sizer.batches(todo), cfg.prefetch, threads.decode_threads)
         index = 0
+        compiled = None  # --compile: (sentence, summary entry) once the first forward ran
         running = ExitStack()  # torch's threads for the run, and the watch on memory's peak
         try:
             running.enter_context(UseThreads(threads))
@@ -344,6 +345,8 @@ class Runner:
                 peak = max(peak, sample.peak)
                 for note in pipeline.recovery.take_notes():
                     yield RunNote(note.level, note.message, sample, note.kind)
+                if compiled is None and (compiled := pipeline.compile_report()) is not None:
+                    yield RunNote("warning" if compiled[1]["failed"] else "info", compiled[0], sample)
                 for item in items:
                     index += 1
                     event = self._record(item, index, len(todo), sample, model)
@@ -393,6 +396,7 @@ class Runner:
             seconds=time.perf_counter() - t0,
             peak=max(peak, watch.peak),
             started_at=started_at,
+            compile=compiled[1] if compiled else None,
         )
 
     def _preflight(self, todo: list[Candidate], device, probe: MemoryProbe) -> Iterator[RunNote]:
