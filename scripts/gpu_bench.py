@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from batchlens.core.bench import load_bench_model, make_synthetic_folder
-from batchlens.core.config import RunConfig
+from batchlens.core.config import EXACT_SETTINGS, RunConfig
 from batchlens.core.events import ImageResult, RunFinished
 from batchlens.core.runner import Runner
 
@@ -177,7 +177,7 @@ def main() -> int:
             small.mkdir()
             for p in paths[:n_plain]:
                 os.link(p, small / p.name)
-            seconds, run = timed(engine, model, small, root / "o", batch_size=1)
+            seconds, run = timed(engine, model, small, root / "o", **EXACT_SETTINGS)
             row(
                 "engine, batch 1 (exact), fp32",
                 size,
@@ -215,7 +215,8 @@ def main() -> int:
         costs = {}
         for policy in ("never", "image", "every:16", "reserved:0.5"):
             rounds = [
-                timed(engine, model, small, root / "o", batch_size=1, empty_cache=policy)[0] for _ in range(3)
+                timed(engine, model, small, root / "o", **EXACT_SETTINGS, empty_cache=policy)[0]
+                for _ in range(3)
             ]
             costs[policy] = statistics.median(rounds) / n_plain * 1000
         report["cache_policy_ms_per_image"] = {k: round(v, 3) for k, v in costs.items()}
