@@ -1,45 +1,32 @@
-"""The engine on a Ray cluster (core/cluster/): a real local Ray cluster started here, real demo
-models, real image folders; every cluster run is compared line for line with the local engine's."""
+"""The engine on a Ray cluster (core/cluster/), in this process: joined with `auto` to the real
+two-node, token-protected cluster of conftest.py (`ray start`), real demo models, real image folders;
+every cluster run is compared line for line with the local engine's. How a user joins from a shell,
+each way and with tokens on and off, is test_joining.py."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
-import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
-import torchvision
 
 from batchlens.cli import main
 from batchlens.core.cluster import ClusterConfig, ClusterRunner, WorkerPlan, plan_workers
 from batchlens.core.cluster import connect as cluster_connect
 from batchlens.core.config import RunConfig
 from batchlens.core.errors import BatchLensError
-from batchlens.core.events import ImageResult, RunFinished, RunStarted
+from batchlens.core.events import ImageResult, RunFinished, RunNote, RunStarted
 from batchlens.core.models import load_model
 from batchlens.core.runner import Runner
-from tests.helpers import make_denoise_folder, make_shapes_folder
+from tests.helpers import make_shapes_folder
 
 RAISES = "shape_0002.png"  # the faulty worker below raises on this image
 KILLS = "shape_0005.png"  # ... and its process dies on this one, every time
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip(
-        "ray", reason='Ray is not installed (the cluster extra: pip install -e ".[cluster]")'
-    )
-    # Workers unpickle this module's loader by value: they need not import the tests package.
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    # address="local": always a fresh cluster of our own, never one left running on this machine
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20)
-    yield ray
-    ray.shutdown()
+KILLED_ONCE = "shape_0003.png"  # ... and is killed (SIGKILL, as by the OOM killer) on this one, once
 
 
 def read_lines(path: Path) -> list[dict]:
@@ -54,24 +41,32 @@ def local_run(model: str, folder: Path, out: Path, batch_size: int = 1) -> list:
     return list(Runner(RunConfig(model, folder, out, device="cpu", batch_size=batch_size)).events())
 
 
-def faulty_loader(model_id, device, options):
-    """The demo model, with a worker that raises on one image and dies on another."""
-    model = load_model(model_id, device, options)
-    write = model.adapter.write
+def faulty_loader_for(marks: Path):
+    """The demo model, with a worker that raises on one image, dies on another every time, and is
+    killed on a third the first time it meets it (`marks` remembers that, across worker processes)."""
 
-    def write_or_fail(result, meta, output_dir):
-        if meta.rel == RAISES:
-            raise RuntimeError("a bug in the worker")
-        if meta.rel == KILLS:
-            os._exit(1)  # the whole worker process goes, as on a segfault or the OOM killer
-        write(result, meta, output_dir)
+    def faulty_loader(model_id, device, options):
+        model = load_model(model_id, device, options)
+        write = model.adapter.write
 
-    model.adapter.write = write_or_fail
-    return model
+        def write_or_fail(result, meta, output_dir):
+            if meta.rel == RAISES:
+                raise RuntimeError("a bug in the worker")
+            if meta.rel == KILLS:
+                os._exit(1)  # the whole worker process goes, as on a segfault
+            if meta.rel == KILLED_ONCE and not (marks / KILLED_ONCE).exists():
+                (marks / KILLED_ONCE).touch()
+                os.kill(os.getpid(), signal.SIGKILL)  # mid-run, from outside, as the OOM killer does
+            write(result, meta, output_dir)
+
+        model.adapter.write = write_or_fail
+        return model
+
+    return faulty_loader
 
 
 @pytest.mark.cluster
-def test_demo_models_give_the_local_engines_lines_and_files(ray_cluster, tmp_path: Path):
+def test_demo_models_give_the_local_engines_lines_and_files(ray_cluster, clusters, tmp_path: Path):
     shapes = tmp_path / "shapes"
     make_shapes_folder(shapes, 10)
     (shapes / "notes.png").write_text("not an image")  # an error line, on the cluster too
@@ -102,38 +97,26 @@ def test_demo_models_give_the_local_engines_lines_and_files(ray_cluster, tmp_pat
         assert summary[key], key
     assert summary["counts"] == local_summary["counts"] == {**summary["counts"], "ok": 10, "error": 1}
     assert summary["files"] == [str(tmp_path / "ray-shapes/predictions.csv")]
-    assert summary["cluster"]["workers"] == 2 and summary["cluster"]["worker_device"] == "cpu"
+    joined = summary["cluster"]  # the cluster actually joined, not "auto"
+    assert joined["requested"] == "auto" and joined["address"] == clusters.token.address
+    assert joined["node_count"] == 2 and not joined["started_here"]
+    assert joined["workers"] == 2 and joined["worker_device"] == "cpu"
     assert summary["retries"] == {"batches_retried": 0, "worker_restarts": 0}
-
-
-@pytest.mark.cluster
-def test_a_torchvision_model_with_the_driver_on_the_cluster(ray_cluster, tmp_path: Path):
-    """As for a ray:// address: the scan and the files are done by an actor on the cluster."""
-    torch.manual_seed(0)  # seeded offline weights for a torchvision architecture, on shared storage
-    weights = tmp_path / "mobilenet.pth"
-    torch.save(torchvision.models.get_model("mobilenet_v3_small", weights=None).state_dict(), weights)
-    photos = tmp_path / "photos"
-    make_shapes_folder(photos, 3, size=120)
-    options = {"weights": str(weights)}
-    local = RunConfig("mobilenet_v3_small", photos, tmp_path / "local", device="cpu", model_options=options)
-    list(Runner(local).events())
-    config = replace(local, output_dir=tmp_path / "ray")
-    events = list(ClusterRunner(config, ClusterConfig(workers=1, driver_on_cluster=True)).events())
-
-    lines = read_lines(tmp_path / "ray/predictions.jsonl")
-    assert lines == read_lines(tmp_path / "local/predictions.jsonl")
-    assert len(lines) == 3 and all(len(line["top"]) == 5 for line in lines)
-    assert events[0].model.startswith("mobilenet_v3_small") and events[-1].summary["counts"]["ok"] == 3
-    assert [type(e).__name__ for e in events].count("ImageResult") == 3  # streamed back in chunks
+    notes = [e.message for e in events if isinstance(e, RunNote)]
+    assert f"Joined the Ray cluster at {clusters.token.address} (2 node(s))." in notes
 
 
 @pytest.mark.cluster
 def test_worker_failures_become_error_lines_and_the_run_completes(ray_cluster, tmp_path: Path):
+    # Workers unpickle this module's loader by value: they need not import the tests package.
+    ray_cluster.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     shapes = tmp_path / "shapes"
     make_shapes_folder(shapes, 7)
     local_run("demo-shapes", shapes, tmp_path / "local")
-    config = RunConfig("demo-shapes", shapes, tmp_path / "ray", device="cpu")
-    events = list(ClusterRunner(config, ClusterConfig(workers=1), loader=faulty_loader).events())
+    config = RunConfig("demo-shapes", shapes, tmp_path / "ray", device="cpu", batch_size=1)
+    (tmp_path / "marks").mkdir()
+    loader = faulty_loader_for(tmp_path / "marks")
+    events = list(ClusterRunner(config, ClusterConfig(workers=1), loader=loader).events())
 
     lines = read_lines(tmp_path / "ray/predictions.jsonl")
     expected = read_lines(tmp_path / "local/predictions.jsonl")
@@ -152,55 +135,16 @@ def test_worker_failures_become_error_lines_and_the_run_completes(ray_cluster, t
             assert line == reference
     summary = json.loads((tmp_path / "ray/summary.json").read_text())
     assert summary["counts"]["ok"] == 5 and summary["counts"]["error"] == 2
-    # the worker died twice on KILLS: Ray restarted it twice and retried that batch twice
-    assert summary["retries"]["worker_restarts"] == 2
-    assert summary["retries"]["batches_retried"] >= 2
+    # Killed once on KILLED_ONCE (whose line above is the local one: retried, written once) and twice
+    # on KILLS: Ray restarted the worker three times and retried those batches.
+    assert (tmp_path / "marks" / KILLED_ONCE).exists()
+    assert summary["retries"]["worker_restarts"] == 3
+    assert summary["retries"]["batches_retried"] >= 3
     assert isinstance(events[-1], RunFinished) and not events[-1].cancelled
 
 
 @pytest.mark.cluster
-def test_cli_resumes_image_to_image_on_a_cluster_address(ray_cluster, tmp_path: Path):
-    noisy = tmp_path / "noisy"
-    make_denoise_folder(noisy / "sub", 2, size=96)
-    make_denoise_folder(noisy, 3, size=80, seed=7)
-    reference = RunConfig("demo-denoise", noisy, tmp_path / "local", device="cpu", recursive=True)
-    list(Runner(reference).events())
-    out = tmp_path / "out"
-    list(Runner(replace(reference, output_dir=out)).events())
-    full = (out / "predictions.jsonl").read_text().splitlines(keepends=True)
-    (out / "predictions.jsonl").write_text("".join(full[:2]) + full[3])  # 3 done, out of order
-    for line in full[2:3] + full[4:]:
-        (out / json.loads(line)["output"]).unlink()  # the workers must write these again
-
-    address = ray_cluster.get_runtime_context().gcs_address  # HOST:PORT, joined from a new process
-    result = subprocess.run(  # relative folders: the workers run elsewhere, the driver resolves them
-        [sys.executable, "-m", "batchlens", "run", "--model", "demo-denoise", "--input", "noisy"]
-        + ["--output", "out", "--recursive", "--resume", "--no-progress"]
-        + ["--cluster", address, "--workers", "1"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "over 2 image(s), 3 already done" in result.stdout and "Ray cluster, 1 worker(s)" in result.stdout
-    lines = read_lines(out / "predictions.jsonl")
-    assert lines == read_lines(tmp_path / "local/predictions.jsonl")
-    assert [line["output"] for line in lines] == [
-        "noisy_0000.png",
-        "noisy_0001.png",
-        "noisy_0002.png",
-        "sub/noisy_0000.png",
-        "sub/noisy_0001.png",
-    ]
-    for line in lines:  # the workers' PNGs are byte for byte the local engine's
-        assert (out / line["output"]).read_bytes() == (tmp_path / "local" / line["output"]).read_bytes()
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["counts"]["already_done"] == 3 and summary["counts"]["ok"] == 2
-
-
-@pytest.mark.cluster
-def test_the_window_runs_on_the_cluster_and_says_so(ray_cluster, qtbot, tmp_path: Path):
+def test_the_window_runs_on_the_cluster_and_says_so(ray_cluster, clusters, qtbot, tmp_path: Path):
     from PySide6.QtCore import QSettings
 
     from batchlens.ui.main_window import CLUSTER, MainWindow
@@ -228,6 +172,7 @@ def test_the_window_runs_on_the_cluster_and_says_so(ray_cluster, qtbot, tmp_path
     assert isinstance(created[0].runner, ClusterRunner) and created[0].runner.cluster.address == "auto"
     summary = finished.args[0]
     assert summary["counts"]["ok"] == 4 and summary["cluster"]["workers"] == 2
+    assert summary["cluster"]["address"] == clusters.token.address
     assert read_lines(tmp_path / "out/predictions.jsonl") == read_lines(tmp_path / "local/predictions.jsonl")
     assert window.previews.shown.image == "shape_0003.png"  # previews made on the workers
     assert window.previews.input_view.has_image()
@@ -260,8 +205,9 @@ def test_without_ray_the_cli_says_how_to_install_it(monkeypatch, capsys, shapes_
 
 def test_auto_joins_only_a_cluster_that_answers(monkeypatch, tmp_path: Path):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    remembered = tmp_path / "ray_current_cluster"
-    monkeypatch.setattr(cluster_connect, "RAY_CURRENT_CLUSTER", remembered)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))  # Ray's rule: `ray start` notes its address here
+    (tmp_path / "ray").mkdir()
+    remembered = tmp_path / "ray" / "ray_current_cluster"
     assert cluster_connect.running_cluster() is None  # nothing started here: auto starts a local cluster
     with socket.create_server(("127.0.0.1", 0)) as server:
         remembered.write_text(f"127.0.0.1:{server.getsockname()[1]}\n")
@@ -269,3 +215,35 @@ def test_auto_joins_only_a_cluster_that_answers(monkeypatch, tmp_path: Path):
     assert cluster_connect.running_cluster() is None  # that cluster is gone: do not wait minutes for it
     monkeypatch.setenv("RAY_ADDRESS", "head:6379")
     assert cluster_connect.running_cluster() == "head:6379"
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")  # Ray's rule: RAY_ADDRESS stands for auto
+    assert ClusterConfig("auto").remote_driver and not ClusterConfig("head:6379").remote_driver
+
+
+@pytest.mark.cluster
+def test_the_window_says_in_one_sentence_why_it_cannot_join(no_ray_connection, qtbot, tmp_path: Path):
+    from PySide6.QtCore import QSettings
+
+    from batchlens.ui.main_window import CLUSTER, MainWindow
+    from batchlens.ui.settings import Settings
+
+    for fmt in (QSettings.Format.NativeFormat, QSettings.Format.IniFormat):  # never the user's settings
+        QSettings.setPath(fmt, QSettings.Scope.UserScope, str(tmp_path / "qsettings"))
+
+    with socket.create_server(("127.0.0.1", 0)) as server:  # a port that was free, and is again
+        port = server.getsockname()[1]
+    shapes = tmp_path / "shapes"
+    make_shapes_folder(shapes, 2)
+    window = MainWindow(Settings(tmp_path / "settings.ini"))
+    window.ask_questions = False
+    qtbot.addWidget(window)
+    window.prefill(model="demo-shapes", input_dir=shapes, output_dir=tmp_path / "out", device=CLUSTER)
+    window.form.cluster_edit.setText(f"127.0.0.1:{port}")
+    assert window.start_run()
+    qtbot.waitUntil(lambda: window.thread is None or window.thread.isFinished(), timeout=60_000)
+    qtbot.waitUntil(lambda: window.last_error is not None, timeout=10_000)
+    assert window.last_error == (
+        f"No Ray cluster answers at 127.0.0.1:{port}: start one with `ray start --head`, or check the host "
+        "and the port (the head node's GCS port, 6379 by default)."
+    )
+    assert not (tmp_path / "out" / "predictions.jsonl").exists()
+    window.close()

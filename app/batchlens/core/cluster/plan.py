@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from batchlens.core.errors import BatchLensError
@@ -24,7 +25,10 @@ class ClusterConfig:
     def remote_driver(self) -> bool:
         if self.driver_on_cluster is not None:
             return self.driver_on_cluster
-        return self.address.strip().startswith("ray://")
+        address = self.address.strip()
+        if address == "auto":  # Ray's rule: RAY_ADDRESS stands for "auto"
+            address = os.environ.get("RAY_ADDRESS", "")
+        return address.startswith("ray://")
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from batchlens.core.cluster.collector import ResultCollector
-from batchlens.core.cluster.connect import connect, last_line, require_ray
+from batchlens.core.cluster.connect import Joined, connect, last_line, require_ray
 from batchlens.core.cluster.ledger import RetryLedger
 from batchlens.core.cluster.plan import ClusterConfig, WorkerPlan, plan_workers
 from batchlens.core.cluster.worker import BatchWorker, tune_batch_size
@@ -36,8 +36,9 @@ from batchlens.core.errors import BatchLensError
 from batchlens.core.events import Event, RunNote
 from batchlens.core.images import Candidate, ScanStats, scan_images
 from batchlens.core.inference import PRECISIONS, use_channels_last
+from batchlens.core.manifest import open_output
 from batchlens.core.models import LoadedModel, load_model
-from batchlens.core.results import ResultsWriter
+from batchlens.core.runlock import RunLock
 from batchlens.core.runner import Runner, check_folders, start_events
 
 MAX_BLOCKS = 2000  # input blocks; more means finer retries and progress, but more scheduling overhead
@@ -106,11 +107,12 @@ class ClusterRunner(Runner):
 
         stats = ScanStats()
         candidates = list(scan_images(input_dir, cfg.recursive, stats, exclude=output_dir))
-        started_ray = connect(ray, self.cluster.address)
+        joined = connect(ray, self.cluster.address)
         try:
-            yield from self._run(ray, model, input_dir, output_dir, candidates, stats)
+            with RunLock(output_dir):  # one run at a time in a folder (core/runlock.py)
+                yield from self._run(ray, joined, model, input_dir, output_dir, candidates, stats)
         finally:
-            if started_ray:
+            if joined.started_here:
                 ray.shutdown()
 
     def _events_from_cluster(self, ray) -> Iterator[Event]:
@@ -123,7 +125,7 @@ class ClusterRunner(Runner):
                     f"With a ray:// address give the {name} folder as an absolute path, as the cluster's "
                     f"nodes see it (not {folder})."
                 )
-        started_ray = connect(ray, self.cluster.address)
+        joined = connect(ray, self.cluster.address)
         on_cluster = replace(self.cluster, driver_on_cluster=False)  # inside the actor Ray is up
         driver = None
         try:
@@ -147,16 +149,19 @@ class ClusterRunner(Runner):
         finally:
             if driver is not None:
                 ray.kill(driver)
-            if started_ray:
+            if joined.started_here:
                 ray.shutdown()
 
-    def _run(self, ray, model, input_dir: Path, output_dir: Path, candidates: list[Candidate], stats):
+    def _run(
+        self, ray, joined: Joined, model, input_dir: Path, output_dir: Path, candidates: list[Candidate],
+        stats: ScanStats,
+    ):
         cfg = self.config
         plan = plan_workers(ray.cluster_resources(), cfg.device, self.cluster.workers)
         # The workers' choice, made by the same function on the driver's copy, which it then drops.
         channels_last = use_channels_last(model.module, torch.device(plan.device), cfg.channels_last)
         model.module = None
-        writer = ResultsWriter(output_dir, cfg.resume)
+        writer = open_output(cfg, model, input_dir, output_dir)  # run.json; refuses to mix two runs
         done = writer.done
         todo = [c for c in candidates if c.rel not in done]
         where = f"Ray cluster, {plan.workers} worker(s) on {plan.device}"
@@ -164,29 +169,29 @@ class ClusterRunner(Runner):
         started_at = datetime.now(UTC)
         t0 = time.perf_counter()
         collector = ResultCollector(cfg, writer, candidates, todo)
-        ledger = ray.remote(num_cpus=0)(RetryLedger).remote()
-        yield from start_events(
-            model, where, memory_kind, candidates, todo, stats, output_dir, cfg.fast_decode
-        )
-
-        if cfg.prefetch:
-            yield RunNote("info", "Prefetch is not used on a cluster: Ray Data feeds each worker.")
-        batch_size, batch_choice = cfg.batch_size, None
-        if batch_size == "auto" and todo:
-            tune = ray.remote(num_cpus=1, num_gpus=plan.gpus_per_worker)(tune_batch_size)
-            on_worker = replace(cfg, input_dir=input_dir, output_dir=output_dir)
-            batch_choice = ray.get(tune.remote(on_worker, plan.device, self.loader, todo[:8]))
-            batch_size = batch_choice.batch_size
-            yield RunNote("info", batch_choice.message())
-        batch_size = batch_size if isinstance(batch_size, int) else 1
-
-        if cfg.memory_snapshot:
-            yield RunNote("info", "--memory-snapshot is not taken on a cluster; run on one GPU for it.")
         rows = iter(())
-        if todo:  # the first result waits for the workers to start and load the model
-            yield RunNote("info", f"Starting {plan.workers} worker(s); each loads {model.info.id} once.")
-        try:
-            if todo:
+        ledger = ray.remote(num_cpus=0)(RetryLedger).remote()
+        try:  # from here on, however the run ends, the writer is closed with what finished
+            yield from start_events(
+                model, where, memory_kind, candidates, todo, stats, output_dir, cfg.fast_decode
+            )
+            yield RunNote("info", joined.sentence())
+
+            if cfg.prefetch:
+                yield RunNote("info", "Prefetch is not used on a cluster: Ray Data feeds each worker.")
+            batch_size, batch_choice = cfg.batch_size, None
+            if batch_size == "auto" and todo:
+                tune = ray.remote(num_cpus=1, num_gpus=plan.gpus_per_worker)(tune_batch_size)
+                on_worker = replace(cfg, input_dir=input_dir, output_dir=output_dir)
+                batch_choice = ray.get(tune.remote(on_worker, plan.device, self.loader, todo[:8]))
+                batch_size = batch_choice.batch_size
+                yield RunNote("info", batch_choice.message())
+            batch_size = batch_size if isinstance(batch_size, int) else 1
+
+            if cfg.memory_snapshot:
+                yield RunNote("info", "--memory-snapshot is not taken on a cluster; run on one GPU for it.")
+            if todo:  # the first result waits for the workers to start and load the model
+                yield RunNote("info", f"Starting {plan.workers} worker(s); each loads {model.info.id} once.")
                 dataset = self._dataset(ray, plan, input_dir, output_dir, todo, ledger, batch_size)
                 rows = dataset.iter_rows()
             for row in rows:
@@ -196,6 +201,7 @@ class ClusterRunner(Runner):
                 yield from collector.add(row)
                 if collector.stopped:
                     break
+            retries = ray.get(ledger.report.remote())
         except ray.exceptions.RayError as exc:
             raise BatchLensError(
                 f"The cluster run failed: {last_line(exc)}. Results written so far are kept "
@@ -206,9 +212,8 @@ class ClusterRunner(Runner):
             if close is not None:
                 close()  # stops the Ray Data execution when the run ends early
             collector.close()
+            ray.kill(ledger)
 
-        retries = ray.get(ledger.report.remote())
-        ray.kill(ledger)
         if retries["batches_retried"] or retries["worker_restarts"]:
             yield RunNote(
                 "warning",
@@ -228,7 +233,7 @@ class ClusterRunner(Runner):
             seconds=time.perf_counter() - t0,
             started_at=started_at,
             cluster={
-                "address": self.cluster.address,
+                **joined.to_json(),  # the cluster actually joined, not "auto"
                 "workers": plan.workers,
                 "worker_device": plan.device,
             },
@@ -242,9 +247,9 @@ class ClusterRunner(Runner):
         context.print_on_execution_start = False
         # Blocks of whole batches, at most MAX_BLOCKS of them: a retry redoes one block.
         rows_per_block = batch_size * math.ceil(len(todo) / (batch_size * MAX_BLOCKS))
+        blocks = math.ceil(len(todo) / rows_per_block)
         dataset = ray.data.from_items(
-            [{"image": c.rel, "path": str(c.path)} for c in todo],
-            override_num_blocks=math.ceil(len(todo) / rows_per_block),
+            [{"image": c.rel, "path": str(c.path)} for c in todo], override_num_blocks=blocks
         )
         return dataset.map_batches(
             ImageWorker,
@@ -256,7 +261,8 @@ class ClusterRunner(Runner):
             },
             batch_size=batch_size,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=plan.workers),
+            # No more actors than blocks: an idle one would only load the model (and Ray Data warns).
+            compute=ray.data.ActorPoolStrategy(size=min(plan.workers, blocks)),
             num_cpus=1,
             num_gpus=plan.gpus_per_worker or None,
             # Ray Data's actor pool restarts a dead worker and retries its batches, without limit
