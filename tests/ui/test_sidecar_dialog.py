@@ -218,3 +218,59 @@ def test_window_says_plainly_when_a_hub_model_cannot_be_downloaded(qtbot, window
     assert window.start_run() is False  # the download dialog goes first
     qtbot.waitUntil(lambda: "HF_HUB_OFFLINE is set" in window.controls.message.text(), timeout=RUN_TIMEOUT_MS)
     assert not window.is_running() and not (tmp_path / "out" / "predictions.jsonl").exists()
+
+
+def test_describe_edits_the_sidecar_in_use_and_keeps_what_it_does_not_show(qtbot, window, tmp_path):
+    model = scripted(tmp_path / "models")
+    (tmp_path / "models" / "birds.txt").write_text("robin\nwren\njay\n")
+    current = tmp_path / "models" / "net.json"
+    current.write_text(
+        json.dumps(
+            {
+                "task": "classification",
+                "labels": "birds.txt",
+                "input_size": 224,
+                "crop_pct": 0.875,
+                "interpolation": "bicubic",
+                "mean": [123.675, 116.28, 103.53],
+                "std": [58.395, 57.12, 57.375],
+                "mean_std_units": "0-255",
+                "description": "Garden birds",
+            }
+        )
+    )
+    sources = window.model_sources
+    assert window.model_picker.set_current_model(str(model))
+    assert sources.describe_button.isVisibleTo(window)
+    shown = []
+
+    def edit(parent, path):
+        dialog = SidecarDialog(path, parent, sidecar_path_for(path))
+        shown.append(
+            (
+                dialog.size_mode.currentData(),
+                dialog.resize_to.value(),
+                dialog.crop.value(),
+                dialog.interpolation.currentText(),
+                dialog.mean.text(),
+            )
+        )
+        dialog.crop.setValue(200)
+        dialog.accept()
+        return dialog.saved
+
+    sources.ask_sidecar = edit
+    assert sources.describe_current() == current
+    assert shown == [("crop", 256, 224, "bicubic", "0.485, 0.456, 0.406")]  # crop_pct and 0-255 understood
+    data = json.loads(current.read_text())
+    assert data["labels"] == "birds.txt" and data["description"] == "Garden birds"
+    assert (data["resize"], data["crop"], data["interpolation"]) == (256, [200, 200], "bicubic")
+    assert "crop_pct" not in data and "mean_std_units" not in data and data["mean"] == [0.485, 0.456, 0.406]
+    assert not (tmp_path / "models" / "net.pt.json").exists(), "edited in place, no second sidecar"
+    loaded = load_model(str(model), torch.device("cpu"))
+    assert (
+        loaded.adapter.labels == ["robin", "wren", "jay"]
+        and "centre-crop 200x200" in loaded.preprocessing.describe()
+    )
+    window.model_picker.set_current_model("demo-shapes")
+    assert not sources.describe_button.isVisibleTo(window)

@@ -171,6 +171,13 @@ class ModelSources(QObject):
         self.use_default_action = menu.addAction("Use torchvision's weights", self.use_default_weights)
         self.weights_button.setMenu(menu)
         self.picker.layout().addWidget(self.weights_button)
+        self.describe_button = QToolButton()
+        self.describe_button.setText("Describe…")
+        self.describe_button.setToolTip(
+            "Say what this model file does and how its images are prepared (saved in its sidecar)."
+        )
+        self.describe_button.clicked.connect(self.describe_current)
+        self.picker.layout().addWidget(self.describe_button)
         self.picker.model_changed.connect(self._update_button)
         self._update_button()
 
@@ -184,6 +191,16 @@ class ModelSources(QObject):
             and sidecar_path_for(path) is None
             and not (options.get("task") or options.get("arch"))
         )
+
+    def describe_current(self) -> Path | None:
+        """ "Describe…": the sidecar dialog for the current model file, prefilled from its sidecar."""
+        info = self.picker.current_model()
+        if info is None or info.source != "file":
+            return None
+        saved = self.ask_sidecar(self.window, Path(info.id))
+        if saved is not None:
+            self.picker.add_model(file_model_info(info.id), select=True)  # the task may have changed
+        return saved
 
     def choose_model_file(self, parent: QWidget):
         """ "Open model file…": the file, then, when it has no sidecar, the dialog that describes it."""
@@ -218,6 +235,8 @@ class ModelSources(QObject):
         model_id = self._current_catalogue_id()
         weights = self.picker.options.get(model_id or "", {}).get("weights")
         self.weights_button.setVisible(model_id is not None)
+        current = self.picker.current_model()
+        self.describe_button.setVisible(current is not None and current.source == "file")
         self.use_default_action.setEnabled(bool(weights))
         if weights:
             self.weights_button.setText(f"Weights: {Path(weights).name}")

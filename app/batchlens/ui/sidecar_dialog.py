@@ -1,7 +1,8 @@
-"""The dialog that describes a model file which came without a sidecar: what it does, its labels, and
-how its images must be prepared (prefilled with the common ImageNet choice, explained in plain words).
-It writes the sidecar beside the model, or into BatchLens's data folder when the model's folder is
-read-only (where the loader also looks: core/models/sidecar_store.py)."""
+"""The dialog that describes a model file: what it does, its labels, and how its images must be
+prepared. For a file without a sidecar it is prefilled with the common ImageNet choice, explained in
+plain words; for one with a sidecar, with what that sidecar says (keys the dialog does not show are
+kept). It writes the sidecar beside the model (over the one in use), or into BatchLens's data folder
+when that folder is read-only (where the loader also looks: core/models/sidecar_store.py)."""
 
 from __future__ import annotations
 
@@ -26,9 +27,16 @@ from PySide6.QtWidgets import (
 
 from batchlens.core.errors import BatchLensError
 from batchlens.core.models.catalogue import catalogue_tasks
-from batchlens.core.models.files import is_weights_file, read_labels
-from batchlens.core.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS
-from batchlens.core.models.sidecar_store import save_sidecar
+from batchlens.core.models.files import is_weights_file, read_labels, sidecar_path_for
+from batchlens.core.models.preprocessing import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    INTERPOLATIONS,
+    SIDECAR_KEYS,
+    Preprocessing,
+)
+from batchlens.core.models.sidecar import normalise_task, read_json_file
+from batchlens.core.models.sidecar_store import save_sidecar, sidecar_target
 
 TASKS = {
     "classification": "Classification: a label for each image",
@@ -40,7 +48,21 @@ SIZE_MODES = {
     "crop": "Resize the short side, then cut out the centre (most ImageNet models)",
     "stretch": "Stretch to an exact size",
     "keep": "Keep each image's own size",
+    "short": "Resize the short side, keep the whole image",
 }
+# The keys the dialog's fields set; a sidecar's other keys (name, description, color_mode...) are kept.
+DIALOG_KEYS = (
+    "task",
+    "arch",
+    "input_size",
+    "resize",
+    "crop",
+    "crop_pct",
+    "interpolation",
+    "mean",
+    "std",
+    "mean_std_units",
+)
 EXPLANATION = (
     "A model gives good answers only when images are prepared the way its training images were. "
     "Most models trained on ImageNet want the short side resized to 256 pixels, the centre 224×224 "
@@ -56,16 +78,21 @@ def _numbers(text: str) -> list[float]:
 class SidecarDialog(QDialog):
     """Asks for what a model file's sidecar must say; `saved` is where it was written once accepted."""
 
-    def __init__(self, model_path: Path, parent: QWidget | None = None):
+    def __init__(self, model_path: Path, parent: QWidget | None = None, current: Path | None = None):
         super().__init__(parent)
         self.model_path = Path(model_path)
+        self.current = Path(current) if current else None  # the sidecar in use, edited in place
         self.saved: Path | None = None
         self.setWindowTitle(f"Describe {self.model_path.name}")
 
-        intro = QLabel(
-            f"<b>{self.model_path.name}</b> has no sidecar saying what the model does. Tell BatchLens "
-            "once; it saves the answers in a small file next to the model."
-        )
+        if self.current:
+            text = f"What <b>{self.model_path.name}</b> is, as its sidecar {self.current.name} says it."
+        else:
+            text = (
+                f"<b>{self.model_path.name}</b> has no sidecar saying what the model does. Tell BatchLens "
+                "once; it saves the answers in a small file next to the model."
+            )
+        intro = QLabel(text)
         intro.setWordWrap(True)
         self.task = QComboBox()
         for key, text in TASKS.items():
@@ -91,8 +118,15 @@ class SidecarDialog(QDialog):
         self.crop = self._spin(224, "Then the centre square of this size is cut out.")
         self.height = self._spin(224, "Images are stretched to exactly this height…")
         self.width = self._spin(224, "…and this width.")
+        self.short_side = self._spin(520, "The short side becomes this many pixels; nothing is cut off.")
         self.sizes = QStackedWidget()
-        for widgets in ((self.resize_to, "then crop", self.crop), (self.height, "×", self.width), ()):
+        pages = (
+            (self.resize_to, "then crop", self.crop),
+            (self.height, "×", self.width),
+            (),
+            (self.short_side,),
+        )
+        for widgets in pages:
             page = QWidget()
             row = QHBoxLayout(page)
             row.setContentsMargins(0, 0, 0, 0)
@@ -141,6 +175,55 @@ class SidecarDialog(QDialog):
         layout.addWidget(self.explanation)
         layout.addWidget(self.error)
         layout.addWidget(buttons)
+        self.existing = self._read_current()
+        self._prefill(self.existing)
+
+    def _read_current(self) -> dict:
+        if self.current is None:
+            return {}
+        try:
+            data = read_json_file(self.current)
+        except BatchLensError as exc:
+            self.error.setText(f"{exc} Saving replaces it.")
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _prefill(self, data: dict) -> None:
+        """Show what a sidecar says (nothing to show: the defaults stay)."""
+        if self.task.findData(normalise_task(data.get("task"))) >= 0:
+            self.task.setCurrentIndex(self.task.findData(normalise_task(data["task"])))
+        if isinstance(data.get("arch"), str):
+            self.arch.setCurrentText(data["arch"])
+        if data.get("labels"):
+            self.labels.setPlaceholderText("the sidecar's labels are kept; choose a file to replace them")
+        try:
+            pre = Preprocessing.from_sidecar(
+                {k: data[k] for k in SIDECAR_KEYS if k in data}, str(self.current)
+            )
+        except BatchLensError as exc:
+            self.error.setText(str(exc))
+            return
+        if not data:
+            return
+        resize, crop = pre.resize or (), pre.crop
+        mode = "keep"
+        if len(resize) == 1 and crop:
+            mode = "crop"
+            self.resize_to.setValue(resize[0])
+            self.crop.setValue(crop[0])
+        elif len(resize) == 1:
+            mode = "short"
+            self.short_side.setValue(resize[0])
+        elif resize:
+            mode = "stretch"
+            self.height.setValue(resize[0])
+            self.width.setValue(resize[1])
+        self.size_mode.setCurrentIndex(self.size_mode.findData(mode))
+        self.interpolation.setCurrentText(pre.interpolation)
+        self.normalise.setChecked(pre.mean is not None)
+        if pre.mean is not None:
+            self.mean.setText(", ".join(f"{v:g}" for v in pre.mean))
+            self.std.setText(", ".join(f"{v:g}" for v in pre.std))
 
     @staticmethod
     def _spin(value: int, tooltip: str) -> QSpinBox:
@@ -163,7 +246,8 @@ class SidecarDialog(QDialog):
 
     def sidecar_data(self) -> dict:
         """The sidecar the fields describe (BatchLensError with one sentence when one is wrong)."""
-        data: dict = {"task": self.task.currentData()}
+        data = {key: value for key, value in self.existing.items() if key not in DIALOG_KEYS}
+        data["task"] = self.task.currentData()
         arch = self.arch.currentText().strip()
         if self.weights_only and not arch:
             raise BatchLensError(
@@ -173,11 +257,19 @@ class SidecarDialog(QDialog):
             data["arch"] = arch
         if self.labels.text().strip():
             data["labels"] = read_labels(Path(self.labels.text().strip()))  # kept in the sidecar itself
+        elif isinstance(data.get("labels"), str) and self.current is not None:
+            target = sidecar_target(self.model_path, self.current)
+            if target.parent != self.current.parent:  # a labels file named relative to the old place
+                data["labels"] = read_labels(self.current.parent / data["labels"])
         mode = self.size_mode.currentData()
         if mode == "crop":
             data["resize"], data["crop"] = self.resize_to.value(), [self.crop.value()] * 2
         elif mode == "stretch":
             data["resize"] = [self.height.value(), self.width.value()]
+        elif mode == "short":
+            data["resize"] = self.short_side.value()
+        if mode not in ("crop", "short"):
+            data.pop("max_size", None)  # (it only caps a short-side resize)
         data["interpolation"] = self.interpolation.currentText()
         if self.normalise.isChecked():
             try:
@@ -188,7 +280,7 @@ class SidecarDialog(QDialog):
 
     def accept(self) -> None:
         try:
-            self.saved = save_sidecar(self.model_path, self.sidecar_data())
+            self.saved = save_sidecar(self.model_path, self.sidecar_data(), self.current)
         except BatchLensError as exc:
             self.error.setText(str(exc))
             return
@@ -199,7 +291,8 @@ class SidecarDialog(QDialog):
 
 
 def ask_sidecar(parent: QWidget, model_path: Path) -> Path | None:
-    """Show the dialog; the path of the sidecar it wrote, or None when the user cancelled."""
-    dialog = SidecarDialog(model_path, parent)
+    """Show the dialog (over the sidecar in use, if any); the path of the sidecar it wrote, or None
+    when the user cancelled."""
+    dialog = SidecarDialog(model_path, parent, sidecar_path_for(Path(model_path)))
     dialog.exec()
     return dialog.saved

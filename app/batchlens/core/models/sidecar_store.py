@@ -48,15 +48,24 @@ def folder_is_writable(folder: Path) -> bool:
     return True
 
 
-def save_sidecar(model_path: Path, data: dict) -> Path:
-    """Write a sidecar for `model_path` (checked first with the loader's own parser): NAME.EXT.json
-    beside the file, or the data-folder copy when the model's folder cannot be written. Returns where."""
+def sidecar_target(model_path: Path, current: Path | None = None) -> Path:
+    """Where a sidecar for `model_path` is written: over `current` (the one in use) or NAME.EXT.json
+    beside the model, when that folder can be written; else the data-folder copy."""
+    model_path = Path(model_path)
+    target = Path(current) if current else model_path.with_name(model_path.name + ".json")
+    return target if folder_is_writable(target.parent) else stored_sidecar_path(model_path)
+
+
+def save_sidecar(model_path: Path, data: dict, current: Path | None = None) -> Path:
+    """Write a sidecar for `model_path` (checked first with the loader's own parser) where
+    sidecar_target says. Returns where."""
     from batchlens.core.models.sidecar import parse_sidecar  # (sidecar.py needs nothing from here)
 
     model_path = Path(model_path)
-    parse_sidecar(data, f"the sidecar for {model_path.name}")
-    beside = model_path.with_name(model_path.name + ".json")
-    target = beside if folder_is_writable(model_path.parent) else stored_sidecar_path(model_path)
+    # (a labels file named by the sidecar is read, and checked, when the model loads)
+    checked = {**data, "labels": None} if isinstance(data.get("labels"), str) else data
+    parse_sidecar(checked, f"the sidecar for {model_path.name}")
+    target = sidecar_target(model_path, current)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     try:
