@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 from PySide6.QtCore import Qt
 
-from batchlens.ui.memory_plot import MemoryPlot, RingBuffer
+from batchlens.ui.memory_plot import Marker, MemoryPlot, RingBuffer
 from tests.ui.conftest import GIB, MIB, FakeProbe
 
 
@@ -132,10 +132,14 @@ def test_export_csv_and_save_png(qtbot, tmp_path):
     plot.add_marker("run_start", "Run started")
     plot.sample_now()
     plot.export_csv(tmp_path / "memory.csv")
-    rows = list(csv.DictReader(open(tmp_path / "memory.csv", encoding="utf-8")))
-    assert len(rows) == 2
-    assert rows[0]["allocated_bytes"] == str(MIB) and rows[1]["device_total_bytes"] == str(10 * MIB)
-    assert "run_start" in rows[1]["markers"] and rows[0]["markers"] == ""
+    rows = list(csv.DictReader((tmp_path / "memory.csv").read_text(encoding="utf-8").splitlines()))
+    samples = [r for r in rows if not r["marker"]]
+    assert len(rows) == 3 and len(samples) == 2
+    assert samples[0]["allocated_bytes"] == str(MIB) and samples[1]["device_total_bytes"] == str(10 * MIB)
+    marker = rows[1]  # between the two samples, in time order, with no values of its own
+    assert (marker["marker"], marker["marker_text"]) == ("run_start", "Run started")
+    assert marker["allocated_bytes"] == ""
+    assert float(samples[0]["time_s"]) <= float(marker["time_s"]) <= float(samples[1]["time_s"])
     plot.save_png(tmp_path / "memory.png")
     with Image.open(tmp_path / "memory.png") as image:
         assert image.size[0] > 100 and image.size[1] > 100
@@ -164,3 +168,59 @@ def test_the_buttons_save_where_the_user_chose(qtbot, tmp_path, monkeypatch):
     assert (tmp_path / "history.csv").read_text("utf-8").startswith("time_s,allocated_bytes")
     assert plot.hover_label.text() == f"Saved {tmp_path / 'history.csv'}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["history.csv", "plot.png"]  # no temp files left
+
+
+def test_markers_older_than_the_plot_are_exported_at_their_own_time(qtbot, tmp_path):
+    """The plot keeps 2 minutes of samples; a marker from before that keeps its own time in the CSV
+    instead of being lumped into the first row."""
+    plot = make_plot(qtbot, FakeProbe("cpu"))
+    plot.markers.append(Marker(-500.0, "run_start", "Run started long ago"))
+    plot.markers.append(Marker(-300.0, "run_end", "Run finished long ago"))
+    plot.sample_now()
+    plot.export_csv(tmp_path / "memory.csv")
+    rows = list(csv.DictReader((tmp_path / "memory.csv").read_text(encoding="utf-8").splitlines()))
+    first_two = [(r["time_s"], r["marker"]) for r in rows[:2]]
+    assert first_two == [("-500.000", "run_start"), ("-300.000", "run_end")]
+    assert all(not r["marker"] for r in rows[2:]) and rows[2]["allocated_bytes"]
+
+
+def test_marker_labels_stay_inside_the_plot_and_apart(qtbot):
+    """A new marker sits at the right edge of the scrolling plot: its label must read whole, inside the
+    plot, and two labels close in time must not overlap."""
+    import pyqtgraph as pg
+
+    plot = make_plot(qtbot, FakeProbe("cpu"))
+    plot.resize(500, 300)
+    plot.show()
+    qtbot.waitExposed(plot)
+    for _ in range(3):
+        plot.sample_now()
+    plot.plot_item.setXRange(0, 10, padding=0)
+    plot.add_marker("run_start", "Run started")
+    plot.add_marker("run_end", "Run finished")
+    plot.add_marker("clear_cache", "Freed 0 B")
+    line_at = {m.kind: line for m, line in plot.marker_lines()}
+    for line in line_at.values():
+        line.setValue(9.9)  # at the right edge, as a marker just set is
+    qtbot.wait(50)
+    view = plot.plot_item.vb.sceneBoundingRect()
+    boxes = []
+    for line in line_at.values():
+        label = next(c for c in line.childItems() if isinstance(c, pg.InfLineLabel))
+        box = label.mapRectToScene(label.boundingRect())
+        assert view.contains(box), (label.textItem.toPlainText(), box, view)
+        boxes.append(box)
+    assert not any(a.intersects(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+
+
+def test_save_dialogs_start_in_the_output_folder(qtbot, tmp_path, monkeypatch):
+    from PySide6.QtWidgets import QFileDialog
+
+    plot = make_plot(qtbot, FakeProbe("cuda"))
+    offered = []
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (offered.append(a[2]) or "", ""))
+    plot.set_save_folder(tmp_path / "out")  # not made yet: the dialog starts beside it
+    qtbot.mouseClick(plot.save_button, Qt.MouseButton.LeftButton)
+    (tmp_path / "out").mkdir()
+    qtbot.mouseClick(plot.csv_button, Qt.MouseButton.LeftButton)
+    assert offered == [str(tmp_path / "memory.png"), str(tmp_path / "out" / "memory.csv")]

@@ -257,13 +257,17 @@ def test_dropping_a_folder_sets_the_input(qtbot, window, shapes_folder):
     qtbot.waitUntil(lambda: window.form.count_label.text() == "12 images found.", timeout=10_000)
 
 
-def test_a_run_problem_is_shown_not_raised(qtbot, window, tmp_path):
+def test_a_run_problem_is_shown_not_raised(qtbot, window, shapes_folder, tmp_path):
+    output = tmp_path / "out"
+    output.write_text("a file where the output folder should be")
     with qtbot.waitSignal(window.run_finished, timeout=RUN_TIMEOUT_MS) as finished:
-        start(qtbot, window, "demo-shapes", tmp_path / "missing", tmp_path / "out")
+        start(qtbot, window, "demo-shapes", shapes_folder, output)
     assert finished.args[0] is None
-    assert "does not exist" in window.controls.message.text() and "missing" in window.controls.message.text()
+    assert "out" in window.controls.message.text() and window.last_error
     assert window.controls.run_button.isEnabled()
     assert window.controls.progress.maximum() > 0  # no busy indicator left running
+    # The preview does not go on saying "Loading the model…" for a run that stopped.
+    assert "Loading" not in window.previews.message.text()
 
 
 def test_timer_lateness_during_a_run(qtbot, tmp_path):

@@ -17,12 +17,14 @@ from pathlib import Path
 from PySide6.QtCore import Qt, QThread, QTimer, QUrl, Signal, Slot
 from PySide6.QtGui import QAction, QDesktopServices, QKeySequence
 from PySide6.QtWidgets import (
+    QFileDialog,
     QFrame,
     QGroupBox,
     QMainWindow,
     QMessageBox,
     QScrollArea,
     QSplitter,
+    QStackedWidget,
     QStatusBar,
     QVBoxLayout,
     QWidget,
@@ -41,14 +43,17 @@ from batchlens.core.manifest import (
 )
 from batchlens.core.memory import ClearResult, MemoryProbe, format_bytes, probe_for
 from batchlens.core.model_request import model_request
+from batchlens.core.run_speed import RunClock, format_rate, images_per_second, seconds_left
 from batchlens.core.run_text import describe_start, describe_summary
 from batchlens.ui.memory_plot import MemoryPlot
+from batchlens.ui.menus import add_menus
 from batchlens.ui.model_sources import ModelSources
 from batchlens.ui.previews import PreviewPanel, ThumbnailStrip
 from batchlens.ui.problems_panel import ProblemsPanel
 from batchlens.ui.run_controls import RunControls, format_duration
 from batchlens.ui.run_form import CLUSTER, RunForm, default_output_for
 from batchlens.ui.settings import Settings
+from batchlens.ui.wording import for_window
 from batchlens.ui.worker import RunWorker, start_in_thread
 
 __all__ = ["CLUSTER", "MainWindow", "default_output_for", "probe_for_name"]
@@ -82,9 +87,7 @@ class MainWindow(QMainWindow):
         self.last_summary: dict | None = None
         self.last_error: str | None = None
         self._latest: ImageResult | None = None
-        self._run_t0 = 0.0
-        self._paused_at: float | None = None
-        self._paused_total = 0.0
+        self.clock = RunClock(time.monotonic)  # the window's own clock for the live images/s
 
         self.setWindowTitle("BatchLens")
         self.setAcceptDrops(True)
@@ -115,8 +118,10 @@ class MainWindow(QMainWindow):
         )
         preview_layout.addWidget(strip)
 
+        self.preview_box = preview_box
         self.memory_plot = MemoryPlot()
         memory_box = QGroupBox("Memory")
+        self.memory_box = memory_box
         memory_layout = QVBoxLayout(memory_box)
         memory_layout.addWidget(self.memory_plot)
 
@@ -135,12 +140,17 @@ class MainWindow(QMainWindow):
         for splitter in (self.top_splitter, self.main_splitter):
             splitter.setChildrenCollapsible(False)
 
-        central = QWidget()
-        layout = QVBoxLayout(central)
+        self.run_screen = QWidget()
+        layout = QVBoxLayout(self.run_screen)
         layout.addWidget(self.form)
         layout.addWidget(self.controls)
         layout.addWidget(self.main_splitter, 1)
-        self.setCentralWidget(central)
+        self.pages = QStackedWidget()  # the run screen, and the results browser once opened
+        self.pages.addWidget(self.run_screen)
+        self.results_browser = None  # made on first use: it starts thumbnail threads
+        self.show_results_after_run = True
+        self.setCentralWidget(self.pages)
+        add_menus(self)
         self.setStatusBar(QStatusBar())
         self.resize(1280, 820)
 
@@ -167,6 +177,9 @@ class MainWindow(QMainWindow):
         self.controls.cancel_clicked.connect(self.cancel_run)
         self.controls.open_output_clicked.connect(self.open_output_folder)
         self.form.device_changed.connect(self._on_device_changed)
+        self.form.model_changed.connect(lambda _model: self._choices_changed(model=True))
+        self.form.input_changed.connect(lambda: self._choices_changed(model=False))
+        self.form.counted.connect(self._on_counted)
         self.form.cluster_changed.connect(lambda _address: self._show_where())
         self.memory_plot.cache_cleared.connect(self._on_cache_cleared)
         self.thumbnails.activated.connect(self.previews.show_result)
@@ -198,14 +211,17 @@ class MainWindow(QMainWindow):
         device: str | None = None,
     ) -> None:
         """Set what the command line asked for (`batchlens --model M --input DIR ...`)."""
+        errors = []
         if model and not self.model_picker.set_current_model(model):
-            self.show_error(f"Unknown model {model!r}: choose one from the list.")
+            errors.append(f"Unknown model {model!r}: choose one from the list.")
         if input_dir is not None:
             self.form.set_input(input_dir)
         if output_dir is not None:
             self.form.set_output(output_dir)
         if device and not self.set_device(device):
-            self.show_error(f"Device {device!r} is not available here; using {self.device_name()}.")
+            errors.append(f"Device {device!r} is not available here; using {self.device_name()}.")
+        if errors:  # after the changes above, which clear older messages
+            self.show_error(" ".join(errors))
 
     # == the device and the memory plot ==============================================================
     def device_name(self) -> str:
@@ -339,10 +355,57 @@ class MainWindow(QMainWindow):
         self.form.set_output(folder, chosen=True)
         return "plain", folder
 
+    def run_blocker(self) -> str | None:
+        """Why Run cannot start now, in plain words; None when it can."""
+        form = self.form
+        info = self.model_picker.current_model()
+        if info is None:
+            return "choose a model."
+        if info.source == "file" and not Path(info.id).is_file():
+            return f"the model file {info.id} is not there any more."
+        if not form.input_text():
+            return "choose the folder of images (Browse, or drop a folder on the window)."
+        folder = Path(form.input_text()).expanduser()
+        if not folder.exists():
+            return f"the input folder {folder} does not exist."
+        if not folder.is_dir():
+            return f"{folder} is a file, not a folder of images."
+        if form.image_count() == 0:
+            hint = "" if form.recursive() else " (tick Include subfolders to look inside its folders)"
+            return f"there are no images in {folder}{hint}."
+        return None
+
+    def _update_blocker(self) -> None:
+        self.controls.set_blocked(self.run_blocker())
+
+    def _choices_changed(self, model: bool) -> None:
+        """A new model or input makes the last run's messages, problems and previews stale."""
+        if self.is_running():
+            return
+        self.last_summary = None
+        self.last_error = None
+        self.controls.show_message("")
+        self.controls.set_rate("")
+        self.problems.clear()
+        if model or self._latest is not None:
+            self._latest = None
+            self.previews.clear()
+            self.thumbnails.clear()
+        self._update_blocker()
+
+    def _on_counted(self, count: int, _text: str) -> None:
+        if not self.is_running():
+            self.controls.set_total(max(count, 0))  # "0 / 32 images" before a run, the real total
+        self._update_blocker()
+
     def start_run(self) -> bool:
         if self.is_running():
             return False
         form = self.form
+        blocker = self.run_blocker()
+        if blocker is not None:
+            self.show_error(f"Nothing to run: {blocker}")
+            return False
         if not self.model_sources.ready(form.model_id(), form.model_options(), self.start_run):
             return False  # the user declined a pickle file, or the weights download first and then start
         config = self.build_config()
@@ -359,8 +422,7 @@ class MainWindow(QMainWindow):
         self.controls.set_rate("")
         self.controls.show_message("")
         self.statusBar().showMessage(f"Starting {config.model} on {config.input_dir}…")
-        self._paused_at = None
-        self._paused_total = 0.0
+        self.memory_plot.set_save_folder(config.output_dir)
 
         runner = None
         if self.device_name() == CLUSTER:
@@ -394,6 +456,8 @@ class MainWindow(QMainWindow):
             return
         self.worker.cancel()
         self.controls.set_cancelling()
+        self.controls.set_rate("")  # no speed or time left for a run that is stopping
+        self.clock.pause()
         self.statusBar().showMessage("Cancelling after the current image…")
 
     @Slot()
@@ -405,12 +469,12 @@ class MainWindow(QMainWindow):
         self._show_paused(False)
 
     def _show_paused(self, paused: bool) -> None:
-        now = time.monotonic()
         if paused:
-            self._paused_at = now
-        elif self._paused_at is not None:
-            self._paused_total += now - self._paused_at
-            self._paused_at = None
+            self.clock.pause()
+            self.controls.set_rate("paused")
+        else:
+            self.clock.resume()
+            self._show_rate()
         self.controls.set_paused(paused)
         self.statusBar().showMessage("Paused. Press Resume to go on." if paused else "Running…")
 
@@ -423,7 +487,7 @@ class MainWindow(QMainWindow):
                     f"peak {format_bytes(event.memory.peak)}."
                 )
         elif isinstance(event, RunStarted):
-            self._run_t0 = time.monotonic()
+            self.clock.start()
             self.controls.set_total(event.total)
             memory = "RAM" if event.memory_kind == "cpu" else f"{event.memory_kind.upper()} memory"
             if isinstance(self.worker and self.worker.runner, ClusterRunner):
@@ -431,11 +495,12 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"{describe_start(event)}; the plot shows {memory}.")
             self.previews.clear("Waiting for the first image…")
         elif isinstance(event, RunNote):
+            message = for_window(event.message)
             if event.level != "info":  # an info note (workers starting, batch size chosen) is no problem
-                self.problems.add("(run)", event.message, warning=event.level != "error")
-            self.statusBar().showMessage(event.message)
+                self.problems.add("(run)", message, warning=event.level != "error")
+            self.statusBar().showMessage(message)
             if event.kind != "note":  # memory events (out-of-memory recovery, a leak...) mark the plot
-                self.memory_plot.add_marker(event.kind, event.message)
+                self.memory_plot.add_marker(event.kind, message)
         elif isinstance(event, RunFinished):
             self._on_finished(event)
 
@@ -445,13 +510,16 @@ class MainWindow(QMainWindow):
         self._latest = event
         self.thumbnails.add(event)
         if not event.ok:
-            self.problems.add(event.image, event.error or "failed")
-            self.memory_plot.add_marker("failure", f"{event.image}: {event.error}")
+            error = for_window(event.error or "failed")
+            self.problems.add(event.image, error)
+            self.memory_plot.add_marker("failure", f"{event.image}: {error}")
 
     def _on_finished(self, event: RunFinished) -> None:
         self.last_summary = event.summary
         if not event.cancelled:
             self.controls.set_finished()
+        # The summary's figure (core/run_speed.py), shown the same way as in the summary sentence.
+        self.controls.set_rate(format_rate(event.summary.get("images_per_second")))
         text = describe_summary(event.summary)
         if event.cancelled:
             text += " Cancelled: the images not reached are not in predictions.jsonl yet."
@@ -462,13 +530,16 @@ class MainWindow(QMainWindow):
     def _on_errored(self, message: str) -> None:
         self.last_error = str(message)
         self.show_error(str(message))
+        self.controls.set_rate("")
+        if self._latest is None:  # not "Loading the model…" for a run that never got there
+            self.previews.clear("The run stopped before the first image: see the message above.")
         self.memory_plot.add_marker("run_end", "Run stopped")
 
     def _on_thread_finished(self) -> None:
         self.preview_timer.stop()
         self._refresh_previews()
         if self.controls.is_busy():  # stopped before the engine counted the images: not busy now
-            self.controls.set_total(0)
+            self.controls.set_total(max(self.form.image_count(), 0))
         if self.worker is not None:
             self.worker.deleteLater()
         if self.thread is not None:
@@ -476,6 +547,9 @@ class MainWindow(QMainWindow):
         self.worker = None
         self.thread = None
         self._set_running(False)
+        summary = self.last_summary
+        if summary is not None and not summary["cancelled"] and self.show_results_after_run:
+            self.show_results(Path(summary["output"]))
         self.run_finished.emit(self.last_summary)
 
     def _refresh_previews(self) -> None:
@@ -484,17 +558,23 @@ class MainWindow(QMainWindow):
         if event is None or event is self.previews.shown:
             return
         self.controls.set_done(event.index)
-        elapsed = time.monotonic() - self._run_t0 - self._paused_total
-        if self._paused_at is not None:
-            elapsed -= time.monotonic() - self._paused_at
-        if elapsed > 0:
-            rate = event.index / elapsed
-            left = (event.total - event.index) / rate if rate > 0 else 0
-            self.controls.set_rate(f"{rate:.1f} images/s · {format_duration(left)} left")
+        if self.worker is not None and not self.worker.runner.cancelled and not self.clock.paused:
+            self._show_rate()
         self.previews.show_result(event)
         self.thumbnails.refresh()
 
+    def _show_rate(self) -> None:
+        """Images/s by core/run_speed.py's one definition (pauses left out), and the time left."""
+        event = self._latest
+        if event is None:
+            return
+        rate = images_per_second(event.index, self.clock.running_seconds())
+        left = seconds_left(event.index, event.total, rate)
+        if rate:
+            self.controls.set_rate(f"{format_rate(rate)} · {format_duration(left or 0)} left")
+
     def show_error(self, message: str) -> None:
+        message = for_window(message)
         self.controls.show_error(message)
         self.statusBar().showMessage(message)
 
@@ -504,11 +584,67 @@ class MainWindow(QMainWindow):
         self.run_action.setEnabled(not running)
         output = self.form.output_text()
         self.controls.set_output_available(bool(output) and Path(output).is_dir())
+        self.memory_plot.set_save_folder(Path(output).expanduser() if output else None)
+        if not running:
+            self._update_blocker()
 
-    def open_output_folder(self) -> None:
+    def open_output_folder(self) -> bool:
+        """Show the output folder in the file manager; say so plainly when there is none to show it."""
         folder = Path(self.form.output_text()).expanduser()
-        if folder.is_dir():
-            QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder)))
+        if not folder.is_dir():
+            self.show_error(f"The output folder {folder} does not exist yet: it is made by the first run.")
+            return False
+        if not QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder))):
+            self.show_error(f"No file manager could be started to show it. The results are in {folder}")
+            return False
+        return True
+
+    # == menus: File, View, Help =====================================================================
+    def open_model_file(self) -> None:
+        """File > Open model file…: the model picker's own chooser."""
+        self.show_run_screen()
+        info = self.model_picker.file_chooser(self)
+        if info is not None:
+            self.model_picker.add_model(info, select=True)
+
+    def ask_results_folder(self) -> None:
+        start = self.form.output_text() or str(Path.home())
+        folder = QFileDialog.getExistingDirectory(self, "Open the output folder of a run", start)
+        if folder:
+            self.show_results(Path(folder))
+
+    def show_results(self, folder: Path) -> None:
+        """The results browser on `folder` (a run's output folder), in place of the run screen."""
+        from batchlens.ui.results.browser import ResultsBrowser
+
+        if self.results_browser is None:
+            self.results_browser = ResultsBrowser(show_back=True)
+            self.results_browser.back_requested.connect(self.show_run_screen)
+            self.pages.addWidget(self.results_browser)
+        self.results_browser.open_folder(folder)
+        self.pages.setCurrentWidget(self.results_browser)
+
+    def show_last_results(self) -> None:
+        output = Path(self.form.output_text()).expanduser()
+        if output.is_dir():
+            self.show_results(output)
+        else:
+            self.statusBar().showMessage("No results yet: run the model first, or use File > Open results….")
+
+    def show_run_screen(self) -> None:
+        self.pages.setCurrentWidget(self.run_screen)
+
+    def show_panel(self, name: str, visible: bool) -> None:
+        """View menu: show or hide the previews, the memory plot or the problems panel."""
+        box = {"previews": self.preview_box, "memory": self.memory_box, "problems": self.problems}[name]
+        box.setVisible(visible)
+
+    def copy_system_info(self) -> str:
+        from batchlens.ui.about import copy_system_info
+
+        text = copy_system_info()
+        self.statusBar().showMessage("System info copied: paste it into a bug report.")
+        return text
 
     def _on_cache_cleared(self, result: ClearResult) -> None:
         message = result.message()
@@ -535,5 +671,7 @@ class MainWindow(QMainWindow):
             )
         self.preview_timer.stop()
         self.memory_plot.timer.stop()
+        if self.results_browser is not None:
+            self.results_browser.shutdown()
         self.save_settings()
         event.accept()

@@ -47,6 +47,7 @@ LINE_COLORS = {
     "device_used": "#12b886",
     "device_total": "#868e96",
 }
+LABEL_WIDTH_PX = 90  # about the width of a marker label ("clear cache") at 8-9 pt
 MARKER_COLORS = {
     "run_start": "#2f9e44",
     "run_end": "#2f9e44",
@@ -115,7 +116,8 @@ class MemoryPlot(QWidget):
         self.history = RingBuffer(int(window_s * 1000 / interval_ms) + 10, len(COLUMNS))
         self.markers: deque[Marker] = deque(maxlen=500)
         self._marker_lines: deque[tuple[Marker, pg.InfiniteLine]] = deque()
-        self._labels_placed = 0
+        self._labels: list[tuple[Marker, pg.InfLineLabel]] = []
+        self.save_folder: Path | None = None  # where Save plot / Export CSV dialogs start
         self._t0 = time.monotonic()
         self._divisor = MIB
         self._last: MemorySample | None = None
@@ -152,6 +154,7 @@ class MemoryPlot(QWidget):
         self.hover_line.setVisible(False)
         self.plot_item.addItem(self.hover_line, ignoreBounds=True)
         self.plot_widget.scene().sigMouseMoved.connect(self._on_mouse_moved)
+        self.plot_item.vb.sigResized.connect(lambda _vb: self._layout_labels())
 
         self.title = QLabel()
         self.title.setWordWrap(True)
@@ -336,19 +339,45 @@ class MemoryPlot(QWidget):
         )
         line.setToolTip(text)
         if kind != "failure":  # failures can come in dozens; their lines speak without a label
-            # Successive labels step down the plot, so markers close in time (the start and end of a
-            # run of a few images) do not print over each other.
-            self._labels_placed += 1
-            pg.InfLineLabel(
+            label = pg.InfLineLabel(
                 line,
                 text=kind.replace("_", " "),
-                position=0.97 - 0.08 * ((self._labels_placed - 1) % 4),
-                anchors=[(0, 0), (0, 0)],
+                position=0.97,  # laid out below
+                # Text on the side of the line that faces the middle of the plot, so a marker at the
+                # right edge (every new one) is not cut off and one near the left edge neither.
+                anchors=[(0, 0), (1, 0)],
                 color=MARKER_COLORS.get(kind, "#868e96"),
+                fill=self._label_fill(),
             )
+            self._labels.append((marker, label))
         self.plot_item.addItem(line, ignoreBounds=True)
         self._marker_lines.append((marker, line))
+        self._layout_labels()
         return marker
+
+    def _layout_labels(self) -> None:
+        """Give each label the highest row free of labels close in time, so none prints over another.
+        Rows are one label height apart in pixels; "close" is a label's width turned into seconds at the
+        plot's current scale. Run again when the plot changes size."""
+        height = self.plot_item.vb.height()
+        width = self.plot_item.vb.width()
+        if height < 1 or width < 1:
+            return
+        near_s = LABEL_WIDTH_PX * self.window_s / width
+        placed: list[tuple[float, int]] = []  # (time, row) of labels already laid out
+        for marker, label in self._labels:
+            label_h = label.boundingRect().height() or 20.0
+            rows = max(1, int((height - 4) // (label_h + 2)))
+            taken = {row for t, row in placed if abs(t - marker.time_s) < near_s}
+            row = next((r for r in range(rows) if r not in taken), len(placed) % rows)
+            placed.append((marker.time_s, row))
+            label.setPosition(1.0 - (2 + row * (label_h + 2)) / height)
+
+    def _label_fill(self):
+        # The plot's own background behind each label, so lines crossing it do not print through.
+        color = self.palette().color(QPalette.ColorRole.Base)
+        color.setAlpha(220)
+        return pg.mkBrush(color)
 
     def _drop_old_markers(self, now: float) -> None:
         # Marker lines left of the rolling window are removed, so their number stays bounded too.
@@ -357,6 +386,7 @@ class MemoryPlot(QWidget):
         ):
             _, line = self._marker_lines.popleft()
             self.plot_item.removeItem(line)
+        self._labels = [(m, label) for m, label in self._labels if label.scene() is not None]
 
     def marker_lines(self) -> list[tuple[Marker, pg.InfiniteLine]]:
         return list(self._marker_lines)
@@ -382,30 +412,47 @@ class MemoryPlot(QWidget):
         atomic_write(Path(path), write)
 
     def export_csv(self, path: Path) -> None:
-        """Every sample in the history (bytes), with the markers set since the previous sample."""
-        data = self.history.array()
-        markers = sorted(self.markers, key=lambda m: m.time_s)
+        """Every sample in the history (bytes), and every marker on a row of its own at its own time
+        (also markers older than the plotted history), all in time order."""
+        rows: list[tuple[float, int, list[str]]] = []
+        for row in self.history.array():
+            cells = ["" if math.isnan(v) else str(int(v)) for v in row[1:]]
+            rows.append((row[0], 1, [f"{row[0]:.3f}", *cells, "", ""]))
+        for m in self.markers:
+            rows.append((m.time_s, 0, [f"{m.time_s:.3f}", *([""] * (len(COLUMNS) - 1)), m.kind, m.text]))
+        rows.sort(key=lambda r: (r[0], r[1]))  # a marker comes before a sample taken at the same time
 
         def write(tmp: Path) -> None:
             with open(tmp, "w", newline="", encoding="utf-8") as fh:
                 writer = csv.writer(fh)
-                writer.writerow([*(c if c == "time_s" else f"{c}_bytes" for c in COLUMNS), "markers"])
-                previous = -math.inf
-                for row in data:
-                    notes = "; ".join(f"{m.kind}: {m.text}" for m in markers if previous < m.time_s <= row[0])
-                    previous = row[0]
-                    cells = [f"{row[0]:.3f}"] + ["" if math.isnan(v) else str(int(v)) for v in row[1:]]
-                    writer.writerow([*cells, notes])
+                writer.writerow(
+                    [*(c if c == "time_s" else f"{c}_bytes" for c in COLUMNS), "marker", "marker_text"]
+                )
+                writer.writerows(cells for _, _, cells in rows)
 
         atomic_write(Path(path), write)
 
+    def set_save_folder(self, folder: Path | None) -> None:
+        """Where Save plot / Export CSV dialogs start (the run's output folder)."""
+        self.save_folder = Path(folder) if folder else None
+
+    def _suggested(self, name: str) -> str:
+        folder = self.save_folder
+        while folder is not None and not folder.is_dir() and folder.parent != folder:
+            folder = folder.parent  # the output folder is made by the run: start beside it until then
+        return str(folder / name) if folder is not None else name
+
     def _ask_save_png(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save plot as PNG", "memory.png", "PNG image (*.png)")
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Save plot as PNG", self._suggested("memory.png"), "PNG image (*.png)"
+        )
         if path:
             self._save_with_message(self.save_png, Path(path))
 
     def _ask_export_csv(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Export memory history", "memory.csv", "CSV (*.csv)")
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export memory history", self._suggested("memory.csv"), "CSV (*.csv)"
+        )
         if path:
             self._save_with_message(self.export_csv, Path(path))
 
@@ -473,3 +520,6 @@ class MemoryPlot(QWidget):
             axis.setTextPen(pg.mkPen(text))
         self.legend.setLabelTextColor(text)
         self.legend.setBrush(pg.mkBrush(palette.color(QPalette.ColorRole.Base)))
+        for _, label in getattr(self, "_labels", []):
+            label.fill = self._label_fill()
+            label.update()

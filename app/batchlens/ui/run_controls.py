@@ -44,6 +44,9 @@ class RunControls(QWidget):
         self.message = QLabel(" ")
         self.message.setWordWrap(True)
         self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.blocked_reason = QLabel()  # why Run is off, in plain words (hidden while it is on)
+        self.blocked_reason.setWordWrap(True)
+        self.blocked_reason.setVisible(False)
 
         row = QHBoxLayout()
         row.addWidget(self.run_button)
@@ -55,7 +58,10 @@ class RunControls(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(row)
+        layout.addWidget(self.blocked_reason)
         layout.addWidget(self.message)
+        self._running = False
+        self._blocked: str | None = None
 
         self.run_button.clicked.connect(self.run_clicked)
         self.pause_button.clicked.connect(self.pause_clicked)
@@ -64,7 +70,8 @@ class RunControls(QWidget):
 
     # -- state ----------------------------------------------------------------------------------------
     def set_running(self, running: bool) -> None:
-        self.run_button.setEnabled(not running)
+        self._running = running
+        self.run_button.setEnabled(not running and self._blocked is None)
         self.pause_button.setEnabled(running)
         self.cancel_button.setEnabled(running)
         self.set_paused(False)
@@ -82,6 +89,17 @@ class RunControls(QWidget):
     def set_output_available(self, available: bool) -> None:
         self.open_output_button.setEnabled(available)
 
+    def set_blocked(self, reason: str | None) -> None:
+        """Turn Run off with a plain reason (None: Run is on)."""
+        self._blocked = reason
+        self.run_button.setEnabled(not self._running and reason is None)
+        self.run_button.setToolTip(f"Run is off: {reason}" if reason else "Start the run (Ctrl+R).")
+        self.blocked_reason.setText(f"Nothing to run yet: {reason}" if reason else "")
+        self.blocked_reason.setVisible(reason is not None and not self._running)
+
+    def blocked(self) -> str | None:
+        return self._blocked
+
     # -- progress -------------------------------------------------------------------------------------
     def set_busy(self) -> None:
         """An indefinite bar: the run is starting and does not know its total yet."""
@@ -91,8 +109,10 @@ class RunControls(QWidget):
         return self.progress.maximum() == 0
 
     def set_total(self, total: int) -> None:
+        """The images to process (0 / total), or an empty bar that says there are none."""
         self.progress.setRange(0, max(total, 1))
         self.progress.setValue(0)
+        self.progress.setFormat("%v / %m images (%p %)" if total > 0 else "no images")
 
     def set_done(self, done: int) -> None:
         self.progress.setValue(done)

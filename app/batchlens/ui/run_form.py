@@ -142,6 +142,13 @@ class RunForm(QGroupBox):
         )
         self.output_browse = QPushButton("Browse…")
         self.output_browse.setToolTip("Choose the folder for the results.")
+        self.output_mode = QLabel()  # says whether the output follows the input or was chosen
+        self.output_mode.setTextFormat(Qt.TextFormat.RichText)
+        self.output_mode.setToolTip(
+            "Until you choose an output folder yourself, it follows the input: a folder named "
+            "INPUT-batchlens beside the input folder."
+        )
+        self.output_mode.linkActivated.connect(lambda _link: self.follow_input())
         self.speed_combo = QComboBox()
         for key, (label, tip, _) in SPEEDS.items():
             self.speed_combo.addItem(label, key)
@@ -173,7 +180,9 @@ class RunForm(QGroupBox):
         grid.addWidget(self.output_edit, 3, 1)
         grid.addWidget(self.output_browse, 3, 2)
         grid.addWidget(self.cpu_fallback_check, 3, 3, 1, 2)
+        grid.addWidget(self.output_mode, 4, 1, 1, 2)
         grid.setColumnStretch(1, 1)
+        self._show_output_mode()
 
         self.count_timer = QTimer(self, singleShot=True, interval=250)
         self.count_timer.timeout.connect(self.count_now)
@@ -242,10 +251,27 @@ class RunForm(QGroupBox):
         if chosen:
             self._output_is_auto = False
         self.output_edit.setText(str(folder))
+        self._show_output_mode()
         self._inputs_changed()
 
     def output_follows_input(self) -> bool:
         return self._output_is_auto
+
+    def follow_input(self) -> None:
+        """Let the output folder follow the input folder again."""
+        self._output_is_auto = True
+        if self.input_text():
+            self.output_edit.setText(str(default_output_for(Path(self.input_text()))))
+        self._show_output_mode()
+        self._inputs_changed()
+
+    def _show_output_mode(self) -> None:
+        if self._output_is_auto:
+            self.output_mode.setText("<small>(follows the input folder)</small>")
+        else:
+            self.output_mode.setText(
+                "<small>(chosen by you · <a href='follow'>follow the input folder instead</a>)</small>"
+            )
 
     def recursive(self) -> bool:
         return self.recursive_check.isChecked()
@@ -274,6 +300,7 @@ class RunForm(QGroupBox):
         if s.output_dir:
             self.output_edit.setText(s.output_dir)
             self._output_is_auto = Path(s.output_dir) == default_output_for(Path(input_dir))
+            self._show_output_mode()
         self.recursive_check.setChecked(s.recursive)
         self.cpu_fallback_check.setChecked(s.cpu_fallback)
         self.speed_combo.setCurrentIndex(max(0, self.speed_combo.findData(s.speed or "standard")))
@@ -307,8 +334,11 @@ class RunForm(QGroupBox):
             self.output_edit.setText(str(default_output_for(Path(text.strip()))))
         self._inputs_changed()
 
-    def _on_output_edited(self, _text: str) -> None:
-        self._output_is_auto = False
+    def _on_output_edited(self, text: str) -> None:
+        # Emptied: follow the input again (Run uses that folder for an empty field anyway); the field
+        # is not refilled under the user's fingers.
+        self._output_is_auto = not text.strip()
+        self._show_output_mode()
         self._inputs_changed()
 
     def _inputs_changed(self) -> None:
