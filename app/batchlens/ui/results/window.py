@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from pathlib import Path
 
@@ -68,4 +69,8 @@ def run_results_window(args: argparse.Namespace) -> int:
     window = ResultsWindow()
     window.browser.open_folder(folder, getattr(args, "window_input", None))
     window.show()
+    # Start-up's objects (torch's, Qt's: ~400,000) go to the permanent generation, so the occasional
+    # full garbage collection no longer walks them all from the GUI thread: its worst pause while
+    # scrolling 20,000 results fell from ~230 ms to ~14 ms of CPU (benchmarks/results_browser.py).
+    gc.freeze()
     return app.exec()
