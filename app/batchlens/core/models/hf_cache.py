@@ -86,7 +86,7 @@ def list_hf_cache() -> list[ModelInfo]:
         weights = [f for f in snapshot.glob("*.safetensors") if f.exists()]
         size = sum(f.stat().st_size for f in weights) or None
         architecture = (config.get("architectures") or ["?"])[0]
-        description = f"{architecture} (cached)"
+        description = architecture
         infos.append(ModelInfo(HF_PREFIX + repo_id, task, "huggingface", description, size, True))
     return infos
 
