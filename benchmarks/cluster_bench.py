@@ -1,5 +1,5 @@
 """Images/s of `batchlens run --cluster` on a local Ray cluster with 1 and 2 workers, next to the
-local engine, over generated folders. Prints a table (the numbers in the README come from here).
+local engine, over generated folders. Prints a table (the numbers in docs/clusters.md come from here).
 
     python benchmarks/cluster_bench.py [--cpus 2] [--shapes 400] [--denoise 120]
 

@@ -10,7 +10,7 @@
 # zstd and objdump (binutils); desktop-file-validate (desktop-file-utils) is run when present.
 # PYTHON=/path/to/python picks the interpreter (default: .venv/bin/python, else python3).
 # LINTIAN=1 also runs lintian on the .deb (slow: it unpacks and inspects all 4 GB; the findings
-# and why each is accepted are in packaging/linux/lintian-overrides and the README).
+# and why each is accepted are in packaging/linux/lintian-overrides and docs/packaging.md).
 # SKIP_BUNDLE=1 reuses dist/batchlens from an earlier run (when only the packaging changed).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -8,7 +8,7 @@
 # For a release that opens without warnings on other Macs, sign and notarise:
 #   BATCHLENS_CODESIGN_IDENTITY="Developer ID Application: Your Name (TEAMID)"   sign every binary,
 #       the app and the .dmg with the hardened runtime and a secure timestamp
-#       (the certificate must be in the keychain; see the README, "Build the installers");
+#       (the certificate must be in the keychain; see docs/packaging.md);
 #   BATCHLENS_NOTARY_PROFILE=profile-name   also submit the .dmg to Apple's notary service and staple
 #       the ticket (create the profile once with `xcrun notarytool store-credentials`).
 set -euo pipefail

@@ -6,7 +6,7 @@
 #
 # STANDIN=1 (any OS with makensis, e.g. Debian's nsis package) skips PyInstaller and compiles the
 # installer against a small stand-in bundle folder: a check that the NSIS script itself is correct.
-# The bundle must hold the CPU build of torch: NSIS installers cannot exceed 2 GB (README explains).
+# The bundle must hold the CPU build of torch: NSIS installers cannot exceed 2 GB (docs/packaging.md explains).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)

@@ -72,7 +72,7 @@ def _score(text: str) -> float:
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    """What the model is and how to load it (README, "Models"); they override a model file's sidecar."""
+    """What the model is and how to load it (docs/models.md); they override a model file's sidecar."""
     group = parser.add_argument_group("model options")
     group.add_argument(
         "--weights",
