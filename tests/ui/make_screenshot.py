@@ -76,7 +76,7 @@ def main() -> int:
         window.prefill(model=args.model, input_dir=sample_folder(args.model), output_dir=Path(tmp) / "out")
         window.show()
         wait_until(lambda: False, timeout_s=3)  # a little memory history before the run
-        window.previews.compare_slider.setValue(50)
+        window.previews.output_view.set_split(0.5)
         window.start_run()
         wait_until(lambda: window.controls.progress.value() >= 6)
         window.memory_plot.clear_cache()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PySide6.QtCore import QMimeData, QPointF, QSize, Qt, QTimer, QUrl
+from PySide6.QtCore import QMimeData, QPoint, QPointF, QSize, Qt, QTimer, QUrl
 from PySide6.QtGui import QDropEvent
 
 from batchlens.core.events import ImageResult
@@ -85,12 +85,13 @@ def test_image_to_image_shows_output_beside_input_with_a_slider(qtbot, window, d
     assert previews.shown.image == "noisy_0005.png"
     assert previews.result_stack.currentIndex() == 2 and previews.output_view.has_image()
     assert previews.output_view.image_size() == previews.input_view.image_size()
-    previews.compare_slider.setValue(40)
-    assert previews.output_view.split == pytest.approx(0.4)
-    # The before/after split really paints the input over the left part of the output.
-    previews.compare_slider.setValue(100)
-    image = previews.output_view.grab().toImage()
-    assert not image.isNull()
+    # The before/after divider is dragged on the picture itself: input left of it, output right.
+    view = previews.output_view
+    target = view._target()
+    qtbot.mousePress(view, Qt.MouseButton.LeftButton, pos=target.center() - QPoint(target.width() // 5, 0))
+    assert view.split == pytest.approx(0.3, abs=0.02)
+    qtbot.keyClick(view, Qt.Key.Key_Right)
+    assert view.split == pytest.approx(0.35, abs=0.02)
 
 
 def test_bad_images_are_listed_and_the_run_goes_on(qtbot, window, tmp_path):

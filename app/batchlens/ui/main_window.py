@@ -17,14 +17,9 @@ from pathlib import Path
 from PySide6.QtCore import Qt, QThread, QTimer, QUrl, Signal, Slot
 from PySide6.QtGui import QAction, QDesktopServices, QKeySequence
 from PySide6.QtWidgets import (
-    QFileDialog,
-    QFrame,
     QGroupBox,
     QMainWindow,
-    QMessageBox,
-    QScrollArea,
     QSplitter,
-    QStackedWidget,
     QStatusBar,
     QVBoxLayout,
     QWidget,
@@ -35,23 +30,18 @@ from batchlens.core.config import RunConfig
 from batchlens.core.devices import resolve_device
 from batchlens.core.errors import BatchLensError
 from batchlens.core.events import ImageResult, RunFinished, RunNote, RunStarted
-from batchlens.core.manifest import (
-    existing_run,
-    existing_run_question,
-    free_folder_beside,
-    resume_refusal_before_load,
-)
 from batchlens.core.memory import ClearResult, MemoryProbe, format_bytes, probe_for
-from batchlens.core.model_request import model_request
-from batchlens.core.run_speed import RunClock, format_rate, images_per_second, seconds_left
+from batchlens.core.run_speed import RunClock, format_rate
 from batchlens.core.run_text import describe_start, describe_summary
 from batchlens.ui.memory_plot import MemoryPlot
-from batchlens.ui.menus import add_menus
+from batchlens.ui.menus import Menus
 from batchlens.ui.model_sources import ModelSources
-from batchlens.ui.previews import PreviewPanel, ThumbnailStrip
+from batchlens.ui.pages import Pages
+from batchlens.ui.previews import PreviewBox
 from batchlens.ui.problems_panel import ProblemsPanel
-from batchlens.ui.run_controls import RunControls, format_duration
-from batchlens.ui.run_form import CLUSTER, RunForm, default_output_for
+from batchlens.ui.run_controls import RunControls
+from batchlens.ui.run_form import CLUSTER, RunForm, default_output_for, dropped_folder
+from batchlens.ui.run_setup import RunSetup
 from batchlens.ui.settings import Settings
 from batchlens.ui.wording import for_window
 from batchlens.ui.worker import RunWorker, start_in_thread
@@ -98,27 +88,14 @@ class MainWindow(QMainWindow):
     # == layout ====================================================================================
     def _build(self) -> None:
         self.form = RunForm()
+        self.setup = RunSetup(self)
         self.model_picker = self.form.model_picker
         self.model_sources = ModelSources(self)  # weights download, "Use weights file…", pickle trust
         self.controls = RunControls()
 
-        self.previews = PreviewPanel()
-        self.thumbnails = ThumbnailStrip()
-        self.thumbnails.setToolTip("The most recent images; click one to see its result again.")
-        preview_box = QGroupBox("Previews")
-        preview_layout = QVBoxLayout(preview_box)
-        preview_layout.addWidget(self.previews, 1)
-        strip = QScrollArea()  # the strip keeps its size; a narrow window scrolls it instead
-        strip.setWidget(self.thumbnails)
-        strip.setWidgetResizable(True)
-        strip.setFrameShape(QFrame.Shape.NoFrame)
-        strip.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        strip.setFixedHeight(
-            self.thumbnails.minimumHeight() + strip.horizontalScrollBar().sizeHint().height()
-        )
-        preview_layout.addWidget(strip)
-
-        self.preview_box = preview_box
+        self.preview_box = PreviewBox()
+        self.previews = self.preview_box.panel
+        self.thumbnails = self.preview_box.thumbnails
         self.memory_plot = MemoryPlot()
         memory_box = QGroupBox("Memory")
         self.memory_box = memory_box
@@ -128,14 +105,14 @@ class MainWindow(QMainWindow):
         self.problems = ProblemsPanel()
 
         self.top_splitter = QSplitter(Qt.Orientation.Horizontal)
-        self.top_splitter.addWidget(preview_box)
+        self.top_splitter.addWidget(self.preview_box)
         self.top_splitter.addWidget(memory_box)
         self.top_splitter.setStretchFactor(0, 1)
         self.top_splitter.setStretchFactor(1, 1)
         self.main_splitter = QSplitter(Qt.Orientation.Vertical)
         self.main_splitter.addWidget(self.top_splitter)
         self.main_splitter.addWidget(self.problems)
-        self.main_splitter.setStretchFactor(0, 4)
+        self.main_splitter.setStretchFactor(0, 3)  # the problems panel gets a quarter, and its minimum
         self.main_splitter.setStretchFactor(1, 1)
         for splitter in (self.top_splitter, self.main_splitter):
             splitter.setChildrenCollapsible(False)
@@ -145,12 +122,10 @@ class MainWindow(QMainWindow):
         layout.addWidget(self.form)
         layout.addWidget(self.controls)
         layout.addWidget(self.main_splitter, 1)
-        self.pages = QStackedWidget()  # the run screen, and the results browser once opened
-        self.pages.addWidget(self.run_screen)
-        self.results_browser = None  # made on first use: it starts thumbnail threads
+        self.pages = Pages(self.run_screen)  # the run screen, and the results browser once opened
         self.show_results_after_run = True
         self.setCentralWidget(self.pages)
-        add_menus(self)
+        self.menus = Menus(self)
         self.setStatusBar(QStatusBar())
         self.resize(1280, 820)
 
@@ -182,7 +157,6 @@ class MainWindow(QMainWindow):
         self.form.counted.connect(self._on_counted)
         self.form.cluster_changed.connect(lambda _address: self._show_where())
         self.memory_plot.cache_cleared.connect(self._on_cache_cleared)
-        self.thumbnails.activated.connect(self.previews.show_result)
 
     def _restore(self) -> None:
         s = self.settings
@@ -191,6 +165,9 @@ class MainWindow(QMainWindow):
             self._on_device_changed()
         if (geometry := s.state("geometry")) is not None:
             self.restoreGeometry(geometry)
+        # First start: previews and plot side by side, a quarter of the height for the problems panel.
+        self.top_splitter.setSizes([1000, 1000])
+        self.main_splitter.setSizes([3000, 1000])
         for key, splitter in (("top_splitter", self.top_splitter), ("main_splitter", self.main_splitter)):
             if (state := s.state(key)) is not None:
                 splitter.restoreState(state)
@@ -250,20 +227,12 @@ class MainWindow(QMainWindow):
         )
 
     # == drag and drop a folder =====================================================================
-    @staticmethod
-    def _dropped_folder(mime) -> Path | None:
-        for url in mime.urls() if mime.hasUrls() else []:
-            path = Path(url.toLocalFile())
-            if url.isLocalFile() and path.is_dir():
-                return path
-        return None
-
     def dragEnterEvent(self, event) -> None:
-        if self._dropped_folder(event.mimeData()) is not None and not self.is_running():
+        if dropped_folder(event.mimeData()) is not None and not self.is_running():
             event.acceptProposedAction()
 
     def dropEvent(self, event) -> None:
-        folder = self._dropped_folder(event.mimeData())
+        folder = dropped_folder(event.mimeData())
         if folder is not None and not self.is_running():
             self.form.set_input(folder)
             event.acceptProposedAction()
@@ -272,108 +241,17 @@ class MainWindow(QMainWindow):
     def is_running(self) -> bool:
         return self.thread is not None
 
+    # The checks and questions before a run live in RunSetup (ui/run_setup.py).
     def build_config(self) -> RunConfig | None:
         """The RunConfig for the current choices, or None (after telling the user what is missing)."""
-        form = self.form
-        model = form.model_id()
-        input_text = form.input_text()
-        output_text = form.output_text()
-        if not model:
-            self.show_error("Choose a model first.")
-            return None
-        if not input_text:
-            self.show_error("Choose the folder of images first (Browse, or drop a folder on the window).")
-            return None
-        input_dir = Path(input_text).expanduser()
-        output_dir = Path(output_text).expanduser() if output_text else default_output_for(input_dir)
-        if output_text != str(output_dir):
-            form.set_output(output_dir, chosen=False)
-        try:
-            inside = output_dir.resolve() != input_dir.resolve() and output_dir.resolve().is_relative_to(
-                input_dir.resolve()
-            )
-        except OSError:
-            inside = False
-        if inside and self.ask_questions:
-            answer = QMessageBox.question(
-                self,
-                "Output inside the input folder",
-                f"The output folder {output_dir} is inside the folder of images {input_dir}. "
-                "BatchLens will leave it out of the scan. Write the results there?",
-            )
-            if answer != QMessageBox.StandardButton.Yes:
-                return None
-        choice = self.choose_for_existing_run(output_dir, model, input_dir)
-        if choice is None:
-            return None
-        mode, output_dir = choice
-        return RunConfig(
-            model=model,
-            input_dir=input_dir,
-            output_dir=output_dir,
-            device="auto" if self.device_name() == CLUSTER else self.device_name(),
-            recursive=form.recursive(),
-            resume=mode == "resume",
-            overwrite=mode == "overwrite",
-            previews=True,
-            model_options=model_request(form.model_options()),
-            cpu_fallback=form.cpu_fallback(),
-            **form.speed_settings(),
-        )
+        return self.setup.config()
 
-    def choose_for_existing_run(
-        self, output_dir: Path, model: str, input_dir: Path
-    ) -> tuple[str, Path] | None:
-        """When the output folder already holds a run, ask (core/manifest.py has the words): Another
-        folder (the default, a new one beside it), Resume (off when the earlier run is of another model
-        or input folder), Overwrite, or Cancel (None). Returns ("plain" | "resume" | "overwrite",
-        folder). Without questions (--start, --self-test): resume when allowed, else another folder."""
-        earlier = existing_run(output_dir)
-        if earlier is None:
-            return "plain", output_dir
-        refusal = resume_refusal_before_load(output_dir, model, input_dir)
-        free = free_folder_beside(output_dir)
-        if not self.ask_questions:
-            return ("resume", output_dir) if refusal is None else self._use_output(free)
-        text = existing_run_question(earlier, output_dir, refusal, free)
-        title, cancel = "The output folder holds a run", QMessageBox.StandardButton.Cancel
-        box = QMessageBox(QMessageBox.Icon.Question, title, text, cancel, self)
-        another = box.addButton("Another folder", QMessageBox.ButtonRole.AcceptRole)
-        resume = box.addButton("Resume", QMessageBox.ButtonRole.YesRole)
-        overwrite = box.addButton("Overwrite", QMessageBox.ButtonRole.DestructiveRole)
-        resume.setEnabled(refusal is None)
-        box.setDefaultButton(another)
-        box.exec()
-        clicked = box.clickedButton()
-        if clicked is another:
-            return self._use_output(free)
-        if clicked in (resume, overwrite):
-            return ("resume" if clicked is resume else "overwrite"), output_dir
-        return None
-
-    def _use_output(self, folder: Path) -> tuple[str, Path]:
-        self.form.set_output(folder, chosen=True)
-        return "plain", folder
+    def choose_for_existing_run(self, output_dir: Path, model: str, input_dir: Path):
+        return self.setup.choose_for_existing_run(output_dir, model, input_dir)
 
     def run_blocker(self) -> str | None:
         """Why Run cannot start now, in plain words; None when it can."""
-        form = self.form
-        info = self.model_picker.current_model()
-        if info is None:
-            return "choose a model."
-        if info.source == "file" and not Path(info.id).is_file():
-            return f"the model file {info.id} is not there any more."
-        if not form.input_text():
-            return "choose the folder of images (Browse, or drop a folder on the window)."
-        folder = Path(form.input_text()).expanduser()
-        if not folder.exists():
-            return f"the input folder {folder} does not exist."
-        if not folder.is_dir():
-            return f"{folder} is a file, not a folder of images."
-        if form.image_count() == 0:
-            hint = "" if form.recursive() else " (tick Include subfolders to look inside its folders)"
-            return f"there are no images in {folder}{hint}."
-        return None
+        return self.setup.blocker()
 
     def _update_blocker(self) -> None:
         self.controls.set_blocked(self.run_blocker())
@@ -549,7 +427,7 @@ class MainWindow(QMainWindow):
         self._set_running(False)
         summary = self.last_summary
         if summary is not None and not summary["cancelled"] and self.show_results_after_run:
-            self.show_results(Path(summary["output"]))
+            self.pages.show_results(Path(summary["output"]))
         self.run_finished.emit(self.last_summary)
 
     def _refresh_previews(self) -> None:
@@ -564,14 +442,8 @@ class MainWindow(QMainWindow):
         self.thumbnails.refresh()
 
     def _show_rate(self) -> None:
-        """Images/s by core/run_speed.py's one definition (pauses left out), and the time left."""
-        event = self._latest
-        if event is None:
-            return
-        rate = images_per_second(event.index, self.clock.running_seconds())
-        left = seconds_left(event.index, event.total, rate)
-        if rate:
-            self.controls.set_rate(f"{format_rate(rate)} · {format_duration(left or 0)} left")
+        if self._latest is not None:
+            self.controls.show_speed(self._latest.index, self._latest.total, self.clock.running_seconds())
 
     def show_error(self, message: str) -> None:
         message = for_window(message)
@@ -599,53 +471,6 @@ class MainWindow(QMainWindow):
             return False
         return True
 
-    # == menus: File, View, Help =====================================================================
-    def open_model_file(self) -> None:
-        """File > Open model file…: the model picker's own chooser."""
-        self.show_run_screen()
-        info = self.model_picker.file_chooser(self)
-        if info is not None:
-            self.model_picker.add_model(info, select=True)
-
-    def ask_results_folder(self) -> None:
-        start = self.form.output_text() or str(Path.home())
-        folder = QFileDialog.getExistingDirectory(self, "Open the output folder of a run", start)
-        if folder:
-            self.show_results(Path(folder))
-
-    def show_results(self, folder: Path) -> None:
-        """The results browser on `folder` (a run's output folder), in place of the run screen."""
-        from batchlens.ui.results.browser import ResultsBrowser
-
-        if self.results_browser is None:
-            self.results_browser = ResultsBrowser(show_back=True)
-            self.results_browser.back_requested.connect(self.show_run_screen)
-            self.pages.addWidget(self.results_browser)
-        self.results_browser.open_folder(folder)
-        self.pages.setCurrentWidget(self.results_browser)
-
-    def show_last_results(self) -> None:
-        output = Path(self.form.output_text()).expanduser()
-        if output.is_dir():
-            self.show_results(output)
-        else:
-            self.statusBar().showMessage("No results yet: run the model first, or use File > Open results….")
-
-    def show_run_screen(self) -> None:
-        self.pages.setCurrentWidget(self.run_screen)
-
-    def show_panel(self, name: str, visible: bool) -> None:
-        """View menu: show or hide the previews, the memory plot or the problems panel."""
-        box = {"previews": self.preview_box, "memory": self.memory_box, "problems": self.problems}[name]
-        box.setVisible(visible)
-
-    def copy_system_info(self) -> str:
-        from batchlens.ui.about import copy_system_info
-
-        text = copy_system_info()
-        self.statusBar().showMessage("System info copied: paste it into a bug report.")
-        return text
-
     def _on_cache_cleared(self, result: ClearResult) -> None:
         message = result.message()
         self.statusBar().showMessage(message)
@@ -671,7 +496,7 @@ class MainWindow(QMainWindow):
             )
         self.preview_timer.stop()
         self.memory_plot.timer.stop()
-        if self.results_browser is not None:
-            self.results_browser.shutdown()
+        self.pages.shutdown()
+        self.form.shutdown()
         self.save_settings()
         event.accept()

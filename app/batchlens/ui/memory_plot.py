@@ -12,7 +12,6 @@ import csv
 import math
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +31,11 @@ from PySide6.QtWidgets import (
 
 from batchlens.core.memory import ClearResult, MemoryProbe, MemorySample, format_bytes
 from batchlens.core.results import atomic_write
+from batchlens.ui.memory_history import COLUMNS, CSV_HEADER, Marker, RingBuffer, csv_rows, nan_if_none
 
 MIB = 2**20
 GIB = 2**30
 
-# Columns of the ring buffer (bytes, NaN where the backend cannot tell).
-COLUMNS = ("time_s", "allocated", "reserved", "peak", "device_used", "device_total")
 
 # Colours chosen to read on both a light and a dark background.
 LINE_COLORS = {
@@ -54,48 +52,6 @@ MARKER_COLORS = {
     "failure": "#e03131",
     "clear_cache": "#d6336c",
 }
-
-
-class RingBuffer:
-    """A fixed number of rows of floats; appending past capacity overwrites the oldest row."""
-
-    def __init__(self, capacity: int, columns: int):
-        self._data = np.full((capacity, columns), np.nan)
-        self._next = 0
-        self._count = 0
-
-    @property
-    def capacity(self) -> int:
-        return self._data.shape[0]
-
-    def __len__(self) -> int:
-        return self._count
-
-    def append(self, row) -> None:
-        self._data[self._next] = row
-        self._next = (self._next + 1) % self.capacity
-        self._count = min(self._count + 1, self.capacity)
-
-    def array(self) -> np.ndarray:
-        """The rows, oldest first (a copy)."""
-        if self._count < self.capacity:
-            return self._data[: self._count].copy()
-        return np.concatenate((self._data[self._next :], self._data[: self._next]))
-
-    def clear(self) -> None:
-        self._data[:] = np.nan
-        self._next = self._count = 0
-
-
-@dataclass(frozen=True)
-class Marker:
-    time_s: float
-    kind: str  # a key of MARKER_COLORS
-    text: str
-
-
-def _nan(value: int | None) -> float:
-    return math.nan if value is None else float(value)
 
 
 class MemoryPlot(QWidget):
@@ -260,8 +216,8 @@ class MemoryPlot(QWidget):
                 sample.allocated,
                 sample.reserved,
                 sample.peak,
-                _nan(sample.device_used),
-                _nan(sample.device_total),
+                nan_if_none(sample.device_used),
+                nan_if_none(sample.device_total),
             )
         )
         if self.isVisible():  # a hidden or minimised window only records
@@ -414,21 +370,13 @@ class MemoryPlot(QWidget):
     def export_csv(self, path: Path) -> None:
         """Every sample in the history (bytes), and every marker on a row of its own at its own time
         (also markers older than the plotted history), all in time order."""
-        rows: list[tuple[float, int, list[str]]] = []
-        for row in self.history.array():
-            cells = ["" if math.isnan(v) else str(int(v)) for v in row[1:]]
-            rows.append((row[0], 1, [f"{row[0]:.3f}", *cells, "", ""]))
-        for m in self.markers:
-            rows.append((m.time_s, 0, [f"{m.time_s:.3f}", *([""] * (len(COLUMNS) - 1)), m.kind, m.text]))
-        rows.sort(key=lambda r: (r[0], r[1]))  # a marker comes before a sample taken at the same time
+        rows = csv_rows(self.history.array(), self.markers)
 
         def write(tmp: Path) -> None:
             with open(tmp, "w", newline="", encoding="utf-8") as fh:
                 writer = csv.writer(fh)
-                writer.writerow(
-                    [*(c if c == "time_s" else f"{c}_bytes" for c in COLUMNS), "marker", "marker_text"]
-                )
-                writer.writerows(cells for _, _, cells in rows)
+                writer.writerow(CSV_HEADER)
+                writer.writerows(rows)
 
         atomic_write(Path(path), write)
 

@@ -1,38 +1,76 @@
-"""The window's menu bar: File, View and Help. Each entry calls one of the window's public methods."""
+"""The window's menu bar: File, View and Help, and what their entries do."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import QFileDialog
 
-from batchlens.ui.about import open_user_guide, show_about
+from batchlens.ui.about import copy_system_info, open_user_guide, show_about
 
 
-def add_menus(window) -> None:
-    """File (Open model file…, Open results…, Quit), View (panels, run screen or results), Help."""
-    bar = window.menuBar()
+class Menus:
+    """File (Open model file…, Open results…, Quit), View (run screen or results, which panels show),
+    Help (user guide, Copy system info, About). Needs the window's `form`, `model_picker`, `pages`,
+    `preview_box`, `memory_box` and `problems`."""
 
-    file_menu = bar.addMenu("&File")
-    window.open_model_action = file_menu.addAction("Open &model file…", window.open_model_file)
-    window.open_results_action = file_menu.addAction("Open &results…", window.ask_results_folder)
-    window.open_results_action.setShortcut(QKeySequence.StandardKey.Open)
-    file_menu.addSeparator()
-    window.quit_action = file_menu.addAction("&Quit", window.close)
-    window.quit_action.setShortcut(QKeySequence("Ctrl+Q"))
+    def __init__(self, window):
+        self.window = window
+        bar = window.menuBar()
 
-    view_menu = bar.addMenu("&View")
-    window.run_screen_action = view_menu.addAction("&Run screen", window.show_run_screen)
-    window.results_action = view_menu.addAction("R&esults of the last run", window.show_last_results)
-    view_menu.addSeparator()
-    window.panel_actions = {}
-    for name, title in (("previews", "&Previews"), ("memory", "&Memory plot"), ("problems", "Pro&blems")):
-        action = QAction(title, window, checkable=True, checked=True)
-        action.toggled.connect(lambda on, name=name: window.show_panel(name, on))
-        view_menu.addAction(action)
-        window.panel_actions[name] = action
+        file_menu = bar.addMenu("&File")
+        self.open_model_action = file_menu.addAction("Open &model file…", self.open_model_file)
+        self.open_results_action = file_menu.addAction("Open &results…", self.ask_results_folder)
+        self.open_results_action.setShortcut(QKeySequence.StandardKey.Open)
+        file_menu.addSeparator()
+        self.quit_action = file_menu.addAction("&Quit", window.close)
+        self.quit_action.setShortcut(QKeySequence("Ctrl+Q"))
 
-    help_menu = bar.addMenu("&Help")
-    window.guide_action = help_menu.addAction("&User guide", lambda: open_user_guide(window))
-    window.guide_action.setShortcut(QKeySequence.StandardKey.HelpContents)
-    window.copy_info_action = help_menu.addAction("&Copy system info", window.copy_system_info)
-    help_menu.addSeparator()
-    window.about_action = help_menu.addAction("&About BatchLens", lambda: show_about(window))
+        view_menu = bar.addMenu("&View")
+        self.run_screen_action = view_menu.addAction("&Run screen", window.pages.show_run_screen)
+        self.results_action = view_menu.addAction("R&esults in the output folder", self.show_output_results)
+        view_menu.addSeparator()
+        self.panel_actions: dict[str, QAction] = {}
+        for name, title in (("previews", "&Previews"), ("memory", "&Memory plot"), ("problems", "Pro&blems")):
+            action = QAction(title, window, checkable=True, checked=True)
+            action.toggled.connect(lambda on, name=name: self.show_panel(name, on))
+            view_menu.addAction(action)
+            self.panel_actions[name] = action
+
+        help_menu = bar.addMenu("&Help")
+        self.guide_action = help_menu.addAction("&User guide", lambda: open_user_guide(window))
+        self.guide_action.setShortcut(QKeySequence.StandardKey.HelpContents)
+        self.copy_info_action = help_menu.addAction("&Copy system info", self.copy_system_info)
+        help_menu.addSeparator()
+        self.about_action = help_menu.addAction("&About BatchLens", lambda: show_about(window))
+
+    def open_model_file(self) -> None:
+        """File > Open model file…: the model picker's own chooser."""
+        self.window.pages.show_run_screen()
+        picker = self.window.model_picker
+        info = picker.file_chooser(self.window)
+        if info is not None:
+            picker.add_model(info, select=True)
+
+    def ask_results_folder(self) -> None:
+        start = self.window.form.output_text() or str(Path.home())
+        folder = QFileDialog.getExistingDirectory(self.window, "Open the output folder of a run", start)
+        if folder:
+            self.window.pages.show_results(Path(folder))
+
+    def show_output_results(self) -> None:
+        output = Path(self.window.form.output_text()).expanduser()
+        if output.is_dir():
+            self.window.pages.show_results(output)
+        else:
+            self.window.statusBar().showMessage("No results there yet: run first, or File > Open results…")
+
+    def show_panel(self, name: str, visible: bool) -> None:
+        w = self.window
+        {"previews": w.preview_box, "memory": w.memory_box, "problems": w.problems}[name].setVisible(visible)
+
+    def copy_system_info(self) -> str:
+        text = copy_system_info()
+        self.window.statusBar().showMessage("System info copied: paste it into a bug report.")
+        return text

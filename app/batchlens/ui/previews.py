@@ -12,14 +12,16 @@ from collections import deque
 
 from PIL import Image
 from PySide6.QtCore import QRect, QSize, Qt, Signal
-from PySide6.QtGui import QImage, QPainter, QPalette, QPixmap
+from PySide6.QtGui import QColor, QImage, QPainter, QPalette, QPen, QPixmap
 from PySide6.QtWidgets import (
+    QFrame,
     QGridLayout,
+    QGroupBox,
     QHBoxLayout,
     QLabel,
     QProgressBar,
+    QScrollArea,
     QSizePolicy,
-    QSlider,
     QStackedWidget,
     QToolButton,
     QVBoxLayout,
@@ -41,19 +43,25 @@ def to_qimage(image: Image.Image) -> QImage:
 
 
 class ImageView(QWidget):
-    """Shows a picture scaled to fit, keeping its aspect ratio; with `compare` set, a before/after split.
+    """Shows a picture scaled to fit, keeping its aspect ratio; with `compare` set, a before/after view
+    with a divider dragged on the picture itself (as Upscayl and image-comparison tools do): the
+    `compare` image ("input") left of the divider, the picture ("output") right of it.
 
-    `split` (0..1) is the fraction of the width, from the left, that shows the `compare` image.
+    `split` (0..1) is where the divider is, as a fraction of the picture's width from the left.
+    Click or drag to move it; the Left and Right keys move it too.
     """
+
+    split_changed = Signal(float)
 
     def __init__(self, placeholder: str = "", parent: QWidget | None = None):
         super().__init__(parent)
         self._pixmap: QPixmap | None = None
         self._compare: QPixmap | None = None
-        self.split = 0.0
+        self.split = 0.5
         self.placeholder = placeholder
         self.setMinimumSize(120, 120)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self.setMouseTracking(True)
 
     def set_image(self, image: Image.Image | None, compare: Image.Image | None = None) -> None:
         self._pixmap = QPixmap.fromImage(to_qimage(image)) if image is not None else None
@@ -63,6 +71,35 @@ class ImageView(QWidget):
     def set_split(self, fraction: float) -> None:
         self.split = min(1.0, max(0.0, fraction))
         self.update()
+        self.split_changed.emit(self.split)
+
+    def comparing(self) -> bool:
+        return self._pixmap is not None and self._compare is not None
+
+    def _split_at(self, x: float) -> None:
+        target = self._target()
+        if target.width() > 0:
+            self.set_split((x - target.x()) / target.width())
+
+    def mousePressEvent(self, event) -> None:
+        if self.comparing() and event.button() == Qt.MouseButton.LeftButton:
+            self.setFocus()
+            self._split_at(event.position().x())
+
+    def mouseMoveEvent(self, event) -> None:
+        if self.comparing():
+            if event.buttons() & Qt.MouseButton.LeftButton:
+                self._split_at(event.position().x())
+            self.setCursor(Qt.CursorShape.SplitHCursor)
+        else:
+            self.unsetCursor()
+
+    def keyPressEvent(self, event) -> None:
+        step = {Qt.Key.Key_Left: -0.05, Qt.Key.Key_Right: 0.05}.get(event.key())
+        if self.comparing() and step is not None:
+            self.set_split(self.split + step)
+        else:
+            super().keyPressEvent(event)
 
     def has_image(self) -> bool:
         return self._pixmap is not None
@@ -90,15 +127,34 @@ class ImageView(QWidget):
             return
         target = self._target()
         painter.drawPixmap(target, self._pixmap)
-        if self._compare is not None and self.split > 0:
-            # The input ("before") covers the left part of the output ("after").
-            cut = int(target.width() * self.split)
-            painter.save()
-            painter.setClipRect(QRect(target.x(), target.y(), cut, target.height()))
-            painter.drawPixmap(target, self._compare)
-            painter.restore()
-            painter.setPen(self.palette().color(QPalette.ColorRole.Highlight))
-            painter.drawLine(target.x() + cut, target.top(), target.x() + cut, target.bottom())
+        if self._compare is None:
+            return
+        # The input covers the picture left of the divider; the output shows right of it.
+        cut = int(target.width() * self.split)
+        painter.save()
+        painter.setClipRect(QRect(target.x(), target.y(), cut, target.height()))
+        painter.drawPixmap(target, self._compare)
+        painter.restore()
+        x = target.x() + cut
+        painter.setPen(QPen(self.palette().color(QPalette.ColorRole.Highlight), 2))
+        painter.drawLine(x, target.top(), x, target.bottom())
+        handle = QRect(x - 6, target.center().y() - 14, 12, 28)
+        painter.setBrush(self.palette().color(QPalette.ColorRole.Highlight))
+        painter.drawRoundedRect(handle, 4, 4)
+        self._draw_tag(painter, "input", target, left=True)
+        self._draw_tag(painter, "output", target, left=False)
+
+    def _draw_tag(self, painter: QPainter, text: str, target: QRect, left: bool) -> None:
+        """A small label in the picture's top corner, on a dark plate that reads on any image."""
+        metrics = painter.fontMetrics()
+        box = metrics.boundingRect(text).adjusted(-5, -2, 5, 2)
+        x = target.left() + 4 if left else target.right() - box.width() - 4
+        box.moveTo(x, target.top() + 4)
+        painter.setPen(Qt.PenStyle.NoPen)
+        painter.setBrush(QColor(0, 0, 0, 150))
+        painter.drawRoundedRect(box, 3, 3)
+        painter.setPen(QColor("white"))
+        painter.drawText(box, Qt.AlignmentFlag.AlignCenter, text)
 
 
 class ScoreBars(QWidget):
@@ -158,29 +214,18 @@ class PreviewPanel(QWidget):
         self.input_view = ImageView("The image being processed appears here.")
         self.input_view.setToolTip("The current input image (a small copy made by the engine).")
         self.output_view = ImageView("The result appears here.")
-        self.output_view.setToolTip("The model's output. Drag the slider to compare it with the input.")
+        self.output_view.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
+        self.output_view.setToolTip(
+            "Before / after: the input left of the divider, the model's output right of it. Drag on the "
+            "picture (or press Left / Right) to move the divider."
+        )
         self.bars = ScoreBars()
         self.bars.setToolTip("The best labels for this image, with their scores.")
         self.message = QLabel()
         self.message.setWordWrap(True)
         self.message.setAlignment(Qt.AlignmentFlag.AlignCenter)
 
-        self.compare_slider = QSlider(Qt.Orientation.Horizontal)
-        self.compare_slider.setRange(0, 100)
-        self.compare_slider.setValue(0)
-        self.compare_slider.setToolTip(
-            "Before / after: slide right to show more of the input over the output."
-        )
-        self.compare_slider.valueChanged.connect(lambda v: self.output_view.set_split(v / 100))
-        output_page = QWidget()
-        output_layout = QVBoxLayout(output_page)
-        output_layout.setContentsMargins(0, 0, 0, 0)
-        output_layout.addWidget(self.output_view, 1)
-        slider_row = QHBoxLayout()
-        slider_row.addWidget(QLabel("after"))
-        slider_row.addWidget(self.compare_slider, 1)
-        slider_row.addWidget(QLabel("before"))
-        output_layout.addLayout(slider_row)
+        output_page = self.output_view
 
         self.result_stack = QStackedWidget()
         self.result_stack.addWidget(self.message)  # 0: text (errors, results without a picture)
@@ -238,6 +283,28 @@ class PreviewPanel(QWidget):
         self.message.setText(text)
         self.result_stack.setCurrentIndex(0)
         self.caption.setText(" ")
+
+
+class PreviewBox(QGroupBox):
+    """The "Previews" panel: the current image and its result over the strip of recent thumbnails."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__("Previews", parent)
+        self.panel = PreviewPanel()
+        self.thumbnails = ThumbnailStrip()
+        self.thumbnails.setToolTip("The most recent images; click one to see its result again.")
+        strip = QScrollArea()  # the strip keeps its size; a narrow window scrolls it instead
+        strip.setWidget(self.thumbnails)
+        strip.setWidgetResizable(True)
+        strip.setFrameShape(QFrame.Shape.NoFrame)
+        strip.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        strip.setFixedHeight(
+            self.thumbnails.minimumHeight() + strip.horizontalScrollBar().sizeHint().height()
+        )
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.panel, 1)
+        layout.addWidget(strip)
+        self.thumbnails.activated.connect(self.panel.show_result)
 
 
 class ThumbnailStrip(QWidget):

@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 import sys
 
-from PySide6.QtGui import QIcon
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QColor, QGuiApplication, QIcon, QPalette
 from PySide6.QtWidgets import QApplication
 
 from batchlens.core.resources import resource_path
@@ -35,7 +36,54 @@ def create_app(argv: list[str] | None = None) -> QApplication:
     app.setApplicationDisplayName(APP_NAME)
     app.setDesktopFileName("batchlens")
     app.setWindowIcon(app_icon())
+    hints = QGuiApplication.styleHints()
+    if not app.property("batchlens_scheme_followed"):  # connect once, however often this is called
+        hints.colorSchemeChanged.connect(apply_color_scheme)
+        app.setProperty("batchlens_scheme_followed", True)
+    apply_color_scheme(hints.colorScheme())
     return app
+
+
+#: Fusion's colours for a dark desktop (Qt gives them itself where the platform theme does).
+DARK = {
+    QPalette.ColorRole.Window: "#2b2b2b",
+    QPalette.ColorRole.WindowText: "#e6e6e6",
+    QPalette.ColorRole.Base: "#1e1e1e",
+    QPalette.ColorRole.AlternateBase: "#262626",
+    QPalette.ColorRole.Text: "#e6e6e6",
+    QPalette.ColorRole.Button: "#353535",
+    QPalette.ColorRole.ButtonText: "#e6e6e6",
+    QPalette.ColorRole.Highlight: "#3d8bfd",
+    QPalette.ColorRole.HighlightedText: "#ffffff",
+    QPalette.ColorRole.Link: "#74a9ff",
+    QPalette.ColorRole.ToolTipBase: "#353535",
+    QPalette.ColorRole.ToolTipText: "#e6e6e6",
+    QPalette.ColorRole.PlaceholderText: "#9a9a9a",
+}
+
+
+def dark_palette() -> QPalette:
+    palette = QPalette()
+    for role, color in DARK.items():
+        palette.setColor(role, QColor(color))
+    for role in (QPalette.ColorRole.WindowText, QPalette.ColorRole.Text, QPalette.ColorRole.ButtonText):
+        palette.setColor(QPalette.ColorGroup.Disabled, role, QColor("#8a8a8a"))
+    return palette
+
+
+def apply_color_scheme(scheme: Qt.ColorScheme | None = None) -> None:
+    """Follow the system's light or dark scheme (QStyleHints.colorScheme, Qt 6.5+). Where the platform
+    already recolours the palette this changes nothing; where it does not (Fusion on many Linux
+    desktops) it sets the matching palette. Widgets and the memory plot read the palette, so they follow."""
+    app = QApplication.instance()
+    if app is None:
+        return
+    scheme = QGuiApplication.styleHints().colorScheme() if scheme is None else scheme
+    if scheme == Qt.ColorScheme.Unknown:
+        return
+    dark = scheme == Qt.ColorScheme.Dark
+    if (app.palette().color(QPalette.ColorRole.Window).lightness() < 128) != dark:
+        app.setPalette(dark_palette() if dark else app.style().standardPalette())
 
 
 def leave_a_core_for_the_window() -> None:

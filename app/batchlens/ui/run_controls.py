@@ -9,6 +9,8 @@ from __future__ import annotations
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
+from batchlens.core.run_speed import format_rate, images_per_second, seconds_left
+
 ERROR_COLOR = "#e03131"
 
 
@@ -122,6 +124,13 @@ class RunControls(QWidget):
 
     def set_rate(self, text: str) -> None:
         self.rate_label.setText(text or " ")
+
+    def show_speed(self, done: int, total: int, running_seconds: float) -> None:
+        """Images/s by core/run_speed.py's one definition (pauses left out), and the time left."""
+        rate = images_per_second(done, running_seconds)
+        if rate:
+            left = seconds_left(done, total, rate) or 0.0
+            self.set_rate(f"{format_rate(rate)} · {format_duration(left)} left")
 
     # -- the message line ------------------------------------------------------------------------------
     def show_message(self, text: str) -> None:

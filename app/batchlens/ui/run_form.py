@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 )
 
 from batchlens.core.cluster import ray_installed
+from batchlens.core.config import EXACT_SETTINGS
 from batchlens.core.devices import available_devices, resolve_device
 from batchlens.core.errors import BatchLensError
 from batchlens.core.images import ScanStats, scan_images
@@ -40,7 +41,7 @@ SPEEDS = {
     "standard": (
         "Standard",
         "One image at a time: the least memory, and results exactly as a plain PyTorch loop gives them.",
-        {},
+        dict(EXACT_SETTINGS),  # the engine's own default batches: the window's Standard stays exact
     ),
     "faster": (
         "Faster",
@@ -89,6 +90,15 @@ def count_images(folder: Path, recursive: bool, exclude: Path | None) -> tuple[i
     return count, text + "."
 
 
+def dropped_folder(mime) -> Path | None:
+    """The first local folder in a drag's data (a folder dropped on the window becomes the input)."""
+    for url in mime.urls() if mime.hasUrls() else []:
+        path = Path(url.toLocalFile())
+        if url.isLocalFile() and path.is_dir():
+            return path
+    return None
+
+
 class _CountReply(QObject):
     counted = Signal(int, int, str)  # generation, count, text
 
@@ -110,6 +120,8 @@ class RunForm(QGroupBox):
         self._count_generation = 0
         self._count_reply = _CountReply(self)
         self._count_reply.counted.connect(self._on_counted)
+        self.count_pool = QThreadPool(self)  # its own pool, so closing the window can wait for a count
+        self.count_pool.setMaxThreadCount(1)
 
         self.model_picker = ModelPicker()
         self.device_combo = QComboBox()
@@ -118,11 +130,14 @@ class RunForm(QGroupBox):
         )
         self.fill_devices()
         self.cluster_edit = QLineEdit("auto")
-        self.cluster_edit.setPlaceholderText("auto, local or ray://HOST:PORT")
+        self.cluster_edit.setPlaceholderText("auto, local, HOST:PORT or ray://HOST:PORT")
         self.cluster_edit.setToolTip(
-            "The Ray cluster to run on: auto (the running one, or a new one on this machine), local (a "
-            "new one here), HOST:PORT, or ray://HOST:PORT (Ray Client). Needs the cluster extra: "
-            'pip install "batchlens[cluster]". The folders must be on storage every node sees.'
+            "The Ray cluster to run on: auto (RAY_ADDRESS, or the one `ray start` started on this machine, "
+            "else a new one here), local (a new one here), HOST:PORT, or ray://HOST:PORT (Ray Client). "
+            "A cluster with tokens: auto finds ~/.ray/auth_token; for an address, start BatchLens with "
+            "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN set (`ray get-auth-token` on the head prints it). Needs "
+            'the cluster extra: pip install "batchlens[cluster]". The folders must be on storage every node '
+            "sees."
         )
         self.cluster_edit.setVisible(False)
 
@@ -375,7 +390,13 @@ class RunForm(QGroupBox):
                 number, text = NOT_COUNTED, f"Cannot read this folder: {exc.strerror or exc}."
             reply.counted.emit(generation, number, text)
 
-        QThreadPool.globalInstance().start(count)
+        self.count_pool.start(count)
+
+    def shutdown(self, wait_ms: int = 5000) -> None:
+        """Drop counts not started yet and wait for the one under way (the window is closing)."""
+        self.count_timer.stop()
+        self.count_pool.clear()
+        self.count_pool.waitForDone(wait_ms)
 
     def _on_counted(self, generation: int, number: int, text: str) -> None:
         if generation == self._count_generation:  # an older count finished late: ignore it

@@ -1,0 +1,70 @@
+"""The memory plot's data, without Qt: a fixed-size ring buffer of samples, the markers, and the rows
+Export CSV writes (every sample, and every marker on a row of its own at its own time)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+# Columns of the ring buffer (bytes, NaN where the backend cannot tell).
+COLUMNS = ("time_s", "allocated", "reserved", "peak", "device_used", "device_total")
+CSV_HEADER = [*(c if c == "time_s" else f"{c}_bytes" for c in COLUMNS), "marker", "marker_text"]
+
+
+class RingBuffer:
+    """A fixed number of rows of floats; appending past capacity overwrites the oldest row."""
+
+    def __init__(self, capacity: int, columns: int):
+        self._data = np.full((capacity, columns), np.nan)
+        self._next = 0
+        self._count = 0
+
+    @property
+    def capacity(self) -> int:
+        return self._data.shape[0]
+
+    def __len__(self) -> int:
+        return self._count
+
+    def append(self, row) -> None:
+        self._data[self._next] = row
+        self._next = (self._next + 1) % self.capacity
+        self._count = min(self._count + 1, self.capacity)
+
+    def array(self) -> np.ndarray:
+        """The rows, oldest first (a copy)."""
+        if self._count < self.capacity:
+            return self._data[: self._count].copy()
+        return np.concatenate((self._data[self._next :], self._data[: self._next]))
+
+    def clear(self) -> None:
+        self._data[:] = np.nan
+        self._next = self._count = 0
+
+
+@dataclass(frozen=True)
+class Marker:
+    time_s: float
+    kind: str  # a key of MARKER_COLORS
+    text: str
+
+
+def nan_if_none(value: int | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+
+def csv_rows(history: np.ndarray, markers: Iterable[Marker]) -> list[list[str]]:
+    """Samples and markers in time order (a marker before a sample taken at the same time). Markers
+    older than the history keep their own time rather than joining its first row."""
+    rows: list[tuple[float, int, list[str]]] = []
+    for row in history:
+        cells = ["" if math.isnan(v) else str(int(v)) for v in row[1:]]
+        rows.append((row[0], 1, [f"{row[0]:.3f}", *cells, "", ""]))
+    for m in markers:
+        rows.append((m.time_s, 0, [f"{m.time_s:.3f}", *([""] * (len(COLUMNS) - 1)), m.kind, m.text]))
+    rows.sort(key=lambda r: (r[0], r[1]))
+    return [cells for _, _, cells in rows]

@@ -1,0 +1,67 @@
+"""The window's two pages: the run screen and the results browser (made on first use, since it starts
+picture threads). The run screen sits in a scroll area, so a small window scrolls it instead of
+squeezing its panels over each other."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import QFrame, QScrollArea, QStackedWidget, QWidget
+
+#: Below this size the run screen scrolls (at 800×600 the plot keeps its axes and the previews their
+#: pictures); above it, it fills the window.
+RUN_SCREEN_MIN = (760, 560)
+
+
+class FitScrollArea(QScrollArea):
+    """Fits its widget to the viewport, and scrolls only when the viewport is smaller than the widget's
+    minimum. (QScrollArea's own widgetResizable sizes a widget with word-wrapped labels by its
+    preferred height for the width, which scrolls a run screen that would fit.)"""
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self.fit()
+
+    def fit(self) -> None:
+        widget = self.widget()
+        if widget is not None:
+            least = widget.minimumSizeHint().expandedTo(widget.minimumSize())
+            widget.resize(self.viewport().size().expandedTo(least))
+
+
+class Pages(QStackedWidget):
+    page_changed = Signal(str)  # "run" or "results"
+
+    def __init__(self, run_screen: QWidget, parent: QWidget | None = None):
+        super().__init__(parent)
+        run_screen.setMinimumSize(*RUN_SCREEN_MIN)
+        self.run_screen = run_screen
+        self.run_scroll = FitScrollArea()
+        self.run_scroll.setWidget(run_screen)
+        self.run_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.addWidget(self.run_scroll)
+        self.results_browser = None
+
+    def show_run_screen(self) -> None:
+        self.setCurrentWidget(self.run_scroll)
+        self.page_changed.emit("run")
+
+    def show_results(self, folder: Path) -> None:
+        """The results browser on `folder` (a run's output folder), in place of the run screen."""
+        from batchlens.ui.results.browser import ResultsBrowser
+
+        if self.results_browser is None:
+            self.results_browser = ResultsBrowser(show_back=True)
+            self.results_browser.back_requested.connect(self.show_run_screen)
+            self.addWidget(self.results_browser)
+        self.results_browser.open_folder(folder)
+        self.setCurrentWidget(self.results_browser)
+        self.page_changed.emit("results")
+
+    def showing_results(self) -> bool:
+        return self.results_browser is not None and self.currentWidget() is self.results_browser
+
+    def shutdown(self) -> None:
+        if self.results_browser is not None:
+            self.results_browser.shutdown()
