@@ -12,8 +12,9 @@ from PySide6.QtGui import QDropEvent
 
 from batchlens.core.events import ImageResult
 from batchlens.core.resources import sample_folder
-from batchlens.ui.main_window import MainWindow, default_output_for
+from batchlens.ui.main_window import MainWindow
 from batchlens.ui.previews import THUMBNAILS
+from batchlens.ui.run_form import default_output_for
 from batchlens.ui.settings import Settings
 from tests.helpers import make_shapes_folder
 from tests.ui.conftest import GIB, MIB

@@ -1,12 +1,8 @@
-"""The BatchLens main window: it composes the widgets and connects them to the run's worker.
-
-The widgets each own their part: RunForm (what to run), RunControls (run, pause, cancel, progress,
-the message line), PreviewPanel and ThumbnailStrip, MemoryPlot and ProblemsPanel. The engine runs in
-RunWorker on its own QThread; the window only receives its signals. Previews are refreshed from the
-latest result on a short timer, so a fast model cannot flood the GUI thread; the memory plot samples
-its probe on its own timer whether or not a run is going.
+"""The BatchLens main window: it composes the widgets (RunForm, RunControls, PreviewBox, MemoryPlot,
+ProblemsPanel, the results browser) and connects them to the run's worker, which runs the engine on its
+own QThread. Previews are drawn from the latest result on a short timer, so a fast model cannot flood
+the GUI thread; the memory plot samples its probe on its own timer, run or no run.
 """
-
 from __future__ import annotations
 
 import logging
@@ -40,13 +36,11 @@ from batchlens.ui.pages import Pages
 from batchlens.ui.previews import PreviewBox
 from batchlens.ui.problems_panel import ProblemsPanel
 from batchlens.ui.run_controls import RunControls
-from batchlens.ui.run_form import CLUSTER, RunForm, default_output_for, dropped_folder
+from batchlens.ui.run_form import CLUSTER, RunForm, dropped_folder
 from batchlens.ui.run_setup import RunSetup
 from batchlens.ui.settings import Settings
 from batchlens.ui.wording import for_window
 from batchlens.ui.worker import RunWorker, start_in_thread
-
-__all__ = ["CLUSTER", "MainWindow", "default_output_for", "probe_for_name"]
 
 log = logging.getLogger(__name__)
 
