@@ -4,8 +4,9 @@ A model file can carry code: a pickle imports and calls whatever its author name
 archive (.pt2) unpickles weights marked "use_pickle" (and any legacy or sample-input pickle torch
 cannot read safely) with `weights_only=False`, may carry compiled native code (AOTInductor), and its
 graph may name Python modules to import; a TorchScript archive cannot import Python, but its code can
-call the ops that read and write files by name (`torch.save`, `torch.from_file`). `model_file_risks`
-lists all of that without unpickling anything, so loaders refuse such a file unless the user trusts it.
+call the ops that read and write files by name (`torch.save`, `torch.from_file`). `checkpoint_risks`,
+`pt2_risks` and `torchscript_risks` list all of that without unpickling anything, so that loaders refuse
+such a file unless the user trusts it (files.pickle_risk picks the one for a file).
 
 `size_problem` reads how many bytes a model file's tensors would need, so that a small file declaring
 gigabytes (a zip bomb) is refused before torch allocates them.
