@@ -254,20 +254,32 @@ def test_segmentation_matches_the_pipeline(hf, tmp_path, name):
     assert any(len(r["classes"]) > 1 for r in records)  # the masks are not trivially one class
 
 
-def test_remote_code_and_unknown_types_are_refused(hf, tmp_path, capsys):
-    remote = tmp_path / "remote"
-    remote.mkdir()
+def test_remote_code_unknown_types_and_broken_folders_are_refused(hf, tmp_path, capsys):
     config = json.loads((hf / "vit" / "config.json").read_text())
-    (remote / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModel": "x.Y"}}))
-    (remote / "model.safetensors").write_bytes((hf / "vit" / "model.safetensors").read_bytes())
-    unknown = tmp_path / "unknown"
-    unknown.mkdir()
-    (unknown / "config.json").write_text(json.dumps({**config, "model_type": "made_up_net"}))
-    (unknown / "model.safetensors").write_bytes(b"")
-    for folder, words in ((remote, "never runs downloaded code"), (unknown, "'made_up_net' is unknown")):
-        assert run_cli("--model", folder, "--input", hf / "in", "--output", tmp_path / "out") == 2
+    weights = (hf / "vit" / "model.safetensors").read_bytes()
+    processor = (hf / "vit" / "preprocessor_config.json").read_bytes()
+
+    def folder(name: str, config: dict, weights: bytes | None = weights, processor=processor):
+        path = tmp_path / name
+        path.mkdir()
+        (path / "config.json").write_text(json.dumps(config))
+        for file, data in (("model.safetensors", weights), ("preprocessor_config.json", processor)):
+            if data is not None:
+                (path / file).write_bytes(data)
+        return path
+
+    cases = [
+        (folder("remote", {**config, "auto_map": {"AutoModel": "x.Y"}}), "never runs downloaded code"),
+        (folder("unknown", {**config, "model_type": "made_up_net"}), "'made_up_net' is unknown"),
+        (folder("text", {**config, "architectures": ["BertForMaskedLM"]}), "is not a model BatchLens runs"),
+        (folder("pickled", config, weights=None), "only from safetensors"),
+        (folder("bare", config, processor=None), "no preprocessor_config.json"),
+        (folder("damaged", config, weights=weights[: len(weights) // 2]), "could not load this model"),
+    ]
+    for path, words in cases:
+        assert run_cli("--model", path, "--input", hf / "in", "--output", tmp_path / "out") == 2
         err = capsys.readouterr().err
-        assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+        assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_hf_cache_listing_and_offline_sentence(hf, tmp_path, monkeypatch, capsys):

@@ -157,6 +157,11 @@ def check_folder(folder: Path) -> tuple[dict, str]:
     """(config.json's contents, task), or BatchLensError with one sentence (see read_hf_config; and
     weights only from safetensors)."""
     config, task = read_hf_config(folder)
+    if not (folder / "preprocessor_config.json").is_file():
+        raise BatchLensError(
+            f"{folder}: no preprocessor_config.json, which says how this model's images are prepared; "
+            "save the model's image processor with it (processor.save_pretrained(folder))."
+        )
     if not any(folder.glob("*.safetensors")):
         raise BatchLensError(
             f"{folder}: no model.safetensors; BatchLens loads Hugging Face weights only from safetensors "
@@ -183,8 +188,11 @@ def load_hf(model: str, device: torch.device, options: dict | None = None) -> Lo
     try:
         processor = transformers.AutoImageProcessor.from_pretrained(folder, trust_remote_code=False)
         network = auto.from_pretrained(folder, trust_remote_code=False, use_safetensors=True)
-    except (OSError, ValueError, KeyError) as exc:
-        raise BatchLensError(f"{folder}: transformers could not load this model ({exc}).") from None
+    except Exception as exc:  # damaged weights, shapes that do not fit the config...: one sentence
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise BatchLensError(
+            f"{folder}: transformers could not load this model ({type(exc).__name__}: {first})."
+        ) from None
     config = network.config
     labels = None
     if getattr(config, "id2label", None) and task in ("classification", "detection", "segmentation"):
@@ -198,13 +206,12 @@ def load_hf(model: str, device: torch.device, options: dict | None = None) -> Lo
     adapter = adapter_class(transform=HFInputs(processor), labels=labels, options=options, **extra)
     processor_file = folder / "preprocessor_config.json"
     preprocessing = None
-    if processor_file.is_file():
-        try:
-            preprocessing = Preprocessing.from_hf(
-                processor.to_dict(), f"{type(processor).__name__} in {processor_file}"
-            )
-        except BatchLensError as exc:  # only the description: the processor itself prepares images
-            log.info("%s", exc)
+    try:
+        preprocessing = Preprocessing.from_hf(
+            processor.to_dict(), f"{type(processor).__name__} in {processor_file}"
+        )
+    except BatchLensError as exc:  # only the description: the processor itself prepares images
+        log.info("%s", exc)
     name = model if model.startswith(HF_PREFIX) else folder.name
     size = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
     description = f"{type(network).__name__} ({model_type}), Hugging Face"
