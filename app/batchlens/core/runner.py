@@ -277,6 +277,7 @@ class Runner:
         device = resolve_device(cfg.device)
         model = self.model or load_model(cfg.model, device, cfg.model_options)
         device = model.device
+        check_precision(cfg.precision, device)  # a run-level refusal leaves the output folder as it was
         probe = self.probe or probe_for(device)
         probe.reset_peak()
 
@@ -296,7 +297,6 @@ class Runner:
             yield RunNote("warning", writer.rejected_note())
         yield from self._preflight(todo, device, probe)
 
-        check_precision(cfg.precision, device)
         channels_last = use_channels_last(model.module, device, cfg.channels_last)
         pipeline = BatchPipeline.for_run(model, output_dir, cfg, channels_last)
         snapshot = cfg.memory_snapshot and start_memory_history(device)
