@@ -84,3 +84,13 @@ def test_timm_needs_weights_and_a_real_name(photos, tmp_path, capsys):
     assert "--weights FILE" in capsys.readouterr().err
     assert run_cli("--model", "timm:no_such_net", "--input", photos, "--output", tmp_path / "b") == 2
     assert "timm has no model called 'no_such_net'" in capsys.readouterr().err
+
+
+def test_timm_weights_of_another_architecture_are_one_sentence(photos, tmp_path, capsys):
+    weights = tmp_path / "resnet.safetensors"
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=4)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
+    out = tmp_path / "out"
+    assert run_cli("--model", "timm:test_vit", "--weights", weights, "--input", photos, "--output", out) == 2
+    err = capsys.readouterr().err
+    assert "does not fit the test_vit architecture" in err and "Traceback" not in err
