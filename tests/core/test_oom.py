@@ -320,17 +320,56 @@ def test_other_processes_on_the_gpu_are_reported(few_shapes: Path, tmp_path: Pat
     ]
 
 
-def test_preflight_names_the_outsized_image(few_shapes: Path, tmp_path: Path):
-    Image.new("RGB", (900, 700), (10, 200, 10)).save(few_shapes / "huge.png")
-    events = run(few_shapes, tmp_path / "out", None, model_id="demo-shapes")
-    notes = [e.message for e in events if isinstance(e, RunNote) and "largest image" in e.message]
-    assert len(notes) == 1 and "huge.png (900×700, 0.6 megapixels)" in notes[0]
-    assert events.index(next(e for e in events if isinstance(e, RunNote) and e.message == notes[0])) < (
+class NearlyFullRamProbe(MemoryProbe):
+    """A CPU probe of a machine with `free` bytes of RAM free (the rest in use by other programs)."""
+
+    kind = "cpu"
+
+    def __init__(self, free: int):
+        self.free = free
+
+    def sample(self) -> MemorySample:
+        total = 16 << 30
+        return MemorySample(0.0, 1 << 28, 1 << 28, 1 << 28, total - self.free, total)
+
+    def clear_cache(self):
+        return CpuProbe().clear_cache()
+
+
+def test_preflight_names_the_outsized_image_only_near_the_memory_limit(few_shapes: Path, tmp_path: Path):
+    """Issue 15: a 1.7-megapixel photo was flagged on a machine with 23 GB of RAM. The note now needs
+    the largest image to be far bigger than the typical one AND its estimated need (here the decode,
+    15 bytes a pixel: demo-shapes resizes to 64×64) to pass half of the memory free."""
+    Image.new("RGB", (900, 700), (10, 200, 10)).save(few_shapes / "huge.png")  # needs ~9.0 MiB
+
+    def notes(free: int, out: str) -> tuple[list[str], list]:
+        cfg = RunConfig("demo-shapes", few_shapes, tmp_path / out, device="cpu")
+        events = list(Runner(cfg, probe=NearlyFullRamProbe(free)).events())
+        return [e.message for e in events if isinstance(e, RunNote) and "largest image" in e.message], events
+
+    roomy, _ = notes(4 << 30, "roomy")  # 4 GiB free: nothing to warn about
+    assert roomy == []
+    tight, events = notes(16 << 20, "tight")  # 16 MiB free: 9 MiB is more than half of it
+    assert len(tight) == 1 and "huge.png (900×700, 0.6 megapixels)" in tight[0]
+    assert "needs at least 9.0 MiB of the 16.0 MiB free" in tight[0]
+    assert events.index(next(e for e in events if isinstance(e, RunNote) and e.message == tight[0])) < (
         events.index(next(e for e in events if isinstance(e, ImageResult)))
     )  # before the first image
     (few_shapes / "huge.png").unlink()
-    again = run(few_shapes, tmp_path / "out2", None, model_id="demo-shapes")
-    assert not [e for e in again if isinstance(e, RunNote) and "largest image" in e.message]
+    again, _ = notes(1 << 20, "again")  # no image far bigger than the others: no note at all
+    assert again == []
+
+
+def test_a_full_resolution_model_counts_its_first_layer():
+    from batchlens.core.models import load_model
+    from batchlens.core.recovery import DECODE_BYTES_PER_PIXEL, image_bytes_per_pixel
+
+    shapes = load_model("demo-shapes", torch.device("cpu"))
+    denoise = load_model("demo-denoise", torch.device("cpu"))
+    assert image_bytes_per_pixel(shapes) == DECODE_BYTES_PER_PIXEL
+    first = next(m for m in denoise.module.modules() if isinstance(m, torch.nn.Conv2d))
+    expected = DECODE_BYTES_PER_PIXEL + 4 * (first.in_channels + first.out_channels)
+    assert image_bytes_per_pixel(denoise) == expected
 
 
 def test_memory_snapshot_on_cpu_says_it_needs_cuda(few_shapes: Path, tmp_path: Path):

@@ -121,10 +121,14 @@ def test_resume_of_another_models_run_is_not_offered(qtbot, window, tmp_path):
     assert window.choose_for_existing_run(out, "demo-shapes", folder) == ("resume", out)
 
 
-def test_memory_notes_are_marked_on_the_plot(qtbot, window, tmp_path):
+def test_memory_notes_are_marked_on_the_plot(qtbot, window, tmp_path, monkeypatch):
+    from batchlens.core import runner
+    from tests.core.test_oom import NearlyFullRamProbe
+
     folder = tmp_path / "shapes"
     make_shapes_folder(folder, 3)
-    Image.new("RGB", (900, 700), (20, 20, 200)).save(folder / "huge.png")  # pre-flight warning
+    Image.new("RGB", (900, 700), (20, 20, 200)).save(folder / "huge.png")  # pre-flight warning...
+    monkeypatch.setattr(runner, "probe_for", lambda device: NearlyFullRamProbe(16 << 20))  # ...RAM short
     window.prefill(model="demo-shapes", input_dir=folder, output_dir=tmp_path / "out", device="cpu")
     with qtbot.waitSignal(window.run_finished, timeout=RUN_TIMEOUT_MS):
         qtbot.mouseClick(window.controls.run_button, Qt.MouseButton.LeftButton)

@@ -392,25 +392,56 @@ def leak_warning(rate: float, window: int) -> str:
     )
 
 
+#: What an image costs before the model sees it, per pixel: the decoded RGB (3 bytes) and its float32
+#: copy (12 bytes). A model that resizes to a fixed size costs no more than that for a bigger photo.
+DECODE_BYTES_PER_PIXEL = 15
+#: The note is given only when the estimate passes this share of the memory free at the start.
+OUTSIZED_SHARE = 0.5
+
+
+def image_bytes_per_pixel(model) -> float:
+    """A lower bound on the memory one more pixel of input costs with `model`. A model that resizes
+    its input to a set size pays only the decode; one that works at full resolution (image_to_image,
+    or preprocessing without a resize) also holds, at its first convolution, that layer's input and
+    output maps at once (float32), whatever comes after."""
+    full_resolution = model.info.task == "image_to_image" or (
+        model.preprocessing is not None and model.preprocessing.resize is None
+    )
+    if not full_resolution:
+        return DECODE_BYTES_PER_PIXEL
+    first_conv = next((m for m in model.module.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    channels = (first_conv.in_channels + first_conv.out_channels) if first_conv is not None else 6
+    return DECODE_BYTES_PER_PIXEL + 4 * channels
+
+
 def outsized_image_warning(
-    sizes: list[tuple[str, int, int]], max_pixels: int | None, factor: float = 4.0
+    sizes: list[tuple[str, int, int]],
+    max_pixels: int | None,
+    free_bytes: int | None,
+    bytes_per_pixel: float = DECODE_BYTES_PER_PIXEL,
+    factor: float = 4.0,
 ) -> str | None:
-    """Pre-flight: name the largest image when it is far bigger than the typical one (the median).
+    """Pre-flight: name the largest image when it is far bigger than the typical one (the median) AND
+    the memory it needs (at least `bytes_per_pixel` a pixel) is near the limit: more than
+    OUTSIZED_SHARE of `free_bytes`, the memory free on the device (or in RAM) as the run starts.
+    Unknown free memory: no note (a guess would only cry wolf).
 
     `sizes` holds (relative path, width, height) from the images' headers. Images over the pixel limit
     are left out: they are refused without being decoded anyway."""
     sizes = [s for s in sizes if not max_pixels or s[1] * s[2] <= max_pixels]
-    if len(sizes) < 3:
+    if len(sizes) < 3 or not free_bytes:
         return None
     pixels = sorted(w * h for _, w, h in sizes)
     median = pixels[len(pixels) // 2]
     rel, width, height = max(sizes, key=lambda s: s[1] * s[2])
-    if median == 0 or width * height < factor * median:
+    need = width * height * bytes_per_pixel
+    if median == 0 or width * height < factor * median or need <= OUTSIZED_SHARE * free_bytes:
         return None
     return (
         f"The largest image, {rel} ({width}×{height}, {width * height / 1e6:.1f} megapixels), is "
-        f"{width * height / median:.0f}× the typical image's size; it is the one most likely to run out "
-        "of memory (consider --cpu-fallback, or resizing it)."
+        f"{width * height / median:.0f}× the typical image's size and needs at least "
+        f"{format_bytes(need)} of the {format_bytes(free_bytes)} free; it is the one most likely to run "
+        "out of memory (consider --cpu-fallback, or resizing it)."
     )
 
 

@@ -36,6 +36,7 @@ from batchlens.core.models import LoadedModel, load_model
 from batchlens.core.pipeline import BatchPipeline, Item, record_line
 from batchlens.core.prefetch import Prefetcher
 from batchlens.core.recovery import (
+    image_bytes_per_pixel,
     leak_warning,
     leak_watch_for,
     other_processes_warning,
@@ -45,6 +46,7 @@ from batchlens.core.recovery import (
     stop_memory_history,
 )
 from batchlens.core.results import ResultsWriter, read_records, write_error
+from batchlens.core.run_speed import images_per_second
 from batchlens.core.runlock import RunLock
 from batchlens.core.tasks.base import thumbnail
 from batchlens.core.threads import UseThreads, plan_threads
@@ -104,11 +106,14 @@ def run_summary(
     prefetch: int | None = None,
     batch_note: str | None = None,
     threads: dict | None = None,
+    paused_seconds: float = 0.0,
     **extra,
 ) -> dict:
     """summary.json: the same keys for a local run and a cluster run (which adds its own `extra`).
     `candidates` are the images the scan found, `todo` those this run set out to process."""
     processed = counts["ok"] + counts["error"]
+    # run_speed's one definition: images processed / seconds spent running (pauses left out)
+    rate = images_per_second(processed, seconds - paused_seconds)
     return {
         "batchlens_version": __version__,
         "model": model.info.id,
@@ -137,7 +142,8 @@ def run_summary(
         },
         "cancelled": cancelled,
         "seconds": round(seconds, 3),
-        "images_per_second": round(processed / seconds, 3) if seconds > 0 else None,
+        "paused_seconds": round(paused_seconds, 3),
+        "images_per_second": round(rate, 3) if rate else None,
         "peak_memory_bytes": peak,
         "peak_memory_source": "process RSS, sampled every 10 ms through the run"
         if memory_kind == "cpu"
@@ -229,6 +235,7 @@ class Runner:
         self._cancel = threading.Event()
         self._unpaused = threading.Event()
         self._unpaused.set()
+        self.paused_seconds = 0.0
 
     # -- control, safe to call from any thread -------------------------------------------------
     def cancel(self) -> None:
@@ -250,6 +257,13 @@ class Runner:
         return not self._unpaused.is_set()
 
     def _wait_if_paused(self) -> None:
+        if self._unpaused.is_set():
+            return
+        paused_at = time.perf_counter()  # paused time is left out of images/s (core/run_speed.py)
+        self._wait_until_resumed()
+        self.paused_seconds += time.perf_counter() - paused_at
+
+    def _wait_until_resumed(self) -> None:
         while not self._unpaused.wait(timeout=0.1):
             if self._cancel.is_set():
                 return
@@ -295,7 +309,7 @@ class Runner:
         )
         if writer.rejected_note():
             yield RunNote("warning", writer.rejected_note())
-        yield from self._preflight(todo, device, probe)
+        yield from self._preflight(todo, device, probe, model)
 
         channels_last = use_channels_last(model.module, device, cfg.channels_last)
         pipeline = BatchPipeline.for_run(model, output_dir, cfg, channels_last)
@@ -394,12 +408,15 @@ class Runner:
             todo=todo,
             stats=stats,
             seconds=time.perf_counter() - t0,
+            paused_seconds=self.paused_seconds,
             peak=max(peak, watch.peak),
             started_at=started_at,
             compile=compiled[1] if compiled else None,
         )
 
-    def _preflight(self, todo: list[Candidate], device, probe: MemoryProbe) -> Iterator[RunNote]:
+    def _preflight(
+        self, todo: list[Candidate], device, probe: MemoryProbe, model: LoadedModel
+    ) -> Iterator[RunNote]:
         """Warnings before the first image: a crowded GPU, an outsized image, a snapshot we cannot take."""
         cfg = self.config
         sample = probe.sample()
@@ -416,7 +433,12 @@ class Runner:
             size = header_size(candidate.path)
             if size is not None:
                 sizes.append((candidate.rel, *size))
-        message = outsized_image_warning(sizes, cfg.max_pixels)
+        free = (
+            sample.device_total - sample.device_used
+            if sample.device_total is not None and sample.device_used is not None
+            else None
+        )
+        message = outsized_image_warning(sizes, cfg.max_pixels, free, image_bytes_per_pixel(model))
         if message:
             yield RunNote("warning", message, sample, "outsized_image")
 
