@@ -2,6 +2,10 @@
 local engine, over generated folders. Prints a table (the numbers in docs/clusters.md come from here).
 
     python benchmarks/cluster_bench.py [--cpus 2] [--shapes 400] [--denoise 120]
+    python benchmarks/cluster_bench.py --address auto     # a cluster started with `ray start --head`
+
+Without --address it starts a Ray cluster of --cpus CPUs in this process (its workers are processes
+all the same); with one it joins that cluster as `batchlens run --cluster ADDRESS` does.
 
 "total" counts everything a user waits for once Ray is up (workers starting, loading the model);
 "steady" counts from the first image's result to the last, i.e. the rate once the workers run.
@@ -40,13 +44,21 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray cluster")
     parser.add_argument("--shapes", type=int, default=400, help="images for demo-shapes (96x96)")
     parser.add_argument("--denoise", type=int, default=120, help="images for demo-denoise (300x300)")
+    parser.add_argument("--address", help="a running cluster to join (auto, HOST:PORT, ray://...)")
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="batchlens-cluster-bench-"))
     folders = {"demo-shapes": root / "shapes", "demo-denoise": root / "noisy"}
     make_shapes_folder(folders["demo-shapes"], args.shapes)
     make_denoise_folder(folders["demo-denoise"], args.denoise)
-    ray.init(num_cpus=args.cpus, include_dashboard=False, object_store_memory=200 * 2**20)
+    if not args.address:  # quiet, as BatchLens joins: the table is the output
+        ray.init(
+            num_cpus=args.cpus,
+            include_dashboard=False,
+            object_store_memory=200 * 2**20,
+            logging_level="ERROR",
+            log_to_driver=False,
+        )
     rows = []
     try:
         for model, folder in folders.items():
@@ -54,7 +66,7 @@ def main() -> None:
             rows.append((model, "local engine", *timed(Runner(config))))
             for workers in range(1, args.cpus + 1):
                 config = RunConfig(model, folder, root / f"{model}-{workers}", device="cpu", batch_size=8)
-                runner = ClusterRunner(config, ClusterConfig(workers=workers))
+                runner = ClusterRunner(config, ClusterConfig(args.address or "auto", workers=workers))
                 rows.append((model, f"Ray, {workers} worker(s)", *timed(runner)))
     finally:
         ray.shutdown()
