@@ -232,10 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--cluster",
-        metavar="auto|local|ray://HOST:PORT",
+        metavar="auto|local|HOST:PORT|ray://HOST:PORT",
         default=None,
         help='run on a Ray cluster (needs the cluster extra: pip install "batchlens[cluster]"): '
-        "auto joins the running one or starts one here, local starts one here",
+        "auto joins the running one (RAY_ADDRESS, or `ray start` here) or starts one here, local starts "
+        "one here; a cluster with tokens: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (docs/clusters.md)",
     )
     run.add_argument(
         "--workers",
