@@ -340,3 +340,20 @@ def test_the_divider_is_dragged_on_the_picture(qtbot):
     image = view.grab().toImage()
     # The input (black) shows left of the divider, the output (white) right of it.
     assert image.pixelColor(20, 70).lightness() < 60 and image.pixelColor(180, 70).lightness() > 200
+
+
+def test_a_splash_says_loading_pytorch_before_the_heavy_imports(qtbot):
+    """The start-up window needs only Qt: importing the window's entry point loads no PyTorch, and the
+    splash it shows first says what the wait is for."""
+    import subprocess
+    import sys
+
+    check = "import sys, batchlens.ui.app; print('torch' in sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True).stdout
+    assert loaded.strip() == "False"
+    from batchlens.ui.app import show_splash
+
+    splash = show_splash()
+    qtbot.addWidget(splash)
+    assert splash.isVisible() and splash.message() == "Loading PyTorch…"
+    splash.close()

@@ -7,9 +7,11 @@ import argparse
 import os
 import sys
 
-from PySide6.QtCore import QTimer
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtGui import QColor, QPainter, QPixmap
+from PySide6.QtWidgets import QSplashScreen
 
-from batchlens.ui.qt_app import create_app, leave_a_core_for_the_window, needs_offscreen
+from batchlens.ui.qt_app import app_icon, create_app, leave_a_core_for_the_window, needs_offscreen
 
 
 def run_window(args: argparse.Namespace) -> int:
@@ -31,6 +33,7 @@ def run_window(args: argparse.Namespace) -> int:
         )
         return 2
     app = create_app()
+    splash = show_splash()  # at once: importing PyTorch takes seconds (tens on a slow disk)
     leave_a_core_for_the_window()
     from batchlens.ui.main_window import MainWindow
 
@@ -42,11 +45,37 @@ def run_window(args: argparse.Namespace) -> int:
         device=getattr(args, "window_device", None),
     )
     window.show()
+    splash.finish(window)
     if getattr(args, "window_start", False):
         window.ask_questions = False
         QTimer.singleShot(0, window.start_run)
     code = app.exec()
     return finish(window, code)
+
+
+def show_splash() -> QSplashScreen:
+    """A small start-up window that says what is taking time, painted before the heavy imports."""
+    from PySide6.QtWidgets import QApplication
+
+    pixmap = QPixmap(360, 140)
+    pixmap.fill(QColor("#1f2733"))
+    painter = QPainter(pixmap)
+    painter.drawPixmap(20, 38, app_icon().pixmap(64, 64))
+    painter.setPen(QColor("#e6e6e6"))
+    font = painter.font()
+    font.setPointSize(16)
+    font.setBold(True)
+    painter.setFont(font)
+    painter.drawText(100, 62, "BatchLens")
+    painter.end()
+    splash = QSplashScreen(pixmap)
+    splash.setWindowTitle("BatchLens — starting")
+    splash.showMessage(
+        "Loading PyTorch…", Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignBottom, QColor("#c8d0da")
+    )
+    splash.show()
+    QApplication.processEvents()  # paint it now: the imports that follow block the event loop
+    return splash
 
 
 def finish(window, code: int) -> int:
