@@ -87,7 +87,8 @@ def test_batching_and_prefetch_give_the_same_answers(shapes_folder: Path, tmp_pa
     assert _predictions(tmp_path / "a") == _predictions(tmp_path / "b")
     assert [e.index for e in events if isinstance(e, ImageResult)] == list(range(1, 13))
     summary = events[-1].summary
-    assert summary["batch_size"] == 5 and summary["prefetch"] == 2 and summary["channels_last"] is False
+    assert summary["batch_size"] == 5 and summary["prefetch"] == 2
+    assert summary["channels_last"] is True  # a conv net batching on the CPU runs NHWC (measured faster)
     assert not _prefetch_threads()
 
 
@@ -160,7 +161,7 @@ def test_channels_last_gives_the_same_answers():
     model = load_model("demo-shapes", CPU)
     x = torch.rand(3, 3, 64, 64)
     plain = infer(model.module, x, CPU)
-    assert use_channels_last(model.module, CPU, None) is False  # auto: only on CUDA
+    assert use_channels_last(model.module, CPU, None) is False  # auto on the CPU: only when batching
     assert use_channels_last(model.module, CPU, True) is True
     assert model.module.features[0][0].weight.is_contiguous(memory_format=torch.channels_last)
     nhwc = infer(model.module, x, CPU, channels_last=True)

@@ -196,6 +196,8 @@ def engine_run(
                     top1[event.image] = event.fields["top"][0]["index"]
         elif isinstance(event, RunFinished):
             summary = event.summary
+    if summary.get("channels_last"):  # the engine made the model NHWC: the loops get it as loaded
+        model.module.to(memory_format=torch.contiguous_format)
     keys = ("batch_size", "prefetch", "precision", "channels_last", "fast_decode", "threads")
     shown = {k: summary.get(k) for k in keys}
     shown["batch_size_auto"] = summary.get("batch_size_auto")

@@ -27,10 +27,14 @@ def check_precision(precision: str, device: torch.device) -> None:
         raise BatchLensError(f"This GPU ({device}) does not support bf16; use fp16 or fp32.")
 
 
-def use_channels_last(module: nn.Module, device: torch.device, setting: bool | None) -> bool:
-    """Convert a conv net to NHWC when asked (None: on CUDA, where cuDNN is faster with it; on the
-    CPU it measured slower here). Returns whether batches should be given in channels_last too."""
-    wanted = device.type == "cuda" if setting is None else setting
+def use_channels_last(
+    module: nn.Module, device: torch.device, setting: bool | None, batching: bool = False
+) -> bool:
+    """Convert a conv net to NHWC when asked. None: on CUDA, where cuDNN is faster with it, and on
+    the CPU when the run batches (resnet18 at batch 16 on this 2-core CPU, paired rounds: 1.23x
+    faster per image, 24 % less CPU; at batch 1 no clear difference, so the exact mode keeps NCHW).
+    Returns whether batches should be given in channels_last too."""
+    wanted = (device.type == "cuda" or (device.type == "cpu" and batching)) if setting is None else setting
     if not wanted or not any(isinstance(m, nn.Conv2d) for m in module.modules()):
         return False
     try:

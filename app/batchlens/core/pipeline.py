@@ -225,6 +225,8 @@ class BatchPipeline:
         """One batch tensor for the group (None if it cannot be built: `_forward` then retries per image)."""
         if self.model.takes_list:
             return [item.tensor for item in group]
+        if len(group) == 1 and not self.pin_memory:  # a view, as a plain loop's unsqueeze: no copy
+            return group[0].tensor.unsqueeze(0)
         try:
             first = group[0].tensor
             if first.device.type != "cpu":  # preprocessed on the device (--gpu-decode)

@@ -311,7 +311,7 @@ class Runner:
             yield RunNote("warning", writer.rejected_note())
         yield from self._preflight(todo, device, probe, model)
 
-        channels_last = use_channels_last(model.module, device, cfg.channels_last)
+        channels_last = use_channels_last(model.module, device, cfg.channels_last, cfg.batch_size != 1)
         pipeline = BatchPipeline.for_run(model, output_dir, cfg, channels_last)
         snapshot = cfg.memory_snapshot and start_memory_history(device)
         pipeline.recovery = pipeline.make_recovery(
