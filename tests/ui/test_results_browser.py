@@ -236,6 +236,24 @@ def test_a_real_run_from_another_machine(qtbot, browser, shapes_folder, tmp_path
     assert not browser.cache.get(_tile_key(browser, 0)).isNull()
 
 
+def test_the_tile_cache_forgets_the_least_recently_used_first():
+    from PySide6.QtGui import QImage
+
+    from batchlens.ui.results.thumbnails import ThumbnailCache
+
+    tile = QImage(100, 100, QImage.Format.Format_RGBA8888)  # 40,000 bytes
+    cache = ThumbnailCache(max_bytes=3 * tile.sizeInBytes(), max_entries=10)
+    for key in "abc":
+        cache.put(key, tile)
+    assert cache.get("a") is not None  # "a" is now the most recently used
+    cache.put("d", tile)
+    assert "b" not in cache and all(k in cache for k in "acd") and cache.bytes == 3 * tile.sizeInBytes()
+    failed = ThumbnailCache(max_bytes=10**9, max_entries=2)  # null tiles cost no bytes: counted too
+    for key in "xyz":
+        failed.put(key, QImage())
+    assert len(failed) == 2 and "x" not in failed
+
+
 def test_inputs_are_only_read_inside_the_input_folder(tmp_path):
     from batchlens.ui.results.thumbnails import input_path
 
