@@ -45,10 +45,9 @@ PHRASES: list[tuple[str, str]] = [
     (r"\(use --resume to go on\)", "(press Run and choose Resume to go on)"),
     (
         r"use --resume to continue it, --overwrite to replace it, or another folder",
-        "press Run and choose Resume to continue it or Start over to replace it, or choose another "
-        "output folder",
+        "press Run and choose Resume to continue it, Overwrite to replace it, or Another folder",
     ),
-    (r"use --overwrite to replace it, or another folder", "choose another output folder"),
+    (r"use --overwrite to replace it, or another folder", "press Run and choose Overwrite or Another folder"),
 ]
 
 #: Any option left over: the control that sets it in the window.
@@ -56,7 +55,7 @@ CONTROLS = {
     "--weights": "the Weights… button beside the model",
     "--cpu-fallback": "Fall back to CPU",
     "--resume": "Resume (offered when you press Run)",
-    "--overwrite": "Start over (offered when you press Run)",
+    "--overwrite": "Overwrite (offered when you press Run)",
     "--device": "the Device choice",
     "--batch-size": "the Speed choice",
     "--prefetch": "the Speed choice",
