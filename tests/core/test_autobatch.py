@@ -122,18 +122,24 @@ def test_a_damaged_cache_file_is_ignored(tmp_path: Path):
 
 
 def test_threads_are_sized_from_the_cores_and_the_load():
-    quiet = plan_threads("auto", 2, CPU, cores=2, load=0.0)
-    assert (quiet.torch_threads, quiet.decode_threads) == (2, 1)
-    busy = plan_threads("auto", 2, CPU, cores=2, load=9.0)
-    assert (busy.torch_threads, busy.decode_threads) == (1, 1) and "1 of 2 cores free" in busy.reason
-    big = plan_threads("auto", 2, CPU, cores=16, load=4.0)
-    assert (big.torch_threads, big.decode_threads) == (12, 2)
-    gpu = plan_threads("auto", 4, torch.device("cuda"), cores=16, load=0.0)
-    assert gpu.torch_threads == 4 and gpu.decode_threads == 4  # (at most the prefetch depth)
-    assert plan_threads("auto", 0, CPU, cores=2, load=0.0).decode_threads == 0  # decoding in the loop
-    exact = plan_threads(None, 0, CPU, cores=2, load=0.0)
-    assert exact.torch_threads == torch.get_num_threads() and exact.reason == "torch's own choice"
     before = torch.get_num_threads()
+    torch.set_num_threads(16)  # as torch starts on a 16-core machine
+    try:
+        quiet = plan_threads("auto", 2, CPU, cores=2, load=0.0)
+        assert (quiet.torch_threads, quiet.decode_threads) == (2, 1)
+        busy = plan_threads("auto", 2, CPU, cores=2, load=9.0)
+        assert (busy.torch_threads, busy.decode_threads) == (1, 1) and "1 of 2 cores free" in busy.reason
+        big = plan_threads("auto", 2, CPU, cores=16, load=4.0)
+        assert (big.torch_threads, big.decode_threads) == (12, 2)
+        gpu = plan_threads("auto", 4, torch.device("cuda"), cores=16, load=0.0)
+        assert gpu.torch_threads == 4 and gpu.decode_threads == 4  # (at most the prefetch depth)
+        assert plan_threads("auto", 0, CPU, cores=2, load=0.0).decode_threads == 0  # decoding in the loop
+        exact = plan_threads(None, 0, CPU, cores=2, load=0.0)
+        assert exact.torch_threads == 16 and exact.reason == "torch's own choice"
+        torch.set_num_threads(3)  # the window keeps a core for itself this way: auto stays below it
+        assert plan_threads("auto", 2, CPU, cores=16, load=4.0).torch_threads == 3
+    finally:
+        torch.set_num_threads(before)
     with UseThreads(plan_threads(1, 2, CPU)):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before

@@ -5,7 +5,8 @@ torch starts as many intra-op threads as the machine has cores, whatever else is
 waited on each other behind the decoders and the other work). A run therefore counts the cores it
 may use (CPU affinity), subtracts the load of the machine's other work (the 1-minute load average,
 read before the run starts working), and splits what is left: on the CPU the forward gets every free
-core (batched forwards scale with threads) and one decoding thread per four free cores (decoding is
+core (batched forwards scale with threads; never more threads than torch is set to, which is how the
+window keeps a core for itself) and one decoding thread per four free cores (decoding is
 a quarter of the work or less at batch size > 1), which run beside it; on a GPU the forward needs
 little CPU, so most free cores decode.
 """
@@ -67,7 +68,8 @@ def plan_threads(
     others = 0.0 if load is None else load
     free = max(1, min(cores, round(cores - others)))
     if device.type == "cpu":
-        torch_threads, decode = free, max(1, free // 4)
+        # never more than torch is set to: the window leaves a core to its own thread that way
+        torch_threads, decode = min(free, torch.get_num_threads()), max(1, free // 4)
     else:  # the forward runs on the device: the CPU's work is decoding and preprocessing
         torch_threads = max(1, min(4, free // 4))
         decode = max(1, free - torch_threads)
