@@ -58,7 +58,8 @@ def test_engine_matches_reference_pipeline(detector, tmp_path: Path):
         dets = line["detections"]
         assert len(dets) == int(keep.sum())
         total += len(dets)
-        assert line["size"] == list(Image.open(photo).size)
+        with Image.open(photo) as image:
+            assert line["size"] == list(image.size)
         np.testing.assert_allclose(
             [d["box"] for d in dets], ref["boxes"][keep].numpy().reshape(-1, 4), atol=0.01
         )
