@@ -12,15 +12,20 @@ import base64
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from batchlens.cli import main as cli_main
+from batchlens.core.errors import BatchLensError
+from batchlens.core.manifest import model_sha256
 from batchlens.core.results import output_rel
+from batchlens.core.runlock import RunLock
 from tests.helpers import make_denoise_folder, make_shapes_folder
 
 
@@ -185,6 +190,17 @@ def test_resume_of_the_same_run_is_allowed(shapes: Path, tmp_path: Path, capsys)
     assert len(json.loads((out / "run.json").read_text())["resumed_at"]) == 1
 
 
+def test_a_model_folder_is_hashed_by_its_files(tmp_path: Path):
+    folder = tmp_path / "hf-model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"weights one")
+    first = model_sha256(folder)
+    (folder / "model.safetensors").write_bytes(b"weights two")
+    assert model_sha256(folder) not in (first, None)
+    assert model_sha256(tmp_path) is None  # not a model folder: nothing to hash
+
+
 # -- 7: a folder that holds a run -----------------------------------------------------------------
 
 
@@ -271,6 +287,34 @@ def test_a_second_process_on_the_same_folder_is_refused_and_a_dead_holder_is_tak
     assert third.returncode == 0, third.stderr
     assert len(strict_lines(out)) == 4
     assert not (out / ".batchlens.lock").exists()
+
+
+def write_lock(folder: Path, **holder) -> Path:
+    lock = folder / ".batchlens.lock"
+    lock.write_text(json.dumps({"pid": 1, "host": socket.gethostname(), "started": time.time(), **holder}))
+    return lock
+
+
+def test_stale_and_foreign_locks(tmp_path: Path):
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    lock = write_lock(tmp_path, pid=int(gone.stdout))  # this host, the process is gone: stale
+    with RunLock(tmp_path):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not lock.exists()  # released
+
+    write_lock(tmp_path, pid=os.getpid(), started=time.time() - 10**6)  # the PID reused since: stale
+    with RunLock(tmp_path):
+        pass
+
+    write_lock(tmp_path, pid=os.getpid(), host="another-host", started_at="2026-01-01T00:00:00+00:00")
+    busy = r"in use by another BatchLens run \(process \d+ on another-host,"
+    with pytest.raises(BatchLensError, match=busy):
+        RunLock(tmp_path).acquire()  # its process cannot be checked from here: honoured
+
+    lock.write_text("{half a lock")  # unreadable and old: a writer that died while writing it
+    os.utime(lock, (time.time() - 60, time.time() - 60))
+    with RunLock(tmp_path):
+        pass
 
 
 # -- 9: resume reads predictions.jsonl defensively ------------------------------------------------

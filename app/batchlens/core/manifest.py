@@ -80,6 +80,18 @@ def file_sha256(path: Path) -> str:
     return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
+def model_sha256(path: Path) -> str | None:
+    """sha256 of a model file; for a model folder (Hugging Face), of its files' names and hashes."""
+    if path.is_file():
+        return file_sha256(path)
+    if not (path / "config.json").is_file():  # not a Hugging Face model folder
+        return None
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{file_sha256(file)}\n".encode())
+    return digest.hexdigest()
+
+
 def preprocessing_settings(model) -> dict | str:
     """How images are prepared for the model, in a form that is equal exactly when the preprocessing is:
     the loader's structured description (its settings, not where they came from), or else the
@@ -102,6 +114,7 @@ def build_manifest(cfg, model, input_dir: Path) -> dict:
     model_file = Path(cfg.model).expanduser()
     weights = options.get("weights")
     labels = model.adapter.labels
+    digest = model_sha256(model_file)  # a model file's or folder's; None for a catalogue or built-in id
     result_options = {
         "precision": cfg.precision,
         "fast_decode": cfg.fast_decode,
@@ -111,8 +124,8 @@ def build_manifest(cfg, model, input_dir: Path) -> dict:
     return {
         "batchlens_run": 1,
         "model": model.info.id,
-        "model_file": str(model_file.resolve()) if model_file.is_file() else None,
-        "model_sha256": file_sha256(model_file) if model_file.is_file() else None,
+        "model_file": str(model_file.resolve()) if digest else None,
+        "model_sha256": digest,
         "weights": str(Path(weights).expanduser().resolve()) if weights else None,
         "weights_sha256": file_sha256(Path(weights).expanduser()) if weights else None,
         "task": model.info.task,
@@ -243,8 +256,8 @@ def resume_refusal_before_load(output_dir: Path, model: str, input_dir: Path) ->
 
     path = Path(model).expanduser()
     known: dict = {"input": os.fsdecode(Path(input_dir).expanduser().resolve())}
-    if path.is_file():
-        known["model_sha256"] = file_sha256(path)
+    if path.exists():
+        known["model_sha256"] = model_sha256(path)
     elif model in BUILTIN_IDS:
         known["model"] = model
     return resume_mismatch(output_dir, known, only=tuple(known))
