@@ -194,3 +194,25 @@ def test_cli_exact_and_defaults(shapes_folder: Path, tmp_path: Path, flag, capsy
         assert summary["prefetch"] == 2 and summary["batch_size_auto"] is not None
     assert main([*argv, "--exact", "--batch-size", "4", "--overwrite"]) == 2
     assert "--exact fixes batch_size" in capsys.readouterr().err
+
+
+def test_other_work_is_the_machines_busy_time_less_this_process(monkeypatch):
+    """The load average would count this process's own previous run as someone else's work."""
+    from collections import namedtuple
+
+    from batchlens.core import threads
+
+    Cpu = namedtuple("Cpu", "user system idle iowait")
+    Own = namedtuple("Own", "user system")
+    clock = {"t": 100.0, "busy": 0.0, "own": 0.0}
+    monkeypatch.setattr(threads.time, "monotonic", lambda: clock["t"])
+    monkeypatch.setattr(
+        threads.psutil, "cpu_times", lambda percpu: [Cpu(clock["busy"] / 2, 0.0, 50.0, 0.0)] * 2
+    )
+    meter = threads._OthersMeter()
+    monkeypatch.setattr(meter._process, "cpu_times", lambda: Own(clock["own"], 0.0))
+    meter._last = meter._read()
+    clock.update(t=100.5, busy=1.0, own=0.5)
+    assert meter.others() is None  # half a second says little
+    clock.update(t=102.5, busy=5.0, own=3.5)  # 2 s: 4 core-seconds busy, 3 of them this process's
+    assert meter.others() == pytest.approx(0.5)

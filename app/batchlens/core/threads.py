@@ -3,8 +3,9 @@
 torch starts as many intra-op threads as the machine has cores, whatever else is running; on a busy
 2-core machine a batch-1 forward with 2 threads measured 783 ms against 133 ms with 1 (its threads
 waited on each other behind the decoders and the other work). A run therefore counts the cores it
-may use (CPU affinity), subtracts the load of the machine's other work (the 1-minute load average,
-read before the run starts working), and splits what is left: on the CPU the forward gets every free
+may use (CPU affinity), subtracts the cores the machine's other work keeps busy (its busy CPU time
+less this process's own since the previous run, or the 1-minute load average when BatchLens has
+just started), and splits what is left: on the CPU the forward gets every free
 core (batched forwards scale with threads; never more threads than torch is set to, which is how the
 window keeps a core for itself) and one decoding thread per four free cores (decoding is
 a quarter of the work or less at batch size > 1), which run beside it; on a GPU the forward needs
@@ -14,6 +15,7 @@ little CPU, so most free cores decode.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 import psutil
@@ -25,7 +27,7 @@ class ThreadPlan:
     torch_threads: int  # torch.set_num_threads for the run
     decode_threads: int  # threads preparing batches ahead (0: decoding happens in the loop)
     cores: int  # cores this process may run on
-    load: float | None  # the machine's 1-minute load average when the run started
+    load: float | None  # cores busy with other work when the run started
     reason: str
 
     def to_json(self) -> dict:
@@ -33,7 +35,7 @@ class ThreadPlan:
             "torch": self.torch_threads,
             "decode": self.decode_threads,
             "cores": self.cores,
-            "load_average": None if self.load is None else round(self.load, 2),
+            "others_load": None if self.load is None else round(self.load, 2),
             "reason": self.reason,
         }
 
@@ -52,6 +54,46 @@ def load_average() -> float | None:
         return None
 
 
+class _OthersMeter:
+    """Cores busy with other processes' work since the previous reading: the machine's busy CPU time
+    less this process's own, over the same span. The load average alone would count this process's
+    own recent work (a previous run, the bench's previous row) as someone else's."""
+
+    MIN_SPAN_S = 1.0  # shorter spans say little: the load average is used instead
+
+    def __init__(self) -> None:
+        self._process = psutil.Process()
+        self._last = self._read()
+
+    def _read(self) -> tuple[float, float, float]:
+        per_cpu = psutil.cpu_times(percpu=True)
+        try:  # only the cores this process may run on (a container may see the host's)
+            per_cpu = [per_cpu[i] for i in os.sched_getaffinity(0) if i < len(per_cpu)] or per_cpu
+        except AttributeError:
+            pass
+        busy = sum(sum(c) - c.idle - getattr(c, "iowait", 0.0) for c in per_cpu)
+        own = self._process.cpu_times()
+        return time.monotonic(), busy, own.user + own.system
+
+    def others(self) -> float | None:
+        now = self._read()
+        (t0, busy0, own0), (t1, busy1, own1) = self._last, now
+        self._last = now
+        if t1 - t0 < self.MIN_SPAN_S:
+            return None
+        return max(0.0, (busy1 - busy0) - (own1 - own0)) / (t1 - t0)
+
+
+_meter = _OthersMeter()  # from the import on: a first run measures over its own start-up
+
+
+def others_load() -> float | None:
+    """How many cores other work keeps busy: measured since the previous run (or since BatchLens
+    started), or the 1-minute load average when that span is too short to say."""
+    measured = _meter.others()
+    return load_average() if measured is None else measured
+
+
 def plan_threads(
     setting: int | str | None, prefetch: int, device: torch.device, cores: int | None = None, load=None
 ) -> ThreadPlan:
@@ -59,7 +101,7 @@ def plan_threads(
     keeps torch's own choice (the exact mode: a plain loop's threads). `prefetch` 0 means no
     decoding threads at all."""
     cores = cores or usable_cores()
-    load = load_average() if load is None else load
+    load = others_load() if load is None else load
     if setting is None or isinstance(setting, int):
         torch_threads = setting or torch.get_num_threads()
         decode = min(prefetch, max(1, cores // 4)) if prefetch else 0
@@ -74,7 +116,7 @@ def plan_threads(
         torch_threads = max(1, min(4, free // 4))
         decode = max(1, free - torch_threads)
     decode = min(decode, prefetch) if prefetch else 0
-    busy = f"load {others:.1f}" if load is not None else "load unknown"
+    busy = f"other work keeps {others:.1f} busy" if load is not None else "other work unknown"
     return ThreadPlan(torch_threads, decode, cores, load, f"{free} of {cores} cores free ({busy})")
 
 
