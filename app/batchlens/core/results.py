@@ -239,15 +239,6 @@ def remove_stale_temp_files(output_dir: Path, input_dir: Path | None = None) -> 
     return removed
 
 
-@dataclass(frozen=True)
-class UnfinishedRun:
-    """An output folder whose last run did not finish (killed, cancelled, stopped, or with images
-    still to do): what `--resume` (the window's Resume) would keep."""
-
-    ok: int  # images finished (kept by a resume)
-    failed: int  # images with an error line (retried by a resume)
-
-
 def run_finished(output_dir: Path) -> bool:
     """Whether summary.json says the folder's run got to its end (not killed, cancelled or stopped)."""
     predictions, summary = Path(output_dir) / PREDICTIONS, Path(output_dir) / SUMMARY
@@ -261,15 +252,6 @@ def run_finished(output_dir: Path) -> bool:
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False  # no summary: the run was killed or crashed
-
-
-def unfinished_run(output_dir: Path) -> UnfinishedRun | None:
-    """None when `output_dir` holds no run, or a run that finished; else what it holds."""
-    records = read_records(Path(output_dir) / PREDICTIONS)
-    if not records or run_finished(output_dir):
-        return None
-    ok = sum(r.get("status") == "ok" for r in records)
-    return UnfinishedRun(ok, len(records) - ok)
 
 
 class ResultsWriter:
