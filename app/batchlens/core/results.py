@@ -336,9 +336,17 @@ class ResultsWriter:
         self._file.close()
         if order is not None and self.kept:
             rank = {rel: i for i, rel in enumerate(order)}
-            records = read_records(self.path)
-            records.sort(key=lambda r: rank.get(record_key(r), len(rank)))
-            atomic_write_text(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+            def position(line: bytes) -> int:
+                try:
+                    return rank.get(record_key(json.loads(line)), len(rank))
+                except (ValueError, KeyError, TypeError):
+                    return len(rank)
+
+            # The lines as written (every one this writer wrote is whole and valid), only reordered.
+            lines = self.path.read_bytes().splitlines(keepends=True)
+            data = b"".join(sorted((line for line in lines if line.endswith(b"\n")), key=position))
+            atomic_write(self.path, lambda tmp: tmp.write_bytes(data))
 
     def write_summary(self, summary: dict) -> Path:
         path = self.output_dir / SUMMARY
