@@ -108,6 +108,32 @@ def _exported(tmp_path: Path) -> str:
     return str(tmp_path / "exported.pt2")
 
 
+def _hugging_face_folder(tmp_path: Path) -> str:
+    """A tiny ViT classifier saved as a Hugging Face model folder (config, weights, processor)."""
+    import transformers
+
+    torch.manual_seed(4)
+    config = transformers.ViTConfig(
+        image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=16, num_labels=2, id2label={0: "a", 1: "b"}, label2id={"a": 0, "b": 1},
+    )  # fmt: skip
+    folder = tmp_path / "vit"
+    transformers.ViTForImageClassification(config).save_pretrained(folder)
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return str(folder)
+
+
+def _timm_checkpoint(tmp_path: Path) -> dict:
+    import timm
+
+    torch.manual_seed(5)
+    weights = save_state_dict(
+        timm.create_model("test_resnet", pretrained=False, num_classes=2), tmp_path / "timm" / "r.safetensors"
+    )
+    (weights.parent / "labels.txt").write_text("a\nb\n")
+    return {"weights": str(weights), "labels": str(weights.parent / "labels.txt")}
+
+
 def _sources(tmp_path: Path, monkeypatch) -> dict[str, tuple[str, dict]]:
     """Every way the engine gets a model: model id and the options of its loader request."""
     arch = "mobilenet_v3_small"
@@ -128,6 +154,8 @@ def _sources(tmp_path: Path, monkeypatch) -> dict[str, tuple[str, dict]]:
         "TorchScript": (str(scripted), {}),
         "torch.export": (_exported(tmp_path), {"task": "image_to_image"}),
         "whole pickled module": (str(pickled), {"task": "image_to_image", "trust_pickle": True}),
+        "Hugging Face folder": (_hugging_face_folder(tmp_path), {}),
+        "timm checkpoint": ("timm:test_resnet", _timm_checkpoint(tmp_path)),
     }
 
 
