@@ -33,10 +33,9 @@ def feed(sizer: BatchSizer, per_image: dict, batches: int, cpu: dict | None = No
 
 def test_starts_at_one_image_and_grows_while_a_larger_batch_is_faster():
     sizer = BatchSizer("auto", max_batch=1000)
-    assert sizer.next_size() == 1  # the first result comes as soon as a plain loop's
     speeds = {1: 0.10, 2: 0.06, 4: 0.04, 8: 0.035, 16: 0.0349}  # 16 is no longer 5 % faster than 8
     sizes = feed(sizer, speeds, 12)
-    assert sizes[:5] == [1, 2, 4, 8, 16]
+    assert sizes[:5] == [1, 2, 4, 8, 16]  # one image first: the first result comes at once
     assert sizes[5] == 16  # a size that looks no better gets a second batch before it is turned down
     assert set(sizes[6:]) == {8} and sizer.size == 8
     assert "batch 16 was not 5% faster" in sizer.reason
@@ -91,12 +90,12 @@ def test_memory_near_the_limit_stops_the_growth():
 
 def test_batches_follow_the_size_as_it_changes():
     sizer = BatchSizer("auto", max_batch=1000)
-    todo = list(range(20))
-    batches = sizer.batches(todo)
-    first = next(batches)
-    sizer.record(len(first), 0.1, 0.1, input_shape=(3, 8, 8))
-    second = next(batches)
+    batches = sizer.batches(list(range(20)))
+    first, second = next(batches), next(batches)  # prefetched before the first one's figures are in
     assert (first, second) == ([0], [1, 2])
+    sizer.record(1, 0.1, 0.1, input_shape=(3, 8, 8))
+    sizer.record(2, 0.1, 0.1)  # twice as fast per image
+    assert next(batches) == [3, 4, 5, 6]
 
 
 def test_the_chosen_size_is_remembered_for_the_next_run():

@@ -93,7 +93,8 @@ def test_batching_and_prefetch_give_the_same_answers(shapes_folder: Path, tmp_pa
 
 
 def test_cancel_with_prefetch_stops_the_background_threads(shapes_folder: Path, tmp_path: Path):
-    runner = Runner(RunConfig("demo-shapes", shapes_folder, tmp_path / "out", device="cpu", prefetch=3))
+    config = RunConfig("demo-shapes", shapes_folder, tmp_path / "out", device="cpu", batch_size=1, prefetch=3)
+    runner = Runner(config)  # (cancel is checked between batches: one image each here)
     seen = 0
     for event in runner.events():
         if isinstance(event, ImageResult):

@@ -230,6 +230,7 @@ class BatchSizer:
         self.memory_limit = memory_limit
         self.cache_key = cache_key  # model, device and settings; the input size is added when known
         self.trying: int | None = None  # a larger size being measured against `size`
+        self._started = False  # the first batch is one image; batches prepared meanwhile try 2
         self.reason = why_fixed or ("asked for" if not self.auto else "measuring")
         self.remembered: int | None = None
         self.figures: dict[int, _Figures] = {}
@@ -243,6 +244,11 @@ class BatchSizer:
 
     # -- what the runner asks -------------------------------------------------------------------
     def next_size(self) -> int:
+        if not self._started:
+            self._started = True
+            if self.auto and self.ceiling >= 2:
+                self.trying = 2  # for the batches prefetched before the first one's figures are in
+                return 1
         return self.trying or self.size
 
     def batches(self, todo: Sequence) -> Iterator[list]:
@@ -270,6 +276,7 @@ class BatchSizer:
         the process's CPU seconds over the same span, and memory's peak so far."""
         first = self.images == 0
         self.images += size
+        self._started = True
         if one_at_a_time and not self.one_at_a_time:
             self.one_at_a_time, self.ceiling, self.trying = one_at_a_time, 1, None
             self._notes.append(f"The model takes one image at a time ({one_at_a_time}): going on at batch 1.")
@@ -301,6 +308,7 @@ class BatchSizer:
             self.cache_key = f"{self.cache_key}|input={'x'.join(map(str, input_shape))}"
             self.remembered = remembered_batch_size(self.cache_key)
         if self.remembered and self.remembered > 1:
+            self.trying = None
             self._set(min(self.remembered, self.ceiling), "remembered from an earlier run")
             self._retry_at = self.images + self._retry_every
         elif self.ceiling >= 2:
@@ -308,6 +316,10 @@ class BatchSizer:
 
     def _compare(self) -> None:
         small, large = self.size, self.trying
+        if small not in self.figures:  # nothing measured at the smaller size to compare with
+            self._set(large, f"batch {small} was not measured")
+            self.trying = large * 2 if large * 2 <= self.ceiling else None
+            return
         wall_small, cpu_small = self.figures[small].best()
         wall_large, cpu_large = self.figures[large].best()
         faster = wall_large * MIN_GAIN <= wall_small
