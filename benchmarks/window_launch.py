@@ -40,6 +40,7 @@ def launch_once(timeout_s: float) -> tuple[float | None, float | None]:
                     first = now
                 if visible("^BatchLens$"):
                     main = now
+                    first = now if first is None else first  # mapped between the two looks
                 time.sleep(0.02)
         finally:
             proc.terminate()

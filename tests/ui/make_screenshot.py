@@ -15,7 +15,6 @@ import tempfile
 from pathlib import Path
 
 from PySide6.QtCore import QEventLoop, QTimer
-from PySide6.QtGui import QColor, QPalette
 
 
 def wait_until(condition, timeout_s: float = 120) -> None:
@@ -28,44 +27,27 @@ def wait_until(condition, timeout_s: float = 120) -> None:
     timer.stop()
 
 
-def dark_palette() -> QPalette:
-    palette = QPalette()
-    colors = {
-        QPalette.ColorRole.Window: "#2b2b2b",
-        QPalette.ColorRole.WindowText: "#e6e6e6",
-        QPalette.ColorRole.Base: "#1e1e1e",
-        QPalette.ColorRole.AlternateBase: "#262626",
-        QPalette.ColorRole.Text: "#e6e6e6",
-        QPalette.ColorRole.Button: "#353535",
-        QPalette.ColorRole.ButtonText: "#e6e6e6",
-        QPalette.ColorRole.Highlight: "#3d8bfd",
-        QPalette.ColorRole.HighlightedText: "#ffffff",
-        QPalette.ColorRole.ToolTipBase: "#353535",
-        QPalette.ColorRole.ToolTipText: "#e6e6e6",
-        QPalette.ColorRole.PlaceholderText: "#9a9a9a",
-    }
-    for role, color in colors.items():
-        palette.setColor(role, QColor(color))
-    for role in (QPalette.ColorRole.WindowText, QPalette.ColorRole.Text, QPalette.ColorRole.ButtonText):
-        palette.setColor(QPalette.ColorGroup.Disabled, role, QColor("#8a8a8a"))
-    return palette
-
-
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("output", type=Path)
     parser.add_argument("--model", default="demo-denoise")
     parser.add_argument("--at", type=int, default=15, help="grab when this many images are done")
     parser.add_argument("--dark", action="store_true", help="ask Qt for its dark colour scheme")
+    parser.add_argument("--size", help="window size WxH (default: the window's own default size)")
+    parser.add_argument("--maximized", action="store_true", help="fill the screen (with QT_SCALE_FACTOR=2)")
     args = parser.parse_args()
 
     from batchlens.ui.qt_app import create_app
 
     app = create_app()
     if args.dark:
-        # Xvfb has no desktop theme to follow: give Fusion the palette a dark desktop would.
+        # Xvfb has no desktop theme to follow: say what a dark desktop would.
+        from PySide6.QtCore import Qt
+
+        from batchlens.ui.qt_app import apply_color_scheme
+
         app.setStyle("Fusion")
-        app.setPalette(dark_palette())
+        apply_color_scheme(Qt.ColorScheme.Dark)
     from batchlens.core.resources import sample_folder
     from batchlens.ui.main_window import MainWindow
     from batchlens.ui.settings import Settings
@@ -74,7 +56,14 @@ def main() -> int:
         window = MainWindow(Settings(Path(tmp) / "settings.ini"))
         window.ask_questions = False
         window.prefill(model=args.model, input_dir=sample_folder(args.model), output_dir=Path(tmp) / "out")
-        window.show()
+        window.show_results_after_run = False
+        if args.size:
+            width, height = (int(v) for v in args.size.lower().split("x"))
+            window.resize(width, height)
+        if args.maximized:
+            window.showMaximized()
+        else:
+            window.show()
         wait_until(lambda: False, timeout_s=3)  # a little memory history before the run
         window.previews.output_view.set_split(0.5)
         window.start_run()
@@ -84,7 +73,9 @@ def main() -> int:
         app.processEvents()
         screen = window.screen().grabWindow(0)  # what the X server shows, not a re-render
         frame = window.frameGeometry()
-        image = screen.copy(frame.x(), frame.y(), frame.width(), frame.height())
+        ratio = screen.devicePixelRatio()  # 2 with QT_SCALE_FACTOR=2: the grab is in device pixels
+        x, y, w, h = (round(v * ratio) for v in (frame.x(), frame.y(), frame.width(), frame.height()))
+        image = screen.copy(x, y, w, h)
         if not image.save(str(args.output), "PNG"):
             print(f"could not write {args.output}", file=sys.stderr)
             return 1
