@@ -133,6 +133,23 @@ def test_resume_cleans_only_its_own_temp_files_and_never_inside_the_input(tmp_pa
     assert not (out / ".batchlens-99999-0123abcd.tmp").exists()
 
 
+def test_an_output_never_lands_inside_the_input_folder(tmp_path: Path, capsys):
+    out = tmp_path / "results"
+    photos = out / "in"  # inside the output folder, with a subfolder named like it
+    make_denoise_folder(photos, 1, size=32)
+    make_denoise_folder(photos / "in", 1, seed=5, size=32)  # its output would be photos/noisy_0000.png
+    before = tree(photos)
+
+    code, said = run(capsys, "--model", "demo-denoise", "--input", photos, "--output", out, "--recursive")
+
+    assert code == 0
+    assert tree(photos) == before
+    lines = {line["image"]: line for line in strict_lines(out)}
+    assert lines["noisy_0000.png"]["status"] == "ok"
+    assert lines["in/noisy_0000.png"]["status"] == "error"
+    assert "would land inside the input folder" in lines["in/noisy_0000.png"]["error"]
+
+
 # -- 6: run.json and resume refusals -----------------------------------------------------------
 
 

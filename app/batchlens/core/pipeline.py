@@ -22,7 +22,7 @@ from batchlens.core.inference import compile_module, describe_error, infer
 from batchlens.core.models import LoadedModel
 from batchlens.core.records import non_finite
 from batchlens.core.recovery import OomRecovery, is_out_of_memory
-from batchlens.core.results import is_name_problem, write_error
+from batchlens.core.results import is_name_problem, output_path_for, write_error
 from batchlens.core.tasks.base import ImageMeta, TaskResult
 from batchlens.core.watchdog import ForwardTimeout, call_with_timeout
 
@@ -119,6 +119,7 @@ class BatchPipeline:
         self.compile_failed: str | None = None  # why torch.compile could not run the model
         self.recovery = self.make_recovery()
         self.image_timeout: float | None = None  # --image-timeout (core/watchdog.py)
+        self.input_dir: Path | None = None  # resolved; no output file is ever written inside it
         # Why the model takes one image at a time, once a batch failed where its images ran one by
         # one: later batches go image by image without the failing try (the runner says so once).
         self.one_at_a_time: str | None = None
@@ -138,6 +139,7 @@ class BatchPipeline:
             config.gpu_decode,
         )
         pipeline.image_timeout = config.image_timeout
+        pipeline.input_dir = Path(config.input_dir).expanduser().resolve()
         if config.compile:
             pipeline.compiled, pipeline.uncompiled = True, model.module
             model.module = compile_module(model.module)
@@ -255,6 +257,11 @@ class BatchPipeline:
             del batch
         for item in items:
             item.tensor = None  # CPU input tensors are not needed past the forward
+            if item.result is not None and self._writes_into_input(item):
+                item.result, item.error = None, (
+                    "its output file would land inside the input folder (which is inside the output "
+                    "folder), so it was not written; choose an output folder beside the input folder"
+                )
             if item.result is not None:
                 meta = self._meta(item)
                 try:
@@ -264,6 +271,14 @@ class BatchPipeline:
                         raise BatchLensError(write_error(exc, output_dir)) from None
                     item.result, item.error = None, f"its output file cannot be written ({exc.strerror})"
         return items
+
+    def _writes_into_input(self, item: Item) -> bool:
+        """An output image mirrors the input tree under the output folder; when the input folder sits
+        inside the output folder, `in/x.png` of the input would be written over the input's `x.png`."""
+        if self.input_dir is None or item.result.image is None:
+            return False
+        target = output_path_for(self.output_dir, item.candidate.rel).resolve()
+        return target.is_relative_to(self.input_dir)
 
     def _infer(self, module, batch: torch.Tensor, device: torch.device) -> list:
         limit = self.image_timeout
