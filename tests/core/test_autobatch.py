@@ -126,10 +126,12 @@ def test_threads_are_sized_from_the_cores_and_the_load():
     try:
         quiet = plan_threads("auto", 2, CPU, cores=2, load=0.0)
         assert (quiet.torch_threads, quiet.decode_threads) == (2, 1)
-        busy = plan_threads("auto", 2, CPU, cores=2, load=9.0)
-        assert (busy.torch_threads, busy.decode_threads) == (1, 1) and "1 of 2 cores free" in busy.reason
+        busy = plan_threads("auto", 2, CPU, cores=2, load=9.0)  # a batched forward takes every core
+        assert (busy.torch_threads, busy.decode_threads) == (2, 1) and "1 of 2 cores free" in busy.reason
+        one = plan_threads("auto", 2, CPU, cores=2, load=9.0, batching=False)  # one image: free ones
+        assert (one.torch_threads, one.decode_threads) == (1, 1)
         big = plan_threads("auto", 2, CPU, cores=16, load=4.0)
-        assert (big.torch_threads, big.decode_threads) == (12, 2)
+        assert (big.torch_threads, big.decode_threads) == (16, 2)  # (at most the prefetch depth)
         gpu = plan_threads("auto", 4, torch.device("cuda"), cores=16, load=0.0)
         assert gpu.torch_threads == 4 and gpu.decode_threads == 4  # (at most the prefetch depth)
         assert plan_threads("auto", 0, CPU, cores=2, load=0.0).decode_threads == 0  # decoding in the loop

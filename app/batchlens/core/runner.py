@@ -324,7 +324,7 @@ class Runner:
         sizer = sizer_for_run(cfg, model, channels_last, probe, todo)
         if sizer.one_at_a_time and cfg.batch_size != 1:
             yield RunNote("info", f"The model takes one image at a time ({sizer.one_at_a_time}): batch 1.")
-        threads = plan_threads(cfg.threads, cfg.prefetch, device)
+        threads = plan_threads(cfg.threads, cfg.prefetch, device, batching=cfg.batch_size != 1)
         ahead = Prefetcher(pipeline.prepare, sizer.batches(todo), cfg.prefetch, threads.decode_threads)
         index = 0
         compiled = None  # --compile: (sentence, summary entry) once the first forward ran
