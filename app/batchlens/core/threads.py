@@ -7,7 +7,7 @@ may use (CPU affinity) and the cores the machine's other work keeps busy (its bu
 this process's own since the previous run, or the 1-minute load average when BatchLens has just
 started). On the CPU a run that batches gives the forward every core: a batched forward's
 operations are long, so its threads lose little waiting for each other (resnet18 at batch 4 on this
-2-core machine at load average 11-20: 2 threads gave 1.8x the images/s of 1 thread at the same CPU
+2-core machine at load average 11-20: 2 threads gave 1.7x the images/s of 1 thread at the same CPU
 time per image); a run of one image at a time gives it only the free cores. Decoding gets one
 thread per four free cores (at least one; decoding is a quarter of the work or less), beside the
 forward. Never more torch threads than torch is set to: the window keeps a core for itself that
