@@ -100,8 +100,10 @@ def test_run_is_off_with_a_reason_when_there_is_nothing_to_run(qtbot, window, tm
     window.form.set_input(tmp_path / "missing")
     assert not run.isEnabled() and "does not exist" in reason.text()
 
-    make_shapes_folder(empty, 2)
     window.form.set_input(empty)
+    counted(qtbot, window, "0 images found (1 other file will be skipped).")
+    make_shapes_folder(empty, 2)  # images copied in from the file manager; back to the window:
+    QGuiApplication.instance().applicationStateChanged.emit(Qt.ApplicationState.ApplicationActive)
     counted(qtbot, window, "2 images found (1 other file will be skipped).")
     assert run.isEnabled() and not reason.isVisible()
 

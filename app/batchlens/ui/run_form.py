@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import QObject, Qt, QThreadPool, QTimer, Signal
+from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -209,6 +210,8 @@ class RunForm(QGroupBox):
         self.model_picker.model_changed.connect(self._on_model_changed)
         self.device_combo.currentIndexChanged.connect(self._on_device_changed)
         self.cluster_edit.textChanged.connect(self.cluster_changed)
+        # Back from the file manager (images copied in, a folder made): count again if there was nothing.
+        QGuiApplication.instance().applicationStateChanged.connect(self._on_application_state)
 
     # -- devices ----------------------------------------------------------------------------------
     def fill_devices(self) -> None:
@@ -391,6 +394,10 @@ class RunForm(QGroupBox):
             reply.counted.emit(generation, number, text)
 
         self.count_pool.start(count)
+
+    def _on_application_state(self, state: Qt.ApplicationState) -> None:
+        if state == Qt.ApplicationState.ApplicationActive and self.isEnabled() and self._count <= 0:
+            self.count_now()
 
     def shutdown(self, wait_ms: int = 5000) -> None:
         """Drop counts not started yet and wait for the one under way (the window is closing)."""
