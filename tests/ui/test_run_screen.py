@@ -219,6 +219,10 @@ def test_no_command_line_flag_reaches_the_window_bare():
             "fix the cause and run again with --resume.",
             "fix the cause and press Run again and choose Resume.",
         ),
+        (  # another program's command, quoted, stays as it is
+            "No Ray cluster answers: start one with `ray start --head`, or check the host",
+            "No Ray cluster answers: start one with `ray start --head`, or check the host",
+        ),
     ],
 )
 def test_known_messages_read_in_the_windows_words(engine, window_words):

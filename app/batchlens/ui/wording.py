@@ -89,10 +89,12 @@ def _option(match: re.Match) -> str:
 
 
 def for_window(text: str) -> str:
-    """`text` with command-line advice turned into the window's controls and raw errors into words."""
+    """`text` with command-line advice turned into the window's controls and raw errors into words.
+    A command quoted in backticks (`ray start --head`) is another program's, and stays as it is."""
     for pattern, words in PHRASES:
         text = re.sub(pattern, words, text)
     text = _ERRNO.sub(lambda m: m.group(1) or "", text)
     for raw, words in SYSTEM_ERRORS.items():
         text = text.replace(raw, words)
-    return _OPTION.sub(_option, text)
+    parts = re.split(r"(`[^`]*`)", text)  # odd parts are quoted commands
+    return "".join(part if i % 2 else _OPTION.sub(_option, part) for i, part in enumerate(parts))
