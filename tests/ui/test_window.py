@@ -386,3 +386,22 @@ def test_the_cluster_choice_is_offered_only_where_ray_is_installed(qtbot, window
     monkeypatch.setattr(run_form, "ray_installed", lambda: False)  # as in the installers
     window.form.fill_devices()
     assert run_form.CLUSTER not in names() and names()[-1] == "cpu"
+
+
+def test_gpu_cache_policy_is_chosen_in_the_settings_menu_and_remembered(
+    qtbot, window, shapes_folder, tmp_path
+):
+    menus = window.menus
+    assert menus.empty_cache() == "never"  # the default: keep the cache (docs/gpu.md says why)
+    every_image = next(a for a in menus.cache_actions.actions() if a.data() == "image")
+    every_image.trigger()
+    assert menus.empty_cache() == "image" and every_image.isChecked()
+    output = tmp_path / "out"
+    with qtbot.waitSignal(window.run_finished, timeout=RUN_TIMEOUT_MS) as finished:
+        start(qtbot, window, "demo-shapes", shapes_folder, output)
+    assert finished.args[0]["empty_cache"] == "image"
+    window.settings.sync()
+    probe = window.memory_plot.probe
+    again = MainWindow(Settings(tmp_path / "settings.ini"), probe_factory=lambda name: probe)
+    qtbot.addWidget(again)
+    assert again.menus.empty_cache() == "image"

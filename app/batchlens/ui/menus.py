@@ -1,13 +1,21 @@
-"""The window's menu bar: File, View and Help, and what their entries do."""
+"""The window's menu bar: File, View, Settings and Help, and what their entries do."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtGui import QAction, QActionGroup, QKeySequence
 from PySide6.QtWidgets import QFileDialog
 
 from batchlens.ui.about import copy_system_info, open_user_guide, show_about
+
+#: Settings > GPU memory cache: when a run hands PyTorch's cached GPU memory back to the driver
+#: (--empty-cache; core/cache_policy.py and docs/gpu.md say what each costs).
+CACHE_POLICIES = {
+    "never": "&Keep it for reuse (fastest)",
+    "image": "Hand it back after every &image",
+    "reserved:0.5": "Hand it back when over &half the GPU (leaves room for other programs)",
+}
 
 
 class Menus:
@@ -38,12 +46,38 @@ class Menus:
             view_menu.addAction(action)
             self.panel_actions[name] = action
 
+        settings_menu = bar.addMenu("&Settings")
+        cache_menu = settings_menu.addMenu("GPU memory &cache")
+        cache_menu.setToolTipsVisible(True)
+        remembered = window.settings.empty_cache
+        self.cache_actions = QActionGroup(window)
+        for policy, title in CACHE_POLICIES.items():
+            action = QAction(title, window, checkable=True, checked=policy == (remembered or "never"))
+            action.setData(policy)
+            action.setToolTip(
+                "Memory stays flat either way: handing the cache back only makes room for other "
+                "programs, and the next images pay to allocate it again. The Clear cache button "
+                "under the plot does it once, now."
+            )
+            self.cache_actions.addAction(action)
+            cache_menu.addAction(action)
+        if self.cache_actions.checkedAction() is None:  # a value from another version: the default
+            self.cache_actions.actions()[0].setChecked(True)
+        self.cache_actions.triggered.connect(self._remember_cache_policy)
+
         help_menu = bar.addMenu("&Help")
         self.guide_action = help_menu.addAction("&User guide", lambda: open_user_guide(window))
         self.guide_action.setShortcut(QKeySequence.StandardKey.HelpContents)
         self.copy_info_action = help_menu.addAction("&Copy system info", self.copy_system_info)
         help_menu.addSeparator()
         self.about_action = help_menu.addAction("&About BatchLens", lambda: show_about(window))
+
+    def _remember_cache_policy(self, action: QAction) -> None:
+        self.window.settings.empty_cache = action.data()
+
+    def empty_cache(self) -> str:
+        """The GPU cache policy chosen in Settings > GPU memory cache (RunConfig.empty_cache)."""
+        return self.cache_actions.checkedAction().data()
 
     def open_model_file(self) -> None:
         """File > Open model file…: the model picker's own chooser."""

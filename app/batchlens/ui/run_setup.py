@@ -72,6 +72,7 @@ class RunSetup:
             previews=True,
             model_options=model_request(form.model_options()),
             cpu_fallback=form.cpu_fallback(),
+            empty_cache=self.window.menus.empty_cache(),
             **form.speed_settings(),
         )
 

@@ -48,7 +48,8 @@ class Settings:
     output_dir = _Text("run/output")
     device = _Text("run/device")
     cluster = _Text("run/cluster")  # the Ray cluster address, when the device is "Ray cluster"
-    speed = _Text("run/speed")  # one of main_window.SPEEDS
+    speed = _Text("run/speed")  # one of run_form.SPEEDS
+    empty_cache = _Text("run/empty_cache")  # one of menus.CACHE_POLICIES (core/cache_policy.py)
     recursive = _Flag("run/recursive")
     cpu_fallback = _Flag("run/cpu_fallback")
 
