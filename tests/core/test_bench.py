@@ -70,6 +70,9 @@ def test_bench_cli_prints_table_and_writes_json(tmp_path: Path, capsys):
     assert rows["tuned"]["settings"]["batch_size"] == 2 and rows["tuned"]["settings"]["prefetch"] == 2
     assert result["sampler"]["us_per_sample"] > 0 and result["sampler"]["samples"] >= 6
     assert "ab_percent" in result["sampler"]
+    ceiling = result["ceiling"]  # the forward alone, at the defaults row's batch size and threads
+    assert ceiling["images_per_second"] > 0 and ceiling["batch_size"] == engine["batch_size"]
+    assert "forward-only ceiling" in printed
     for column in ("images/s", "vs plain", "vs expert", "first result", "CPU ms/img", "peak mem"):
         assert column in printed
     assert "memory sampler:" in printed

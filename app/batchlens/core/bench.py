@@ -263,10 +263,14 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda _: None) -> 
 
         order = ("plain", "expert", "exact", "engine", "no-probe", "tuned", "fast", "amp")
         ordered = [rows["plain"], rows["expert"], naive] + [rows[k] for k in order[2:] if k in rows]
-        for row in ordered:
-            mine = rounds.get(row.name, [naive_round])
-            row.ratio = _paired_ratio(mine, rounds["plain"][: len(mine)])
-            row.ratio_expert = _paired_ratio(mine, rounds["expert"][: len(mine)])
+        for row in ordered[:2] + ordered[3:]:
+            row.ratio = _paired_ratio(rounds[row.name], rounds["plain"])
+            row.ratio_expert = _paired_ratio(rounds[row.name], rounds["expert"])
+        # The naive loop runs once, after the rounds: against the loops' medians
+        naive.ratio = naive.images_per_second / rows["plain"].images_per_second
+        naive.ratio_expert = naive.images_per_second / rows["expert"].images_per_second
+        log("forward-only ceiling")
+        ceiling = forward_ceiling(model, candidates, rows["engine"].settings, scratch)
 
         sampler = measure_sampler(probe, rows["exact"])
         if "no-probe" in rows and rows["no-probe"].images_per_second:
@@ -291,7 +295,46 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda _: None) -> 
             "naive_limit_bytes": cfg.naive_limit_bytes,
             "rows": [row.__dict__ for row in ordered],
             "sampler": sampler,
+            "ceiling": ceiling,
         }
+
+
+def forward_ceiling(model: LoadedModel, candidates: list[Candidate], settings: dict, scratch: Path) -> dict:
+    """What no pipeline can beat on this machine: the model's forward alone, on images decoded and
+    preprocessed beforehand, at the batch size, layout and threads the defaults row settled on."""
+    batch_size = max(1, int(settings.get("batch_size") or 1))
+    threads = (settings.get("threads") or {}).get("torch") or torch.get_num_threads()
+    items = BatchPipeline(model, scratch, None).prepare(candidates[:batch_size]).items
+    tensors = [item.tensor for item in items if item.tensor is not None]
+    if not tensors or model.takes_list or any(t.shape != tensors[0].shape for t in tensors):
+        return {}
+    batch = torch.stack(tensors)
+    layout = torch.channels_last if settings.get("channels_last") else torch.contiguous_format
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model.module.to(memory_format=layout)
+        batch = batch.contiguous(memory_format=layout).to(model.device)
+        with torch.inference_mode():
+            model.module(batch)  # warm-up
+            count, start = 0, time.perf_counter()
+            while count < 5 or time.perf_counter() - start < 3.0:
+                model.module(batch)
+                count += 1
+            if model.device.type == "cuda":
+                torch.cuda.synchronize(model.device)
+            seconds = time.perf_counter() - start
+    finally:
+        model.module.to(memory_format=torch.contiguous_format)
+        torch.set_num_threads(before)
+    rate = count * len(tensors) / seconds
+    return {
+        "batch_size": len(tensors),
+        "threads": threads,
+        "channels_last": layout is torch.channels_last,
+        "images_per_second": round(rate, 2),
+        "load_average": _load(),
+    }
 
 
 def _compare_fast_decode(rows: dict, rounds: dict, model: LoadedModel, candidates, scratch: Path) -> None:
@@ -402,6 +445,13 @@ def format_table(result: dict) -> str:
     out = [head, "  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
     out.append("  ".join("-" * w for w in widths))
     out += ["  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in lines]
+    ceiling = result.get("ceiling") or {}
+    if ceiling:
+        out.append(
+            f"forward-only ceiling (pre-decoded batch of {ceiling['batch_size']}, {ceiling['threads']} "
+            f"threads{', channels_last' if ceiling['channels_last'] else ''}): "
+            f"{ceiling['images_per_second']:.2f} images/s"
+        )
     sampler = result["sampler"]
     if sampler.get("percent_of_run") is not None:
         out.append(

@@ -29,7 +29,7 @@ from batchlens.core.images import (
     header_size,
     scan_images,
 )
-from batchlens.core.inference import check_precision, use_channels_last
+from batchlens.core.inference import check_precision, use_channels_last, wants_channels_last
 from batchlens.core.manifest import open_output, refuse_plain_run
 from batchlens.core.memory import CpuProbe, MemoryProbe, PeakWatch, probe_for
 from batchlens.core.models import LoadedModel, load_model
@@ -311,8 +311,9 @@ class Runner:
             yield RunNote("warning", writer.rejected_note())
         yield from self._preflight(todo, device, probe, model)
 
-        channels_last = use_channels_last(model.module, device, cfg.channels_last, cfg.batch_size != 1)
-        pipeline = BatchPipeline.for_run(model, output_dir, cfg, channels_last)
+        # Decided now, converted after the first batch: the first result comes as soon as a plain loop's
+        channels_last = wants_channels_last(model.module, device, cfg.channels_last, cfg.batch_size != 1)
+        pipeline = BatchPipeline.for_run(model, output_dir, cfg, False)
         snapshot = cfg.memory_snapshot and start_memory_history(device)
         pipeline.recovery = pipeline.make_recovery(
             cpu_fallback=cfg.cpu_fallback,
@@ -354,6 +355,8 @@ class Runner:
                 )
                 for message in sizer.take_notes():
                     yield RunNote("info", message, sample)
+                if channels_last and not pipeline.channels_last:
+                    channels_last = pipeline.channels_last = use_channels_last(model.module, device, True)
                 if cache_policy.due(index, index + len(items), sample):
                     empty_device_cache(device)
                 peak = max(peak, sample.peak)
@@ -402,7 +405,7 @@ class Runner:
             batch_choice=sizer if sizer.auto else None,
             batch_note=sizer.one_at_a_time,
             threads=threads.to_json(),
-            channels_last=channels_last,
+            channels_last=pipeline.channels_last,
             counts=counts,
             candidates=candidates,
             todo=todo,
