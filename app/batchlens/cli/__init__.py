@@ -1,0 +1,46 @@
+"""Command line: `batchlens` (the window), `batchlens run`, `batchlens models`, `batchlens bench`.
+
+args.py builds the parser, commands.py runs each command, stop.py turns Ctrl+C and SIGTERM into a
+clean stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+
+from batchlens.cli.args import build_parser
+from batchlens.cli.commands import bench_command, models_command, run_command
+from batchlens.cli.stop import Interrupted
+from batchlens.core.errors import BatchLensError
+from batchlens.core.terminal import PrintableFormatter, printable
+
+__all__ = ["build_parser", "main", "main_gui"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = logging.StreamHandler()  # file names in log lines are escaped, as in every printed line
+    handler.setFormatter(PrintableFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
+    if not args.verbose:  # torch's advice to its own developers, not to someone running a model file
+        warnings.filterwarnings("ignore", r"`torch\.jit\.(load|save)` is deprecated", FutureWarning)
+    commands = {"run": run_command, "models": models_command, "bench": bench_command}
+    try:
+        if args.command is None:
+            from batchlens.ui.app import run_window
+
+            return run_window(args)
+        return commands[args.command](args)
+    except BatchLensError as exc:
+        print(printable(f"batchlens: {exc}"), file=sys.stderr)
+        return 2
+    except Interrupted as exc:
+        print(f"batchlens: {exc.name}: stopped before the run started; nothing was written.", file=sys.stderr)
+        return exc.exit_code
+
+
+def main_gui() -> int:
+    return main([])

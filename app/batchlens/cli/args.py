@@ -1,0 +1,373 @@
+"""The command line's arguments: `batchlens` (the window), `batchlens run`, `models` and `bench`.
+
+Only argparse and the argument types here: the commands themselves are in cli/commands.py, so the
+parser builds without importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from batchlens import __version__
+from batchlens.core.errors import BatchLensError
+
+
+def _add_run_options(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument("--model", required=required, help="model id (see `batchlens models`)")
+    parser.add_argument("--input", required=required, type=Path, help="folder of images to process")
+    parser.add_argument(
+        "--output",
+        required=required,
+        type=Path,
+        help="folder for predictions.jsonl, summary.json and output images",
+    )
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps | xpu")
+
+
+TASKS = ["classification", "detection", "segmentation", "image_to_image"]
+# core.models.preprocessing.INTERPOLATIONS' names, written out so that `--help` needs no torch import
+INTERPOLATION_NAMES = ["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"]
+
+
+def _image_size(text: str) -> list[int]:
+    """ "224" -> [224, 224]; "480,640" or "480x640" -> [480, 640] (height, width)."""
+    try:
+        size = [int(p) for p in text.lower().replace("x", ",").split(",")]
+    except ValueError:
+        size = []
+    if len(size) == 1:
+        size *= 2
+    if len(size) != 2 or min(size) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: give N or HEIGHT,WIDTH")
+    return size
+
+
+def _resize(text: str) -> int | list[int]:
+    """"256" -> 256 (the short side, keeping the shape); "480,640" -> [480, 640] (exactly)."""
+    if "," not in text and "x" not in text.lower():
+        size = _image_size(text)
+        return size[0]
+    return _image_size(text)
+
+
+def _numbers(text: str) -> list[float]:
+    try:
+        return [float(p) for p in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a list of numbers like 0.485,0.456,0.406"
+        ) from None
+
+
+def _score(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a score between 0 and 1")
+    return value
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """What the model is and how to load it (docs/models.md); they override a model file's sidecar."""
+    group = parser.add_argument_group("model options")
+    group.add_argument(
+        "--weights",
+        type=Path,
+        metavar="FILE",
+        help="a state_dict for the torchvision --model, or the checkpoint of --model timm:NAME (no download)",
+    )
+    group.add_argument("--arch", help="torchvision architecture of a state_dict model file (e.g. resnet18)")
+    group.add_argument("--task", choices=TASKS, help="what a model file does (when it has no sidecar)")
+    group.add_argument(
+        "--labels", type=Path, metavar="FILE", help="class names: text file (one per line) or JSON list"
+    )
+    group.add_argument(
+        "--input-size", type=_image_size, metavar="H[,W]", help="stretch images to exactly this size"
+    )
+    group.add_argument(
+        "--resize", type=_resize, metavar="N|H,W", help="resize the short side to N (or to exactly H,W)"
+    )
+    group.add_argument("--crop", type=_image_size, metavar="H[,W]", help="then cut out the centre H x W")
+    group.add_argument(
+        "--interpolation", choices=INTERPOLATION_NAMES, help="the resize's filter (default bilinear)"
+    )
+    group.add_argument("--mean", type=_numbers, metavar="M,M,M", help="normalisation mean per channel")
+    group.add_argument("--std", type=_numbers, metavar="S,S,S", help="normalisation std per channel")
+    group.add_argument(
+        "--min-score",
+        type=_score,
+        default=0.5,
+        metavar="S",
+        help="detection: keep boxes scoring at least S (default 0.5)",
+    )
+    group.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow a model file that needs full pickle (it can run code: only for files you trust)",
+    )
+
+
+def model_options(args: argparse.Namespace) -> dict:
+    """RunConfig.model_options from the model options above."""
+    from batchlens.core.model_request import MODEL_OPTIONS, model_request
+
+    return model_request({key: getattr(args, key) for key in MODEL_OPTIONS})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="batchlens",
+        description="Run a PyTorch image model over a folder of images. "
+        "With no command, opens the BatchLens window.",
+    )
+    parser.add_argument("--version", action="version", version=f"batchlens {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    # The window's options. Their dests differ from the `run` subcommand's (--model etc.) so neither
+    # parser overwrites the other's values.
+    window = parser.add_argument_group("window options (with no command)")
+    window.add_argument("--model", dest="window_model", metavar="MODEL", help="preselect this model")
+    window.add_argument("--input", dest="window_input", type=Path, metavar="DIR", help="folder of images")
+    window.add_argument("--output", dest="window_output", type=Path, metavar="DIR", help="results folder")
+    window.add_argument("--device", dest="window_device", metavar="DEV", help="auto | cpu | cuda:N | mps")
+    window.add_argument("--start", dest="window_start", action="store_true", help="start the run at once")
+    window.add_argument(
+        "--results",
+        type=Path,
+        metavar="DIR",
+        help="browse the results in an output folder (with --input DIR: where its input images are now)",
+    )
+    window.add_argument(
+        "--self-test",
+        dest="self_test",
+        action="store_true",
+        help="open the window, run the demo models on their samples into a temporary folder, "
+        "exit 0 when everything worked (non-zero with a message otherwise)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a model over a folder, headless")
+    _add_run_options(run, required=True)
+    _add_model_options(run)
+    run.add_argument(
+        "--batch-size",
+        type=batch_size_arg,
+        default=None,
+        help="images per forward pass, or auto (the default): measured on the run's own batches, "
+        "starting at 1; results differ from batch 1 only by float rounding",
+    )
+    _add_speed_options(run)
+    run.add_argument("--recursive", action="store_true", help="include images in subfolders")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run the output folder holds: skip the images it finished (same model, "
+        "input folder and settings only; docs/outputs.md)",
+    )
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run the output folder holds: its files are deleted first (only those it wrote)",
+    )
+    run.add_argument(
+        "--image-timeout",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="mark an image whose forward takes longer as an error and go on (docs/troubleshooting.md)",
+    )
+    run.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="refuse images larger than this many pixels (default 150,000,000)",
+    )
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--max-failures",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stop the run once N images have failed (a misconfigured run); default: never",
+    )
+    run.add_argument(
+        "--cpu-fallback",
+        action="store_true",
+        help="when an image runs out of GPU memory even in tiles, run that image on the CPU",
+    )
+    run.add_argument(
+        "--empty-cache",
+        default="never",
+        metavar="POLICY",
+        help="when to hand cached GPU memory back to the driver: never (default, fastest), image (after "
+        "every batch), every:N (every N images) or reserved:F (when reserved memory is over F of the GPU)",
+    )
+    run.add_argument(
+        "--memory-snapshot",
+        action="store_true",
+        help="CUDA: save memory-snapshot.pickle at the first out-of-memory error (pytorch.org/memory_viz)",
+    )
+    run.add_argument(
+        "--cluster",
+        metavar="auto|local|HOST:PORT|ray://HOST:PORT",
+        default=None,
+        help='run on a Ray cluster (needs the cluster extra: pip install "batchlens[cluster]"): '
+        "auto joins the running one (RAY_ADDRESS, or `ray start` here) or starts one here, local starts "
+        "one here; a cluster with tokens: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (docs/clusters.md)",
+    )
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="with --cluster: workers to start (default: one per GPU, or CPU)",
+    )
+
+    models = sub.add_parser("models", help="list the models you can use")
+    models.add_argument("filter", nargs="?", default="", help="only models whose id contains this text")
+    models.add_argument("--task", choices=TASKS, help="only models of this task")
+
+    bench = sub.add_parser(
+        "bench",
+        help="time the engine against a plain PyTorch loop and the naive loop, on the same images",
+    )
+    bench.add_argument("--model", required=True, help="model id (see `batchlens models`)")
+    source = bench.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", type=Path, help="folder of images to benchmark on")
+    source.add_argument("--synthetic", type=int, metavar="N", help="generate N photo-like JPEGs instead")
+    bench.add_argument("--size", type=size_arg, default=(1600, 1200), help="WxH of --synthetic images")
+    bench.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps | xpu")
+    bench.add_argument(
+        "--batch-size",
+        type=batch_size_arg,
+        default=None,
+        help="add a row of the engine at this fixed batch size (the defaults row measures its own)",
+    )
+    bench.add_argument("--prefetch", type=int, default=2, help="prefetch depth of that row (2)")
+    bench.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "bf16"),
+        default="fp32",
+        help="fp16/bf16 adds a mixed-precision row",
+    )
+    bench.add_argument(
+        "--naive-limit",
+        type=float,
+        default=1024,
+        metavar="MIB",
+        help="stop the naive loop once memory has grown by this many MiB (default 1024)",
+    )
+    bench.add_argument(
+        "--repeat", type=int, default=1, help="rounds over every row (medians and ranges are reported)"
+    )
+    bench.add_argument(
+        "--sampler-check",
+        action="store_true",
+        help="add a row without memory sampling to measure what the sampler costs",
+    )
+    bench.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads for the loops (the engine picks its own)"
+    )
+    bench.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
+    return parser
+
+
+def batch_size_arg(text: str) -> int | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number or auto") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("the batch size must be at least 1")
+    return value
+
+
+def threads_arg(text: str) -> int | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of threads (1 or more) or auto")
+    return int(text)
+
+
+def speed_settings(args: argparse.Namespace) -> dict:
+    """RunConfig's batch, prefetch and threads settings from the options given (RunConfig's defaults
+    for the rest, so the window and the command line share one set of defaults)."""
+    from batchlens.core.config import EXACT_SETTINGS
+
+    given = {"batch_size": args.batch_size, "prefetch": args.prefetch, "threads": args.threads}
+    given = {key: value for key, value in given.items() if value is not None}
+    if args.exact:
+        if given:
+            raise BatchLensError(f"--exact fixes {', '.join(sorted(given))}: give one or the other.")
+        return dict(EXACT_SETTINGS)
+    return given
+
+
+def size_arg(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT, e.g. 1600x1200") from None
+    if width < 1 or height < 1:
+        raise argparse.ArgumentTypeError("width and height must be positive")
+    return width, height
+
+
+def _add_speed_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--prefetch",
+        type=int,
+        default=None,
+        metavar="N",
+        help="decode and preprocess the next N batches on background threads (default 2; 0: in the loop)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=threads_arg,
+        default=None,
+        metavar="N|auto",
+        help="torch CPU threads; default auto: sized with the decoding threads from the free cores",
+    )
+    parser.add_argument(
+        "--exact",
+        action="store_true",
+        help="exactly a plain PyTorch loop: batch 1, decoding in the loop, torch's own threads "
+        "(the defaults batch and prefetch, which changes scores only by float rounding)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "bf16"),
+        default="fp32",
+        help="fp16/bf16 run the model under autocast (mixed precision); default fp32",
+    )
+    parser.add_argument(
+        "--fast-decode",
+        action="store_true",
+        help="classification: decode JPEGs at 1/2, 1/4 or 1/8 scale when the model shrinks them anyway "
+        "(much less decoding; scores can differ slightly from a full-size decode)",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model first (the first batch takes longer; summary.json says how long)",
+    )
+    parser.add_argument(
+        "--gpu-decode",
+        action="store_true",
+        help="classification: decode JPEGs in batches on the GPU (nvJPEG) and preprocess them there; "
+        "other files are decoded on the CPU as usual",
+    )
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return value
