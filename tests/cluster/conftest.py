@@ -1,6 +1,7 @@
 """Two real Ray clusters on this machine, started once for all of tests/cluster (they take seconds
 each, and CI has two cores): one with token authentication and two nodes (a head and a worker node,
-one CPU each), one without tokens (a head with one CPU). Stopped, process by process, afterwards."""
+one CPU each), one without tokens (a head with two). Stopped afterwards, and with the test process
+if it is killed (tests/cluster/ray_processes.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.cluster.ray_processes import TestCluster, new_cluster
+from tests.cluster.ray_processes import TestCluster, new_cluster, stop_all
 
 NO_RAY = 'Ray is not installed (the cluster extra: pip install -e ".[cluster]")'
 TOKEN = "batchlens0test0token0" + "0123456789abcdef" * 2  # what `ray get-auth-token` would print
@@ -19,7 +20,7 @@ TOKEN = "batchlens0test0token0" + "0123456789abcdef" * 2  # what `ray get-auth-t
 @dataclass(frozen=True)
 class Clusters:
     token: TestCluster  # RAY_AUTH_MODE=token, two nodes; its token in its home's ~/.ray/auth_token
-    open: TestCluster  # RAY_AUTH_MODE=disabled, one node
+    open: TestCluster  # RAY_AUTH_MODE=disabled, one node of two CPUs
 
 
 @pytest.fixture(scope="package")
@@ -29,9 +30,10 @@ def clusters():
     token, open_ = new_cluster(TOKEN), new_cluster(None)
     try:
         t0 = time.perf_counter()
-        token.start(cpus=1)
+        token.start(cpus=1, wait=False)  # both heads start at once
+        open_.start(cpus=2)  # two jobs at once there (test_joining) need not wait for each other
+        token.wait()
         token.add_node(cpus=1)
-        open_.start(cpus=1)
         print(f"\n[tests/cluster] three Ray nodes started in {time.perf_counter() - t0:.1f} s")
         # This test process is a user of the token cluster: its temp folder and its home (the token).
         os.environ.update(RAY_TMPDIR=str(token.root), HOME=str(token.home))
@@ -40,8 +42,7 @@ def clusters():
         import ray
 
         ray.shutdown()
-        token.stop()
-        open_.stop()
+        stop_all(token, open_)
         os.environ.clear()  # Ray sets RAY_AUTH_MODE=token in this process when it finds a token
         os.environ.update(saved)
 

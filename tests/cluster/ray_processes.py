@@ -1,15 +1,19 @@
 """Real Ray clusters for the tests, started as a user starts them: `ray start --head`, then
 `ray start --address` for a second node, each in a temp folder of its own with free ports.
 
-Stopping never uses `ray stop`, which kills every Ray process of this user on the machine (another
-test run's, a colleague's): a cluster here is stopped by the processes it started, found by a marker
-in their environment, and every process those started in turn.
+Each `ray start` runs with `--block`, as a child of the test process that gets SIGTERM when the test
+process dies (Linux's parent-death signal), so a test run that is killed still takes its cluster with
+it. Stopping never uses `ray stop`, which kills every Ray process of this user on the machine (another
+test run's, a colleague's): a cluster here is stopped by its `ray start` processes, then anything left
+of it, found by a marker in its environment, and every process those started in turn.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -40,6 +44,7 @@ class TestCluster:
     gcs_port: int = field(default_factory=free_port)
     client_port: int = field(default_factory=free_port)
     nodes: int = 0
+    starts: list[subprocess.Popen] = field(default_factory=list)  # `ray start --block`, one a node
 
     @property
     def home(self) -> Path:
@@ -61,7 +66,7 @@ class TestCluster:
         """The GCS address, as `ray start` wrote it down (HOST:PORT)."""
         return (self.root / "ray" / "ray_current_cluster").read_text().strip()
 
-    def start(self, cpus: int) -> None:
+    def start(self, cpus: int, wait: bool = True) -> None:
         """`ray start --head`, tokens on or off as the cluster's admin chose."""
         self.home.mkdir(parents=True)
         if self.token:
@@ -71,27 +76,44 @@ class TestCluster:
             ["--head", "--port", str(self.gcs_port), "--ray-client-server-port", str(self.client_port)]
             + ["--include-dashboard", "false"],
             cpus,
+            wait,
         )
 
     def add_node(self, cpus: int) -> None:
         """A second node on this machine: `ray start --address HEAD`, as on another machine."""
         self._ray_start(["--address", self.address], cpus)
 
-    def _ray_start(self, args: list[str], cpus: int) -> None:
+    def _ray_start(self, args: list[str], cpus: int, wait: bool = True) -> None:
         env = {**self.env, MARKER: str(self.root), "RAY_AUTH_MODE": "token" if self.token else "disabled"}
-        command = [RAY, "start", *args, "--num-cpus", str(cpus), "--disable-usage-stats"]
+        command = [RAY, "start", *args, "--block", "--num-cpus", str(cpus), "--disable-usage-stats"]
         command += ["--dashboard-agent-listen-port", str(free_port())]
         command += ["--node-manager-port", str(free_port()), "--object-manager-port", str(free_port())]
         command += ["--object-store-memory", str(150 * 2**20)]  # small: this machine is shared
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
-        if done.returncode != 0:
-            raise RuntimeError(f"ray start failed:\n{done.stdout}\n{done.stderr}")
+        log = self.root / f"ray-start-{len(self.starts)}.log"
+        with log.open("w") as out:
+            start = subprocess.Popen(
+                command, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+            )
+        self.starts.append(start)
         self.nodes += 1
-        if self.nodes > 1:  # `ray start --address` may return before the head counts the new node
-            wait_for_nodes(self, self.nodes)
+        if wait:
+            self.wait()
+
+    def wait(self) -> None:
+        """Until the node started last has joined."""
+        wait_for_nodes(self, self.nodes, self.starts[-1], self.root / f"ray-start-{len(self.starts) - 1}.log")
 
     def stop(self) -> None:
         """Stop exactly this cluster's processes (and their children), then remove its folder."""
+        for start in reversed(self.starts):  # `ray start --block` stops its node on SIGTERM
+            if start.poll() is None:
+                start.terminate()
+        for start in self.starts:
+            try:
+                start.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # what it has not stopped yet, the sweep below stops
+                start.kill()
+                start.wait()
         started = []
         for process in psutil.process_iter():
             try:
@@ -131,19 +153,43 @@ class TestCluster:
         return found
 
 
+def stop_all(*clusters: TestCluster) -> None:
+    """Stop several clusters at once: all are told first, then each is waited for."""
+    for cluster in clusters:
+        for start in cluster.starts:
+            if start.poll() is None:
+                start.terminate()
+    for cluster in clusters:
+        cluster.stop()
+
+
 def new_cluster(token: str | None) -> TestCluster:
     return TestCluster(Path(tempfile.mkdtemp(prefix="blray", dir="/tmp")), token)
 
 
-def wait_for_nodes(cluster: TestCluster, count: int, timeout: float = 60) -> None:
-    """Until `ray status`-like: the GCS knows `count` live nodes (asked from a separate process)."""
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the test process goes, however it goes."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def wait_for_nodes(
+    cluster: TestCluster, count: int, start: subprocess.Popen, log: Path, timeout: float = 120
+) -> None:
+    """Until the GCS knows `count` live nodes (asked from a separate process, as `ray status` would)."""
     check = (
         "import ray, sys; ray.init(address='auto', log_to_driver=False, logging_level='ERROR'); "
         "sys.exit(0 if sum(n['Alive'] for n in ray.nodes()) >= int(sys.argv[1]) else 1)"
     )
     env = {**cluster.env, "RAY_AUTH_MODE": "token" if cluster.token else "disabled"}
     deadline = time.monotonic() + timeout
-    while subprocess.run([sys.executable, "-c", check, str(count)], env=env, capture_output=True).returncode:
+    while True:
+        if start.poll() is not None:
+            raise RuntimeError(f"ray start failed:\n{log.read_text()}")
+        if (cluster.root / "ray" / "ray_current_cluster").exists():
+            asked = subprocess.run([sys.executable, "-c", check, str(count)], env=env, capture_output=True)
+            if asked.returncode == 0:
+                return
         if time.monotonic() > deadline:
-            raise RuntimeError(f"the Ray cluster in {cluster.root} has not got {count} node(s)")
-        time.sleep(1)
+            raise RuntimeError(f"{cluster.root} has not got {count} Ray node(s):\n{log.read_text()}")
+        time.sleep(0.5)

@@ -3,16 +3,18 @@ process against the clusters of conftest.py (one with tokens and two nodes, one 
 offers (RAY_ADDRESS with `auto`, HOST:PORT, ray://; `auto` finding the token itself is test_cluster.py's
 join, in this process), and every way that fails, each said in one sentence.
 
-The runs go at once (they mostly wait on each other's workers and on Ray's retries): together they take
-about as long as the slowest, the Ray Client's 30 s of retries before it gives up on a missing token."""
+The runs that join go at once, then the ones that fail (they mostly wait out Ray's retries, the Ray
+Client's 30 s the longest): each group takes about as long as its slowest."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -131,10 +133,15 @@ def test_every_way_of_joining_with_tokens_on_and_off_and_every_failure_in_one_se
         ),
     }
 
-    runs = [
-        launch(name, [*model, "--cluster", address], tmp_path / f"out-{i}", env, tmp_path)
-        for i, (name, (_, address, model, env)) in enumerate(ways.items())
-    ]
+    def join(name: str) -> Launched:
+        _, address, model, env = ways[name]
+        output = tmp_path / f"out-{re.sub(r'[^a-zA-Z]+', '-', name)}"
+        return launch(name, [*model, "--cluster", address], output, env, tmp_path)
+
+    # Ray's client proxy picks its per-client server's port from one fixed range (23000 on), checking
+    # it is free before using it: two ray:// sessions starting at once on two clusters of one machine
+    # can take the same port. So the second ray:// run goes later, with the failures.
+    runs = [join(name) for name in ways if name != "ray://"]
     # HOST:PORT with tokens: RAY_AUTH_MODE=token, the token from ~/.ray/auth_token; relative folders
     # (the driver resolves them); --resume of an image-to-image run.
     runs.append(
@@ -147,38 +154,64 @@ def test_every_way_of_joining_with_tokens_on_and_off_and_every_failure_in_one_se
             tmp_path,
         )
     )
-    failed = [
-        launch(name, [*demo, "--cluster", address], tmp_path / f"failed-{i}", env, tmp_path)
-        for i, (name, (address, env, _)) in enumerate(failures.items())
-    ]
-
+    # No cluster running and no RAY_ADDRESS: `auto` starts one here for the run, and stops it after.
+    nowhere = Path(tempfile.mkdtemp(prefix="blray", dir="/tmp"))  # short: Ray's sockets go under it
+    (tmp_path / "home-alone").mkdir()  # Ray writes a token there for the cluster it starts
+    alone = {**unguarded.env, "RAY_TMPDIR": str(nowhere), "HOME": str(tmp_path / "home-alone")}
+    runs.append(launch("auto, alone", [*demo, "--cluster", "auto"], tmp_path / "alone", alone, tmp_path))
+    failed = []
     try:
-        check_runs(runs, ways, failed, failures, tmp_path, token.address, mobilenet)
+        *joining, resumed, alone = runs
+        for run in joining:
+            check_joined(run, ways[run.name], tmp_path, mobilenet)
+        check_resumed(resumed, tmp_path, token.address)
+        check_alone(alone, tmp_path)
+        # Then the second ray:// run and the failures, at once (the failures mostly wait out Ray's
+        # retries).
+        runs.append(join("ray://"))
+        failed += [
+            launch(name, [*demo, "--cluster", address], tmp_path / f"failed-{i}", env, tmp_path)
+            for i, (name, (address, env, _)) in enumerate(failures.items())
+        ]
+        check_joined(runs[-1], ways["ray://"], tmp_path, mobilenet)
+        for run in failed:
+            code, stdout, stderr = run.finish()
+            assert code == 2 and stderr == f"batchlens: {failures[run.name][2]}\n", f"{run.name}: {stderr}"
+            assert not RAY_LINE.search(stdout), run.name
+            assert not (run.output / "predictions.jsonl").exists(), run.name
     finally:
-        for run in runs + failed:  # a failed check leaves none running
+        for run in runs + failed:  # a failed check leaves none running (SIGTERM: each stops its Ray)
             if run.process.poll() is None:
+                run.process.terminate()
+        for run in runs + failed:
+            try:
+                run.process.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
                 run.process.kill()
-            run.process.communicate()
+                run.process.communicate()
+        shutil.rmtree(nowhere, ignore_errors=True)
 
 
-def check_runs(runs, ways, failed, failures, tmp_path: Path, token_address: str, mobilenet) -> None:
-    for run in runs[:-1]:
-        cluster, address, model, _ = ways[run.name]
-        code, stdout, stderr = run.finish()
-        assert code == 0, f"{run.name}: {stderr}"
-        assert not RAY_LINE.search(stdout + stderr), f"{run.name}: Ray's own output reached the user"
-        local = tmp_path / ("local-mobilenet" if model is mobilenet else "local") / "predictions.jsonl"
-        assert read_lines(run.output / "predictions.jsonl") == read_lines(local), run.name
-        joined = json.loads((run.output / "summary.json").read_text())["cluster"]
-        assert joined["requested"] == address and joined["address"] == cluster.address, run.name
-        assert joined["node_count"] == cluster.nodes and not joined["started_here"], run.name
-    check_resumed(runs[-1], tmp_path, token_address)
+def check_joined(run: Launched, way: tuple, tmp_path: Path, mobilenet: list) -> None:
+    """The local run's lines, no Ray output, and the summary naming the cluster joined."""
+    cluster, address, model, _ = way
+    code, stdout, stderr = run.finish()
+    assert code == 0, f"{run.name}: {stderr}"
+    assert not RAY_LINE.search(stdout + stderr), f"{run.name}: Ray's own output reached the user"
+    local = tmp_path / ("local-mobilenet" if model is mobilenet else "local") / "predictions.jsonl"
+    assert read_lines(run.output / "predictions.jsonl") == read_lines(local), run.name
+    joined = json.loads((run.output / "summary.json").read_text())["cluster"]
+    assert joined["requested"] == address and joined["address"] == cluster.address, run.name
+    assert joined["node_count"] == cluster.nodes and not joined["started_here"], run.name
 
-    for run in failed:
-        code, stdout, stderr = run.finish()
-        assert code == 2 and stderr == f"batchlens: {failures[run.name][2]}\n", f"{run.name}: {stderr}"
-        assert not RAY_LINE.search(stdout), run.name
-        assert not (run.output / "predictions.jsonl").exists(), run.name
+
+def check_alone(alone: Launched, tmp_path: Path) -> None:
+    code, stdout, stderr = alone.finish()
+    assert code == 0 and not RAY_LINE.search(stdout + stderr), stderr
+    assert read_lines(alone.output / "predictions.jsonl") == read_lines(tmp_path / "local/predictions.jsonl")
+    joined = json.loads((alone.output / "summary.json").read_text())["cluster"]
+    assert joined["requested"] == "auto" and joined["started_here"] and joined["node_count"] == 1
+    assert (tmp_path / "home-alone/.ray/auth_token").is_file()  # Ray 2.60: tokens on for a new cluster
 
 
 def resume_folder(tmp_path: Path) -> Path:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import socket
 import tempfile
 import warnings
@@ -61,7 +62,11 @@ def verbose() -> bool:
 
 
 def last_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    text = str(exc)
+    grpc_details = re.search(r'details = "([^"]*)"', text)  # a gRPC error's own words
+    if grpc_details:
+        return grpc_details.group(1).rstrip(".")
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1].rstrip(".") if lines else type(exc).__name__
 
 

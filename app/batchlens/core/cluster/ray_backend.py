@@ -138,7 +138,14 @@ class ClusterRunner(Runner):
                 if self._cancel.is_set() and not cancel_sent:
                     ray.get(driver.cancel.remote())
                     cancel_sent = True
-                events = ray.get(driver.take.remote())
+                taken = driver.take.remote()
+                # Short waits, then one get of a ready result: through Ray Client a get that blocks
+                # while the driver's actor loads the model and starts workers can break off under load.
+                while not ray.wait([taken], timeout=1.0)[0]:
+                    if self._cancel.is_set() and not cancel_sent:
+                        ray.get(driver.cancel.remote())
+                        cancel_sent = True
+                events = ray.get(taken)
                 if not events:
                     break
                 yield from events
@@ -146,6 +153,16 @@ class ClusterRunner(Runner):
             if isinstance(exc.cause, BatchLensError):
                 raise BatchLensError(str(exc.cause)) from None
             raise BatchLensError(f"The cluster run failed: {last_line(exc)}.") from None
+        except ImportError as exc:  # Ray Client unpickles the run's settings on the cluster
+            raise BatchLensError(
+                f"The Ray cluster at {self.cluster.address} cannot load BatchLens's code ({exc}): install "
+                "the same BatchLens, with its cluster extra, where the cluster's nodes run."
+            ) from None
+        except (ConnectionError, ray.exceptions.RayError) as exc:  # the Ray Client connection broke
+            raise BatchLensError(
+                f"The connection to the Ray cluster at {self.cluster.address} broke off: {last_line(exc)}. "
+                "What the run wrote is kept in the output folder (use --resume to go on)."
+            ) from None
         finally:
             if driver is not None:
                 ray.kill(driver)
@@ -159,7 +176,9 @@ class ClusterRunner(Runner):
         cfg = self.config
         plan = plan_workers(ray.cluster_resources(), cfg.device, self.cluster.workers)
         # The workers' choice, made by the same function on the driver's copy, which it then drops.
-        channels_last = use_channels_last(model.module, torch.device(plan.device), cfg.channels_last)
+        channels_last = use_channels_last(
+            model.module, torch.device(plan.device), cfg.channels_last, cfg.batch_size != 1
+        )
         model.module = None
         writer = open_output(cfg, model, input_dir, output_dir)  # run.json; refuses to mix two runs
         done = writer.done

@@ -38,7 +38,8 @@ def worker_pipeline(
     input_dir, output_dir = check_folders(config.input_dir, config.output_dir)
     model = loader(config.model, resolve_device(device), config.model_options)
     check_precision(config.precision, model.device)
-    channels_last = use_channels_last(model.module, model.device, config.channels_last)
+    batching = config.batch_size != 1  # the local runner's rule, so both lay out tensors alike
+    channels_last = use_channels_last(model.module, model.device, config.channels_last, batching)
     pipeline = BatchPipeline.for_run(model, output_dir, config, channels_last)
     pipeline.recovery = pipeline.make_recovery(cpu_fallback=config.cpu_fallback)
     return pipeline, probe_for(model.device)
