@@ -217,3 +217,14 @@ def test_other_work_is_the_machines_busy_time_less_this_process(monkeypatch):
     assert meter.others() is None  # half a second says little
     clock.update(t=102.5, busy=5.0, own=3.5)  # 2 s: 4 core-seconds busy, 3 of them this process's
     assert meter.others() == pytest.approx(0.5)
+
+
+def test_a_batch_prepared_before_its_size_was_turned_down_can_still_win():
+    """With prefetching, batches of a size being tried keep arriving after the decision: when they
+    show the size was faster after all, the run grows to it."""
+    sizer = BatchSizer("auto", max_batch=1000)
+    for size, wall in ((1, 0.10), (2, 0.05), (2, 0.05), (4, 0.06), (4, 0.06)):
+        sizer.record(size, wall * size, wall * size, input_shape=(3, 8, 8))
+    assert sizer.size == 2 and sizer.trying is None  # batch 4 turned down after two batches
+    sizer.record(4, 0.03 * 4, 0.03 * 4)  # a late batch of 4, prepared before: clearly faster
+    assert sizer.size == 4 and sizer.next_size() == 8

@@ -295,11 +295,11 @@ class BatchSizer:
         self.figures[size].cpu.append(cpu_seconds / size)
         if first:
             self._start(input_shape)
+        elif size == self.trying or (self.trying is None and size == self.size * 2 <= self.ceiling):
+            self._compare(size)  # (also a batch of a size just turned down, prepared before that)
         elif self.trying is None:
             if self._retry_at is not None and self.images >= self._retry_at and self.size * 2 <= self.ceiling:
                 self.trying = self.size * 2  # measure again: the machine's load may have changed
-        elif size == self.trying:
-            self._compare()
         self._check_memory(size, peak_bytes)
 
     # -- the decisions --------------------------------------------------------------------------
@@ -314,8 +314,8 @@ class BatchSizer:
         elif self.ceiling >= 2:
             self.trying = 2
 
-    def _compare(self) -> None:
-        small, large = self.size, self.trying
+    def _compare(self, large: int) -> None:
+        small = self.size
         if small not in self.figures:  # nothing measured at the smaller size to compare with
             self._set(large, f"batch {small} was not measured")
             self.trying = large * 2 if large * 2 <= self.ceiling else None
@@ -331,7 +331,7 @@ class BatchSizer:
             if self.trying is None:
                 self._settle(f"batch {large} is the largest allowed" if large >= MAX_AUTO_BATCH else None)
             return
-        if len(self.figures[large].wall) < 2:
+        if len(self.figures[large].wall) < 2 or self.trying != large:
             return  # a size's first batch pays one-time set-up: give it a second before judging
         self.trying = None
         self.reason = f"batch {large} was not {MIN_GAIN - 1:.0%} faster per image than batch {small}"
