@@ -180,3 +180,22 @@ def test_cli_run_takes_the_speed_options(shapes_folder: Path, tmp_path: Path, ca
     with pytest.raises(SystemExit):
         main([*argv, "--batch-size", "many"])
     assert "not a whole number or auto" in capsys.readouterr().err
+
+
+def test_nothing_is_prepared_ahead_while_the_first_batch_runs():
+    """The first batch's forward has the cores to itself, so the first result comes as soon as a
+    plain loop's; from the second batch on, `depth` batches are prepared ahead."""
+    started: list[int] = []
+
+    def prepare(x: int) -> int:
+        started.append(x)
+        return x
+
+    with Prefetcher(prepare, range(6), 2) as ahead:
+        assert next(ahead) == 0
+        time.sleep(0.05)  # (a worker would have started batch 1 by now)
+        assert started == [0]
+        assert next(ahead) == 1
+        time.sleep(0.05)
+        assert started == [0, 1, 2, 3]
+        assert list(ahead) == [2, 3, 4, 5]

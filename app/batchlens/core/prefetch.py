@@ -6,7 +6,9 @@ while the model computes. Results come back in order. Bounded: never more than `
 batches wait in memory, and closing the prefetcher (end of run, cancel, error) stops it.
 
 The batches may be a lazy iterable: each is taken from it only when it is submitted, so a batch size
-chosen while the run goes (core/autobatch.py) applies to every batch not yet submitted.
+chosen while the run goes (core/autobatch.py) applies to every batch not yet submitted. Nothing is
+prepared ahead while the first batch goes through the model: its forward has the cores to itself, so
+the first result comes as soon as a plain loop's.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class Prefetcher(Generic[T, R]):
         self._batches = iter(batches)
         self._depth = depth
         self._pending: deque[Future[R]] = deque()
+        self._started = False
         workers = min(depth, workers or depth)
         self._pool = None
         if depth:
@@ -48,15 +51,18 @@ class Prefetcher(Generic[T, R]):
             if self._depth:  # closed
                 raise StopIteration
             return self._prepare(next(self._batches))
-        self._fill()
+        first = self._started is False
+        self._started = True
+        self._fill(1 if first else self._depth)
         if not self._pending:
             raise StopIteration
         result = self._pending.popleft().result()  # re-raises an error from the worker here
-        self._fill()  # keep `depth` batches in flight while the caller works on this one
+        if not first:  # the first batch's forward has the machine to itself: its result comes first
+            self._fill(self._depth)  # keep `depth` batches in flight while the caller works on this one
         return result
 
-    def _fill(self) -> None:
-        while len(self._pending) < self._depth:
+    def _fill(self, depth: int) -> None:
+        while len(self._pending) < depth:
             batch = next(self._batches, _END)
             if batch is _END:
                 return
