@@ -105,29 +105,17 @@ class TestCluster:
 
     def stop(self) -> None:
         """Stop exactly this cluster's processes (and their children), then remove its folder."""
+        family = self.family()  # first: once a raylet is gone, its agents no longer show whose they are
         for start in reversed(self.starts):  # `ray start --block` stops its node on SIGTERM
             if start.poll() is None:
                 start.terminate()
         for start in self.starts:
             try:
-                start.wait(timeout=10)
-            except subprocess.TimeoutExpired:  # what it has not stopped yet, the sweep below stops
+                start.wait(timeout=3)
+            except subprocess.TimeoutExpired:  # what it has not stopped yet is stopped below
                 start.kill()
                 start.wait()
-        started = []
-        for process in psutil.process_iter():
-            try:
-                if process.environ().get(MARKER) == str(self.root):
-                    started.append(process)
-            except psutil.Error:
-                continue
-        family = {p.pid: p for p in started}
-        for process in started:  # workers and agents rename themselves and lose the marker: by parent
-            try:
-                family.update({child.pid: child for child in process.children(recursive=True)})
-            except psutil.Error:
-                continue
-        family.pop(os.getpid(), None)
+        family.update({p.pid: p for p in self.family().values()})
         for process in family.values():
             try:
                 process.terminate()
@@ -141,6 +129,18 @@ class TestCluster:
                 pass
         psutil.wait_procs(alive, timeout=5)
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def family(self) -> dict[int, psutil.Process]:
+        """This cluster's processes, by the marker in their environment, and all their children:
+        workers and agents rename themselves, which wipes the marker from what /proc shows."""
+        family = {p.pid: p for p in self.processes()}
+        for process in list(family.values()):
+            try:
+                family.update({child.pid: child for child in process.children(recursive=True)})
+            except psutil.Error:
+                continue
+        family.pop(os.getpid(), None)
+        return family
 
     def processes(self) -> list[psutil.Process]:
         found = []
