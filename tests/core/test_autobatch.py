@@ -228,3 +228,15 @@ def test_a_batch_prepared_before_its_size_was_turned_down_can_still_win():
     assert sizer.size == 2 and sizer.trying is None  # batch 4 turned down after two batches
     sizer.record(4, 0.03 * 4, 0.03 * 4)  # a late batch of 4, prepared before: clearly faster
     assert sizer.size == 4 and sizer.next_size() == 8
+
+
+def test_decoding_threads_use_one_torch_thread_and_the_forward_keeps_its_own():
+    from batchlens.core.prefetch import Prefetcher
+    from batchlens.core.threads import decode_thread_setup
+
+    before = torch.get_num_threads()
+    with UseThreads(plan_threads(2, 2, CPU)):
+        with Prefetcher(lambda _: torch.get_num_threads(), [0, 1, 2], 2, 1, decode_thread_setup) as ahead:
+            assert list(ahead) == [1, 1, 1]
+        assert torch.get_num_threads() == 2  # the thread that runs the model keeps the plan's number
+    assert torch.get_num_threads() == before

@@ -24,13 +24,20 @@ R = TypeVar("R")
 
 class Prefetcher(Generic[T, R]):
     """Iterate `prepare(b)` for each b in `batches`, in order, computed up to `depth` batches ahead on
-    `workers` threads (default: one per batch ahead).
+    `workers` threads (default: one per batch ahead), each started with `initializer()`.
 
     `depth=0` prepares each batch in the consumer's thread when it is asked for (no thread at all),
     so the exact mode is exactly the plain loop. Use as a context manager, or call close().
     """
 
-    def __init__(self, prepare: Callable[[T], R], batches: Iterable[T], depth: int = 0, workers: int = 0):
+    def __init__(
+        self,
+        prepare: Callable[[T], R],
+        batches: Iterable[T],
+        depth: int = 0,
+        workers: int = 0,
+        initializer: Callable[[], None] | None = None,
+    ):
         if depth < 0:
             raise ValueError("prefetch depth must be >= 0")
         self._prepare = prepare
@@ -41,7 +48,9 @@ class Prefetcher(Generic[T, R]):
         workers = min(depth, workers or depth)
         self._pool = None
         if depth:
-            self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="batchlens-prefetch")
+            self._pool = ThreadPoolExecutor(
+                max_workers=workers, thread_name_prefix="batchlens-prefetch", initializer=initializer
+            )
 
     def __iter__(self) -> Iterator[R]:
         return self

@@ -49,7 +49,7 @@ from batchlens.core.results import ResultsWriter, read_records, write_error
 from batchlens.core.run_speed import images_per_second
 from batchlens.core.runlock import RunLock
 from batchlens.core.tasks.base import thumbnail
-from batchlens.core.threads import UseThreads, plan_threads
+from batchlens.core.threads import UseThreads, decode_thread_setup, plan_threads
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +326,8 @@ class Runner:
         if sizer.one_at_a_time and cfg.batch_size != 1:
             yield RunNote("info", f"The model takes one image at a time ({sizer.one_at_a_time}): batch 1.")
         threads = plan_threads(cfg.threads, cfg.prefetch, device, batching=cfg.batch_size != 1)
-        ahead = Prefetcher(pipeline.prepare, sizer.batches(todo), cfg.prefetch, threads.decode_threads)
+        decoding = (threads.decode_threads, decode_thread_setup)
+        ahead = Prefetcher(pipeline.prepare, sizer.batches(todo), cfg.prefetch, *decoding)
         index = 0
         compiled = None  # --compile: (sentence, summary entry) once the first forward ran
         running = ExitStack()  # torch's threads for the run, and the watch on memory's peak
