@@ -76,7 +76,9 @@ def wrapped(model_id: str, device=ACCELERATOR, **kwargs) -> tuple[LoadedModel, S
 
 
 def run(folder: Path, out: Path, model: LoadedModel | None, model_id: str = "", **config) -> list:
-    cfg = RunConfig(model_id or model.info.id, folder, out, device="cpu", **config)
+    """A run at the exact settings unless `config` says otherwise: these tests count forward calls
+    and follow each image through the out-of-memory ladder."""
+    cfg = RunConfig(model_id or model.info.id, folder, out, device="cpu", **{**EXACT_SETTINGS, **config})
     return list(Runner(cfg, model=model).events())
 
 
@@ -286,7 +288,7 @@ def test_a_leaking_model_is_reported_once_with_its_rate(tmp_path: Path):
     loaded = load_model("demo-shapes", torch.device("cpu"))
     leaky = LeakyModel(loaded.module, mib_per_call=6)
     model = LoadedModel(loaded.info, leaky, loaded.adapter, loaded.device)
-    events = run(folder, tmp_path / "out", model, **EXACT_SETTINGS)  # it leaks 6 MiB a forward
+    events = run(folder, tmp_path / "out", model)  # it leaks 6 MiB a forward
     warnings = [e.message for e in events if isinstance(e, RunNote) and "keeps climbing" in e.message]
     assert len(warnings) == 1, warnings
     rate = float(warnings[0].split("about ")[1].split(" MiB")[0])

@@ -180,7 +180,7 @@ def test_two_sidecars_the_specific_one_is_used_and_said(tmp_path, monkeypatch):
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")  # torch 2.14; issue 14.5
 def test_command_line_states_it_too_and_replaces_the_sidecar_size(photos, tmp_path):
-    from batchlens import cli
+    from batchlens.cli import args as cli
     from batchlens.core.models.preprocessing import INTERPOLATIONS
     from tests.core.modelkit import run_cli
     from tests.core.test_models_files import TinyClassifier

@@ -271,7 +271,7 @@ def test_menus_open_results_and_copy_system_info(qtbot, window, tmp_path, monkey
     from PySide6.QtWidgets import QFileDialog
 
     titles = [a.text() for a in window.menuBar().actions()]
-    assert titles == ["&File", "&View", "&Help"]
+    assert titles == ["&File", "&View", "&Settings", "&Help"]
     menus = window.menus
     assert menus.quit_action.shortcut().toString() == "Ctrl+Q"
     text = menus.copy_system_info()
