@@ -40,7 +40,11 @@ def pause_at(window: MainWindow, index: int) -> None:
     window.worker_created.connect(hook)
 
 
-def start(qtbot, window: MainWindow, model: str, folder: Path, output: Path) -> None:
+def start(qtbot, window: MainWindow, model: str, folder: Path, output: Path, speed: str = "") -> None:
+    """Start a run as a user would; `speed` "exact" for tests that stop after a given image (the
+    default speed batches, and a pause or cancel takes effect after the current batch)."""
+    if speed:
+        window.form.speed_combo.setCurrentIndex(window.form.speed_combo.findData(speed))
     window.prefill(model=model, input_dir=folder, output_dir=output, device="cpu")
     qtbot.mouseClick(window.controls.run_button, Qt.MouseButton.LeftButton)
     assert window.is_running()
@@ -133,7 +137,7 @@ def test_cancel_with_escape_keeps_what_was_done(qtbot, window, tmp_path):
     make_shapes_folder(folder, 20, size=48)
     output = tmp_path / "out"
     pause_at(window, 4)
-    start(qtbot, window, "demo-shapes", folder, output)
+    start(qtbot, window, "demo-shapes", folder, output, speed="exact")
     qtbot.waitUntil(lambda: window.controls.pause_button.text() == "Resume", timeout=RUN_TIMEOUT_MS)
     with qtbot.waitSignal(window.run_finished, timeout=RUN_TIMEOUT_MS) as finished:
         qtbot.keyClick(window, Qt.Key.Key_Escape)
@@ -152,7 +156,7 @@ def test_closing_mid_run_stops_the_thread_and_keeps_results(qtbot, qtlog, window
     output = tmp_path / "out"
     if paused:
         pause_at(window, 2)
-    start(qtbot, window, "demo-shapes", folder, output)
+    start(qtbot, window, "demo-shapes", folder, output, speed="exact")
     qtbot.waitUntil(lambda: window.controls.progress.value() >= (2 if paused else 1), timeout=RUN_TIMEOUT_MS)
     thread = window.thread
     window.close()
@@ -232,7 +236,7 @@ def test_fastest_speed_batches_prefetches_and_decodes_jpegs_small(qtbot, window,
     JPEGs decoded at a reduced scale (demo-shapes takes 64×64; these photos are 256×192)."""
     from batchlens.core.bench import make_synthetic_folder
 
-    assert window.form.speed_combo.currentText() == "Standard"  # the default: exact, least memory
+    assert window.form.speed_combo.currentText() == "Standard"  # the default: the engine's own defaults
     folder = make_synthetic_folder(tmp_path / "photos", 6, (256, 192))
     window.form.speed_combo.setCurrentIndex(window.form.speed_combo.findData("fastest"))
     window.prefill(model="demo-shapes", input_dir=folder, output_dir=tmp_path / "out", device="cpu")
@@ -405,3 +409,29 @@ def test_gpu_cache_policy_is_chosen_in_the_settings_menu_and_remembered(
     again = MainWindow(Settings(tmp_path / "settings.ini"), probe_factory=lambda name: probe)
     qtbot.addWidget(again)
     assert again.menus.empty_cache() == "image"
+
+
+def test_speeds_map_to_the_engine_settings(window, tmp_path):
+    from batchlens.core.config import EXACT_SETTINGS
+
+    form = window.form
+    assert [form.speed_combo.itemData(i) for i in range(form.speed_combo.count())] == [
+        "exact",
+        "standard",
+        "fastest",
+    ]
+    for speed, on_cpu, on_gpu in (
+        ("exact", EXACT_SETTINGS, EXACT_SETTINGS),
+        ("standard", {}, {}),  # the engine's own defaults, as on the command line
+        (
+            "fastest",
+            {"fast_decode": True},
+            {"fast_decode": True, "precision": "fp16", "channels_last": True, "gpu_decode": True},
+        ),
+    ):
+        form.speed_combo.setCurrentIndex(form.speed_combo.findData(speed))
+        assert form.speed_settings("cpu") == on_cpu and form.speed_settings("cuda") == on_gpu
+    settings = Settings(tmp_path / "old.ini")
+    settings.speed = "faster"  # what an earlier version remembered
+    form.restore(settings)
+    assert form.speed() == "standard"

@@ -36,27 +36,33 @@ DEFAULT_MODEL = "demo-shapes"
 CLUSTER = "cluster"  # the device picker's Ray cluster choice (core/cluster.py); its address is beside it
 NOT_COUNTED = -1  # image_count() before the count is known, or when the folder cannot be read
 
-#: The window's speed choices: (label, tooltip, RunConfig settings). The command line has the same
-#: settings as separate options (--batch-size, --prefetch, --fast-decode); docs/performance.md.
+#: The window's speed choices: (label, tooltip, RunConfig settings). Standard is the engine's own
+#: defaults, as on the command line; Exact is `batchlens run --exact`; Fastest adds --fast-decode and,
+#: on a GPU, FASTEST_ON_GPU. docs/performance.md and docs/gpu.md.
 SPEEDS = {
+    "exact": (
+        "Exact",
+        "One image at a time, decoded in the loop: results exactly as a plain PyTorch loop gives them, "
+        "and the least memory.",
+        dict(EXACT_SETTINGS),
+    ),
     "standard": (
         "Standard",
-        "One image at a time: the least memory, and results exactly as a plain PyTorch loop gives them.",
-        dict(EXACT_SETTINGS),  # the engine's own default batches: the window's Standard stays exact
-    ),
-    "faster": (
-        "Faster",
-        "Several images per forward pass (the batch size is measured at the start) while the next "
-        "images are decoded in the background. Same results, more memory.",
-        {"batch_size": "auto", "prefetch": 2},
+        "Several images per forward pass (the number is measured on the run's own images, starting "
+        "with one) while the next images are decoded in the background. Results differ from Exact "
+        "only by float rounding; more memory.",
+        {},  # RunConfig's defaults
     ),
     "fastest": (
         "Fastest",
-        "As Faster, and classification models decode large JPEG photos at a reduced size when the "
-        "model shrinks them anyway: much less work per photo; scores can differ very slightly.",
-        {"batch_size": "auto", "prefetch": 2, "fast_decode": True},
+        "As Standard, and classification models decode large JPEG photos at a reduced size when the "
+        "model shrinks them anyway; on a GPU also half precision (fp16), channels-last layout and JPEG "
+        "decoding on the GPU. Much less work per image; scores can differ slightly.",
+        {"fast_decode": True},
     ),
 }
+FASTEST_ON_GPU = {"precision": "fp16", "channels_last": True, "gpu_decode": True}
+OLD_SPEEDS = {"faster": "standard"}  # remembered by earlier versions
 
 
 def default_output_for(input_dir: Path) -> Path:
@@ -170,8 +176,9 @@ class RunForm(QGroupBox):
             self.speed_combo.addItem(label, key)
             self.speed_combo.setItemData(self.speed_combo.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
         self.speed_combo.setToolTip(
-            "How hard to push: Standard (one image at a time), Faster (batches, decoding ahead) or "
-            "Fastest (also reduced-size JPEG decoding for classification). Hover a choice for details."
+            "How hard to push: Exact (one image at a time, as a plain loop), Standard (batches, decoding "
+            "ahead) or Fastest (also reduced-size JPEG decoding, and half precision and GPU decoding on "
+            "a GPU). Hover a choice for details."
         )
         self.cpu_fallback_check = QCheckBox("Fall back to CPU")
         self.cpu_fallback_check.setToolTip(
@@ -300,8 +307,12 @@ class RunForm(QGroupBox):
     def speed(self) -> str:
         return self.speed_combo.currentData()
 
-    def speed_settings(self) -> dict:
-        return dict(SPEEDS[self.speed()][2])
+    def speed_settings(self, device_type: str = "cpu") -> dict:
+        """RunConfig settings for the chosen speed on a device of `device_type` ("cuda", "cpu"...)."""
+        settings = dict(SPEEDS[self.speed()][2])
+        if self.speed() == "fastest" and device_type == "cuda":
+            settings.update(FASTEST_ON_GPU)
+        return settings
 
     def image_count(self) -> int:
         """The images found in the input by the latest count (NOT_COUNTED before, or without a folder)."""
@@ -321,7 +332,8 @@ class RunForm(QGroupBox):
             self._show_output_mode()
         self.recursive_check.setChecked(s.recursive)
         self.cpu_fallback_check.setChecked(s.cpu_fallback)
-        self.speed_combo.setCurrentIndex(max(0, self.speed_combo.findData(s.speed or "standard")))
+        speed = OLD_SPEEDS.get(s.speed, s.speed) or "standard"
+        self.speed_combo.setCurrentIndex(max(0, self.speed_combo.findData(speed)))
         if s.cluster:
             self.cluster_edit.setText(s.cluster)
         self.set_device(s.device or "auto")

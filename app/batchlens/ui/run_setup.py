@@ -9,6 +9,8 @@ from pathlib import Path
 from PySide6.QtWidgets import QMessageBox
 
 from batchlens.core.config import RunConfig
+from batchlens.core.devices import resolve_device
+from batchlens.core.errors import BatchLensError
 from batchlens.core.manifest import (
     existing_run,
     existing_run_question,
@@ -61,11 +63,12 @@ class RunSetup:
         if choice is None:
             return None
         mode, output_dir = choice
+        device = "auto" if self.window.device_name() == CLUSTER else self.window.device_name()
         return RunConfig(
             model=model,
             input_dir=input_dir,
             output_dir=output_dir,
-            device="auto" if self.window.device_name() == CLUSTER else self.window.device_name(),
+            device=device,
             recursive=form.recursive(),
             resume=mode == "resume",
             overwrite=mode == "overwrite",
@@ -73,7 +76,7 @@ class RunSetup:
             model_options=model_request(form.model_options()),
             cpu_fallback=form.cpu_fallback(),
             empty_cache=self.window.menus.empty_cache(),
-            **form.speed_settings(),
+            **form.speed_settings(device_type(device)),
         )
 
     def choose_for_existing_run(
@@ -129,3 +132,12 @@ class RunSetup:
             hint = "" if form.recursive() else " (tick Include subfolders to look inside its folders)"
             return f"there are no images in {folder}{hint}."
         return None
+
+
+def device_type(name: str) -> str:
+    """"cuda", "cpu", "mps"... for a device name of the picker ("auto" as it resolves here); the run
+    itself reports a device that is not there."""
+    try:
+        return resolve_device(name).type
+    except BatchLensError:
+        return "cpu"
