@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -41,6 +41,7 @@ from batchlens.core.models import LoadedModel, load_model
 from batchlens.core.runlock import RunLock
 from batchlens.core.runner import Runner, check_folders, start_events
 
+DEFAULT_PREFETCH = next(f.default for f in fields(RunConfig) if f.name == "prefetch")
 MAX_BLOCKS = 2000  # input blocks; more means finer retries and progress, but more scheduling overhead
 
 
@@ -196,7 +197,7 @@ class ClusterRunner(Runner):
             )
             yield RunNote("info", joined.sentence())
 
-            if cfg.prefetch:
+            if cfg.prefetch and cfg.prefetch != DEFAULT_PREFETCH:  # asked for, not the default
                 yield RunNote("info", "Prefetch is not used on a cluster: Ray Data feeds each worker.")
             batch_size, batch_choice = cfg.batch_size, None
             if batch_size == "auto" and todo:
