@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +150,11 @@ def test_render_draws_each_task_as_a_run_does_with_or_without_the_input(tmp_path
     # A hand-edited line cannot make the browser read files outside the output folder.
     outside = render({"status": "ok", "output": "../in/photo.jpg"}, None, out)
     assert outside.result is None
+    # A named pipe in the output folder is not opened (it would wait for a writer for ever).
+    os.mkfifo(out / "pipe.png")
+    started = time.monotonic()
+    assert render({"status": "ok", "output": "pipe.png"}, None, out).result is None
+    assert time.monotonic() - started < 5
 
     failed = render({"status": "error", "error": "bad"}, inputs / "photo.jpg", out)
     assert failed.result is None and failed.input is not None

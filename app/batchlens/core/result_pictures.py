@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from batchlens.core.images import ImageError, load_image
+from batchlens.core.images import ImageError, load_image, open_input
 from batchlens.core.tasks import TaskAdapter, TaskResult, make_adapter
 from batchlens.core.tasks.base import PREVIEW_SIZE, thumbnail
 
@@ -58,8 +58,8 @@ def _open_output(output_dir: Path, rel) -> Image.Image | None:
     path = (output_dir / rel).resolve()
     if not path.is_relative_to(output_dir.resolve()):
         return None  # a hand-edited line must not make us read files outside the folder
-    try:
-        with Image.open(path) as im:
+    try:  # through the guarded opener: a named pipe put in the output folder must not hang a tile
+        with open_input(path) as f, Image.open(f) as im:
             im.load()
             return im.copy()
     except Exception:  # Pillow raises many types on bad files; a missing picture is not an error here
