@@ -119,14 +119,15 @@ class TrustPickleDialog(QMessageBox):
         super().__init__(parent)
         self.setIcon(QMessageBox.Icon.Warning)
         self.setWindowTitle("This model file can run code")
-        self.setText(f"{Path(path).name} is a full Python pickle, not plain weights.")
+        self.setText(f"{Path(path).name} is not plain weights: loading it can run code.")
         shown = ", ".join(objects[:SHOWN_OBJECTS])
         if len(objects) > SHOWN_OBJECTS:
             shown += f" and {len(objects) - SHOWN_OBJECTS} more"
         self.setInformativeText(
-            f"Loading it makes Python import {shown}. Unpickling can run any code the file's author put "
-            "inside it. Load it only if you trust where it came from; a safetensors, TorchScript (.pt) or "
-            f"torch.export (.pt2) file would be safe.\n\n{path}"
+            f"What it asks for when it loads: {shown}. That can run any code the file's author put inside "
+            "it (a full Python pickle, or a TorchScript or torch.export file that reads or writes files or "
+            "holds pickled data). Load it only if you trust where it came from; a safetensors file holds "
+            f"plain weights only.\n\n{path}"
         )
         self.load_button = self.addButton("Load it anyway", QMessageBox.ButtonRole.AcceptRole)
         self.cancel_button = self.addButton(QMessageBox.StandardButton.Cancel)
@@ -267,7 +268,7 @@ class ModelSources(QObject):
             path, objects = risky
             if not (self.window.ask_questions and self.ask_trust(self.window, path, objects)):
                 self.window.show_error(
-                    f"{path.name} was not loaded: it is a full Python pickle, which can run code. "
+                    f"{path.name} was not loaded: it is not plain weights, and loading it can run code. "
                     "Use it only if you trust it (confirm when asked, or --trust-pickle on the command line)."
                 )
                 return False
