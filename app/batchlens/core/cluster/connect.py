@@ -19,6 +19,7 @@ import os
 import re
 import socket
 import tempfile
+import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -120,6 +121,13 @@ def running_cluster() -> str | None:
     return remembered
 
 
+# Ray Client's proxy starts a server per session on a port from one fixed range (23000 on); when that
+# server dies at start (seen here when two clusters on one machine hand out the same port), a second
+# try gets another port. Anything else Ray says is a real answer, given at once.
+CLIENT_SERVER_FAILED = "Starting Ray client server failed"
+CLIENT_START_TRIES = 3
+
+
 def connect(ray, address: str) -> Joined:
     """Join (or start) the cluster for `address`; `Joined.started_here` says whether to shut it down."""
     requested = (address or "auto").strip()
@@ -134,16 +142,21 @@ def connect(ray, address: str) -> Joined:
         check_reachable(probe, shown)
     loud = verbose()
     options = {"logging_level": logging.INFO if loud else logging.ERROR, "log_to_driver": loud}
-    with ray_output_kept(not loud) as said:
-        try:
-            if target == "local":  # starts Ray on this machine: no dashboard wanted
-                ray.init(address="local", include_dashboard=False, **options)
+    for attempt in range(CLIENT_START_TRIES):
+        with ray_output_kept(not loud) as said:
+            try:
+                if target == "local":  # starts Ray on this machine: no dashboard wanted
+                    ray.init(address="local", include_dashboard=False, **options)
+                else:
+                    ray.init(address=target, **options)
+            except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
+                failure = exc
             else:
-                ray.init(address=target, **options)
-        except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
-            failure = exc
-        else:
-            failure = None
+                failure = None
+        if failure is None or CLIENT_SERVER_FAILED not in str(failure) or attempt + 1 == CLIENT_START_TRIES:
+            break
+        log.info("Ray Client's server for this session did not start at %s; trying again", shown)
+        time.sleep(1 + attempt)
     if failure is not None:
         log.debug("Ray said, while joining %s:\n%s", shown, said.text)
         raise BatchLensError(failure_sentence(shown, failure, said.text)) from None
