@@ -11,7 +11,6 @@ speed and memory are those of the trained network). Needs a CUDA device.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import multiprocessing
 import os
@@ -22,11 +21,12 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from batchlens.core.bench import load_bench_model, make_synthetic_folder
+from batchlens.core.bench_loops import expert_loop, plain_loop
 from batchlens.core.config import EXACT_SETTINGS, RunConfig
 from batchlens.core.events import ImageResult, RunFinished
+from batchlens.core.images import scan_images
 from batchlens.core.runner import Runner
 
 MiB = 2**20
@@ -54,51 +54,7 @@ def photo_folder(root: Path, name: str, n: int, size: tuple[int, int], distinct:
     return folder
 
 
-# -- contenders -----------------------------------------------------------------------------------
-def plain_loop(model, paths: list[Path]) -> float:
-    """What a careful person writes by hand: batch 1, inference_mode, result to the CPU. Returns the
-    seconds to the first result."""
-    start, first = time.perf_counter(), None
-    for path in paths:
-        x = model.adapter.preprocess(Image.open(path).convert("RGB")).unsqueeze(0).to(model.device)
-        with torch.inference_mode():
-            model.module(x).cpu()
-        first = first or time.perf_counter() - start
-    return first
-
-
-class _Files(torch.utils.data.Dataset):
-    def __init__(self, paths, transform):
-        self.paths, self.transform = paths, transform
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, i):
-        return self.transform(Image.open(self.paths[i]).convert("RGB"))
-
-
-def expert_loop(model, paths: list[Path], batch: int = 64) -> float:
-    """What an expert writes: DataLoader with a worker per core, pinned memory, batch 64, fp16
-    autocast, channels_last. Returns the seconds to the first result."""
-    loader = torch.utils.data.DataLoader(
-        _Files(paths, model.adapter.transform),
-        batch_size=batch,
-        num_workers=os.cpu_count() or 4,
-        pin_memory=model.device.type == "cuda",
-        persistent_workers=False,
-    )
-    module = copy.deepcopy(model.module).to(memory_format=torch.channels_last)
-    start, first = time.perf_counter(), None
-    cuda = model.device.type == "cuda"
-    with torch.inference_mode(), torch.autocast(model.device.type, torch.float16, enabled=cuda):
-        for x in loader:
-            x = x.to(model.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            module(x).float().cpu()
-            first = first or time.perf_counter() - start
-    return first
-
-
+# -- contenders: the bench's own plain and expert loops (core/bench_loops.py), and the engine ------
 def engine(model, folder: Path, out: Path, **settings) -> dict:
     """A BatchLens run; returns its summary plus the allocated memory after each image."""
     allocated, summary, first = [], None, None
@@ -169,10 +125,11 @@ def main() -> int:
         for size in sizes:
             folder = photo_folder(root, f"{size[0]}", n, size)
             paths = sorted(folder.iterdir())
+            candidates = list(scan_images(folder))
             model.module.to(memory_format=torch.contiguous_format)  # batch-1 rows: the layout as loaded
-            plain_loop(model, paths[:8])  # warm-up: cuDNN picks its kernels
-            seconds, first = timed(plain_loop, model, paths[:n_plain])
-            plain = row("plain loop, batch 1, fp32", size, n_plain, seconds, first)
+            plain_loop(model, candidates[:8])  # warm-up: cuDNN picks its kernels
+            seconds, outcome = timed(plain_loop, model, candidates[:n_plain])
+            plain = row("plain loop, batch 1, fp32", size, n_plain, seconds, outcome.first_result_s)
             small = root / f"{size[0]}-b1"
             small.mkdir()
             for p in paths[:n_plain]:
@@ -186,10 +143,10 @@ def main() -> int:
                 run["first"],
                 extra={"vs_plain": round((n_plain / seconds) / plain["images_per_second"], 3)},
             )
-            seconds, first = timed(expert_loop, model, paths)
-            expert = row(
-                "expert DataLoader loop (workers=cores, pinned, b64, fp16, NHWC)", size, n, seconds, first
-            )
+            expert_settings = dict(batch_size=64, precision="fp16", channels_last=True) if cuda else {}
+            seconds, outcome = timed(expert_loop, model, candidates, **expert_settings)
+            first = outcome.first_result_s
+            expert = row(f"expert DataLoader loop ({outcome.note})", size, n, seconds, first)
             for label, extra_settings in (("CPU decode", {}), ("GPU decode", {"gpu_decode": True})):
                 if cuda:
                     torch.cuda.reset_peak_memory_stats(device)

@@ -25,6 +25,7 @@ from batchlens.core.config import RunConfig
 from batchlens.core.errors import BatchLensError
 from batchlens.core.events import ImageResult, RunFinished
 from batchlens.core.images import Candidate
+from batchlens.core.inference import PRECISIONS
 from batchlens.core.memory import MemoryProbe, format_bytes
 from batchlens.core.models import LoadedModel, load_model
 from batchlens.core.runner import Runner
@@ -121,11 +122,22 @@ class _Images(Dataset):
             return self.transform(image.convert(self.mode))
 
 
-def expert_loop(model: LoadedModel, candidates: list[Candidate], batch_size: int = EXPERT_BATCH) -> Outcome:
+def expert_loop(
+    model: LoadedModel,
+    candidates: list[Candidate],
+    batch_size: int = EXPERT_BATCH,
+    precision: str = "fp32",
+    channels_last: bool = False,
+) -> Outcome:
     """The loop someone who knows PyTorch writes: worker processes decode and preprocess, batches of
-    16, pinned memory on CUDA, inference_mode. Its CPU time includes its workers' (the bench reads
-    the children's CPU time once they have exited)."""
+    16, pinned memory on CUDA, inference_mode; on a GPU also mixed precision and channels_last when
+    asked (scripts/gpu_bench.py). Its CPU time includes its workers' (the bench reads the children's
+    CPU time once they have exited)."""
     workers = usable_cores()
+    module = model.module
+    if channels_last:  # a copy: the other rows get the model as loaded
+        module = copy.deepcopy(module).to(memory_format=torch.channels_last)
+    dtype = PRECISIONS[precision]
     loader = DataLoader(
         _Images(model, candidates),
         batch_size=batch_size,
@@ -134,19 +146,25 @@ def expert_loop(model: LoadedModel, candidates: list[Candidate], batch_size: int
         collate_fn=list if model.takes_list else default_collate,
     )
     start, first, count = time.perf_counter(), None, 0
-    with torch.inference_mode():
+    autocast = torch.autocast(model.device.type, dtype=dtype, enabled=dtype is not None)
+    with torch.inference_mode(), autocast:
         for batch in loader:
             inputs = (
                 [x.to(model.device, non_blocking=True) for x in batch]
                 if model.takes_list
                 else batch.to(model.device, non_blocking=True)
             )
-            output = _to_cpu(model.module(inputs))
+            if channels_last and not model.takes_list:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            output = _to_cpu(module(inputs))
             del output, inputs
             first = first if first is not None else time.perf_counter() - start
             count += len(batch)
-    settings = {"workers": workers, "batch_size": batch_size}
-    note = f"{workers} workers, batch {batch_size}"
+    settings, note = {"workers": workers, "batch_size": batch_size}, f"{workers} workers, batch {batch_size}"
+    if dtype is not None:
+        settings["precision"], note = precision, f"{note}, {precision}"
+    if channels_last:
+        settings["channels_last"], note = True, f"{note}, channels_last"
     return Outcome([c.rel for c in candidates[:count]], first, note, settings)
 
 
