@@ -277,14 +277,14 @@ class Runner:
             raise BatchLensError("The prefetch depth must be 0 or more batches.")
         if cfg.max_failures is not None and cfg.max_failures < 1:
             raise BatchLensError("--max-failures must be at least 1.")
-        CachePolicy.parse(cfg.empty_cache)  # a wrong policy is one sentence before anything starts
+        cache_policy = CachePolicy.parse(cfg.empty_cache)  # a wrong one: one sentence before anything starts
         if cfg.resume and cfg.overwrite:
             raise BatchLensError("Choose --resume or --overwrite, not both.")
         input_dir, output_dir = check_folders(cfg.input_dir, cfg.output_dir)
         with RunLock(output_dir):  # one run at a time in a folder, released however the run ends
-            yield from self._events(input_dir, output_dir)
+            yield from self._events(input_dir, output_dir, cache_policy)
 
-    def _events(self, input_dir: Path, output_dir: Path) -> Iterator[Event]:
+    def _events(self, input_dir: Path, output_dir: Path, cache_policy: CachePolicy) -> Iterator[Event]:
         cfg = self.config
         if not cfg.resume and not cfg.overwrite:
             refuse_plain_run(output_dir)  # before the model loads: a refusal comes at once
@@ -319,7 +319,6 @@ class Runner:
             cpu_fallback=cfg.cpu_fallback,
             on_first_oom=snapshot_saver(output_dir / MEMORY_SNAPSHOT) if snapshot else None,
         )
-        cache_policy = CachePolicy.parse(cfg.empty_cache)
         leaks = leak_watch_for(probe.kind)
         stopped = None
         sizer = sizer_for_run(cfg, model, channels_last, probe, todo)
