@@ -130,10 +130,13 @@ def test_threads_are_sized_from_the_cores_and_the_load():
         assert (busy.torch_threads, busy.decode_threads) == (2, 1) and "1 of 2 cores free" in busy.reason
         one = plan_threads("auto", 2, CPU, cores=2, load=9.0, batching=False)  # one image: free ones
         assert (one.torch_threads, one.decode_threads) == (1, 1)
-        big = plan_threads("auto", 2, CPU, cores=16, load=4.0)
-        assert (big.torch_threads, big.decode_threads) == (16, 2)  # (at most the prefetch depth)
-        gpu = plan_threads("auto", 4, torch.device("cuda"), cores=16, load=0.0)
-        assert gpu.torch_threads == 4 and gpu.decode_threads == 4  # (at most the prefetch depth)
+        big = plan_threads("auto", 2, CPU, cores=16, load=4.0)  # a quarter of the 12 free cores decode
+        assert (big.torch_threads, big.decode_threads) == (16, 3)  # (not capped by the prefetch depth)
+        gpu = plan_threads("auto", 2, torch.device("cuda"), cores=16, load=0.0)
+        assert gpu.torch_threads == 4 and gpu.decode_threads == 15  # every free core but one decodes
+        busy_gpu = plan_threads("auto", 2, torch.device("cuda"), cores=16, load=6.0)
+        assert busy_gpu.decode_threads == 9 and "10 of 16 cores free" in busy_gpu.reason
+        assert plan_threads(None, 2, torch.device("cuda"), cores=16, load=0.0).decode_threads == 15
         assert plan_threads("auto", 0, CPU, cores=2, load=0.0).decode_threads == 0  # decoding in the loop
         exact = plan_threads(None, 0, CPU, cores=2, load=0.0)
         assert exact.torch_threads == 16 and exact.reason == "torch's own choice"
@@ -234,9 +237,12 @@ def test_decoding_threads_use_one_torch_thread_and_the_forward_keeps_its_own():
     from batchlens.core.prefetch import Prefetcher
     from batchlens.core.threads import decode_thread_setup
 
+    def prepare(_, each):  # the batch's own thread and the decoding threads
+        return [torch.get_num_threads(), *each(lambda _: torch.get_num_threads(), [0, 1, 2])]
+
     before = torch.get_num_threads()
     with UseThreads(plan_threads(2, 2, CPU)):
-        with Prefetcher(lambda _: torch.get_num_threads(), [0, 1, 2], 2, 1, decode_thread_setup) as ahead:
-            assert list(ahead) == [1, 1, 1]
+        with Prefetcher(prepare, [0, 1, 2], 2, 3, decode_thread_setup) as ahead:
+            assert list(ahead) == [[1, 1, 1, 1]] * 3
         assert torch.get_num_threads() == 2  # the thread that runs the model keeps the plan's number
     assert torch.get_num_threads() == before

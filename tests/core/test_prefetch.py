@@ -12,15 +12,19 @@ import pytest
 import torch
 
 from batchlens.cli import main
+from batchlens.core import pipeline as pipeline_module
 from batchlens.core.autobatch import BatchChoice, find_batch_size
 from batchlens.core.config import RunConfig
 from batchlens.core.errors import BatchLensError
 from batchlens.core.events import ImageResult, RunNote
+from batchlens.core.images import scan_images
 from batchlens.core.inference import infer, use_channels_last
 from batchlens.core.memory import CpuProbe
 from batchlens.core.models import load_model
+from batchlens.core.pipeline import BatchPipeline
 from batchlens.core.prefetch import Prefetcher
 from batchlens.core.runner import Runner
+from batchlens.core.threads import decode_thread_setup
 
 CPU = torch.device("cpu")
 
@@ -33,14 +37,15 @@ def _predictions(out: Path) -> list[dict]:
 
 
 def _prefetch_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("batchlens-prefetch")]
+    """The prefetcher's threads still alive: one per batch in flight, and the shared decoding pool."""
+    return [t for t in threading.enumerate() if t.name.startswith(("batchlens-prefetch", "batchlens-decode"))]
 
 
 def test_prefetcher_keeps_order_stays_bounded_and_passes_errors_on():
     in_flight, most = 0, 0
     lock = threading.Lock()
 
-    def prepare(x: int) -> int:
+    def prepare(x: int, _each) -> int:
         nonlocal in_flight, most
         with lock:
             in_flight += 1
@@ -63,7 +68,7 @@ def test_prefetcher_keeps_order_stays_bounded_and_passes_errors_on():
     assert consume(3) == [x * 10 for x in range(12)]
     assert most <= 4  # `depth` prepared ahead plus the one the consumer holds
 
-    def broken(x: int) -> int:
+    def broken(x: int, _each) -> int:
         if x == 2:
             raise RuntimeError("decoder exploded")
         return x
@@ -187,7 +192,7 @@ def test_nothing_is_prepared_ahead_while_the_first_batch_runs():
     plain loop's; from the second batch on, `depth` batches are prepared ahead."""
     started: list[int] = []
 
-    def prepare(x: int) -> int:
+    def prepare(x: int, _each) -> int:
         started.append(x)
         return x
 
@@ -199,3 +204,64 @@ def test_nothing_is_prepared_ahead_while_the_first_batch_runs():
         time.sleep(0.05)
         assert started == [0, 1, 2, 3]
         assert list(ahead) == [2, 3, 4, 5]
+
+
+def test_the_images_of_a_batch_decode_at_once_in_order_each_with_its_own_error(
+    shapes_folder: Path, tmp_path: Path, monkeypatch
+):
+    """Every image of a batch is decoded on its own decoding thread at the same time (a barrier that
+    only opens once all of them are inside the decode), and the prepared batch keeps the scan order
+    and each image's own error."""
+    (shapes_folder / "shape_0002.png").write_bytes(b"not a png at all")  # the third image is broken
+    candidates = list(scan_images(shapes_folder))[:6]
+    together = threading.Barrier(len(candidates), timeout=30)
+    decoded_on: dict[str, str] = {}
+    real_load = pipeline_module.load_image
+
+    def load_image(path, *args):
+        decoded_on[path.name] = threading.current_thread().name
+        together.wait()  # raises BrokenBarrierError unless all six are decoding at once
+        return real_load(path, *args)
+
+    monkeypatch.setattr(pipeline_module, "load_image", load_image)
+    pipeline = BatchPipeline(load_model("demo-shapes", CPU), tmp_path / "out", None)
+    with Prefetcher(pipeline.prepare, [candidates], 1, len(candidates), decode_thread_setup) as ahead:
+        (prepared,) = list(ahead)
+    assert [item.candidate.rel for item in prepared.items] == [c.rel for c in candidates]
+    assert len(set(decoded_on.values())) == len(candidates)
+    assert all(name.startswith("batchlens-decode") for name in decoded_on.values())
+    broken = prepared.items[2]
+    assert broken.tensor is None and broken.error
+    others = [item for i, item in enumerate(prepared.items) if i != 2]
+    assert all(item.tensor is not None and item.error is None for item in others)
+    (group, batch) = prepared.groups[0]
+    assert len(prepared.groups) == 1 and group == others
+    assert batch.shape[0] == 5
+    assert not _prefetch_threads()
+
+    # The same batch decoded in the loop (the exact mode): the same inputs, in the same order.
+    monkeypatch.setattr(pipeline_module, "load_image", real_load)
+    with Prefetcher(pipeline.prepare, [candidates], 0) as here:
+        (serial,) = list(here)
+    assert [item.error for item in serial.items] == [item.error for item in prepared.items]
+    assert torch.equal(serial.groups[0][1], batch)
+
+
+def test_closing_drops_the_images_not_started_and_leaves_no_thread():
+    """A cancel while a long batch decodes: the images not started are dropped, every thread ends."""
+    decoded: list[int] = []
+    first_image = threading.Event()
+
+    def slow(x: int) -> int:
+        first_image.set()
+        time.sleep(0.02)
+        decoded.append(x)
+        return x
+
+    ahead = Prefetcher(lambda batch, each: each(slow, batch), [list(range(200))], 1, 2)
+    pending = ahead._pending  # (filled by the first next(); here the batch is only started)
+    ahead._fill(1)
+    assert first_image.wait(10) and len(pending) == 1
+    ahead.close()
+    assert len(decoded) < 200 and not _prefetch_threads()
+    assert next(ahead, None) is None  # closed: nothing more comes

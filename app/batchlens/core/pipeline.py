@@ -20,6 +20,7 @@ from batchlens.core.gpu_decode import DeviceDecoder, preview_of, wait_for
 from batchlens.core.images import Candidate, DecodedImage, ImageError, load_image
 from batchlens.core.inference import compile_module, describe_error, infer
 from batchlens.core.models import LoadedModel
+from batchlens.core.prefetch import Each, each_here
 from batchlens.core.records import non_finite
 from batchlens.core.recovery import OomRecovery, is_out_of_memory
 from batchlens.core.results import is_name_problem, output_path_for, write_error
@@ -172,32 +173,22 @@ class BatchPipeline:
     def process(self, batch: list[Candidate]) -> list[Item]:
         return self.finish(self.prepare(batch))
 
-    def prepare(self, batch: list[Candidate]) -> Prepared:
-        """Decode and preprocess a batch, safe on a background thread (core/prefetch.py). CPU work
-        only, except with --gpu-decode, whose device work runs on a side stream (`Prepared.ready`)."""
+    def prepare(self, batch: list[Candidate], each: Each = each_here) -> Prepared:
+        """Decode and preprocess a batch, safe on a background thread (core/prefetch.py), its images
+        through `each` (the prefetcher's decoding threads, all at once). CPU work only, except with
+        --gpu-decode, whose device work runs on a side stream (`Prepared.ready`)."""
         if self.device_decoder is None:
-            return self._prepare(batch)
+            return self._prepare(batch, each)
         with self.device_decoder.side_stream():
-            prepared = self._prepare(batch)
+            prepared = self._prepare(batch, each)
             prepared.ready = self.device_decoder.mark_done()
         return prepared
 
-    def _prepare(self, batch: list[Candidate]) -> Prepared:
-        adapter = self.model.adapter
+    def _prepare(self, batch: list[Candidate], each: Each) -> Prepared:
         items = [Item(c, time.perf_counter()) for c in batch]
-        reduce_to = adapter.decode_size if self.fast_decode else None
         if self.device_decoder is not None:
             self._decode_on_device(items)
-        for item in items:
-            if item.tensor is not None:
-                continue  # decoded on the device
-            try:
-                item.decoded = load_image(item.candidate.path, adapter.color_mode, self.max_pixels, reduce_to)
-                item.tensor = adapter.preprocess(item.decoded.image)
-            except ImageError as exc:
-                item.error = str(exc)
-            except Exception as exc:  # a preprocessing bug must not end the run
-                item.error = f"could not be prepared for the model ({type(exc).__name__}: {exc})"
+        each(self._decode_on_cpu, [item for item in items if item.tensor is None])  # (not on the device)
         # Images of equal tensor shape go through the model together; a model that takes a list of
         # images (detection) takes images of any size together.
         groups: dict[tuple, list[Item]] = {}
@@ -206,6 +197,18 @@ class BatchPipeline:
                 key = () if self.model.takes_list else tuple(item.tensor.shape)
                 groups.setdefault(key, []).append(item)
         return Prepared(items, [(group, self._stack(group)) for group in groups.values()])
+
+    def _decode_on_cpu(self, item: Item) -> None:
+        """Decode and preprocess one image with Pillow and the adapter (on a decoding thread)."""
+        adapter = self.model.adapter
+        reduce_to = adapter.decode_size if self.fast_decode else None
+        try:
+            item.decoded = load_image(item.candidate.path, adapter.color_mode, self.max_pixels, reduce_to)
+            item.tensor = adapter.preprocess(item.decoded.image)
+        except ImageError as exc:
+            item.error = str(exc)
+        except Exception as exc:  # a preprocessing bug must not end the run
+            item.error = f"could not be prepared for the model ({type(exc).__name__}: {exc})"
 
     def _decode_on_device(self, items: list[Item]) -> None:
         """Decode the batch's JPEGs on the device in one call and preprocess them there; the images

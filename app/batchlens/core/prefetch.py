@@ -1,9 +1,11 @@
 """Prepare the next batches while the model works on this one.
 
-Decoding and preprocessing (Pillow and torchvision transforms, which release the GIL for the heavy
-parts) run on a small thread pool, at most `depth` batches ahead of the consumer, so the CPU decodes
-while the model computes. Results come back in order. Bounded: never more than `depth` prepared
-batches wait in memory, and closing the prefetcher (end of run, cancel, error) stops it.
+Decoding and preprocessing (Pillow and torch, which release the GIL for the heavy parts) run on a
+shared pool of decoding threads: every image of a batch at once, up to `depth` batches ahead of the
+consumer, so the CPU decodes on all the cores it was given while the model computes. Each batch in
+flight has a thread of its own that hands its images to the pool and assembles the batch; results
+come back in order. Bounded: never more than `depth` prepared batches wait in memory, and closing
+the prefetcher (end of run, cancel, error) stops both pools.
 
 The batches may be a lazy iterable: each is taken from it only when it is submitted, so a batch size
 chosen while the run goes (core/autobatch.py) applies to every batch not yet submitted. Nothing is
@@ -14,25 +16,35 @@ the first result comes as soon as a plain loop's.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
 
+#: `each(fn, items)`: fn applied to every item, the results in the items' order.
+Each = Callable[[Callable[[Any], Any], Sequence[Any]], list]
+
+
+def each_here(fn: Callable[[Any], Any], items: Sequence[Any]) -> list:
+    """`Each` in the calling thread, one item after another: the exact mode's (a plain loop's) way."""
+    return [fn(item) for item in items]
+
 
 class Prefetcher(Generic[T, R]):
-    """Iterate `prepare(b)` for each b in `batches`, in order, computed up to `depth` batches ahead on
-    `workers` threads (default: one per batch ahead), each started with `initializer()`.
+    """Iterate `prepare(b, each)` for each b in `batches`, in order, computed up to `depth` batches
+    ahead. `each` runs a function over a batch's items on `workers` shared decoding threads (default:
+    one per batch ahead), each thread started with `initializer()`.
 
-    `depth=0` prepares each batch in the consumer's thread when it is asked for (no thread at all),
-    so the exact mode is exactly the plain loop. Use as a context manager, or call close().
+    `depth=0` prepares each batch in the consumer's thread when it is asked for, with `each_here` (no
+    thread at all), so the exact mode is exactly the plain loop. Use as a context manager, or call
+    close().
     """
 
     def __init__(
         self,
-        prepare: Callable[[T], R],
+        prepare: Callable[[T, Each], R],
         batches: Iterable[T],
         depth: int = 0,
         workers: int = 0,
@@ -45,12 +57,11 @@ class Prefetcher(Generic[T, R]):
         self._depth = depth
         self._pending: deque[Future[R]] = deque()
         self._started = False
-        workers = min(depth, workers or depth)
-        self._pool = None
+        self._pool = self._decoders = None
         if depth:
-            self._pool = ThreadPoolExecutor(
-                max_workers=workers, thread_name_prefix="batchlens-prefetch", initializer=initializer
-            )
+            # One thread per batch in flight: it mostly waits for its images, then stacks them.
+            self._pool = ThreadPoolExecutor(depth, "batchlens-prefetch", initializer=initializer)
+            self._decoders = ThreadPoolExecutor(workers or depth, "batchlens-decode", initializer=initializer)
 
     def __iter__(self) -> Iterator[R]:
         return self
@@ -59,7 +70,7 @@ class Prefetcher(Generic[T, R]):
         if self._pool is None:
             if self._depth:  # closed
                 raise StopIteration
-            return self._prepare(next(self._batches))
+            return self._prepare(next(self._batches), each_here)
         first = self._started is False
         self._started = True
         self._fill(1 if first else self._depth)
@@ -70,21 +81,29 @@ class Prefetcher(Generic[T, R]):
             self._fill(self._depth)  # keep `depth` batches in flight while the caller works on this one
         return result
 
+    def _each(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list:
+        """`Each` on the decoding threads: all the items at once, the results in order."""
+        return list(self._decoders.map(fn, items))  # (an error cancels the items not started)
+
     def _fill(self, depth: int) -> None:
         while len(self._pending) < depth:
             batch = next(self._batches, _END)
             if batch is _END:
                 return
-            self._pending.append(self._pool.submit(self._prepare, batch))
+            self._pending.append(self._pool.submit(self._prepare, batch, self._each))
 
     def close(self) -> None:
-        """Drop batches not started yet and wait for the ones being prepared (at most `depth`)."""
+        """Drop the batches and images not started yet, and wait for the images being decoded."""
         if self._pool is not None:
             for future in self._pending:
                 future.cancel()
             self._pending.clear()
+            # Images first: a batch being prepared then stops at its next image (its error, a
+            # cancelled image, is never read) instead of decoding the rest of its images.
+            self._decoders.shutdown(wait=False, cancel_futures=True)
             self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+            self._decoders.shutdown(wait=True)
+            self._pool = self._decoders = None
         self._batches = iter(())
 
     def __enter__(self) -> Prefetcher[T, R]:

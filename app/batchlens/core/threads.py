@@ -11,7 +11,10 @@ operations are long, so its threads lose little waiting for each other (resnet18
 time per image); a run of one image at a time gives it only the free cores. Decoding gets one
 thread per four free cores (at least one; decoding is a quarter of the work or less), beside the
 forward. Never more torch threads than torch is set to: the window keeps a core for itself that
-way. On a GPU the forward needs little CPU, so most free cores decode.
+way. On a GPU the forward needs little CPU, so every free core but one decodes (the one: the loop
+that launches the forward and writes the outputs). The decoding threads are a pool shared by the
+batches in flight (core/prefetch.py), each decoding one image at a time, so their number is not
+bounded by the prefetch depth: on 16 cores with prefetch 2, 15 images decode at once on a GPU.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch
 @dataclass(frozen=True)
 class ThreadPlan:
     torch_threads: int  # torch.set_num_threads for the run
-    decode_threads: int  # threads preparing batches ahead (0: decoding happens in the loop)
+    decode_threads: int  # threads decoding the images of the batches ahead (0: in the loop)
     cores: int  # cores this process may run on
     load: float | None  # cores busy with other work when the run started
     reason: str
@@ -109,11 +112,6 @@ def plan_threads(
     decoding threads at all. `batching`: the run may put several images in a forward."""
     cores = cores or usable_cores()
     load = others_load() if load is None else load
-    if setting is None or isinstance(setting, int):
-        torch_threads = setting or torch.get_num_threads()
-        decode = min(prefetch, max(1, cores // 4)) if prefetch else 0
-        why = "torch's own choice" if setting is None else "asked for"
-        return ThreadPlan(torch_threads, decode, cores, load, why)
     others = 0.0 if load is None else load
     free = max(1, min(cores, round(cores - others)))
     if device.type == "cpu":
@@ -124,8 +122,12 @@ def plan_threads(
         torch_threads, decode = min(wanted, torch.get_num_threads()), max(1, free // 4)
     else:  # the forward runs on the device: the CPU's work is decoding and preprocessing
         torch_threads = max(1, min(4, free // 4))
-        decode = max(1, free - torch_threads)
-    decode = min(decode, prefetch) if prefetch else 0
+        decode = max(1, free - 1)  # one core for the loop (launches, outputs); torch's threads idle
+    decode = decode if prefetch else 0  # (not capped by the depth: every image of a batch decodes at once)
+    if setting is None or isinstance(setting, int):
+        torch_threads = setting or torch.get_num_threads()
+        why = "torch's own choice" if setting is None else "asked for"
+        return ThreadPlan(torch_threads, decode, cores, load, why)
     busy = f"other work keeps {others:.1f} busy" if load is not None else "other work unknown"
     return ThreadPlan(torch_threads, decode, cores, load, f"{free} of {cores} cores free ({busy})")
 
