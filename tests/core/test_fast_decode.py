@@ -90,7 +90,7 @@ def test_fast_decode_run_gives_the_same_labels_from_fewer_pixels(tmp_path: Path)
     candidates = list(scan_images(folder))
     fast = BatchPipeline(model, tmp_path / "scratch", None, fast_decode=True).prepare(candidates)
     full = BatchPipeline(model, tmp_path / "scratch", None).prepare(candidates)
-    assert fast.items[0].decoded.image.size == (400, 300)
+    assert load_image(candidates[0].path, reduce_to=model.adapter.decode_size).image.size == (400, 300)
     assert fast.items[0].decoded.original_size == (1600, 1200)
     # What the model sees is nearly the same picture: the preprocessed tensors (normalised, std ~1)
     # differ by about 0.01 on average (here 0.0099-0.0100, correlation 0.9999).
@@ -144,3 +144,19 @@ def test_a_run_says_when_fast_decode_has_nothing_to_do(tmp_path: Path):
     assert notes("demo-shapes", photos) == []  # large JPEGs for a classifier: it helps, no note
     (note,) = notes("demo-denoise", sample_folder("demo-denoise"))  # image-to-image, PNG samples
     assert "nothing to do" in note and "decoded in full" in note
+
+
+def test_a_prepared_batch_keeps_a_preview_sized_photo_or_none(tmp_path: Path):
+    """Batches wait in the prefetcher: a full 1600x1200 photo per image in flight would cost 5.8 MB
+    each. Past preprocessing only the preview's copy (the window's) is kept."""
+    folder = make_synthetic_folder(tmp_path / "photos", 2, (1600, 1200))
+    model, _ = load_bench_model("resnet18", torch.device("cpu"))
+    candidates = list(scan_images(folder))
+    pipeline = BatchPipeline(model, tmp_path / "scratch", None)
+    with_previews = pipeline.prepare(candidates)
+    assert [item.decoded.image.size for item in with_previews.items] == [(320, 240)] * 2
+    pipeline.previews = False
+    without = pipeline.prepare(candidates)
+    assert [item.decoded.image for item in without.items] == [None, None]
+    assert [item.decoded.original_size for item in without.items] == [(1600, 1200)] * 2
+    assert torch.equal(with_previews.items[0].tensor, without.items[0].tensor)

@@ -134,7 +134,7 @@ def scan_images(
 
 @dataclass
 class DecodedImage:
-    image: Image.Image
+    image: Image.Image | None  # None once preprocessed when no preview is wanted (core/pipeline.py)
     original_size: tuple[int, int]  # (width, height) after EXIF rotation
     note: str | None = None  # e.g. "first frame of 12 used"
 

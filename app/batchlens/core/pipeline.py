@@ -20,11 +20,12 @@ from batchlens.core.gpu_decode import DeviceDecoder, preview_of, wait_for
 from batchlens.core.images import Candidate, DecodedImage, ImageError, load_image
 from batchlens.core.inference import compile_module, describe_error, infer
 from batchlens.core.models import LoadedModel
+from batchlens.core.output_writers import OutputWriters
 from batchlens.core.prefetch import Each, each_here
 from batchlens.core.records import non_finite
 from batchlens.core.recovery import OomRecovery, is_out_of_memory
 from batchlens.core.results import is_name_problem, output_path_for, write_error
-from batchlens.core.tasks.base import ImageMeta, TaskResult
+from batchlens.core.tasks.base import ImageMeta, TaskResult, thumbnail
 from batchlens.core.watchdog import ForwardTimeout, call_with_timeout
 
 
@@ -120,10 +121,12 @@ class BatchPipeline:
         self.compile_failed: str | None = None  # why torch.compile could not run the model
         self.recovery = self.make_recovery()
         self.image_timeout: float | None = None  # --image-timeout (core/watchdog.py)
+        self.previews = True  # keep a preview-sized copy of each photo (RunConfig.previews)
         self.input_dir: Path | None = None  # resolved; no output file is ever written inside it
         # Why the model takes one image at a time, once a batch failed where its images ran one by
         # one: later batches go image by image without the failing try (the runner says so once).
         self.one_at_a_time: str | None = None
+        self.writers = OutputWriters(1)  # a run's pipeline writes on a few threads (`for_run`)
 
     @classmethod
     def for_run(
@@ -140,6 +143,8 @@ class BatchPipeline:
             config.gpu_decode,
         )
         pipeline.image_timeout = config.image_timeout
+        pipeline.writers = OutputWriters()  # closed by whoever runs the pipeline (`close`)
+        pipeline.previews = config.previews
         pipeline.input_dir = Path(config.input_dir).expanduser().resolve()
         if config.compile:
             pipeline.compiled, pipeline.uncompiled = True, model.module
@@ -205,6 +210,10 @@ class BatchPipeline:
         try:
             item.decoded = load_image(item.candidate.path, adapter.color_mode, self.max_pixels, reduce_to)
             item.tensor = adapter.preprocess(item.decoded.image)
+            # Past preprocessing the photo is only a preview's source: keep a preview-sized copy (made
+            # here, on the decoding thread) or none, not a full photo per image in flight (48 photos of
+            # 1600x1200 are 280 MB).
+            item.decoded.image = thumbnail(item.decoded.image) if self.previews else None
         except ImageError as exc:
             item.error = str(exc)
         except Exception as exc:  # a preprocessing bug must not end the run
@@ -249,8 +258,7 @@ class BatchPipeline:
 
     def finish(self, prepared: Prepared) -> list[Item]:
         """Forward a prepared batch, postprocess to plain data, write outputs, drop the tensors."""
-        model, output_dir = self.model, self.output_dir
-        adapter = model.adapter
+        model = self.model
         items = prepared.items
         groups, prepared.groups = prepared.groups, []
         wait_for(prepared.ready, [batch for _, batch in groups if isinstance(batch, torch.Tensor)])
@@ -265,15 +273,23 @@ class BatchPipeline:
                     "its output file would land inside the input folder (which is inside the output "
                     "folder), so it was not written; choose an output folder beside the input folder"
                 )
-            if item.result is not None:
-                meta = self._meta(item)
-                try:
-                    adapter.write(item.result, meta, output_dir)
-                except OSError as exc:
-                    if not is_name_problem(exc):  # the disk or the folder: every image would fail
-                        raise BatchLensError(write_error(exc, output_dir)) from None
-                    item.result, item.error = None, f"its output file cannot be written ({exc.strerror})"
+        self._write_outputs([item for item in items if item.result is not None])
         return items
+
+    def _write_outputs(self, items: list[Item]) -> None:
+        """Each image's output files, side by side on the writer threads (core/output_writers.py);
+        returns once every one is in place or failed, so its line comes after its file."""
+        adapter, output_dir = self.model.adapter, self.output_dir
+        outcomes = self.writers.each(lambda item: adapter.write(item.result, self._meta(item), output_dir), items)
+        for item, outcome in zip(items, outcomes):
+            if isinstance(outcome, OSError) and is_name_problem(outcome):
+                item.result, item.error = None, f"its output file cannot be written ({outcome.strerror})"
+        for outcome in outcomes:  # in scan order, once no write is running any more
+            if isinstance(outcome, OSError) and not is_name_problem(outcome):
+                # the disk or the folder: every image would fail
+                raise BatchLensError(write_error(outcome, output_dir)) from None
+            if isinstance(outcome, Exception):
+                raise outcome
 
     def _writes_into_input(self, item: Item) -> bool:
         """An output image mirrors the input tree under the output folder; when the input folder sits
