@@ -280,15 +280,15 @@ class BatchPipeline:
         """Each image's output files, side by side on the writer threads (core/output_writers.py);
         returns once every one is in place or failed, so its line comes after its file."""
         adapter, output_dir = self.model.adapter, self.output_dir
-        outcomes = self.writers.each(lambda item: adapter.write(item.result, self._meta(item), output_dir), items)
-        for item, outcome in zip(items, outcomes):
+        outcomes = self.writers.each(
+            lambda item: adapter.write(item.result, self._meta(item), output_dir), items
+        )
+        for item, outcome in zip(items, outcomes):  # in scan order, once no write is running any more
             if isinstance(outcome, OSError) and is_name_problem(outcome):
                 item.result, item.error = None, f"its output file cannot be written ({outcome.strerror})"
-        for outcome in outcomes:  # in scan order, once no write is running any more
-            if isinstance(outcome, OSError) and not is_name_problem(outcome):
-                # the disk or the folder: every image would fail
+            elif isinstance(outcome, OSError):  # the disk or the folder: every image would fail
                 raise BatchLensError(write_error(outcome, output_dir)) from None
-            if isinstance(outcome, Exception):
+            elif isinstance(outcome, Exception):
                 raise outcome
 
     def _writes_into_input(self, item: Item) -> bool:

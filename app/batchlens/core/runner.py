@@ -383,6 +383,7 @@ class Runner:
                     break
         finally:
             ahead.close()
+            pipeline.writers.close()
             running.close()
             if snapshot:
                 stop_memory_history(device)

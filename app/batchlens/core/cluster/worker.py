@@ -48,7 +48,10 @@ def worker_pipeline(
 def tune_batch_size(config: RunConfig, device: str, loader, todo: list[Candidate]) -> BatchChoice:
     """`--batch-size auto` on a cluster: measured once, on a worker like the ones that will run."""
     pipeline, probe = worker_pipeline(config, device, loader)
-    return choose_batch_size(pipeline, todo, probe)
+    try:
+        return choose_batch_size(pipeline, todo, probe)
+    finally:
+        pipeline.writers.close()  # no writer thread outlives the measurement
 
 
 class BatchWorker:
