@@ -63,8 +63,25 @@ def json_ready(record: dict) -> dict:
     return out
 
 
+def all_finite_values(value) -> bool:
+    """Whether no float in `value` (dicts, lists, tuples) is NaN or infinity: the per-image check,
+    without building the place names that `non_finite` gives for the rare line that has one."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        value = value.values()
+    elif not isinstance(value, (list, tuple)):
+        return True
+    for item in value:  # a plain loop: this runs for every image, generators cost twice as much
+        if not all_finite_values(item):
+            return False
+    return True
+
+
 def non_finite(value, where: str = "") -> str | None:
     """The first place in `value` holding NaN or infinity (e.g. "top[0].score"), or None."""
+    if not where and all_finite_values(value):  # the common case: nothing to find
+        return None
     if isinstance(value, float) and not math.isfinite(value):
         return where or "value"
     if isinstance(value, dict):

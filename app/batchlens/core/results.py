@@ -52,9 +52,15 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+_ESCAPED = re.compile("[\udc80-\udcff]")  # what json_ready escapes: bytes of a name that were not UTF-8
+
+
 def dumps_line(record: dict) -> str:
     """One strict-JSON line (names escaped, NaN refused with ValueError)."""
-    return json.dumps(json_ready(record), ensure_ascii=False, allow_nan=False) + "\n"
+    text = json.dumps(record, ensure_ascii=False, allow_nan=False)
+    if _ESCAPED.search(text):  # rare: json_ready's escaped names and raw bytes (the same text otherwise)
+        text = json.dumps(json_ready(record), ensure_ascii=False, allow_nan=False)
+    return text + "\n"
 
 
 def legacy_output_rel(rel: str, suffix: str = ".png") -> str:
