@@ -31,17 +31,20 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=2048)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--size", default="640x480", help="WIDTHxHEIGHT of the generated JPEGs")
+    parser.add_argument("--cpu-decode", action="store_true", help="decode with Pillow, not on the GPU")
     args = parser.parse_args()
     device = torch.device(args.device)
     model, _ = load_bench_model(args.model, device)
     settings = dict(batch_size=64, prefetch=2, precision="fp16", channels_last=True)
-    settings["gpu_decode"] = device.type == "cuda"
+    settings["gpu_decode"] = device.type == "cuda" and not args.cpu_decode
+    size = tuple(int(v) for v in args.size.split("x"))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        folder = photo_folder(root, "photos", args.images, (640, 480))
+        folder = photo_folder(root, "photos", args.images, size)
         engine(model, folder, root / "warm", **settings)  # cuDNN and nvJPEG warm up
         start = time.perf_counter()
-        engine(model, folder, root / "plain", **settings)
+        run = engine(model, folder, root / "plain", **settings)
         plain = args.images / (time.perf_counter() - start)
         profiler = cProfile.Profile()
         start = time.perf_counter()
@@ -49,8 +52,9 @@ def main() -> int:
         engine(model, folder, root / "profiled", **settings)
         profiler.disable()
         profiled = args.images / (time.perf_counter() - start)
-    print(f"{args.model} on {device}, {args.images} JPEGs 640x480, {settings}")
+    print(f"{args.model} on {device}, {args.images} JPEGs {args.size}, {settings}")
     print(f"images/s: {plain:.1f} without the profiler, {profiled:.1f} with it")
+    print("threads:", run["summary"].get("threads"))
     for order in ("tottime", "cumulative"):
         text = io.StringIO()
         pstats.Stats(profiler, stream=text).strip_dirs().sort_stats(order).print_stats(30)
