@@ -134,3 +134,20 @@ def test_fast_decode_row_says_how_often_its_labels_agree(tmp_path: Path):
     assert 0 < fast["settings"]["input_mean_abs_diff"] < 0.1
     assert f"mean |diff| {fast['settings']['input_mean_abs_diff']:.4f}" in fast["note"]
     assert rows["tuned"]["settings"]["fast_decode"] is False
+
+
+def test_loops_say_they_write_no_files_when_the_engine_writes_them(tmp_path: Path):
+    """demo-denoise's results are PNGs the engine writes and the loops do not: their rows say so;
+    a classification bench (no output files) has no such note."""
+    from batchlens.core.bench import BenchConfig, run_bench
+
+    folder = make_synthetic_folder(tmp_path / "in", 3, (48, 48))
+    rows = {
+        row["name"]: row
+        for row in run_bench(BenchConfig("demo-denoise", input_dir=folder, device="cpu"))["rows"]
+    }
+    for name in ("plain", "expert", "naive"):
+        assert "writes no output files (the engine rows write 3 PNGs, atomically)" in rows[name]["note"]
+    assert "writes no output files" not in rows["engine"]["note"]
+    shapes = run_bench(BenchConfig("demo-shapes", input_dir=folder, device="cpu"))["rows"]
+    assert not any("writes no output files" in row["note"] for row in shapes)

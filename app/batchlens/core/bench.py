@@ -185,6 +185,17 @@ def _row(name: str, label: str, rounds: list[dict]) -> Row:
     )
 
 
+def _say_what_the_loops_leave_out(rows: list[Row], engine: Outcome) -> None:
+    """A task whose results are files (image-to-image, masks): the engine rows encode and write a PNG
+    per image, the loops only compute the output; their rows say so (docs/performance.md)."""
+    if not engine.files_written:
+        return
+    said = f"writes no output files (the engine rows write {engine.files_written} PNGs, atomically)"
+    for row in rows:
+        if row.name in ("plain", "expert", "naive"):
+            row.note = f"{row.note}; {said}" if row.note else said
+
+
 def _paired_ratio(rounds: list[dict], base: list[dict]) -> float | None:
     pairs = zip(rounds, base)
     ratios = [r["images_per_second"] / b["images_per_second"] for r, b in pairs if b["images_per_second"]]
@@ -269,6 +280,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda _: None) -> 
         # The naive loop runs once, after the rounds: against the loops' medians
         naive.ratio = naive.images_per_second / rows["plain"].images_per_second
         naive.ratio_expert = naive.images_per_second / rows["expert"].images_per_second
+        _say_what_the_loops_leave_out(ordered, rounds["engine"][-1]["outcome"])
         log("forward-only ceiling")
         ceiling = forward_ceiling(model, candidates, rows["engine"].settings, scratch)
 

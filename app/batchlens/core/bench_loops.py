@@ -28,6 +28,7 @@ from batchlens.core.images import Candidate
 from batchlens.core.inference import PRECISIONS
 from batchlens.core.memory import MemoryProbe, format_bytes
 from batchlens.core.models import LoadedModel, load_model
+from batchlens.core.records import OUTPUT_FIELDS
 from batchlens.core.runner import Runner
 from batchlens.core.threads import usable_cores
 
@@ -43,6 +44,7 @@ class Outcome:
     top1: dict = field(default_factory=dict)
     before: int | None = None  # memory figures a loop measures itself (the naive loop)
     after: int | None = None
+    files_written: int = 0  # output files (PNGs) the engine wrote; the loops write none
 
 
 # -- images ---------------------------------------------------------------------------------------
@@ -204,12 +206,13 @@ def engine_run(
         RunConfig(model.info.id, folder, out, device=device, **settings), probe=probe, model=model
     )
     start, first = time.perf_counter(), None
-    done, top1, summary = [], {}, {}
+    done, top1, summary, files = [], {}, {}, 0
     for event in runner.events():
         if isinstance(event, ImageResult):
             first = first if first is not None else time.perf_counter() - start
             if event.ok:
                 done.append(event.image)
+                files += sum(name in event.fields for name in OUTPUT_FIELDS)
                 if event.fields.get("top"):
                     top1[event.image] = event.fields["top"][0]["index"]
         elif isinstance(event, RunFinished):
@@ -219,7 +222,7 @@ def engine_run(
     keys = ("batch_size", "prefetch", "precision", "channels_last", "fast_decode", "threads")
     shown = {k: summary.get(k) for k in keys}
     shown["batch_size_auto"] = summary.get("batch_size_auto")
-    return Outcome(done, first, describe_settings(shown), shown, top1)
+    return Outcome(done, first, describe_settings(shown), shown, top1, files_written=files)
 
 
 def describe_settings(shown: dict) -> str:
