@@ -124,3 +124,35 @@ def test_run_with_gpu_decode_gives_the_same_labels(tmp_path: Path):
         other = results[True][image]
         assert abs(top["score"] - other["score"]) < 0.02
     assert json.loads((tmp_path / "out-True" / "summary.json").read_text())["gpu_decode"] is True
+
+
+def test_device_preprocessing_runs_once_per_picture_size_and_equals_image_by_image(tmp_path: Path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(5):
+        photo(folder / f"p{i}.jpg", size=(320, 240), seed=i, orientation=6 if i == 4 else None)
+    model = _seeded_resnet(tmp_path)
+    candidates = list(scan_images(folder))
+    batched = BatchPipeline(model, tmp_path / "o1", None, gpu_decode=True)
+    single = BatchPipeline(model, tmp_path / "o2", None, gpu_decode=True)
+    single.batched_preprocess = False
+    a, b = batched.prepare(candidates), single.prepare(candidates)
+    assert batched.batched_preprocess is True  # the preset gave the same on a stack of pictures
+    for x, y in zip(a.items, b.items):
+        assert torch.allclose(x.tensor, y.tensor, atol=1e-5), x.candidate.rel
+
+
+def test_a_transform_that_misreads_a_stack_of_pictures_runs_image_by_image(tmp_path: Path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        photo(folder / f"p{i}.jpg", size=(96, 64), seed=i)
+    model = _seeded_resnet(tmp_path)
+    # Averages "the first dimension": the channels of one picture, but the pictures of a stack.
+    model.adapter.preprocess = lambda picture: picture.float().mean(dim=0)
+    pipeline = BatchPipeline(model, tmp_path / "o", None, gpu_decode=True)
+    prepared = pipeline.prepare(list(scan_images(folder)))
+    assert pipeline.batched_preprocess is False
+    for item in prepared.items:  # each picture's own channel mean (libjpeg-turbo here: as Pillow's)
+        pixels = torch.from_numpy(np.array(load_image(item.candidate.path).image)).float()
+        assert torch.allclose(item.tensor, pixels.mean(dim=-1), atol=1e-4), item.candidate.rel

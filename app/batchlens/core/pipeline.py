@@ -122,6 +122,7 @@ class BatchPipeline:
         self.recovery = self.make_recovery()
         self.image_timeout: float | None = None  # --image-timeout (core/watchdog.py)
         self.previews = True  # keep a preview-sized copy of each photo (RunConfig.previews)
+        self.batched_preprocess: bool | None = None  # --gpu-decode: one call per size? (None: untried)
         self.input_dir: Path | None = None  # resolved; no output file is ever written inside it
         # Why the model takes one image at a time, once a batch failed where its images ran one by
         # one: later batches go image by image without the failing try (the runner says so once).
@@ -192,7 +193,7 @@ class BatchPipeline:
     def _prepare(self, batch: list[Candidate], each: Each) -> Prepared:
         items = [Item(c, time.perf_counter()) for c in batch]
         if self.device_decoder is not None:
-            self._decode_on_device(items)
+            self._decode_on_device(items, each)
         each(self._decode_on_cpu, [item for item in items if item.tensor is None])  # (not on the device)
         # Images of equal tensor shape go through the model together; a model that takes a list of
         # images (detection) takes images of any size together.
@@ -219,21 +220,57 @@ class BatchPipeline:
         except Exception as exc:  # a preprocessing bug must not end the run
             item.error = f"could not be prepared for the model ({type(exc).__name__}: {exc})"
 
-    def _decode_on_device(self, items: list[Item]) -> None:
+    def _decode_on_device(self, items: list[Item], each: Each) -> None:
         """Decode the batch's JPEGs on the device in one call and preprocess them there; the images
         it does not take keep `tensor is None` and go through the Pillow decode."""
-        decoder, adapter = self.device_decoder, self.model.adapter
-        encoded = [(item, data) for item in items if (data := decoder.read(item.candidate.path)) is not None]
+        decoder = self.device_decoder
+        read = each(lambda item: decoder.read(item.candidate.path), items)  # bytes, on the decoding threads
+        encoded = [(item, data) for item, data in zip(items, read) if data is not None]
         pixels = decoder.decode([data for _, data in encoded])
+        by_shape: dict[tuple, list[tuple[Item, torch.Tensor]]] = {}
         for (item, _), picture in zip(encoded, pixels):
-            if picture is None:
-                continue
+            if picture is not None:
+                by_shape.setdefault(tuple(picture.shape), []).append((item, picture))
+        for group in by_shape.values():
+            tensors = self._preprocess_on_device([picture for _, picture in group])
+            for (item, picture), tensor in zip(group, tensors):
+                if tensor is None:
+                    continue  # a transform that only takes PIL images: the Pillow path runs it
+                item.tensor = tensor
+                preview = preview_of(picture) if self.previews else None  # (a copy to the CPU: only if shown)
+                item.decoded = DecodedImage(preview, (picture.shape[-1], picture.shape[-2]))
+
+    def _preprocess_on_device(self, pictures: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        """The model's transform over pictures of one size: in one call on the stacked pictures (a
+        dozen small device operations per batch instead of per image, each of which waits for the
+        GIL behind the decoding threads), when the transform gives the same as image by image;
+        checked on the run's first picture, else image by image."""
+        preprocess = self.model.adapter.preprocess
+        if len(pictures) > 1 and self.batched_preprocess is not False:
             try:
-                item.tensor = adapter.preprocess(picture)
+                batch = preprocess(torch.stack(pictures))
             except Exception:
-                continue  # a transform that only takes PIL images: the Pillow path runs it
-            width, height = picture.shape[-1], picture.shape[-2]
-            item.decoded = DecodedImage(preview_of(picture), (width, height))
+                batch = None
+            if self.batched_preprocess is None:  # first time: the same as the one-image call?
+                try:
+                    single = preprocess(pictures[0])
+                except Exception:
+                    single = None
+                self.batched_preprocess = (
+                    isinstance(batch, torch.Tensor)
+                    and isinstance(single, torch.Tensor)
+                    and batch.shape == (len(pictures), *single.shape)
+                    and torch.allclose(batch[0], single, atol=1e-5)
+                )
+            if self.batched_preprocess:
+                return list(batch.unbind(0))
+        tensors = []
+        for picture in pictures:
+            try:
+                tensors.append(preprocess(picture))
+            except Exception:
+                tensors.append(None)
+        return tensors
 
     def _stack(self, group: list[Item]) -> torch.Tensor | None:
         """One batch tensor for the group (None if it cannot be built: `_forward` then retries per image)."""
