@@ -262,8 +262,8 @@ class BatchPipeline:
                     and batch.shape == (len(pictures), *single.shape)
                     and torch.allclose(batch[0], single, atol=1e-5)
                 )
-            if self.batched_preprocess:
-                return list(batch.unbind(0))
+            if self.batched_preprocess and isinstance(batch, torch.Tensor):
+                return list(batch.unbind(0))  # (a stack it cannot take now: image by image below)
         tensors = []
         for picture in pictures:
             try:
