@@ -218,3 +218,25 @@ def test_non_finite_still_names_the_place():
     assert non_finite({"a": (1.0, float("-inf"))}) == "a[1]"
     assert non_finite(float("inf")) == "value"
     assert non_finite({"top": [{"label": "x", "score": 0.5}], "size": [3, 4]}) is None
+
+
+def test_a_task_without_output_files_writes_in_the_loop(tmp_path: Path, monkeypatch):
+    """Classification writes no file per image: its (empty) writes stay in the run's thread, where
+    handing them to threads would only cost time."""
+    from batchlens.core.tasks.classification import ClassificationAdapter
+    from tests.helpers import make_shapes_folder
+
+    make_shapes_folder(tmp_path / "shapes", 8)
+    threads = set()
+    real_write = ClassificationAdapter.write
+
+    def write(self, result, meta, output_dir):
+        threads.add(threading.current_thread().name)
+        return real_write(self, result, meta, output_dir)
+
+    monkeypatch.setattr(ClassificationAdapter, "write", write)
+    config = RunConfig(
+        "demo-shapes", tmp_path / "shapes", tmp_path / "out", device="cpu", batch_size=4, prefetch=0
+    )
+    list(Runner(config).events())
+    assert threads == {threading.current_thread().name}

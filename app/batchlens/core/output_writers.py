@@ -35,8 +35,10 @@ class OutputWriters:
         self.threads = writer_count() if threads is None else max(1, threads)
         self._pool: ThreadPoolExecutor | None = None
 
-    def each(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list:
-        if self.threads == 1 or len(items) <= 1:
+    def each(self, fn: Callable[[Any], Any], items: Sequence[Any], here: bool = False) -> list:
+        """`here`: in the caller's thread (nothing heavy to write: handing tiny calls to threads
+        cost 50-90 µs an image in a classification run)."""
+        if here or self.threads == 1 or len(items) <= 1:
             return [_outcome(fn, item) for item in items]
         if self._pool is None:  # started on the first batch that has files to write
             self._pool = ThreadPoolExecutor(self.threads, "batchlens-write")

@@ -317,8 +317,9 @@ class BatchPipeline:
         """Each image's output files, side by side on the writer threads (core/output_writers.py);
         returns once every one is in place or failed, so its line comes after its file."""
         adapter, output_dir = self.model.adapter, self.output_dir
+        no_files = all(item.result.image is None for item in items)  # e.g. classification: fields only
         outcomes = self.writers.each(
-            lambda item: adapter.write(item.result, self._meta(item), output_dir), items
+            lambda item: adapter.write(item.result, self._meta(item), output_dir), items, here=no_files
         )
         for item, outcome in zip(items, outcomes):  # in scan order, once no write is running any more
             if isinstance(outcome, OSError) and is_name_problem(outcome):
