@@ -107,6 +107,14 @@ class FirstRowOnly(torch.nn.Module):
         return x.mean((2, 3))[:1]
 
 
+class NanInSecondRow(torch.nn.Module):
+    def forward(self, x):
+        logits = x.mean((2, 3))
+        if logits.shape[0] > 1:
+            logits[1] = float("nan")
+        return logits
+
+
 class NoRows(torch.nn.Module):
     def forward(self, x):
         return x.mean((2, 3))[:0]
@@ -465,3 +473,15 @@ def test_a_model_giving_nan_or_too_few_rows_gives_lines_that_say_so(
     else:
         assert all(line["status"] == "error" and expected in line["error"] for line in lines)
         assert "None" not in err
+
+
+def test_nan_in_one_row_of_a_batch_fails_that_image_alone(shapes, tmp_path, capsys):
+    """Classification reads a batch's scores at once: the image whose row is NaN gets the error line,
+    the other images of the same batch keep their results."""
+    model = scripted(tmp_path / "m.pt", NanInSecondRow(), {"task": "classification", "input_size": [8, 8]})
+    out = tmp_path / "out"
+    code, _ = run(capsys, "--model", model, "--input", shapes, "--output", out, "--batch-size", "4")
+    assert code == 0
+    lines = strict_lines(out)
+    assert [line["status"] for line in lines] == ["ok", "error", "ok", "ok"]
+    assert "the model produced NaN or infinity for it" in lines[1]["error"]

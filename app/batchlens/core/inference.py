@@ -102,7 +102,7 @@ def split_batch(output, n: int) -> list:
     Handles a tensor with the batch first, a mapping of such tensors (segmentation's {"out": ...}),
     and a list with one entry per image (detection's list of dicts).
     """
-    return _split_on_cpu(batch_to_host(output), n)
+    return split_on_cpu(batch_to_host(output), n)
 
 
 def batch_to_host(output):
@@ -135,11 +135,12 @@ def _map_tensors(value, fn):
     return value
 
 
-def _split_on_cpu(output, n: int) -> list:
+def split_on_cpu(output, n: int) -> list:
+    """A batch's output already on the CPU (`batch_to_host`) -> `n` compact per-image outputs."""
     if isinstance(output, torch.Tensor):
         return [to_cpu_compact(item) for item in output.unbind(0)]
     if isinstance(output, Mapping):
-        per_key = {key: _split_on_cpu(value, n) for key, value in output.items()}
+        per_key = {key: split_on_cpu(value, n) for key, value in output.items()}
         return [{key: values[i] for key, values in per_key.items()} for i in range(n)]
     if isinstance(output, Sequence) and not isinstance(output, str) and len(output) == n:
         return [_to_cpu_tree(item) for item in output]
@@ -162,9 +163,11 @@ def infer(
     device: torch.device,
     precision: str = "fp32",
     channels_last: bool = False,
-) -> list:
+    whole: bool = False,
+):
     """Run one batch (a stacked tensor, or a list of images for models that take lists) and return
-    per-image CPU outputs. Nothing on the device is referenced once this returns.
+    per-image CPU outputs (`whole`: the batch's output on the CPU as the model gave it, not split).
+    Nothing on the device is referenced once this returns.
 
     `precision` "fp16"/"bf16" runs the forward under autocast; `channels_last` hands a 4-D batch to
     the model in NHWC layout (pair it with a model converted by `to(memory_format=channels_last)`).
@@ -180,4 +183,4 @@ def infer(
             inputs = [item.to(device, non_blocking=True) for item in batch]
         output = module(inputs)
         del inputs
-        return split_batch(output, n)
+        return batch_to_host(output) if whole else split_batch(output, n)

@@ -18,7 +18,7 @@ from batchlens.core.config import RunConfig
 from batchlens.core.errors import BatchLensError
 from batchlens.core.gpu_decode import DeviceDecoder, preview_of, wait_for
 from batchlens.core.images import Candidate, DecodedImage, ImageError, load_image
-from batchlens.core.inference import compile_module, describe_error, infer
+from batchlens.core.inference import compile_module, describe_error, infer, split_on_cpu
 from batchlens.core.models import LoadedModel
 from batchlens.core.output_writers import OutputWriters
 from batchlens.core.prefetch import Each, each_here
@@ -32,6 +32,9 @@ from batchlens.core.watchdog import ForwardTimeout, call_with_timeout
 def record_line(image: str, status: str, error: str | None, seconds: float, fields: dict) -> dict:
     """One line of predictions.jsonl (the output contract)."""
     return {"image": image, "status": status, "error": error, "seconds": seconds, **fields}
+
+
+NOT_FINITE = "the model produced NaN or infinity for it, so there is no result to trust"
 
 
 def all_finite(output) -> bool:
@@ -337,10 +340,10 @@ class BatchPipeline:
         target = output_path_for(self.output_dir, item.candidate.rel).resolve()
         return target.is_relative_to(self.input_dir)
 
-    def _infer(self, module, batch: torch.Tensor, device: torch.device) -> list:
+    def _infer(self, module, batch: torch.Tensor, device: torch.device, whole: bool = False):
         limit = self.image_timeout
         started = time.perf_counter()
-        settings = (self.precision, self.channels_last)
+        settings = (self.precision, self.channels_last, whole)
         try:
             outputs = call_with_timeout(infer, limit, module, batch, device, *settings)
         except Exception as exc:
@@ -364,7 +367,11 @@ class BatchPipeline:
         try:
             if batch is None:
                 batch = torch.stack([item.tensor for item in group])
-            outputs = self._infer(model.module, batch, model.device)
+            # A task that reads a whole batch at once gets the batch's output unsplit (one tensor).
+            whole = model.adapter.postprocess_batch is not None and isinstance(batch, torch.Tensor)
+            outputs = self._infer(model.module, batch, model.device, whole)
+            if whole and not (isinstance(outputs, torch.Tensor) and outputs.dim() > 0):
+                outputs, whole = split_on_cpu(outputs, len(group)), False
             if len(outputs) != len(group):  # which row is whose cannot be known: none is used
                 failure = (False, f"it returned {len(outputs)} result(s) for {len(group)} image(s)")
                 del outputs
@@ -396,21 +403,48 @@ class BatchPipeline:
                 return
             group[0].error = f"the model failed on this image ({failure[1]})"
             return
+        if failure is None and whole:
+            self._postprocess_batch(model, group, outputs)
+            del outputs
+            return
         for item, output in zip(group, outputs):
             if output is None:
                 continue  # out of memory even after recovery: item.error says so
             if not all_finite(output):
-                item.error = "the model produced NaN or infinity for it, so there is no result to trust"
+                item.error = NOT_FINITE
                 continue
             try:
-                item.result = model.adapter.postprocess(output, self._meta(item))
+                result = model.adapter.postprocess(output, self._meta(item))
             except Exception as exc:
                 item.error = f"its result could not be read ({type(exc).__name__}: {exc})"
                 continue
-            where = non_finite(item.result.fields)
-            if where:  # strict JSON has no NaN: an error line, never a line readers reject
-                item.result, item.error = None, f"its result holds NaN or infinity ({where})"
+            self._keep(item, result)
         del outputs
+
+    def _postprocess_batch(self, model: LoadedModel, group: list[Item], output: torch.Tensor) -> None:
+        """Every result of a batch from one call (the adapter's postprocess_batch); an image whose row
+        holds NaN or infinity gets its error, its neighbours their results."""
+        rows = output.reshape(len(group), -1)
+        finite = torch.isfinite(rows).all(dim=1).tolist() if rows.is_floating_point() else [True] * len(group)
+        try:
+            results = model.adapter.postprocess_batch(output, [self._meta(item) for item in group])
+        except Exception as exc:
+            for item in group:
+                item.error = f"its result could not be read ({type(exc).__name__}: {exc})"
+            return
+        for item, ok, result in zip(group, finite, results):
+            if ok:
+                self._keep(item, result)
+            else:
+                item.error = NOT_FINITE
+
+    @staticmethod
+    def _keep(item: Item, result: TaskResult) -> None:
+        where = non_finite(result.fields)
+        if where:  # strict JSON has no NaN: an error line, never a line readers reject
+            item.error = f"its result holds NaN or infinity ({where})"
+        else:
+            item.result = result
 
     def _forward_singly(self, model: LoadedModel, group: list[Item]) -> None:
         for item in group:

@@ -65,6 +65,11 @@ class TaskAdapter:
         """`output` is this image's share of the model output, already on the CPU, no autograd."""
         raise NotImplementedError
 
+    #: A task whose model gives one tensor per batch (the batch first) may read the whole batch at
+    #: once: `postprocess_batch(output, metas) -> list[TaskResult]`, the same results as
+    #: `postprocess` image by image. None: image by image.
+    postprocess_batch = None
+
     def result_options(self) -> dict:
         """The task options that change its results (in run.json; a resume must use the same)."""
         return {}
