@@ -155,3 +155,15 @@ def test_other_processes_holding_the_gpu_are_named(tmp_path: Path):
     finally:
         hog.kill()
         hog.wait()
+
+
+def test_memory_probe_reads_what_torch_reports():
+    from batchlens.core.memory import CudaProbe
+
+    keep = torch.empty(64 * MiB, dtype=torch.uint8, device=cuda())
+    sample = CudaProbe(torch.device(cuda())).sample()
+    assert sample.allocated == torch.cuda.memory_allocated() >= 64 * MiB
+    assert sample.reserved == torch.cuda.memory_reserved()
+    assert sample.peak == torch.cuda.max_memory_allocated()
+    assert sample.device_total == torch.cuda.mem_get_info()[1] and sample.device_used >= sample.reserved
+    del keep

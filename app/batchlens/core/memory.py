@@ -90,13 +90,16 @@ class CudaProbe(MemoryProbe):
         self.device = device
 
     def sample(self) -> MemorySample:
-        stats = torch.cuda.memory_stats(self.device)
+        # The allocator's own nested dict: memory_stats() flattens and sorts its ~150 entries in
+        # Python, once per batch (every image at batch 1).
+        stats = torch.cuda.memory_stats_as_nested_dict(self.device)
+        allocated, reserved = stats.get("allocated_bytes", {}), stats.get("reserved_bytes", {})
         free, total = torch.cuda.mem_get_info(self.device)
         return MemorySample(
             time=time.monotonic(),
-            allocated=stats.get("allocated_bytes.all.current", 0),
-            reserved=stats.get("reserved_bytes.all.current", 0),
-            peak=stats.get("allocated_bytes.all.peak", 0),
+            allocated=allocated.get("all", {}).get("current", 0),
+            reserved=reserved.get("all", {}).get("current", 0),
+            peak=allocated.get("all", {}).get("peak", 0),
             device_used=total - free,
             device_total=total,
         )
