@@ -164,6 +164,7 @@ def main() -> int:
                         else None,
                         "reserved_mib": round(torch.cuda.memory_reserved(device) / MiB, 1) if cuda else None,
                         "ok": run["summary"]["counts"]["ok"],
+                        "threads": run["summary"]["threads"],  # torch and decoding threads chosen
                     },
                 )
 
