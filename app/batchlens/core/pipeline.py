@@ -147,7 +147,7 @@ class BatchPipeline:
             config.gpu_decode,
         )
         pipeline.image_timeout = config.image_timeout
-        pipeline.writers = OutputWriters()  # closed by whoever runs the pipeline (`close`)
+        pipeline.writers = OutputWriters()  # whoever runs the pipeline calls `writers.close()`
         pipeline.previews = config.previews
         pipeline.input_dir = Path(config.input_dir).expanduser().resolve()
         if config.compile:
