@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU proof kit: everything BatchLens claims about CUDA, checked in one command (~5 minutes on
 # an H100/H200, no network, installs nothing). Writes, into $OUT (the device tool's folder) or
-# gpu-proof/: env.txt, gpu-tests.{log,xml}, gpu-bench.{log,json}, gpu-profile.log and gpu-report.md. Commit the
-# report as docs/gpu-report.md.
+# gpu-proof/: env.txt, gpu-tests.{log,xml}, gpu-bench.{log,json}, gpu-profile.log and
+# gpu-report.md. Commit the report as docs/gpu-report.md.
 #
 #   bash scripts/gpu_proof.sh            # on a machine with a CUDA GPU and PyTorch installed
 #
@@ -45,7 +45,7 @@ echo "tests took $(( $(date +%s) - start )) s"
 timeout 200 "$PY" scripts/gpu_bench.py --out "$OUT_DIR" ${GPU_BENCH_ARGS:-} 2>&1 | tee "$OUT_DIR/gpu-bench.log"
 
 # 3. Where the fast run's CPU time goes (a diagnostic for the next fix, not a claim).
-timeout 120 "$PY" scripts/gpu_profile.py 2>&1 | tee "$OUT_DIR/gpu-profile.log"
+timeout 100 "$PY" scripts/gpu_profile.py --images 1024 2>&1 | tee "$OUT_DIR/gpu-profile.log"
 
 "$PY" scripts/gpu_report.py "$OUT_DIR" > "$OUT_DIR/gpu-report.md"
 rm -rf "$site"
