@@ -61,10 +61,12 @@ def bench_section(path: Path) -> list[str]:
         lines += [
             "",
             f"Flat memory over {flat['images']} images (batch {flat.get('batch', '?')}, GPU decode, "
-            f"{flat['images_per_second']} images/s): the most allocated over "
+            f"{flat['images_per_second']} images/s): the median allocated over "
             f"{flat.get('stretch_images', '?')} images early in the run "
-            f"{flat.get('early_max_allocated_mib', '?')} MiB, over as many late in it "
-            f"{flat.get('late_max_allocated_mib', '?')} MiB (difference {flat['difference_mib']} MiB). "
+            f"{flat.get('early_median_allocated_mib', '?')} MiB, over as many late in it "
+            f"{flat.get('late_median_allocated_mib', '?')} MiB (difference {flat['difference_mib']} MiB; "
+            f"the most allocated: {flat.get('early_max_allocated_mib', '?')} and "
+            f"{flat.get('late_max_allocated_mib', '?')} MiB). "
             f"Single readings: after image 100 {flat['allocated_after_100_mib']} MiB, after the last "
             f"{flat['allocated_at_end_mib']} MiB (no batch is prefetched after the last one).",
         ]
