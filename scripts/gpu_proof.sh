@@ -31,7 +31,9 @@ print(f"python {platform.python_version()}, torch {torch.__version__} (CUDA {tor
       f"torchvision {torchvision.__version__}, {os.cpu_count()} CPU cores")
 print("cuDNN", torch.backends.cudnn.version(), "| device:", torch.cuda.get_device_name(0))
 PYEOF
-  git log -1 --format="BatchLens commit %h (%cs): %s" 2>/dev/null
+  # The code's own fingerprint (check it in a checkout with the same line): the machine's copy of
+  # the tree may carry a stale .git, so its `git log` is not evidence of what ran.
+  echo "app/ fingerprint: $(find app resources -type f -not -name '*.pyc' | sort | xargs sha256sum | sha256sum | cut -c1-16)"
 } > "$OUT_DIR/env.txt" 2>&1
 cat "$OUT_DIR/env.txt"
 
