@@ -33,7 +33,7 @@ print("cuDNN", torch.backends.cudnn.version(), "| device:", torch.cuda.get_devic
 PYEOF
   # The code's own fingerprint (check it in a checkout with the same line): the machine's copy of
   # the tree may carry a stale .git, so its `git log` is not evidence of what ran.
-  echo "app/ fingerprint: $(find app resources -type f -not -name '*.pyc' | sort | xargs sha256sum | sha256sum | cut -c1-16)"
+  echo "app/ fingerprint: $(find app resources -type f -not -path '*/__pycache__/*' | sort | xargs sha256sum | sha256sum | cut -c1-16)"
 } > "$OUT_DIR/env.txt" 2>&1
 cat "$OUT_DIR/env.txt"
 
