@@ -65,7 +65,9 @@ def test_a_corrupt_jpeg_in_the_batch_fails_alone(tmp_path: Path):
     good = photo(tmp_path / "good.jpg")
     bad = tmp_path / "bad.jpg"
     data = good.read_bytes()
-    bad.write_bytes(data[:200] + bytes(len(data) - 200))  # header intact, scan data zeroed
+    scan = data.index(b"\xff\xda")
+    start = scan + 2 + int.from_bytes(data[scan + 2 : scan + 4], "big")  # the entropy-coded data
+    bad.write_bytes(data[:start] + bytes(len(data) - start))  # header intact, scan data zeroed
     decoder = DeviceDecoder(CPU)
     encoded = [decoder.read(good), decoder.read(bad), decoder.read(good)]
     out = decoder.decode(encoded)

@@ -1,11 +1,12 @@
 """Decode a batch's JPEGs on the model's device (nvJPEG on CUDA), so the CPU only reads file bytes.
 
 `--gpu-decode`: the pipeline hands each batch's JPEG files to `DeviceDecoder`, which checks each
-header on the CPU (size limit, EXIF orientation, colour mode), decodes the whole list in one call
-(`torchvision.io.decode_jpeg(list, device=...)`), turns each picture upright on the device and
-returns uint8 tensors there; the model's own transform then resizes, crops and normalises them on the
-device too. Anything the device path does not take (not a JPEG, CMYK, a file the decoder refuses)
-goes back to the ordinary Pillow decode for that image, with the same error messages as always.
+header on the CPU (size limit, EXIF orientation, colour mode: core/jpeg_header.py), decodes the
+whole list in one call (`torchvision.io.decode_jpeg(list, device=...)`), turns each picture upright
+on the device and returns uint8 tensors there; the model's own transform then resizes, crops and
+normalises them on the device too. Anything the device path does not take (not a JPEG, CMYK, a file
+the decoder refuses) goes back to the ordinary Pillow decode for that image, with the same error
+messages as always.
 
 On the CPU the same code runs with libjpeg-turbo, which is how the tests check it against the Pillow
 path. On CUDA, the decode and the preprocessing run on a side stream, so the next batch's decode
@@ -20,14 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import ExifTags, Image
+from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
 from batchlens.core.images import DEFAULT_MAX_PIXELS, open_input
+from batchlens.core.jpeg_header import read_jpeg_header
 from batchlens.core.tasks.base import PREVIEW_SIZE
 
-JPEG_MAGIC = b"\xff\xd8\xff"
 # EXIF orientation -> the turn PIL's ImageOps.exif_transpose applies, on CxHxW tensors of any device.
 _ORIENTATION = {
     2: lambda p: p.flip(-1),  # mirror left-right
@@ -86,20 +87,17 @@ class DeviceDecoder:
         try:
             # The guarded opener never opens a pipe or a device: the Pillow path says what it is.
             with open_input(path) as f:
-                with Image.open(f) as im:
-                    if im.format != "JPEG" or im.mode not in ("RGB", "L"):
-                        return None  # CMYK and YCCK JPEGs: Pillow converts them properly
-                    width, height = im.size
-                    if self.max_pixels and width * height > self.max_pixels:
-                        return None  # the Pillow path refuses it with its usual sentence
-                    orientation = im.getexif().get(ExifTags.Base.Orientation, 1)
-                f.seek(0)
                 data = f.read()
         except Exception:
             return None
-        if not data.startswith(JPEG_MAGIC):
-            return None
-        return EncodedJpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), (width, height), orientation)
+        header = read_jpeg_header(data)
+        if header is None or header.components not in (1, 3):
+            return None  # not a JPEG this path is sure of, or CMYK/YCCK: Pillow converts them properly
+        width, height = header.width, header.height
+        if self.max_pixels and width * height > self.max_pixels:
+            return None  # the Pillow path refuses it with its usual sentence
+        pixels = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        return EncodedJpeg(pixels, (width, height), header.orientation)
 
     def decode(self, encoded: list[EncodedJpeg]) -> list[torch.Tensor | None]:
         """uint8 CxHxW tensors on the device, upright; None for a file the decoder refused."""
