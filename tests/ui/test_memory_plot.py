@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 
 import numpy as np
+import pytest
 from PIL import Image
 from PySide6.QtCore import Qt
 
@@ -19,6 +20,21 @@ def make_plot(qtbot, probe, **kwargs) -> MemoryPlot:
     plot.resize(640, 400)
     plot.show()
     return plot
+
+
+def points(curve) -> list[float]:
+    _, y = curve.getData()
+    return [] if y is None else list(y)
+
+
+def legend_names(plot: MemoryPlot) -> list[str]:
+    return [label.text for _, label in plot.legend.items]
+
+
+def y_top(plot: MemoryPlot) -> float:
+    bottom, top = plot.plot_item.viewRange()[1]
+    assert bottom == 0
+    return top
 
 
 def test_ring_buffer_keeps_the_newest_rows_in_order():
@@ -39,17 +55,17 @@ def test_known_numbers_become_the_curves_data(qtbot):
     plot = make_plot(qtbot, probe)  # set_probe takes the first sample
     plot.sample_now()
     plot.sample_now()
-    # 8 GiB on the device: the axis is in GiB.
-    assert plot.plot_item.getAxis("left").labelUnits == "GiB"
+    # The lines reach 1.1 GiB of 8 GiB: the scale follows them, in MiB, without the device total.
+    assert plot.plot_item.getAxis("left").labelUnits == "MiB"
     _, allocated = plot.curves["allocated"].getData()
     _, reserved = plot.curves["reserved"].getData()
     _, peak = plot.curves["peak"].getData()
     _, used = plot.curves["device_used"].getData()
-    assert np.allclose(allocated * GIB, [s[0] for s in samples])
-    assert np.allclose(reserved * GIB, [s[1] for s in samples])
-    assert np.allclose(peak * GIB, [s[2] for s in samples])
-    assert np.allclose(used * GIB, [s[3] for s in samples])
-    assert plot.total_line.isVisible() and plot.total_line.value() == 8.0
+    assert np.allclose(allocated * MIB, [s[0] for s in samples])
+    assert np.allclose(reserved * MIB, [s[1] for s in samples])
+    assert np.allclose(peak * MIB, [s[2] for s in samples])
+    assert np.allclose(used * MIB, [s[3] for s in samples])
+    assert points(plot.curves["device_total"]) == []
     assert "Allocated 50.0 MiB" in plot.readout.text()
     assert "of 8.0 GiB" in plot.readout.text()
     assert "cannot free" in plot.plot_widget.toolTip()
@@ -62,7 +78,9 @@ def test_small_numbers_are_shown_in_mib_and_hover_reads_the_nearest_sample(qtbot
     assert plot.plot_item.getAxis("left").labelUnits == "MiB"
     _, allocated = plot.curves["allocated"].getData()
     assert np.allclose(allocated, 10.0)
-    assert not plot.total_line.isVisible()
+    # No device total from this backend: nothing to draw, nothing to scale the whole device to.
+    assert points(plot.curves["device_total"]) == []
+    assert not plot.whole_device.isVisible()
     row = plot.values_at(plot.now_s())
     assert row[1] == 10 * MIB and row[2] == 40 * MIB
 
@@ -224,3 +242,92 @@ def test_save_dialogs_start_in_the_output_folder(qtbot, tmp_path, monkeypatch):
     (tmp_path / "out").mkdir()
     qtbot.mouseClick(plot.csv_button, Qt.MouseButton.LeftButton)
     assert offered == [str(tmp_path / "memory.png"), str(tmp_path / "out" / "memory.csv")]
+
+
+# The H200 run of 2026-11-27 (docs/gpu-proof/gpu-window-memory.csv): a ResNet-50 on a 139.8 GiB card.
+H200_TOTAL = 150109880320
+H200_RUN = [
+    (0, 0, 0, 552402944, H200_TOTAL),  # before the run: the CUDA context only
+    (241608192, 452984832, 320775680, 1181548544, H200_TOTAL),
+    (2045 * MIB, 3506 * MIB, 2829 * MIB, 4204 * MIB, H200_TOTAL),  # mid-run
+    (33 * MIB, 3506 * MIB, 2829 * MIB, 4204 * MIB, H200_TOTAL),  # the end: reserved kept for reuse
+]
+
+
+def test_a_run_on_a_big_gpu_fills_the_plot_and_whole_gpu_shows_the_card(qtbot):
+    """4.1 GiB used of 139.8 GiB: the scale follows the run's lines (they were flat along the bottom
+    of a 0-150 GiB plot); the total is still in the readout, and Whole GPU scales to the card."""
+    plot = make_plot(qtbot, FakeProbe("cuda", H200_RUN))
+    for _ in H200_RUN[1:]:
+        plot.sample_now()
+    assert plot.plot_item.getAxis("left").labelUnits == "GiB"
+    top = y_top(plot)
+    assert top == pytest.approx(4204 / 1024 * 1.25)  # the highest line (device used), with headroom
+    assert max(points(plot.curves["device_used"])) / top == pytest.approx(0.8)
+    assert max(points(plot.curves["reserved"])) / top > 0.65  # the run's own lines fill the plot
+    assert points(plot.curves["device_total"]) == [] and "device total" not in legend_names(plot)
+    assert plot.readout.text().endswith("device used 4.1 GiB of 139.8 GiB")
+
+    assert plot.whole_device.isVisible() and plot.whole_device.text() == "Whole GPU"
+    qtbot.mouseClick(plot.whole_device, Qt.MouseButton.LeftButton)
+    assert plot.whole_device.isChecked()
+    assert y_top(plot) == pytest.approx(H200_TOTAL / GIB * 1.25)
+    assert points(plot.curves["device_total"]) == pytest.approx([H200_TOTAL / GIB] * len(H200_RUN))
+    assert legend_names(plot)[-1] == "device total"
+
+    qtbot.mouseClick(plot.whole_device, Qt.MouseButton.LeftButton)
+    assert y_top(plot) == pytest.approx(top) and "device total" not in legend_names(plot)
+
+
+def test_the_device_total_is_drawn_once_the_run_comes_near_it(qtbot):
+    far = (1 * GIB, 2 * GIB, 1 * GIB, 3 * GIB, 8 * GIB)  # 3 of 8 GiB: out of reach
+    near = (5 * GIB, 6 * GIB, 5 * GIB, 7 * GIB, 8 * GIB)  # 7 of 8 GiB: the total matters now
+    plot = make_plot(qtbot, FakeProbe("cuda", [far, far, near]))
+    plot.sample_now()
+    assert y_top(plot) == pytest.approx(3 * 1.25) and "device total" not in legend_names(plot)
+    plot.sample_now()
+    assert y_top(plot) == pytest.approx(8 * 1.25)
+    assert points(plot.curves["device_total"]) == [8.0, 8.0, 8.0]
+    assert legend_names(plot)[-1] == "device total"
+
+
+def test_on_the_cpu_the_scale_is_the_process_ram(qtbot):
+    """The machine's 16 GiB would squash the process's 750 MiB: it is text only, and there is no
+    Whole GPU to tick."""
+    probe = FakeProbe("cpu", [(700 * MIB, 700 * MIB, 750 * MIB, 5 * GIB, 16 * GIB)])
+    plot = make_plot(qtbot, probe)
+    plot.sample_now()
+    assert plot.plot_item.getAxis("left").labelUnits == "MiB"
+    assert y_top(plot) == pytest.approx(750 * 1.25)
+    assert points(plot.curves["device_total"]) == [] and not plot.curves["device_used"].isVisible()
+    assert not plot.whole_device.isVisible()
+    assert legend_names(plot) == ["process RAM (RSS)", "peak RSS"]
+
+
+@pytest.mark.parametrize("width", [420, 620, 940])
+def test_the_legend_sits_above_the_plot_and_covers_nothing(qtbot, width):
+    """Inside the plot the legend hid the newest samples and, at 1280x720, the clear-cache label.
+    Above it, it must cover neither the view nor a marker label, and wrap into rows when narrow."""
+    import pyqtgraph as pg
+
+    plot = make_plot(qtbot, FakeProbe("cuda", H200_RUN))
+    plot.resize(width, 330)
+    qtbot.waitExposed(plot)
+    plot.add_marker("run_start", "Run started")
+    plot.sample_now()
+    plot.add_marker("clear_cache", "Freed 2.1 GiB")
+    qtbot.mouseClick(plot.whole_device, Qt.MouseButton.LeftButton)  # five entries
+    qtbot.wait(50)
+    legend = plot.legend.sceneBoundingRect()
+    view = plot.plot_item.vb.sceneBoundingRect()
+    widget = plot.plot_item.sceneBoundingRect()
+    assert len(plot.legend.items) == 5
+    assert legend.bottom() <= view.top() and widget.contains(legend), (legend, view, widget)
+    for _, line in plot.marker_lines():
+        label = next(c for c in line.childItems() if isinstance(c, pg.InfLineLabel))
+        box = label.mapRectToScene(label.boundingRect())
+        assert view.contains(box) and not box.intersects(legend)
+    for _, entry in plot.legend.items:  # every entry inside the legend's own box, none cut off
+        assert legend.adjusted(-1, -1, 1, 1).contains(entry.sceneBoundingRect())
+    rows = {round(entry.sceneBoundingRect().top()) for _, entry in plot.legend.items}
+    assert len(rows) == {420: 3, 620: 2, 940: 1}[width]

@@ -1,5 +1,6 @@
-"""The memory plot's data, without Qt: a fixed-size ring buffer of samples, the markers, and the rows
-Export CSV writes (every sample, and every marker on a row of its own at its own time)."""
+"""The memory plot's data, without Qt: a fixed-size ring buffer of samples, the markers, the rows
+Export CSV writes (every sample, and every marker on a row of its own at its own time), and how high
+the plot's scale goes."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ import numpy as np
 # Columns of the ring buffer (bytes, NaN where the backend cannot tell).
 COLUMNS = ("time_s", "allocated", "reserved", "peak", "device_used", "device_total")
 CSV_HEADER = [*(c if c == "time_s" else f"{c}_bytes" for c in COLUMNS), "marker", "marker_text"]
+
+HEADROOM = 1.25  # the scale's top over the highest line: room for the marker labels along the top
+TOTAL_IN_REACH = 0.5  # the device total joins the scale once the run's lines reach half of it
 
 
 class RingBuffer:
@@ -55,6 +59,22 @@ class Marker:
 def nan_if_none(value: int | None) -> float:
     return math.nan if value is None else float(value)
 
+
+def scale_top(history: np.ndarray, cpu: bool, whole_device: bool = False) -> tuple[float, bool]:
+    """The top of the plot's scale in bytes, and whether the device total is drawn.
+
+    The scale follows the run's own lines (allocated, reserved, peak, device used), so that 4 GiB on a
+    140 GiB card fills the plot instead of lying flat along its bottom. The device total is drawn (and
+    scaled to) only when those lines come within reach of it, or when the user asks for the whole
+    device. On the CPU the lines are this process's RAM: the machine's total is never drawn."""
+    lines = ("allocated", "peak") if cpu else ("allocated", "reserved", "peak", "device_used")
+    values = history[:, [COLUMNS.index(k) for k in lines]]
+    highest = float(np.nanmax(values)) if not np.isnan(values).all() else 0.0
+    total = history[-1, COLUMNS.index("device_total")] if len(history) else math.nan
+    show_total = not cpu and not math.isnan(total) and (whole_device or highest >= TOTAL_IN_REACH * total)
+    if show_total:
+        highest = max(highest, total)
+    return highest * HEADROOM, show_total
 
 
 def csv_rows(history: np.ndarray, markers: Iterable[Marker]) -> list[list[str]]:

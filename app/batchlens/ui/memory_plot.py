@@ -2,8 +2,9 @@
 
 History lives in a fixed-size ring buffer (the plot never grows with the run), one PlotDataItem per
 line gets `setData` on each tick, and markers on the time axis say where a run started and ended,
-where an image failed and where Clear cache was pressed. The probe is injectable, so tests can feed
-known numbers.
+where an image failed and where Clear cache was pressed. The scale follows the run's own lines, not the
+size of the card (`scale_top`); "Whole GPU" shows the whole card. The legend sits above the plot, so it
+covers neither lines nor marker labels. The probe is injectable, so tests can feed known numbers.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import QEvent, Qt, QTimer, Signal
 from PySide6.QtGui import QPalette
 from PySide6.QtWidgets import (
+    QCheckBox,
     QFileDialog,
     QHBoxLayout,
     QLabel,
@@ -31,7 +33,16 @@ from PySide6.QtWidgets import (
 
 from batchlens.core.memory import ClearResult, MemoryProbe, MemorySample, format_bytes
 from batchlens.core.results import atomic_write
-from batchlens.ui.memory_history import COLUMNS, CSV_HEADER, Marker, RingBuffer, csv_rows, nan_if_none
+from batchlens.ui.memory_history import (
+    COLUMNS,
+    CSV_HEADER,
+    Marker,
+    RingBuffer,
+    csv_rows,
+    nan_if_none,
+    scale_top,
+)
+from batchlens.ui.plot_legend import fit_legend, legend_above
 
 MIB = 2**20
 GIB = 2**30
@@ -92,25 +103,20 @@ class MemoryPlot(QWidget):
         self.plot_item.getAxis("left").enableAutoSIPrefix(False)
         self.plot_item.getAxis("bottom").enableAutoSIPrefix(False)
         self._axis_label: tuple[str, str] | None = None
-        # Bottom right: the run-start marker and the early history (left) stay readable.
-        self.legend = self.plot_item.addLegend(offset=(-8, -8), labelTextSize="8pt")
+        self.legend = legend_above(self.plot_item)
         self.curves: dict[str, pg.PlotDataItem] = {}
-        for key in ("allocated", "reserved", "peak", "device_used"):
-            style = Qt.PenStyle.DotLine if key == "peak" else Qt.PenStyle.SolidLine
-            pen = pg.mkPen(LINE_COLORS[key], width=2, style=style)
+        for key in ("allocated", "reserved", "peak", "device_used", "device_total"):
+            style = {"peak": Qt.PenStyle.DotLine, "device_total": Qt.PenStyle.DashLine}
+            width = 1.5 if key == "device_total" else 2
+            pen = pg.mkPen(LINE_COLORS[key], width=width, style=style.get(key, Qt.PenStyle.SolidLine))
             self.curves[key] = self.plot_item.plot([], [], pen=pen, name=key)
-        self.total_line = pg.InfiniteLine(
-            angle=0,
-            movable=False,
-            pen=pg.mkPen(LINE_COLORS["device_total"], width=1.5, style=Qt.PenStyle.DashLine),
-        )
-        self.total_line.setVisible(False)
-        self.plot_item.addItem(self.total_line, ignoreBounds=True)
+        self._total_shown = False
         self.hover_line = pg.InfiniteLine(angle=90, movable=False, pen=pg.mkPen("#adb5bd", width=1))
         self.hover_line.setVisible(False)
         self.plot_item.addItem(self.hover_line, ignoreBounds=True)
         self.plot_widget.scene().sigMouseMoved.connect(self._on_mouse_moved)
         self.plot_item.vb.sigResized.connect(lambda _vb: self._layout_labels())
+        self.plot_item.geometryChanged.connect(self._fit_legend)
 
         self.title = QLabel()
         self.title.setWordWrap(True)
@@ -129,6 +135,12 @@ class MemoryPlot(QWidget):
             "device (empty_cache). Works during a run and when idle; the reserved line drops."
         )
         self.clear_button.clicked.connect(self.clear_cache)
+        self.whole_device = QCheckBox("Whole GPU")
+        self.whole_device.setToolTip(
+            "Scale the plot to the whole GPU, up to its total memory. Unticked, the scale follows this "
+            "run's own lines, and the total is drawn once they come near it."
+        )
+        self.whole_device.toggled.connect(lambda _on: self._redraw())
         self.save_button = QPushButton("Save plot as PNG…")
         self.save_button.setToolTip("Save a picture of the plot as it is now.")
         self.save_button.clicked.connect(self._ask_save_png)
@@ -140,6 +152,7 @@ class MemoryPlot(QWidget):
 
         buttons = QHBoxLayout()
         buttons.addWidget(self.clear_button)
+        buttons.addWidget(self.whole_device)
         buttons.addStretch(1)
         buttons.addWidget(self.save_button)
         buttons.addWidget(self.csv_button)
@@ -172,16 +185,19 @@ class MemoryPlot(QWidget):
             "reserved": "reserved (allocated + cache)",
             "peak": "peak RSS" if cpu else "peak allocated",
             "device_used": "device used (all processes)",
+            "device_total": "device total",
         }
         self.legend.clear()
+        self._total_shown = False  # its legend entry comes with the line (`_redraw`)
         for key, curve in self.curves.items():
             # On the CPU "reserved" is the same RSS, and "device" is the whole machine's RAM, which
             # would squash the process line flat: those numbers are shown as text instead.
-            visible = not (cpu and key in ("reserved", "device_used"))
+            visible = not (cpu and key in ("reserved", "device_used", "device_total"))
             curve.setVisible(visible)
             curve.opts["name"] = names[key]
-            if visible:
+            if visible and key != "device_total":
                 self.legend.addItem(curve, names[key])
+        self._fit_legend()
         if cpu:
             self.title.setText("<b>Process RAM</b> — running on the CPU, so this is RAM, not GPU memory.")
         else:
@@ -195,6 +211,9 @@ class MemoryPlot(QWidget):
         self.plot_widget.setToolTip(tip)
         self.title.setToolTip(tip)
         self.sample_now()
+        # Only where there is a device total to scale to (not the CPU's RAM, not MPS).
+        total = self._last.device_total if self._last is not None else None
+        self.whole_device.setVisible(not cpu and total is not None)
 
     def set_where(self, text: str | None) -> None:
         """Say where the work runs when this plot cannot show it (None: here, as the title says)."""
@@ -234,11 +253,8 @@ class MemoryPlot(QWidget):
         if not len(data):
             return
         cpu = self.probe is not None and self.probe.kind == "cpu"
-        shown = (
-            ["allocated", "peak"] if cpu else ["allocated", "reserved", "peak", "device_used", "device_total"]
-        )
-        biggest = np.nanmax(data[:, [COLUMNS.index(k) for k in shown]])
-        divisor = GIB if biggest >= 2 * GIB else MIB
+        top, show_total = scale_top(data, cpu, self.whole_device.isChecked())
+        divisor = GIB if top >= 2 * GIB else MIB
         label = ("RAM" if cpu else "memory", "GiB" if divisor == GIB else "MiB")
         if label != self._axis_label:  # relabelling re-lays out the axis: only when it changes
             self._axis_label = label
@@ -247,20 +263,21 @@ class MemoryPlot(QWidget):
         t = data[:, 0]
         for key, curve in self.curves.items():
             column = data[:, COLUMNS.index(key)]
-            if key == "device_used" and np.isnan(column).all():
+            if np.isnan(column).all() or (key == "device_total" and not show_total):
                 curve.setData([], [])
                 continue
             curve.setData(t, column / self._divisor, skipFiniteCheck=True)
-        total = data[-1, COLUMNS.index("device_total")]
-        self.total_line.setVisible(not cpu and not math.isnan(total))
-        if not math.isnan(total):
-            self.total_line.setValue(total / self._divisor)
+        if show_total != self._total_shown:  # the legend names the total while it is drawn
+            self._total_shown = show_total
+            total = self.curves["device_total"]
+            if show_total:
+                self.legend.addItem(total, total.opts["name"])
+            else:
+                self.legend.removeItem(total)
+            self._fit_legend()
         now = t[-1]
         self.plot_item.setXRange(max(0.0, now - self.window_s), max(now, 10.0), padding=0)
-        top = biggest if not cpu else np.nanmax(data[:, [1, 3]])
-        if not cpu and not math.isnan(total):
-            top = max(top, total)
-        self.plot_item.setYRange(0, max(top / self._divisor, 1.0) * 1.08, padding=0)
+        self.plot_item.setYRange(0, max(top / self._divisor, 1.0), padding=0)
         self._drop_old_markers(now)
 
     def describe(self, sample: MemorySample) -> str:
@@ -328,6 +345,9 @@ class MemoryPlot(QWidget):
             row = next((r for r in range(rows) if r not in taken), len(placed) % rows)
             placed.append((marker.time_s, row))
             label.setPosition(1.0 - (2 + row * (label_h + 2)) / height)
+
+    def _fit_legend(self) -> None:
+        fit_legend(self.legend, self.plot_item)
 
     def _label_fill(self):
         # The plot's own background behind each label, so lines crossing it do not print through.

@@ -1,0 +1,43 @@
+"""The memory plot's legend, above the plot rather than inside it.
+
+Inside the view it covered the newest samples (bottom right) or the marker labels (along the top).
+Here it lives in the plot item's own title row, which the plot does not otherwise use, so it is still
+part of the picture Save plot as PNG writes, and it wraps into rows when the plot is narrow.
+"""
+
+from __future__ import annotations
+
+import pyqtgraph as pg
+
+SAMPLE_PX = 20  # pyqtgraph's ItemSample is 20x20
+GAPS_PX = 8 + 14  # around the sample, then before the next entry
+
+
+def legend_above(plot_item: pg.PlotItem) -> pg.LegendItem:
+    legend = pg.LegendItem(labelTextSize="8pt", horSpacing=4, frame=False)
+    legend.layout.setContentsMargins(0, 0, 0, 0)
+    legend.setParentItem(plot_item)
+    legend.anchor(itemPos=(0.5, 0), parentPos=(0.5, 0), offset=(0, 1))
+    return legend
+
+
+def fit_legend(legend: pg.LegendItem, plot_item: pg.PlotItem) -> None:
+    """As many columns as fit across the plot, as few rows as that allows, filled evenly (2 + 2, not
+    3 + 1); the plot's title row made as tall as the legend. The legend's size is set here: its own
+    `updateSize` grows it by a few pixels on every call."""
+    labels = [label for _, label in legend.items]
+    widths = [SAMPLE_PX + GAPS_PX + label.preferredWidth() for label in labels]
+    n = len(widths)
+    if not n:
+        plot_item.layout.setRowFixedHeight(0, 0)
+        return
+    available = plot_item.width() - 4
+    fits = next((c for c in range(n, 1, -1) if sum(max(widths[i::c]) for i in range(c)) <= available), 1)
+    rows = -(-n // fits)
+    columns = -(-n // rows)
+    legend.setColumnCount(columns)
+    width = sum(max(widths[i::columns]) for i in range(columns))
+    height = rows * max([float(SAMPLE_PX)] + [label.preferredHeight() for label in labels])
+    legend.size = (width, height)  # fixed: see above
+    legend.setGeometry(0, 0, width, height)
+    plot_item.layout.setRowFixedHeight(0, height + 2)
