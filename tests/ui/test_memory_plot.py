@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from PySide6.QtCore import Qt
 
-from batchlens.ui.memory_plot import Marker, MemoryPlot, RingBuffer
+from batchlens.ui.memory_plot import LABEL_ROW_PX, Marker, MemoryPlot, RingBuffer
 from tests.ui.conftest import GIB, MIB, FakeProbe
 
 
@@ -35,6 +35,14 @@ def y_top(plot: MemoryPlot) -> float:
     bottom, top = plot.plot_item.viewRange()[1]
     assert bottom == 0
     return top
+
+
+def assert_scaled_to(plot: MemoryPlot, highest: float) -> None:
+    """The scale's top is the highest line drawn plus a row of marker labels (1.1 to 1.5 times it)."""
+    top = y_top(plot)
+    assert 1.1 * highest <= top * 1.000001 and top <= 1.5 * highest * 1.000001, (top, highest)
+    free_px = (1 - highest / top) * plot.plot_item.vb.height()
+    assert free_px >= LABEL_ROW_PX - 0.5 or top == pytest.approx(1.5 * highest), free_px
 
 
 def test_ring_buffer_keeps_the_newest_rows_in_order():
@@ -261,17 +269,16 @@ def test_a_run_on_a_big_gpu_fills_the_plot_and_whole_gpu_shows_the_card(qtbot):
     for _ in H200_RUN[1:]:
         plot.sample_now()
     assert plot.plot_item.getAxis("left").labelUnits == "GiB"
+    assert_scaled_to(plot, 4204 / 1024)  # the highest line: device used
     top = y_top(plot)
-    assert top == pytest.approx(4204 / 1024 * 1.25)  # the highest line (device used), with headroom
-    assert max(points(plot.curves["device_used"])) / top == pytest.approx(0.8)
-    assert max(points(plot.curves["reserved"])) / top > 0.65  # the run's own lines fill the plot
+    assert max(points(plot.curves["reserved"])) / top > 0.6  # the run's own lines fill the plot
     assert points(plot.curves["device_total"]) == [] and "device total" not in legend_names(plot)
     assert plot.readout.text().endswith("device used 4.1 GiB of 139.8 GiB")
 
     assert plot.whole_device.isVisible() and plot.whole_device.text() == "Whole GPU"
     qtbot.mouseClick(plot.whole_device, Qt.MouseButton.LeftButton)
     assert plot.whole_device.isChecked()
-    assert y_top(plot) == pytest.approx(H200_TOTAL / GIB * 1.25)
+    assert_scaled_to(plot, H200_TOTAL / GIB)
     assert points(plot.curves["device_total"]) == pytest.approx([H200_TOTAL / GIB] * len(H200_RUN))
     assert legend_names(plot)[-1] == "device total"
 
@@ -284,9 +291,10 @@ def test_the_device_total_is_drawn_once_the_run_comes_near_it(qtbot):
     near = (5 * GIB, 6 * GIB, 5 * GIB, 7 * GIB, 8 * GIB)  # 7 of 8 GiB: the total matters now
     plot = make_plot(qtbot, FakeProbe("cuda", [far, far, near]))
     plot.sample_now()
-    assert y_top(plot) == pytest.approx(3 * 1.25) and "device total" not in legend_names(plot)
+    assert_scaled_to(plot, 3)
+    assert "device total" not in legend_names(plot)
     plot.sample_now()
-    assert y_top(plot) == pytest.approx(8 * 1.25)
+    assert_scaled_to(plot, 8)
     assert points(plot.curves["device_total"]) == [8.0, 8.0, 8.0]
     assert legend_names(plot)[-1] == "device total"
 
@@ -298,7 +306,7 @@ def test_on_the_cpu_the_scale_is_the_process_ram(qtbot):
     plot = make_plot(qtbot, probe)
     plot.sample_now()
     assert plot.plot_item.getAxis("left").labelUnits == "MiB"
-    assert y_top(plot) == pytest.approx(750 * 1.25)
+    assert_scaled_to(plot, 750)
     assert points(plot.curves["device_total"]) == [] and not plot.curves["device_used"].isVisible()
     assert not plot.whole_device.isVisible()
     assert legend_names(plot) == ["process RAM (RSS)", "peak RSS"]
@@ -307,7 +315,7 @@ def test_on_the_cpu_the_scale_is_the_process_ram(qtbot):
 @pytest.mark.parametrize("width", [420, 620, 940])
 def test_the_legend_sits_above_the_plot_and_covers_nothing(qtbot, width):
     """Inside the plot the legend hid the newest samples and, at 1280x720, the clear-cache label.
-    Above it, it must cover neither the view nor a marker label, and wrap into rows when narrow."""
+    Above it, it must cover neither the view nor a marker label, and take little height when narrow."""
     import pyqtgraph as pg
 
     plot = make_plot(qtbot, FakeProbe("cuda", H200_RUN))
@@ -329,5 +337,35 @@ def test_the_legend_sits_above_the_plot_and_covers_nothing(qtbot, width):
         assert view.contains(box) and not box.intersects(legend)
     for _, entry in plot.legend.items:  # every entry inside the legend's own box, none cut off
         assert legend.adjusted(-1, -1, 1, 1).contains(entry.sceneBoundingRect())
+    # Full names where they fit in one row; short ones where that saves a row (the tooltip explains).
     rows = {round(entry.sceneBoundingRect().top()) for _, entry in plot.legend.items}
-    assert len(rows) == {420: 3, 620: 2, 940: 1}[width]
+    assert len(rows) == {420: 2, 620: 1, 940: 1}[width]
+    short = ["allocated", "reserved", "peak allocated", "device used", "device total"]
+    full = [
+        "allocated (live tensors)",
+        "reserved (allocated + cache)",
+        "peak allocated",
+        "device used (all processes)",
+        "device total",
+    ]
+    assert legend_names(plot) == (full if width == 940 else short)
+
+
+def test_labels_far_apart_on_the_shown_span_share_the_top_row(qtbot, monkeypatch):
+    """Early in a run the plot shows 10 s, not its 2-minute window: labels 5 s apart are far apart on
+    screen and both sit in the top row, above the lines (lower rows would cover them)."""
+    import pyqtgraph as pg
+
+    plot = make_plot(qtbot, FakeProbe("cuda", H200_RUN))
+    qtbot.waitExposed(plot)
+    plot.sample_now()
+    assert plot.plot_item.viewRange()[0] == [0, 10]
+    for at, kind in ((1.0, "run_start"), (6.0, "clear_cache")):
+        monkeypatch.setattr(plot, "now_s", lambda at=at: at)
+        plot.add_marker(kind, kind)
+    labels = [
+        next(c for c in line.childItems() if isinstance(c, pg.InfLineLabel))
+        for _, line in plot.marker_lines()
+    ]
+    positions = [label.orthoPos for label in labels]
+    assert len(positions) == 2 and positions[0] == positions[1] > 0.9

@@ -14,7 +14,6 @@ import numpy as np
 COLUMNS = ("time_s", "allocated", "reserved", "peak", "device_used", "device_total")
 CSV_HEADER = [*(c if c == "time_s" else f"{c}_bytes" for c in COLUMNS), "marker", "marker_text"]
 
-HEADROOM = 1.25  # the scale's top over the highest line: room for the marker labels along the top
 TOTAL_IN_REACH = 0.5  # the device total joins the scale once the run's lines reach half of it
 
 
@@ -60,8 +59,9 @@ def nan_if_none(value: int | None) -> float:
     return math.nan if value is None else float(value)
 
 
-def scale_top(history: np.ndarray, cpu: bool, whole_device: bool = False) -> tuple[float, bool]:
-    """The top of the plot's scale in bytes, and whether the device total is drawn.
+def scale_top(history: np.ndarray, cpu: bool, whole_device: bool, headroom: float) -> tuple[float, bool]:
+    """The top of the plot's scale in bytes (`headroom` times the highest line drawn), and whether the
+    device total is drawn.
 
     The scale follows the run's own lines (allocated, reserved, peak, device used), so that 4 GiB on a
     140 GiB card fills the plot instead of lying flat along its bottom. The device total is drawn (and
@@ -74,7 +74,7 @@ def scale_top(history: np.ndarray, cpu: bool, whole_device: bool = False) -> tup
     show_total = not cpu and not math.isnan(total) and (whole_device or highest >= TOTAL_IN_REACH * total)
     if show_total:
         highest = max(highest, total)
-    return highest * HEADROOM, show_total
+    return highest * headroom, show_total
 
 
 def csv_rows(history: np.ndarray, markers: Iterable[Marker]) -> list[list[str]]:

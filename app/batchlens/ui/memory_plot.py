@@ -57,6 +57,7 @@ LINE_COLORS = {
     "device_total": "#868e96",
 }
 LABEL_WIDTH_PX = 90  # about the width of a marker label ("clear cache") at 8-9 pt
+LABEL_ROW_PX = 26  # a marker label's height at 8-9 pt, its offset from the top, and a little air
 MARKER_COLORS = {
     "run_start": "#2f9e44",
     "run_end": "#2f9e44",
@@ -116,7 +117,7 @@ class MemoryPlot(QWidget):
         self.plot_item.addItem(self.hover_line, ignoreBounds=True)
         self.plot_widget.scene().sigMouseMoved.connect(self._on_mouse_moved)
         self.plot_item.vb.sigResized.connect(lambda _vb: self._layout_labels())
-        self.plot_item.geometryChanged.connect(self._fit_legend)
+        self.plot_item.geometryChanged.connect(lambda: fit_legend(self.legend, self.plot_item))
 
         self.title = QLabel()
         self.title.setWordWrap(True)
@@ -197,7 +198,7 @@ class MemoryPlot(QWidget):
             curve.opts["name"] = names[key]
             if visible and key != "device_total":
                 self.legend.addItem(curve, names[key])
-        self._fit_legend()
+        fit_legend(self.legend, self.plot_item)
         if cpu:
             self.title.setText("<b>Process RAM</b> — running on the CPU, so this is RAM, not GPU memory.")
         else:
@@ -253,7 +254,7 @@ class MemoryPlot(QWidget):
         if not len(data):
             return
         cpu = self.probe is not None and self.probe.kind == "cpu"
-        top, show_total = scale_top(data, cpu, self.whole_device.isChecked())
+        top, show_total = scale_top(data, cpu, self.whole_device.isChecked(), self._headroom())
         divisor = GIB if top >= 2 * GIB else MIB
         label = ("RAM" if cpu else "memory", "GiB" if divisor == GIB else "MiB")
         if label != self._axis_label:  # relabelling re-lays out the axis: only when it changes
@@ -274,11 +275,12 @@ class MemoryPlot(QWidget):
                 self.legend.addItem(total, total.opts["name"])
             else:
                 self.legend.removeItem(total)
-            self._fit_legend()
+            fit_legend(self.legend, self.plot_item)
         now = t[-1]
         self.plot_item.setXRange(max(0.0, now - self.window_s), max(now, 10.0), padding=0)
         self.plot_item.setYRange(0, max(top / self._divisor, 1.0), padding=0)
         self._drop_old_markers(now)
+        self._layout_labels()  # the time span grows until the history fills the window
 
     def describe(self, sample: MemorySample) -> str:
         if self.probe is not None and self.probe.kind == "cpu":
@@ -328,6 +330,12 @@ class MemoryPlot(QWidget):
         self._layout_labels()
         return marker
 
+    def _headroom(self) -> float:
+        """The scale's top over the highest line: a row of marker labels' height, so the labels along
+        the top sit above the lines instead of hiding them (between 1.1 and 1.5 times)."""
+        height = self.plot_item.vb.height()
+        return min(1.5, max(1.1, height / max(height - LABEL_ROW_PX, 1.0)))
+
     def _layout_labels(self) -> None:
         """Give each label the highest row free of labels close in time, so none prints over another.
         Rows are one label height apart in pixels; "close" is a label's width turned into seconds at the
@@ -336,7 +344,8 @@ class MemoryPlot(QWidget):
         width = self.plot_item.vb.width()
         if height < 1 or width < 1:
             return
-        near_s = LABEL_WIDTH_PX * self.window_s / width
+        x_min, x_max = self.plot_item.viewRange()[0]
+        near_s = LABEL_WIDTH_PX * (x_max - x_min) / width  # the span shown, not the whole window
         placed: list[tuple[float, int]] = []  # (time, row) of labels already laid out
         for marker, label in self._labels:
             label_h = label.boundingRect().height() or 20.0
@@ -345,9 +354,6 @@ class MemoryPlot(QWidget):
             row = next((r for r in range(rows) if r not in taken), len(placed) % rows)
             placed.append((marker.time_s, row))
             label.setPosition(1.0 - (2 + row * (label_h + 2)) / height)
-
-    def _fit_legend(self) -> None:
-        fit_legend(self.legend, self.plot_item)
 
     def _label_fill(self):
         # The plot's own background behind each label, so lines crossing it do not print through.

@@ -11,6 +11,11 @@ import pyqtgraph as pg
 
 SAMPLE_PX = 20  # pyqtgraph's ItemSample is 20x20
 GAPS_PX = 8 + 14  # around the sample, then before the next entry
+SHORT_NAMES = {  # for a narrow plot
+    "allocated (live tensors)": "allocated",
+    "reserved (allocated + cache)": "reserved",
+    "device used (all processes)": "device used",
+}
 
 
 def legend_above(plot_item: pg.PlotItem) -> pg.LegendItem:
@@ -23,21 +28,37 @@ def legend_above(plot_item: pg.PlotItem) -> pg.LegendItem:
 
 def fit_legend(legend: pg.LegendItem, plot_item: pg.PlotItem) -> None:
     """As many columns as fit across the plot, as few rows as that allows, filled evenly (2 + 2, not
-    3 + 1); the plot's title row made as tall as the legend. The legend's size is set here: its own
-    `updateSize` grows it by a few pixels on every call."""
+    3 + 1); the plot's title row made as tall as the legend. Each entry is named by its curve's name,
+    or by its short name when that saves a row (the plot's tooltip says what each line is). The
+    legend's size is set here: its own `updateSize` grows it by a few pixels on every call."""
     labels = [label for _, label in legend.items]
-    widths = [SAMPLE_PX + GAPS_PX + label.preferredWidth() for label in labels]
-    n = len(widths)
-    if not n:
+    if not labels:
         plot_item.layout.setRowFixedHeight(0, 0)
         return
+    names = [sample.item.opts["name"] for sample, _ in legend.items]
     available = plot_item.width() - 4
-    fits = next((c for c in range(n, 1, -1) if sum(max(widths[i::c]) for i in range(c)) <= available), 1)
-    rows = -(-n // fits)
-    columns = -(-n // rows)
+    rows, columns, widths = _arrange(labels, names, available)
+    if rows > 1:
+        short = _arrange(labels, [SHORT_NAMES.get(n, n) for n in names], available)
+        if short[0] < rows:
+            rows, columns, widths = short
+        else:
+            _arrange(labels, names, available)
     legend.setColumnCount(columns)
     width = sum(max(widths[i::columns]) for i in range(columns))
     height = rows * max([float(SAMPLE_PX)] + [label.preferredHeight() for label in labels])
     legend.size = (width, height)  # fixed: see above
     legend.setGeometry(0, 0, width, height)
     plot_item.layout.setRowFixedHeight(0, height + 2)
+
+
+def _arrange(labels: list, names: list[str], available: float) -> tuple[int, int, list[float]]:
+    """Name the entries; (rows, columns, each entry's width) of the fewest rows that fit."""
+    for label, name in zip(labels, names, strict=True):
+        if label.text != name:
+            label.setText(name)
+    widths = [SAMPLE_PX + GAPS_PX + label.preferredWidth() for label in labels]
+    n = len(widths)
+    fits = next((c for c in range(n, 1, -1) if sum(max(widths[i::c]) for i in range(c)) <= available), 1)
+    rows = -(-n // fits)
+    return rows, -(-n // rows), widths
