@@ -51,6 +51,10 @@ def test_bench_cli_prints_table_and_writes_json(tmp_path: Path, capsys):
         assert row["images_digest"] == digest(names), row["name"]
         assert row["images_per_second"] > 0 and row["seconds"] > 0 and row["cpu_seconds"] > 0
         assert row["peak_bytes"] > 0 and row["after_bytes"] > 0 and row["first_result_s"] > 0
+        # what the row itself added over the memory at its start: each round's, the median of them
+        growths = [r["peak_bytes"] - r["start_bytes"] for r in row["rounds"]]
+        assert row["peak_growth_bytes"] == int(statistics.median(growths)), row["name"]
+        assert all(r["start_bytes"] > 0 and r["peak_bytes"] <= row["peak_bytes"] for r in row["rounds"])
         assert row["label"] in printed
         low, high = row["images_per_second_range"]
         assert low <= row["images_per_second"] <= high  # the median of its rounds
@@ -73,7 +77,9 @@ def test_bench_cli_prints_table_and_writes_json(tmp_path: Path, capsys):
     ceiling = result["ceiling"]  # the forward alone, at the defaults row's batch size and threads
     assert ceiling["images_per_second"] > 0 and ceiling["batch_size"] == engine["batch_size"]
     assert "forward-only ceiling" in printed
-    for column in ("images/s", "vs plain", "vs expert", "first result", "CPU ms/img", "peak mem"):
+    assert "main process only" in rows["expert"]["note"]  # its workers' memory is not in its peak
+    columns = ("images/s", "vs plain", "vs expert", "first result", "CPU ms/img", "peak mem", "peak-start")
+    for column in columns:
         assert column in printed
     assert "memory sampler:" in printed
 

@@ -20,7 +20,10 @@ machine hits every row alike; each row reports the median over rounds and the ra
 the plain and the expert loop are the medians of the ratios within each round (paired). CPU time is
 the whole process's, all threads, plus worker processes (the expert loop's). Memory is the device's
 allocated memory on GPUs (the allocator's own peak) and the process RSS on the CPU (sampled every
-10 ms; the expert loop's worker processes hold their own memory besides, not counted).
+10 ms; the expert loop's worker processes hold their own memory besides, not counted: reading their
+proportional share costs ~10 ms a read here, too much to sample during the row). "peak mem" is the
+highest over rounds; "peak-start" the median over rounds of the peak less the memory at the row's
+start (what the row itself added: on the CPU earlier rows have grown the process by then).
 """
 
 from __future__ import annotations
@@ -91,7 +94,8 @@ class Row:
     first_result_s: float | None = None  # median seconds from the row's start to its first output
     ratio: float | None = None  # median over rounds of images/s over the plain loop's, same round
     ratio_expert: float | None = None  # the same against the expert loop
-    peak_bytes: int = 0
+    peak_bytes: int = 0  # the highest over rounds
+    peak_growth_bytes: int = 0  # median over rounds of the peak less the row's starting memory
     after_bytes: int = 0
     per_image_bytes: float = 0.0  # memory growth over the row divided by its images
     note: str = ""
@@ -133,7 +137,7 @@ def _cpu_seconds() -> float:
 
 def _timed_round(name: str, probe: MemoryProbe, body: Callable[[], Outcome]) -> dict:
     """Run `body` once and measure it: seconds, CPU seconds, time to first result, memory."""
-    before = _settle(probe).allocated
+    start = before = _settle(probe).allocated
     with PeakWatch(probe) as watch:
         t0, cpu0 = time.perf_counter(), _cpu_seconds()
         out = body()
@@ -148,6 +152,9 @@ def _timed_round(name: str, probe: MemoryProbe, body: Callable[[], Outcome]) -> 
         "images_per_second": len(out.done) / seconds if seconds > 0 else 0.0,
         "first_result_s": out.first_result_s,
         "peak_bytes": watch.peak,
+        # The peak less the memory at the row's start: what the row itself added. On the CPU the peak is
+        # the whole process's RSS, which earlier rows (allocator caches, arenas) have grown by then.
+        "start_bytes": start,
         "after_bytes": after,
         "per_image_bytes": (after - before) / max(1, len(out.done)),
         "load_average": _load(),
@@ -177,6 +184,7 @@ def _row(name: str, label: str, rounds: list[dict]) -> Row:
         images_per_second_range=(min(rates), max(rates)),
         first_result_s=_median([r["first_result_s"] for r in rounds]),
         peak_bytes=max(r["peak_bytes"] for r in rounds),
+        peak_growth_bytes=int(_median([r["peak_bytes"] - r["start_bytes"] for r in rounds])),
         after_bytes=rounds[-1]["after_bytes"],
         per_image_bytes=rounds[-1]["per_image_bytes"],
         note=last.note,
@@ -430,6 +438,7 @@ def format_table(result: dict) -> str:
         "first result",
         "CPU ms/img",
         "peak mem",
+        "peak-start",
         "mem/image",
         "notes",
     ]
@@ -449,6 +458,7 @@ def format_table(result: dict) -> str:
                 f"{first:.2f} s" if first is not None else "",
                 f"{1000 * row['cpu_seconds'] / max(1, row['images']):.0f}",
                 format_bytes(row["peak_bytes"]),
+                format_bytes(row["peak_growth_bytes"]),
                 format_bytes(row["per_image_bytes"]),
                 row["note"],
             ]

@@ -167,6 +167,8 @@ def expert_loop(
         settings["precision"], note = precision, f"{note}, {precision}"
     if channels_last:
         settings["channels_last"], note = True, f"{note}, channels_last"
+    if model.device.type == "cpu":  # its peak RAM is the main process's: the workers decode elsewhere
+        note = f"{note}; peak mem: main process only, its workers hold their own"
     return Outcome([c.rel for c in candidates[:count]], first, note, settings)
 
 
