@@ -17,6 +17,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from batchlens.core.jpeg_header import read_jpeg_header
+
 # We enforce our own, configurable pixel limit (checked from the header, before decoding), so
 # Pillow's global bomb guard would only get in the way with a less helpful message.
 Image.MAX_IMAGE_PIXELS = None
@@ -316,7 +318,15 @@ def load_image(
 def header_size(path: Path) -> tuple[int, int] | None:
     """(width, height) from the file's header, without decoding it; None when it cannot be read."""
     try:
-        with open_input(path) as f, Image.open(f) as im:
-            return im.size
+        with open_input(path) as f:
+            jpeg = read_jpeg_header(f.read(HEADER_BYTES))  # a JPEG's markers: half Pillow's time
+            if jpeg is not None:
+                return jpeg.width, jpeg.height
+            f.seek(0)
+            with Image.open(f) as im:
+                return im.size
     except Exception:
         return None
+
+
+HEADER_BYTES = 64 * 1024  # where a JPEG's frame header is, unless an EXIF thumbnail pushes it further

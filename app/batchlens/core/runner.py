@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,16 +22,16 @@ from batchlens.core.config import RunConfig
 from batchlens.core.devices import resolve_device
 from batchlens.core.errors import BatchLensError
 from batchlens.core.events import Event, ImageResult, RunFinished, RunNote, RunStarted
+from batchlens.core.header_scan import HeaderScan
 from batchlens.core.images import (
     Candidate,
     ScanStats,
     decodes_reduced,
-    header_size,
     scan_images,
 )
 from batchlens.core.inference import check_precision, use_channels_last, wants_channels_last
 from batchlens.core.manifest import open_output, refuse_plain_run
-from batchlens.core.memory import CpuProbe, MemoryProbe, PeakWatch, probe_for
+from batchlens.core.memory import CpuProbe, MemoryProbe, MemorySample, PeakWatch, probe_for
 from batchlens.core.models import LoadedModel, load_model
 from batchlens.core.pipeline import BatchPipeline, Item, record_line
 from batchlens.core.prefetch import Prefetcher
@@ -54,7 +54,6 @@ from batchlens.core.threads import UseThreads, decode_thread_setup, plan_threads
 log = logging.getLogger(__name__)
 
 MEMORY_SNAPSHOT = "memory-snapshot.pickle"  # --memory-snapshot: open it in https://pytorch.org/memory_viz
-PREFLIGHT_SECONDS = 2.0  # the most time spent reading image headers before a run
 FAST_DECODE_PROBES = 20  # images whose headers say whether --fast-decode will help
 
 
@@ -309,7 +308,7 @@ class Runner:
         )
         if writer.rejected_note():
             yield RunNote("warning", writer.rejected_note())
-        yield from self._preflight(todo, device, probe, model)
+        headers, start_sample = yield from self._preflight(todo, device, probe, model)
 
         # Decided now, converted after the first batch: the first result comes as soon as a plain loop's
         channels_last = wants_channels_last(model.module, device, cfg.channels_last, cfg.batch_size != 1)
@@ -355,8 +354,6 @@ class Runner:
                 )
                 for message in sizer.take_notes():
                     yield RunNote("info", message, sample)
-                if channels_last and not pipeline.channels_last:
-                    channels_last = pipeline.channels_last = use_channels_last(model.module, device, True)
                 if cache_policy.due(index, index + len(items), sample):
                     empty_device_cache(device)
                 peak = max(peak, sample.peak)
@@ -364,6 +361,7 @@ class Runner:
                     yield RunNote(note.level, note.message, sample, note.kind)
                 if compiled is None and (compiled := pipeline.compile_report()) is not None:
                     yield RunNote("warning" if compiled[1]["failed"] else "info", compiled[0], sample)
+                yield from self._outsized_note(headers, start_sample, model)
                 for item in items:
                     index += 1
                     event = self._record(item, index, len(todo), sample, model)
@@ -373,6 +371,8 @@ class Runner:
                         raise BatchLensError(write_error(exc, output_dir)) from None
                     counts[event.status] += 1
                     yield event
+                if channels_last and not pipeline.channels_last:  # after the first results, not before
+                    channels_last = pipeline.channels_last = use_channels_last(model.module, device, True)
                 if probe.kind != "cpu" and not self._crowded_warned:  # other programs may start later
                     yield from self._crowded_note(sample, device)
                 rate = leaks.add(index, sample)
@@ -381,7 +381,11 @@ class Runner:
                 if cfg.max_failures and counts["error"] >= cfg.max_failures:
                     stopped = self._too_many_failures(counts, items, output_dir)
                     break
+            if stopped is None and not self._cancel.is_set():
+                headers.wait()  # a run shorter than the header scan: its note still comes
+                yield from self._outsized_note(headers, start_sample, model)
         finally:
+            headers.close()
             ahead.close()
             pipeline.writers.close()
             running.close()
@@ -420,8 +424,10 @@ class Runner:
 
     def _preflight(
         self, todo: list[Candidate], device, probe: MemoryProbe, model: LoadedModel
-    ) -> Iterator[RunNote]:
-        """Warnings before the first image: a crowded GPU, an outsized image, a snapshot we cannot take."""
+    ) -> Generator[RunNote, None, tuple[HeaderScan, MemorySample]]:
+        """Warnings before the first image: a crowded GPU, a snapshot we cannot take. Returns the header
+        scan, whose outsized-image warning comes once it is done (`_outsized_note`), and the memory
+        as the run starts."""
         cfg = self.config
         sample = probe.sample()
         self._crowded_warned = False
@@ -429,20 +435,19 @@ class Runner:
             yield from self._crowded_note(sample, device)
         if cfg.memory_snapshot and device.type != "cuda":
             yield RunNote("info", f"--memory-snapshot needs a CUDA GPU; no snapshot is taken on {device}.")
-        # Headers only (no decoding), and at most ~2 s of them so a huge folder starts promptly.
-        sizes, deadline = [], time.perf_counter() + PREFLIGHT_SECONDS
-        for candidate in todo:
-            if time.perf_counter() > deadline:
-                break
-            size = header_size(candidate.path)
-            if size is not None:
-                sizes.append((candidate.rel, *size))
+        return HeaderScan(todo), sample  # the headers are read beside the first batches
+
+    def _outsized_note(self, scan: HeaderScan, sample, model: LoadedModel) -> Iterator[RunNote]:
+        """The outsized-image warning, once the header scan has read the headers."""
+        sizes = scan.take()
+        if sizes is None:
+            return
         free = (
             sample.device_total - sample.device_used
             if sample.device_total is not None and sample.device_used is not None
             else None
         )
-        message = outsized_image_warning(sizes, cfg.max_pixels, free, image_bytes_per_pixel(model))
+        message = outsized_image_warning(sizes, self.config.max_pixels, free, image_bytes_per_pixel(model))
         if message:
             yield RunNote("warning", message, sample, "outsized_image")
 
