@@ -1,9 +1,9 @@
 """The outsized-image check's header reading, on a thread while the run starts.
 
 Reading every image's header before the first image cost ~75 µs a photo (up to 2 s on a big folder)
-before the first result. The headers are now read beside the first batches (at most
-PREFLIGHT_SECONDS of them, as before) and the runner gives the note as soon as they are all read:
-for a small folder that is still before the first image's result.
+before the first result. The headers are now read once the first result is out, beside the
+next batches (at most PREFLIGHT_SECONDS of them, as before), and the runner gives the note as soon as
+they are all read.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ PREFLIGHT_SECONDS = 2.0  # the most time spent reading image headers for the che
 
 
 class HeaderScan:
-    """(relative path, width, height) of the images' headers, read on a thread started at once."""
+    """(relative path, width, height) of the images' headers, read on a thread from `start()` on."""
 
     def __init__(self, todo: list[Candidate]):
         self.sizes: list[tuple[str, int, int]] = []
@@ -25,8 +25,13 @@ class HeaderScan:
         self._done = threading.Event()
         reader = threading.Thread(target=self._read, args=(todo,), name="batchlens-headers", daemon=True)
         self._thread = reader
-        self._thread.start()
         self._taken = False
+
+    def start(self) -> None:
+        """Start reading (once the first result is out: on a small machine the reading would slow the
+        first forward down)."""
+        if not self._thread.is_alive() and not self._done.is_set():
+            self._thread.start()
 
     def _read(self, todo: list[Candidate]) -> None:
         deadline = time.perf_counter() + PREFLIGHT_SECONDS
@@ -48,9 +53,11 @@ class HeaderScan:
         return self.sizes
 
     def wait(self) -> None:
+        self.start()
         self._done.wait()
 
     def close(self) -> None:
         """Stop reading (a run that ends early) and wait for the thread."""
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()

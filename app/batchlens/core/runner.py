@@ -371,6 +371,7 @@ class Runner:
                         raise BatchLensError(write_error(exc, output_dir)) from None
                     counts[event.status] += 1
                     yield event
+                headers.start()  # after the first results, not before (it would share their cores)
                 if channels_last and not pipeline.channels_last:  # after the first results, not before
                     channels_last = pipeline.channels_last = use_channels_last(model.module, device, True)
                 if probe.kind != "cpu" and not self._crowded_warned:  # other programs may start later
