@@ -7,12 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PySide6.QtCore import QMimeData, QPoint, QPointF, QSize, Qt, QTimer, QUrl
+from PySide6.QtCore import QMimeData, QPoint, QPointF, QRect, QSize, Qt, QTimer, QUrl
 from PySide6.QtGui import QDropEvent
+from PySide6.QtWidgets import QApplication
 
 from batchlens.core.events import ImageResult
 from batchlens.core.resources import sample_folder
 from batchlens.ui.main_window import MainWindow
+from batchlens.ui.pages import DEFAULT_WINDOW_SIZE
 from batchlens.ui.previews import THUMBNAILS
 from batchlens.ui.run_form import default_output_for
 from batchlens.ui.settings import Settings
@@ -230,6 +232,45 @@ def test_first_start_preselects_the_demo_and_remembers_choices(qtbot, tmp_path, 
     second.show()
     assert second.size() == size
     second.close()
+
+
+def test_first_start_fits_a_small_screen_and_a_saved_geometry_comes_back(qtbot, tmp_path, fake_probe):
+    """The offscreen screen (800×800) is smaller than the default 1280×820: a first start takes 90 % of
+    it, centred, status bar on screen; a place and size the user chose come back; a saved window from a
+    bigger monitor comes back inside this screen (Qt's restoreGeometry does that part)."""
+    available = QApplication.primaryScreen().availableGeometry()
+    assert available.height() < DEFAULT_WINDOW_SIZE.height()  # otherwise this test checks nothing
+
+    def open_window() -> MainWindow:
+        window = MainWindow(Settings(tmp_path / "settings.ini"), probe_factory=lambda name: fake_probe)
+        qtbot.addWidget(window)
+        window.show()
+        qtbot.waitExposed(window)
+        return window
+
+    def status_bar_on_screen(window: MainWindow) -> bool:
+        status_bar = window.statusBar()
+        return available.contains(QRect(status_bar.mapToGlobal(QPoint(0, 0)), status_bar.size()))
+
+    first = open_window()
+    assert first.size() == QSize(available.width() * 9 // 10, available.height() * 9 // 10)
+    assert abs(first.frameGeometry().center().x() - available.center().x()) <= 1
+    assert abs(first.frameGeometry().center().y() - available.center().y()) <= 1
+    assert available.contains(first.frameGeometry()) and status_bar_on_screen(first)
+    chosen = QRect(60, 50, 640, 560)
+    first.setGeometry(chosen)
+    qtbot.waitUntil(lambda: first.geometry() == chosen)
+    first.close()
+
+    second = open_window()
+    assert second.geometry() == chosen
+    second.setGeometry(QRect(2000, 100, 1600, 1000))  # as on a big monitor beside the laptop
+    qtbot.waitUntil(lambda: second.width() == 1600)
+    second.close()
+
+    third = open_window()  # shrunk and moved by Qt to the screen's free area (its border may overhang)
+    assert available.contains(third.geometry()) and status_bar_on_screen(third)
+    third.close()
 
 
 def test_fastest_speed_batches_prefetches_and_decodes_jpegs_small(qtbot, window, tmp_path):

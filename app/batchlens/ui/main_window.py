@@ -32,7 +32,7 @@ from batchlens.core.run_text import describe_start, describe_summary
 from batchlens.ui.memory_plot import MemoryPlot
 from batchlens.ui.menus import Menus
 from batchlens.ui.model_sources import ModelSources
-from batchlens.ui.pages import Pages
+from batchlens.ui.pages import Pages, first_start_geometry
 from batchlens.ui.previews import PreviewBox
 from batchlens.ui.problems_panel import ProblemsPanel
 from batchlens.ui.run_controls import RunControls
@@ -121,7 +121,6 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(self.pages)
         self.menus = Menus(self)
         self.setStatusBar(QStatusBar())
-        self.resize(1280, 820)
 
         self.run_action = QAction("Run", self, shortcut=QKeySequence("Ctrl+R"), triggered=self.start_run)
         self.cancel_action = QAction(
@@ -157,8 +156,9 @@ class MainWindow(QMainWindow):
         self.form.restore(s)
         if self.memory_plot.probe is None:
             self._on_device_changed()
-        if (geometry := s.state("geometry")) is not None:
-            self.restoreGeometry(geometry)
+        # A saved geometry Qt itself moves onto a screen and shrinks to fit (a laptop off its big monitor).
+        if (geometry := s.state("geometry")) is None or not self.restoreGeometry(geometry):
+            self.setGeometry(first_start_geometry(self.screen().availableGeometry()))
         # First start: previews and plot side by side, a quarter of the height for the problems panel.
         self.top_splitter.setSizes([1000, 1000])
         self.main_splitter.setSizes([3000, 1000])

@@ -1,17 +1,26 @@
 """The window's two pages: the run screen and the results browser (made on first use, since it starts
 picture threads). The run screen sits in a scroll area, so a small window scrolls it instead of
-squeezing its panels over each other."""
+squeezing its panels over each other; the window's size on first start is chosen here too."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import Signal
-from PySide6.QtWidgets import QFrame, QScrollArea, QStackedWidget, QWidget
+from PySide6.QtCore import QRect, QSize, Qt, Signal
+from PySide6.QtWidgets import QFrame, QScrollArea, QStackedWidget, QStyle, QWidget
 
 #: Below this size the run screen scrolls (at 800×600 the plot keeps its axes and the previews their
 #: pictures); above it, it fills the window.
 RUN_SCREEN_MIN = (760, 560)
+#: The window's size on first start, on a screen with room for it.
+DEFAULT_WINDOW_SIZE = QSize(1280, 820)
+
+
+def first_start_geometry(available: QRect) -> QRect:
+    """The default size, or 90 % of the screen's free area where that is smaller (a 1366×768 laptop,
+    1280×700 points at 200 %), centred on it: the title bar, Problems and the status bar on screen."""
+    size = DEFAULT_WINDOW_SIZE.boundedTo(available.size() * 0.9)
+    return QStyle.alignedRect(Qt.LayoutDirection.LeftToRight, Qt.AlignmentFlag.AlignCenter, size, available)
 
 
 class FitScrollArea(QScrollArea):
