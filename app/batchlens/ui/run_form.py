@@ -128,6 +128,7 @@ class RunForm(QGroupBox):
         self._count_reply = _CountReply(self)
         self._count_reply.counted.connect(self._on_counted)
         self.count_pool = QThreadPool(self)  # its own pool, so closing the window can wait for a count
+        self._shut_down = False  # the window closed: no new count (another window's activation)
         self.count_pool.setMaxThreadCount(1)
 
         self.model_picker = ModelPicker()
@@ -389,6 +390,8 @@ class RunForm(QGroupBox):
     def count_now(self) -> None:
         """Count the input's images on a pool thread (a big or slow folder must not freeze the window)."""
         self.count_timer.stop()
+        if self._shut_down:
+            return
         self._count_generation += 1
         generation = self._count_generation
         folder = Path(self.input_text()).expanduser()
@@ -408,11 +411,14 @@ class RunForm(QGroupBox):
         self.count_pool.start(count)
 
     def _on_application_state(self, state: Qt.ApplicationState) -> None:
+        if self._shut_down:  # a closed window's form hears the app become active for another window
+            return
         if state == Qt.ApplicationState.ApplicationActive and self.isEnabled() and self._count <= 0:
             self.count_now()
 
     def shutdown(self, wait_ms: int = 5000) -> None:
         """Drop counts not started yet and wait for the one under way (the window is closing)."""
+        self._shut_down = True
         self.count_timer.stop()
         self.count_pool.clear()
         self.count_pool.waitForDone(wait_ms)
