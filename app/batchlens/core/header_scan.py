@@ -30,7 +30,7 @@ class HeaderScan:
     def start(self) -> None:
         """Start reading (once the first result is out: on a small machine the reading would slow the
         first forward down)."""
-        if not self._thread.is_alive() and not self._done.is_set():
+        if self._thread.ident is None:  # not started yet
             self._thread.start()
 
     def _read(self, todo: list[Candidate]) -> None:

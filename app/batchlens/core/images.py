@@ -315,6 +315,9 @@ def load_image(
     return DecodedImage(convert_mode(image, mode), original_size, note)
 
 
+HEADER_BYTES = 64 * 1024  # where a JPEG's frame header is, unless an EXIF thumbnail pushes it further
+
+
 def header_size(path: Path) -> tuple[int, int] | None:
     """(width, height) from the file's header, without decoding it; None when it cannot be read."""
     try:
@@ -327,6 +330,3 @@ def header_size(path: Path) -> tuple[int, int] | None:
                 return im.size
     except Exception:
         return None
-
-
-HEADER_BYTES = 64 * 1024  # where a JPEG's frame header is, unless an EXIF thumbnail pushes it further

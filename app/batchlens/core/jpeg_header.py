@@ -68,20 +68,19 @@ def read_jpeg_header(data: bytes) -> JpegHeader | None:
 
 def _header(frame: bytes, exif: bytes | None, xmp: bytes | None) -> JpegHeader | None:
     height, width = struct.unpack_from(">HH", frame, 1)
-    orientation = _exif_orientation(exif) if exif is not None else None
-    if orientation is None and exif is not None and not _exif_readable(exif):
-        return None  # an EXIF block we cannot read: Pillow decides
+    orientation = None
+    if exif is not None:
+        entries = _ifd0_entries(exif)
+        if entries is None:
+            return None  # an EXIF block we cannot read: Pillow decides
+        orientation = _exif_orientation(exif, *entries)
     if orientation is None and xmp is not None and (match := _XMP_ORIENTATION.search(xmp)):
         orientation = int(match[2])
     return JpegHeader(width, height, frame[5], orientation or 1)
 
 
-def _exif_orientation(tiff: bytes) -> int | None:
-    """The orientation tag of IFD0 in a TIFF-structured EXIF block; None if absent or unreadable."""
-    entries = _ifd0_entries(tiff)
-    if entries is None:
-        return None
-    order, offset, count = entries
+def _exif_orientation(tiff: bytes, order: str, offset: int, count: int) -> int | None:
+    """The orientation tag among IFD0's `count` entries at `offset`; None if absent or of odd type."""
     for i in range(count):
         at = offset + 2 + 12 * i
         tag, kind, n = struct.unpack_from(order + "HHI", tiff, at)
@@ -94,10 +93,6 @@ def _exif_orientation(tiff: bytes) -> int | None:
                 return tiff[at + 8]
             return None
     return None
-
-
-def _exif_readable(tiff: bytes) -> bool:
-    return _ifd0_entries(tiff) is not None
 
 
 def _ifd0_entries(tiff: bytes) -> tuple[str, int, int] | None:
