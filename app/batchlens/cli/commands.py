@@ -49,7 +49,9 @@ def _run_with(args: argparse.Namespace, stop: SignalStop) -> int:
     from batchlens.core.memory import format_bytes
     from batchlens.core.run_text import describe_start, describe_summary
     from batchlens.core.runner import Runner
+    from batchlens.core.startup import freeze_imported_objects
 
+    freeze_imported_objects()
     config = RunConfig(
         model=args.model,
         model_options=model_options(args),
@@ -148,7 +150,9 @@ def bench_command(args: argparse.Namespace) -> int:
     import json
 
     from batchlens.core.bench import BenchConfig, format_table, run_bench
+    from batchlens.core.startup import freeze_imported_objects
 
+    freeze_imported_objects()
     if args.synthetic is not None and args.synthetic < 1:
         raise BatchLensError("--synthetic needs at least 1 image.")
     config = BenchConfig(

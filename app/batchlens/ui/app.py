@@ -35,8 +35,10 @@ def run_window(args: argparse.Namespace) -> int:
     app = create_app()
     splash = show_splash()  # at once: importing PyTorch takes seconds (tens on a slow disk)
     leave_a_core_for_the_window()
+    from batchlens.core.startup import freeze_imported_objects
     from batchlens.ui.main_window import MainWindow
 
+    freeze_imported_objects()
     window = MainWindow()
     window.prefill(
         model=getattr(args, "window_model", None),
