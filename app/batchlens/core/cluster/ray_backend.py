@@ -64,7 +64,7 @@ class ImageWorker(BatchWorker):
 
     def __call__(self, batch: dict) -> dict:
         candidates = [
-            Candidate(str(rel), Path(str(path))) for rel, path in zip(batch["image"], batch["path"])
+            Candidate(str(rel), str(path)) for rel, path in zip(batch["image"], batch["path"])
         ]
         rows = self.run_batch(candidates)
         return {name: [row[name] for row in rows] for name in rows[0]}
