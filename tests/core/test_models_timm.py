@@ -3,6 +3,9 @@ on the same image files (tiny timm test architectures, random seeded weights, no
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -94,3 +97,114 @@ def test_timm_weights_of_another_architecture_are_one_sentence(photos, tmp_path,
     assert run_cli("--model", "timm:test_vit", "--weights", weights, "--input", photos, "--output", out) == 2
     err = capsys.readouterr().err
     assert "does not fit the test_vit architecture" in err and "Traceback" not in err
+
+
+LAND = ("land.jpg", "land2.jpg")  # two JPEGs of one size: --gpu-decode preprocesses them in one call
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    """Real files of several shapes: landscape and portrait (each side can be the one that must cover
+    its target), square, a panorama, and one smaller than every target (timm enlarges it)."""
+    folder = tmp_path_factory.mktemp("shapes")
+    rng = np.random.default_rng(5)
+    sizes = {"land.jpg": (400, 300), "land2.jpg": (400, 300), "port.png": (240, 360)}
+    sizes.update({"square.jpg": (256, 256), "pano.jpg": (600, 150), "small.jpg": (60, 45)})
+    for name, (w, h) in sizes.items():
+        y, x = np.mgrid[0:h, 0:w]
+        base = np.stack([x * 255 / w, y * 255 / h, (x + 2 * y) % 255], axis=-1)
+        pixels = np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / name, quality=92)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "crop_pct", "interpolation"),
+    [
+        (224, 288, 0.875, "bilinear"),
+        (224, 288, 0.95, "bicubic"),
+        (320, 256, 0.875, "bicubic"),
+        (320, 256, 0.95, "bilinear"),
+    ],
+)
+def test_non_square_centre_crop_equals_timm_exactly(shapes, height, width, crop_pct, interpolation):
+    """timm resizes a non-square target with ResizeKeepRatio (the shape kept, covering size / crop_pct,
+    each side rounded), then centre-crops: BatchLens's model input is identical (torch.equal)."""
+    from batchlens.core.images import load_image
+
+    config = {
+        "input_size": (3, height, width),
+        "crop_pct": crop_pct,
+        "interpolation": interpolation,
+        "mean": timm.data.IMAGENET_DEFAULT_MEAN,
+        "std": timm.data.IMAGENET_DEFAULT_STD,
+        "crop_mode": "center",
+    }
+    pre = Preprocessing.from_timm(config, "net")
+    ours = pre.to_transform()
+    theirs = timm.data.transforms_factory.transforms_imagenet_eval(
+        img_size=(height, width), crop_pct=crop_pct, crop_mode="center", interpolation=interpolation
+    )
+    assert "ResizeKeepRatio" in repr(theirs), "the path under test"
+    # the short side to floor(size / crop_pct), the square case's rule, is not it for every shape
+    short_side = Preprocessing(**{**pre.__dict__, "keep_ratio": False, "resize": (min(pre.resize),)})
+    differs = []
+    for path in sorted(shapes.iterdir()):
+        image = load_image(path, "RGB").image  # as a run decodes it
+        x = ours(image)
+        assert x.shape == (3, height, width) and torch.equal(x, theirs(image)), path.name
+        differs.append(not torch.equal(short_side.to_transform()(image), x))
+    assert any(differs)
+    # a stack of uint8 pictures (--gpu-decode's batched call) gives what one picture at a time gives
+    pictures = [torch.from_numpy(np.array(load_image(shapes / n).image)).permute(2, 0, 1) for n in LAND]
+    for one, in_stack in zip(pictures, ours(torch.stack(pictures))):
+        assert torch.allclose(in_stack, ours(one), atol=1e-5)
+    assert "cover" in pre.describe() and pre.to_sidecar()["keep_ratio"] is True
+
+
+def test_a_timm_model_with_a_non_square_pretrained_config_runs_as_timm(shapes, tmp_path, monkeypatch):
+    """test_resnet given a non-square pretrained config (timm 1.0.31 registers none with a centre crop;
+    its registry entry is replaced for this test): a run's top-5 equals timm's, and --gpu-decode's
+    batched tensor preprocessing takes the same transform."""
+    from timm.models import _registry
+
+    from batchlens.core.images import scan_images
+    from batchlens.core.models import load_model
+    from batchlens.core.pipeline import BatchPipeline
+
+    cfg = _registry._model_pretrained_cfgs["test_resnet"]
+    patched = dataclasses.replace(cfg, input_size=(3, 96, 128), crop_pct=0.9, interpolation="bicubic")
+    monkeypatch.setitem(_registry._model_pretrained_cfgs, "test_resnet", patched)
+    torch.manual_seed(3)
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=6)
+    assert model.pretrained_cfg["input_size"] == (3, 96, 128)
+    with torch.no_grad():
+        model.get_classifier().weight.normal_(0, 0.5)
+    weights = tmp_path / "net.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
+    labels = [f"kind {i}" for i in range(6)]
+    (tmp_path / "labels.txt").write_text("\n".join(labels) + "\n")
+    flags = ["--weights", weights, "--labels", tmp_path / "labels.txt"]
+    out = tmp_path / "out"
+    assert run_cli("--model", "timm:test_resnet", *flags, "--input", shapes, "--output", out) == 0
+    _, _, expected = _reference("test_resnet", model, shapes, labels)
+    records = read_jsonl(out / "predictions.jsonl")
+    assert len(records) == 6
+    for record in records:
+        want = expected[record["image"]]
+        assert [t["label"] for t in record["top"]] == [label for label, _ in want], record["image"]
+        assert max(abs(t["score"] - s) for t, (_, s) in zip(record["top"], want)) < 1e-5
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["preprocessing"]["settings"]["keep_ratio"] is True
+    assert "cover 106x142" in summary["preprocessing"]["description"]
+
+    loaded = load_model("timm:test_resnet", torch.device("cpu"), {"weights": str(weights)})
+    candidates = list(scan_images(shapes))
+    pillow = BatchPipeline(loaded, tmp_path / "o1", None).prepare(candidates)
+    device = BatchPipeline(loaded, tmp_path / "o2", None, gpu_decode=True)
+    on_device = device.prepare(candidates)
+    assert device.batched_preprocess is True  # the two landscape JPEGs went through in one call
+    for a, b in zip(pillow.items, on_device.items):
+        assert b.error is None and b.tensor.shape == a.tensor.shape == (3, 96, 128)
+        diff = (a.tensor - b.tensor).abs()  # tensor vs Pillow resampling: rounding only
+        assert diff.mean() < 0.02, (a.candidate.rel, diff.mean())

@@ -140,6 +140,13 @@ def test_units_channels_and_forgiveness(photos):
     assert grey.preprocess().to_transform()(decoded(photos[2], "L")).shape == (1, 200, 200)
     timm_style = sidecar_pre({"input_size": 224, "crop_pct": 0.875})
     assert timm_style.resize == (256,) and timm_style.crop == (224, 224)
+    # a non-square crop_pct means what timm does with it (keep the shape, cover 256x329, then crop)
+    stats = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "interpolation": "bicubic"}
+    wide = sidecar_pre({"crop": [224, 288], "crop_pct": 0.875, **stats})
+    timm_config = {"input_size": (3, 224, 288), "crop_pct": 0.875, **stats}
+    assert wide.to_sidecar() == Preprocessing.from_timm(timm_config).to_sidecar()
+    assert wide.resize == (256, 329) and wide.keep_ratio and wide.crop == (224, 288)
+    assert sidecar_pre(wide.to_sidecar()).to_sidecar() == wide.to_sidecar()  # reads back the same
 
 
 @pytest.mark.parametrize(
@@ -154,6 +161,8 @@ def test_units_channels_and_forgiveness(photos):
         ({"resize": 100000}, "megapixels"),
         ({"crop_pct": 1.5, "crop": 224}, "between 0 and 1"),
         ({"max_size": 1333}, '"resize": N'),
+        ({"resize": 256, "keep_ratio": True}, '"resize": [H, W]'),
+        ({"resize": [224, 288], "keep_ratio": "yes"}, "true or false"),
         ({"mean": [float("nan")] * 3, "std": [1, 1, 1]}, "list of numbers"),
     ],
 )

@@ -56,6 +56,7 @@ DIALOG_KEYS = (
     "arch",
     "input_size",
     "resize",
+    "keep_ratio",
     "crop",
     "crop_pct",
     "interpolation",

@@ -1,11 +1,12 @@
 """How a model wants its images prepared, as one description every model source produces.
 
-`Preprocessing` says it once, in the words the libraries use: resize (the short side to N, or exactly
-H x W), centre crop, interpolation, scale to 0-1, mean/std, channel order and colour mode. It is built
-from a sidecar (`from_sidecar`), torchvision weights (`from_torchvision`), timm's data config
-(`from_timm`) or a Hugging Face `preprocessor_config.json` (`from_hf`); `to_transform()` gives the
-torchvision pipeline that does it, `describe()` the sentence a person can check (summary.json records
-it) and `to_sidecar()` the sidecar keys that say the same (the window's sidecar dialog writes them).
+`Preprocessing` says it once, in the words the libraries use: resize (the short side to N, exactly
+H x W, or keeping the shape to cover H x W), centre crop, interpolation, scale to 0-1, mean/std, channel
+order and colour mode. It is built from a sidecar (`from_sidecar`), torchvision weights
+(`from_torchvision`), timm's data config (`from_timm`) or a Hugging Face `preprocessor_config.json`
+(`from_hf`); `to_transform()` gives the torchvision pipeline that does it, `describe()` the sentence a
+person can check (summary.json records it) and `to_sidecar()` the sidecar keys that say the same (the
+window's sidecar dialog writes them).
 
 Old sidecars keep their meaning: `input_size` alone stretches the image to exactly H x W.
 """
@@ -46,6 +47,7 @@ SIDECAR_KEYS = (
     "input_size",
     "resize",
     "max_size",
+    "keep_ratio",
     "crop",
     "crop_pct",
     "interpolation",
@@ -65,11 +67,13 @@ class Preprocessing:
     normalise with mean/std (given in 0-1 units, the model's channel order) or multiply by `rescale`.
 
     `resize` is (N,) for "short side to N, keep the aspect ratio" (`max_size` caps the long side) or
-    (H, W) for "exactly H x W" (the aspect ratio changes). `rescale` is what a 0-255 pixel value is
-    multiplied by when no mean/std are given (1/255: inputs in 0-1; 1: inputs in 0-255)."""
+    (H, W) for "exactly H x W" (the aspect ratio changes), or with `keep_ratio` "keep the aspect ratio,
+    scaled so the image just covers H x W" (timm's ResizeKeepRatio). `rescale` is what a 0-255 pixel
+    value is multiplied by when no mean/std are given (1/255: inputs in 0-1; 1: inputs in 0-255)."""
 
     resize: tuple[int, ...] | None = None
     max_size: int | None = None
+    keep_ratio: bool = False
     crop: tuple[int, int] | None = None
     interpolation: str = "bilinear"
     antialias: bool = True
@@ -88,6 +92,8 @@ class Preprocessing:
             raise BatchLensError(f"{where}: std must be positive numbers (images are divided by it).")
         if self.mean is not None and not all(math.isfinite(x) for x in self.mean):
             raise BatchLensError(f"{where}: mean must be finite numbers.")
+        if self.keep_ratio and not (self.resize and len(self.resize) == 2):
+            raise BatchLensError(f"{where}: keep_ratio needs a resize to [height, width].")
         for name, size in (("resize", self.resize), ("crop", self.crop), ("max_size", (self.max_size,))):
             if size and size[0] and math.prod(size) * (size[0] if len(size) == 1 else 1) > DEFAULT_MAX_PIXELS:
                 raise BatchLensError(
@@ -128,23 +134,19 @@ class Preprocessing:
     def from_timm(cls, config: dict, name: str = "") -> Preprocessing:
         """timm's data config (`timm.data.resolve_data_config`): input_size (C, H, W), interpolation,
         mean, std, crop_pct and crop_mode, with timm's own arithmetic: the image is resized to
-        floor(size / crop_pct), then centre-cropped to size ("squash" resizes to exactly that size)."""
+        floor(size / crop_pct) (the short side for a square size; for a non-square one, keeping the shape
+        to cover it, as timm's ResizeKeepRatio), then centre-cropped to size ("squash" resizes to exactly
+        that size)."""
         channels, height, width = config["input_size"]
         crop_pct = config.get("crop_pct") or 0.875
         mode = config.get("crop_mode") or "center"
         if mode not in ("center", "squash"):
             raise BatchLensError(f"timm model {name}: crop_mode {mode!r} is not supported (center, squash).")
         scaled = (math.floor(height / crop_pct), math.floor(width / crop_pct))
-        if mode == "squash":
-            resize = scaled
-        elif scaled[0] == scaled[1]:
-            resize = (scaled[0],)
-        else:
-            raise BatchLensError(
-                f"timm model {name}: a non-square input with crop_mode 'center' is not supported yet."
-            )
+        square = mode == "center" and scaled[0] == scaled[1]
         return cls(
-            resize=resize,
+            resize=(scaled[0],) if square else scaled,
+            keep_ratio=mode == "center" and not square,
             crop=(height, width),
             interpolation=config.get("interpolation") or "bilinear",
             mean=tuple(float(v) for v in config["mean"]),
@@ -195,9 +197,12 @@ class Preprocessing:
         geometry = []
         if self.resize:
             interpolation = INTERPOLATIONS[self.interpolation]
-            geometry.append(
-                v2.Resize(list(self.resize), interpolation, self.max_size, antialias=self.antialias)
-            )
+            if self.keep_ratio:
+                geometry.append(ResizeToCover(self.resize, interpolation, self.antialias))
+            else:
+                geometry.append(
+                    v2.Resize(list(self.resize), interpolation, self.max_size, antialias=self.antialias)
+                )
         if self.crop:
             geometry.append(v2.CenterCrop(list(self.crop)))
         to_tensor = [v2.ToImage()]
@@ -218,6 +223,9 @@ class Preprocessing:
         if self.resize and len(self.resize) == 1:
             cap = f", the long side at most {self.max_size} px" if self.max_size else ""
             steps.append(f"resize the short side to {self.resize[0]} px, keeping the shape{cap} ({how})")
+        elif self.resize and self.keep_ratio:
+            size = f"{self.resize[0]}x{self.resize[1]}"
+            steps.append(f"resize to cover {size} px (height x width), keeping the shape ({how})")
         elif self.resize:
             steps.append(f"resize to exactly {self.resize[0]}x{self.resize[1]} px (height x width; {how})")
         else:
@@ -244,6 +252,8 @@ class Preprocessing:
             data["resize"] = list(self.resize) if len(self.resize) == 2 else self.resize[0]
         if self.max_size:
             data["max_size"] = self.max_size
+        if self.keep_ratio:
+            data["keep_ratio"] = True
         if self.crop:
             data["crop"] = list(self.crop)
         data["interpolation"] = self.interpolation
@@ -264,6 +274,24 @@ class Preprocessing:
 
     def with_source(self, source: str) -> Preprocessing:
         return replace(self, source=source)
+
+
+class ResizeToCover:
+    """Keep the aspect ratio and scale so the image just covers `size` (H, W), each side rounded: timm's
+    ResizeKeepRatio (longest=0) with its arithmetic, so the centre crop after it matches timm's. Takes
+    PIL images and (stacked) tensors, like v2.Resize."""
+
+    def __init__(self, size: tuple[int, int], interpolation: v2.InterpolationMode, antialias: bool = True):
+        self.size, self.interpolation, self.antialias = tuple(size), interpolation, antialias
+
+    def __call__(self, image):
+        height, width = v2.functional.get_size(image)
+        ratio = min(height / self.size[0], width / self.size[1])
+        size = [round(height / ratio), round(width / ratio)]
+        return v2.functional.resize(image, size, self.interpolation, antialias=self.antialias)
+
+    def __repr__(self) -> str:
+        return f"ResizeToCover(size={list(self.size)}, interpolation={self.interpolation.value})"
 
 
 class ToFloat:
@@ -372,16 +400,20 @@ class _SidecarReader:
                 'stretches images to exactly that size, so it cannot go with "resize" or "crop"; for '
                 '"short side N, then centre crop" give only "resize": N and "crop": [H, W]',
             )
+        keep_ratio = data.get("keep_ratio", False)
+        if not isinstance(keep_ratio, bool):
+            raise self.fail("keep_ratio", "must be true or false")
+        if keep_ratio and not (resize and len(resize) == 2):
+            raise self.fail("keep_ratio", 'only applies with "resize": [H, W] (the size to cover)')
         if crop_pct is not None:
-            # timm's meaning: crop to input_size (or crop) after resizing the short side to size / crop_pct.
+            # timm's meaning: crop to input_size (or crop) after resizing to size / crop_pct (from_timm).
             target = crop or input_size
             if target is None or resize:
                 raise self.fail("crop_pct", 'needs "crop" (or "input_size") and no "resize"')
             crop = target
             scaled = (math.floor(target[0] / crop_pct), math.floor(target[1] / crop_pct))
-            resize = (scaled[0],) if scaled[0] == scaled[1] else None
-            if resize is None:
-                raise self.fail("crop_pct", 'with a non-square crop is ambiguous; give "resize" and "crop"')
+            keep_ratio = scaled[0] != scaled[1]
+            resize = scaled if keep_ratio else (scaled[0],)
         elif input_size:
             resize = input_size  # what input_size always meant: stretch to exactly H x W
         max_size = self.number("max_size")
@@ -415,6 +447,7 @@ class _SidecarReader:
         return Preprocessing(
             resize=resize,
             max_size=int(max_size) if max_size else None,
+            keep_ratio=keep_ratio,
             crop=crop,
             interpolation=self.choice("interpolation", tuple(INTERPOLATIONS), "bilinear"),
             antialias=antialias,
