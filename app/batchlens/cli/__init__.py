@@ -6,7 +6,9 @@ clean stop.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 import warnings
 
@@ -32,14 +34,32 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             from batchlens.ui.app import run_window
 
-            return run_window(args)
-        return commands[args.command](args)
+            code = run_window(args)
+        else:
+            code = commands[args.command](args)
     except BatchLensError as exc:
         print(printable(f"batchlens: {exc}"), file=sys.stderr)
-        return 2
+        code = 2
     except Interrupted as exc:
         print(f"batchlens: {exc.name}: stopped before the run started; nothing was written.", file=sys.stderr)
-        return exc.exit_code
+        code = exc.exit_code
+    if argv is None:  # the program's own command line: the console script, python -m batchlens, the bundle
+        _leave_before_shutdown_if_forwards_stuck(code)
+    return code
+
+
+def _leave_before_shutdown_if_forwards_stuck(code: int) -> None:
+    """A forward given up by --image-timeout that comes back from C++ while Python shuts down aborts
+    the process (core/watchdog.py): wait a moment for the given-up forwards, and if one is still
+    running, end the process here, its output flushed (the run's files are closed by now)."""
+    from batchlens.core.watchdog import still_running
+
+    if still_running(wait=1.0) == 0:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: the exit code still says it
+            stream.flush()
+    os._exit(code)
 
 
 def main_gui() -> int:

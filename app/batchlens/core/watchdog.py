@@ -9,12 +9,20 @@ long C++ or GPU operation goes on in the background until that operation returns
 while the run carries on with the next images. If forwards keep getting stuck (`MAX_STUCK` still
 running at once), the run stops with one sentence rather than pile them up: the results so far are
 kept and --resume goes on after them.
+
+At the program's end a given-up forward must not be running: Python 3.11-3.13 ends a thread that comes
+back from C while the interpreter shuts down with pthread_exit, and unwinding through torch's C++ frames
+then calls std::terminate, aborting the whole process ('terminate called without an active exception',
+SIGABRT) after a run that went well (CPython gh-87135; 3.14 hangs such a thread instead). So the
+command line asks `still_running()` before it returns and, if one is, ends the process at once
+(cli/__init__.py).
 """
 
 from __future__ import annotations
 
 import ctypes
 import threading
+import time
 from collections.abc import Callable
 
 from batchlens.core.errors import BatchLensError
@@ -70,3 +78,14 @@ def call_with_timeout(fn: Callable, seconds: float | None, *args):
     raise ForwardTimeout(
         f"the model took longer than {seconds:g} s on it (--image-timeout), so it was given up"
     )
+
+
+def still_running(wait: float) -> int:
+    """How many given-up forwards still run after waiting up to `wait` seconds for them. One stopped
+    in Python code ends within milliseconds (its `with` blocks' exits still call into torch); one
+    inside a long C++ call may never end."""
+    deadline = time.monotonic() + wait
+    for thread in _stuck:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    _stuck[:] = [t for t in _stuck if t.is_alive()]
+    return len(_stuck)

@@ -1,0 +1,33 @@
+"""--image-timeout's given-up forwards (core/watchdog.py): which of them the program must not leave
+running when Python shuts down (a subprocess run with stuck images: tests/core/test_signals.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from batchlens.core.watchdog import ForwardTimeout, call_with_timeout, still_running
+
+
+def test_still_running_waits_for_forwards_stopped_in_python_and_counts_those_stuck_in_c():
+    release = threading.Event()
+
+    def looping_in_python() -> None:
+        while True:
+            time.sleep(0.01)
+
+    def stuck_in_c() -> None:
+        release.wait()  # one blocking call: the asynchronous stop cannot reach it
+
+    assert still_running(wait=0) == 0
+    with pytest.raises(ForwardTimeout, match="took longer than 0.2 s"):
+        call_with_timeout(looping_in_python, 0.2)
+    with pytest.raises(ForwardTimeout):
+        call_with_timeout(stuck_in_c, 0.2)
+    try:
+        assert still_running(wait=2) == 1  # the Python one ended, the C one still waits
+    finally:
+        release.set()
+    assert still_running(wait=10) == 0  # back from C, it is stopped at its next Python line
