@@ -57,6 +57,7 @@ from batchlens.core.devices import resolve_device
 from batchlens.core.errors import BatchLensError
 from batchlens.core.images import Candidate, decodes_reduced, scan_images
 from batchlens.core.memory import MemoryProbe, MemorySample, PeakWatch, format_bytes, probe_for
+from batchlens.core.model_speedups import fold_batch_norms
 from batchlens.core.models import LoadedModel
 from batchlens.core.pipeline import BatchPipeline
 
@@ -330,16 +331,18 @@ def forward_ceiling(model: LoadedModel, candidates: list[Candidate], settings: d
         return {}
     batch = torch.stack(tensors)
     layout = torch.channels_last if settings.get("channels_last") else torch.contiguous_format
+    folded = settings.get("folded_batch_norm") is True and fold_batch_norms(model.module)
+    module = folded or model.module  # the model as the defaults row ran it
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        model.module.to(memory_format=layout)
+        module.to(memory_format=layout)
         batch = batch.contiguous(memory_format=layout).to(model.device)
         with torch.inference_mode():
-            model.module(batch)  # warm-up
+            module(batch)  # warm-up
             count, start = 0, time.perf_counter()
             while count < 5 or time.perf_counter() - start < 3.0:
-                model.module(batch)
+                module(batch)
                 count += 1
             if model.device.type == "cuda":
                 torch.cuda.synchronize(model.device)
@@ -352,6 +355,7 @@ def forward_ceiling(model: LoadedModel, candidates: list[Candidate], settings: d
         "batch_size": len(tensors),
         "threads": threads,
         "channels_last": layout is torch.channels_last,
+        "folded_batch_norm": bool(folded),
         "images_per_second": round(rate, 2),
         "load_average": _load(),
     }
@@ -471,7 +475,8 @@ def format_table(result: dict) -> str:
     if ceiling:
         out.append(
             f"forward-only ceiling (pre-decoded batch of {ceiling['batch_size']}, {ceiling['threads']} "
-            f"threads{', channels_last' if ceiling['channels_last'] else ''}): "
+            f"threads{', channels_last' if ceiling['channels_last'] else ''}"
+            f"{', BatchNorm folded' if ceiling.get('folded_batch_norm') else ''}): "
             f"{ceiling['images_per_second']:.2f} images/s"
         )
     sampler = result["sampler"]

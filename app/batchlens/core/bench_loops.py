@@ -221,7 +221,15 @@ def engine_run(
             summary = event.summary
     if summary.get("channels_last"):  # the engine made the model NHWC: the loops get it as loaded
         model.module.to(memory_format=torch.contiguous_format)
-    keys = ("batch_size", "prefetch", "precision", "channels_last", "fast_decode", "threads")
+    keys = (
+        "batch_size",
+        "prefetch",
+        "precision",
+        "channels_last",
+        "folded_batch_norm",
+        "fast_decode",
+        "threads",
+    )
     shown = {k: summary.get(k) for k in keys}
     shown["batch_size_auto"] = summary.get("batch_size_auto")
     return Outcome(done, first, describe_settings(shown), shown, top1, files_written=files)
@@ -236,6 +244,8 @@ def describe_settings(shown: dict) -> str:
         parts.append(shown["precision"])
     if shown.get("channels_last"):
         parts.append("channels_last")
+    if shown.get("folded_batch_norm") is True:
+        parts.append("BatchNorm folded")
     if shown.get("fast_decode"):
         parts.append("fast decode")
     auto = shown.get("batch_size_auto")

@@ -29,9 +29,10 @@ from batchlens.core.images import (
     decodes_reduced,
     scan_images,
 )
-from batchlens.core.inference import check_precision, use_channels_last, wants_channels_last
+from batchlens.core.inference import check_precision
 from batchlens.core.manifest import open_output, refuse_plain_run
 from batchlens.core.memory import CpuProbe, MemoryProbe, MemorySample, PeakWatch, probe_for
+from batchlens.core.model_speedups import ModelSpeedups
 from batchlens.core.models import LoadedModel, load_model
 from batchlens.core.pipeline import BatchPipeline, Item, record_line
 from batchlens.core.prefetch import Prefetcher
@@ -310,8 +311,8 @@ class Runner:
             yield RunNote("warning", writer.rejected_note())
         headers, start_sample = yield from self._preflight(todo, device, probe, model)
 
-        # Decided now, converted after the first batch: the first result comes as soon as a plain loop's
-        channels_last = wants_channels_last(model.module, device, cfg.channels_last, cfg.batch_size != 1)
+        # Decided now, made after the first batch: the first result comes as soon as a plain loop's
+        speedups = ModelSpeedups(model, device, cfg)
         pipeline = BatchPipeline.for_run(model, output_dir, cfg, False)
         snapshot = cfg.memory_snapshot and start_memory_history(device)
         pipeline.recovery = pipeline.make_recovery(
@@ -320,7 +321,7 @@ class Runner:
         )
         leaks = leak_watch_for(probe.kind)
         stopped = None
-        sizer = sizer_for_run(cfg, model, channels_last, probe, todo)
+        sizer = sizer_for_run(cfg, model, speedups.channels_last, probe, todo)
         if sizer.one_at_a_time and cfg.batch_size != 1:
             yield RunNote("info", f"The model takes one image at a time ({sizer.one_at_a_time}): batch 1.")
         threads = plan_threads(cfg.threads, cfg.prefetch, device, batching=cfg.batch_size != 1)
@@ -365,15 +366,15 @@ class Runner:
                 for item in items:
                     index += 1
                     event = self._record(item, index, len(todo), sample, model)
+                    line = record_line(event.image, event.status, event.error, event.seconds, event.fields)
                     try:
-                        writer.write(self._line(event))
+                        writer.write(line)
                     except OSError as exc:
                         raise BatchLensError(write_error(exc, output_dir)) from None
                     counts[event.status] += 1
                     yield event
                 headers.start()  # after the first results, not before (it would share their cores)
-                if channels_last and not pipeline.channels_last:  # after the first results, not before
-                    channels_last = pipeline.channels_last = use_channels_last(model.module, device, True)
+                speedups.apply(pipeline, shape)  # after the first results, not before (once)
                 if probe.kind != "cpu" and not self._crowded_warned:  # other programs may start later
                     yield from self._crowded_note(sample, device)
                 rate = leaks.add(index, sample)
@@ -390,6 +391,7 @@ class Runner:
             ahead.close()
             pipeline.writers.close()
             running.close()
+            speedups.restore()
             if snapshot:
                 stop_memory_history(device)
             try:
@@ -412,6 +414,7 @@ class Runner:
             batch_note=sizer.one_at_a_time,
             threads=threads.to_json(),
             channels_last=pipeline.channels_last,
+            folded_batch_norm=speedups.folded,
             counts=counts,
             candidates=candidates,
             todo=todo,
@@ -489,7 +492,3 @@ class Runner:
             input_preview=input_preview,
             output_preview=output_preview,
         )
-
-    @staticmethod
-    def _line(event: ImageResult) -> dict:
-        return record_line(event.image, event.status, event.error, event.seconds, event.fields)
