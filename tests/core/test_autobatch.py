@@ -124,14 +124,21 @@ def test_threads_are_sized_from_the_cores_and_the_load():
     before = torch.get_num_threads()
     torch.set_num_threads(16)  # as torch starts on a 16-core machine
     try:
-        quiet = plan_threads("auto", 2, CPU, cores=2, load=0.0)
-        assert (quiet.torch_threads, quiet.decode_threads) == (2, 1)
-        busy = plan_threads("auto", 2, CPU, cores=2, load=9.0)  # a batched forward takes every core
-        assert (busy.torch_threads, busy.decode_threads) == (2, 1) and "1 of 2 cores free" in busy.reason
-        one = plan_threads("auto", 2, CPU, cores=2, load=9.0, batching=False)  # one image: free ones
-        assert (one.torch_threads, one.decode_threads) == (1, 1)
-        big = plan_threads("auto", 2, CPU, cores=16, load=4.0)  # a quarter of the 12 free cores decode
-        assert (big.torch_threads, big.decode_threads) == (16, 3)  # (not capped by the prefetch depth)
+        quiet = plan_threads("auto", None, CPU, cores=2, load=0.0)  # by turns: decoding, then the forward
+        assert (quiet.torch_threads, quiet.decode_threads, quiet.in_step) == (2, 2, True)
+        assert quiet.prefetch(None) == 0 and quiet.to_json()["decode_in_step"] is True
+        asked = plan_threads("auto", 2, CPU, cores=2, load=0.0)  # --prefetch 2: batches ahead, as asked
+        assert (asked.torch_threads, asked.decode_threads, asked.in_step) == (2, 1, False)
+        assert asked.prefetch(2) == 2
+        busy = plan_threads("auto", None, CPU, cores=2, load=0.8)  # the free core, decoding beside it
+        assert (busy.torch_threads, busy.decode_threads, busy.in_step) == (1, 1, False)
+        assert busy.prefetch(None) == 2 and "1 of 2 cores free" in busy.reason
+        one = plan_threads("auto", None, CPU, cores=2, load=0.0, batching=False)  # one image: beside it
+        assert (one.torch_threads, one.decode_threads, one.in_step) == (2, 1, False)
+        big = plan_threads("auto", None, CPU, cores=16, load=4.0)  # a quarter of the 12 free cores decode
+        assert (big.torch_threads, big.decode_threads) == (12, 3)  # (not capped by the prefetch depth)
+        big_quiet = plan_threads("auto", None, CPU, cores=16, load=0.2)
+        assert (big_quiet.torch_threads, big_quiet.decode_threads, big_quiet.in_step) == (16, 16, True)
         gpu = plan_threads("auto", 2, torch.device("cuda"), cores=16, load=0.0)
         assert gpu.torch_threads == 4 and gpu.decode_threads == 15  # every free core but one decodes
         busy_gpu = plan_threads("auto", 2, torch.device("cuda"), cores=16, load=6.0)
@@ -142,6 +149,8 @@ def test_threads_are_sized_from_the_cores_and_the_load():
         assert exact.torch_threads == 16 and exact.reason == "torch's own choice"
         torch.set_num_threads(3)  # the window keeps a core for itself this way: auto stays below it
         assert plan_threads("auto", 2, CPU, cores=16, load=4.0).torch_threads == 3
+        window = plan_threads("auto", None, CPU, cores=4, load=0.0)
+        assert (window.torch_threads, window.decode_threads) == (3, 3)
     finally:
         torch.set_num_threads(before)
     with UseThreads(plan_threads(1, 2, CPU)):
@@ -172,7 +181,8 @@ def test_defaults_batch_prefetch_and_match_the_exact_mode(shapes_folder: Path, t
         assert [e.index for e in events if isinstance(e, ImageResult)] == list(range(1, 13))
     summary = runs[0][-1].summary
     auto = summary["batch_size_auto"]
-    assert summary["prefetch"] == 2 and auto["sizes"][0]["batch_size"] == 1
+    assert summary["prefetch"] == (0 if summary["threads"]["decode_in_step"] else 2)  # (quiet or busy)
+    assert auto["sizes"][0]["batch_size"] == 1
     assert summary["threads"]["torch"] >= 1 and summary["threads"]["decode"] >= 1
     assert summary["peak_memory_bytes"] > 0 and summary["peak_memory_source"].startswith("process RSS")
     assert exact[-1].summary["batch_size"] == 1 and exact[-1].summary["batch_size_auto"] is None
@@ -195,7 +205,8 @@ def test_cli_exact_and_defaults(shapes_folder: Path, tmp_path: Path, flag, capsy
     if flag:
         assert (summary["batch_size"], summary["prefetch"]) == (1, 0)
     else:
-        assert summary["prefetch"] == 2 and summary["batch_size_auto"] is not None
+        assert summary["prefetch"] == (0 if summary["threads"]["decode_in_step"] else 2)
+        assert summary["batch_size_auto"] is not None
     assert main([*argv, "--exact", "--batch-size", "4", "--overwrite"]) == 2
     assert "--exact fixes batch_size" in capsys.readouterr().err
 
@@ -204,7 +215,7 @@ def test_other_work_is_the_machines_busy_time_less_this_process(monkeypatch):
     """The load average would count this process's own previous run as someone else's work."""
     from collections import namedtuple
 
-    from batchlens.core import threads
+    from batchlens.core import machine_load as threads
 
     Cpu = namedtuple("Cpu", "user system idle iowait")
     Own = namedtuple("Own", "user system")

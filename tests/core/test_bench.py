@@ -69,7 +69,8 @@ def test_bench_cli_prints_table_and_writes_json(tmp_path: Path, capsys):
     assert rows["expert"]["settings"]["batch_size"] == 16 and rows["expert"]["settings"]["workers"] >= 1
     assert rows["exact"]["settings"]["batch_size"] == 1 and rows["exact"]["settings"]["prefetch"] == 0
     engine = rows["engine"]["settings"]
-    assert engine["prefetch"] == 2 and engine["batch_size_auto"]["sizes"][0]["batch_size"] == 1
+    assert engine["prefetch"] == (0 if engine["threads"]["decode_in_step"] else 2)
+    assert engine["batch_size_auto"]["sizes"][0]["batch_size"] == 1
     assert engine["threads"]["torch"] >= 1 and "auto:" in rows["engine"]["note"]
     assert rows["tuned"]["settings"]["batch_size"] == 2 and rows["tuned"]["settings"]["prefetch"] == 2
     assert result["sampler"]["us_per_sample"] > 0 and result["sampler"]["samples"] >= 6

@@ -247,6 +247,38 @@ def test_the_images_of_a_batch_decode_at_once_in_order_each_with_its_own_error(
     assert torch.equal(serial.groups[0][1], batch)
 
 
+def test_in_step_a_batch_decodes_on_the_pool_only_when_asked_for(shapes_folder: Path, tmp_path: Path):
+    """Depth 0 with workers (a CPU run on a quiet machine): nothing is prepared ahead, so the forward
+    has the cores to itself, and each batch asked for decodes its images at once on the pool."""
+    candidates = list(scan_images(shapes_folder))[:8]
+    batches = [candidates[:4], candidates[4:]]
+    together = threading.Barrier(4, timeout=30)
+    decoded_on: list[str] = []
+    pipeline = BatchPipeline(load_model("demo-shapes", CPU), tmp_path / "out", None)
+
+    def prepare(batch, each):
+        def decode(item):
+            decoded_on.append(threading.current_thread().name)
+            together.wait()  # all four images of the batch decode at the same time
+            return item
+
+        each(decode, list(range(len(batch))))
+        return pipeline.prepare(batch, each)
+
+    with Prefetcher(prepare, batches, 0, 4, decode_thread_setup) as ahead:
+        first = next(ahead)
+        time.sleep(0.05)
+        assert len(decoded_on) == 4  # the second batch waits until it is asked for
+        second = next(ahead)
+        assert next(ahead, None) is None
+    assert all(name.startswith("batchlens-decode") for name in decoded_on)
+    assert [i.candidate.rel for i in first.items + second.items] == [c.rel for c in candidates]
+    with Prefetcher(pipeline.prepare, batches, 0) as here:  # the same inputs as decoded in the loop
+        serial = list(here)
+    assert all(torch.equal(a.groups[0][1], b.groups[0][1]) for a, b in zip([first, second], serial))
+    assert not _prefetch_threads()
+
+
 def test_closing_drops_the_images_not_started_and_leaves_no_thread():
     """A cancel while a long batch decodes: the images not started are dropped, every thread ends."""
     decoded: list[int] = []

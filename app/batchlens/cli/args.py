@@ -323,7 +323,8 @@ def _add_speed_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="decode and preprocess the next N batches on background threads (default 2; 0: in the loop)",
+        help="decode and preprocess the next N batches on background threads (default: 2, or on a quiet "
+        "CPU each batch on every core in step with the model; 0: in the loop)",
     )
     parser.add_argument(
         "--threads",

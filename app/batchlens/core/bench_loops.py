@@ -26,11 +26,11 @@ from batchlens.core.errors import BatchLensError
 from batchlens.core.events import ImageResult, RunFinished
 from batchlens.core.images import Candidate
 from batchlens.core.inference import PRECISIONS
+from batchlens.core.machine_load import usable_cores
 from batchlens.core.memory import MemoryProbe, format_bytes
 from batchlens.core.models import LoadedModel, load_model
 from batchlens.core.records import OUTPUT_FIELDS
 from batchlens.core.runner import Runner
-from batchlens.core.threads import usable_cores
 
 EXPERT_BATCH = 16
 
@@ -240,6 +240,8 @@ def describe_settings(shown: dict) -> str:
     threads = shown.get("threads") or {}
     if threads:
         parts.append(f"{threads['torch']}+{threads['decode']} threads")
+        if threads.get("decode_in_step"):
+            parts.append("decoding in step")
     if shown.get("precision") not in (None, "fp32"):
         parts.append(shown["precision"])
     if shown.get("channels_last"):

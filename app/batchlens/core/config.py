@@ -29,7 +29,10 @@ class RunConfig:
     previews: bool = False  # make small preview images for the window (costs a little time)
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     model_options: dict = field(default_factory=dict)  # task options, e.g. {"min_score": 0.5}
-    prefetch: int = 2  # batches decoded ahead on background threads (0: decode in the loop)
+    # Batches decoded ahead on background threads (0: decode in the loop). None: the run decides: 2,
+    # or on the CPU of a quiet machine none, decoding each batch on every core in step with the
+    # forward (core/threads.py)
+    prefetch: int | None = None
     # torch's intra-op threads: "auto" sizes them with the decoding threads from the free cores
     # (core/threads.py), a number fixes them, None keeps torch's own choice (the exact mode)
     threads: int | str | None = "auto"

@@ -37,9 +37,10 @@ class Prefetcher(Generic[T, R]):
     ahead. `each` runs a function over a batch's items on `workers` shared decoding threads (default:
     one per batch ahead), each thread started with `initializer()`.
 
-    `depth=0` prepares each batch in the consumer's thread when it is asked for, with `each_here` (no
-    thread at all), so the exact mode is exactly the plain loop. Use as a context manager, or call
-    close().
+    `depth=0` prepares each batch in the consumer's thread when it is asked for: with `each_here` (no
+    thread at all, so the exact mode is exactly the plain loop), or, given `workers`, with its images
+    decoded at once on that many threads (in step: a CPU run decodes on every core, then the forward
+    runs on every core). Use as a context manager, or call close().
     """
 
     def __init__(
@@ -56,21 +57,22 @@ class Prefetcher(Generic[T, R]):
         self._batches = iter(batches)
         self._depth = depth
         self._pending: deque[Future[R]] = deque()
-        self._started = False
+        self._started = self._closed = False
         self._pool = self._decoders = None
         if depth:
             # One thread per batch in flight: it mostly waits for its images, then stacks them.
             self._pool = ThreadPoolExecutor(depth, "batchlens-prefetch", initializer=initializer)
+        if depth or workers:
             self._decoders = ThreadPoolExecutor(workers or depth, "batchlens-decode", initializer=initializer)
 
     def __iter__(self) -> Iterator[R]:
         return self
 
     def __next__(self) -> R:
-        if self._pool is None:
-            if self._depth:  # closed
-                raise StopIteration
-            return self._prepare(next(self._batches), each_here)
+        if self._closed:
+            raise StopIteration
+        if self._pool is None:  # in the consumer's thread
+            return self._prepare(next(self._batches), each_here if self._decoders is None else self._each)
         first = self._started is False
         self._started = True
         self._fill(1 if first else self._depth)
@@ -94,16 +96,19 @@ class Prefetcher(Generic[T, R]):
 
     def close(self) -> None:
         """Drop the batches and images not started yet, and wait for the images being decoded."""
-        if self._pool is not None:
-            for future in self._pending:
-                future.cancel()
-            self._pending.clear()
+        self._closed = True
+        for future in self._pending:
+            future.cancel()
+        self._pending.clear()
+        if self._decoders is not None:
             # Images first: a batch being prepared then stops at its next image (its error, a
             # cancelled image, is never read) instead of decoding the rest of its images.
             self._decoders.shutdown(wait=False, cancel_futures=True)
+        if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._decoders is not None:
             self._decoders.shutdown(wait=True)
-            self._pool = self._decoders = None
+        self._pool = self._decoders = None
         self._batches = iter(())
 
     def __enter__(self) -> Prefetcher[T, R]:

@@ -273,7 +273,7 @@ class Runner:
         cfg = self.config
         if cfg.batch_size != "auto" and (not isinstance(cfg.batch_size, int) or cfg.batch_size < 1):
             raise BatchLensError("The batch size must be a whole number of at least 1, or auto.")
-        if cfg.prefetch < 0:
+        if cfg.prefetch is not None and cfg.prefetch < 0:
             raise BatchLensError("The prefetch depth must be 0 or more batches.")
         if cfg.max_failures is not None and cfg.max_failures < 1:
             raise BatchLensError("--max-failures must be at least 1.")
@@ -326,7 +326,7 @@ class Runner:
             yield RunNote("info", f"The model takes one image at a time ({sizer.one_at_a_time}): batch 1.")
         threads = plan_threads(cfg.threads, cfg.prefetch, device, batching=cfg.batch_size != 1)
         decoding = (threads.decode_threads, decode_thread_setup)
-        ahead = Prefetcher(pipeline.prepare, sizer.batches(todo), cfg.prefetch, *decoding)
+        ahead = Prefetcher(pipeline.prepare, sizer.batches(todo), threads.prefetch(cfg.prefetch), *decoding)
         index = 0
         compiled = None  # --compile: (sentence, summary entry) once the first forward ran
         running = ExitStack()  # torch's threads for the run, and the watch on memory's peak
@@ -413,6 +413,7 @@ class Runner:
             batch_choice=sizer if sizer.auto else None,
             batch_note=sizer.one_at_a_time,
             threads=threads.to_json(),
+            prefetch=threads.prefetch(cfg.prefetch),
             channels_last=pipeline.channels_last,
             folded_batch_norm=speedups.folded,
             counts=counts,
