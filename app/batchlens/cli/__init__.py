@@ -15,6 +15,7 @@ import warnings
 from batchlens.cli.args import build_parser
 from batchlens.cli.commands import bench_command, models_command, run_command
 from batchlens.cli.stop import Interrupted
+from batchlens.core import machine_load  # noqa: F401  before torch: its reading of others' work starts now
 from batchlens.core.errors import BatchLensError
 from batchlens.core.terminal import PrintableFormatter, printable
 
