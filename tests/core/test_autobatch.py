@@ -229,8 +229,12 @@ def test_other_work_is_the_machines_busy_time_less_this_process(monkeypatch):
     meter._last = meter._read()
     clock.update(t=100.5, busy=1.0, own=0.5)
     assert meter.others() is None  # half a second says little
-    clock.update(t=102.5, busy=5.0, own=3.5)  # 2 s: 4 core-seconds busy, 3 of them this process's
-    assert meter.others() == pytest.approx(0.5)
+    clock.update(t=102.5, busy=5.0, own=3.5)  # 2.5 s: 5 core-seconds busy, 3.5 of them this process's
+    assert meter.others() == pytest.approx(0.6)
+    clock.update(t=102.9, busy=5.8, own=3.5)  # a run right after the last: its figure stands
+    assert meter.others() == pytest.approx(0.6)
+    clock.update(t=103.5, busy=7.0, own=3.5)  # the span went on from 102.5: 2 core-seconds in 1 s
+    assert meter.others() == pytest.approx(2.0)
 
 
 def test_a_batch_prepared_before_its_size_was_turned_down_can_still_win():

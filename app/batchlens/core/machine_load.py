@@ -34,11 +34,12 @@ class _OthersMeter:
     less this process's own, over the same span. The load average alone would count this process's
     own recent work (a previous run, the bench's previous row) as someone else's."""
 
-    MIN_SPAN_S = 1.0  # shorter spans say little: the load average is used instead
+    MIN_SPAN_S = 1.0  # shorter spans say little (`others`)
 
     def __init__(self) -> None:
         self._process = psutil.Process()
         self._last = self._read()
+        self._figure: float | None = None
 
     def _read(self) -> tuple[float, float, float]:
         per_cpu = psutil.cpu_times(percpu=True)
@@ -46,17 +47,21 @@ class _OthersMeter:
             per_cpu = [per_cpu[i] for i in os.sched_getaffinity(0) if i < len(per_cpu)] or per_cpu
         except AttributeError:
             pass
-        busy = sum(sum(c) - c.idle - getattr(c, "iowait", 0.0) for c in per_cpu)
+        # (Linux counts a guest VM's time in user and nice as well as in guest and guest_nice)
+        waiting = ("idle", "iowait", "guest", "guest_nice")
+        busy = sum(sum(c) - sum(getattr(c, name, 0.0) for name in waiting) for c in per_cpu)
         own = self._process.cpu_times()
         return time.monotonic(), busy, own.user + own.system
 
     def others(self) -> float | None:
+        """Measured since the last reading a second or more long. A shorter span says too little:
+        the last figure stands (None before the first), and the span goes on growing."""
         now = self._read()
         (t0, busy0, own0), (t1, busy1, own1) = self._last, now
-        self._last = now
-        if t1 - t0 < self.MIN_SPAN_S:
-            return None
-        return max(0.0, (busy1 - busy0) - (own1 - own0)) / (t1 - t0)
+        if t1 - t0 >= self.MIN_SPAN_S:
+            self._last = now
+            self._figure = max(0.0, (busy1 - busy0) - (own1 - own0)) / (t1 - t0)
+        return self._figure
 
 
 _meter = _OthersMeter()  # from the import on: a first run measures over its own start-up
@@ -64,6 +69,7 @@ _meter = _OthersMeter()  # from the import on: a first run measures over its own
 
 def others_load() -> float | None:
     """How many cores other work keeps busy: measured since the previous run (or since BatchLens
-    started), or the 1-minute load average when that span is too short to say."""
+    started), or the 1-minute load average before any span has been long enough to say (the load
+    average counts this process's own recent work too: a previous run a moment ago looks busy)."""
     measured = _meter.others()
     return load_average() if measured is None else measured
