@@ -149,8 +149,8 @@ def test_threads_are_sized_from_the_cores_and_the_load():
         assert exact.torch_threads == 16 and exact.reason == "torch's own choice"
         torch.set_num_threads(3)  # the window keeps a core for itself this way: auto stays below it
         assert plan_threads("auto", 2, CPU, cores=16, load=4.0).torch_threads == 3
-        window = plan_threads("auto", None, CPU, cores=4, load=0.0)
-        assert (window.torch_threads, window.decode_threads) == (3, 3)
+        window = plan_threads("auto", None, CPU, cores=4, load=0.0)  # decoding beside, on the core left
+        assert (window.torch_threads, window.decode_threads, window.in_step) == (3, 1, False)
     finally:
         torch.set_num_threads(before)
     with UseThreads(plan_threads(1, 2, CPU)):

@@ -19,7 +19,8 @@ torch thread against 15.3-17.7 with two, and 12.5-14.0 by turns. (An older measu
 heavier load, load average 11-20, found 2 threads 1.7x faster than 1 at batch 4: there each thread
 wins a scheduler's share; that is not a machine to tune for.) One image at a time (batch 1) also
 takes the free cores. Never more torch threads than torch is set to: the window keeps a core for
-itself that way.
+itself that way, and then decodes beside the forward on the cores torch leaves (by turns, one core
+would sit idle in each phase).
 
 On a GPU the forward needs little CPU, so every free core but one decodes beside it (the one: the
 loop that launches the forward and writes the outputs). The decoding threads are a pool shared by
@@ -85,9 +86,9 @@ def plan_threads(
     in_step = False
     if device.type == "cpu":
         # Never more torch threads than torch is set to: the window keeps a core for itself that way.
-        if batching and others < QUIET_BELOW and prefetch is None:
+        if batching and others < QUIET_BELOW and prefetch is None and torch.get_num_threads() >= cores:
             # Quiet: decode each batch on every core, then the forward on every core, by turns.
-            torch_threads = decode = min(cores, torch.get_num_threads())
+            torch_threads = decode = cores
             in_step = True
         else:  # busy (or one image at a time): the free cores, decoding beside the forward
             torch_threads, decode = min(free, torch.get_num_threads()), max(1, free // 4)
