@@ -38,9 +38,13 @@ def fold_batch_norms(module: nn.Module) -> nn.Module | None:
     if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules()):
         return None
     try:
-        traced = fx.symbolic_trace(module)
-    except Exception:  # noqa: BLE001 - any tracing failure means: run the model as it is
+        return _fold(module)
+    except Exception:  # noqa: BLE001 - a model fx cannot trace (or fold) runs as it is
         return None
+
+
+def _fold(module: nn.Module) -> nn.Module | None:
+    traced = fx.symbolic_trace(module)
     modules = dict(traced.named_modules())
     graph = traced.graph
     owners = {}  # what the folded graph calls, by name: the loaded model's layers, or folded copies
