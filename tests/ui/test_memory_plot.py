@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 from PySide6.QtCore import Qt
 
-from batchlens.ui.memory_plot import LABEL_ROW_PX, Marker, MemoryPlot, RingBuffer
+from batchlens.ui.memory_plot import Marker, MemoryPlot, RingBuffer
+from batchlens.ui.plot_markers import LABEL_ROW_PX
 from tests.ui.conftest import GIB, MIB, FakeProbe
 
 

@@ -51,7 +51,7 @@ class RingBuffer:
 @dataclass(frozen=True)
 class Marker:
     time_s: float
-    kind: str  # a key of MARKER_COLORS
+    kind: str  # a key of plot_markers.MARKER_COLORS
     text: str
 
 

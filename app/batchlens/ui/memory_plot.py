@@ -2,9 +2,10 @@
 
 History lives in a fixed-size ring buffer (the plot never grows with the run), one PlotDataItem per
 line gets `setData` on each tick, and markers on the time axis say where a run started and ended,
-where an image failed and where Clear cache was pressed. The scale follows the run's own lines, not the
-size of the card (`scale_top`); "Whole GPU" shows the whole card. The legend sits above the plot, so it
-covers neither lines nor marker labels. The probe is injectable, so tests can feed known numbers.
+where an image failed and where Clear cache was pressed (`PlotMarkers`). The scale follows the run's
+own lines, not the size of the card (`scale_top`); "Whole GPU" shows the whole card. The legend sits
+above the plot, so it covers neither lines nor marker labels. The probe is injectable, so tests can feed
+known numbers.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from batchlens.ui.memory_history import (
     scale_top,
 )
 from batchlens.ui.plot_legend import fit_legend, legend_above
+from batchlens.ui.plot_markers import PlotMarkers
 
 MIB = 2**20
 GIB = 2**30
@@ -55,14 +57,6 @@ LINE_COLORS = {
     "peak": "#ae3ec9",
     "device_used": "#12b886",
     "device_total": "#868e96",
-}
-LABEL_WIDTH_PX = 90  # about the width of a marker label ("clear cache") at 8-9 pt
-LABEL_ROW_PX = 26  # a marker label's height at 8-9 pt, its offset from the top, and a little air
-MARKER_COLORS = {
-    "run_start": "#2f9e44",
-    "run_end": "#2f9e44",
-    "failure": "#e03131",
-    "clear_cache": "#d6336c",
 }
 
 
@@ -82,9 +76,6 @@ class MemoryPlot(QWidget):
         super().__init__(parent)
         self.window_s = window_s
         self.history = RingBuffer(int(window_s * 1000 / interval_ms) + 10, len(COLUMNS))
-        self.markers: deque[Marker] = deque(maxlen=500)
-        self._marker_lines: deque[tuple[Marker, pg.InfiniteLine]] = deque()
-        self._labels: list[tuple[Marker, pg.InfLineLabel]] = []
         self.save_folder: Path | None = None  # where Save plot / Export CSV dialogs start
         self._t0 = time.monotonic()
         self._divisor = MIB
@@ -105,6 +96,7 @@ class MemoryPlot(QWidget):
         self.plot_item.getAxis("bottom").enableAutoSIPrefix(False)
         self._axis_label: tuple[str, str] | None = None
         self.legend = legend_above(self.plot_item)
+        self.marks = PlotMarkers(self.plot_item, self._label_fill())
         self.curves: dict[str, pg.PlotDataItem] = {}
         for key in ("allocated", "reserved", "peak", "device_used", "device_total"):
             style = {"peak": Qt.PenStyle.DotLine, "device_total": Qt.PenStyle.DashLine}
@@ -116,7 +108,7 @@ class MemoryPlot(QWidget):
         self.hover_line.setVisible(False)
         self.plot_item.addItem(self.hover_line, ignoreBounds=True)
         self.plot_widget.scene().sigMouseMoved.connect(self._on_mouse_moved)
-        self.plot_item.vb.sigResized.connect(lambda _vb: self._layout_labels())
+        self.plot_item.vb.sigResized.connect(lambda _vb: self.marks.layout_labels())
         self.plot_item.geometryChanged.connect(lambda: fit_legend(self.legend, self.plot_item))
 
         self.title = QLabel()
@@ -254,7 +246,7 @@ class MemoryPlot(QWidget):
         if not len(data):
             return
         cpu = self.probe is not None and self.probe.kind == "cpu"
-        top, show_total = scale_top(data, cpu, self.whole_device.isChecked(), self._headroom())
+        top, show_total = scale_top(data, cpu, self.whole_device.isChecked(), self.marks.headroom())
         divisor = GIB if top >= 2 * GIB else MIB
         label = ("RAM" if cpu else "memory", "GiB" if divisor == GIB else "MiB")
         if label != self._axis_label:  # relabelling re-lays out the axis: only when it changes
@@ -279,8 +271,8 @@ class MemoryPlot(QWidget):
         now = t[-1]
         self.plot_item.setXRange(max(0.0, now - self.window_s), max(now, 10.0), padding=0)
         self.plot_item.setYRange(0, max(top / self._divisor, 1.0), padding=0)
-        self._drop_old_markers(now)
-        self._layout_labels()  # the time span grows until the history fills the window
+        self.marks.drop_older_than(now - self.window_s)
+        self.marks.layout_labels()  # the time span grows until the history fills the window
 
     def describe(self, sample: MemorySample) -> str:
         if self.probe is not None and self.probe.kind == "cpu":
@@ -301,77 +293,26 @@ class MemoryPlot(QWidget):
             text += f" of {format_bytes(sample.device_total)}"
         return text
 
-    # -- markers ----------------------------------------------------------------------------------
+    # -- markers (ui/plot_markers.py) -------------------------------------------------------------
+    @property
+    def markers(self) -> deque[Marker]:
+        """Every marker (up to 500), also those older than the plotted history: Export CSV has them."""
+        return self.marks.markers
+
     def add_marker(self, kind: str, text: str) -> Marker:
         """A vertical line at the current time: run_start, run_end, failure or clear_cache."""
         marker = Marker(self.now_s(), kind, text)
-        self.markers.append(marker)
-        line = pg.InfiniteLine(
-            pos=marker.time_s,
-            angle=90,
-            movable=False,
-            pen=pg.mkPen(MARKER_COLORS.get(kind, "#868e96"), width=1.5, style=Qt.PenStyle.DashLine),
-        )
-        line.setToolTip(text)
-        if kind != "failure":  # failures can come in dozens; their lines speak without a label
-            label = pg.InfLineLabel(
-                line,
-                text=kind.replace("_", " "),
-                position=0.97,  # laid out below
-                # Text on the side of the line that faces the middle of the plot, so a marker at the
-                # right edge (every new one) is not cut off and one near the left edge neither.
-                anchors=[(0, 0), (1, 0)],
-                color=MARKER_COLORS.get(kind, "#868e96"),
-                fill=self._label_fill(),
-            )
-            self._labels.append((marker, label))
-        self.plot_item.addItem(line, ignoreBounds=True)
-        self._marker_lines.append((marker, line))
-        self._layout_labels()
+        self.marks.add(marker)
         return marker
 
-    def _headroom(self) -> float:
-        """The scale's top over the highest line: a row of marker labels' height, so the labels along
-        the top sit above the lines instead of hiding them (between 1.1 and 1.5 times)."""
-        height = self.plot_item.vb.height()
-        return min(1.5, max(1.1, height / max(height - LABEL_ROW_PX, 1.0)))
-
-    def _layout_labels(self) -> None:
-        """Give each label the highest row free of labels close in time, so none prints over another.
-        Rows are one label height apart in pixels; "close" is a label's width turned into seconds at the
-        plot's current scale. Run again when the plot changes size."""
-        height = self.plot_item.vb.height()
-        width = self.plot_item.vb.width()
-        if height < 1 or width < 1:
-            return
-        x_min, x_max = self.plot_item.viewRange()[0]
-        near_s = LABEL_WIDTH_PX * (x_max - x_min) / width  # the span shown, not the whole window
-        placed: list[tuple[float, int]] = []  # (time, row) of labels already laid out
-        for marker, label in self._labels:
-            label_h = label.boundingRect().height() or 20.0
-            rows = max(1, int((height - 4) // (label_h + 2)))
-            taken = {row for t, row in placed if abs(t - marker.time_s) < near_s}
-            row = next((r for r in range(rows) if r not in taken), len(placed) % rows)
-            placed.append((marker.time_s, row))
-            label.setPosition(1.0 - (2 + row * (label_h + 2)) / height)
+    def marker_lines(self) -> list[tuple[Marker, pg.InfiniteLine]]:
+        return self.marks.lines()
 
     def _label_fill(self):
         # The plot's own background behind each label, so lines crossing it do not print through.
         color = self.palette().color(QPalette.ColorRole.Base)
         color.setAlpha(220)
         return pg.mkBrush(color)
-
-    def _drop_old_markers(self, now: float) -> None:
-        # Marker lines left of the rolling window are removed, so their number stays bounded too.
-        while self._marker_lines and (
-            self._marker_lines[0][0].time_s < now - self.window_s or len(self._marker_lines) > 500
-        ):
-            _, line = self._marker_lines.popleft()
-            self.plot_item.removeItem(line)
-        self._labels = [(m, label) for m, label in self._labels if label.scene() is not None]
-
-    def marker_lines(self) -> list[tuple[Marker, pg.InfiniteLine]]:
-        return list(self._marker_lines)
 
     # -- actions ----------------------------------------------------------------------------------
     def clear_cache(self) -> ClearResult | None:
@@ -494,6 +435,4 @@ class MemoryPlot(QWidget):
             axis.setTextPen(pg.mkPen(text))
         self.legend.setLabelTextColor(text)
         self.legend.setBrush(pg.mkBrush(palette.color(QPalette.ColorRole.Base)))
-        for _, label in getattr(self, "_labels", []):
-            label.fill = self._label_fill()
-            label.update()
+        self.marks.set_fill(self._label_fill())

@@ -1,0 +1,105 @@
+"""The memory plot's markers: a dashed vertical line where a run started and ended, where an image
+failed, where Clear cache was pressed and where the engine noted something about memory.
+
+Labels sit on the side of their line that faces the middle of the plot and are laid out in rows, so
+none prints over another; lines that scroll out of the plot's window are removed, so their number
+stays bounded. Every marker is kept (up to 500) for Export CSV, also once its line is gone.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import pyqtgraph as pg
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QBrush
+
+from batchlens.ui.memory_history import Marker
+
+LABEL_WIDTH_PX = 90  # about the width of a marker label ("clear cache") at 8-9 pt
+LABEL_ROW_PX = 26  # a marker label's height at 8-9 pt, its offset from the top, and a little air
+MARKER_COLORS = {
+    "run_start": "#2f9e44",
+    "run_end": "#2f9e44",
+    "failure": "#e03131",
+    "clear_cache": "#d6336c",
+}
+
+
+class PlotMarkers:
+    """The markers drawn on `plot_item`; `fill` is the brush behind each label (the plot's background)."""
+
+    def __init__(self, plot_item: pg.PlotItem, fill: QBrush):
+        self.plot_item = plot_item
+        self.fill = fill
+        self.markers: deque[Marker] = deque(maxlen=500)
+        self._lines: deque[tuple[Marker, pg.InfiniteLine]] = deque()
+        self._labels: list[tuple[Marker, pg.InfLineLabel]] = []
+
+    def add(self, marker: Marker) -> None:
+        self.markers.append(marker)
+        color = MARKER_COLORS.get(marker.kind, "#868e96")
+        line = pg.InfiniteLine(
+            pos=marker.time_s,
+            angle=90,
+            movable=False,
+            pen=pg.mkPen(color, width=1.5, style=Qt.PenStyle.DashLine),
+        )
+        line.setToolTip(marker.text)
+        if marker.kind != "failure":  # failures can come in dozens; their lines speak without a label
+            label = pg.InfLineLabel(
+                line,
+                text=marker.kind.replace("_", " "),
+                position=0.97,  # laid out below
+                # Text on the side of the line that faces the middle of the plot, so a marker at the
+                # right edge (every new one) is not cut off and one near the left edge neither.
+                anchors=[(0, 0), (1, 0)],
+                color=color,
+                fill=self.fill,
+            )
+            self._labels.append((marker, label))
+        self.plot_item.addItem(line, ignoreBounds=True)
+        self._lines.append((marker, line))
+        self.layout_labels()
+
+    def lines(self) -> list[tuple[Marker, pg.InfiniteLine]]:
+        return list(self._lines)
+
+    def headroom(self) -> float:
+        """The scale's top over the highest line: a row of marker labels' height, so the labels along
+        the top sit above the lines instead of hiding them (between 1.1 and 1.5 times)."""
+        height = self.plot_item.vb.height()
+        return min(1.5, max(1.1, height / max(height - LABEL_ROW_PX, 1.0)))
+
+    def layout_labels(self) -> None:
+        """Give each label the highest row free of labels close in time, so none prints over another.
+        Rows are one label height apart in pixels; "close" is a label's width turned into seconds at the
+        plot's current scale. Run again when the plot changes size."""
+        height = self.plot_item.vb.height()
+        width = self.plot_item.vb.width()
+        if height < 1 or width < 1:
+            return
+        x_min, x_max = self.plot_item.viewRange()[0]
+        near_s = LABEL_WIDTH_PX * (x_max - x_min) / width  # the span shown, not the whole window
+        placed: list[tuple[float, int]] = []  # (time, row) of labels already laid out
+        for marker, label in self._labels:
+            label_h = label.boundingRect().height() or 20.0
+            rows = max(1, int((height - 4) // (label_h + 2)))
+            taken = {row for t, row in placed if abs(t - marker.time_s) < near_s}
+            row = next((r for r in range(rows) if r not in taken), len(placed) % rows)
+            placed.append((marker.time_s, row))
+            label.setPosition(1.0 - (2 + row * (label_h + 2)) / height)
+
+    def drop_older_than(self, oldest_s: float) -> None:
+        """Remove the lines left of the plot's window (and any beyond 500), with their labels."""
+        while self._lines and (self._lines[0][0].time_s < oldest_s or len(self._lines) > 500):
+            _, line = self._lines.popleft()
+            self.plot_item.removeItem(line)
+        self._labels = [(m, label) for m, label in self._labels if label.scene() is not None]
+
+    def set_fill(self, fill: QBrush) -> None:
+        """A new background behind the labels (the palette changed)."""
+        self.fill = fill
+        for _, label in self._labels:
+            label.fill = fill
+            label.update()
