@@ -3,6 +3,7 @@ ProblemsPanel, the results browser) and connects them to the run's worker, which
 own QThread. Previews are drawn from the latest result on a short timer, so a fast model cannot flood
 the GUI thread; the memory plot samples its probe on its own timer, run or no run.
 """
+
 from __future__ import annotations
 
 import logging

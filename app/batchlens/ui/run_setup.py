@@ -135,7 +135,7 @@ class RunSetup:
 
 
 def device_type(name: str) -> str:
-    """"cuda", "cpu", "mps"... for a device name of the picker ("auto" as it resolves here); the run
+    """ "cuda", "cpu", "mps"... for a device name of the picker ("auto" as it resolves here); the run
     itself reports a device that is not there."""
     try:
         return resolve_device(name).type
