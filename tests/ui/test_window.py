@@ -454,6 +454,33 @@ def test_gpu_cache_policy_is_chosen_in_the_settings_menu_and_remembered(
     assert again.menus.empty_cache() == "image"
 
 
+def test_whole_gpu_is_remembered_and_scales_the_next_start_to_the_card(qtbot, window, fake_probe, tmp_path):
+    def reopen() -> MainWindow:
+        again = MainWindow(Settings(tmp_path / "settings.ini"), probe_factory=lambda name: fake_probe)
+        qtbot.addWidget(again)
+        again.show()
+        return again
+
+    box = window.memory_plot.whole_device
+    assert box.isVisible() and not box.isChecked()  # the default: the scale follows the run's lines
+    qtbot.mouseClick(box, Qt.MouseButton.LeftButton)
+    window.close()
+    second = reopen()
+    assert second.memory_plot.whole_device.isChecked()
+    # The fake card's 8 GiB total is drawn and the scale goes up to it (1 GiB used: MiB unticked).
+    qtbot.waitUntil(lambda: second.memory_plot.curves["device_total"].getData()[1] is not None)
+    _, total = second.memory_plot.curves["device_total"].getData()
+    assert np.allclose(total, 8.0) and second.memory_plot.plot_item.getAxis("left").labelUnits == "GiB"
+    qtbot.mouseClick(second.memory_plot.whole_device, Qt.MouseButton.LeftButton)
+    second.close()
+    third = reopen()
+    assert not third.memory_plot.whole_device.isChecked()
+    qtbot.waitUntil(lambda: third.memory_plot.plot_item.getAxis("left").labelUnits == "MiB")
+    _, total = third.memory_plot.curves["device_total"].getData()
+    assert total is None or len(total) == 0  # not drawn: the run's lines are far below it
+    third.close()
+
+
 def test_speeds_map_to_the_engine_settings(window, tmp_path):
     from batchlens.core.config import EXACT_SETTINGS
 

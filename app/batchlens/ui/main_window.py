@@ -155,6 +155,7 @@ class MainWindow(QMainWindow):
     def _restore(self) -> None:
         s = self.settings
         self.form.restore(s)
+        self.memory_plot.whole_device.setChecked(s.whole_gpu)
         if self.memory_plot.probe is None:
             self._on_device_changed()
         # A saved geometry Qt itself moves onto a screen and shrinks to fit (a laptop off its big monitor).
@@ -170,6 +171,7 @@ class MainWindow(QMainWindow):
     def save_settings(self) -> None:
         s = self.settings
         self.form.save(s)
+        s.whole_gpu = self.memory_plot.whole_device.isChecked()
         s.set_state("geometry", self.saveGeometry())
         s.set_state("top_splitter", self.top_splitter.saveState())
         s.set_state("main_splitter", self.main_splitter.saveState())
