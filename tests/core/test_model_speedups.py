@@ -161,3 +161,12 @@ def test_a_fold_that_changes_the_outputs_is_not_used(photos, tmp_path, monkeypat
     for a, b in zip(exact_lines, fast_lines):
         assert [t["index"] for t in a["top"]] == [t["index"] for t in b["top"]]
         assert max(abs(x["score"] - y["score"]) for x, y in zip(a["top"], b["top"])) <= 1e-5
+
+
+def test_a_first_image_that_fails_does_not_keep_the_run_from_folding(photos, tmp_path, monkeypatch):
+    monkeypatch.setenv("BATCHLENS_CACHE_DIR", str(tmp_path / "cache"))
+    (photos / "img_00000.jpg").write_bytes(b"not a jpeg")  # the first image of the run fails
+    model = seeded_resnet18()
+    summary, lines = run(model, photos, tmp_path / "fast")  # auto: the first batch is that image alone
+    assert lines[0]["status"] == "error" and all(line["status"] == "ok" for line in lines[1:])
+    assert summary["folded_batch_norm"] is True

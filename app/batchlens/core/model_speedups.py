@@ -100,11 +100,12 @@ class ModelSpeedups:
 
     def apply(self, pipeline, shape: tuple[int, ...] | None) -> None:
         """Once, after the first batch's results: fold (checked on one random input of the first
-        image's `shape` against the loaded model), then convert the layout."""
-        if self._applied:
+        image's `shape` against the loaded model), then convert the layout. A batch whose images all
+        failed has no shape: the next one with a picture decides."""
+        if self._applied or (shape is None and self._fold and not self.model.takes_list):
             return
         self._applied = True
-        if self._fold and shape is not None and not self.model.takes_list:
+        if self._fold and not self.model.takes_list:
             self.folded = self._try_fold(shape)
         if self.channels_last:
             self.channels_last = pipeline.channels_last = use_channels_last(
