@@ -384,10 +384,13 @@ class BatchSizer:
 
     def remember(self) -> None:
         """Keep the size for the next run: the run's size when it measured it (two batches or more),
-        else the largest smaller size it did measure."""
+        else the largest smaller size it did measure; when every doubling won on its first batch (a
+        short run decoding by turns measures each size once), the size the run went on at."""
         if not (self.auto and self.cache_key and "|input=" in self.cache_key):
             return
         measured = [size for size, f in self.figures.items() if len(f.wall) >= 2 and size <= self.size]
+        if not measured and self.size > 1 and self.size in self.figures:
+            measured = [self.size]
         if measured:
             size = max(measured)
             rate = self.images_per_second(size)
