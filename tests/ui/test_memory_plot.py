@@ -240,6 +240,34 @@ def test_marker_labels_stay_inside_the_plot_and_apart(qtbot):
     assert not any(a.intersects(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
 
 
+def test_labels_that_face_each_other_do_not_overlap(qtbot, monkeypatch):
+    """Seen in an 800x600 screenshot: "run start" at 3 s (text to the right of its line) and "clear
+    cache" at 6.3 s (text to the left of its line, which is past the middle) printed over each other
+    in one row, though their lines were more than a label's width apart."""
+    import pyqtgraph as pg
+
+    plot = make_plot(qtbot, FakeProbe("cpu"))
+    plot.resize(360, 260)  # the plot's size in an 800x600 window
+    plot.show()
+    qtbot.waitExposed(plot)
+    plot.sample_now()
+    assert plot.plot_item.viewRange()[0] == [0, 10]
+    for at, kind in ((3.0, "run_start"), (6.3, "clear_cache")):
+        monkeypatch.setattr(plot, "now_s", lambda at=at: at)
+        plot.add_marker(kind, kind)
+    qtbot.wait(50)
+    boxes = []
+    for _, line in plot.marker_lines():
+        label = next(c for c in line.childItems() if isinstance(c, pg.InfLineLabel))
+        boxes.append(label.mapRectToScene(label.boundingRect()))
+    assert boxes[0].right() > boxes[1].left() - 80  # close enough on screen to collide in one row
+    assert not boxes[0].intersects(boxes[1]), boxes
+    assert plot.plot_item.vb.sceneBoundingRect().contains(boxes[1])
+    # "clear cache" turned to the free side of its line: both stay in the top row, above the lines
+    # (a lower row would hide the lines behind its label)
+    assert boxes[0].top() == boxes[1].top() and boxes[1].left() > boxes[0].right()
+
+
 def test_save_dialogs_start_in_the_output_folder(qtbot, tmp_path, monkeypatch):
     from PySide6.QtWidgets import QFileDialog
 

@@ -18,6 +18,7 @@ from batchlens.ui.memory_history import Marker
 
 LABEL_WIDTH_PX = 90  # about the width of a marker label ("clear cache") at 8-9 pt
 LABEL_ROW_PX = 26  # a marker label's height at 8-9 pt, its offset from the top, and a little air
+FACING_THE_MIDDLE = [(0, 0), (1, 0)]  # pyqtgraph: text right of a line left of the middle, and so on
 MARKER_COLORS = {
     "run_start": "#2f9e44",
     "run_end": "#2f9e44",
@@ -35,6 +36,7 @@ class PlotMarkers:
         self.markers: deque[Marker] = deque(maxlen=500)
         self._lines: deque[tuple[Marker, pg.InfiniteLine]] = deque()
         self._labels: list[tuple[Marker, pg.InfLineLabel]] = []
+        self._rows = 1  # label rows the last layout used (the scale's headroom leaves room for them)
 
     def add(self, marker: Marker) -> None:
         self.markers.append(marker)
@@ -53,7 +55,7 @@ class PlotMarkers:
                 position=0.97,  # laid out below
                 # Text on the side of the line that faces the middle of the plot, so a marker at the
                 # right edge (every new one) is not cut off and one near the left edge neither.
-                anchors=[(0, 0), (1, 0)],
+                anchors=FACING_THE_MIDDLE,
                 color=color,
                 fill=self.fill,
             )
@@ -66,29 +68,49 @@ class PlotMarkers:
         return list(self._lines)
 
     def headroom(self) -> float:
-        """The scale's top over the highest line: a row of marker labels' height, so the labels along
-        the top sit above the lines instead of hiding them (between 1.1 and 1.5 times)."""
+        """The scale's top over the highest line: the label rows' height, so the labels along the top
+        sit above the lines instead of hiding them (between 1.1 and 1.5 times)."""
         height = self.plot_item.vb.height()
-        return min(1.5, max(1.1, height / max(height - LABEL_ROW_PX, 1.0)))
+        return min(1.5, max(1.1, height / max(height - self._rows * LABEL_ROW_PX, 1.0)))
 
     def layout_labels(self) -> None:
-        """Give each label the highest row free of labels close in time, so none prints over another.
-        Rows are one label height apart in pixels; "close" is a label's width turned into seconds at the
-        plot's current scale. Run again when the plot changes size."""
+        """Put each label where it overlaps no other: on the side of its line that faces the middle of
+        the plot, else on the other side where that fits in the view, else in the next row down.
+        A label spans its text's width, in seconds at the plot's current scale, so two labels facing
+        each other overlap while their lines are less than both widths apart. Rows are one label
+        height apart in pixels, and the scale leaves room above the lines for the rows used (a label
+        in a lower row would hide the lines behind it). Run again when the plot changes size."""
         height = self.plot_item.vb.height()
         width = self.plot_item.vb.width()
         if height < 1 or width < 1:
             return
         x_min, x_max = self.plot_item.viewRange()[0]
-        near_s = LABEL_WIDTH_PX * (x_max - x_min) / width  # the span shown, not the whole window
-        placed: list[tuple[float, int]] = []  # (time, row) of labels already laid out
+        per_px = (x_max - x_min) / width  # seconds a pixel: the span shown, not the whole window
+        placed: list[tuple[float, float, int]] = []  # (from, to, row) of labels already laid out
         for marker, label in self._labels:
-            label_h = label.boundingRect().height() or 20.0
+            box = label.boundingRect()
+            label_h = box.height() or 20.0
+            span = ((box.width() or LABEL_WIDTH_PX) + 4) * per_px  # and a little air
+            t = marker.time_s
+            right, left = (t, t + span), (t - span, t)  # the text right of its line, or left of it
+            sides = [right, left] if t < (x_min + x_max) / 2 else [left, right]
+            sides = [sides[0]] + [s for s in sides[1:] if x_min <= s[0] and s[1] <= x_max]
             rows = max(1, int((height - 4) // (label_h + 2)))
-            taken = {row for t, row in placed if abs(t - marker.time_s) < near_s}
-            row = next((r for r in range(rows) if r not in taken), len(placed) % rows)
-            placed.append((marker.time_s, row))
+            row, side = next(
+                ((r, s) for r in range(rows) for s in sides if not self._collides(placed, s, r)),
+                (len(placed) % rows, sides[0]),
+            )
+            placed.append((*side, row))
+            if side == sides[0]:  # facing the middle, as pyqtgraph keeps it when the line moves
+                label.anchors = FACING_THE_MIDDLE
+            else:
+                label.anchors = [(0, 0), (0, 0)] if side == right else [(1, 0), (1, 0)]
             label.setPosition(1.0 - (2 + row * (label_h + 2)) / height)
+        self._rows = 1 + max((row for _, _, row in placed), default=0)
+
+    @staticmethod
+    def _collides(placed: list[tuple[float, float, int]], side: tuple[float, float], row: int) -> bool:
+        return any(a < side[1] and side[0] < b for a, b, r in placed if r == row)
 
     def drop_older_than(self, oldest_s: float) -> None:
         """Remove the lines left of the plot's window (and any beyond 500), with their labels."""
