@@ -278,6 +278,19 @@ def test_in_step_a_batch_decodes_on_the_pool_only_when_asked_for(shapes_folder: 
     assert all(torch.equal(a.groups[0][1], b.groups[0][1]) for a, b in zip([first, second], serial))
     assert not _prefetch_threads()
 
+    # A batch of one image (a run's first) decodes in the calling thread: a fresh decoding thread's
+    # first image costs more than the handover saves.
+    decoded_on.clear()
+    with Prefetcher(
+        lambda batch, each: each(lambda c: decoded_on.append(threading.current_thread().name), batch),
+        [candidates[:1], candidates[1:5]],
+        0,
+        4,
+    ) as ahead:
+        assert next(ahead) is not None and decoded_on == [threading.current_thread().name]
+        next(ahead)  # four images: on the decoding threads
+        assert len(decoded_on) == 5 and all(name.startswith("batchlens-decode") for name in decoded_on[1:])
+
 
 def test_closing_drops_the_images_not_started_and_leaves_no_thread():
     """A cancel while a long batch decodes: the images not started are dropped, every thread ends."""
