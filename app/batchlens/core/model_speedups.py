@@ -92,8 +92,15 @@ class ModelSpeedups:
         self.model, self.device = model, device
         batching = cfg.batch_size != 1
         self.channels_last = wants_channels_last(model.module, device, cfg.channels_last, batching)
-        # Measured on the CPU only (GPU: not yet measured); fp32 only (mixed precision rounds anyway).
-        self._fold = device.type == "cpu" and batching and cfg.precision == "fp32" and not cfg.compile
+        # Measured on the CPU only (GPU: not yet measured); fp32 only (mixed precision rounds anyway);
+        # a model that takes a list of images (detection) has no single input shape to check it on.
+        self._fold = (
+            device.type == "cpu"
+            and batching
+            and cfg.precision == "fp32"
+            and not cfg.compile
+            and not model.takes_list
+        )
         self.folded: bool | str = False
         self._loaded: nn.Module | None = None
         self._applied = False
@@ -102,10 +109,10 @@ class ModelSpeedups:
         """Once, after the first batch's results: fold (checked on one random input of the first
         image's `shape` against the loaded model), then convert the layout. A batch whose images all
         failed has no shape: the next one with a picture decides."""
-        if self._applied or (shape is None and self._fold and not self.model.takes_list):
+        if self._applied or (shape is None and self._fold):
             return
         self._applied = True
-        if self._fold and not self.model.takes_list:
+        if self._fold:
             self.folded = self._try_fold(shape)
         if self.channels_last:
             self.channels_last = pipeline.channels_last = use_channels_last(
