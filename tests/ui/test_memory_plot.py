@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 
 import numpy as np
+import pyqtgraph as pg
 import pytest
 from PIL import Image
 from PySide6.QtCore import Qt
@@ -21,6 +22,18 @@ def make_plot(qtbot, probe, **kwargs) -> MemoryPlot:
     plot.resize(640, 400)
     plot.show()
     return plot
+
+
+def label_of(line):
+    """The text label pyqtgraph draws on a marker's line."""
+    return next(c for c in line.childItems() if isinstance(c, pg.InfLineLabel))
+
+
+def add_markers_at(plot, monkeypatch, markers) -> None:
+    """Add each (time, kind) marker as if it came at that time on the plot's clock."""
+    for at, kind in markers:
+        monkeypatch.setattr(plot, "now_s", lambda at=at: at)
+        plot.add_marker(kind, kind)
 
 
 def points(curve) -> list[float]:
@@ -131,15 +144,10 @@ def test_markers_for_failures_and_clear_cache(qtbot):
 def test_labels_of_markers_close_in_time_do_not_overlap(qtbot):
     """A run of a few images starts and ends within a fraction of a second: its two labels must not
     be printed on top of each other."""
-    import pyqtgraph as pg
-
     plot = make_plot(qtbot, FakeProbe("cpu"))
     for kind in ("run_start", "run_end", "clear_cache", "run_start"):
         plot.add_marker(kind, kind)
-    labels = [
-        next(c for c in line.childItems() if isinstance(c, pg.InfLineLabel))
-        for _, line in plot.marker_lines()
-    ]
+    labels = [label_of(line) for _, line in plot.marker_lines()]
     assert [label.textItem.toPlainText() for label in labels] == [
         "run start",
         "run end",
@@ -214,8 +222,6 @@ def test_markers_older_than_the_plot_are_exported_at_their_own_time(qtbot, tmp_p
 def test_marker_labels_stay_inside_the_plot_and_apart(qtbot):
     """A new marker sits at the right edge of the scrolling plot: its label must read whole, inside the
     plot, and two labels close in time must not overlap."""
-    import pyqtgraph as pg
-
     plot = make_plot(qtbot, FakeProbe("cpu"))
     plot.resize(500, 300)
     plot.show()
@@ -233,7 +239,7 @@ def test_marker_labels_stay_inside_the_plot_and_apart(qtbot):
     view = plot.plot_item.vb.sceneBoundingRect()
     boxes = []
     for line in line_at.values():
-        label = next(c for c in line.childItems() if isinstance(c, pg.InfLineLabel))
+        label = label_of(line)
         box = label.mapRectToScene(label.boundingRect())
         assert view.contains(box), (label.textItem.toPlainText(), box, view)
         boxes.append(box)
@@ -244,21 +250,17 @@ def test_labels_that_face_each_other_do_not_overlap(qtbot, monkeypatch):
     """Seen in an 800x600 screenshot: "run start" at 3 s (text to the right of its line) and "clear
     cache" at 6.3 s (text to the left of its line, which is past the middle) printed over each other
     in one row, though their lines were more than a label's width apart."""
-    import pyqtgraph as pg
-
     plot = make_plot(qtbot, FakeProbe("cpu"))
     plot.resize(360, 260)  # the plot's size in an 800x600 window
     plot.show()
     qtbot.waitExposed(plot)
     plot.sample_now()
     assert plot.plot_item.viewRange()[0] == [0, 10]
-    for at, kind in ((3.0, "run_start"), (6.3, "clear_cache")):
-        monkeypatch.setattr(plot, "now_s", lambda at=at: at)
-        plot.add_marker(kind, kind)
+    add_markers_at(plot, monkeypatch, ((3.0, "run_start"), (6.3, "clear_cache")))
     qtbot.wait(50)
     boxes = []
     for _, line in plot.marker_lines():
-        label = next(c for c in line.childItems() if isinstance(c, pg.InfLineLabel))
+        label = label_of(line)
         boxes.append(label.mapRectToScene(label.boundingRect()))
     assert boxes[0].right() > boxes[1].left() - 80  # close enough on screen to collide in one row
     assert not boxes[0].intersects(boxes[1]), boxes
@@ -345,8 +347,6 @@ def test_on_the_cpu_the_scale_is_the_process_ram(qtbot):
 def test_the_legend_sits_above_the_plot_and_covers_nothing(qtbot, width):
     """Inside the plot the legend hid the newest samples and, at 1280x720, the clear-cache label.
     Above it, it must cover neither the view nor a marker label, and take little height when narrow."""
-    import pyqtgraph as pg
-
     plot = make_plot(qtbot, FakeProbe("cuda", H200_RUN))
     plot.resize(width, 330)
     qtbot.waitExposed(plot)
@@ -361,7 +361,7 @@ def test_the_legend_sits_above_the_plot_and_covers_nothing(qtbot, width):
     assert len(plot.legend.items) == 5
     assert legend.bottom() <= view.top() and widget.contains(legend), (legend, view, widget)
     for _, line in plot.marker_lines():
-        label = next(c for c in line.childItems() if isinstance(c, pg.InfLineLabel))
+        label = label_of(line)
         box = label.mapRectToScene(label.boundingRect())
         assert view.contains(box) and not box.intersects(legend)
     for _, entry in plot.legend.items:  # every entry inside the legend's own box, none cut off
@@ -383,18 +383,11 @@ def test_the_legend_sits_above_the_plot_and_covers_nothing(qtbot, width):
 def test_labels_far_apart_on_the_shown_span_share_the_top_row(qtbot, monkeypatch):
     """Early in a run the plot shows 10 s, not its 2-minute window: labels 5 s apart are far apart on
     screen and both sit in the top row, above the lines (lower rows would cover them)."""
-    import pyqtgraph as pg
-
     plot = make_plot(qtbot, FakeProbe("cuda", H200_RUN))
     qtbot.waitExposed(plot)
     plot.sample_now()
     assert plot.plot_item.viewRange()[0] == [0, 10]
-    for at, kind in ((1.0, "run_start"), (6.0, "clear_cache")):
-        monkeypatch.setattr(plot, "now_s", lambda at=at: at)
-        plot.add_marker(kind, kind)
-    labels = [
-        next(c for c in line.childItems() if isinstance(c, pg.InfLineLabel))
-        for _, line in plot.marker_lines()
-    ]
+    add_markers_at(plot, monkeypatch, ((1.0, "run_start"), (6.0, "clear_cache")))
+    labels = [label_of(line) for _, line in plot.marker_lines()]
     positions = [label.orthoPos for label in labels]
     assert len(positions) == 2 and positions[0] == positions[1] > 0.9
