@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from batchlens.core.config import RunConfig
 from batchlens.core.devices import available_devices, resolve_device
 from batchlens.core.errors import BatchLensError
 from batchlens.core.events import ImageResult
-from batchlens.core.memory import CpuProbe, format_bytes, probe_for
+from batchlens.core.memory import KERNEL_PEAK_RSS, CpuProbe, PeakWatch, format_bytes, probe_for
 from batchlens.core.runner import Runner
 from tests.helpers import make_denoise_folder
 
@@ -84,3 +85,37 @@ def test_process_memory_stays_flat_over_400_images(tmp_path: Path):
         f"{last.memory.peak / MiB:.1f} MiB; growth {growth / MiB:.1f} MiB"
     )
     assert growth <= 50 * MiB
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's resettable peak is Linux's")
+def test_cpu_peak_is_the_kernels_own_and_sees_a_spike_between_samples():
+    """A 10 ms sampler misses a spike shorter than its interval; the kernel's high-water mark, reset
+    at the span's start, does not. The reset is process-wide and lowers ru_maxrss, so the lifetime
+    figure must keep what came before it."""
+    probe = CpuProbe()
+    with PeakWatch(probe) as watch:
+        start = probe.sample().allocated
+        spike = torch.ones(200 * MiB // 4)  # 200 MiB, touched, freed at once (mmap: RSS drops)
+        del spike
+        assert probe.sample().allocated < start + 50 * MiB  # gone before anyone sampled it
+    assert watch._thread is None and "kernel" in watch.source
+    assert watch.peak >= start + 195 * MiB
+    lifetime = CpuProbe.lifetime_peak_rss()
+    with PeakWatch(probe) as second:  # a new span forgets the spike ...
+        pass
+    assert second.peak < start + 100 * MiB
+    assert CpuProbe.lifetime_peak_rss() >= max(lifetime, watch.peak)  # ... the lifetime does not
+
+
+def test_cpu_peak_is_sampled_where_the_kernel_keeps_none(monkeypatch):
+    monkeypatch.setattr(KERNEL_PEAK_RSS, "reset", lambda: False)
+    monkeypatch.setattr(KERNEL_PEAK_RSS, "reset_done", False)
+    probe = CpuProbe()
+    with PeakWatch(probe, interval=0.005) as watch:
+        assert watch._thread is not None and watch._thread.is_alive()
+        start = probe.sample().allocated
+        held = torch.ones(100 * MiB // 4)
+        time.sleep(0.05)  # ten intervals: the sampler sees it
+        del held
+    assert "sampled every 10 ms" in watch.source and not watch._thread.is_alive()
+    assert watch.peak >= start + 95 * MiB

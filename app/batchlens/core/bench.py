@@ -14,16 +14,16 @@ Rows (core/bench_loops.py has the loops):
   no-probe the defaults with memory sampling switched off (--sampler-check)
 
 Every row is timed end to end, from its start to its last output on the CPU (the engine's batch-size
-measuring, thread start-up and summary included), with the model already loaded and warm. Rounds go
-round all the rows in turn (starting at a different row each round), so a busy spell on a shared
-machine hits every row alike; each row reports the median over rounds and the range, and its ratios to
-the plain and the expert loop are the medians of the ratios within each round (paired). CPU time is
-the whole process's, all threads, plus worker processes (the expert loop's). Memory is the device's
-allocated memory on GPUs (the allocator's own peak) and the process RSS on the CPU (sampled every
-10 ms; the expert loop's worker processes hold their own memory besides, not counted: reading their
-proportional share costs ~10 ms a read here, too much to sample during the row). "peak mem" is the
-highest over rounds; "peak-start" the median over rounds of the peak less the memory at the row's
-start (what the row itself added: on the CPU earlier rows have grown the process by then).
+measuring, thread start-up and summary included), with the model already loaded and warm. Rounds go round all
+the rows in turn (starting at a different row each round), so a busy spell on a shared machine hits every row
+alike; each row reports the median over rounds and the range, and its ratios to the plain and the expert loop
+are the medians of the ratios within each round (paired). CPU time is the whole process's, all threads, plus
+worker processes (the expert loop's). Memory is the device's allocated memory on GPUs (the allocator's own
+peak) and the process RSS on the CPU (the kernel's own peak since the row's start on Linux, elsewhere sampled
+every 10 ms; the expert loop's worker processes hold their own memory besides, not counted: reading their
+proportional share costs ~10 ms a read here, too much to sample during the row). "peak mem" is the highest
+over rounds; "peak-start" the median over rounds of the peak less the memory at the row's start (what the row
+itself added: on the CPU earlier rows have grown the process by then).
 """
 
 from __future__ import annotations

@@ -77,6 +77,11 @@ class MemoryProbe:
     def reset_peak(self) -> None:
         """Start peak tracking afresh (called when a run starts)."""
 
+    def exact_peak(self) -> int | None:
+        """The exact peak since `reset_peak` where this backend keeps one apart from `sample().peak`
+        (the kernel's, for process RAM); None where `sample().peak` is all there is."""
+        return None
+
 
 class CudaProbe(MemoryProbe):
     kind = "cuda"
@@ -189,6 +194,55 @@ def _malloc_trim() -> None:
             pass
 
 
+class KernelPeakRss:
+    """The kernel's own peak RSS of this process since a reset: exact, every page counted, where
+    sampling the RSS every 10 ms can miss a short forward's peak. Linux keeps it as VmHWM in
+    /proc/self/status and lets the process reset it (writing 5 to /proc/self/clear_refs, Linux 4.0+).
+    The reset is process-wide and lowers ru_maxrss too, so the lifetime peak before each reset is kept.
+    One instance per process (`KERNEL_PEAK_RSS`): the window's probe and a run's share it."""
+
+    def __init__(self) -> None:
+        self.reset_done = False  # VmHWM is a span's peak only after a reset; before, it is lifetime
+        self._lifetime_before_reset = 0
+
+    @staticmethod
+    def _high_water_mark() -> int | None:
+        try:
+            with open("/proc/self/status", "rb") as status:
+                for line in status:
+                    if line.startswith(b"VmHWM:"):
+                        return int(line.split()[1]) * 1024  # "VmHWM:   113272 kB"
+        except (OSError, ValueError, IndexError):
+            return None
+        return None
+
+    def reset(self) -> bool:
+        """Start a span; False where the kernel offers no resettable peak (macOS, Windows, old Linux)."""
+        if not sys.platform.startswith("linux"):
+            return False
+        before = self._high_water_mark()
+        try:
+            with open("/proc/self/clear_refs", "w") as clear_refs:
+                clear_refs.write("5")
+        except OSError:
+            self.reset_done = False
+            return False
+        self._lifetime_before_reset = max(self._lifetime_before_reset, before or 0)
+        self.reset_done = True
+        return True
+
+    def since_reset(self) -> int | None:
+        return self._high_water_mark() if self.reset_done else None
+
+    def lifetime(self) -> int:
+        """The whole process's peak since it started (ru_maxrss is KiB on Linux, bytes on macOS)."""
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return max(self._lifetime_before_reset, peak if sys.platform == "darwin" else peak * 1024)
+
+
+KERNEL_PEAK_RSS = KernelPeakRss()
+
+
 class CpuProbe(MemoryProbe):
     """On the CPU there is no device memory: we report this process's RAM (RSS), not VRAM."""
 
@@ -218,7 +272,7 @@ class CpuProbe(MemoryProbe):
 
     def sample(self) -> MemorySample:
         rss = self._rss()
-        self._peak = max(self._peak, rss)
+        self._peak = max(self._peak, rss, self.exact_peak() or 0)
         now = time.monotonic()
         used, total = self._machine_ram(now)
         return MemorySample(now, rss, rss, self._peak, used, total)
@@ -232,20 +286,23 @@ class CpuProbe(MemoryProbe):
 
     def reset_peak(self) -> None:
         self._peak = 0
+        KERNEL_PEAK_RSS.reset()
+
+    def exact_peak(self) -> int | None:
+        return KERNEL_PEAK_RSS.since_reset()
 
     @staticmethod
     def lifetime_peak_rss() -> int:
-        """The kernel's own peak RSS for this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak if sys.platform == "darwin" else peak * 1024
+        return KERNEL_PEAK_RSS.lifetime()
 
 
 class PeakWatch:
     """The true peak over a span of work. A GPU allocator keeps its own exact peak
-    (`max_memory_allocated`, the probe's `peak`); the CPU has no such counter for a span (ru_maxrss is
-    the whole process's lifetime), so on the CPU a thread samples the RSS every `interval` seconds and
-    keeps the highest, catching the forward's own peak that samples taken between batches miss.
-    A sample costs ~20 µs: at 10 ms that is 0.2 % of one core."""
+    (`max_memory_allocated`, the probe's `peak`), and so does Linux for process RAM (the probe's
+    `exact_peak`). Where neither is kept (the CPU on macOS and Windows: ru_maxrss is the whole
+    process's lifetime), a thread samples the RSS every `interval` seconds and keeps the highest,
+    catching the forward's own peak that samples taken between batches miss. A sample costs ~20 µs:
+    at 10 ms that is 0.2 % of one core."""
 
     def __init__(self, probe: MemoryProbe, interval: float = 0.01):
         self.probe = probe
@@ -253,20 +310,27 @@ class PeakWatch:
         self.peak = 0
         self._stop = threading.Event()
         self._thread = None
-        if probe.kind == "cpu":
-            self._thread = threading.Thread(target=self._run, name="batchlens-peak", daemon=True)
+
+    @property
+    def source(self) -> str:
+        if self.probe.kind != "cpu":
+            return "the allocator's max_memory_allocated over the run"
+        if self._thread is None:
+            return "process RSS, the kernel's peak over the run (VmHWM, reset at the start)"
+        return "process RSS, sampled every 10 ms through the run"
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self.peak = max(self.peak, self.probe.sample().peak)
 
     def read(self) -> int:
-        self.peak = max(self.peak, self.probe.sample().peak)
+        self.peak = max(self.peak, self.probe.sample().peak, self.probe.exact_peak() or 0)
         return self.peak
 
     def __enter__(self) -> PeakWatch:
         self.probe.reset_peak()
-        if self._thread is not None:
+        if self.probe.kind == "cpu" and self.probe.exact_peak() is None:
+            self._thread = threading.Thread(target=self._run, name="batchlens-peak", daemon=True)
             self._thread.start()
         return self
 

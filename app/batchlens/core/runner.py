@@ -107,6 +107,7 @@ def run_summary(
     batch_note: str | None = None,
     threads: dict | None = None,
     paused_seconds: float = 0.0,
+    peak_source: str | None = None,
     **extra,
 ) -> dict:
     """summary.json: the same keys for a local run and a cluster run (which adds its own `extra`).
@@ -145,9 +146,7 @@ def run_summary(
         "paused_seconds": round(paused_seconds, 3),
         "images_per_second": round(rate, 3) if rate else None,
         "peak_memory_bytes": peak,
-        "peak_memory_source": "process RSS, sampled every 10 ms through the run"
-        if memory_kind == "cpu"
-        else "the allocator's max_memory_allocated over the run",
+        "peak_memory_source": peak_source,
         # (the kernel's ru_maxrss: the whole process's life, model loading and earlier runs included)
         "peak_rss_process_lifetime_bytes": CpuProbe.lifetime_peak_rss() if memory_kind == "cpu" else None,
         "threads": threads,
@@ -423,6 +422,7 @@ class Runner:
             seconds=time.perf_counter() - t0,
             paused_seconds=self.paused_seconds,
             peak=max(peak, watch.peak),
+            peak_source=watch.source,
             started_at=started_at,
             compile=compiled[1] if compiled else None,
         )

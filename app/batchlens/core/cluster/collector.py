@@ -80,6 +80,8 @@ class ResultCollector:
             candidates=self.candidates,
             todo=self.todo,
             peak=self.peak,
+            peak_source="the highest any worker reported: its allocator's peak on a GPU, its RSS after "
+            "each batch on the CPU",
             prefetch=0,  # workers decode in their loop: no prefetch on a cluster
             cluster={**cluster, "nodes": sorted(self.hosts)},
             retries=retries,
