@@ -55,7 +55,8 @@ from batchlens.core.bench_loops import (
 from batchlens.core.config import EXACT_SETTINGS
 from batchlens.core.devices import resolve_device
 from batchlens.core.errors import BatchLensError
-from batchlens.core.images import Candidate, decodes_reduced, scan_images
+from batchlens.core.fast_preprocess import fast_decode_helps
+from batchlens.core.images import Candidate, scan_images
 from batchlens.core.memory import MemoryProbe, MemorySample, PeakWatch, format_bytes, probe_for
 from batchlens.core.model_speedups import fold_batch_norms
 from batchlens.core.models import LoadedModel
@@ -259,7 +260,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda _: None) -> 
             tuned = {"batch_size": cfg.batch_size, "prefetch": cfg.prefetch}
             label = f"BatchLens, batch {cfg.batch_size} prefetch {cfg.prefetch}"
             timed.append(engine_row("tuned", label, **tuned))
-        if decodes_reduced(candidates[0].path, model.adapter.decode_size):
+        if fast_decode_helps(model, candidates[:1]):
             timed.append(engine_row("fast", "BatchLens, fast decode", fast_decode=True))
         if cfg.precision != "fp32":
             timed.append(engine_row("amp", f"BatchLens, {cfg.precision}", precision=cfg.precision))

@@ -76,6 +76,7 @@ def load_bench_model(model_id: str, device: torch.device) -> tuple[LoadedModel, 
         if not catalogue.is_catalogue_model(model_id) or catalogue.is_downloaded(model_id):
             raise
     from batchlens.core.models.base import ModelInfo, prepare
+    from batchlens.core.models.preprocessing import Preprocessing
 
     name, _ = catalogue.split_id(model_id)
     task = catalogue.catalogue_tasks()[name]
@@ -84,7 +85,15 @@ def load_bench_model(model_id: str, device: torch.device) -> tuple[LoadedModel, 
     module = catalogue.drop_aux_head(catalogue.build_architecture(name))
     adapter = catalogue.catalogue_adapter(task, weights)
     info = ModelInfo(model_id, task, "torchvision", "random weights (offline)")
-    loaded = LoadedModel(info, prepare(module, device), adapter, device, takes_list=task == "detection")
+    preprocessing = Preprocessing.from_torchvision(weights)  # as the trained model's
+    loaded = LoadedModel(
+        info,
+        prepare(module, device),
+        adapter,
+        device,
+        takes_list=task == "detection",
+        preprocessing=preprocessing,
+    )
     return loaded, "weights not downloaded: random weights (same speed and memory)"
 
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from batchlens.core.config import RunConfig
 from batchlens.core.errors import BatchLensError
+from batchlens.core.fast_preprocess import fast_preprocess_for
 from batchlens.core.gpu_decode import DeviceDecoder, preview_of, wait_for
 from batchlens.core.images import Candidate, DecodedImage, ImageError, load_image
 from batchlens.core.inference import compile_module, describe_error, infer, split_on_cpu
@@ -111,6 +112,9 @@ class BatchPipeline:
         self.precision = precision
         self.channels_last = channels_last
         self.fast_decode = fast_decode  # JPEGs decoded at the reduced scale the adapter allows
+        # --fast-decode also resizes on the uint8 tensor (torch's SIMD kernel) where that is the same
+        # preprocessing; `fast_resize` is True or why not, for summary.json
+        self.fast_preprocess, self.fast_resize = fast_preprocess_for(model) if fast_decode else (None, False)
         self.pin_memory = model.device.type == "cuda"
         # --gpu-decode: a batch's JPEGs are decoded and preprocessed on the model's device
         self.device_decoder = (
@@ -213,7 +217,7 @@ class BatchPipeline:
         reduce_to = adapter.decode_size if self.fast_decode else None
         try:
             item.decoded = load_image(item.candidate.path, adapter.color_mode, self.max_pixels, reduce_to)
-            item.tensor = adapter.preprocess(item.decoded.image)
+            item.tensor = (self.fast_preprocess or adapter.preprocess)(item.decoded.image)
             # Past preprocessing the photo is only a preview's source: keep a preview-sized copy (made
             # here, on the decoding thread) or none, not a full photo per image in flight (48 photos of
             # 1600x1200 are 280 MB).

@@ -22,11 +22,11 @@ from batchlens.core.config import RunConfig
 from batchlens.core.devices import resolve_device
 from batchlens.core.errors import BatchLensError
 from batchlens.core.events import Event, ImageResult, RunFinished, RunNote, RunStarted
+from batchlens.core.fast_preprocess import fast_decode_helps
 from batchlens.core.header_scan import HeaderScan
 from batchlens.core.images import (
     Candidate,
     ScanStats,
-    decodes_reduced,
     scan_images,
 )
 from batchlens.core.inference import check_precision
@@ -187,13 +187,12 @@ def start_events(
             "warning",
             f"Skipped folder {dirname}: unreadable, or a link back to a folder already scanned.",
         )
-    probes = todo[:FAST_DECODE_PROBES]
-    if fast_decode and todo and not any(decodes_reduced(c.path, model.adapter.decode_size) for c in probes):
+    if fast_decode and todo and not fast_decode_helps(model, todo[:FAST_DECODE_PROBES]):
         yield RunNote(
             "info",
             "--fast-decode has nothing to do here: this model's preprocessing does not shrink these "
             "images with a resize BatchLens recognises (it helps classification models that resize "
-            "large JPEG photos down), so every image is decoded in full.",
+            "photos down), so every image is decoded and preprocessed as without it.",
         )
 
 
@@ -415,6 +414,7 @@ class Runner:
             prefetch=threads.prefetch(cfg.prefetch),
             channels_last=pipeline.channels_last,
             folded_batch_norm=speedups.folded,
+            fast_resize=pipeline.fast_resize,
             counts=counts,
             candidates=candidates,
             todo=todo,

@@ -191,9 +191,10 @@ class Preprocessing:
         )
 
     # -- using -----------------------------------------------------------------------------------------
-    def to_transform(self) -> v2.Compose:
+    def to_transform(self, geometry_on_tensor: bool = False) -> v2.Compose:
         """PIL image -> float tensor (C x H x W). Resizing and cropping happen on the PIL image (as
-        torchvision's presets and timm do); with antialias off they happen on the uint8 tensor."""
+        torchvision's presets and timm do); with antialias off, or `geometry_on_tensor`, they happen on
+        the uint8 tensor (torch's SIMD resize: --fast-decode, core/fast_preprocess.py)."""
         geometry = []
         if self.resize:
             interpolation = INTERPOLATIONS[self.interpolation]
@@ -206,7 +207,7 @@ class Preprocessing:
         if self.crop:
             geometry.append(v2.CenterCrop(list(self.crop)))
         to_tensor = [v2.ToImage()]
-        steps = geometry + to_tensor if self.antialias else to_tensor + geometry
+        steps = geometry + to_tensor if self.antialias and not geometry_on_tensor else to_tensor + geometry
         steps.append(ToFloat())
         if self.channel_order == "BGR":
             steps.append(ReverseChannels())
