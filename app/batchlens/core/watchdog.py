@@ -28,6 +28,7 @@ from collections.abc import Callable
 from batchlens.core.errors import BatchLensError
 
 MAX_STUCK = 2  # abandoned forwards still running before the run gives up
+STOPPING_GRACE_S = 0.25  # how long a forward stopped in Python code may take to unwind
 
 
 class ForwardTimeout(Exception):
@@ -47,7 +48,9 @@ def call_with_timeout(fn: Callable, seconds: float | None, *args):
     if seconds is None:
         return fn(*args)
     _stuck[:] = [t for t in _stuck if t.is_alive()]
-    if len(_stuck) >= MAX_STUCK:
+    # A forward stopped in Python code a moment ago may still be unwinding: before stopping the run,
+    # wait that out (not on every image: one stuck in C would make each wait the whole grace).
+    if len(_stuck) >= MAX_STUCK and still_running(STOPPING_GRACE_S) >= MAX_STUCK:
         raise BatchLensError(
             f"The model is stuck: {len(_stuck)} forwards passed --image-timeout and are still running "
             "(a forward inside C++ or on the GPU cannot be stopped from within BatchLens), so the run "
