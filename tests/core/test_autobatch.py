@@ -114,6 +114,23 @@ def test_the_chosen_size_is_remembered_for_the_next_run():
     assert other.next_size() == 2 and other.remembered is None
 
 
+def test_a_remembered_size_is_not_a_ceiling():
+    """An earlier run may have settled on a small size from one noisy figure (a bench round at
+    1600x1200 settled at 2 and every later round went on at 2: 0.95x the expert loop against 1.14x at
+    8). A run that starts at a remembered size tries the next one up once the size has run twice."""
+    key = "model|cpu"
+    noisy = BatchSizer("auto", max_batch=1000, cache_key=key)
+    feed(noisy, {1: 0.10, 2: 0.06, 4: 0.5}, 4)  # batch 4 looked slow twice: settled at 2
+    noisy.remember()
+    assert noisy.size == 2 and remembered_batch_size(f"{key}|input=3x8x8") == 2
+    later = BatchSizer("auto", max_batch=1000, cache_key=key)
+    sizes = feed(later, {1: 0.10, 2: 0.06, 4: 0.04, 8: 0.03, 16: 0.0299}, 9)
+    assert sizes[:6] == [1, 2, 2, 4, 8, 16]  # straight to 2, then up while each size wins
+    assert later.size == 8 and later.remembered == 2
+    later.remember()
+    assert remembered_batch_size(f"{key}|input=3x8x8") == 8
+
+
 def test_a_short_run_whose_every_doubling_won_remembers_where_it_went_on():
     key = "model|cpu"
     short = BatchSizer("auto", max_batch=1000, cache_key=key)

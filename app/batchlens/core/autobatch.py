@@ -313,7 +313,9 @@ class BatchSizer:
         if self.remembered and self.remembered > 1:
             self.trying = None
             self._set(min(self.remembered, self.ceiling), "remembered from an earlier run")
-            self._retry_at = self.images + self._retry_every
+            # An earlier run may have settled there on one noisy figure: once the size has run twice,
+            # the next size up is tried (not only 64 images later, which a short run never reaches).
+            self._retry_at = self.images + 2 * self.size
         elif self.ceiling >= 2:
             self.trying = 2
 
