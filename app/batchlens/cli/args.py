@@ -348,8 +348,9 @@ def _add_speed_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fast-decode",
         action="store_true",
-        help="classification: decode JPEGs at 1/2, 1/4 or 1/8 scale when the model shrinks them anyway "
-        "(much less decoding; scores can differ slightly from a full-size decode)",
+        help="classification: decode JPEGs at 1/2, 1/4 or 1/8 scale when the model shrinks them anyway, "
+        "and resize on the uint8 tensor with torch's SIMD kernel (much less work per image; scores can "
+        "differ slightly from the model's own preprocessing)",
     )
     parser.add_argument(
         "--compile",
