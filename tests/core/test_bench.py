@@ -13,7 +13,8 @@ from PIL import Image
 from batchlens.cli import main
 from batchlens.core.bench import digest, make_synthetic_folder
 
-ROW_NAMES = ["plain", "expert", "naive", "exact", "engine", "no-probe", "tuned"]
+# "fast": --fast-decode resizes demo-shapes's images on the uint8 tensor (core/fast_preprocess.py)
+ROW_NAMES = ["plain", "expert", "naive", "exact", "engine", "no-probe", "tuned", "fast"]
 
 
 def test_bench_cli_prints_table_and_writes_json(tmp_path: Path, capsys):

@@ -206,15 +206,23 @@ class KernelPeakRss:
         self._lifetime_before_reset = 0
 
     @staticmethod
-    def _high_water_mark() -> int | None:
+    def _status() -> tuple[int, int] | None:
+        """(VmRSS, VmHWM) in bytes, from one read of /proc/self/status."""
+        found = {}
         try:
             with open("/proc/self/status", "rb") as status:
                 for line in status:
-                    if line.startswith(b"VmHWM:"):
-                        return int(line.split()[1]) * 1024  # "VmHWM:   113272 kB"
+                    if line.startswith((b"VmHWM:", b"VmRSS:")):
+                        found[line[:5]] = int(line.split()[1]) * 1024  # "VmHWM:   113272 kB"
+                        if len(found) == 2:
+                            return found[b"VmRSS"], found[b"VmHWM"]
         except (OSError, ValueError, IndexError):
             return None
         return None
+
+    def _high_water_mark(self) -> int | None:
+        status = self._status()
+        return status[1] if status else None
 
     def reset(self) -> bool:
         """Start a span; False where the kernel offers no resettable peak (macOS, Windows, old Linux)."""
@@ -233,6 +241,11 @@ class KernelPeakRss:
 
     def since_reset(self) -> int | None:
         return self._high_water_mark() if self.reset_done else None
+
+    def rss_and_peak(self) -> tuple[int, int] | None:
+        """The RSS now and the peak since the reset, in one read (a sample per batch); None before a
+        reset or where the kernel keeps no such peak."""
+        return self._status() if self.reset_done else None
 
     def lifetime(self) -> int:
         """The whole process's peak since it started (ru_maxrss is KiB on Linux, bytes on macOS)."""
@@ -271,8 +284,8 @@ class CpuProbe(MemoryProbe):
         return self._machine[1], self._machine[2]
 
     def sample(self) -> MemorySample:
-        rss = self._rss()
-        self._peak = max(self._peak, rss, self.exact_peak() or 0)
+        rss, kernel_peak = KERNEL_PEAK_RSS.rss_and_peak() or (self._rss(), 0)
+        self._peak = max(self._peak, rss, kernel_peak)
         now = time.monotonic()
         used, total = self._machine_ram(now)
         return MemorySample(now, rss, rss, self._peak, used, total)
@@ -323,8 +336,9 @@ class PeakWatch:
         while not self._stop.wait(self.interval):
             self.peak = max(self.peak, self.probe.sample().peak)
 
-    def read(self) -> int:
-        self.peak = max(self.peak, self.probe.sample().peak, self.probe.exact_peak() or 0)
+    def read(self, sample: MemorySample | None = None) -> int:
+        """The peak so far; `sample`: one the caller has just taken (its peak is the probe's)."""
+        self.peak = max(self.peak, (sample or self.probe.sample()).peak)  # (the kernel's, where kept)
         return self.peak
 
     def __enter__(self) -> PeakWatch:

@@ -346,7 +346,7 @@ class Runner:
                     len(items),
                     time.perf_counter() - started,
                     time.process_time() - cpu_started,
-                    watch.read(),
+                    watch.read(sample),
                     shape,
                     out_of_memory=any(item.recovered for item in items),
                     one_at_a_time=pipeline.one_at_a_time,
