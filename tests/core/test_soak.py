@@ -58,7 +58,11 @@ def _folder(tmp_path: Path) -> Path:
         ),
     ],
 )
-@pytest.mark.parametrize("speed", [{}, {"batch_size": 8, "prefetch": 2}], ids=["defaults", "batch8+prefetch"])
+@pytest.mark.parametrize(
+    "speed",
+    [{}, {"batch_size": 8, "prefetch": 2}, {"fast_decode": True}],
+    ids=["defaults", "batch8+prefetch", "fast-decode"],
+)
 def test_memory_after_10000_images_equals_memory_after_100(
     tmp_path: Path, device, tolerance, speed, one_thread
 ):
