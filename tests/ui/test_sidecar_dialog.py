@@ -13,6 +13,7 @@ from PySide6.QtCore import QCoreApplication, QStandardPaths
 
 from batchlens.core.models import ModelInfo, load_model, sidecar_store
 from batchlens.core.models.files import MODEL_FILE_SUFFIXES, sidecar_path_for
+from batchlens.ui import model_picker
 from batchlens.ui.model_picker import MODEL_FILE_FILTER, OPEN_HF_FOLDER, OPEN_TIMM, ROLE_INFO, ModelPicker
 from batchlens.ui.sidecar_dialog import SidecarDialog
 from tests.core.modelkit import make_photos, read_jsonl
@@ -149,7 +150,12 @@ def test_picker_filter_and_other_sources(qtbot, tmp_path):
     picker = ModelPicker(models=[ModelInfo("demo-shapes", "classification", "built-in")])
     qtbot.addWidget(picker)
     texts = [picker.item_model.item(r).text() for r in range(picker.item_model.rowCount())]
-    assert texts[-3:] == ["Open Hugging Face folder…", "timm model with a weights file…", "Open model file…"]
+    assert texts[-4:] == [
+        "Hugging Face model by name…",
+        "Open Hugging Face folder…",
+        "timm model with a weights file…",
+        "Open model file…",
+    ]
     rows = {picker.item_model.item(r).data(ROLE_INFO): r for r in range(picker.item_model.rowCount())}
 
     from batchlens.core.models.hf_cache import hf_folder_info
@@ -206,6 +212,39 @@ def test_window_runs_a_hugging_face_folder(qtbot, window, tmp_path):
     assert finished.args[0]["counts"]["ok"] == 2
     labels = {r["top"][0]["label"] for r in read_jsonl(tmp_path / "out" / "predictions.jsonl")}
     assert labels <= {"plain", "busy"}
+
+
+def test_a_hub_model_by_name_typed_or_pasted(qtbot, tmp_path, monkeypatch):
+    """ "Hugging Face model by name…" through its real dialog (QInputDialog answered here): a model in
+    the cache comes with its task, one that is not with "from the hub" (downloaded when the run
+    starts), the page's address works as its name, and a text that is no name gets one sentence."""
+    hub = tmp_path / "hub"
+    snapshot = hub / "models--acme--tiny-vit" / "snapshots" / "0123abc"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps({"architectures": ["ViTForImageClassification"]}))
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    answers, warnings = [], []
+    monkeypatch.setattr(model_picker.QInputDialog, "getText", lambda *a, **k: (answers.pop(0), True))
+    warn = lambda _parent, _title, text: warnings.append(text)  # noqa: E731
+    monkeypatch.setattr(model_picker.QMessageBox, "warning", warn)
+    picker = ModelPicker(models=[ModelInfo("demo-shapes", "classification", "built-in")])
+    qtbot.addWidget(picker)
+
+    def choose(text: str) -> None:
+        answers.append(text)
+        rows = {picker.item_model.item(r).data(ROLE_INFO): r for r in range(picker.item_model.rowCount())}
+        picker.combo.setCurrentIndex(rows[model_picker.OPEN_HF_HUB])
+
+    with qtbot.waitSignal(picker.model_changed) as changed:
+        choose("https://huggingface.co/acme/tiny-vit/tree/main")
+    assert changed.args == ["hf:acme/tiny-vit"] and picker.current_model().task == "classification"
+    choose("  google/vit-base-patch16-224 ")
+    assert picker.current_model_id() == "hf:google/vit-base-patch16-224"
+    assert picker.current_model().task == "from the hub"
+    for text in ("vit-base", "acme/../../etc", "acme/tiny vit"):
+        choose(text)
+        assert warnings.pop(0).startswith(f"{text!r} is not a Hugging Face model name")
+        assert picker.current_model_id() == "hf:google/vit-base-patch16-224"  # the choice stays
 
 
 def test_window_says_plainly_when_a_hub_model_cannot_be_downloaded(qtbot, window, tmp_path, monkeypatch):

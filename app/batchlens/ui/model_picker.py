@@ -1,11 +1,11 @@
 """The model picker: every model from `list_models()` (the Hugging Face cache under "On this
-computer"), grouped by where it comes from, plus "Open Hugging Face folder…", "timm model…" and
-"Open model file…".
+computer"), grouped by where it comes from, plus "Hugging Face model by name…", "Open Hugging Face
+folder…", "timm model…" and "Open model file…".
 
-Built to be extended: `set_models()`/`add_model()` take ModelInfo from any source; `file_chooser`,
-`folder_chooser` and `timm_chooser` are the callables behind the three entries (swap them for richer
-dialogs, or for answers in tests), and `options` holds per-model `RunConfig.model_options` that a
-source's dialog may fill in.
+Built to be extended: `set_models()`/`add_model()` take ModelInfo from any source; `hub_chooser`,
+`file_chooser`, `folder_chooser` and `timm_chooser` are the callables behind the four entries (swap
+them for richer dialogs, or for answers in tests), and `options` holds per-model
+`RunConfig.model_options` that a source's dialog may fill in.
 """
 
 from __future__ import annotations
@@ -20,14 +20,20 @@ from PySide6.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QInputDialog,
 from batchlens.core.errors import BatchLensError
 from batchlens.core.models import ModelInfo, list_models
 from batchlens.core.models.files import MODEL_FILE_SUFFIXES, file_model_info
-from batchlens.core.models.hf_cache import HF_PREFIX, hf_folder_info
+from batchlens.core.models.hf_cache import HF_PREFIX, hf_folder_info, hub_model_info
 from batchlens.core.models.timm_models import TIMM_PREFIX
 
 ROLE_INFO = Qt.ItemDataRole.UserRole + 1
 OPEN_FILE = "open-file"
 OPEN_HF_FOLDER = "open-hf-folder"
 OPEN_TIMM = "open-timm"
+OPEN_HF_HUB = "open-hf-hub"
 ACTIONS = (  # the entries at the end of the list, in order: (data, text, tooltip)
+    (
+        OPEN_HF_HUB,
+        "Hugging Face model by name…",
+        "A model on the Hugging Face hub (ORG/NAME): downloaded once when the run starts, then kept.",
+    ),
     (OPEN_HF_FOLDER, "Open Hugging Face folder…", "A folder with config.json and model.safetensors."),
     (OPEN_TIMM, "timm model with a weights file…", "A timm architecture by name and your checkpoint."),
     (OPEN_FILE, "Open model file…", "Use a model saved in a file on this computer."),
@@ -50,6 +56,23 @@ def choose_model_file(parent: QWidget) -> ModelInfo | None:
     if not path:
         return None
     return file_model_info(path)
+
+
+def choose_hub_model(parent: QWidget) -> ModelInfo | None:
+    """Default "Hugging Face model by name…": the name (or the model page's address)."""
+    text, ok = QInputDialog.getText(
+        parent,
+        "Hugging Face model",
+        "Model name on the Hugging Face hub (ORG/NAME, e.g. google/vit-base-patch16-224),\n"
+        "or the address of its page. It is downloaded once, when the run starts.",
+    )
+    if not ok or not text.strip():
+        return None
+    try:
+        return hub_model_info(text)
+    except BatchLensError as exc:
+        QMessageBox.warning(parent, "Not a Hugging Face model name", str(exc))
+        return None
 
 
 def choose_hf_folder(parent: QWidget) -> ModelInfo | None:
@@ -90,6 +113,7 @@ class ModelPicker(QWidget):
 
     def __init__(self, models: list[ModelInfo] | None = None, parent: QWidget | None = None):
         super().__init__(parent)
+        self.hub_chooser: Callable[[QWidget], ModelInfo | None] = choose_hub_model
         self.file_chooser: Callable[[QWidget], ModelInfo | None] = choose_model_file
         self.folder_chooser: Callable[[QWidget], ModelInfo | None] = choose_hf_folder
         self.timm_chooser: Callable[[QWidget], tuple[ModelInfo, dict] | None] = choose_timm_model
@@ -186,7 +210,10 @@ class ModelPicker(QWidget):
                 return False
             return True
         if model_id.startswith(HF_PREFIX):  # a hub name not in the cache: downloaded before the run
-            self.add_model(ModelInfo(model_id, "from the hub", "huggingface", "downloaded on first use"))
+            try:
+                self.add_model(hub_model_info(model_id))
+            except BatchLensError:
+                return False
             return True
         if model_id.startswith(TIMM_PREFIX):
             self.add_model(timm_info(model_id, self.options.get(model_id, {}).get("weights")), select=True)
@@ -195,13 +222,15 @@ class ModelPicker(QWidget):
 
     def _on_index_changed(self, row: int) -> None:
         action = self.item_model.item(row).data(ROLE_INFO) if 0 <= row < self.item_model.rowCount() else None
-        if action in (OPEN_FILE, OPEN_HF_FOLDER, OPEN_TIMM):
+        if action in (OPEN_FILE, OPEN_HF_FOLDER, OPEN_HF_HUB, OPEN_TIMM):
             self.combo.blockSignals(True)
             self.combo.setCurrentIndex(self._previous)  # stay on the old choice unless a model is picked
             self.combo.blockSignals(False)
             options = None
             if action == OPEN_FILE:
                 info = self.file_chooser(self)
+            elif action == OPEN_HF_HUB:
+                info = self.hub_chooser(self)
             elif action == OPEN_HF_FOLDER:
                 info = self.folder_chooser(self)
             else:

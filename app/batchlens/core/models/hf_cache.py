@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 from batchlens.core.errors import BatchLensError
@@ -29,6 +30,9 @@ ARCHITECTURE_TASKS = {
     "ForImageSuperResolution": "image_to_image",
 }
 DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.txt"]
+# A hub repository name as the hub allows it: ORG/NAME, letters, digits, "-", "_", ".", 96 at most each.
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}", re.ASCII)
+_HUB_ADDRESSES = ("https://huggingface.co/", "http://huggingface.co/", "huggingface.co/")
 
 
 def hf_task(config: dict) -> str | None:
@@ -89,6 +93,24 @@ def list_hf_cache() -> list[ModelInfo]:
         description = architecture
         infos.append(ModelInfo(HF_PREFIX + repo_id, task, "huggingface", description, size, True))
     return infos
+
+
+def hub_model_info(text: str) -> ModelInfo:
+    """The model a person typed or pasted as a Hugging Face hub name: ORG/NAME, hf:ORG/NAME or the
+    model page's address. Its task when the cache holds it; else it is downloaded when a run starts.
+    One sentence when the text is not a model name."""
+    name = text.strip().removeprefix(HF_PREFIX)
+    for address in _HUB_ADDRESSES:
+        name = name.removeprefix(address)
+    name = "/".join(name.split("?")[0].split("#")[0].strip("/").split("/")[:2])  # (a page inside it)
+    if not _REPO_ID.fullmatch(name) or ".." in name:
+        raise BatchLensError(
+            f"{text.strip()!r} is not a Hugging Face model name: ORG/NAME, as in google/vit-base-patch16-224 "
+            "(the model page's address works too)."
+        )
+    model_id = HF_PREFIX + name
+    cached = next((info for info in list_hf_cache() if info.id == model_id), None)
+    return cached or ModelInfo(model_id, "from the hub", "huggingface", "downloaded on first use")
 
 
 def is_cached(model: str) -> bool:
