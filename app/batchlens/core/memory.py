@@ -77,10 +77,11 @@ class MemoryProbe:
     def reset_peak(self) -> None:
         """Start peak tracking afresh (called when a run starts)."""
 
-    def exact_peak(self) -> int | None:
-        """The exact peak since `reset_peak` where this backend keeps one apart from `sample().peak`
-        (the kernel's, for process RAM); None where `sample().peak` is all there is."""
-        return None
+    @property
+    def keeps_exact_peak(self) -> bool:
+        """Whether `sample().peak` is a peak kept apart from the samples since `reset_peak` (the
+        kernel's, for process RAM), so nothing needs to sample between batches to catch it."""
+        return False
 
 
 class CudaProbe(MemoryProbe):
@@ -220,27 +221,21 @@ class KernelPeakRss:
             return None
         return None
 
-    def _high_water_mark(self) -> int | None:
-        status = self._status()
-        return status[1] if status else None
-
     def reset(self) -> bool:
         """Start a span; False where the kernel offers no resettable peak (macOS, Windows, old Linux)."""
-        if not sys.platform.startswith("linux"):
+        before = self._status() if sys.platform.startswith("linux") else None
+        if before is None:  # (the peak could not be read back either)
+            self.reset_done = False
             return False
-        before = self._high_water_mark()
         try:
             with open("/proc/self/clear_refs", "w") as clear_refs:
                 clear_refs.write("5")
         except OSError:
             self.reset_done = False
             return False
-        self._lifetime_before_reset = max(self._lifetime_before_reset, before or 0)
+        self._lifetime_before_reset = max(self._lifetime_before_reset, before[1])
         self.reset_done = True
         return True
-
-    def since_reset(self) -> int | None:
-        return self._high_water_mark() if self.reset_done else None
 
     def rss_and_peak(self) -> tuple[int, int] | None:
         """The RSS now and the peak since the reset, in one read (a sample per batch); None before a
@@ -301,8 +296,9 @@ class CpuProbe(MemoryProbe):
         self._peak = 0
         KERNEL_PEAK_RSS.reset()
 
-    def exact_peak(self) -> int | None:
-        return KERNEL_PEAK_RSS.since_reset()
+    @property
+    def keeps_exact_peak(self) -> bool:
+        return KERNEL_PEAK_RSS.reset_done
 
     @staticmethod
     def lifetime_peak_rss() -> int:
@@ -311,8 +307,8 @@ class CpuProbe(MemoryProbe):
 
 class PeakWatch:
     """The true peak over a span of work. A GPU allocator keeps its own exact peak
-    (`max_memory_allocated`, the probe's `peak`), and so does Linux for process RAM (the probe's
-    `exact_peak`). Where neither is kept (the CPU on macOS and Windows: ru_maxrss is the whole
+    (`max_memory_allocated`, the probe's `peak`), and so does Linux for process RAM (a probe that
+    `keeps_exact_peak`). Where neither is kept (the CPU on macOS and Windows: ru_maxrss is the whole
     process's lifetime), a thread samples the RSS every `interval` seconds and keeps the highest,
     catching the forward's own peak that samples taken between batches miss. A sample costs ~20 µs:
     at 10 ms that is 0.2 % of one core."""
@@ -343,7 +339,7 @@ class PeakWatch:
 
     def __enter__(self) -> PeakWatch:
         self.probe.reset_peak()
-        if self.probe.kind == "cpu" and self.probe.exact_peak() is None:
+        if self.probe.kind == "cpu" and not self.probe.keeps_exact_peak:
             self._thread = threading.Thread(target=self._run, name="batchlens-peak", daemon=True)
             self._thread.start()
         return self
