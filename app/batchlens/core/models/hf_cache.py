@@ -73,26 +73,28 @@ def list_hf_cache() -> list[ModelInfo]:
     """The cached models BatchLens can run, as `hf:ORG/NAME`, with their task; unreadable or
     non-vision entries are passed over."""
     root = hub_cache_dir()
-    infos = []
-    for repo_dir in sorted(root.glob("models--*")) if root.is_dir() else []:
-        snapshot = _snapshot(repo_dir)
-        if snapshot is None:
-            continue
-        try:
-            config = read_json_file(snapshot / "config.json", "model config")
-        except BatchLensError as exc:
-            log.info("%s", exc)
-            continue
-        task = hf_task(config) if isinstance(config, dict) else None
-        if task is None:
-            continue
-        repo_id = repo_dir.name.removeprefix("models--").replace("--", "/", 1)
-        weights = [f for f in snapshot.glob("*.safetensors") if f.exists()]
-        size = sum(f.stat().st_size for f in weights) or None
-        architecture = (config.get("architectures") or ["?"])[0]
-        description = architecture
-        infos.append(ModelInfo(HF_PREFIX + repo_id, task, "huggingface", description, size, True))
-    return infos
+    infos = (_cached_info(repo_dir) for repo_dir in sorted(root.glob("models--*")) if root.is_dir())
+    return [info for info in infos if info is not None]
+
+
+def _cached_info(repo_dir: Path) -> ModelInfo | None:
+    """One cache entry as a model BatchLens can run, or None (no snapshot, unreadable, not vision)."""
+    snapshot = _snapshot(repo_dir) if repo_dir.is_dir() else None
+    if snapshot is None:
+        return None
+    try:
+        config = read_json_file(snapshot / "config.json", "model config")
+    except BatchLensError as exc:
+        log.info("%s", exc)
+        return None
+    task = hf_task(config) if isinstance(config, dict) else None
+    if task is None:
+        return None
+    repo_id = repo_dir.name.removeprefix("models--").replace("--", "/", 1)
+    weights = [f for f in snapshot.glob("*.safetensors") if f.exists()]
+    size = sum(f.stat().st_size for f in weights) or None
+    architecture = (config.get("architectures") or ["?"])[0]
+    return ModelInfo(HF_PREFIX + repo_id, task, "huggingface", architecture, size, True)
 
 
 def hub_model_info(text: str) -> ModelInfo:
@@ -108,9 +110,8 @@ def hub_model_info(text: str) -> ModelInfo:
             f"{text.strip()!r} is not a Hugging Face model name: ORG/NAME, as in google/vit-base-patch16-224 "
             "(the model page's address works too)."
         )
-    model_id = HF_PREFIX + name
-    cached = next((info for info in list_hf_cache() if info.id == model_id), None)
-    return cached or ModelInfo(model_id, "from the hub", "huggingface", "downloaded on first use")
+    cached = _cached_info(_repo_dir(name))  # this entry only, not every model in the cache
+    return cached or ModelInfo(HF_PREFIX + name, "from the hub", "huggingface", "downloaded on first use")
 
 
 def is_cached(model: str) -> bool:
