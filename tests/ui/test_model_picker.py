@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from batchlens.core.models import ModelInfo, list_models
-from batchlens.ui.model_picker import ROLE_INFO, ModelPicker
+from batchlens.ui.model_picker import ACTIONS_TITLE, OPEN_FILE, ROLE_INFO, ModelPicker
 
 
 def rows(picker: ModelPicker) -> list[str]:
@@ -18,7 +18,7 @@ def test_lists_every_model_grouped_by_source_with_its_task(qtbot):
     assert not picker.item_model.item(0).isEnabled()  # a group title cannot be chosen
     for info in list_models():
         assert f"{info.id}  —  {info.task}" in texts
-    assert texts[-1] == "Open model file…"
+    assert texts[-1] != "Open model file…", "the catalogue comes last, after the entries that add a model"
     assert picker.current_model_id() == list_models()[0].id
     assert picker.current_model().task in picker.task_label.text()
 
@@ -42,7 +42,7 @@ def test_open_model_file_uses_the_chooser_and_adds_a_file_group(qtbot, tmp_path)
     picker.set_current_model("demo-shapes")
     answers = [None, ModelInfo(id=str(weights), task="classification", source="file")]
     picker.file_chooser = lambda parent: answers.pop(0)
-    opener = picker.item_model.rowCount() - 1
+    opener = picker.row_of(OPEN_FILE)
 
     picker.combo.setCurrentIndex(opener)  # the user cancels the file dialog
     assert picker.current_model_id() == "demo-shapes"
@@ -53,7 +53,26 @@ def test_open_model_file_uses_the_chooser_and_adds_a_file_group(qtbot, tmp_path)
     assert picker.current_model_id() == str(weights)
     assert "Model files" in rows(picker)
     assert picker.item_model.item(picker.combo.currentIndex()).data(ROLE_INFO).source == "file"
-    assert rows(picker)[-1] == "Open model file…"
+    texts = rows(picker)
+    assert texts.index("Model files") < texts.index(ACTIONS_TITLE), "the user's own models come first"
+
+
+def test_adding_a_model_is_in_view_before_the_long_catalogue(qtbot):
+    """A newcomer opens the list and sees "Add a model" without scrolling past ~80 catalogue rows."""
+    picker = ModelPicker()
+    qtbot.addWidget(picker)
+    texts = rows(picker)
+    catalogue = texts.index("torchvision catalogue")
+    assert texts[catalogue - 5 : catalogue] == [
+        ACTIONS_TITLE,
+        "Hugging Face model by name…",
+        "Open Hugging Face folder…",
+        "timm model with a weights file…",
+        "Open model file…",
+    ]
+    assert texts.index("Open model file…") < picker.combo.maxVisibleItems(), "visible when the list opens"
+    assert len(texts) - catalogue > 20, "the catalogue really is long (else this test proves little)"
+    assert not picker.item_model.item(texts.index(ACTIONS_TITLE)).isEnabled()
 
 
 def test_other_sources_and_their_options_plug_in(qtbot):

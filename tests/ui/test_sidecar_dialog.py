@@ -14,7 +14,14 @@ from PySide6.QtCore import QCoreApplication, QStandardPaths
 from batchlens.core.models import ModelInfo, load_model, sidecar_store
 from batchlens.core.models.files import MODEL_FILE_SUFFIXES, sidecar_path_for
 from batchlens.ui import model_picker
-from batchlens.ui.model_picker import MODEL_FILE_FILTER, OPEN_HF_FOLDER, OPEN_TIMM, ROLE_INFO, ModelPicker
+from batchlens.ui.model_picker import (
+    MODEL_FILE_FILTER,
+    OPEN_FILE,
+    OPEN_HF_FOLDER,
+    OPEN_TIMM,
+    ROLE_INFO,
+    ModelPicker,
+)
 from batchlens.ui.sidecar_dialog import SidecarDialog
 from tests.core.modelkit import make_photos, read_jsonl
 from tests.core.test_models_files import TinyClassifier
@@ -125,11 +132,11 @@ def test_window_asks_then_runs(qtbot, window, tmp_path, monkeypatch):
 
     window.model_sources.ask_sidecar = lambda parent, path: None  # first the user cancels
     window.model_sources._choose_file = lambda parent: ModelInfo(str(model), "from file", "file")
-    window.model_picker.combo.setCurrentIndex(window.model_picker.item_model.rowCount() - 1)
+    window.model_picker.combo.setCurrentIndex(window.model_picker.row_of(OPEN_FILE))
     assert window.model_picker.current_model_id() != str(model), "cancelled: not added"
 
     window.model_sources.ask_sidecar = describe
-    window.model_picker.combo.setCurrentIndex(window.model_picker.item_model.rowCount() - 1)
+    window.model_picker.combo.setCurrentIndex(window.model_picker.row_of(OPEN_FILE))
     assert window.model_picker.current_model_id() == str(model) and asked == [model]
     assert window.model_picker.current_model().task == "classification"
     window.form.input_edit.setText(str(tmp_path / "in"))
@@ -150,7 +157,8 @@ def test_picker_filter_and_other_sources(qtbot, tmp_path):
     picker = ModelPicker(models=[ModelInfo("demo-shapes", "classification", "built-in")])
     qtbot.addWidget(picker)
     texts = [picker.item_model.item(r).text() for r in range(picker.item_model.rowCount())]
-    assert texts[-4:] == [
+    assert texts[-5:] == [
+        "Add a model",
         "Hugging Face model by name…",
         "Open Hugging Face folder…",
         "timm model with a weights file…",

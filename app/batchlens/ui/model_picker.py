@@ -1,6 +1,7 @@
 """The model picker: every model from `list_models()` (the Hugging Face cache under "On this
 computer"), grouped by where it comes from, plus "Hugging Face model by name…", "Open Hugging Face
-folder…", "timm model…" and "Open model file…".
+folder…", "timm model…" and "Open model file…" under "Add a model". The user's own models and those
+entries come before the long torchvision catalogue, so a newcomer sees them without scrolling.
 
 Built to be extended: `set_models()`/`add_model()` take ModelInfo from any source; `hub_chooser`,
 `file_chooser`, `folder_chooser` and `timm_chooser` are the callables behind the four entries (swap
@@ -28,7 +29,7 @@ OPEN_FILE = "open-file"
 OPEN_HF_FOLDER = "open-hf-folder"
 OPEN_TIMM = "open-timm"
 OPEN_HF_HUB = "open-hf-hub"
-ACTIONS = (  # the entries at the end of the list, in order: (data, text, tooltip)
+ACTIONS = (  # the entries under "Add a model", in order: (data, text, tooltip)
     (
         OPEN_HF_HUB,
         "Hugging Face model by name…",
@@ -39,13 +40,15 @@ ACTIONS = (  # the entries at the end of the list, in order: (data, text, toolti
     (OPEN_FILE, "Open model file…", "Use a model saved in a file on this computer."),
 )
 
-SOURCE_TITLES = {
+SOURCE_TITLES = {  # in the order the groups are listed; the catalogue (~80 rows) comes last
     "built-in": "Built-in demo models",
-    "torchvision": "torchvision catalogue",
+    "file": "Model files",
     "huggingface": "On this computer (Hugging Face)",
     "timm": "timm",
-    "file": "Model files",
+    "torchvision": "torchvision catalogue",
 }
+ACTIONS_TITLE = "Add a model"
+ACTIONS_BEFORE = "torchvision"  # the "Add a model" group comes just before this one
 # Every extension `batchlens run --model FILE` reads.
 MODEL_FILE_FILTER = f"Model files ({' '.join(f'*{s}' for s in sorted(MODEL_FILE_SUFFIXES))});;All files (*)"
 
@@ -123,6 +126,7 @@ class ModelPicker(QWidget):
 
         self.combo = QComboBox()
         self.combo.setMinimumContentsLength(24)
+        self.combo.setMaxVisibleItems(20)
         self.combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.combo.setToolTip("The model to run. Built-in demo models work offline with no set-up.")
         self.item_model = QStandardItemModel(self)
@@ -155,28 +159,46 @@ class ModelPicker(QWidget):
         groups: dict[str, list[ModelInfo]] = {}
         for info in self._infos:
             groups.setdefault(info.source, []).append(info)
-        for source, infos in groups.items():
-            header = QStandardItem(SOURCE_TITLES.get(source, source.title()))
-            header.setFlags(Qt.ItemFlag.NoItemFlags)  # a group title, not a choice
-            font = QFont()
-            font.setBold(True)
-            header.setFont(font)
-            self.item_model.appendRow(header)
-            for info in infos:
-                item = QStandardItem(f"{info.id}  —  {info.task}")
-                item.setData(info, ROLE_INFO)
-                item.setToolTip(info.description or info.id)
-                self.item_model.appendRow(item)
-        for action, text, tooltip in ACTIONS:
-            opener = QStandardItem(text)
-            opener.setData(action, ROLE_INFO)
-            opener.setToolTip(tooltip)
-            self.item_model.appendRow(opener)
+        order = [s for s in SOURCE_TITLES if s in groups] + [s for s in groups if s not in SOURCE_TITLES]
+        before = order.index(ACTIONS_BEFORE) if ACTIONS_BEFORE in order else len(order)
+        for position, source in enumerate(order + [None]):
+            if position == before:
+                self._add_actions()
+            if source is not None:
+                self._add_header(SOURCE_TITLES.get(source, source.title()))
+                for info in groups[source]:
+                    item = QStandardItem(f"{info.id}  —  {info.task}")
+                    item.setData(info, ROLE_INFO)
+                    item.setToolTip(info.description or info.id)
+                    self.item_model.appendRow(item)
         self.combo.blockSignals(False)
         if not (select_id and self.set_current_model(select_id)):
             first = next((row for row in range(self.item_model.rowCount()) if self._info_at(row)), -1)
             self.combo.setCurrentIndex(first)
         self._update_label()
+
+    def _add_header(self, title: str) -> None:
+        header = QStandardItem(title)
+        header.setFlags(Qt.ItemFlag.NoItemFlags)  # a group title, not a choice
+        font = QFont()
+        font.setBold(True)
+        header.setFont(font)
+        self.item_model.appendRow(header)
+
+    def _add_actions(self) -> None:
+        self._add_header(ACTIONS_TITLE)
+        for action, text, tooltip in ACTIONS:
+            opener = QStandardItem(text)
+            opener.setData(action, ROLE_INFO)
+            opener.setToolTip(tooltip)
+            self.item_model.appendRow(opener)
+
+    def row_of(self, action: str) -> int:
+        """The row of an "Add a model" entry (OPEN_FILE, OPEN_HF_HUB, ...)."""
+        for row in range(self.item_model.rowCount()):
+            if self.item_model.item(row).data(ROLE_INFO) == action:
+                return row
+        raise KeyError(action)
 
     def _info_at(self, row: int) -> ModelInfo | None:
         data = self.item_model.item(row).data(ROLE_INFO) if 0 <= row < self.item_model.rowCount() else None
