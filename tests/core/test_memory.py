@@ -119,3 +119,29 @@ def test_cpu_peak_is_sampled_where_the_kernel_keeps_none(monkeypatch):
         del held
     assert "sampled every 10 ms" in watch.source and not watch._thread.is_alive()
     assert watch.peak >= start + 95 * MiB
+
+
+def test_xpu_probe_reads_the_allocators_stats_as_torch_flattens_them(monkeypatch):
+    """No Intel GPU here: the allocator's nested stats (the layout torch documents for CUDA and XPU)
+    are given, and the probe must read from them what torch.xpu.memory_stats() itself reports."""
+    from batchlens.core.memory import XpuProbe
+
+    def pools(current: int, peak: int) -> dict:
+        one = {"current": current, "peak": peak, "allocated": peak * 3, "freed": peak * 3 - current}
+        return {"all": one, "large_pool": dict(one), "small_pool": {k: 0 for k in one}}
+
+    nested = {
+        "allocated_bytes": pools(300 << 20, 900 << 20),
+        "reserved_bytes": pools(1024 << 20, 1536 << 20),
+        "active_bytes": pools(1, 2),
+        "num_alloc_retries": 0,
+    }
+    monkeypatch.setattr(torch.xpu.memory, "memory_stats_as_nested_dict", lambda device=None: nested)
+    monkeypatch.setattr(torch.xpu, "memory_stats_as_nested_dict", lambda device=None: nested)
+    monkeypatch.setattr(torch.xpu, "mem_get_info", lambda device=None: (5 << 30, 16 << 30))
+    flat = torch.xpu.memory_stats()  # torch's own flattening of the same stats
+    sample = XpuProbe(torch.device("xpu", 0)).sample()
+    assert sample.allocated == flat["allocated_bytes.all.current"] == 300 << 20
+    assert sample.reserved == flat["reserved_bytes.all.current"] == 1024 << 20
+    assert sample.peak == flat["allocated_bytes.all.peak"] == 900 << 20
+    assert (sample.device_used, sample.device_total) == (11 << 30, 16 << 30)

@@ -84,6 +84,24 @@ class MemoryProbe:
         return False
 
 
+def allocator_sample(stats: dict, device_used: int | None, device_total: int | None) -> MemorySample:
+    """A sample from a caching allocator's nested stats (CUDA's and XPU's share the layout). The nested
+    dict is the allocator's own: memory_stats() flattens and sorts its ~150 entries in Python, once per
+    batch (every image at batch 1)."""
+    allocated, reserved = (
+        stats.get("allocated_bytes", {}).get("all", {}),
+        stats.get("reserved_bytes", {}).get("all", {}),
+    )
+    return MemorySample(
+        time=time.monotonic(),
+        allocated=allocated.get("current", 0),
+        reserved=reserved.get("current", 0),
+        peak=allocated.get("peak", 0),
+        device_used=device_used,
+        device_total=device_total,
+    )
+
+
 class CudaProbe(MemoryProbe):
     kind = "cuda"
     description = (
@@ -96,19 +114,8 @@ class CudaProbe(MemoryProbe):
         self.device = device
 
     def sample(self) -> MemorySample:
-        # The allocator's own nested dict: memory_stats() flattens and sorts its ~150 entries in
-        # Python, once per batch (every image at batch 1).
-        stats = torch.cuda.memory_stats_as_nested_dict(self.device)
-        allocated, reserved = stats.get("allocated_bytes", {}), stats.get("reserved_bytes", {})
         free, total = torch.cuda.mem_get_info(self.device)
-        return MemorySample(
-            time=time.monotonic(),
-            allocated=allocated.get("all", {}).get("current", 0),
-            reserved=reserved.get("all", {}).get("current", 0),
-            peak=allocated.get("all", {}).get("peak", 0),
-            device_used=total - free,
-            device_total=total,
-        )
+        return allocator_sample(torch.cuda.memory_stats_as_nested_dict(self.device), total - free, total)
 
     def clear_cache(self) -> ClearResult:
         before = torch.cuda.memory_reserved(self.device)
@@ -158,19 +165,11 @@ class XpuProbe(MemoryProbe):
         self.device = device
 
     def sample(self) -> MemorySample:
-        stats = torch.xpu.memory_stats(self.device)
         used = total = None
-        if hasattr(torch.xpu, "mem_get_info"):
+        if hasattr(torch.xpu, "mem_get_info"):  # not in every XPU build
             free, total = torch.xpu.mem_get_info(self.device)
             used = total - free
-        return MemorySample(
-            time.monotonic(),
-            stats.get("allocated_bytes.all.current", 0),
-            stats.get("reserved_bytes.all.current", 0),
-            stats.get("allocated_bytes.all.peak", 0),
-            used,
-            total,
-        )
+        return allocator_sample(torch.xpu.memory_stats_as_nested_dict(self.device), used, total)
 
     def clear_cache(self) -> ClearResult:
         before = torch.xpu.memory_reserved(self.device)
