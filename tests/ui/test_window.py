@@ -78,6 +78,11 @@ def test_run_demo_on_a_generated_folder_to_the_end(qtbot, window, shapes_folder,
     assert "shape_0011.png" in visible[0].toolTip()  # newest first, always in view
     assert "shape_0004.png" in visible[-1].toolTip()
     assert "Finished: 12 image(s) ok" in window.controls.message.text()
+    # A count of the same folder that lands after the run (one started before it, slow on a busy
+    # machine) must not turn the finished "12 / 12" back into "0 / 12".
+    with qtbot.waitSignal(window.form.counted, timeout=10_000):
+        window.form.count_now()
+    assert window.controls.progress.value() == 12
     assert window.controls.run_button.isEnabled() and window.controls.open_output_button.isEnabled()
     assert not window.is_running()
     assert [m.kind for m in window.memory_plot.markers] == ["run_start", "run_end"]

@@ -269,8 +269,10 @@ class MainWindow(QMainWindow):
         self._update_blocker()
 
     def _on_counted(self, count: int, _text: str) -> None:
-        if not self.is_running():
-            self.controls.set_total(max(count, 0))  # "0 / 32 images" before a run, the real total
+        # "0 / 32 images" before a run, the real total; a finished run's bar stays as it ended (a
+        # count that lands after it is of the same folder: a changed input clears last_summary first).
+        if not self.is_running() and self.last_summary is None:
+            self.controls.set_total(max(count, 0))
         self._update_blocker()
 
     def start_run(self) -> bool:
