@@ -10,7 +10,10 @@
 # an empty environment from a scratch directory and, on Linux, no network and the source tree hidden,
 # so neither the source tree nor a Python installation can be used; checks predictions.jsonl and
 # summary.json; opens the bundled window offscreen with `batchlens --self-test` (runs both demos
-# through the real window); prints the bundle size and the start-up times.
+# through the real window); runs a Hugging Face model folder and a timm checkpoint (tiny, seeded,
+# made by packaging/make_smoke_models.py with the Python in $SMOKE_MODELS_PYTHON, else .venv's or
+# python3, whichever has transformers and timm) and checks each image's labels and scores against
+# what transformers' pipeline and timm's own transform give; prints the bundle size and the times.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -82,6 +85,43 @@ seconds_of() {  # wall-clock seconds of a command, its output kept in $SCRATCH/l
     awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }'
 }
 
+# The Hugging Face and timm models, made once, outside the source tree (which the runs cannot see).
+MODELS="$SCRATCH/models"
+make_models() {
+    local candidate
+    for candidate in ${SMOKE_MODELS_PYTHON:-} "$REPO/.venv/bin/python" python3 python; do
+        if [[ -n "$candidate" ]] && "$candidate" "$REPO/packaging/make_smoke_models.py" "$MODELS" \
+            >"$SCRATCH/make-models.log" 2>&1; then
+            echo "model sources: $(tail -1 "$SCRATCH/make-models.log") (with $candidate)"
+            return 0
+        fi
+    done
+    cat "$SCRATCH/make-models.log" >&2
+    return 1
+}
+HAVE_MODELS=0
+if make_models; then HAVE_MODELS=1
+else fail "no Python here with torch, transformers and timm to make the Hugging Face and timm test models (set SMOKE_MODELS_PYTHON)"; fi
+
+check_against_library() {  # MODEL_KEY OUTPUT_DIR: labels and scores as the model's own library gives
+    "$PY" - "$@" "$MODELS/expected.json" <<'EOF'
+import json, sys
+from pathlib import Path
+key, out, expected = sys.argv[1], Path(sys.argv[2]), json.loads(Path(sys.argv[3]).read_text("utf-8"))[sys.argv[1]]
+lines = {json.loads(x)["image"]: json.loads(x) for x in (out / "predictions.jsonl").read_text("utf-8").splitlines()}
+assert sorted(lines) == sorted(expected), f"{key}: results for {sorted(lines)}, expected {sorted(expected)}"
+worst = 0.0
+for image, want in expected.items():
+    line = lines[image]
+    assert line["status"] == "ok", f"{key} {image}: {line['error']}"
+    got = [(t["label"], t["score"]) for t in line["top"][: len(want)]]
+    assert [g[0] for g in got] == [w[0] for w in want], f"{key} {image}: labels {got}, library says {want}"
+    worst = max(worst, *(abs(g[1] - w[1]) for g, w in zip(got, want)))
+assert worst < 1e-4, f"{key}: scores differ from the library's by up to {worst:.1e}"
+print(f"  {key}: {len(expected)} images, labels equal the library's, scores within {worst:.1e}")
+EOF
+}
+
 check_outputs() {  # MODEL OUTPUT_DIR EXPECTED_COUNT
     "$PY" - "$@" <<'EOF'
 import json, sys
@@ -137,6 +177,21 @@ smoke() {  # BUNDLE_DIR (holds the batchlens executable) LABEL
         echo "  batchlens run --model $model ($count samples): $t s"
         check_outputs "$model" "$out" "$count" || fail "$label: outputs of $model"
     done
+    if [[ $HAVE_MODELS == 1 ]]; then  # the models people have: a Hugging Face folder, a timm checkpoint
+        local out="$SCRATCH/out-hf"
+        rm -rf "$out"
+        t=$(seconds_of run_isolated "$exe" run --model "$MODELS/hf-vit" --input "$MODELS/in" --output "$out" \
+            --device cpu --no-progress) || fail "$label: batchlens run on a Hugging Face folder"
+        echo "  batchlens run --model HF-FOLDER (a tiny ViT, 3 photos): $t s"
+        check_against_library hf-vit "$out" || fail "$label: Hugging Face results"
+        out="$SCRATCH/out-timm"
+        rm -rf "$out"
+        t=$(seconds_of run_isolated "$exe" run --model timm:test_resnet --weights "$MODELS/test_resnet.pth" \
+            --labels "$MODELS/labels.txt" --input "$MODELS/in" --output "$out" --device cpu --no-progress) \
+            || fail "$label: batchlens run on a timm checkpoint"
+        echo "  batchlens run --model timm:test_resnet --weights FILE (3 photos): $t s"
+        check_against_library timm:test_resnet "$out" || fail "$label: timm results"
+    fi
     if run_isolated "$exe" --help | grep -q -- "--self-test"; then
         t=$(seconds_of run_isolated "$exe" --self-test) || { fail "$label: batchlens --self-test"; return; }
         grep -v "does not support propagateSizeHints" "$SCRATCH/last.log" | sed 's/^/  | /'
