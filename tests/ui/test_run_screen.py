@@ -13,6 +13,7 @@ from PySide6.QtCore import QPoint, Qt
 from PySide6.QtGui import QColor, QGuiApplication
 
 from batchlens.core.events import ImageResult
+from batchlens.core.resources import sample_folder
 from batchlens.core.run_speed import RunClock, format_rate, images_per_second
 from batchlens.ui.memory_plot import LINE_COLORS
 from batchlens.ui.run_form import default_output_for
@@ -234,6 +235,42 @@ def test_known_messages_read_in_the_windows_words(engine, window_words):
 def test_errors_in_the_window_name_its_controls(window):
     window.show_error("out of memory; allow it with --cpu-fallback")
     assert "Fall back to CPU" in window.controls.message.text() and "--" not in window.controls.message.text()
+
+
+def test_a_long_message_in_a_small_window_squeezes_the_plot_not_over_its_readout(qtbot, tmp_path, fake_probe):
+    """A three-line download error in a window opened at 1024x700 left the memory panel less height
+    than its parts need: the readout was drawn over the plot's time axis. The plot gives way instead."""
+    from batchlens.ui.main_window import MainWindow
+    from batchlens.ui.settings import Settings
+
+    window = MainWindow(Settings(tmp_path / "settings.ini"), probe_factory=lambda name: fake_probe)
+    qtbot.addWidget(window)
+    window.prefill(model="demo-shapes", input_dir=sample_folder("demo-shapes"))  # as at first start
+    window.resize(1024, 700)
+    window.show()
+    qtbot.waitUntil(lambda: window.size().height() == 700)
+    window.show_error(
+        "Could not download https://download.pytorch.org/models/resnet18-f37072fd.pth: the server's "
+        "name could not be looked up. Is this computer offline? The weights are fetched once into "
+        "/tmp/hub/checkpoints (the torch hub cache; set TORCH_HOME to move it). Without a network, "
+        "download the file on another machine and copy it there, or choose a weights file."
+    )
+    plot = window.memory_plot
+    plot.readout.setText("Process RAM 851.7 MiB · peak 851.7 MiB · machine RAM used 6.7 GiB of 23.5 GiB")
+    parts = [plot.title, plot.plot_widget, plot.readout, plot.hover_label, plot.clear_button]
+
+    def laid_out_in_order() -> bool:
+        tops = [w.geometry().top() for w in parts]
+        bottoms = [w.geometry().bottom() for w in parts]
+        return all(b < t for b, t in zip(bottoms, tops[1:])) and plot.readout.height() >= (
+            plot.readout.heightForWidth(plot.readout.width())
+        )
+
+    message = window.controls.message
+    qtbot.waitUntil(lambda: message.height() >= 3 * message.fontMetrics().lineSpacing())  # wrapped
+    qtbot.wait(100)  # the layout's own pass after the message grew
+    assert laid_out_in_order()
+    assert plot.plot_widget.height() >= 80, "squeezed, but still a plot"
 
 
 # -- 9. the problems panel -------------------------------------------------------------------------

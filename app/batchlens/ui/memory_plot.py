@@ -83,7 +83,9 @@ class MemoryPlot(QWidget):
         self.probe: MemoryProbe | None = None
 
         self.plot_widget = pg.PlotWidget()
-        self.plot_widget.setMinimumSize(300, 150)
+        # A low minimum height: when a long message takes the window's height, the plot gives way
+        # (it still reads at 90 px) instead of the panel's labels being drawn over its time axis.
+        self.plot_widget.setMinimumSize(300, 90)
         self.plot_widget.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.plot_item = self.plot_widget.getPlotItem()
         self.plot_item.setMouseEnabled(x=False, y=False)
