@@ -49,7 +49,9 @@ def test_offline_download_shows_the_message(qtbot, window, hub, monkeypatch, tmp
     qtbot.waitUntil(lambda: "offline" in window.controls.message.text(), timeout=RUN_TIMEOUT_MS)
     # The window names its own control, not the command line's --weights FILE.
     text = window.controls.message.text()
-    assert "Weights… button" in text and "--weights" not in text and not window.is_running()
+    assert "Weights button beside the model" in text and "--weights" not in text and not window.is_running()
+    button = window.model_sources.weights_button  # named as it reads ("Weights: torchvision")
+    assert button.isVisible() and button.text().split(":")[0] == "Weights"
 
 
 def test_use_weights_file_needs_no_download(qtbot, window, hub, tmp_path):  # noqa: F811

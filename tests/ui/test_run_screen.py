@@ -206,7 +206,7 @@ def test_no_command_line_flag_reaches_the_window_bare():
             "Could not download http://h/x.pth: [Errno -2] Name or service not known. Is this computer "
             "offline? ... or pass a weights file with --weights FILE.",
             "Could not download http://h/x.pth: the server's name could not be looked up. Is this computer "
-            "offline? ... or choose a weights file with the Weights… button beside the model.",
+            "offline? ... or choose a weights file with the Weights button beside the model.",
         ),
         (
             "the one most likely to run out of memory (consider --cpu-fallback, or resizing it).",

@@ -17,11 +17,11 @@ import re
 PHRASES: list[tuple[str, str]] = [
     (
         r"pass a weights file with --weights FILE",
-        "choose a weights file with the Weights… button beside the model",
+        "choose a weights file with the Weights button beside the model",
     ),
     (
         r"give the checkpoint with --weights FILE",
-        "choose the checkpoint with the Weights… button beside the model",
+        "choose the checkpoint with the Weights button beside the model",
     ),
     (r"\(consider --cpu-fallback, or resizing it\)", "(tick Fall back to CPU, or make the image smaller)"),
     (r"\(allow it with --cpu-fallback\)", "(tick Fall back to CPU to allow it)"),
@@ -52,7 +52,7 @@ PHRASES: list[tuple[str, str]] = [
 
 #: Any option left over: the control that sets it in the window.
 CONTROLS = {
-    "--weights": "the Weights… button beside the model",
+    "--weights": "the Weights button beside the model",
     "--cpu-fallback": "Fall back to CPU",
     "--resume": "Resume (offered when you press Run)",
     "--overwrite": "Overwrite (offered when you press Run)",
