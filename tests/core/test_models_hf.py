@@ -311,7 +311,7 @@ def test_hf_cache_listing_and_offline_sentence(hf, tmp_path, monkeypatch, capsys
     capsys.readouterr()
     assert run_cli("--model", "hf:acme/missing", "--input", hf / "in", "--output", tmp_path / "x") == 2
     err = capsys.readouterr().err
-    assert "HF_HUB_OFFLINE is set" in err and "huggingface-cli download acme/missing" in err
+    assert "HF_HUB_OFFLINE is set" in err and "hf download acme/missing --local-dir missing" in err
     assert len(err.strip().splitlines()) == 1
 
 

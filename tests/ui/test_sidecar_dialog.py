@@ -265,6 +265,15 @@ def test_window_says_plainly_when_a_hub_model_cannot_be_downloaded(qtbot, window
     assert window.start_run() is False  # the download dialog goes first
     qtbot.waitUntil(lambda: "HF_HUB_OFFLINE is set" in window.controls.message.text(), timeout=RUN_TIMEOUT_MS)
     assert not window.is_running() and not (tmp_path / "out" / "predictions.jsonl").exists()
+    # What to do instead, in the window's words, with a command the installed huggingface_hub has.
+    text = window.controls.message.text()
+    assert "hf download acme/not-here --local-dir not-here" in text
+    assert "open it with Open Hugging Face folder… in the model list" in text
+    window.model_picker.row_of(OPEN_HF_FOLDER)  # the entry the message names is there
+    from importlib.metadata import entry_points
+
+    hf_command = [e for e in entry_points(group="console_scripts") if e.name == "hf"]
+    assert hf_command and hf_command[0].value.startswith("huggingface_hub"), "the advice names a real command"
 
 
 def test_describe_edits_the_sidecar_in_use_and_keeps_what_it_does_not_show(qtbot, window, tmp_path):

@@ -36,6 +36,7 @@ PHRASES: list[tuple[str, str]] = [
     (r"Pass --task \(([^)]*)\) or write a sidecar", r"Write a sidecar (with the task: \1)"),
     (r"with --arch NAME or ", "with "),
     (r"\(--arch or the sidecar's \"arch\"\)", '(the sidecar\'s "arch")'),
+    (r"and give its path as the model", "and open it with Open Hugging Face folder… in the model list"),
     (r"\(--labels, or ", "("),
     (r" \(or pass --labels FILE\)", ""),
     (

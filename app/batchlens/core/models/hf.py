@@ -1,4 +1,4 @@
-"""Hugging Face model folders (what `save_pretrained` or `huggingface-cli download` leaves: config.json,
+"""Hugging Face model folders (what `save_pretrained` or `hf download --local-dir` leaves: config.json,
 model.safetensors, preprocessor_config.json), run through `transformers` (the optional extra `hf`).
 
 The task comes from config.json's `architectures` (…ForImageClassification, …ForObjectDetection,

@@ -142,6 +142,16 @@ def _reporting_bar(progress):
     return Reporting
 
 
+def _download_elsewhere(repo_id: str) -> str:
+    # `hf` is huggingface_hub's command since 0.34 (its older `huggingface-cli` is gone from 1.0 on);
+    # --local-dir leaves a plain folder to copy, not the cache's nested snapshot.
+    folder = repo_id.split("/")[1]
+    return (
+        f"Download it on a computer with a network (`hf download {repo_id} --local-dir {folder}`), copy "
+        f"the folder {folder} here and give its path as the model."
+    )
+
+
 def snapshot_for(model: str, progress=None) -> Path:
     """The local folder of `hf:ORG/NAME`: the cached snapshot, else downloaded into the cache (with
     huggingface_hub's progress bars, or `progress(done, total)`) where the network allows; one
@@ -159,8 +169,7 @@ def snapshot_for(model: str, progress=None) -> Path:
     if offline:
         raise BatchLensError(
             f"{model}: {where.lower()[0]}{where[1:]} and HF_HUB_OFFLINE is set, so it cannot be downloaded. "
-            f"Download it on a computer with a network (huggingface-cli download {repo_id}) and copy the "
-            "folder here, then give its path as the model."
+            f"{_download_elsewhere(repo_id)}"
         )
     try:
         from huggingface_hub import snapshot_download
@@ -179,8 +188,7 @@ def snapshot_for(model: str, progress=None) -> Path:
         reason, first_line = type(exc).__name__, (str(exc).splitlines() or [""])[0]
         raise BatchLensError(
             f"{model}: could not download it from the Hugging Face hub ({reason}: {first_line}). "
-            f"{where}. Is this computer offline? Download it where there is a network "
-            f"(huggingface-cli download {repo_id}) and give the folder's path as the model."
+            f"{where}. Is this computer offline? {_download_elsewhere(repo_id)}"
         ) from None
     return Path(folder)
 
