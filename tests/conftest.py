@@ -34,3 +34,15 @@ def denoise_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "noisy"
     make_denoise_folder(folder, 6, size=120)
     return folder
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, tmp_path: Path):
+    """A Hugging Face hub on 127.0.0.1 (tests/fake_hub.py) and an empty cache at tmp_path/hf-cache."""
+    from tests.fake_hub import FakeHub
+
+    hub = FakeHub()
+    hub.use(monkeypatch)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    yield hub
+    hub.close()

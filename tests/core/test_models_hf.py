@@ -160,8 +160,8 @@ def hf(tmp_path_factory):
     return root
 
 
-def _run(folder: Path, out: Path, *flags, inputs: Path | None = None) -> list[dict]:
-    inputs = inputs or folder.parent / "in"
+def _run(folder: Path | str, out: Path, *flags, inputs: Path | None = None) -> list[dict]:
+    inputs = inputs or Path(folder).parent / "in"
     assert run_cli("--model", folder, "--input", inputs, "--output", out, *flags) == 0
     records = read_jsonl(out / "predictions.jsonl")
     assert [r["status"] for r in records] == ["ok"] * 3, records
@@ -313,6 +313,69 @@ def test_hf_cache_listing_and_offline_sentence(hf, tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err
     assert "HF_HUB_OFFLINE is set" in err and "hf download acme/missing --local-dir missing" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_hub_name_downloads_once_through_huggingface_hubs_own_code(hf, tmp_path, fake_hub, capsys):
+    """hf:ORG/NAME against a hub on this machine: huggingface_hub's snapshot_download really fetches
+    the files (only the patterns BatchLens needs), the run equals the same folder run by path, and a
+    second run takes the cached copy without asking the hub for a file."""
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
+        (folder / name).write_bytes((hf / "vit" / name).read_bytes())
+    (folder / "pytorch_model.bin").write_bytes(b"old weights: never fetched")
+    fake_hub.add_folder("acme/tiny-vit", folder)
+    by_path = _run(hf / "vit", tmp_path / "by-path", inputs=hf / "in")
+
+    records = _run("hf:acme/tiny-vit", tmp_path / "by-name", inputs=hf / "in")
+    assert [r["top"] for r in records] == [r["top"] for r in by_path]
+    fetched = sorted(
+        r.rsplit("/", 1)[1] for r in fake_hub.requests if r.startswith("GET /acme/tiny-vit/resolve/")
+    )
+    assert fetched == ["config.json", "model.safetensors", "preprocessor_config.json"]
+    summary = json.loads((tmp_path / "by-name" / "summary.json").read_text())
+    assert summary["model"] == "hf:acme/tiny-vit"
+
+    fake_hub.requests.clear()
+    again = _run("hf:acme/tiny-vit", tmp_path / "again", inputs=hf / "in")
+    assert [r["top"] for r in again] == [r["top"] for r in by_path]
+    assert fake_hub.requests == [], "the cached copy is used as it is"
+
+
+def test_a_hub_download_that_fails_says_what_to_do(hf, tmp_path, fake_hub, monkeypatch, capsys):
+    """A wrong name is not a network problem, a gated model needs its conditions accepted, and only a
+    failed connection asks whether this computer is offline: each one sentence, through the real code."""
+    from huggingface_hub import constants
+
+    def error_of(model: str) -> str:
+        capsys.readouterr()
+        assert (
+            run_cli("--model", model, "--input", hf / "in", "--output", tmp_path / model.replace("/", "-"))
+            == 2
+        )
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        return err
+
+    err = error_of("hf:acme/no-such-model")
+    assert "the Hugging Face hub has no model named acme/no-such-model" in err and "offline" not in err
+
+    fake_hub.add_folder("acme/gated", hf / "vit")
+    fake_hub.gated.add("acme/gated")
+    err = error_of("hf:acme/gated")
+    assert (
+        "accept their conditions" in err
+        and f"{constants.ENDPOINT}/acme/gated" in err
+        and "offline" not in err
+    )
+
+    from tests.core.test_models_catalogue import closed_port_url
+
+    monkeypatch.setattr(constants, "ENDPOINT", closed_port_url("").rstrip("/"))
+    err = error_of("hf:acme/tiny-vit")
+    assert "no connection: [Errno 111] Connection refused" in err and "Is this computer offline?" in err
+    assert "hf download acme/tiny-vit --local-dir tiny-vit" in err
+    assert not (tmp_path / "hf-cache" / "models--acme--tiny-vit" / "snapshots").exists()
 
 
 def test_super_resolution_matches_model_and_processor(hf, tmp_path):

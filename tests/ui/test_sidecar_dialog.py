@@ -255,6 +255,57 @@ def test_a_hub_model_by_name_typed_or_pasted(qtbot, tmp_path, monkeypatch):
         assert picker.current_model_id() == "hf:google/vit-base-patch16-224"  # the choice stays
 
 
+def test_a_hub_model_typed_in_the_window_downloads_then_runs(qtbot, window, tmp_path, monkeypatch, fake_hub):
+    """The whole way a user goes: "Hugging Face model by name…", the name typed, Run; the download
+    dialog fetches it through huggingface_hub's own code (from a hub on this machine), the run starts
+    by itself when it is there, and a second Run needs no download."""
+    transformers = pytest.importorskip("transformers")
+    repo = tmp_path / "repo"
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=37,
+        num_labels=2,
+        id2label={0: "plain", 1: "busy"},
+        label2id={"plain": 0, "busy": 1},
+    )
+    transformers.ViTForImageClassification(config).save_pretrained(repo)
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(repo)
+    fake_hub.add_folder("acme/tiny-vit", repo)
+    monkeypatch.setattr(model_picker.QInputDialog, "getText", lambda *a, **k: ("acme/tiny-vit", True))
+    picker = window.model_picker
+    with qtbot.waitSignal(picker.model_changed):
+        picker.combo.setCurrentIndex(picker.row_of(model_picker.OPEN_HF_HUB))
+    assert picker.current_model_id() == "hf:acme/tiny-vit" and picker.current_model().task == "from the hub"
+    make_photos(tmp_path / "in", sizes=[(40, 30), (50, 60), (64, 64)])
+    window.form.input_edit.setText(str(tmp_path / "in"))
+    window.form.output_edit.setText(str(tmp_path / "out"))
+
+    with qtbot.waitSignal(window.run_finished, timeout=RUN_TIMEOUT_MS) as finished:
+        assert window.start_run() is False  # the download goes first, then the run starts itself
+        dialog = window.model_sources.download_dialog
+        assert dialog is not None and "hf:acme/tiny-vit" in dialog.labelText()
+    assert finished.args[0]["counts"]["ok"] == 3 and not dialog.isVisible()
+    assert {r["top"][0]["label"] for r in read_jsonl(tmp_path / "out" / "predictions.jsonl")} <= {
+        "plain",
+        "busy",
+    }
+    fetched = sorted(
+        r.rsplit("/", 1)[1] for r in fake_hub.requests if r.startswith("GET /acme/tiny-vit/resolve/")
+    )
+    assert fetched == ["config.json", "model.safetensors", "preprocessor_config.json"]
+
+    fake_hub.requests.clear()
+    window.form.output_edit.setText(str(tmp_path / "again"))
+    with qtbot.waitSignal(window.run_finished, timeout=RUN_TIMEOUT_MS) as finished:
+        assert window.start_run() is True  # in the cache now: no download dialog
+    assert finished.args[0]["counts"]["ok"] == 3 and fake_hub.requests == []
+
+
 def test_window_says_plainly_when_a_hub_model_cannot_be_downloaded(qtbot, window, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

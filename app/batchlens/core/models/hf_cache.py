@@ -152,6 +152,36 @@ def _download_elsewhere(repo_id: str) -> str:
     )
 
 
+def _download_failure(model: str, repo_id: str, exc: Exception, where: str) -> str:
+    """One sentence for a failed hub download that says what to do: a name the hub does not have is
+    not a network problem, and a gated model needs its conditions accepted, not a download elsewhere."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    page = f"{constants.ENDPOINT}/{repo_id}"
+    if isinstance(exc, GatedRepoError):
+        return (
+            f"{model}: its owners ask you to accept their conditions before downloading it: open {page}, "
+            "log in and accept them, then log in on this computer too (`hf auth login`) and run again."
+        )
+    if isinstance(exc, RepositoryNotFoundError):
+        return (
+            f"{model}: the Hugging Face hub has no model named {repo_id}. Check the name on the model's "
+            f"page ({page}); a private model needs you logged in on this computer (`hf auth login`)."
+        )
+    first_line = (str(exc).splitlines() or [""])[0]
+    names = " ".join(t.__name__ for t in type(exc).__mro__)
+    if isinstance(exc, LocalEntryNotFoundError) or "Connect" in names or "Timeout" in names:
+        # "Got: ConnectError: [Errno 111] Connection refused" -> "[Errno 111] Connection refused"
+        reason = re.sub(r"^(Got: )?(\w+(Error|Exception): )?", "", first_line)
+        return (
+            f"{model}: could not download it from the Hugging Face hub (no connection: {reason}). {where}. "
+            f"Is this computer offline? {_download_elsewhere(repo_id)}"
+        )
+    reason = f"{type(exc).__name__}: {first_line}"
+    return f"{model}: could not download it from the Hugging Face hub ({reason}). {where}."
+
+
 def snapshot_for(model: str, progress=None) -> Path:
     """The local folder of `hf:ORG/NAME`: the cached snapshot, else downloaded into the cache (with
     huggingface_hub's progress bars, or `progress(done, total)`) where the network allows; one
@@ -185,11 +215,7 @@ def snapshot_for(model: str, progress=None) -> Path:
     except DownloadCancelled:
         raise
     except Exception as exc:  # offline, unknown repo, gated repo, server error: all one sentence
-        reason, first_line = type(exc).__name__, (str(exc).splitlines() or [""])[0]
-        raise BatchLensError(
-            f"{model}: could not download it from the Hugging Face hub ({reason}: {first_line}). "
-            f"{where}. Is this computer offline? {_download_elsewhere(repo_id)}"
-        ) from None
+        raise BatchLensError(_download_failure(model, repo_id, exc, where)) from None
     return Path(folder)
 
 
