@@ -290,6 +290,7 @@ def test_a_hub_model_typed_in_the_window_downloads_then_runs(qtbot, window, tmp_
         dialog = window.model_sources.download_dialog
         assert dialog is not None and "hf:acme/tiny-vit" in dialog.labelText()
     assert finished.args[0]["counts"]["ok"] == 3 and not dialog.isVisible()
+    assert picker.current_model().task == "classification"  # read from the downloaded config.json
     assert {r["top"][0]["label"] for r in read_jsonl(tmp_path / "out" / "predictions.jsonl")} <= {
         "plain",
         "busy",

@@ -20,6 +20,7 @@ from PySide6.QtWidgets import QFileDialog, QMenu, QMessageBox, QProgressDialog, 
 from batchlens.core.errors import BatchLensError
 from batchlens.core.models import DownloadCancelled, download_weights, file_to_trust, needs_download
 from batchlens.core.models.files import file_model_info, sidecar_path_for
+from batchlens.core.models.hf_cache import HF_PREFIX, hub_model_info
 from batchlens.ui.sidecar_dialog import ask_sidecar
 
 log = logging.getLogger(__name__)
@@ -282,11 +283,22 @@ class ModelSources(QObject):
         if self.download_dialog is not None:
             self.download_dialog.deleteLater()  # the previous one is done by now
         dialog = DownloadDialog(model_id, self.window)
+        dialog.succeeded.connect(lambda: self._on_downloaded(model_id))
         dialog.succeeded.connect(then)
         dialog.failed.connect(self._on_download_failed)
         self.download_dialog = dialog
         dialog.start()
         return dialog
+
+    def _on_downloaded(self, model_id: str) -> None:
+        """A hub model is in the cache now: the list shows its task instead of "from the hub"."""
+        if model_id.startswith(HF_PREFIX):
+            try:
+                self.picker.add_model(
+                    hub_model_info(model_id), select=self.picker.current_model_id() == model_id
+                )
+            except BatchLensError as exc:  # the run that follows says the same in its own words
+                log.info("%s", exc)
 
     def _on_download_failed(self, message: str) -> None:
         self.window.show_error(message or "Download cancelled; nothing was run.")
