@@ -99,6 +99,79 @@ def test_timm_weights_of_another_architecture_are_one_sentence(photos, tmp_path,
     assert "does not fit the test_vit architecture" in err and "Traceback" not in err
 
 
+def _hub_repo(folder, classes: int, **config_changes):
+    """A timm model as timm puts it on the hub (save_for_hf: config.json + model.safetensors + a pickled
+    pytorch_model.bin), seeded, with config.json's pretrained_cfg changed as given."""
+    torch.manual_seed(5)
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=classes)
+    if classes:
+        with torch.no_grad():
+            model.get_classifier().weight.normal_(0, 0.5)
+    timm.models.save_for_hf(model, folder, safe_serialization="both")
+    config = json.loads((folder / "config.json").read_text())
+    config["pretrained_cfg"].update(config_changes)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_a_timm_model_from_the_hub_runs_as_timm_runs_it(photos, tmp_path, fake_hub, capsys):
+    """hf:timm/NAME (downloaded from a hub on this machine) and the folder `hf download` leaves: timm
+    builds it from its own config.json, whose preprocessing differs from test_resnet's default here, and
+    the results equal timm's own hf-hub: path (create_model, resolve_data_config, create_transform)."""
+    from batchlens.cli import main as cli_main
+
+    names = ["alpha", "beta", "gamma", "delta", "epsilon"]
+    repo = _hub_repo(
+        tmp_path / "repo", 5, crop_pct=0.8, interpolation="bicubic", mean=[0.4] * 3, std=[0.3] * 3
+    )
+    config = json.loads((repo / "config.json").read_text())
+    config["label_names"] = names
+    (repo / "config.json").write_text(json.dumps(config))
+    fake_hub.add_folder("timm/test_resnet.custom", repo)
+
+    reference = timm.create_model("hf-hub:timm/test_resnet.custom", pretrained=True)  # timm's own way
+    _, transform, expected = _reference("test_resnet", reference, photos, names)
+    assert transform.transforms[0].interpolation.value == "bicubic"  # not test_resnet's default bilinear
+    fake_hub.requests.clear()
+    out = tmp_path / "by-name"
+    assert run_cli("--model", "hf:timm/test_resnet.custom", "--input", photos, "--output", out) == 0
+    fetched = sorted(
+        r.rsplit("/", 1)[1] for r in fake_hub.requests if "/resolve/" in r and r.startswith("GET")
+    )
+    assert fetched == ["config.json", "model.safetensors"], "never the pickled pytorch_model.bin"
+    by_path = tmp_path / "by-path"
+    (tmp_path / "local").mkdir()
+    for name in ("config.json", "model.safetensors"):  # what `hf download --local-dir` leaves
+        (tmp_path / "local" / name).write_bytes((repo / name).read_bytes())
+    assert run_cli("--model", tmp_path / "local", "--input", photos, "--output", by_path) == 0
+    worst = 0.0
+    for folder in (out, by_path):
+        for record in read_jsonl(folder / "predictions.jsonl"):
+            want = expected[record["image"]]
+            assert [t["label"] for t in record["top"]] == [label for label, _ in want]
+            worst = max(worst, *(abs(t["score"] - v) for t, (_, v) in zip(record["top"], want)))
+    assert worst < 1e-5
+    summary = json.loads((out / "summary.json").read_text())
+    assert "bicubic" in summary["preprocessing"]["description"]
+    capsys.readouterr()
+    assert cli_main(["models", "test_resnet"]) == 0
+    listed = capsys.readouterr().out
+    assert "hf:timm/test_resnet.custom" in listed and "timm test_resnet" in listed
+    print(f"hf:timm/test_resnet.custom: labels equal timm's hf-hub: path, max |score diff| {worst:.1e}")
+
+
+def test_a_timm_hub_folder_without_safetensors_or_classifier_is_one_sentence(photos, tmp_path, capsys):
+    pickled_only = _hub_repo(tmp_path / "pickled", 5)
+    (pickled_only / "model.safetensors").unlink()
+    assert run_cli("--model", pickled_only, "--input", photos, "--output", tmp_path / "a") == 2
+    err = capsys.readouterr().err
+    assert "no model.safetensors" in err and "pickle" in err and len(err.strip().splitlines()) == 1
+    backbone = _hub_repo(tmp_path / "backbone", 0)
+    assert run_cli("--model", backbone, "--input", photos, "--output", tmp_path / "b") == 2
+    err = capsys.readouterr().err
+    assert "timm test_resnet without a classifier (num_classes 0) is not a model BatchLens runs" in err
+
+
 LAND = ("land.jpg", "land2.jpg")  # two JPEGs of one size: --gpu-decode preprocesses them in one call
 
 

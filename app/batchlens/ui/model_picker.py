@@ -66,8 +66,9 @@ def choose_hub_model(parent: QWidget) -> ModelInfo | None:
     text, ok = QInputDialog.getText(
         parent,
         "Hugging Face model",
-        "Model name on the Hugging Face hub (ORG/NAME, e.g. google/vit-base-patch16-224),\n"
-        "or the address of its page. It is downloaded once, when the run starts.",
+        "Model name on the Hugging Face hub (ORG/NAME, e.g. google/vit-base-patch16-224, or one of\n"
+        "timm's, e.g. timm/resnet50.a1_in1k), or the address of its page. It is downloaded once,\n"
+        "when the run starts.",
     )
     if not ok or not text.strip():
         return None

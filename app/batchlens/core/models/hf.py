@@ -6,7 +6,9 @@ The task comes from config.json's `architectures` (â€¦ForImageClassification, â€
 processor and detections and masks come from its own post-processing, so the numbers are the
 library's. Remote code is never run: a config that asks for it (`auto_map`) or names a model type
 this transformers does not know is refused. `hf:ORG/NAME` loads from the Hugging Face cache, or
-downloads where the network allows; hf_cache.py lists what the cache holds.
+downloads where the network allows; hf_cache.py lists what the cache holds. A timm model as timm puts
+it on the hub (timm/NAME: config.json naming one "architecture", model.safetensors) is loaded by
+timm_models.py instead.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from torch import nn
 
 from batchlens.core.errors import BatchLensError
 from batchlens.core.models.base import LoadedModel, ModelInfo, prepare
-from batchlens.core.models.hf_cache import HF_PREFIX, read_hf_config, snapshot_for
+from batchlens.core.models.hf_cache import HF_PREFIX, is_timm_config, read_hf_config, snapshot_for
 from batchlens.core.models.preprocessing import Preprocessing
 from batchlens.core.tasks.base import ImageMeta, TaskResult
 from batchlens.core.tasks.classification import ClassificationAdapter
@@ -157,7 +159,7 @@ def check_folder(folder: Path) -> tuple[dict, str]:
     """(config.json's contents, task), or BatchLensError with one sentence (see read_hf_config; and
     weights only from safetensors)."""
     config, task = read_hf_config(folder)
-    if not (folder / "preprocessor_config.json").is_file():
+    if not is_timm_config(config) and not (folder / "preprocessor_config.json").is_file():
         raise BatchLensError(
             f"{folder}: no preprocessor_config.json, which says how this model's images are prepared; "
             "save the model's image processor with it (processor.save_pretrained(folder))."
@@ -176,6 +178,10 @@ def load_hf(model: str, device: torch.device, options: dict | None = None) -> Lo
     options = dict(options or {})
     folder = snapshot_for(model) if model.startswith(HF_PREFIX) else Path(model).expanduser()
     config_data, task = check_folder(folder)
+    if is_timm_config(config_data):
+        from batchlens.core.models.timm_models import load_timm_folder
+
+        return load_timm_folder(model, folder, device, options)
     transformers = _transformers()
     model_type = config_data.get("model_type")
     if model_type not in transformers.CONFIG_MAPPING:

@@ -35,8 +35,25 @@ _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}", re.ASC
 _HUB_ADDRESSES = ("https://huggingface.co/", "http://huggingface.co/", "huggingface.co/")
 
 
+def is_timm_config(config: dict) -> bool:
+    """A timm model as timm saves it for the hub (save_for_hf / push_to_hf_hub, e.g. timm/resnet50.a1_in1k):
+    config.json names one "architecture", where transformers names a list of "architectures"."""
+    return isinstance(config.get("architecture"), str) and "architectures" not in config
+
+
+def architecture_name(config: dict) -> str:
+    if is_timm_config(config):
+        return f"timm {config['architecture']}"
+    return str((config.get("architectures") or ["no architecture"])[0])
+
+
 def hf_task(config: dict) -> str | None:
-    """The task of a transformers config (from its architectures), None when BatchLens runs none."""
+    """The task of a transformers config (from its architectures), or of a timm one (a classifier
+    unless it has no classes), None when BatchLens runs none."""
+    if is_timm_config(config):
+        pretrained = config.get("pretrained_cfg") if isinstance(config.get("pretrained_cfg"), dict) else {}
+        classes = config.get("num_classes", pretrained.get("num_classes", 1000))
+        return "classification" if classes else None  # 0: a backbone without a classifier
     for name in config.get("architectures") or []:
         for ending, task in ARCHITECTURE_TASKS.items():
             if isinstance(name, str) and name.endswith(ending):
@@ -93,8 +110,7 @@ def _cached_info(repo_dir: Path) -> ModelInfo | None:
     repo_id = repo_dir.name.removeprefix("models--").replace("--", "/", 1)
     weights = [f for f in snapshot.glob("*.safetensors") if f.exists()]
     size = sum(f.stat().st_size for f in weights) or None
-    architecture = (config.get("architectures") or ["?"])[0]
-    return ModelInfo(HF_PREFIX + repo_id, task, "huggingface", architecture, size, True)
+    return ModelInfo(HF_PREFIX + repo_id, task, "huggingface", architecture_name(config), size, True)
 
 
 def hub_model_info(text: str) -> ModelInfo:
@@ -238,7 +254,9 @@ def read_hf_config(folder: Path) -> tuple[dict, str]:
         )
     task = hf_task(config)
     if task is None:
-        names = ", ".join(str(n) for n in config.get("architectures") or ["no architecture"])
+        names = ", ".join(str(n) for n in config.get("architectures") or [architecture_name(config)])
+        if is_timm_config(config):
+            names += " without a classifier (num_classes 0)"
         raise BatchLensError(
             f"{folder}: {names} is not a model BatchLens runs (image classification, object detection, "
             "semantic segmentation or super-resolution)."
@@ -251,5 +269,4 @@ def hf_folder_info(folder: Path) -> ModelInfo:
     folder = Path(folder)
     config, task = read_hf_config(folder)
     size = sum(f.stat().st_size for f in folder.glob("*.safetensors")) or None
-    architecture = (config.get("architectures") or ["?"])[0]
-    return ModelInfo(str(folder), task, "huggingface", f"{architecture} ({folder.name})", size)
+    return ModelInfo(str(folder), task, "huggingface", f"{architecture_name(config)} ({folder.name})", size)

@@ -1,5 +1,10 @@
 """timm classifiers: `timm:NAME` with a local checkpoint (--weights FILE: safetensors, or a weights-only
-.pth/.bin), through the optional extra `timm`.
+.pth/.bin), and timm's own models on the Hugging Face hub (`hf:timm/NAME`, or the folder `hf download`
+leaves), through the optional extra `timm`.
+
+A hub folder is built by timm from its config.json (`timm.create_model("local-dir:FOLDER")`: the
+architecture, its arguments and the pretrained config its weights were made with) and its weights are
+read from model.safetensors only (never a pickled pytorch_model.bin).
 
 The architecture is built with `timm.create_model(NAME, pretrained=False)` sized for the checkpoint's
 classifier (nothing is downloaded); preprocessing comes from timm's pretrained config for NAME
@@ -71,8 +76,9 @@ def load_timm(model: str, device: torch.device, options: dict | None = None) -> 
         )
     if not options.get("weights"):
         raise BatchLensError(
-            f"{model}: give the checkpoint with --weights FILE (safetensors or a weights-only .pth/.bin); "
-            "BatchLens does not download timm weights."
+            f"{model}: give the checkpoint with --weights FILE (safetensors or a weights-only .pth/.bin), "
+            f"or use timm's own weights from the Hugging Face hub: hf:timm/{name}.TAG (the tags are on "
+            f"https://huggingface.co/timm, e.g. hf:timm/resnet50.a1_in1k)."
         )
     path = Path(options["weights"]).expanduser()
     if not path.is_file():
@@ -82,15 +88,82 @@ def load_timm(model: str, device: torch.device, options: dict | None = None) -> 
         raise BatchLensError(f"{path}: holds a whole pickled model, not weights for timm's {name}.")
     probe = timm.create_model(name, pretrained=False)  # reads the classifier name and default config
     num_classes = _num_classes(probe, state_dict, name, path)
-    module = probe if num_classes == probe.num_classes else timm.create_model(
-        name, pretrained=False, num_classes=num_classes
+    module = (
+        probe
+        if num_classes == probe.num_classes
+        else timm.create_model(name, pretrained=False, num_classes=num_classes)
     )
     del probe
     load_state_dict_checked(module, state_dict, str(path), name)
     del state_dict
-    config = timm.data.resolve_data_config({}, model=module)
-    preprocessing = Preprocessing.from_timm(config, name)
     labels = read_labels(options["labels"]) if options.get("labels") else imagenet_labels(timm, num_classes)
+    params = sum(p.numel() for p in module.parameters())
+    description = f"timm {name} ({params / 1e6:.1f} M params, {num_classes} classes) from {path.name}"
+    info = ModelInfo(f"{model} ({path.name})", "classification", "timm", description, path.stat().st_size)
+    return _classifier(timm, module, name, info, labels, device, options)
+
+
+def load_timm_folder(
+    model: str, folder: Path, device: torch.device, options: dict | None = None
+) -> LoadedModel:
+    """A timm model folder from the hub (see the module docstring); `model` is its id (hf:timm/NAME or
+    the folder's path)."""
+    from batchlens.core.models.files import read_labels
+
+    options = dict(options or {})
+    timm = _timm()
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise BatchLensError(
+            f"{folder}: no model.safetensors; BatchLens loads timm weights from the hub only from "
+            "safetensors (a pytorch_model.bin is a pickle)."
+        )
+    try:
+        module = timm.create_model(f"local-dir:{folder}", pretrained=False)  # config only, no weights
+    except Exception as exc:  # an architecture this timm does not have, arguments it does not take
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise BatchLensError(
+            f"{folder}: timm {timm.__version__} could not build this model ({type(exc).__name__}: {first}); "
+            "a newer timm may know it."
+        ) from None
+    name = module.pretrained_cfg.get("architecture") or type(module).__name__
+    state_dict = read_weights(weights, trust_pickle=False)
+    load_state_dict_checked(module, state_dict, str(weights), name)
+    del state_dict
+    num_classes = int(module.num_classes)
+    labels = (
+        read_labels(options["labels"]) if options.get("labels") else _config_labels(timm, module, num_classes)
+    )
+    params = sum(p.numel() for p in module.parameters())
+    tag = module.pretrained_cfg.get("tag")
+    description = (
+        f"timm {name}{'.' + tag if tag else ''} ({params / 1e6:.1f} M params, {num_classes} classes)"
+    )
+    info = ModelInfo(model, "classification", "timm", description, weights.stat().st_size)
+    return _classifier(timm, module, name, info, labels, device, options)
+
+
+def _config_labels(timm, module, num_classes: int) -> list[str] | None:
+    """Class names from a hub config: its descriptions; its names, in words where they are ImageNet's
+    synsets (n01440764 -> "tench, Tinca tinca"); ImageNet's words for a 1000/21k-class head without names."""
+    config = module.pretrained_cfg
+    names, descriptions = config.get("label_names"), config.get("label_descriptions")
+    if isinstance(descriptions, dict) and names:
+        return [str(descriptions.get(n, n)) for n in names]
+    if isinstance(descriptions, list) and len(descriptions) == num_classes:
+        return [str(d) for d in descriptions]
+    if names:
+        subset = timm.data.infer_imagenet_subset({"num_classes": num_classes})
+        imagenet = timm.data.ImageNetInfo(subset) if subset else None
+        if imagenet is not None and list(names) == imagenet.label_names():
+            return imagenet.label_descriptions()
+        return [str(n) for n in names]
+    return imagenet_labels(timm, num_classes)
+
+
+def _classifier(timm, module, name: str, info: ModelInfo, labels, device, options: dict) -> LoadedModel:
+    """The loaded timm classifier, prepared as timm's own data config says (resolve_data_config)."""
+    preprocessing = Preprocessing.from_timm(timm.data.resolve_data_config({}, model=module), name)
     adapter = make_adapter(
         "classification",
         transform=preprocessing.to_transform(),
@@ -98,7 +171,4 @@ def load_timm(model: str, device: torch.device, options: dict | None = None) -> 
         color_mode=preprocessing.color_mode,
         options=options,
     )
-    params = sum(p.numel() for p in module.parameters())
-    description = f"timm {name} ({params / 1e6:.1f} M params, {num_classes} classes) from {path.name}"
-    info = ModelInfo(f"{model} ({path.name})", "classification", "timm", description, path.stat().st_size)
     return LoadedModel(info, prepare(module, device), adapter, device, preprocessing=preprocessing)
