@@ -166,6 +166,7 @@ def test_a_timm_hub_folder_without_safetensors_or_classifier_is_one_sentence(pho
     assert run_cli("--model", pickled_only, "--input", photos, "--output", tmp_path / "a") == 2
     err = capsys.readouterr().err
     assert "no model.safetensors" in err and "pickle" in err and len(err.strip().splitlines()) == 1
+    assert "timm.models.save_for_hf(model, folder, safe_serialization=True)" in err
     backbone = _hub_repo(tmp_path / "backbone", 0)
     assert run_cli("--model", backbone, "--input", photos, "--output", tmp_path / "b") == 2
     err = capsys.readouterr().err

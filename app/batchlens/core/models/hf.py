@@ -165,10 +165,15 @@ def check_folder(folder: Path) -> tuple[dict, str]:
             "save the model's image processor with it (processor.save_pretrained(folder))."
         )
     if not any(folder.glob("*.safetensors")):
+        save = (
+            "timm.models.save_for_hf(model, folder, safe_serialization=True)"
+            if is_timm_config(config)
+            else "save_pretrained(..., safe_serialization=True)"
+        )
         raise BatchLensError(
             f"{folder}: no model.safetensors; BatchLens loads Hugging Face weights only from safetensors "
-            "(a pytorch_model.bin is a pickle). Save the model with save_pretrained(..., "
-            "safe_serialization=True) or download its safetensors files."
+            f"(a pytorch_model.bin is a pickle). Save the model with {save} or download its safetensors "
+            "files."
         )
     return config, task
 
