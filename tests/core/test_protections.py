@@ -134,6 +134,17 @@ def _timm_checkpoint(tmp_path: Path) -> dict:
     return {"weights": str(weights), "labels": str(weights.parent / "labels.txt")}
 
 
+def _timm_hub_folder(tmp_path: Path) -> str:
+    """A timm model as timm puts it on the hub (config.json + model.safetensors)."""
+    import timm
+
+    torch.manual_seed(6)
+    folder = tmp_path / "timm-hub"
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=2)
+    timm.models.save_for_hf(model, folder, safe_serialization=True)
+    return str(folder)
+
+
 def _sources(tmp_path: Path, monkeypatch) -> dict[str, tuple[str, dict]]:
     """Every way the engine gets a model: model id and the options of its loader request."""
     arch = "mobilenet_v3_small"
@@ -156,6 +167,7 @@ def _sources(tmp_path: Path, monkeypatch) -> dict[str, tuple[str, dict]]:
         "whole pickled module": (str(pickled), {"task": "image_to_image", "trust_pickle": True}),
         "Hugging Face folder": (_hugging_face_folder(tmp_path), {}),
         "timm checkpoint": ("timm:test_resnet", _timm_checkpoint(tmp_path)),
+        "timm hub folder": (_timm_hub_folder(tmp_path), {}),
     }
 
 
