@@ -4,9 +4,10 @@ what their own libraries answer for each image:
     python packaging/make_smoke_models.py FOLDER
 
 FOLDER gets `in/` (three photos), `hf-vit/` (a tiny seeded ViT saved with save_pretrained, and its
-image processor), `test_resnet.pth` + `labels.txt` (timm's tiny test architecture, seeded weights)
-and `expected.json`: per model, per image, the top labels and scores from transformers' own pipeline
-and from timm's own data config, transform and forward. Nothing is downloaded. Needs torch,
+image processor), `test_resnet.pth` + `labels.txt` (timm's tiny test architecture, seeded weights),
+`timm-hub/` (the same architecture as timm puts it on the hub, its preprocessing changed from the
+default) and `expected.json`: per model, per image, the top labels and scores from transformers' own
+pipeline and from timm's own data config, transform and forward. Nothing is downloaded. Needs torch,
 transformers and timm (the packaging extra installs them); exits 3 when one is missing.
 """
 
@@ -94,6 +95,27 @@ def timm_resnet(weights: Path, labels_file: Path, images: list[Path]) -> dict:
     return expected
 
 
+def timm_hub_folder(folder: Path, images: list[Path]) -> dict:
+    torch.manual_seed(9)
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=4).eval()
+    spread(model.get_classifier(), 3)
+    timm.models.save_for_hf(model, folder, safe_serialization=True)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config["label_names"] = ["north", "east", "south", "west"]
+    config["pretrained_cfg"].update(interpolation="bicubic", crop_pct=0.8)
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    reference = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()  # timm's own loading
+    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=reference))
+    labels = reference.pretrained_cfg["label_names"]
+    expected = {}
+    for path in images:
+        with torch.no_grad():
+            scores = reference(transform(rgb(path)).unsqueeze(0)).softmax(-1)[0]
+        values, indices = scores.topk(TOP)
+        expected[path.name] = [[labels[i], v] for v, i in zip(values.tolist(), indices.tolist())]
+    return expected
+
+
 def main() -> int:
     if len(sys.argv) != 2:
         print(__doc__, file=sys.stderr)
@@ -103,6 +125,7 @@ def main() -> int:
     expected = {
         "hf-vit": hf_vit(root / "hf-vit", images),
         "timm:test_resnet": timm_resnet(root / "test_resnet.pth", root / "labels.txt", images),
+        "timm-hub": timm_hub_folder(root / "timm-hub", images),
     }
     (root / "expected.json").write_text(json.dumps(expected, indent=1), encoding="utf-8")
     print(f"made {root}: transformers {transformers.__version__}, timm {timm.__version__}")

@@ -10,10 +10,11 @@
 # an empty environment from a scratch directory and, on Linux, no network and the source tree hidden,
 # so neither the source tree nor a Python installation can be used; checks predictions.jsonl and
 # summary.json; opens the bundled window offscreen with `batchlens --self-test` (runs both demos
-# through the real window); runs a Hugging Face model folder and a timm checkpoint (tiny, seeded,
-# made by packaging/make_smoke_models.py with the Python in $SMOKE_MODELS_PYTHON, else .venv's or
-# python3, whichever has transformers and timm) and checks each image's labels and scores against
-# what transformers' pipeline and timm's own transform give; prints the bundle size and the times.
+# through the real window); runs a Hugging Face model folder, a timm checkpoint and a timm model as
+# timm puts it on the hub (tiny, seeded, made by packaging/make_smoke_models.py with the Python in
+# $SMOKE_MODELS_PYTHON, else .venv's or python3, whichever has transformers and timm) and checks each
+# image's labels and scores against what transformers' pipeline and timm's own loading give; prints
+# the bundle size and the times.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -191,6 +192,12 @@ smoke() {  # BUNDLE_DIR (holds the batchlens executable) LABEL
             || fail "$label: batchlens run on a timm checkpoint"
         echo "  batchlens run --model timm:test_resnet --weights FILE (3 photos): $t s"
         check_against_library timm:test_resnet "$out" || fail "$label: timm results"
+        out="$SCRATCH/out-timm-hub"
+        rm -rf "$out"
+        t=$(seconds_of run_isolated "$exe" run --model "$MODELS/timm-hub" --input "$MODELS/in" --output "$out" \
+            --device cpu --no-progress) || fail "$label: batchlens run on a timm hub folder"
+        echo "  batchlens run --model TIMM-HUB-FOLDER (3 photos): $t s"
+        check_against_library timm-hub "$out" || fail "$label: timm hub folder results"
     fi
     if run_isolated "$exe" --help | grep -q -- "--self-test"; then
         t=$(seconds_of run_isolated "$exe" --self-test) || { fail "$label: batchlens --self-test"; return; }
