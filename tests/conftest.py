@@ -42,7 +42,6 @@ def fake_hub(monkeypatch, tmp_path: Path):
     from tests.fake_hub import FakeHub
 
     hub = FakeHub()
-    hub.use(monkeypatch)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    hub.use(monkeypatch, tmp_path / "hf-cache")
     yield hub
     hub.close()

@@ -44,15 +44,19 @@ class FakeHub:
         self.httpd.shutdown()
         self.httpd.server_close()
 
-    def use(self, monkeypatch) -> None:
-        """Send huggingface_hub's requests here (it reads HF_ENDPOINT once, at import)."""
+    def use(self, monkeypatch, cache: Path) -> None:
+        """Send huggingface_hub's requests here and its downloads to `cache` (it reads HF_ENDPOINT and
+        HF_HUB_CACHE once, at import: timm's hf-hub: path relies on its default cache)."""
         from huggingface_hub import constants
 
         monkeypatch.setattr(constants, "ENDPOINT", self.url)
         monkeypatch.setattr(
             constants, "HUGGINGFACE_CO_URL_TEMPLATE", self.url + "/{repo_id}/resolve/{revision}/{filename}"
         )
+        for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+            monkeypatch.setattr(constants, name, str(cache))
         monkeypatch.setenv("HF_ENDPOINT", self.url)
+        monkeypatch.setenv("HF_HUB_CACHE", str(cache))
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
 
     # -- the endpoints --------------------------------------------------------------------------------

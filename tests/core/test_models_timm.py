@@ -129,16 +129,15 @@ def test_a_timm_model_from_the_hub_runs_as_timm_runs_it(photos, tmp_path, fake_h
     (repo / "config.json").write_text(json.dumps(config))
     fake_hub.add_folder("timm/test_resnet.custom", repo)
 
-    reference = timm.create_model("hf-hub:timm/test_resnet.custom", pretrained=True)  # timm's own way
-    _, transform, expected = _reference("test_resnet", reference, photos, names)
-    assert transform.transforms[0].interpolation.value == "bicubic"  # not test_resnet's default bilinear
-    fake_hub.requests.clear()
     out = tmp_path / "by-name"
     assert run_cli("--model", "hf:timm/test_resnet.custom", "--input", photos, "--output", out) == 0
     fetched = sorted(
         r.rsplit("/", 1)[1] for r in fake_hub.requests if "/resolve/" in r and r.startswith("GET")
     )
     assert fetched == ["config.json", "model.safetensors"], "never the pickled pytorch_model.bin"
+    reference = timm.create_model("hf-hub:timm/test_resnet.custom", pretrained=True)  # timm's own way
+    _, transform, expected = _reference("test_resnet", reference, photos, names)
+    assert transform.transforms[0].interpolation.value == "bicubic"  # not test_resnet's default bilinear
     by_path = tmp_path / "by-path"
     (tmp_path / "local").mkdir()
     for name in ("config.json", "model.safetensors"):  # what `hf download --local-dir` leaves
