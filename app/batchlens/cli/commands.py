@@ -141,7 +141,9 @@ def models_command(args: argparse.Namespace) -> int:
     print(
         "torchvision models download their weights once, into the torch hub cache. "
         "A model file or Hugging Face folder is used by its path: batchlens run --model PATH ...; "
-        "timm models as --model timm:NAME --weights FILE (docs/models.md)."
+        "a Hugging Face hub model by its name, --model hf:ORG/NAME (timm's own weights: "
+        "hf:timm/NAME.TAG); a timm architecture with your checkpoint as --model timm:NAME --weights FILE "
+        "(docs/models.md)."
     )
     return 0
 
