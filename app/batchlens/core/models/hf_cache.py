@@ -124,7 +124,7 @@ def hub_model_info(text: str) -> ModelInfo:
     if not _REPO_ID.fullmatch(name) or ".." in name:
         raise BatchLensError(
             f"{text.strip()!r} is not a Hugging Face model name: ORG/NAME, as in google/vit-base-patch16-224 "
-            "(the model page's address works too)."
+            "or timm/resnet50.a1_in1k (the model page's address works too)."
         )
     cached = _cached_info(_repo_dir(name))  # this entry only, not every model in the cache
     return cached or ModelInfo(HF_PREFIX + name, "from the hub", "huggingface", "downloaded on first use")
