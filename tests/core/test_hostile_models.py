@@ -330,3 +330,53 @@ def test_std_zero_is_refused_at_load_for_every_source(tmp_path: Path, capsys):
                    "--input", tmp_path / "in", "--output", tmp_path / "out")  # fmt: skip
     assert code == 2 and not (tmp_path / "out" / "predictions.jsonl").exists()
     assert "std" in capsys.readouterr().err
+
+
+# -- a model folder whose config.json does not fit its weights ----------------------------------------
+def test_a_timm_folder_whose_config_claims_gigabytes_is_refused_before_allocating(tmp_path: Path):
+    """A timm hub folder of 2 MB whose config.json asks for 20 million classes (7.7 GB of parameters):
+    the real command line refuses it from shapes built on the meta device, under an address-space limit
+    that building it would break, and its peak memory stays far below it."""
+    timm = pytest.importorskip("timm")
+    folder = tmp_path / "timm-bomb"
+    timm.models.save_for_hf(timm.create_model("test_resnet", num_classes=5), folder, safe_serialization=True)
+    config = json.loads((folder / "config.json").read_text())
+    config["num_classes"] = config["model_args"]["num_classes"] = 20_000_000
+    (folder / "config.json").write_text(json.dumps(config))
+    make_photos(tmp_path / "in", sizes=[(16, 16)])
+    limit = 6 * 2**30  # torch, imported, maps about 3 GiB of address space; the classifier needs 7.7 more
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "batchlens", "run", "--model", str(folder), "--device", "cpu",
+         "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--no-progress"],
+        capture_output=True, text=True, timeout=180, preexec_fn=cap,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    message = done.stderr.strip().removeprefix("batchlens: ")
+    assert_one_sentence(message, folder)
+    assert "describes a model of 1,940.4 M parameters" in message and "so it was not built" in message
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    assert peak < 4 * 2**30, f"a child peaked at {peak / 2**30:.1f} GiB"
+
+
+def test_a_hugging_face_folder_whose_config_does_not_fit_its_weights_is_refused(tmp_path: Path):
+    """A ViT folder whose config.json was changed to 16,384 px images (2.1 G position-embedding numbers
+    for a file of a few thousand): refused from meta-device shapes, nothing allocated."""
+    transformers = pytest.importorskip("transformers")
+    folder = tmp_path / "vit-bomb"
+    config = transformers.ViTConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=37, num_labels=2,
+    )  # fmt: skip
+    transformers.ViTForImageClassification(config).save_pretrained(folder)
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    described = json.loads((folder / "config.json").read_text())
+    described["image_size"] = 65_536  # (65536 / 8)² patches × 32
+    (folder / "config.json").write_text(json.dumps(described))
+    with pytest.raises(BatchLensError) as refused:
+        within(60, load_model, str(folder), CPU)
+    assert_one_sentence(str(refused.value), folder)
+    assert "describes a model of 2,147." in str(refused.value)

@@ -9,7 +9,8 @@ call the ops that read and write files by name (`torch.save`, `torch.from_file`)
 such a file unless the user trusts it (files.pickle_risk picks the one for a file).
 
 `size_problem` reads how many bytes a model file's tensors would need, so that a small file declaring
-gigabytes (a zip bomb) is refused before torch allocates them.
+gigabytes (a zip bomb) is refused before torch allocates them. `refuse_config_beyond_weights` does the
+same for a model folder, whose config.json (not its weights) sets the architecture's size.
 """
 
 from __future__ import annotations
@@ -272,6 +273,39 @@ def refuse_oversized(path: Path) -> None:
     problem = size_problem(path)
     if problem:
         raise BatchLensError(f"{path}: {problem}, so it was not loaded.")
+
+
+def safetensors_numbers(files: list[Path]) -> int:
+    """How many numbers the tensors in these safetensors files hold, from their headers only."""
+    from safetensors import safe_open
+
+    total = 0
+    for path in files:
+        with safe_open(str(path), "pt") as handle:
+            for key in handle.keys():
+                shape = handle.get_slice(key).get_shape()
+                count = 1
+                for side in shape:
+                    count *= int(side)
+                total += count
+    return total
+
+
+def refuse_config_beyond_weights(build, weights: list[Path], where: str) -> None:
+    """Build the architecture a folder's config.json describes on the meta device (shapes, no memory)
+    and refuse it, before anything is allocated, when its parameters need more numbers than the
+    folder's safetensors hold: a config that does not fit its weights could claim any amount of memory
+    (parameters the weights do not fill are initialised, in full, by the library that builds them)."""
+    with torch.device("meta"):
+        module = build()
+    needed = sum(p.numel() for p in module.parameters())
+    held = safetensors_numbers(weights)
+    if needed > held * 1.01 + 2**20:  # (room for a few tied or dropped parameters)
+        raise BatchLensError(
+            f"{where}: its config.json describes a model of {needed / 1e6:,.1f} M parameters, but its "
+            f"weights hold {held / 1e6:,.1f} M numbers, so it was not built (a config that does not fit "
+            "its weights could claim any amount of memory)."
+        )
 
 
 def summarise(risks: list[str], shown: int = 3) -> str:

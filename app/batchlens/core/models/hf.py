@@ -24,6 +24,7 @@ from PIL import Image
 from torch import nn
 
 from batchlens.core.errors import BatchLensError
+from batchlens.core.models.audit import refuse_config_beyond_weights
 from batchlens.core.models.base import LoadedModel, ModelInfo, prepare
 from batchlens.core.models.hf_cache import HF_PREFIX, is_timm_config, read_hf_config, snapshot_for
 from batchlens.core.models.preprocessing import Preprocessing
@@ -197,8 +198,13 @@ def load_hf(model: str, device: torch.device, options: dict | None = None) -> Lo
     auto = getattr(transformers, AUTO_CLASSES[task])
     transformers.utils.logging.disable_progress_bar()  # a bar for reading local files is noise
     try:
+        described = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=False)
+        build = lambda: auto.from_config(described, trust_remote_code=False)  # noqa: E731
+        refuse_config_beyond_weights(build, sorted(folder.glob("*.safetensors")), str(folder))
         processor = transformers.AutoImageProcessor.from_pretrained(folder, trust_remote_code=False)
         network = auto.from_pretrained(folder, trust_remote_code=False, use_safetensors=True)
+    except BatchLensError:
+        raise
     except Exception as exc:  # damaged weights, shapes that do not fit the config...: one sentence
         first = (str(exc).strip().splitlines() or [""])[0]
         raise BatchLensError(

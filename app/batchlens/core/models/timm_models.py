@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from batchlens.core.errors import BatchLensError
+from batchlens.core.models.audit import refuse_config_beyond_weights
 from batchlens.core.models.base import LoadedModel, ModelInfo, prepare
 from batchlens.core.models.preprocessing import Preprocessing
 from batchlens.core.models.state_dict import load_state_dict_checked, read_weights
@@ -119,7 +120,11 @@ def load_timm_folder(
             "safetensors (a pytorch_model.bin is a pickle)."
         )
     try:
-        module = timm.create_model(f"local-dir:{folder}", pretrained=False)  # config only, no weights
+        build = lambda: timm.create_model(f"local-dir:{folder}", pretrained=False)  # noqa: E731 (config only)
+        refuse_config_beyond_weights(build, [weights], str(folder))
+        module = build()
+    except BatchLensError:
+        raise
     except Exception as exc:  # an architecture this timm does not have, arguments it does not take
         first = (str(exc).strip().splitlines() or [""])[0]
         raise BatchLensError(
