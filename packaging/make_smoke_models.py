@@ -78,13 +78,8 @@ def hf_vit(folder: Path, images: list[Path]) -> dict:
     return {p.name: [[t["label"], t["score"]] for t in pipe(rgb(p), top_k=TOP)] for p in images}
 
 
-def timm_resnet(weights: Path, labels_file: Path, images: list[Path]) -> dict:
-    torch.manual_seed(7)
-    model = timm.create_model("test_resnet", pretrained=False, num_classes=5).eval()
-    spread(model.get_classifier(), 2)
-    torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
-    labels = [f"kind {i}" for i in range(5)]
-    labels_file.write_text("\n".join(labels) + "\n", encoding="utf-8")
+def timm_top(model, labels: list[str], images: list[Path]) -> dict:
+    """timm's way: its data config, its transform, the model; the top labels and scores per image."""
     transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
     expected = {}
     for path in images:
@@ -93,6 +88,16 @@ def timm_resnet(weights: Path, labels_file: Path, images: list[Path]) -> dict:
         values, indices = scores.topk(TOP)
         expected[path.name] = [[labels[i], v] for v, i in zip(values.tolist(), indices.tolist())]
     return expected
+
+
+def timm_resnet(weights: Path, labels_file: Path, images: list[Path]) -> dict:
+    torch.manual_seed(7)
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=5).eval()
+    spread(model.get_classifier(), 2)
+    torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
+    labels = [f"kind {i}" for i in range(5)]
+    labels_file.write_text("\n".join(labels) + "\n", encoding="utf-8")
+    return timm_top(model, labels, images)
 
 
 def timm_hub_folder(folder: Path, images: list[Path]) -> dict:
@@ -105,15 +110,7 @@ def timm_hub_folder(folder: Path, images: list[Path]) -> dict:
     config["pretrained_cfg"].update(interpolation="bicubic", crop_pct=0.8)
     (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
     reference = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()  # timm's own loading
-    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=reference))
-    labels = reference.pretrained_cfg["label_names"]
-    expected = {}
-    for path in images:
-        with torch.no_grad():
-            scores = reference(transform(rgb(path)).unsqueeze(0)).softmax(-1)[0]
-        values, indices = scores.topk(TOP)
-        expected[path.name] = [[labels[i], v] for v, i in zip(values.tolist(), indices.tolist())]
-    return expected
+    return timm_top(reference, reference.pretrained_cfg["label_names"], images)
 
 
 def main() -> int:

@@ -187,10 +187,9 @@ def test_picker_filter_and_other_sources(qtbot, tmp_path):
     assert picker.set_current_model(str(folder)) and picker.current_model().task == "segmentation"
 
 
-def test_window_runs_a_hugging_face_folder(qtbot, window, tmp_path):
-    """Picked with "Open Hugging Face folder…", run in the window like any model."""
+def tiny_vit_folder(folder: Path) -> Path:
+    """A seeded two-class ViT saved as a Hugging Face model folder (config, weights, image processor)."""
     transformers = pytest.importorskip("transformers")
-    folder = tmp_path / "vit"
     torch.manual_seed(0)
     config = transformers.ViTConfig(
         image_size=32,
@@ -205,6 +204,12 @@ def test_window_runs_a_hugging_face_folder(qtbot, window, tmp_path):
     )
     transformers.ViTForImageClassification(config).save_pretrained(folder)
     transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+def test_window_runs_a_hugging_face_folder(qtbot, window, tmp_path):
+    """Picked with "Open Hugging Face folder…", run in the window like any model."""
+    folder = tiny_vit_folder(tmp_path / "vit")
     make_photos(tmp_path / "in", sizes=[(40, 30), (50, 60)])
     picker = window.model_picker
     from batchlens.core.models.hf_cache import hf_folder_info
@@ -259,22 +264,7 @@ def test_a_hub_model_typed_in_the_window_downloads_then_runs(qtbot, window, tmp_
     """The whole way a user goes: "Hugging Face model by name…", the name typed, Run; the download
     dialog fetches it through huggingface_hub's own code (from a hub on this machine), the run starts
     by itself when it is there, and a second Run needs no download."""
-    transformers = pytest.importorskip("transformers")
-    repo = tmp_path / "repo"
-    torch.manual_seed(0)
-    config = transformers.ViTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=37,
-        num_labels=2,
-        id2label={0: "plain", 1: "busy"},
-        label2id={"plain": 0, "busy": 1},
-    )
-    transformers.ViTForImageClassification(config).save_pretrained(repo)
-    transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(repo)
+    repo = tiny_vit_folder(tmp_path / "repo")
     fake_hub.add_folder("acme/tiny-vit", repo)
     monkeypatch.setattr(model_picker.QInputDialog, "getText", lambda *a, **k: ("acme/tiny-vit", True))
     picker = window.model_picker
