@@ -159,7 +159,8 @@ def test_a_timm_model_from_the_hub_runs_as_timm_runs_it(photos, tmp_path, fake_h
     print(f"hf:timm/test_resnet.custom: labels equal timm's hf-hub: path, max |score diff| {worst:.1e}")
 
 
-def test_a_timm_hub_folder_without_safetensors_or_classifier_is_one_sentence(photos, tmp_path, capsys):
+def test_a_timm_hub_folder_that_cannot_be_run_is_one_sentence(photos, tmp_path, capsys):
+    """No safetensors, no classifier, an architecture this timm does not have: one sentence each."""
     pickled_only = _hub_repo(tmp_path / "pickled", 5)
     (pickled_only / "model.safetensors").unlink()
     assert run_cli("--model", pickled_only, "--input", photos, "--output", tmp_path / "a") == 2
@@ -170,6 +171,14 @@ def test_a_timm_hub_folder_without_safetensors_or_classifier_is_one_sentence(pho
     assert run_cli("--model", backbone, "--input", photos, "--output", tmp_path / "b") == 2
     err = capsys.readouterr().err
     assert "timm test_resnet without a classifier (num_classes 0) is not a model BatchLens runs" in err
+    unknown = _hub_repo(tmp_path / "unknown", 5)
+    config = json.loads((unknown / "config.json").read_text())
+    config["architecture"] = "resnet_from_the_future"
+    (unknown / "config.json").write_text(json.dumps(config))
+    assert run_cli("--model", unknown, "--input", photos, "--output", tmp_path / "c") == 2
+    err = capsys.readouterr().err
+    assert f"timm {timm.__version__} could not build this model" in err and "resnet_from_the_future" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 LAND = ("land.jpg", "land2.jpg")  # two JPEGs of one size: --gpu-decode preprocesses them in one call
