@@ -161,17 +161,17 @@ class ModelPicker(QWidget):
         for info in self._infos:
             groups.setdefault(info.source, []).append(info)
         order = [s for s in SOURCE_TITLES if s in groups] + [s for s in groups if s not in SOURCE_TITLES]
-        before = order.index(ACTIONS_BEFORE) if ACTIONS_BEFORE in order else len(order)
-        for position, source in enumerate(order + [None]):
-            if position == before:
+        for source in order:
+            if source == ACTIONS_BEFORE:
                 self._add_actions()
-            if source is not None:
-                self._add_header(SOURCE_TITLES.get(source, source.title()))
-                for info in groups[source]:
-                    item = QStandardItem(f"{info.id}  —  {info.task}")
-                    item.setData(info, ROLE_INFO)
-                    item.setToolTip(info.description or info.id)
-                    self.item_model.appendRow(item)
+            self._add_header(SOURCE_TITLES.get(source, source.title()))
+            for info in groups[source]:
+                item = QStandardItem(f"{info.id}  —  {info.task}")
+                item.setData(info, ROLE_INFO)
+                item.setToolTip(info.description or info.id)
+                self.item_model.appendRow(item)
+        if ACTIONS_BEFORE not in order:
+            self._add_actions()
         self.combo.blockSignals(False)
         if not (select_id and self.set_current_model(select_id)):
             first = next((row for row in range(self.item_model.rowCount()) if self._info_at(row)), -1)
