@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.core.hostile import assert_one_sentence
 from tests.core.modelkit import read_jsonl, run_cli
 
 transformers = pytest.importorskip("transformers")
@@ -359,6 +360,7 @@ def test_a_hub_download_that_fails_says_what_to_do(hf, tmp_path, fake_hub, monke
 
     err = error_of("hf:acme/no-such-model")
     assert "the Hugging Face hub has no model named acme/no-such-model" in err and "offline" not in err
+    assert_one_sentence(err.removeprefix("batchlens: "), "hf:acme/no-such-model")
 
     fake_hub.add_folder("acme/gated", hf / "vit")
     fake_hub.gated.add("acme/gated")
@@ -368,6 +370,7 @@ def test_a_hub_download_that_fails_says_what_to_do(hf, tmp_path, fake_hub, monke
         and f"{constants.ENDPOINT}/acme/gated" in err
         and "offline" not in err
     )
+    assert_one_sentence(err.removeprefix("batchlens: "), "hf:acme/gated")
 
     from tests.core.test_models_catalogue import closed_port_url
 

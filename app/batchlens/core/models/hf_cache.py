@@ -182,8 +182,8 @@ def _download_failure(model: str, repo_id: str, exc: Exception, where: str) -> s
         )
     if isinstance(exc, RepositoryNotFoundError):
         return (
-            f"{model}: the Hugging Face hub has no model named {repo_id}. Check the name on the model's "
-            f"page ({page}); a private model needs you logged in on this computer (`hf auth login`)."
+            f"{model}: the Hugging Face hub has no model named {repo_id} (check the name on the model's "
+            f"page, {page}; a private model needs you logged in on this computer: `hf auth login`)."
         )
     first_line = (str(exc).splitlines() or [""])[0]
     names = " ".join(t.__name__ for t in type(exc).__mro__)
