@@ -343,6 +343,39 @@ def test_a_hub_name_downloads_once_through_huggingface_hubs_own_code(hf, tmp_pat
     assert fake_hub.requests == [], "the cached copy is used as it is"
 
 
+def test_a_download_stopped_after_its_config_is_finished_not_run_half(
+    hf, tmp_path, fake_hub, monkeypatch, capsys
+):
+    """config.json comes first: a download cancelled or cut off after it leaves a snapshot without
+    weights. That is no model yet: offline it says so, online the next run fetches what is missing."""
+    fake_hub.add_folder("acme/tiny-vit", hf / "vit")
+    snapshot = (
+        tmp_path
+        / "hf-cache"
+        / "models--acme--tiny-vit"
+        / "snapshots"
+        / "0123456789abcdef0123456789abcdef01234567"
+    )
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_bytes((hf / "vit" / "config.json").read_bytes())
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text(snapshot.name)
+    from batchlens.core.models import needs_download
+
+    assert needs_download("hf:acme/tiny-vit")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert run_cli("--model", "hf:acme/tiny-vit", "--input", hf / "in", "--output", tmp_path / "off") == 2
+    assert "only part of it is in the Hugging Face cache" in capsys.readouterr().err
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    records = _run("hf:acme/tiny-vit", tmp_path / "on", inputs=hf / "in")
+    assert [r["top"] for r in records] == [
+        r["top"] for r in _run(hf / "vit", tmp_path / "by-path", inputs=hf / "in")
+    ]
+    assert any(r.endswith("/model.safetensors") for r in fake_hub.requests) and not needs_download(
+        "hf:acme/tiny-vit"
+    )
+
+
 def test_a_hub_download_that_fails_says_what_to_do(hf, tmp_path, fake_hub, monkeypatch, capsys):
     """A wrong name is not a network problem, a gated model needs its conditions accepted, and only a
     failed connection asks whether this computer is offline: each one sentence, through the real code."""

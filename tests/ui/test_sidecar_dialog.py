@@ -297,6 +297,25 @@ def test_a_hub_model_typed_in_the_window_downloads_then_runs(qtbot, window, tmp_
     assert finished.args[0]["counts"]["ok"] == 3 and fake_hub.requests == []
 
 
+def test_a_hub_model_without_safetensors_is_downloaded_once_then_explained(qtbot, window, tmp_path, fake_hub):
+    """All of its files fetched, still no weights BatchLens loads (only a pickled pytorch_model.bin on
+    the hub): the window downloads once, and the run says why, instead of downloading again and again."""
+    repo = tiny_vit_folder(tmp_path / "repo")
+    (repo / "model.safetensors").rename(repo / "pytorch_model.bin")  # (its bytes do not matter here)
+    fake_hub.add_folder("acme/pickled-vit", repo)
+    assert window.model_picker.set_current_model("hf:acme/pickled-vit")
+    make_photos(tmp_path / "in", sizes=[(40, 30)])
+    window.form.input_edit.setText(str(tmp_path / "in"))
+    window.form.output_edit.setText(str(tmp_path / "out"))
+    with qtbot.waitSignal(window.run_finished, timeout=RUN_TIMEOUT_MS):
+        assert window.start_run() is False  # the download first; the run starts by itself after it
+    qtbot.waitUntil(lambda: "no model.safetensors" in window.controls.message.text(), timeout=RUN_TIMEOUT_MS)
+    # The dialog's download, and the run's own look for what is missing: twice, not for ever.
+    looked = [r for r in fake_hub.requests if "/revision/" in r]
+    assert looked == ["GET /api/models/acme/pickled-vit/revision/main"] * 2
+    assert not any(r.endswith("pytorch_model.bin") for r in fake_hub.requests)
+
+
 def test_window_says_plainly_when_a_hub_model_cannot_be_downloaded(qtbot, window, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

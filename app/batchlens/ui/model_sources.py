@@ -164,6 +164,7 @@ class ModelSources(QObject):
         self._choose_file = self.picker.file_chooser
         self.picker.file_chooser = self.choose_model_file
         self.download_dialog: DownloadDialog | None = None
+        self.downloaded: set[str] = set()  # model ids downloaded in this session
 
         self.weights_button = QToolButton()
         self.weights_button.setText("Weights…")
@@ -274,7 +275,9 @@ class ModelSources(QObject):
                 )
                 return False
             self.picker.options.setdefault(model_id, {})["trust_pickle"] = True
-        if needs_download(model_id, options):
+        # Once per model and session: a hub model whose files are all fetched but hold no safetensors
+        # still "needs" a download, and the run after it says why instead of downloading for ever.
+        if needs_download(model_id, options) and model_id not in self.downloaded:
             self.start_download(model_id, retry)
             return False
         return True
@@ -292,6 +295,7 @@ class ModelSources(QObject):
 
     def _on_downloaded(self, model_id: str) -> None:
         """A hub model is in the cache now: the list shows its task instead of "from the hub"."""
+        self.downloaded.add(model_id)
         if model_id.startswith(HF_PREFIX):
             try:
                 self.picker.add_model(

@@ -110,7 +110,9 @@ def _cached_info(repo_dir: Path) -> ModelInfo | None:
     repo_id = repo_dir.name.removeprefix("models--").replace("--", "/", 1)
     weights = [f for f in snapshot.glob("*.safetensors") if f.exists()]
     size = sum(f.stat().st_size for f in weights) or None
-    return ModelInfo(HF_PREFIX + repo_id, task, "huggingface", architecture_name(config), size, True)
+    return ModelInfo(
+        HF_PREFIX + repo_id, task, "huggingface", architecture_name(config), size, _complete(snapshot)
+    )
 
 
 def hub_model_info(text: str) -> ModelInfo:
@@ -130,10 +132,16 @@ def hub_model_info(text: str) -> ModelInfo:
     return cached or ModelInfo(HF_PREFIX + name, "from the hub", "huggingface", "downloaded on first use")
 
 
+def _complete(snapshot: Path | None) -> bool:
+    """A snapshot holds config.json and weights BatchLens loads: a download cancelled or cut off after
+    config.json (small, it comes first) is not a model yet."""
+    return snapshot is not None and any(f.exists() for f in snapshot.glob("*.safetensors"))
+
+
 def is_cached(model: str) -> bool:
-    """True when `hf:ORG/NAME` has a snapshot with a config.json in the Hugging Face cache."""
+    """True when `hf:ORG/NAME` has a whole snapshot (config.json and safetensors) in the cache."""
     repo_dir = _repo_dir(model.removeprefix(HF_PREFIX))
-    return repo_dir.is_dir() and _snapshot(repo_dir) is not None
+    return repo_dir.is_dir() and _complete(_snapshot(repo_dir))
 
 
 def _reporting_bar(progress):
@@ -208,10 +216,12 @@ def snapshot_for(model: str, progress=None) -> Path:
             f"{model}: a Hugging Face model is named hf:ORG/NAME (e.g. hf:google/vit-base-patch16-224)."
         )
     cached = _snapshot(_repo_dir(repo_id)) if _repo_dir(repo_id).is_dir() else None
-    if cached is not None:
+    if _complete(cached):
         return cached
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
     where = f"It is not in the Hugging Face cache ({hub_cache_dir()})"
+    if cached is not None:  # downloaded in part: the download below fetches only what is missing
+        where = f"Only part of it is in the Hugging Face cache ({cached}: no weights yet)"
     if offline:
         raise BatchLensError(
             f"{model}: {where.lower()[0]}{where[1:]} and HF_HUB_OFFLINE is set, so it cannot be downloaded. "
