@@ -22,6 +22,13 @@ def _own_tuning_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("BATCHLENS_CACHE_DIR", str(tmp_path_factory.mktemp("batchlens-cache")))
 
 
+@pytest.fixture(autouse=True)
+def _empty_hugging_face_cache(tmp_path_factory, monkeypatch):
+    """The model list shows the Hugging Face models cached on this computer: each test sees an empty
+    cache of its own (tests that need one fill it), so a developer's own models change no test."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path_factory.mktemp("hf-hub-cache")))
+
+
 @pytest.fixture
 def shapes_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "shapes"
