@@ -16,6 +16,7 @@ same for a model folder, whose config.json (not its weights) sets the architectu
 from __future__ import annotations
 
 import json
+import math
 import pickletools
 import re
 import zipfile
@@ -282,12 +283,7 @@ def safetensors_numbers(files: list[Path]) -> int:
     total = 0
     for path in files:
         with safe_open(str(path), "pt") as handle:
-            for key in handle.keys():
-                shape = handle.get_slice(key).get_shape()
-                count = 1
-                for side in shape:
-                    count *= int(side)
-                total += count
+            total += sum(math.prod(handle.get_slice(key).get_shape()) for key in handle.keys())
     return total
 
 

@@ -202,7 +202,9 @@ def load_hf(model: str, device: torch.device, options: dict | None = None) -> Lo
         build = lambda: auto.from_config(described, trust_remote_code=False)  # noqa: E731
         refuse_config_beyond_weights(build, sorted(folder.glob("*.safetensors")), str(folder))
         processor = transformers.AutoImageProcessor.from_pretrained(folder, trust_remote_code=False)
-        network = auto.from_pretrained(folder, trust_remote_code=False, use_safetensors=True)
+        network = auto.from_pretrained(
+            folder, config=described, trust_remote_code=False, use_safetensors=True
+        )
     except BatchLensError:
         raise
     except Exception as exc:  # damaged weights, shapes that do not fit the config...: one sentence
