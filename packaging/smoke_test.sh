@@ -149,6 +149,16 @@ print(f"  {model}: {expected} images ok, predictions.jsonl and summary.json chec
 EOF
 }
 
+run_against_library() {  # KEY WHAT MODEL-ARGS...: the bundle (smoke's $exe, $label) on the 3 photos
+    local key=$1 what=$2 out="$SCRATCH/out-${1//[:\/]/-}" t
+    shift 2
+    rm -rf "$out"
+    t=$(seconds_of run_isolated "$exe" run "$@" --input "$MODELS/in" --output "$out" --device cpu \
+        --no-progress) || fail "$label: batchlens run on $what"
+    echo "  batchlens run on $what (3 photos): $t s"
+    check_against_library "$key" "$out" || fail "$label: results of $what"
+}
+
 smoke() {  # BUNDLE_DIR (holds the batchlens executable) LABEL
     local bundle=$1 label=$2 exe top
     exe="$bundle/batchlens"
@@ -178,26 +188,11 @@ smoke() {  # BUNDLE_DIR (holds the batchlens executable) LABEL
         echo "  batchlens run --model $model ($count samples): $t s"
         check_outputs "$model" "$out" "$count" || fail "$label: outputs of $model"
     done
-    if [[ $HAVE_MODELS == 1 ]]; then  # the models people have: a Hugging Face folder, a timm checkpoint
-        local out="$SCRATCH/out-hf"
-        rm -rf "$out"
-        t=$(seconds_of run_isolated "$exe" run --model "$MODELS/hf-vit" --input "$MODELS/in" --output "$out" \
-            --device cpu --no-progress) || fail "$label: batchlens run on a Hugging Face folder"
-        echo "  batchlens run --model HF-FOLDER (a tiny ViT, 3 photos): $t s"
-        check_against_library hf-vit "$out" || fail "$label: Hugging Face results"
-        out="$SCRATCH/out-timm"
-        rm -rf "$out"
-        t=$(seconds_of run_isolated "$exe" run --model timm:test_resnet --weights "$MODELS/test_resnet.pth" \
-            --labels "$MODELS/labels.txt" --input "$MODELS/in" --output "$out" --device cpu --no-progress) \
-            || fail "$label: batchlens run on a timm checkpoint"
-        echo "  batchlens run --model timm:test_resnet --weights FILE (3 photos): $t s"
-        check_against_library timm:test_resnet "$out" || fail "$label: timm results"
-        out="$SCRATCH/out-timm-hub"
-        rm -rf "$out"
-        t=$(seconds_of run_isolated "$exe" run --model "$MODELS/timm-hub" --input "$MODELS/in" --output "$out" \
-            --device cpu --no-progress) || fail "$label: batchlens run on a timm hub folder"
-        echo "  batchlens run --model TIMM-HUB-FOLDER (3 photos): $t s"
-        check_against_library timm-hub "$out" || fail "$label: timm hub folder results"
+    if [[ $HAVE_MODELS == 1 ]]; then  # the models people have
+        run_against_library hf-vit "a Hugging Face folder (a tiny ViT)" --model "$MODELS/hf-vit"
+        run_against_library timm:test_resnet "a timm checkpoint" --model timm:test_resnet \
+            --weights "$MODELS/test_resnet.pth" --labels "$MODELS/labels.txt"
+        run_against_library timm-hub "a timm hub folder" --model "$MODELS/timm-hub"
     fi
     if run_isolated "$exe" --help | grep -q -- "--self-test"; then
         t=$(seconds_of run_isolated "$exe" --self-test) || { fail "$label: batchlens --self-test"; return; }
