@@ -108,11 +108,9 @@ def _cached_info(repo_dir: Path) -> ModelInfo | None:
     if task is None:
         return None
     repo_id = repo_dir.name.removeprefix("models--").replace("--", "/", 1)
-    weights = [f for f in snapshot.glob("*.safetensors") if f.exists()]
+    weights = _weights(snapshot)
     size = sum(f.stat().st_size for f in weights) or None
-    return ModelInfo(
-        HF_PREFIX + repo_id, task, "huggingface", architecture_name(config), size, _complete(snapshot)
-    )
+    return ModelInfo(HF_PREFIX + repo_id, task, "huggingface", architecture_name(config), size, bool(weights))
 
 
 def hub_model_info(text: str) -> ModelInfo:
@@ -132,10 +130,15 @@ def hub_model_info(text: str) -> ModelInfo:
     return cached or ModelInfo(HF_PREFIX + name, "from the hub", "huggingface", "downloaded on first use")
 
 
+def _weights(snapshot: Path) -> list[Path]:
+    """The safetensors of a snapshot that are there (a cache's files are links that can dangle)."""
+    return [f for f in snapshot.glob("*.safetensors") if f.exists()]
+
+
 def _complete(snapshot: Path | None) -> bool:
     """A snapshot holds config.json and weights BatchLens loads: a download cancelled or cut off after
     config.json (small, it comes first) is not a model yet."""
-    return snapshot is not None and any(f.exists() for f in snapshot.glob("*.safetensors"))
+    return snapshot is not None and bool(_weights(snapshot))
 
 
 def is_cached(model: str) -> bool:
