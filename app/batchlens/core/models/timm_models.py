@@ -55,12 +55,16 @@ def _num_classes(module, state_dict: dict, name: str, path: Path) -> int:
     return int(getattr(module, "num_classes", 0))
 
 
+def _imagenet(timm, num_classes: int):
+    """timm's ImageNetInfo for a 1000/21k-class head (synsets and their words); None otherwise."""
+    subset = timm.data.infer_imagenet_subset({"num_classes": num_classes})
+    return timm.data.ImageNetInfo(subset) if subset else None
+
+
 def imagenet_labels(timm, num_classes: int) -> list[str] | None:
     """Readable ImageNet class names ("tench", "goldfish"...) for 1000/21k-class heads; None otherwise."""
-    subset = timm.data.infer_imagenet_subset({"num_classes": num_classes})
-    if subset is None:
-        return None
-    return timm.data.ImageNetInfo(subset).label_descriptions()
+    imagenet = _imagenet(timm, num_classes)
+    return imagenet.label_descriptions() if imagenet else None
 
 
 def load_timm(model: str, device: torch.device, options: dict | None = None) -> LoadedModel:
@@ -158,8 +162,7 @@ def _config_labels(timm, module, num_classes: int) -> list[str] | None:
     if isinstance(descriptions, list) and len(descriptions) == num_classes:
         return [str(d) for d in descriptions]
     if names:
-        subset = timm.data.infer_imagenet_subset({"num_classes": num_classes})
-        imagenet = timm.data.ImageNetInfo(subset) if subset else None
+        imagenet = _imagenet(timm, num_classes)
         if imagenet is not None and list(names) == imagenet.label_names():
             return imagenet.label_descriptions()
         return [str(n) for n in names]
