@@ -290,3 +290,18 @@ def test_a_timm_model_with_a_non_square_pretrained_config_runs_as_timm(shapes, t
         assert b.error is None and b.tensor.shape == a.tensor.shape == (3, 96, 128)
         diff = (a.tensor - b.tensor).abs()  # tensor vs Pillow resampling: rounding only
         assert diff.mean() < 0.02, (a.candidate.rel, diff.mean())
+
+
+def test_a_timm_hub_folder_named_by_imagenet_synsets_reads_imagenet_words(photos, tmp_path):
+    """timm's ImageNet repositories name their classes by synset (n01440764): results say the words
+    timm's own ImageNetInfo gives them ("tench, Tinca tinca"), not the synset codes."""
+    repo = _hub_repo(tmp_path / "in1k", 1000)
+    imagenet = timm.data.ImageNetInfo("imagenet-1k")
+    config = json.loads((repo / "config.json").read_text())
+    config["label_names"] = imagenet.label_names()
+    (repo / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "out"
+    assert run_cli("--model", repo, "--input", photos, "--output", out) == 0
+    words = set(imagenet.label_descriptions())
+    labels = [t["label"] for r in read_jsonl(out / "predictions.jsonl") for t in r["top"]]
+    assert labels and all(label in words for label in labels), labels[:5]
