@@ -66,7 +66,7 @@ class FakeHub:
         parts = path.strip("/").split("/")
         if parts[:2] == ["api", "models"] and len(parts) >= 6:
             repo_id, kind, rest = "/".join(parts[2:4]), parts[4], parts[6:]
-            files = self._repo(request, repo_id)
+            files = self._repo(request, repo_id, body)
             if files is None:
                 return
             if kind == "revision":
@@ -82,7 +82,7 @@ class FakeHub:
                 return self._send(request, 200, json.dumps(tree).encode(), body, "application/json")
         if len(parts) >= 5 and parts[2] == "resolve":
             repo_id, name = "/".join(parts[:2]), "/".join(parts[4:])
-            files = self._repo(request, repo_id)
+            files = self._repo(request, repo_id, body)
             if files is None:
                 return
             if name not in files:
@@ -92,12 +92,12 @@ class FakeHub:
             return self._send(request, 200, data, body, "application/octet-stream", headers)
         self._error(request, 404, "", "not a path of this hub", body)
 
-    def _repo(self, request, repo_id: str) -> dict[str, bytes] | None:
+    def _repo(self, request, repo_id: str, body: bool) -> dict[str, bytes] | None:
         if repo_id in self.gated:
-            self._error(request, 401, "GatedRepo", f"Access to model {repo_id} is restricted.", True)
+            self._error(request, 401, "GatedRepo", f"Access to model {repo_id} is restricted.", body)
             return None
         if repo_id not in self.repos:
-            self._error(request, 401, "RepoNotFound", "Repository not found", True)
+            self._error(request, 401, "RepoNotFound", "Repository not found", body)
             return None
         return self.repos[repo_id]
 
