@@ -25,9 +25,9 @@ import ray  # noqa: E402
 from tests.helpers import make_denoise_folder, make_shapes_folder  # noqa: E402
 
 from batchlens.core.cluster import ClusterConfig, ClusterRunner  # noqa: E402
-from batchlens.core.config import RunConfig  # noqa: E402
-from batchlens.core.events import ImageResult  # noqa: E402
-from batchlens.core.runner import Runner  # noqa: E402
+from batchlens.core.run.config import RunConfig  # noqa: E402
+from batchlens.core.run.events import ImageResult  # noqa: E402
+from batchlens.core.run.runner import Runner  # noqa: E402
 
 
 def timed(runner) -> tuple[int, float, float]:

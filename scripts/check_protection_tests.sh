@@ -35,7 +35,7 @@ copy
 check "nothing removed"
 
 copy
-remove core/inference.py "with torch.inference_mode(), torch.autocast(" \
+remove core/run/inference.py "with torch.inference_mode(), torch.autocast(" \
     "with __import__('contextlib').nullcontext(), torch.autocast("
 check "(a) inference_mode replaced by a null context"
 
@@ -44,12 +44,12 @@ remove core/models/base.py "        parameter.requires_grad_(False)" "        pa
 check "(b) parameters left trainable by prepare()"
 
 copy
-remove core/inference.py "    tensor = tensor.detach()
+remove core/run/inference.py "    tensor = tensor.detach()
 " ""
 check "(c) .detach() removed from to_cpu_compact"
 
 copy
-remove core/inference.py "    tensor = tensor.detach()
+remove core/run/inference.py "    tensor = tensor.detach()
 " "    return tensor
 "
 check "(c) to_cpu_compact hands outputs on as they came (no detach, no CPU copy)"

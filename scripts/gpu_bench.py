@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 
-from batchlens.core.bench import load_bench_model, make_synthetic_folder
-from batchlens.core.bench_loops import expert_loop, plain_loop
-from batchlens.core.config import EXACT_SETTINGS, RunConfig
-from batchlens.core.events import ImageResult, RunFinished
-from batchlens.core.images import scan_images
-from batchlens.core.runner import Runner
+from batchlens.core.inputs.images import scan_images
+from batchlens.core.run.bench import load_bench_model, make_synthetic_folder
+from batchlens.core.run.bench_loops import expert_loop, plain_loop
+from batchlens.core.run.config import EXACT_SETTINGS, RunConfig
+from batchlens.core.run.events import ImageResult, RunFinished
+from batchlens.core.run.runner import Runner
 
 MiB = 2**20
 
@@ -54,7 +54,7 @@ def photo_folder(root: Path, name: str, n: int, size: tuple[int, int], distinct:
     return folder
 
 
-# -- contenders: the bench's own plain and expert loops (core/bench_loops.py), and the engine ------
+# -- contenders: the bench's own plain and expert loops (core/run/bench_loops.py), and the engine ------
 def engine(model, folder: Path, out: Path, **settings) -> dict:
     """A BatchLens run; returns its summary plus the allocated memory after each image."""
     allocated, summary, first = [], None, None

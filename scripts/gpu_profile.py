@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from gpu_bench import engine, photo_folder  # noqa: E402
 
-from batchlens.core.bench import load_bench_model  # noqa: E402
+from batchlens.core.run.bench import load_bench_model  # noqa: E402
 
 
 def main() -> int:

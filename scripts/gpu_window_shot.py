@@ -47,7 +47,7 @@ def make_model(folder: Path) -> Path:
 
 def make_photos(folder: Path, n: int, size: tuple[int, int], distinct: int = 32) -> Path:
     """`n` photo-like JPEGs: `distinct` generated, the rest hard links (same decode work each)."""
-    from batchlens.core.bench import make_synthetic_folder
+    from batchlens.core.run.bench import make_synthetic_folder
 
     sources = sorted(make_synthetic_folder(folder.parent / "sources", min(n, distinct), size).glob("*.jpg"))
     folder.mkdir()

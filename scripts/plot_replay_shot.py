@@ -51,7 +51,7 @@ def main() -> int:
 
     from PySide6.QtWidgets import QApplication
 
-    from batchlens.core.memory import ClearResult, MemoryProbe, MemorySample
+    from batchlens.core.machine.memory import ClearResult, MemoryProbe, MemorySample
     from batchlens.ui.main_window import MainWindow
     from batchlens.ui.qt_app import create_app
     from batchlens.ui.settings import Settings

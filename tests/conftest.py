@@ -17,7 +17,7 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 @pytest.fixture(autouse=True)
 def _own_tuning_cache(tmp_path_factory, monkeypatch):
-    """Runs remember their batch size in the user's cache folder (core/tuning_cache.py): each test
+    """Runs remember their batch size in the user's cache folder (core/run/tuning_cache.py): each test
     gets an empty one of its own, so no test reads another's choice or writes into ~/.cache."""
     monkeypatch.setenv("BATCHLENS_CACHE_DIR", str(tmp_path_factory.mktemp("batchlens-cache")))
 

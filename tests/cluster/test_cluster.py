@@ -17,11 +17,11 @@ import pytest
 from batchlens.cli import main
 from batchlens.core.cluster import ClusterConfig, ClusterRunner, WorkerPlan, plan_workers
 from batchlens.core.cluster import connect as cluster_connect
-from batchlens.core.config import RunConfig
 from batchlens.core.errors import BatchLensError
-from batchlens.core.events import ImageResult, RunFinished, RunNote, RunStarted
 from batchlens.core.models import load_model
-from batchlens.core.runner import Runner
+from batchlens.core.run.config import RunConfig
+from batchlens.core.run.events import ImageResult, RunFinished, RunNote, RunStarted
+from batchlens.core.run.runner import Runner
 from tests.helpers import make_shapes_folder
 
 RAISES = "shape_0002.png"  # the faulty worker below raises on this image

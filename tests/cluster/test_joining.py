@@ -23,8 +23,8 @@ import torch
 import torchvision
 
 from batchlens.cli import main
-from batchlens.core.config import RunConfig
-from batchlens.core.runner import Runner
+from batchlens.core.run.config import RunConfig
+from batchlens.core.run.runner import Runner
 from tests.cluster.conftest import TOKEN
 from tests.helpers import make_denoise_folder, make_shapes_folder
 
@@ -256,13 +256,22 @@ def check_resumed(run: Launched, tmp_path: Path, address: str) -> None:
 @pytest.mark.parametrize(
     ("address", "sentence"),
     [
-        ("head", "'head' is not a Ray cluster address: give auto, local, HOST:PORT (the head node's GCS "
-         "port, 6379 by default) or ray://HOST:PORT (its Ray Client port, 10001 by default)."),
-        ("no-such-host.invalid:6379", "Cannot connect to the Ray cluster at no-such-host.invalid:6379: "
-         "there is no host named no-such-host.invalid (check the address)."),
-        ("ray://127.0.0.1:{port}", "No Ray cluster answers at ray://127.0.0.1:{port}: start one with "
-         "`ray start --head`, or check the host and the port (the head node's Ray Client port, 10001 by "
-         "default)."),
+        (
+            "head",
+            "'head' is not a Ray cluster address: give auto, local, HOST:PORT (the head node's GCS "
+            "port, 6379 by default) or ray://HOST:PORT (its Ray Client port, 10001 by default).",
+        ),
+        (
+            "no-such-host.invalid:6379",
+            "Cannot connect to the Ray cluster at no-such-host.invalid:6379: "
+            "there is no host named no-such-host.invalid (check the address).",
+        ),
+        (
+            "ray://127.0.0.1:{port}",
+            "No Ray cluster answers at ray://127.0.0.1:{port}: start one with "
+            "`ray start --head`, or check the host and the port (the head node's Ray Client port, 10001 by "
+            "default).",
+        ),
     ],
 )
 def test_an_address_that_cannot_be_a_cluster_is_one_sentence_at_once(

@@ -12,9 +12,9 @@ import torchvision
 from PIL import Image, ImageDraw
 
 from batchlens.cli import main as cli_main
-from batchlens.core.config import RunConfig
-from batchlens.core.events import ImageResult
-from batchlens.core.runner import Runner
+from batchlens.core.run.config import RunConfig
+from batchlens.core.run.events import ImageResult
+from batchlens.core.run.runner import Runner
 from tests.core.test_proof import LiveTensorTracker
 
 # Images of different sizes on purpose: preprocessing, batching and the way back to original pixels

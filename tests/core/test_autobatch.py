@@ -1,6 +1,6 @@
-"""The default speed: a batch size measured on the run's own batches (core/autobatch.py), remembered
-for the next run (core/tuning_cache.py), and threads sized from the cores and the load
-(core/threads.py). The sizer's decisions are checked with timings fed to it; the runs are real."""
+"""The default speed: a batch size measured on the run's own batches (core/run/autobatch.py), remembered
+for the next run (core/run/tuning_cache.py), and threads sized from the cores and the load
+(core/run/threads.py). The sizer's decisions are checked with timings fed to it; the runs are real."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from batchlens.core.autobatch import BatchSizer
-from batchlens.core.config import EXACT_SETTINGS, RunConfig
-from batchlens.core.events import ImageResult, RunNote
-from batchlens.core.runner import Runner
-from batchlens.core.threads import UseThreads, plan_threads
-from batchlens.core.tuning_cache import FILE_NAME, cache_dir, remembered_batch_size
+from batchlens.core.run.autobatch import BatchSizer
+from batchlens.core.run.config import EXACT_SETTINGS, RunConfig
+from batchlens.core.run.events import ImageResult, RunNote
+from batchlens.core.run.runner import Runner
+from batchlens.core.run.threads import UseThreads, plan_threads
+from batchlens.core.run.tuning_cache import FILE_NAME, cache_dir, remembered_batch_size
 
 CPU = torch.device("cpu")
 
@@ -245,7 +245,7 @@ def test_other_work_is_the_machines_busy_time_less_this_process(monkeypatch):
     """The load average would count this process's own previous run as someone else's work."""
     from collections import namedtuple
 
-    from batchlens.core import machine_load as threads
+    from batchlens.core.machine import machine_load as threads
 
     Cpu = namedtuple("Cpu", "user system idle iowait")
     Own = namedtuple("Own", "user system")
@@ -279,8 +279,8 @@ def test_a_batch_prepared_before_its_size_was_turned_down_can_still_win():
 
 
 def test_decoding_threads_use_one_torch_thread_and_the_forward_keeps_its_own():
-    from batchlens.core.prefetch import Prefetcher
-    from batchlens.core.threads import decode_thread_setup
+    from batchlens.core.inputs.prefetch import Prefetcher
+    from batchlens.core.run.threads import decode_thread_setup
 
     def prepare(_, each):  # the batch's own thread and the decoding threads
         return [torch.get_num_threads(), *each(lambda _: torch.get_num_threads(), [0, 1, 2])]

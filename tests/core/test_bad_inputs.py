@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from batchlens.core.config import RunConfig
-from batchlens.core.events import ImageResult, RunFinished, RunNote
-from batchlens.core.images import ImageError, load_image, scan_images
-from batchlens.core.runner import Runner
+from batchlens.core.inputs.images import ImageError, load_image, scan_images
+from batchlens.core.run.config import RunConfig
+from batchlens.core.run.events import ImageResult, RunFinished, RunNote
+from batchlens.core.run.runner import Runner
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0  # root reads files whatever their permissions
 
@@ -293,7 +293,7 @@ def test_scan_survives_symlink_loops_and_counts_junk(tmp_path: Path):
 def _read_as_nobody(path: Path) -> str:
     """Decode `path` in a child process that drops root's privileges first; return its message."""
     code = (
-        "import os, sys\nfrom batchlens.core.images import ImageError, load_image\n"
+        "import os, sys\nfrom batchlens.core.inputs.images import ImageError, load_image\n"
         "os.setgid(65534)\nos.setuid(65534)\n"  # after the imports: nobody may not read our venv
         "try:\n    load_image(sys.argv[1])\n    print('OK')\n"
         "except ImageError as exc:\n    print(exc)\n"

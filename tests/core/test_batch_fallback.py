@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from batchlens.cli import main as cli_main
-from batchlens.core.config import RunConfig
-from batchlens.core.events import ImageResult, RunFinished, RunNote
-from batchlens.core.inference import fixed_batch_size
-from batchlens.core.runner import Runner
+from batchlens.core.run.config import RunConfig
+from batchlens.core.run.events import ImageResult, RunFinished, RunNote
+from batchlens.core.run.inference import fixed_batch_size
+from batchlens.core.run.runner import Runner
 from tests.core.modelkit import make_photos, read_jsonl
 
 SIDECAR = {"task": "classification", "labels": ["a", "b", "c"], "input_size": [32, 32]}

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from batchlens.cli import main
-from batchlens.core.bench import digest, make_synthetic_folder
+from batchlens.core.run.bench import digest, make_synthetic_folder
 
-# "fast": --fast-decode resizes demo-shapes's images on the uint8 tensor (core/fast_preprocess.py)
+# "fast": --fast-decode resizes demo-shapes's images on the uint8 tensor (core/inputs/fast_preprocess.py)
 ROW_NAMES = ["plain", "expert", "naive", "exact", "engine", "no-probe", "tuned", "fast"]
 
 
@@ -89,7 +89,7 @@ def test_bench_cli_prints_table_and_writes_json(tmp_path: Path, capsys):
 def test_naive_row_stops_at_its_memory_limit(tmp_path: Path):
     """The origin story's loop, bounded: with a tiny limit it stops early and says how far it got,
     while its memory per image is clearly above the engine's."""
-    from batchlens.core.bench import BenchConfig, run_bench
+    from batchlens.core.run.bench import BenchConfig, run_bench
 
     folder = make_synthetic_folder(tmp_path / "in", 6, (96, 96))
     result = run_bench(
@@ -128,7 +128,7 @@ def test_bench_input_problems_are_one_sentence(argv, message, capsys):
 def test_fast_decode_row_says_how_often_its_labels_agree(tmp_path: Path):
     """On JPEGs at least twice the model's input size, the bench adds the --fast-decode row and
     compares its top-1 labels with the default row's full-size decode."""
-    from batchlens.core.bench import BenchConfig, run_bench
+    from batchlens.core.run.bench import BenchConfig, run_bench
 
     folder = make_synthetic_folder(tmp_path / "in", 4, (256, 192))  # demo-shapes takes 64x64
     result = run_bench(BenchConfig("demo-shapes", input_dir=folder, device="cpu", batch_size=2))
@@ -147,7 +147,7 @@ def test_fast_decode_row_says_how_often_its_labels_agree(tmp_path: Path):
 def test_loops_say_they_write_no_files_when_the_engine_writes_them(tmp_path: Path):
     """demo-denoise's results are PNGs the engine writes and the loops do not: their rows say so;
     a classification bench (no output files) has no such note."""
-    from batchlens.core.bench import BenchConfig, run_bench
+    from batchlens.core.run.bench import BenchConfig, run_bench
 
     folder = make_synthetic_folder(tmp_path / "in", 3, (48, 48))
     rows = {

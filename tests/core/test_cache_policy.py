@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from batchlens.core.cache_policy import CachePolicy
 from batchlens.core.errors import BatchLensError
-from batchlens.core.memory import MemorySample
+from batchlens.core.machine.memory import MemorySample
+from batchlens.core.run.cache_policy import CachePolicy
 
 GiB = 2**30
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from batchlens.core.config import RunConfig
-from batchlens.core.events import RunFinished, RunNote
-from batchlens.core.runner import Runner
+from batchlens.core.run.config import RunConfig
+from batchlens.core.run.events import RunFinished, RunNote
+from batchlens.core.run.runner import Runner
 
 REAL_COMPILE = torch.compile
 

@@ -18,10 +18,10 @@ import pytest
 from PIL import Image
 
 from batchlens import cli
-from batchlens.core.config import RunConfig
 from batchlens.core.errors import BatchLensError
-from batchlens.core.results import ResultsWriter
-from batchlens.core.runner import Runner
+from batchlens.core.outputs.results import ResultsWriter
+from batchlens.core.run.config import RunConfig
+from batchlens.core.run.runner import Runner
 from tests.helpers import make_denoise_folder
 
 N_IMAGES = 12

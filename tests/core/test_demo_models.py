@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from batchlens.core.config import RunConfig
 from batchlens.core.models.demo_data import SHAPES, psnr
-from batchlens.core.runner import Runner
+from batchlens.core.run.config import RunConfig
+from batchlens.core.run.runner import Runner
 from tests.helpers import make_denoise_folder, make_shapes_folder
 
 

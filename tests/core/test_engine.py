@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from batchlens.core.config import RunConfig
 from batchlens.core.errors import BatchLensError
-from batchlens.core.events import ImageResult, RunFinished, RunStarted
-from batchlens.core.runner import Runner
+from batchlens.core.run.config import RunConfig
+from batchlens.core.run.events import ImageResult, RunFinished, RunStarted
+from batchlens.core.run.runner import Runner
 from tests.helpers import make_shapes_folder
 
 
@@ -183,7 +183,7 @@ def test_memory_sample_taken_per_image(shapes_folder: Path, tmp_path: Path):
 
 
 def test_scan_is_sorted_recursive_and_case_insensitive(tmp_path: Path):
-    from batchlens.core.images import ScanStats, scan_images
+    from batchlens.core.inputs.images import ScanStats, scan_images
 
     make_shapes_folder(tmp_path / "b", 2)
     make_shapes_folder(tmp_path / "a" / "inner", 1)

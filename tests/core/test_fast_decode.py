@@ -14,14 +14,14 @@ import torchvision
 from PIL import Image
 
 from batchlens.cli import main as cli_main
-from batchlens.core.bench import load_bench_model, make_synthetic_folder
-from batchlens.core.config import RunConfig
-from batchlens.core.events import ImageResult, RunFinished
-from batchlens.core.images import decodes_reduced, load_image, scan_images
+from batchlens.core.inputs.images import decodes_reduced, load_image, scan_images
 from batchlens.core.models.base import sidecar_transform
 from batchlens.core.models.sidecar import Sidecar
-from batchlens.core.pipeline import BatchPipeline
-from batchlens.core.runner import Runner
+from batchlens.core.run.bench import load_bench_model, make_synthetic_folder
+from batchlens.core.run.config import RunConfig
+from batchlens.core.run.events import ImageResult, RunFinished
+from batchlens.core.run.pipeline import BatchPipeline
+from batchlens.core.run.runner import Runner
 from batchlens.core.tasks import make_adapter
 from batchlens.core.tasks.base import resize_target
 
@@ -131,8 +131,8 @@ def test_cli_run_fast_decode_is_recorded_in_the_summary(tmp_path: Path):
 
 
 def test_a_run_says_when_fast_decode_has_nothing_to_do(tmp_path: Path):
-    from batchlens.core.events import RunNote
     from batchlens.core.resources import sample_folder
+    from batchlens.core.run.events import RunNote
 
     def notes(model: str, folder: Path) -> list[str]:
         config = RunConfig(model, folder, tmp_path / f"out-{model}", device="cpu", fast_decode=True)

@@ -14,13 +14,13 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from batchlens.core.bench import load_bench_model, make_synthetic_folder
-from batchlens.core.config import RunConfig
-from batchlens.core.events import ImageResult, RunFinished
-from batchlens.core.fast_preprocess import TOLERANCE_LEVELS, fast_preprocess_for
-from batchlens.core.images import scan_images
-from batchlens.core.pipeline import BatchPipeline
-from batchlens.core.runner import Runner
+from batchlens.core.inputs.fast_preprocess import TOLERANCE_LEVELS, fast_preprocess_for
+from batchlens.core.inputs.images import scan_images
+from batchlens.core.run.bench import load_bench_model, make_synthetic_folder
+from batchlens.core.run.config import RunConfig
+from batchlens.core.run.events import ImageResult, RunFinished
+from batchlens.core.run.pipeline import BatchPipeline
+from batchlens.core.run.runner import Runner
 from batchlens.core.tasks import make_adapter
 
 GREY_LEVEL = 1 / 255 / 0.225  # one grey level in ImageNet-normalised units (the smallest std)

@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from batchlens.core.config import RunConfig
-from batchlens.core.gpu_decode import DeviceDecoder
-from batchlens.core.images import load_image, scan_images
+from batchlens.core.inputs.gpu_decode import DeviceDecoder
+from batchlens.core.inputs.images import load_image, scan_images
 from batchlens.core.models import load_model
-from batchlens.core.pipeline import BatchPipeline
-from batchlens.core.runner import Runner
+from batchlens.core.run.config import RunConfig
+from batchlens.core.run.pipeline import BatchPipeline
+from batchlens.core.run.runner import Runner
 from batchlens.core.tasks.base import thumbnail
 
 CPU = torch.device("cpu")

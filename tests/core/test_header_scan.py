@@ -7,12 +7,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from batchlens.core import header_scan
-from batchlens.core.config import RunConfig
-from batchlens.core.events import ImageResult, RunFinished, RunNote
-from batchlens.core.header_scan import HeaderScan
-from batchlens.core.images import header_size, scan_images
-from batchlens.core.runner import Runner
+from batchlens.core.inputs import header_scan
+from batchlens.core.inputs.header_scan import HeaderScan
+from batchlens.core.inputs.images import header_size, scan_images
+from batchlens.core.run.config import RunConfig
+from batchlens.core.run.events import ImageResult, RunFinished, RunNote
+from batchlens.core.run.runner import Runner
 from tests.core.test_oom import NearlyFullRamProbe
 from tests.helpers import make_shapes_folder
 

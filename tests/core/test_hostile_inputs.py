@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from batchlens.core.gpu_decode import DeviceDecoder
-from batchlens.core.images import ImageError, decodes_reduced, header_size, load_image, open_input
+from batchlens.core.inputs.gpu_decode import DeviceDecoder
+from batchlens.core.inputs.images import ImageError, decodes_reduced, header_size, load_image, open_input
 from batchlens.core.terminal import PrintableFormatter, printable
 from tests.core.hostile import within
 from tests.core.modelkit import make_photos, read_jsonl, run_cli

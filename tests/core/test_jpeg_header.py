@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from batchlens.core.jpeg_header import read_jpeg_header
+from batchlens.core.inputs.jpeg_header import read_jpeg_header
 
 MODES = {1: "L", 3: "RGB", 4: "CMYK"}
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from batchlens.core.config import RunConfig
-from batchlens.core.devices import available_devices, resolve_device
 from batchlens.core.errors import BatchLensError
-from batchlens.core.events import ImageResult
-from batchlens.core.memory import KERNEL_PEAK_RSS, CpuProbe, PeakWatch, format_bytes, probe_for
-from batchlens.core.runner import Runner
+from batchlens.core.machine.devices import available_devices, resolve_device
+from batchlens.core.machine.memory import KERNEL_PEAK_RSS, CpuProbe, PeakWatch, format_bytes, probe_for
+from batchlens.core.run.config import RunConfig
+from batchlens.core.run.events import ImageResult
+from batchlens.core.run.runner import Runner
 from tests.helpers import make_denoise_folder
 
 MiB = 2**20
@@ -124,7 +124,7 @@ def test_cpu_peak_is_sampled_where_the_kernel_keeps_none(monkeypatch):
 def test_xpu_probe_reads_the_allocators_stats_as_torch_flattens_them(monkeypatch):
     """No Intel GPU here: the allocator's nested stats (the layout torch documents for CUDA and XPU)
     are given, and the probe must read from them what torch.xpu.memory_stats() itself reports."""
-    from batchlens.core.memory import XpuProbe
+    from batchlens.core.machine.memory import XpuProbe
 
     def pools(current: int, peak: int) -> dict:
         one = {"current": current, "peak": peak, "allocated": peak * 3, "freed": peak * 3 - current}

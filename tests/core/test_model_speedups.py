@@ -1,4 +1,4 @@
-"""BatchNorm folded into the convolutions for a batching CPU run (core/model_speedups.py): real
+"""BatchNorm folded into the convolutions for a batching CPU run (core/run/model_speedups.py): real
 torchvision and hand-built models, real image files, the real engine."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from batchlens.core import model_speedups
-from batchlens.core.bench_loops import load_bench_model, make_synthetic_folder
-from batchlens.core.config import EXACT_SETTINGS, RunConfig
-from batchlens.core.events import RunFinished
-from batchlens.core.model_speedups import FOLD_TOLERANCE, fold_batch_norms, same_outputs
-from batchlens.core.runner import Runner
+from batchlens.core.run import model_speedups
+from batchlens.core.run.bench_loops import load_bench_model, make_synthetic_folder
+from batchlens.core.run.config import EXACT_SETTINGS, RunConfig
+from batchlens.core.run.events import RunFinished
+from batchlens.core.run.model_speedups import FOLD_TOLERANCE, fold_batch_norms, same_outputs
+from batchlens.core.run.runner import Runner
 
 
 def seeded_resnet18():

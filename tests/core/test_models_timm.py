@@ -212,7 +212,7 @@ def shapes(tmp_path_factory):
 def test_non_square_centre_crop_equals_timm_exactly(shapes, height, width, crop_pct, interpolation):
     """timm resizes a non-square target with ResizeKeepRatio (the shape kept, covering size / crop_pct,
     each side rounded), then centre-crops: BatchLens's model input is identical (torch.equal)."""
-    from batchlens.core.images import load_image
+    from batchlens.core.inputs.images import load_image
 
     config = {
         "input_size": (3, height, width),
@@ -250,9 +250,9 @@ def test_a_timm_model_with_a_non_square_pretrained_config_runs_as_timm(shapes, t
     batched tensor preprocessing takes the same transform."""
     from timm.models import _registry
 
-    from batchlens.core.images import scan_images
+    from batchlens.core.inputs.images import scan_images
     from batchlens.core.models import load_model
-    from batchlens.core.pipeline import BatchPipeline
+    from batchlens.core.run.pipeline import BatchPipeline
 
     cfg = _registry._model_pretrained_cfgs["test_resnet"]
     patched = dataclasses.replace(cfg, input_size=(3, 96, 128), crop_pct=0.9, interpolation="bicubic")

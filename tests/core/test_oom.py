@@ -15,13 +15,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from batchlens.core.config import EXACT_SETTINGS, RunConfig
 from batchlens.core.errors import BatchLensError
-from batchlens.core.events import ImageResult, RunNote
-from batchlens.core.memory import CpuProbe, MemoryProbe, MemorySample
+from batchlens.core.machine.memory import CpuProbe, MemoryProbe, MemorySample
 from batchlens.core.models import LoadedModel, load_model
-from batchlens.core.recovery import release_memory, tile_sizes, tiled_forward
-from batchlens.core.runner import Runner
+from batchlens.core.run.config import EXACT_SETTINGS, RunConfig
+from batchlens.core.run.events import ImageResult, RunNote
+from batchlens.core.run.recovery import release_memory, tile_sizes, tiled_forward
+from batchlens.core.run.runner import Runner
 from tests.helpers import make_denoise_folder, make_shapes_folder
 
 ACCELERATOR = torch.device("cpu", 0)  # stands for a GPU: compares unequal to the CPU fallback device
@@ -363,7 +363,7 @@ def test_preflight_names_the_outsized_image_only_near_the_memory_limit(few_shape
 
 def test_a_full_resolution_model_counts_its_first_layer():
     from batchlens.core.models import load_model
-    from batchlens.core.recovery import DECODE_BYTES_PER_PIXEL, image_bytes_per_pixel
+    from batchlens.core.run.recovery import DECODE_BYTES_PER_PIXEL, image_bytes_per_pixel
 
     shapes = load_model("demo-shapes", torch.device("cpu"))
     denoise = load_model("demo-denoise", torch.device("cpu"))

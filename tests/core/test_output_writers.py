@@ -1,5 +1,5 @@
-"""The writer threads that write a batch's output files side by side (core/output_writers.py), and the
-per-image fast paths of predictions.jsonl (core/results.py, core/records.py)."""
+"""The writer threads that write a batch's output files side by side (core/outputs/output_writers.py), and the
+per-image fast paths of predictions.jsonl (core/outputs/results.py, core/outputs/records.py)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from batchlens.core.config import RunConfig
 from batchlens.core.errors import BatchLensError
-from batchlens.core.events import ImageResult, RunFinished
-from batchlens.core.output_writers import OutputWriters
-from batchlens.core.records import json_ready, non_finite
-from batchlens.core.results import dumps_line
-from batchlens.core.runner import Runner
+from batchlens.core.outputs.output_writers import OutputWriters
+from batchlens.core.outputs.records import json_ready, non_finite
+from batchlens.core.outputs.results import dumps_line
+from batchlens.core.run.config import RunConfig
+from batchlens.core.run.events import ImageResult, RunFinished
+from batchlens.core.run.runner import Runner
 from tests.helpers import make_denoise_folder
 
 N = 8  # images: two batches of 4
@@ -87,9 +87,9 @@ def test_a_failing_item_is_its_outcome_and_the_others_are_all_written():
 def test_parallel_writes_give_the_same_bytes_and_lines_as_one_writer(
     noisy: Path, tmp_path: Path, monkeypatch
 ):
-    monkeypatch.setattr("batchlens.core.output_writers.writer_count", lambda: 1)
+    monkeypatch.setattr("batchlens.core.outputs.output_writers.writer_count", lambda: 1)
     list(denoise(noisy, tmp_path / "one").events())
-    monkeypatch.setattr("batchlens.core.output_writers.writer_count", lambda: 4)
+    monkeypatch.setattr("batchlens.core.outputs.output_writers.writer_count", lambda: 4)
     runner = denoise(noisy, tmp_path / "four")
     threads = set()
     real_save = Image.Image.save

@@ -12,19 +12,19 @@ import pytest
 import torch
 
 from batchlens.cli import main
-from batchlens.core import pipeline as pipeline_module
-from batchlens.core.autobatch import BatchChoice, find_batch_size
-from batchlens.core.config import RunConfig
 from batchlens.core.errors import BatchLensError
-from batchlens.core.events import ImageResult, RunNote
-from batchlens.core.images import scan_images
-from batchlens.core.inference import infer, use_channels_last
-from batchlens.core.memory import CpuProbe
+from batchlens.core.inputs.images import scan_images
+from batchlens.core.inputs.prefetch import Prefetcher
+from batchlens.core.machine.memory import CpuProbe
 from batchlens.core.models import load_model
-from batchlens.core.pipeline import BatchPipeline
-from batchlens.core.prefetch import Prefetcher
-from batchlens.core.runner import Runner
-from batchlens.core.threads import decode_thread_setup
+from batchlens.core.run import pipeline as pipeline_module
+from batchlens.core.run.autobatch import BatchChoice, find_batch_size
+from batchlens.core.run.config import RunConfig
+from batchlens.core.run.events import ImageResult, RunNote
+from batchlens.core.run.inference import infer, use_channels_last
+from batchlens.core.run.pipeline import BatchPipeline
+from batchlens.core.run.runner import Runner
+from batchlens.core.run.threads import decode_thread_setup
 
 CPU = torch.device("cpu")
 

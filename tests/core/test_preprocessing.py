@@ -14,7 +14,7 @@ from torchvision.transforms._presets import ImageClassification
 from torchvision.transforms.v2 import InterpolationMode
 
 from batchlens.core.errors import BatchLensError
-from batchlens.core.images import load_image
+from batchlens.core.inputs.images import load_image
 from batchlens.core.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from batchlens.core.models.sidecar import parse_sidecar
 

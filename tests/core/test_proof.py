@@ -11,12 +11,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from batchlens.core.config import EXACT_SETTINGS, RunConfig
-from batchlens.core.events import ImageResult
-from batchlens.core.inference import infer
 from batchlens.core.models import load_model
 from batchlens.core.models.demo_nets import DenoiseNet
-from batchlens.core.runner import Runner
+from batchlens.core.run.config import EXACT_SETTINGS, RunConfig
+from batchlens.core.run.events import ImageResult
+from batchlens.core.run.inference import infer
+from batchlens.core.run.runner import Runner
 from tests.helpers import make_denoise_folder
 
 CPU = torch.device("cpu")

@@ -19,12 +19,12 @@ import pytest
 import torch
 from torch import nn
 
-from batchlens.core.config import RunConfig
-from batchlens.core.events import ImageResult, RunFinished
-from batchlens.core.inference import split_batch, to_cpu_compact
 from batchlens.core.models import load_model
 from batchlens.core.models.catalogue import weights_for
-from batchlens.core.runner import Runner
+from batchlens.core.run.config import RunConfig
+from batchlens.core.run.events import ImageResult, RunFinished
+from batchlens.core.run.inference import split_batch, to_cpu_compact
+from batchlens.core.run.runner import Runner
 from batchlens.core.tasks.image_to_image import ImageToImageAdapter
 from tests.core.modelkit import make_photos, random_model, save_scripted, save_state_dict
 

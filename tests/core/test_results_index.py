@@ -1,5 +1,5 @@
-"""Reading an output folder back (core/results_index.py) and drawing its results again
-(core/result_pictures.py): incremental reads with partial lines, every task's shape, missing inputs."""
+"""Reading an output folder back (core/outputs/results_index.py) and drawing its results again
+(outputs/result_pictures.py): incremental reads with partial lines, every task's shape, missing inputs."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from batchlens.core.result_pictures import render, task_of
-from batchlens.core.results_index import PredictionsReader, describe_folder, read_line, summarise
+from batchlens.core.outputs.result_pictures import render, task_of
+from batchlens.core.outputs.results_index import PredictionsReader, describe_folder, read_line, summarise
 
 
 def _write(path: Path, lines: list[dict], mode: str = "w") -> None:
@@ -166,7 +166,7 @@ def test_the_reader_needs_neither_qt_nor_torch():
     import subprocess
 
     code = (
-        "import sys, batchlens.core.results_index; "
+        "import sys, batchlens.core.outputs.results_index; "
         "print(any(m.split('.')[0] in ('PySide6', 'torch') for m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

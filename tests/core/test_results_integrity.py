@@ -23,9 +23,9 @@ import torch
 
 from batchlens.cli import main as cli_main
 from batchlens.core.errors import BatchLensError
-from batchlens.core.manifest import model_sha256
-from batchlens.core.results import output_rel
-from batchlens.core.runlock import RunLock
+from batchlens.core.files import output_rel
+from batchlens.core.outputs.manifest import model_sha256
+from batchlens.core.outputs.runlock import RunLock
 from tests.helpers import make_denoise_folder, make_shapes_folder
 
 
@@ -287,7 +287,7 @@ def test_a_second_process_on_the_same_folder_is_refused_and_a_dead_holder_is_tak
         [
             sys.executable,
             "-c",
-            "import sys, time; from batchlens.core.runlock import RunLock; "
+            "import sys, time; from batchlens.core.outputs.runlock import RunLock; "
             f"lock = RunLock({str(out)!r}); lock.acquire(); print('held', flush=True); time.sleep(120)",
         ],
         stdout=subprocess.PIPE,

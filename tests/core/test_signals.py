@@ -174,7 +174,7 @@ def test_image_timeout_gives_up_stuck_images_and_goes_on(slow_model, photos, tmp
     returncode, stdout, stderr = finished(proc)
 
     # The forward stuck in C still runs when the run ends: the program leaves without Python's
-    # shutdown, which would abort it if that forward came back meanwhile (core/watchdog.py).
+    # shutdown, which would abort it if that forward came back meanwhile (core/run/watchdog.py).
     assert returncode == 0, stderr
     assert "terminate called" not in stderr
     assert stdout.strip().splitlines()[-1].startswith("Finished: 5 image(s) ok, 2 failed")  # flushed

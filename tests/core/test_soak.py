@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from batchlens.core.config import RunConfig
-from batchlens.core.events import ImageResult
-from batchlens.core.runner import Runner
+from batchlens.core.run.config import RunConfig
+from batchlens.core.run.events import ImageResult
+from batchlens.core.run.runner import Runner
 from tests.helpers import make_shapes_folder
 
 MiB = 2**20

@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 from torchvision.models import get_model_weights
 
-from batchlens.core.config import RunConfig
-from batchlens.core.events import ImageResult
-from batchlens.core.runner import Runner
+from batchlens.core.run.config import RunConfig
+from batchlens.core.run.events import ImageResult
+from batchlens.core.run.runner import Runner
 from batchlens.core.tasks.palette import colour
 from tests.core.modelkit import (
     assert_flat_live_tensors,

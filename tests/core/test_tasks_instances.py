@@ -13,11 +13,11 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 
-from batchlens.core.config import RunConfig
-from batchlens.core.events import ImageResult
 from batchlens.core.models.base import LoadedModel, ModelInfo, prepare
 from batchlens.core.models.catalogue import catalogue_adapter, weights_for
-from batchlens.core.runner import Runner
+from batchlens.core.run.config import RunConfig
+from batchlens.core.run.events import ImageResult
+from batchlens.core.run.runner import Runner
 from batchlens.core.tasks.detection import coco_rle
 from batchlens.core.tasks.palette import colour
 from tests.core.modelkit import make_photos, read_jsonl, run_cli, save_scripted

@@ -1,4 +1,4 @@
-"""--image-timeout's given-up forwards (core/watchdog.py): which of them the program must not leave
+"""--image-timeout's given-up forwards (core/run/watchdog.py): which of them the program must not leave
 running when Python shuts down (a subprocess run with stuck images: tests/core/test_signals.py)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from batchlens.core.watchdog import ForwardTimeout, call_with_timeout, still_running
+from batchlens.core.run.watchdog import ForwardTimeout, call_with_timeout, still_running
 
 
 def test_still_running_waits_for_forwards_stopped_in_python_and_counts_those_stuck_in_c():

@@ -18,14 +18,14 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
 
-from batchlens.core.bench import BenchConfig, format_table, run_bench  # noqa: E402
-from batchlens.core.config import RunConfig  # noqa: E402
-from batchlens.core.events import ImageResult  # noqa: E402
-from batchlens.core.images import load_image  # noqa: E402
-from batchlens.core.memory import CudaProbe, format_bytes  # noqa: E402
+from batchlens.core.inputs.images import load_image  # noqa: E402
+from batchlens.core.machine.memory import CudaProbe, format_bytes  # noqa: E402
 from batchlens.core.models import load_model  # noqa: E402
-from batchlens.core.pipeline import BatchPipeline  # noqa: E402
-from batchlens.core.runner import Runner  # noqa: E402
+from batchlens.core.run.bench import BenchConfig, format_table, run_bench  # noqa: E402
+from batchlens.core.run.config import RunConfig  # noqa: E402
+from batchlens.core.run.events import ImageResult  # noqa: E402
+from batchlens.core.run.pipeline import BatchPipeline  # noqa: E402
+from batchlens.core.run.runner import Runner  # noqa: E402
 from tests.gpu.cuda_cap import capped_cuda  # noqa: E402
 from tests.helpers import make_denoise_folder  # noqa: E402
 
@@ -100,7 +100,7 @@ def test_batches_are_pinned_and_conv_nets_run_channels_last_on_cuda(tmp_path: Pa
     make_denoise_folder(folder, 4, size=64)
     model = load_model("demo-denoise", device)
     pipeline = BatchPipeline(model, tmp_path / "out", None)
-    from batchlens.core.images import scan_images
+    from batchlens.core.inputs.images import scan_images
 
     prepared = pipeline.prepare(list(scan_images(folder)))
     ((_, batch),) = prepared.groups

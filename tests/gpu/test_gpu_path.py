@@ -22,14 +22,14 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
 
-from batchlens.core.bench import load_bench_model, make_synthetic_folder  # noqa: E402
-from batchlens.core.config import RunConfig  # noqa: E402
-from batchlens.core.events import RunNote  # noqa: E402
-from batchlens.core.gpu_decode import DeviceDecoder  # noqa: E402
-from batchlens.core.images import scan_images  # noqa: E402
-from batchlens.core.inference import split_batch  # noqa: E402
-from batchlens.core.pipeline import BatchPipeline  # noqa: E402
-from batchlens.core.runner import Runner  # noqa: E402
+from batchlens.core.inputs.gpu_decode import DeviceDecoder  # noqa: E402
+from batchlens.core.inputs.images import scan_images  # noqa: E402
+from batchlens.core.run.bench import load_bench_model, make_synthetic_folder  # noqa: E402
+from batchlens.core.run.config import RunConfig  # noqa: E402
+from batchlens.core.run.events import RunNote  # noqa: E402
+from batchlens.core.run.inference import split_batch  # noqa: E402
+from batchlens.core.run.pipeline import BatchPipeline  # noqa: E402
+from batchlens.core.run.runner import Runner  # noqa: E402
 from tests.helpers import make_shapes_folder  # noqa: E402
 
 MiB = 2**20
@@ -158,7 +158,7 @@ def test_other_processes_holding_the_gpu_are_named(tmp_path: Path):
 
 
 def test_memory_probe_reads_what_torch_reports():
-    from batchlens.core.memory import CudaProbe
+    from batchlens.core.machine.memory import CudaProbe
 
     keep = torch.empty(64 * MiB, dtype=torch.uint8, device=cuda())
     sample = CudaProbe(torch.device(cuda())).sample()

@@ -22,10 +22,10 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
 
-from batchlens.core.config import RunConfig  # noqa: E402
-from batchlens.core.events import RunNote  # noqa: E402
 from batchlens.core.models import load_model  # noqa: E402
-from batchlens.core.runner import MEMORY_SNAPSHOT, Runner  # noqa: E402
+from batchlens.core.run.config import RunConfig  # noqa: E402
+from batchlens.core.run.events import RunNote  # noqa: E402
+from batchlens.core.run.runner import MEMORY_SNAPSHOT, Runner  # noqa: E402
 from tests.gpu.cuda_cap import capped_cuda  # noqa: E402
 
 MiB = 2**20

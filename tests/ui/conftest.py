@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import QSettings, Qt, QThread, QThreadPool
 
-from batchlens.core.memory import ClearResult, MemoryProbe, MemorySample
+from batchlens.core.machine.memory import ClearResult, MemoryProbe, MemorySample
 from batchlens.ui.worker import RunWorker
 
 MIB = 2**20

@@ -11,8 +11,8 @@ from PIL import Image
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QApplication, QMessageBox
 
-from batchlens.core.config import RunConfig
-from batchlens.core.runner import Runner
+from batchlens.core.run.config import RunConfig
+from batchlens.core.run.runner import Runner
 from tests.helpers import make_shapes_folder
 
 RUN_TIMEOUT_MS = 120_000
@@ -122,7 +122,7 @@ def test_resume_of_another_models_run_is_not_offered(qtbot, window, tmp_path):
 
 
 def test_memory_notes_are_marked_on_the_plot(qtbot, window, tmp_path, monkeypatch):
-    from batchlens.core import runner
+    from batchlens.core.run import runner
     from tests.core.test_oom import NearlyFullRamProbe
 
     folder = tmp_path / "shapes"

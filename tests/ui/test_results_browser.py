@@ -13,7 +13,7 @@ import pytest
 from PySide6.QtCore import Qt
 
 from batchlens.cli import main
-from batchlens.core.results_index import read_line
+from batchlens.core.outputs.results_index import read_line
 from batchlens.ui.results import ResultsBrowser
 from batchlens.ui.results.model import natural_key
 from batchlens.ui.results.thumbnails import CACHE_BYTES, CACHE_ENTRIES
@@ -212,8 +212,8 @@ def test_a_growing_file_shows_new_lines(qtbot, browser, tmp_path):
 def test_a_real_run_from_another_machine(qtbot, browser, shapes_folder, tmp_path):
     """A real demo-shapes run, then the input folder gone (as on another computer): results still
     shown, without the input pictures, saying so; choosing the folder brings the pictures back."""
-    from batchlens.core.config import RunConfig
-    from batchlens.core.runner import Runner
+    from batchlens.core.run.config import RunConfig
+    from batchlens.core.run.runner import Runner
 
     output = tmp_path / "out"
     events = list(Runner(RunConfig("demo-shapes", shapes_folder, output, device="cpu")).events())

@@ -12,9 +12,9 @@ import pytest
 from PySide6.QtCore import QPoint, Qt
 from PySide6.QtGui import QColor, QGuiApplication
 
-from batchlens.core.events import ImageResult
 from batchlens.core.resources import sample_folder
-from batchlens.core.run_speed import RunClock, format_rate, images_per_second
+from batchlens.core.run.events import ImageResult
+from batchlens.core.run.run_speed import RunClock, format_rate, images_per_second
 from batchlens.ui.memory_plot import LINE_COLORS
 from batchlens.ui.run_form import default_output_for
 from batchlens.ui.wording import for_window

@@ -9,12 +9,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 
-LEAKY_TESTS = '''
+LEAKY_TESTS = """
 import time
 
 from PySide6.QtCore import QThread, QThreadPool
 
-from batchlens.core.config import RunConfig
+from batchlens.core.run.config import RunConfig
 from batchlens.ui.worker import RunWorker, start_in_thread
 from tests.helpers import make_shapes_folder
 
@@ -50,7 +50,7 @@ def test_waits_for_its_thread(qapp):
     thread = Sleeper()
     thread.start()
     thread.wait()
-'''
+"""
 
 
 def test_a_test_that_leaves_a_thread_running_fails(tmp_path: Path):

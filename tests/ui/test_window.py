@@ -11,8 +11,8 @@ from PySide6.QtCore import QMimeData, QPoint, QPointF, QRect, QSize, Qt, QTimer,
 from PySide6.QtGui import QDropEvent
 from PySide6.QtWidgets import QApplication
 
-from batchlens.core.events import ImageResult
 from batchlens.core.resources import sample_folder
+from batchlens.core.run.events import ImageResult
 from batchlens.ui.main_window import MainWindow
 from batchlens.ui.pages import DEFAULT_WINDOW_SIZE
 from batchlens.ui.previews import THUMBNAILS
@@ -281,7 +281,7 @@ def test_first_start_fits_a_small_screen_and_a_saved_geometry_comes_back(qtbot, 
 def test_fastest_speed_batches_prefetches_and_decodes_jpegs_small(qtbot, window, tmp_path):
     """The Speed choice reaches the engine: batch size measured (auto), 2 batches decoded ahead, and
     JPEGs decoded at a reduced scale (demo-shapes takes 64×64; these photos are 256×192)."""
-    from batchlens.core.bench import make_synthetic_folder
+    from batchlens.core.run.bench import make_synthetic_folder
 
     assert window.form.speed_combo.currentText() == "Standard"  # the default: the engine's own defaults
     folder = make_synthetic_folder(tmp_path / "photos", 6, (256, 192))
@@ -487,7 +487,7 @@ def test_whole_gpu_is_remembered_and_scales_the_next_start_to_the_card(qtbot, wi
 
 
 def test_speeds_map_to_the_engine_settings(window, tmp_path):
-    from batchlens.core.config import EXACT_SETTINGS
+    from batchlens.core.run.config import EXACT_SETTINGS
 
     form = window.form
     assert [form.speed_combo.itemData(i) for i in range(form.speed_combo.count())] == [

@@ -15,8 +15,8 @@ import warnings
 from batchlens.cli.args import build_parser
 from batchlens.cli.commands import bench_command, models_command, run_command
 from batchlens.cli.stop import Interrupted
-from batchlens.core import machine_load  # noqa: F401  before torch: its reading of others' work starts now
 from batchlens.core.errors import BatchLensError
+from batchlens.core.machine import machine_load  # noqa: F401  before torch: its reading of others' work starts now
 from batchlens.core.terminal import PrintableFormatter, printable
 
 __all__ = ["build_parser", "main", "main_gui"]
@@ -51,9 +51,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _leave_before_shutdown_if_forwards_stuck(code: int) -> None:
     """A forward given up by --image-timeout that comes back from C++ while Python shuts down aborts
-    the process (core/watchdog.py): wait a moment for the given-up forwards, and if one is still
+    the process (core/run/watchdog.py): wait a moment for the given-up forwards, and if one is still
     running, end the process here, its output flushed (the run's files are closed by now)."""
-    from batchlens.core.watchdog import still_running
+    from batchlens.core.run.watchdog import still_running
 
     if still_running(wait=1.0) == 0:
         return

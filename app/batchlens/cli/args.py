@@ -44,7 +44,7 @@ def _image_size(text: str) -> list[int]:
 
 
 def _resize(text: str) -> int | list[int]:
-    """"256" -> 256 (the short side, keeping the shape); "480,640" -> [480, 640] (exactly)."""
+    """ "256" -> 256 (the short side, keeping the shape); "480,640" -> [480, 640] (exactly)."""
     if "," not in text and "x" not in text.lower():
         size = _image_size(text)
         return size[0]
@@ -112,7 +112,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def model_options(args: argparse.Namespace) -> dict:
     """RunConfig.model_options from the model options above."""
-    from batchlens.core.model_request import MODEL_OPTIONS, model_request
+    from batchlens.core.models.request import MODEL_OPTIONS, model_request
 
     return model_request({key: getattr(args, key) for key in MODEL_OPTIONS})
 
@@ -296,7 +296,7 @@ def threads_arg(text: str) -> int | str:
 def speed_settings(args: argparse.Namespace) -> dict:
     """RunConfig's batch, prefetch and threads settings from the options given (RunConfig's defaults
     for the rest, so the window and the command line share one set of defaults)."""
-    from batchlens.core.config import EXACT_SETTINGS
+    from batchlens.core.run.config import EXACT_SETTINGS
 
     given = {"batch_size": args.batch_size, "prefetch": args.prefetch, "threads": args.threads}
     given = {key: value for key, value in given.items() if value is not None}

@@ -43,12 +43,12 @@ def run_command(args: argparse.Namespace) -> int:
 def _run_with(args: argparse.Namespace, stop: SignalStop) -> int:
     from tqdm import tqdm
 
-    from batchlens.core.config import RunConfig
-    from batchlens.core.events import ImageResult, RunFinished, RunNote, RunStarted
-    from batchlens.core.images import DEFAULT_MAX_PIXELS
-    from batchlens.core.memory import format_bytes
-    from batchlens.core.run_text import describe_start, describe_summary
-    from batchlens.core.runner import Runner
+    from batchlens.core.formats import DEFAULT_MAX_PIXELS
+    from batchlens.core.machine.memory import format_bytes
+    from batchlens.core.run.config import RunConfig
+    from batchlens.core.run.events import ImageResult, RunFinished, RunNote, RunStarted
+    from batchlens.core.run.run_text import describe_start, describe_summary
+    from batchlens.core.run.runner import Runner
     from batchlens.core.startup import freeze_imported_objects
 
     freeze_imported_objects()
@@ -118,7 +118,7 @@ def _run_with(args: argparse.Namespace, stop: SignalStop) -> int:
 
 
 def models_command(args: argparse.Namespace) -> int:
-    from batchlens.core.memory import format_bytes
+    from batchlens.core.machine.memory import format_bytes
     from batchlens.core.models import list_models
 
     models = [m for m in list_models(args.task) if args.filter.lower() in m.id.lower()]
@@ -151,7 +151,7 @@ def models_command(args: argparse.Namespace) -> int:
 def bench_command(args: argparse.Namespace) -> int:
     import json
 
-    from batchlens.core.bench import BenchConfig, format_table, run_bench
+    from batchlens.core.run.bench import BenchConfig, format_table, run_bench
     from batchlens.core.startup import freeze_imported_objects
 
     freeze_imported_objects()
@@ -177,7 +177,7 @@ def bench_command(args: argparse.Namespace) -> int:
     for line in format_table(result).splitlines():  # names in it are escaped, line by line
         print(printable(line))
     if args.json:
-        from batchlens.core.results import atomic_write_text
+        from batchlens.core.files import atomic_write_text
 
         atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
         print(printable(f"Wrote {args.json}"))

@@ -71,7 +71,7 @@ class SignalStop:
                 "(press Ctrl+C again to stop at once)."
             )
             return
-        from batchlens.core.runlock import release_all
+        from batchlens.core.outputs.runlock import release_all
 
         release_all()
         _say(

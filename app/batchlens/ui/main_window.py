@@ -23,13 +23,13 @@ from PySide6.QtWidgets import (
 )
 
 from batchlens.core.cluster import ClusterConfig, ClusterRunner
-from batchlens.core.config import RunConfig
-from batchlens.core.devices import resolve_device
 from batchlens.core.errors import BatchLensError
-from batchlens.core.events import ImageResult, RunFinished, RunNote, RunStarted
-from batchlens.core.memory import ClearResult, MemoryProbe, format_bytes, probe_for
-from batchlens.core.run_speed import RunClock, format_rate
-from batchlens.core.run_text import describe_start, describe_summary
+from batchlens.core.machine.devices import resolve_device
+from batchlens.core.machine.memory import ClearResult, MemoryProbe, format_bytes, probe_for
+from batchlens.core.run.config import RunConfig
+from batchlens.core.run.events import ImageResult, RunFinished, RunNote, RunStarted
+from batchlens.core.run.run_speed import RunClock, format_rate
+from batchlens.core.run.run_text import describe_start, describe_summary
 from batchlens.ui.memory_plot import MemoryPlot
 from batchlens.ui.menus import Menus
 from batchlens.ui.model_sources import ModelSources
@@ -395,7 +395,7 @@ class MainWindow(QMainWindow):
         self.last_summary = event.summary
         if not event.cancelled:
             self.controls.set_finished()
-        # The summary's figure (core/run_speed.py), shown the same way as in the summary sentence.
+        # The summary's figure (core/run/run_speed.py), shown the same way as in the summary sentence.
         self.controls.set_rate(format_rate(event.summary.get("images_per_second")))
         text = describe_summary(event.summary)
         if event.cancelled:

@@ -32,8 +32,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from batchlens.core.memory import ClearResult, MemoryProbe, MemorySample, format_bytes
-from batchlens.core.results import atomic_write
+from batchlens.core.files import atomic_write
+from batchlens.core.machine.memory import ClearResult, MemoryProbe, MemorySample, format_bytes
 from batchlens.ui.memory_history import (
     COLUMNS,
     CSV_HEADER,

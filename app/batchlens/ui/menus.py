@@ -10,7 +10,7 @@ from PySide6.QtWidgets import QFileDialog
 from batchlens.ui.about import copy_system_info, open_user_guide, show_about
 
 #: Settings > GPU memory cache: when a run hands PyTorch's cached GPU memory back to the driver
-#: (--empty-cache; core/cache_policy.py and docs/gpu.md say what each costs).
+#: (--empty-cache; core/run/cache_policy.py and docs/gpu.md say what each costs).
 CACHE_POLICIES = {
     "never": "&Keep it for reuse (fastest)",
     "image": "Hand it back after every &image",

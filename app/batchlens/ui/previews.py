@@ -28,7 +28,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from batchlens.core.events import ImageResult
+from batchlens.core.run.events import ImageResult
 
 MAX_BARS = 5
 THUMBNAILS = 8  # the strip's fixed bound: it never grows with the folder

@@ -9,7 +9,7 @@ from __future__ import annotations
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
-from batchlens.core.run_speed import format_rate, images_per_second, seconds_left
+from batchlens.core.run.run_speed import format_rate, images_per_second, seconds_left
 
 ERROR_COLOR = "#e03131"
 
@@ -126,7 +126,7 @@ class RunControls(QWidget):
         self.rate_label.setText(text or " ")
 
     def show_speed(self, done: int, total: int, running_seconds: float) -> None:
-        """Images/s by core/run_speed.py's one definition (pauses left out), and the time left."""
+        """Images/s by core/run/run_speed.py's one definition (pauses left out), and the time left."""
         rate = images_per_second(done, running_seconds)
         if rate:
             left = seconds_left(done, total, rate) or 0.0

@@ -24,11 +24,11 @@ from PySide6.QtWidgets import (
 )
 
 from batchlens.core.cluster import ray_installed
-from batchlens.core.config import EXACT_SETTINGS
-from batchlens.core.devices import available_devices, resolve_device
 from batchlens.core.errors import BatchLensError
-from batchlens.core.images import ScanStats, scan_images
+from batchlens.core.inputs.images import ScanStats, scan_images
+from batchlens.core.machine.devices import available_devices, resolve_device
 from batchlens.core.resources import resource_path, sample_folder
+from batchlens.core.run.config import EXACT_SETTINGS
 from batchlens.ui.model_picker import ModelPicker
 from batchlens.ui.settings import Settings
 

@@ -8,16 +8,16 @@ from pathlib import Path
 
 from PySide6.QtWidgets import QMessageBox
 
-from batchlens.core.config import RunConfig
-from batchlens.core.devices import resolve_device
 from batchlens.core.errors import BatchLensError
-from batchlens.core.manifest import (
+from batchlens.core.machine.devices import resolve_device
+from batchlens.core.models.request import model_request
+from batchlens.core.outputs.manifest import (
     existing_run,
     existing_run_question,
     free_folder_beside,
     resume_refusal_before_load,
 )
-from batchlens.core.model_request import model_request
+from batchlens.core.run.config import RunConfig
 from batchlens.ui.run_form import CLUSTER, default_output_for
 
 
@@ -82,7 +82,7 @@ class RunSetup:
     def choose_for_existing_run(
         self, output_dir: Path, model: str, input_dir: Path
     ) -> tuple[str, Path] | None:
-        """When the output folder already holds a run, ask (core/manifest.py has the words): Another
+        """When the output folder already holds a run, ask (core/outputs/manifest.py has the words): Another
         folder (the default, a new one beside it), Resume (off when the earlier run is of another model
         or input folder), Overwrite, or Cancel (None). Returns ("plain" | "resume" | "overwrite",
         folder). Without questions (--start, --self-test): resume when allowed, else another folder."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QEventLoop, QTimer, qInstallMessageHandler
 
-from batchlens.core.images import scan_images
+from batchlens.core.inputs.images import scan_images
 from batchlens.core.resources import sample_folder
 
 DEMOS = ("demo-shapes", "demo-denoise")

@@ -49,7 +49,7 @@ class Settings:
     device = _Text("run/device")
     cluster = _Text("run/cluster")  # the Ray cluster address, when the device is "Ray cluster"
     speed = _Text("run/speed")  # one of run_form.SPEEDS
-    empty_cache = _Text("run/empty_cache")  # one of menus.CACHE_POLICIES (core/cache_policy.py)
+    empty_cache = _Text("run/empty_cache")  # one of menus.CACHE_POLICIES (core/run/cache_policy.py)
     recursive = _Flag("run/recursive")
     cpu_fallback = _Flag("run/cpu_fallback")
     whole_gpu = _Flag("plot/whole_gpu")  # the memory plot's Whole GPU box: scaled to the whole card

@@ -12,11 +12,11 @@ import logging
 
 from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
-from batchlens.core.config import RunConfig
 from batchlens.core.errors import BatchLensError
-from batchlens.core.events import RunFinished
-from batchlens.core.memory import MemoryProbe
-from batchlens.core.runner import Runner
+from batchlens.core.machine.memory import MemoryProbe
+from batchlens.core.run.config import RunConfig
+from batchlens.core.run.events import RunFinished
+from batchlens.core.run.runner import Runner
 
 log = logging.getLogger(__name__)
 

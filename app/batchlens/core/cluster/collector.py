@@ -11,13 +11,13 @@ from collections.abc import Iterator
 
 from PIL import Image
 
-from batchlens.core.config import RunConfig
-from batchlens.core.events import Event, ImageResult, RunFinished, RunNote
-from batchlens.core.images import Candidate
-from batchlens.core.memory import MemorySample
+from batchlens.core.inputs.images import Candidate
+from batchlens.core.machine.memory import MemorySample
 from batchlens.core.models import LoadedModel
-from batchlens.core.pipeline import record_line
-from batchlens.core.runner import finish_run
+from batchlens.core.run.config import RunConfig
+from batchlens.core.run.events import Event, ImageResult, RunFinished, RunNote
+from batchlens.core.run.pipeline import record_line
+from batchlens.core.run.runner import finish_run
 
 
 class ResultCollector:

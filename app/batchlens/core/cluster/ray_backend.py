@@ -31,15 +31,15 @@ from batchlens.core.cluster.connect import Joined, connect, last_line, require_r
 from batchlens.core.cluster.ledger import RetryLedger
 from batchlens.core.cluster.plan import ClusterConfig, WorkerPlan, plan_workers
 from batchlens.core.cluster.worker import BatchWorker, tune_batch_size
-from batchlens.core.config import RunConfig
 from batchlens.core.errors import BatchLensError
-from batchlens.core.events import Event, RunNote
-from batchlens.core.images import Candidate, ScanStats, scan_images
-from batchlens.core.inference import PRECISIONS, use_channels_last
-from batchlens.core.manifest import open_output
+from batchlens.core.inputs.images import Candidate, ScanStats, scan_images
 from batchlens.core.models import LoadedModel, load_model
-from batchlens.core.runlock import RunLock
-from batchlens.core.runner import Runner, check_folders, start_events
+from batchlens.core.outputs.manifest import open_output
+from batchlens.core.outputs.runlock import RunLock
+from batchlens.core.run.config import RunConfig
+from batchlens.core.run.events import Event, RunNote
+from batchlens.core.run.inference import PRECISIONS, use_channels_last
+from batchlens.core.run.runner import Runner, check_folders, start_events
 
 DEFAULT_PREFETCH = next(f.default for f in fields(RunConfig) if f.name == "prefetch")
 MAX_BLOCKS = 2000  # input blocks; more means finer retries and progress, but more scheduling overhead
@@ -63,9 +63,7 @@ class ImageWorker(BatchWorker):
         return ray.get(getattr(self.ledger, method).remote(*args))
 
     def __call__(self, batch: dict) -> dict:
-        candidates = [
-            Candidate(str(rel), str(path)) for rel, path in zip(batch["image"], batch["path"])
-        ]
+        candidates = [Candidate(str(rel), str(path)) for rel, path in zip(batch["image"], batch["path"])]
         rows = self.run_batch(candidates)
         return {name: [row[name] for row in rows] for name in rows[0]}
 
@@ -110,7 +108,7 @@ class ClusterRunner(Runner):
         candidates = list(scan_images(input_dir, cfg.recursive, stats, exclude=output_dir))
         joined = connect(ray, self.cluster.address)
         try:
-            with RunLock(output_dir):  # one run at a time in a folder (core/runlock.py)
+            with RunLock(output_dir):  # one run at a time in a folder (core/outputs/runlock.py)
                 yield from self._run(ray, joined, model, input_dir, output_dir, candidates, stats)
         finally:
             if joined.started_here:
@@ -171,7 +169,13 @@ class ClusterRunner(Runner):
                 ray.shutdown()
 
     def _run(
-        self, ray, joined: Joined, model, input_dir: Path, output_dir: Path, candidates: list[Candidate],
+        self,
+        ray,
+        joined: Joined,
+        model,
+        input_dir: Path,
+        output_dir: Path,
+        candidates: list[Candidate],
         stats: ScanStats,
     ):
         cfg = self.config

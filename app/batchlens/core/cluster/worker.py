@@ -14,17 +14,17 @@ from pathlib import Path
 
 from PIL import Image
 
-from batchlens.core.autobatch import BatchChoice, choose_batch_size
 from batchlens.core.cluster.ledger import DEATHS_BEFORE_GIVING_UP
-from batchlens.core.config import RunConfig
-from batchlens.core.devices import resolve_device
 from batchlens.core.errors import BatchLensError
-from batchlens.core.images import Candidate
-from batchlens.core.inference import check_precision, use_channels_last
-from batchlens.core.memory import MemoryProbe, probe_for
+from batchlens.core.inputs.images import Candidate
+from batchlens.core.machine.devices import resolve_device
+from batchlens.core.machine.memory import MemoryProbe, probe_for
 from batchlens.core.models import LoadedModel
-from batchlens.core.pipeline import BatchPipeline, Item
-from batchlens.core.runner import check_folders
+from batchlens.core.run.autobatch import BatchChoice, choose_batch_size
+from batchlens.core.run.config import RunConfig
+from batchlens.core.run.inference import check_precision, use_channels_last
+from batchlens.core.run.pipeline import BatchPipeline, Item
+from batchlens.core.run.runner import check_folders
 from batchlens.core.tasks.base import thumbnail
 
 

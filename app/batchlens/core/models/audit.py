@@ -27,7 +27,7 @@ import psutil
 import torch
 
 from batchlens.core.errors import BatchLensError
-from batchlens.core.memory import format_bytes
+from batchlens.core.machine.memory import format_bytes
 
 # Globals torch's weights-only unpickler allows (tensors, storages, dtypes, OrderedDict...). A pickle
 # that imports only these cannot run code, even under torch.load(weights_only=False).

@@ -21,7 +21,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from batchlens.core.errors import BatchLensError
-from batchlens.core.images import DEFAULT_MAX_PIXELS
+from batchlens.core.formats import DEFAULT_MAX_PIXELS
 
 INTERPOLATIONS = {
     "nearest": v2.InterpolationMode.NEAREST,
@@ -194,7 +194,7 @@ class Preprocessing:
     def to_transform(self, geometry_on_tensor: bool = False) -> v2.Compose:
         """PIL image -> float tensor (C x H x W). Resizing and cropping happen on the PIL image (as
         torchvision's presets and timm do); with antialias off, or `geometry_on_tensor`, they happen on
-        the uint8 tensor (torch's SIMD resize: --fast-decode, core/fast_preprocess.py)."""
+        the uint8 tensor (torch's SIMD resize: --fast-decode, core/inputs/fast_preprocess.py)."""
         geometry = []
         if self.resize:
             interpolation = INTERPOLATIONS[self.interpolation]
@@ -466,11 +466,7 @@ class _SidecarReader:
             return None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]
-        if not (
-            isinstance(value, list)
-            and value
-            and all(_is_number(x) and math.isfinite(x) for x in value)
-        ):
+        if not (isinstance(value, list) and value and all(_is_number(x) and math.isfinite(x) for x in value)):
             raise self.fail(key, "must be a list of numbers (one per channel)")
         if key == "std" and any(x <= 0 for x in value):
             raise self.fail(key, "must be positive numbers")

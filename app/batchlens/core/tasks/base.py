@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from batchlens.core.results import atomic_write, output_name_shortened, output_path_for
+from batchlens.core.files import atomic_write, output_name_shortened, output_path_for
 
 PREVIEW_SIZE = 320  # longest side of preview images, in pixels
 
@@ -50,7 +50,7 @@ class TaskAdapter:
 
     task = "base"
     #: the output is an image of the input's shape (up to scale), so out-of-memory recovery may run
-    #: the model on overlapping tiles and stitch them (core/recovery.py)
+    #: the model on overlapping tiles and stitch them (core/run/recovery.py)
     tileable = False
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
@@ -76,7 +76,7 @@ class TaskAdapter:
 
     def check_fields(self, record: dict) -> str | None:
         """Why an ok line read back for --resume does not hold this task's fields, or None. A line
-        that fails is set aside and its image runs again (core/results.py, read_predictions)."""
+        that fails is set aside and its image runs again (core/outputs/results.py, read_predictions)."""
         return None
 
     def write(self, result: TaskResult, meta: ImageMeta, output_dir: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from batchlens.core.results import atomic_write
+from batchlens.core.files import atomic_write
 from batchlens.core.tasks.base import ImageMeta, TaskAdapter, TaskResult, check_entries, resize_target
 
 TOP_K = 5

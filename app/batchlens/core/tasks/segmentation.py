@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from batchlens.core.results import atomic_write_text
+from batchlens.core.files import atomic_write_text
 from batchlens.core.tasks.base import (
     PREVIEW_SIZE,
     ImageMeta,

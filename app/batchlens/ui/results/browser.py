@@ -24,8 +24,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from batchlens.core.result_pictures import ResultPictures, task_of
-from batchlens.core.results_index import (
+from batchlens.core.outputs.result_pictures import ResultPictures, task_of
+from batchlens.core.outputs.results_index import (
     OutputFolder,
     PredictionsReader,
     ResultRecord,

@@ -9,10 +9,10 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
-from batchlens.core.events import ImageResult
-from batchlens.core.memory import MemorySample
-from batchlens.core.result_pictures import ResultPictures
-from batchlens.core.results_index import ResultRecord
+from batchlens.core.machine.memory import MemorySample
+from batchlens.core.outputs.result_pictures import ResultPictures
+from batchlens.core.outputs.results_index import ResultRecord
+from batchlens.core.run.events import ImageResult
 from batchlens.ui.previews import PreviewPanel
 
 LARGE = 1024  # longest side of the large pictures, in pixels

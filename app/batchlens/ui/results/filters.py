@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from batchlens.core.results_index import STATUSES
+from batchlens.core.outputs.results_index import STATUSES
 from batchlens.ui.results.model import SORT_KEYS
 
 # superqt goes through qtpy, which would pick PyQt5 first if it is installed too: pin it to ours.

@@ -7,7 +7,7 @@ from PySide6.QtCore import QRect, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QPainter, QPalette, QPen
 from PySide6.QtWidgets import QAbstractItemView, QListView, QStyle, QStyledItemDelegate
 
-from batchlens.core.results_index import ResultRecord
+from batchlens.core.outputs.results_index import ResultRecord
 from batchlens.ui.results.model import RECORD_ROLE, describe
 from batchlens.ui.results.thumbnails import Job, ThumbnailCache, ThumbnailLoader
 

@@ -13,7 +13,7 @@ from collections import Counter
 
 from PySide6.QtCore import QAbstractListModel, QModelIndex, QSortFilterProxyModel, Qt
 
-from batchlens.core.results_index import STATUSES, ResultRecord
+from batchlens.core.outputs.results_index import STATUSES, ResultRecord
 
 RECORD_ROLE = Qt.ItemDataRole.UserRole + 1
 SORT_KEYS = {"run order": "Run order", "name": "Name", "score": "Score", "seconds": "Time taken"}

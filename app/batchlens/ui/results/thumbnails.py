@@ -3,7 +3,7 @@
 The grid asks for a tile only when it paints it, so only what is on screen is ever made. Requests wait
 in a small queue served newest first (scrolling quickly past 10,000 tiles leaves at most MAX_PENDING
 of them waiting, and what is on screen now is made first); a QThreadPool of a few threads makes them
-with the task adapters' own drawing (core/result_pictures.py). Finished tiles go into a least-recently
+with the task adapters' own drawing (core/outputs/result_pictures.py). Finished tiles go into a least-recently
 used cache with a byte budget, so memory stays flat however long the folder is.
 """
 
@@ -20,8 +20,8 @@ from PIL import Image
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 from PySide6.QtGui import QImage
 
-from batchlens.core.result_pictures import ResultPictures, render
-from batchlens.core.results_index import ResultRecord, read_line
+from batchlens.core.outputs.result_pictures import ResultPictures, render
+from batchlens.core.outputs.results_index import ResultRecord, read_line
 from batchlens.ui.previews import to_qimage
 
 CACHE_BYTES = 48 * 2**20  # ~1,200 tiles of 100 × 100 at 2x, ~500 at 150 px: several screens' worth

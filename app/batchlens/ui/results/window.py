@@ -10,7 +10,7 @@ from pathlib import Path
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QFileDialog, QMainWindow
 
-from batchlens.core.results_index import is_output_folder
+from batchlens.core.outputs.results_index import is_output_folder
 from batchlens.ui.results.browser import ResultsBrowser
 
 

@@ -1,7 +1,7 @@
 """The settings of one run.
 
 RunConfig sits below the runner, the pipeline and the cluster runner, which all read it, so none of
-them has to import another just for the settings (core/pipeline.py used to import core/runner.py,
+them has to import another just for the settings (core/run/pipeline.py used to import core/run/runner.py,
 which imports the pipeline).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from batchlens.core.images import DEFAULT_MAX_PIXELS
+from batchlens.core.formats import DEFAULT_MAX_PIXELS
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class RunConfig:
     output_dir: Path
     device: str = "auto"
     # Images per forward pass, or "auto": measured on the run's own batches, starting at 1 so the first
-    # result comes as soon as a plain loop's (core/autobatch.py). Batching changes results only by
+    # result comes as soon as a plain loop's (core/run/autobatch.py). Batching changes results only by
     # float rounding; detection models stay at 1 under auto (a batch pads their images to one size).
     batch_size: int | str = "auto"
     recursive: bool = False
@@ -31,10 +31,10 @@ class RunConfig:
     model_options: dict = field(default_factory=dict)  # task options, e.g. {"min_score": 0.5}
     # Batches decoded ahead on background threads (0: decode in the loop). None: the run decides: 2,
     # or on the CPU of a quiet machine none, decoding each batch on every core in step with the
-    # forward (core/threads.py)
+    # forward (core/run/threads.py)
     prefetch: int | None = None
     # torch's intra-op threads: "auto" sizes them with the decoding threads from the free cores
-    # (core/threads.py), a number fixes them, None keeps torch's own choice (the exact mode)
+    # (core/run/threads.py), a number fixes them, None keeps torch's own choice (the exact mode)
     threads: int | str | None = "auto"
     precision: str = "fp32"  # "fp32", or "fp16"/"bf16" to run the model under autocast
     channels_last: bool | None = None  # NHWC for conv nets; None: on for CUDA, where it helps
@@ -45,12 +45,12 @@ class RunConfig:
     cpu_fallback: bool = False  # out of memory even in tiles: run that one image on the CPU
     memory_snapshot: bool = False  # CUDA: save the allocator's history at the first out-of-memory error
     # Seconds one batch's forward may take before its images are marked as errors and the run goes on
-    # (None: no limit); see core/watchdog.py for what can and cannot be stopped
+    # (None: no limit); see core/run/watchdog.py for what can and cannot be stopped
     image_timeout: float | None = None
-    # Decode JPEGs on the model's device in batches (nvJPEG on CUDA; classification), see core/gpu_decode.py
+    # Decode JPEGs on the model's device in batches (nvJPEG on CUDA; classification), see inputs/gpu_decode.py
     gpu_decode: bool = False
     # When to hand cached device memory back to the driver: "never", "image", "every:N" or
-    # "reserved:F" (reserved over F of the device), see core/cache_policy.py
+    # "reserved:F" (reserved over F of the device), see core/run/cache_policy.py
     empty_cache: str = "never"
     # torch.compile the model before the run (the first batch pays the compile time; see summary.json)
     compile: bool = False

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 
-from batchlens.core.images import Candidate, header_size
+from batchlens.core.inputs.images import Candidate, header_size
 
 PREFLIGHT_SECONDS = 2.0  # the most time spent reading image headers for the check
 

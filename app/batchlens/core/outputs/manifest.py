@@ -25,19 +25,15 @@ import torchvision
 
 from batchlens import __version__
 from batchlens.core.errors import BatchLensError
-from batchlens.core.records import OUTPUT_FIELDS, record_key
-from batchlens.core.results import (
+from batchlens.core.files import TEMP_NAME, atomic_write_text, legacy_output_rel, output_rel, write_error
+from batchlens.core.outputs.records import OUTPUT_FIELDS, record_key
+from batchlens.core.outputs.results import (
     PREDICTIONS,
     REJECTED,
     SUMMARY,
-    TEMP_NAME,
     ResultsWriter,
-    atomic_write_text,
-    legacy_output_rel,
-    output_rel,
     read_records,
     run_finished,
-    write_error,
 )
 
 MANIFEST = "run.json"

@@ -17,38 +17,18 @@ from typing import BinaryIO
 import numpy as np
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from batchlens.core.jpeg_header import read_jpeg_header
+from batchlens.core.formats import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS  # noqa: F401  (re-exported)
+from batchlens.core.inputs.jpeg_header import read_jpeg_header
 
 # We enforce our own, configurable pixel limit (checked from the header, before decoding), so
 # Pillow's global bomb guard would only get in the way with a less helpful message.
 Image.MAX_IMAGE_PIXELS = None
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
-IMAGE_EXTENSIONS = frozenset(
-    {
-        ".jpg",
-        ".jpeg",
-        ".jpe",
-        ".jfif",
-        ".png",
-        ".bmp",
-        ".gif",
-        ".tif",
-        ".tiff",
-        ".webp",
-        ".ppm",
-        ".pgm",
-        ".pbm",
-        ".pnm",
-        ".tga",
-        ".ico",
-    }
-)
 # Files operating systems leave in folders. Skipped silently and counted as skipped.
 JUNK_NAMES = frozenset({"thumbs.db", "desktop.ini", ".ds_store", "ehthumbs.db"})
 # Opening a named pipe would wait forever for a writer; devices and sockets are no images.
 _NOT_REGULAR = "is not a regular file (a named pipe, socket or device), so it was not opened"
-DEFAULT_MAX_PIXELS = 150_000_000  # about 12,000 x 12,000; a 30,000 x 30,000 "bomb" is refused
 
 
 class ImageError(Exception):
@@ -140,7 +120,7 @@ def scan_images(
 
 @dataclass
 class DecodedImage:
-    image: Image.Image | None  # None once preprocessed when no preview is wanted (core/pipeline.py)
+    image: Image.Image | None  # None once preprocessed when no preview is wanted (core/run/pipeline.py)
     original_size: tuple[int, int]  # (width, height) after EXIF rotation
     note: str | None = None  # e.g. "first frame of 12 used"
 

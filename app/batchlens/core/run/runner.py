@@ -16,27 +16,30 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from batchlens import __version__
-from batchlens.core.autobatch import sizer_for_run
-from batchlens.core.cache_policy import CachePolicy, empty_device_cache
-from batchlens.core.config import RunConfig
-from batchlens.core.devices import resolve_device
 from batchlens.core.errors import BatchLensError
-from batchlens.core.events import Event, ImageResult, RunFinished, RunNote, RunStarted
-from batchlens.core.fast_preprocess import fast_decode_helps
-from batchlens.core.header_scan import HeaderScan
-from batchlens.core.images import (
+from batchlens.core.files import write_error
+from batchlens.core.inputs.fast_preprocess import fast_decode_helps
+from batchlens.core.inputs.header_scan import HeaderScan
+from batchlens.core.inputs.images import (
     Candidate,
     ScanStats,
     scan_images,
 )
-from batchlens.core.inference import check_precision
-from batchlens.core.manifest import open_output, refuse_plain_run
-from batchlens.core.memory import CpuProbe, MemoryProbe, MemorySample, PeakWatch, probe_for
-from batchlens.core.model_speedups import ModelSpeedups
+from batchlens.core.inputs.prefetch import Prefetcher
+from batchlens.core.machine.devices import resolve_device
+from batchlens.core.machine.memory import CpuProbe, MemoryProbe, MemorySample, PeakWatch, probe_for
 from batchlens.core.models import LoadedModel, load_model
-from batchlens.core.pipeline import BatchPipeline, Item, record_line
-from batchlens.core.prefetch import Prefetcher
-from batchlens.core.recovery import (
+from batchlens.core.outputs.manifest import open_output, refuse_plain_run
+from batchlens.core.outputs.results import ResultsWriter, read_records
+from batchlens.core.outputs.runlock import RunLock
+from batchlens.core.run.autobatch import sizer_for_run
+from batchlens.core.run.cache_policy import CachePolicy, empty_device_cache
+from batchlens.core.run.config import RunConfig
+from batchlens.core.run.events import Event, ImageResult, RunFinished, RunNote, RunStarted
+from batchlens.core.run.inference import check_precision
+from batchlens.core.run.model_speedups import ModelSpeedups
+from batchlens.core.run.pipeline import BatchPipeline, Item, record_line
+from batchlens.core.run.recovery import (
     image_bytes_per_pixel,
     leak_warning,
     leak_watch_for,
@@ -46,11 +49,9 @@ from batchlens.core.recovery import (
     start_memory_history,
     stop_memory_history,
 )
-from batchlens.core.results import ResultsWriter, read_records, write_error
-from batchlens.core.run_speed import images_per_second
-from batchlens.core.runlock import RunLock
+from batchlens.core.run.run_speed import images_per_second
+from batchlens.core.run.threads import UseThreads, decode_thread_setup, plan_threads
 from batchlens.core.tasks.base import thumbnail
-from batchlens.core.threads import UseThreads, decode_thread_setup, plan_threads
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +258,7 @@ class Runner:
     def _wait_if_paused(self) -> None:
         if self._unpaused.is_set():
             return
-        paused_at = time.perf_counter()  # paused time is left out of images/s (core/run_speed.py)
+        paused_at = time.perf_counter()  # paused time is left out of images/s (core/run/run_speed.py)
         self._wait_until_resumed()
         self.paused_seconds += time.perf_counter() - paused_at
 

@@ -16,8 +16,18 @@ from pathlib import Path
 #: file's sidecar), how far to trust
 #: its file ("trust_pickle"), and the task's options ("min_score" for detection).
 MODEL_OPTIONS = (
-    "weights", "arch", "task", "labels", "input_size", "resize", "crop", "interpolation", "mean", "std",
-    "trust_pickle", "min_score",
+    "weights",
+    "arch",
+    "task",
+    "labels",
+    "input_size",
+    "resize",
+    "crop",
+    "interpolation",
+    "mean",
+    "std",
+    "trust_pickle",
+    "min_score",
 )
 
 

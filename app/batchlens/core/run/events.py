@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from batchlens.core.memory import MemorySample
+from batchlens.core.machine.memory import MemorySample
 
 
 @dataclass(frozen=True)

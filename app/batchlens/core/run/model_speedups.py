@@ -15,8 +15,8 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from batchlens.core.inference import infer, use_channels_last, wants_channels_last
 from batchlens.core.models import LoadedModel
+from batchlens.core.run.inference import infer, use_channels_last, wants_channels_last
 
 _CONV_BN = (
     (nn.Conv1d, nn.BatchNorm1d),

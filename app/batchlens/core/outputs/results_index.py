@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from batchlens.core.results import PREDICTIONS, SUMMARY
+from batchlens.core.outputs.results import PREDICTIONS, SUMMARY
 
 RUN_MANIFEST = "run.json"  # written by newer runs (what made the folder); summary.json as a fallback
 STATUSES = ("ok", "recovered", "error")  # "recovered": ok after an out-of-memory recovery step

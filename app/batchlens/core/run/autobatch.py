@@ -10,7 +10,7 @@ machine wall time is noisy, CPU time much less). A size that looked slower gets 
 before it is turned down (its first batch pays one-time set-up), and is tried again later in the
 run, so one noisy figure cannot pin a run to a small size. Out of memory (or memory near the
 device's limit) caps the size; a model that takes one image at a time caps it at 1. The size a run
-settles on is remembered per model, device and input size (core/tuning_cache.py) and the next run
+settles on is remembered per model, device and input size (core/run/tuning_cache.py) and the next run
 goes to it straight after its first image.
 
 `find_batch_size` is the older stand-alone probe (1, 2, 4, ... copies of one image, before the run),
@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 import psutil
 import torch
 
-from batchlens.core.inference import describe_error, fixed_batch_size, infer
-from batchlens.core.memory import MemoryProbe, format_bytes
+from batchlens.core.machine.memory import MemoryProbe, format_bytes
 from batchlens.core.models import LoadedModel
-from batchlens.core.tuning_cache import remember_batch_size, remembered_batch_size
+from batchlens.core.run.inference import describe_error, fixed_batch_size, infer
+from batchlens.core.run.tuning_cache import remember_batch_size, remembered_batch_size
 
 MAX_AUTO_BATCH = 256
 # On the CPU a batch past 16 gains little and holds the process's RAM up (resnet18 here: batch 32 was

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from batchlens.core.machine_load import usable_cores
+from batchlens.core.machine.machine_load import usable_cores
 
 MAX_WRITERS = 8  # PNG encoding is the work; past 8 threads a batch of 16-64 gains little
 

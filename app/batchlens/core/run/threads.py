@@ -1,7 +1,7 @@
 """How many threads a run uses: torch's intra-op threads and the decoding threads, sized together.
 
 torch starts as many intra-op threads as the machine has cores, whatever else is running. A run
-counts the cores it may use (CPU affinity) and the cores other work keeps busy (core/machine_load.py:
+counts the cores it may use (CPU affinity) and the cores other work keeps busy (core/machine/machine_load.py:
 the machine's busy CPU time less this process's own since the previous run).
 
 On the CPU of a quiet machine a batching run takes turns: each batch's images decode at once on a
@@ -24,7 +24,7 @@ would sit idle in each phase).
 
 On a GPU the forward needs little CPU, so every free core but one decodes beside it (the one: the
 loop that launches the forward and writes the outputs). The decoding threads are a pool shared by
-the batches in flight (core/prefetch.py), so their number is not bounded by the prefetch depth: on
+the batches in flight (core/inputs/prefetch.py), so their number is not bounded by the prefetch depth: on
 16 cores with prefetch 2, 15 images decode at once.
 """
 
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from batchlens.core.machine_load import others_load, usable_cores
+from batchlens.core.machine.machine_load import others_load, usable_cores
 
 DEFAULT_PREFETCH = 2  # batches prepared ahead when decoding runs beside the forward
 #: other work under this many cores: the machine is quiet (`plan_threads`)

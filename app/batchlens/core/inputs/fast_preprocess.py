@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from batchlens.core.images import Candidate, decodes_reduced
+from batchlens.core.inputs.images import Candidate, decodes_reduced
 from batchlens.core.models import LoadedModel
 from batchlens.core.models.preprocessing import Preprocessing
 

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from batchlens.core.errors import BatchLensError
-from batchlens.core.memory import MemorySample, _malloc_trim, format_bytes
+from batchlens.core.machine.memory import MemorySample, _malloc_trim, format_bytes
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from batchlens.core.errors import BatchLensError
-from batchlens.core.memory import MemorySample
+from batchlens.core.machine.memory import MemorySample
 
 CHOICES = "never, image, every:N (N images) or reserved:F (a share of the device, e.g. reserved:0.5)"
 

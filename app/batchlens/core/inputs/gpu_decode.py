@@ -1,7 +1,7 @@
 """Decode a batch's JPEGs on the model's device (nvJPEG on CUDA), so the CPU only reads file bytes.
 
 `--gpu-decode`: the pipeline hands each batch's JPEG files to `DeviceDecoder`, which checks each
-header on the CPU (size limit, EXIF orientation, colour mode: core/jpeg_header.py), decodes the
+header on the CPU (size limit, EXIF orientation, colour mode: core/inputs/jpeg_header.py), decodes the
 whole list in one call (`torchvision.io.decode_jpeg(list, device=...)`), turns each picture upright
 on the device and returns uint8 tensors there; the model's own transform then resizes, crops and
 normalises them on the device too. Anything the device path does not take (not a JPEG, CMYK, a file
@@ -25,8 +25,9 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
-from batchlens.core.images import DEFAULT_MAX_PIXELS, open_input
-from batchlens.core.jpeg_header import read_jpeg_header
+from batchlens.core.formats import DEFAULT_MAX_PIXELS
+from batchlens.core.inputs.images import open_input
+from batchlens.core.inputs.jpeg_header import read_jpeg_header
 from batchlens.core.tasks.base import PREVIEW_SIZE
 
 # EXIF orientation -> the turn PIL's ImageOps.exif_transpose applies, on CxHxW tensors of any device.

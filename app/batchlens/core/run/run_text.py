@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from batchlens.core.events import RunStarted
-from batchlens.core.memory import format_bytes
-from batchlens.core.run_speed import format_rate
+from batchlens.core.machine.memory import format_bytes
+from batchlens.core.run.events import RunStarted
+from batchlens.core.run.run_speed import format_rate
 
 
 def describe_start(event: RunStarted) -> str:

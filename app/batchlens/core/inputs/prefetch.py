@@ -8,7 +8,7 @@ come back in order. Bounded: never more than `depth` prepared batches wait in me
 the prefetcher (end of run, cancel, error) stops both pools.
 
 The batches may be a lazy iterable: each is taken from it only when it is submitted, so a batch size
-chosen while the run goes (core/autobatch.py) applies to every batch not yet submitted. Nothing is
+chosen while the run goes (core/run/autobatch.py) applies to every batch not yet submitted. Nothing is
 prepared ahead while the first batch goes through the model: its forward has the cores to itself, so
 the first result comes as soon as a plain loop's.
 """

@@ -21,16 +21,16 @@ from PIL import Image
 from torch.utils._pytree import tree_map
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from batchlens.core.config import RunConfig
 from batchlens.core.errors import BatchLensError
-from batchlens.core.events import ImageResult, RunFinished
-from batchlens.core.images import Candidate
-from batchlens.core.inference import PRECISIONS
-from batchlens.core.machine_load import usable_cores
-from batchlens.core.memory import MemoryProbe, format_bytes
+from batchlens.core.inputs.images import Candidate
+from batchlens.core.machine.machine_load import usable_cores
+from batchlens.core.machine.memory import MemoryProbe, format_bytes
 from batchlens.core.models import LoadedModel, load_model
-from batchlens.core.records import OUTPUT_FIELDS
-from batchlens.core.runner import Runner
+from batchlens.core.outputs.records import OUTPUT_FIELDS
+from batchlens.core.run.config import RunConfig
+from batchlens.core.run.events import ImageResult, RunFinished
+from batchlens.core.run.inference import PRECISIONS
+from batchlens.core.run.runner import Runner
 
 EXPERT_BATCH = 16
 

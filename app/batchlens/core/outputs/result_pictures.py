@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from batchlens.core.images import ImageError, load_image, open_input
+from batchlens.core.inputs.images import ImageError, load_image, open_input
 from batchlens.core.tasks import TaskAdapter, TaskResult, make_adapter
 from batchlens.core.tasks.base import PREVIEW_SIZE, thumbnail
 

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from batchlens.core.results import atomic_write_text
+from batchlens.core.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 
 from batchlens.core.errors import BatchLensError
-from batchlens.core.results import temp_path_for
+from batchlens.core.files import temp_path_for
 
 log = logging.getLogger(__name__)
 

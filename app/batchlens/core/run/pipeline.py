@@ -14,20 +14,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from batchlens.core.config import RunConfig
 from batchlens.core.errors import BatchLensError
-from batchlens.core.fast_preprocess import fast_preprocess_for
-from batchlens.core.gpu_decode import DeviceDecoder, preview_of, wait_for
-from batchlens.core.images import Candidate, DecodedImage, ImageError, load_image
-from batchlens.core.inference import compile_module, describe_error, infer, split_on_cpu
+from batchlens.core.files import is_name_problem, output_path_for, write_error
+from batchlens.core.inputs.fast_preprocess import fast_preprocess_for
+from batchlens.core.inputs.gpu_decode import DeviceDecoder, preview_of, wait_for
+from batchlens.core.inputs.images import Candidate, DecodedImage, ImageError, load_image
+from batchlens.core.inputs.prefetch import Each, each_here
 from batchlens.core.models import LoadedModel
-from batchlens.core.output_writers import OutputWriters
-from batchlens.core.prefetch import Each, each_here
-from batchlens.core.records import non_finite
-from batchlens.core.recovery import OomRecovery, is_out_of_memory
-from batchlens.core.results import is_name_problem, output_path_for, write_error
+from batchlens.core.outputs.output_writers import OutputWriters
+from batchlens.core.outputs.records import non_finite
+from batchlens.core.run.config import RunConfig
+from batchlens.core.run.inference import compile_module, describe_error, infer, split_on_cpu
+from batchlens.core.run.recovery import OomRecovery, is_out_of_memory
+from batchlens.core.run.watchdog import ForwardTimeout, call_with_timeout
 from batchlens.core.tasks.base import ImageMeta, TaskResult, thumbnail
-from batchlens.core.watchdog import ForwardTimeout, call_with_timeout
 
 
 def record_line(image: str, status: str, error: str | None, seconds: float, fields: dict) -> dict:
@@ -127,7 +127,7 @@ class BatchPipeline:
         self.uncompiled: nn.Module | None = None  # --compile: the model as loaded, until a forward worked
         self.compile_failed: str | None = None  # why torch.compile could not run the model
         self.recovery = self.make_recovery()
-        self.image_timeout: float | None = None  # --image-timeout (core/watchdog.py)
+        self.image_timeout: float | None = None  # --image-timeout (core/run/watchdog.py)
         self.previews = True  # keep a preview-sized copy of each photo (RunConfig.previews)
         self.batched_preprocess: bool | None = None  # --gpu-decode: one call per size? (None: untried)
         self.input_dir: Path | None = None  # resolved; no output file is ever written inside it
@@ -187,7 +187,7 @@ class BatchPipeline:
         return self.finish(self.prepare(batch))
 
     def prepare(self, batch: list[Candidate], each: Each = each_here) -> Prepared:
-        """Decode and preprocess a batch, safe on a background thread (core/prefetch.py), its images
+        """Decode and preprocess a batch, safe on a background thread (core/inputs/prefetch.py), its images
         through `each` (the prefetcher's decoding threads, all at once). CPU work only, except with
         --gpu-decode, whose device work runs on a side stream (`Prepared.ready`)."""
         if self.device_decoder is None:
@@ -313,15 +313,18 @@ class BatchPipeline:
         for item in items:
             item.tensor = None  # CPU input tensors are not needed past the forward
             if item.result is not None and self._writes_into_input(item):
-                item.result, item.error = None, (
-                    "its output file would land inside the input folder (which is inside the output "
-                    "folder), so it was not written; choose an output folder beside the input folder"
+                item.result, item.error = (
+                    None,
+                    (
+                        "its output file would land inside the input folder (which is inside the output "
+                        "folder), so it was not written; choose an output folder beside the input folder"
+                    ),
                 )
         self._write_outputs([item for item in items if item.result is not None])
         return items
 
     def _write_outputs(self, items: list[Item]) -> None:
-        """Each image's output files, side by side on the writer threads (core/output_writers.py);
+        """Each image's output files, side by side on the writer threads (core/outputs/output_writers.py);
         returns once every one is in place or failed, so its line comes after its file."""
         adapter, output_dir = self.model.adapter, self.output_dir
         no_files = all(item.result.image is None for item in items)  # e.g. classification: fields only

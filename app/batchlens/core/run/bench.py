@@ -1,6 +1,6 @@
 """`batchlens bench`: the engine side by side with hand-written loops, on the same images and model.
 
-Rows (core/bench_loops.py has the loops):
+Rows (core/run/bench_loops.py has the loops):
   plain    a plain hand-written loop: open -> preprocess -> inference_mode forward -> .cpu()
   expert   a DataLoader with one worker process per core, batch 16, pinned memory on CUDA
   naive    the origin story: no no_grad, every output kept on the device with its autograd graph;
@@ -43,7 +43,13 @@ from pathlib import Path
 import torch
 
 from batchlens import __version__
-from batchlens.core.bench_loops import (
+from batchlens.core.errors import BatchLensError
+from batchlens.core.inputs.fast_preprocess import fast_decode_helps
+from batchlens.core.inputs.images import Candidate, scan_images
+from batchlens.core.machine.devices import resolve_device
+from batchlens.core.machine.memory import MemoryProbe, MemorySample, PeakWatch, format_bytes, probe_for
+from batchlens.core.models import LoadedModel
+from batchlens.core.run.bench_loops import (
     Outcome,
     engine_run,
     expert_loop,
@@ -52,15 +58,9 @@ from batchlens.core.bench_loops import (
     naive_loop,
     plain_loop,
 )
-from batchlens.core.config import EXACT_SETTINGS
-from batchlens.core.devices import resolve_device
-from batchlens.core.errors import BatchLensError
-from batchlens.core.fast_preprocess import fast_decode_helps
-from batchlens.core.images import Candidate, scan_images
-from batchlens.core.memory import MemoryProbe, MemorySample, PeakWatch, format_bytes, probe_for
-from batchlens.core.model_speedups import fold_batch_norms
-from batchlens.core.models import LoadedModel
-from batchlens.core.pipeline import BatchPipeline
+from batchlens.core.run.config import EXACT_SETTINGS
+from batchlens.core.run.model_speedups import fold_batch_norms
+from batchlens.core.run.pipeline import BatchPipeline
 
 __all__ = ["BenchConfig", "digest", "format_table", "load_bench_model", "make_synthetic_folder", "run_bench"]
 
