@@ -139,11 +139,15 @@ def classification_truth(facts: RunFacts, truth: str | Path | None) -> dict[str,
     if truth == TRUTH_REVIEWS:
         found = {image: r.label for image, r in facts.reviews.items() if r.label and image in facts.lines}
         if not found:
-            raise BatchLensError(f"Nobody has reviewed an image of {facts.path} yet, so the reviews give no truth.")
+            raise BatchLensError(
+                f"Nobody has reviewed an image of {facts.path} yet, so the reviews give no truth."
+            )
         return found
     path = Path(truth).expanduser()
     if path.suffix.lower() != ".csv":
-        raise BatchLensError(f"{path} is not a .csv file; a classification truth is a CSV of `image,label` lines.")
+        raise BatchLensError(
+            f"{path} is not a .csv file; a classification truth is a CSV of `image,label` lines."
+        )
     return truth_from_csv(path)
 
 
@@ -179,7 +183,9 @@ def evaluate(run_dir: Path | str, truth: str | Path | None = None, write: bool =
         result.files.append(path)
         if "confusion" in result.report:
             picture = facts.path / CONFUSION_PNG
-            image = confusion_picture(result.report["confusion"]["labels"], result.report["confusion"]["matrix"])
+            image = confusion_picture(
+                result.report["confusion"]["labels"], result.report["confusion"]["matrix"]
+            )
             atomic_write(picture, lambda tmp: image.save(tmp, format="PNG"))
             result.files.append(picture)
     return result

@@ -87,16 +87,19 @@ def plan_sort(run_dir: Path | str, into: Path | str, min_score: float = 0.0, mod
         )
     if facts.input_dir is None:
         where = facts.recorded_input or "recorded"
-        raise BatchLensError(f"The input folder {where} is not on this computer, so there are no images to sort.")
+        raise BatchLensError(
+            f"The input folder {where} is not on this computer, so there are no images to sort."
+        )
     input_dir = facts.input_dir.absolute()
     if into == input_dir or input_dir in into.parents:
         raise BatchLensError(
-            f"{into} is inside the input folder {input_dir}; sort into a folder outside it, so the input stays as it is."
+            f"{into} is inside the input folder {input_dir}; sort into a folder outside it, so the input "
+            "stays as it is."
         )
     if (into / SORT_LOG).exists():
         raise BatchLensError(
-            f"{into} already holds a sort ({SORT_LOG}); undo it with `batchlens sort --undo {into}` or choose "
-            "another folder."
+            f"{into} already holds a sort ({SORT_LOG}); undo it with `batchlens sort --undo {into}` or "
+            "choose another folder."
         )
     plan = SortPlan(facts.path, into, mode)
     for image, line in facts.lines.items():
@@ -243,13 +246,27 @@ def undo_sort(into: Path | str) -> UndoResult:
 def plan_text(plan: SortPlan) -> str:
     """The counts per folder, a line each, biggest first (what the CLI prints and the window shows)."""
     verb = {"copy": "copied", "link": "linked", "move": "moved"}[plan.mode]
-    rows = [f"  {folder}/: {count:,}" for folder, count in sorted(plan.counts.items(), key=lambda x: (-x[1], x[0]))]
+    rows = [
+        f"  {folder}/: {count:,}"
+        for folder, count in sorted(plan.counts.items(), key=lambda x: (-x[1], x[0]))
+    ]
     notes = []
     if plan.missing:
         notes.append(f"{len(plan.missing):,} image(s) are no longer in the input folder and are left out.")
     if plan.not_files:
-        notes.append(f"{len(plan.not_files):,} entry(ies) are not plain files (a pipe, a folder) and are left out.")
+        notes.append(
+            f"{len(plan.not_files):,} entry(ies) are not plain files (a pipe, a folder) and are left out."
+        )
     return "\n".join([f"{sum(plan.counts.values()):,} file(s) to be {verb} into {plan.into}:", *rows, *notes])
 
 
-__all__ = ["SORT_LOG", "SortPlan", "do_sort", "first_clash", "plan_sort", "plan_text", "undo_sort", "load_run"]
+__all__ = [
+    "SORT_LOG",
+    "SortPlan",
+    "do_sort",
+    "first_clash",
+    "plan_sort",
+    "plan_text",
+    "undo_sort",
+    "load_run",
+]
