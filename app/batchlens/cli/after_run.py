@@ -39,6 +39,7 @@ def add_after_run_commands(sub) -> None:
         ("move", "move the images out of the input folder"),
     ):
         mode.add_argument(f"--{name}", dest="mode", action="store_const", const=name, help=words)
+    sort.add_argument("--input", type=Path, metavar="DIR", help="where the input images are now, if moved")
     sort.add_argument("--dry-run", action="store_true", help="only print the counts per folder")
     sort.add_argument("--undo", type=Path, metavar="DIR", help="reverse the sort done into DIR")
     sort.set_defaults(mode="copy")
@@ -81,7 +82,7 @@ def sort_command(args: argparse.Namespace) -> int:
     if args.run is None or args.into is None:
         print("batchlens sort: give RUN --into DIR (or --undo DIR).", file=sys.stderr)
         return 2
-    plan = plan_sort(args.run, args.into, args.min_score, args.mode)
+    plan = plan_sort(args.run, args.into, args.min_score, args.mode, args.input)
     for line in plan_text(plan).splitlines():
         print(printable(line))
     if args.dry_run:

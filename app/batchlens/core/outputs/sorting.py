@@ -74,11 +74,18 @@ def _destinations(facts: RunFacts, image: str, min_score: float) -> list[str]:
     return [folder_name(label)]
 
 
-def plan_sort(run_dir: Path | str, into: Path | str, min_score: float = 0.0, mode: str = "copy") -> SortPlan:
-    """Where every image goes; raises BatchLensError (one sentence) when the sort cannot be done."""
+def plan_sort(
+    run_dir: Path | str,
+    into: Path | str,
+    min_score: float = 0.0,
+    mode: str = "copy",
+    input_dir: Path | None = None,
+) -> SortPlan:
+    """Where every image goes; raises BatchLensError (one sentence) when the sort cannot be done.
+    `input_dir`: where the input images are now, when not where the run recorded them."""
     if mode not in MODES:
         raise ValueError(mode)
-    facts = load_run(run_dir)
+    facts = load_run(run_dir, input_dir)
     into = Path(into).expanduser().absolute()
     if facts.task not in ("classification", "detection"):
         raise BatchLensError(
@@ -86,10 +93,12 @@ def plan_sort(run_dir: Path | str, into: Path | str, min_score: float = 0.0, mod
             "detection runs can be sorted into folders."
         )
     if facts.input_dir is None:
-        where = facts.recorded_input or "recorded"
-        raise BatchLensError(
-            f"The input folder {where} is not on this computer, so there are no images to sort."
+        where = (
+            f"The input folder {facts.recorded_input} is not on this computer"
+            if facts.recorded_input
+            else ("The run does not say where its input images are")
         )
+        raise BatchLensError(f"{where}; give the folder where they are now (--input DIR).")
     input_dir = facts.input_dir.absolute()
     if into == input_dir or input_dir in into.parents:
         raise BatchLensError(
