@@ -114,10 +114,16 @@ def evaluation_text(report: dict) -> str:
             f"({report['failed']:,} failed, counted apart)."
         )
     if report["task"] == "detection":
+        if report["map"] is None:
+            return (
+                f"No class of the truth has a true box, so there is no mAP ({report['images']:,} image(s))."
+            )
         return (
             f"mAP {report['map']:.3f}, mAP@50 {report['map50']:.3f}, mAP@75 {report['map75']:.3f} "
             f"over {report['images']:,} image(s)."
         )
+    if report["miou"] is None:
+        return f"The masks hold no pixel to count ({report['images']:,} image(s))."
     return (
         f"Mean IoU {report['miou']:.3f}, pixel accuracy {report['pixel_accuracy'] * 100:.1f} % "
         f"over {report['images']:,} image(s)."
