@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import json
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from batchlens.core.errors import BatchLensError
 from batchlens.core.files import atomic_write, atomic_write_text
@@ -39,9 +39,9 @@ def truth_from_folders(facts: RunFacts) -> dict[str, str]:
     """Each image's first folder under the input; images at the top of the input have none."""
     truth = {}
     for image in facts.lines:
-        parts = PurePosixPath(image).parts
-        if len(parts) > 1:
-            truth[image] = parts[0]
+        folder, slash, _ = image.partition("/")
+        if slash and folder:
+            truth[image] = folder
     return truth
 
 
