@@ -211,3 +211,38 @@ def test_evaluate_sort_and_export_point_and_click(qtbot, browser, run_copy, tmp_
     refused.to.setText(str(tmp_path / "results.csv"))
     refused.export()
     assert "already exists" in refused.message.text() and refused.isVisible()
+
+
+def test_detection_threshold_recounts_boxes_and_sets_the_export(qtbot, browser, tmp_path):
+    output = tmp_path / "out"
+    output.mkdir()
+    boxes = [("cat", 0.9), ("dog", 0.6), ("cat", 0.3)]
+    lines = [
+        {
+            "image": f"i{n}.png",
+            "status": "ok",
+            "error": None,
+            "seconds": 0.1,
+            "size": [64, 64],
+            "detections": [
+                {"label": label, "index": 1, "score": s, "box": [1, 1, 9, 9]} for label, s in boxes[n:]
+            ],
+        }
+        for n in range(3)
+    ]
+    (output / "predictions.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (output / "run.json").write_text(json.dumps({"task": "detection"}))
+    _open(qtbot, browser, output, 3)
+    view = after_run_dialogs.evaluate(browser)
+    qtbot.addWidget(view)
+    assert view.headline.text() == "Choose the COCO JSON file of the true boxes, then Measure."
+    assert view.box_counts.text().startswith("At 0.00: 6 box(es) (cat 4, dog 2)")
+    view.threshold.setValue(0.5)
+    assert view.box_counts.text() == "At 0.50: 3 box(es) (dog 2, cat 1); 1 image(s) with none."
+    dialog = after_run_dialogs.export(browser)
+    qtbot.addWidget(dialog)
+    assert dialog.min_score.value() == 0.5
+    dialog.format.setCurrentIndex(dialog.format.findData("coco"))
+    dialog.export()
+    written = json.loads(Path(dialog.to.text()).read_text())
+    assert len(written["annotations"]) == 3

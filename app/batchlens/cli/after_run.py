@@ -62,6 +62,9 @@ def add_after_run_commands(sub) -> None:
         "--to", required=True, type=Path, metavar="PATH", help="a new file (csv, coco) or folder"
     )
     export.add_argument("--reviewed", action="store_true", help="COCO, YOLO: with the reviews applied")
+    export.add_argument(
+        "--min-score", type=_min_score, default=0.0, metavar="S", help="detection: leave out boxes below S"
+    )
 
 
 def sort_command(args: argparse.Namespace) -> int:
@@ -133,7 +136,7 @@ def evaluation_text(report: dict) -> str:
 def export_command(args: argparse.Namespace) -> int:
     from batchlens.core.outputs.export import export
 
-    files = export(args.run, args.format, args.to, args.reviewed)
+    files = export(args.run, args.format, args.to, args.reviewed, args.min_score)
     where = args.to if len(files) > 1 else files[0]
     print(printable(f"Wrote {len(files):,} file(s) to {where}."))
     return 0

@@ -18,6 +18,7 @@ import csv
 import io
 import json
 import os
+from collections import Counter
 from pathlib import Path, PurePosixPath
 
 from batchlens.core.errors import BatchLensError
@@ -41,7 +42,28 @@ def _rows_csv(rows: list[list]) -> str:
     return "\ufeff" + out.getvalue()
 
 
-def csv_rows(facts: RunFacts) -> list[list]:
+def kept_boxes(facts: RunFacts, image: str, reviewed: bool, min_score: float) -> list[dict]:
+    """An image's boxes at or above `min_score` (the person's boxes are kept whatever their score)."""
+    review = facts.reviews.get(image)
+    if reviewed and review is not None and review.boxes is not None:
+        return review.boxes
+    return [b for b in boxes_of(facts, image, reviewed=False) if (b.get("score") or 0.0) >= min_score]
+
+
+def box_counts(facts: RunFacts, min_score: float = 0.0, reviewed: bool = False) -> tuple[Counter, int]:
+    """(boxes per label at or above `min_score`, images left with none): what a threshold keeps."""
+    counts: Counter = Counter()
+    empty = 0
+    for image, line in facts.lines.items():
+        if line.get("status") != "ok":
+            continue
+        boxes = kept_boxes(facts, image, reviewed, min_score)
+        counts.update(str(b.get("label")) for b in boxes)
+        empty += not boxes
+    return counts, empty
+
+
+def csv_rows(facts: RunFacts, min_score: float = 0.0) -> list[list]:
     task = facts.task
     if task == "classification":
         rows = [["image", "status", "label", "score", "reviewed_label", "reviewed_at", "error"]]
@@ -58,7 +80,7 @@ def csv_rows(facts: RunFacts) -> list[list]:
             if line["status"] != "ok":
                 rows.append([image, line["status"], "", "", "", "", "", "", "", line.get("error")])
                 continue
-            sources = [("model", boxes_of(facts, image, reviewed=False))]
+            sources = [("model", kept_boxes(facts, image, False, min_score))]
             review = facts.reviews.get(image)
             if review is not None and review.boxes is not None:
                 sources.append(("review", review.boxes))
@@ -113,7 +135,7 @@ def _categories(facts: RunFacts, reviewed: bool) -> list[str]:
     return names
 
 
-def coco_document(facts: RunFacts, reviewed: bool = False) -> dict:
+def coco_document(facts: RunFacts, reviewed: bool = False, min_score: float = 0.0) -> dict:
     names = _categories(facts, reviewed)
     ids = {name: i + 1 for i, name in enumerate(names)}
     images, annotations = [], []
@@ -123,7 +145,7 @@ def coco_document(facts: RunFacts, reviewed: bool = False) -> dict:
         width, height = line["size"]
         image_id = len(images) + 1
         images.append({"id": image_id, "file_name": image, "width": width, "height": height})
-        for box in boxes_of(facts, image, reviewed):
+        for box in kept_boxes(facts, image, reviewed, min_score):
             x1, y1, x2, y2 = box["box"]
             w, h = round(x2 - x1, 2), round(y2 - y1, 2)
             annotation = {
@@ -151,22 +173,25 @@ def _refuse_existing(path: Path) -> None:
         raise BatchLensError(f"{path} already exists and exporting never overwrites; choose a new name.")
 
 
-def export(run_dir: Path | str, fmt: str, to: Path | str, reviewed: bool = False) -> list[Path]:
-    """Write the export; returns the files written. Raises BatchLensError (one sentence) when it cannot."""
+def export(
+    run_dir: Path | str, fmt: str, to: Path | str, reviewed: bool = False, min_score: float = 0.0
+) -> list[Path]:
+    """Write the export; returns the files written. Raises BatchLensError (one sentence) when it cannot.
+    `min_score` (detection): the model's boxes below it are left out, without running the model again."""
     if fmt not in FORMATS:
         raise BatchLensError(f"{fmt!r} is not an export format; choose csv, coco or yolo.")
     facts = load_run(run_dir)
     to = Path(to).expanduser()
     _refuse_existing(to)
     if fmt == "csv":
-        atomic_write_text(to, _rows_csv(csv_rows(facts)))
+        atomic_write_text(to, _rows_csv(csv_rows(facts, min_score)))
         return [to]
     if facts.task != "detection":
         raise BatchLensError(
             f"COCO and YOLO exports hold boxes, and the run in {facts.path} is "
             f"{facts.task or 'of no known task'}, not detection; export it as csv."
         )
-    document = coco_document(facts, reviewed)
+    document = coco_document(facts, reviewed, min_score)
     if fmt == "coco":
         atomic_write_text(to, json.dumps(document, ensure_ascii=False) + "\n")
         return [to]
@@ -197,4 +222,4 @@ def _write_yolo(document: dict, to: Path) -> list[Path]:
     return written
 
 
-__all__ = ["FORMATS", "coco_document", "csv_rows", "export", "load_run"]
+__all__ = ["FORMATS", "box_counts", "coco_document", "csv_rows", "export", "kept_boxes", "load_run"]

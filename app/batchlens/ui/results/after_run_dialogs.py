@@ -89,13 +89,54 @@ class EvaluationView(QDialog):
         form = QFormLayout()
         form.addRow("Truth:", self.truth)
         form.addRow("File:", _folder_row(self.truth_path, "The truth", self, "Truth (*.csv *.json)"))
+        # Detection: a threshold that re-counts the boxes (and sets the sort's and export's) at once.
+        self.threshold = QDoubleSpinBox()
+        self.threshold.setRange(0.0, 1.0)
+        self.threshold.setSingleStep(0.05)
+        self.threshold.setDecimals(2)
+        self.threshold.setValue(browser.box_threshold)
+        self.threshold.setToolTip(
+            "Keep the boxes at or above this score: the counts, Sort and Export follow it."
+        )
+        self.box_counts = QLabel()
+        self.box_counts.setWordWrap(True)
+        self.detection = browser._task() == "detection"
+        if self.detection:
+            form.addRow("Boxes at or above:", self.threshold)
+            self.truth.setCurrentIndex(self.truth.findData("file"))
+        self.threshold.valueChanged.connect(self.recount)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
+        layout.addWidget(self.box_counts)
         layout.addWidget(self.measure_button)
         layout.addWidget(self.headline)
         layout.addWidget(self.matrix, 1)
         self.result = None
+        self.facts = None
+        self.box_counts.setVisible(self.detection)
+        if self.detection:
+            self.recount()
         self.resize(700, 520)
+
+    def recount(self) -> None:
+        """The boxes per label the threshold keeps, from the results as they are (no model run)."""
+        from batchlens.core.outputs.export import box_counts
+        from batchlens.core.outputs.run_facts import load_run
+
+        self.browser.box_threshold = self.threshold.value()
+        try:
+            if self.facts is None:
+                self.facts = load_run(self.browser.folder.path, self.browser.folder.input_dir)
+        except BatchLensError as exc:
+            self.box_counts.setText(str(exc))
+            return
+        counts, empty = box_counts(self.facts, self.threshold.value(), reviewed=True)
+        listed = ", ".join(f"{label} {n:,}" for label, n in counts.most_common(12))
+        more = f" and {len(counts) - 12} more labels" if len(counts) > 12 else ""
+        self.box_counts.setText(
+            f"At {self.threshold.value():.2f}: {sum(counts.values()):,} box(es) ({listed or 'none'}{more}); "
+            f"{empty:,} image(s) with none."
+        )
 
     def measure(self) -> None:
         from batchlens.cli.after_run import evaluation_text
@@ -104,7 +145,13 @@ class EvaluationView(QDialog):
         key = self.truth.currentData()
         truth = self.truth_path.text().strip() if key == "file" else key
         if key == "file" and not truth:
-            self.headline.setText("Choose the file (or mask folder) that holds the true labels.")
+            what = {
+                "detection": "the COCO JSON file of the true boxes",
+                "segmentation": "the folder of true masks",
+            }
+            self.headline.setText(
+                f"Choose {what.get(self.browser._task(), 'the CSV of image,label')}, then Measure."
+            )
             return
         try:
             self.result = evaluate(self.browser.folder.path, truth)
@@ -167,6 +214,7 @@ class SortDialog(QDialog):
         self.min_score.setRange(0.0, 1.0)
         self.min_score.setSingleStep(0.05)
         self.min_score.setDecimals(2)
+        self.min_score.setValue(browser.box_threshold if browser._task() == "detection" else 0.0)
         self.min_score.setToolTip(
             "Classification: a lower top score goes to unsure/. Detection: boxes below it count for nothing."
         )
@@ -279,6 +327,12 @@ class ExportDialog(QDialog):
             "With my reviews applied (COCO, YOLO; the CSV always has them beside the model's)"
         )
         self.reviewed.setChecked(True)
+        self.min_score = QDoubleSpinBox()
+        self.min_score.setRange(0.0, 1.0)
+        self.min_score.setSingleStep(0.05)
+        self.min_score.setDecimals(2)
+        self.min_score.setValue(browser.box_threshold)
+        self.min_score.setToolTip("Detection: leave out the model's boxes below this score.")
         self.message = QLabel()
         self.message.setWordWrap(True)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Cancel)
@@ -289,6 +343,8 @@ class ExportDialog(QDialog):
         form = QFormLayout()
         form.addRow("Format:", self.format)
         form.addRow("To:", _folder_row(self.to, "Export to", self, "All files (*)"))
+        if browser._task() == "detection":
+            form.addRow("Boxes at or above:", self.min_score)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.reviewed)

@@ -97,6 +97,7 @@ class ResultsBrowser(QWidget):
         self.filters.review_changed.connect(self.shown.set_review_state)
         self.filters.reset_button.clicked.connect(lambda: self.show_images(None))
         self.cell_caption = ""
+        self.box_threshold = 0.0  # detection: the score the Evaluation view keeps boxes at (Sort, Export)
         self.message = QLabel()  # what an action did (a sort, an export)
         self.message.setWordWrap(True)
         self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
