@@ -317,6 +317,10 @@ def test_export_detection_coco_and_yolo_with_the_reviews(tmp_path):
     assert (tmp_path / "y/labels/d/b.txt").read_text() == "2 0.250000 0.500000 0.500000 1.000000\n"
     rows = list(csv.reader(export(output, "csv", tmp_path / "d.csv")[0].read_text("utf-8-sig").splitlines()))
     assert [r[2] for r in rows[1:]] == ["model", "model", "review", ""]
+    args = ["export", str(output), "--format", "csv", "--min-score", "0.5", "--to", str(tmp_path / "h.csv")]
+    assert main(args) == 0
+    rows = list(csv.reader((tmp_path / "h.csv").read_text("utf-8-sig").splitlines()))
+    assert [(r[2], r[3]) for r in rows[1:]] == [("model", "cat"), ("review", "owl"), ("", "")]
     # Detection sorting: a folder per label at or above the score, "empty" for none, the review wins.
     with pytest.raises(BatchLensError, match="does not say where its input images are"):
         plan_sort(output, tmp_path / "s")

@@ -365,6 +365,7 @@ class ExportDialog(QDialog):
                 self.format.currentData(),
                 self.to.text().strip(),
                 self.reviewed.isChecked(),
+                self.min_score.value(),
             )
         except BatchLensError as exc:
             self.message.setText(str(exc))
