@@ -246,6 +246,10 @@ def test_sort_skips_a_fifo_and_copies_a_symlinks_file(shapes_run, tmp_path):
     shutil.move(inputs / link, target)
     (inputs / link).symlink_to(target)
     os.mkfifo(output / "stray.fifo")  # a FIFO in the run folder is never read either
+    os.mkfifo(output / REVIEWS)  # nor one in the place of reviews.jsonl (opening it would block)
+    assert read_reviews(output) == {}
+    with pytest.raises(OSError, match="not a plain file"):
+        append_review(output, lines[2]["image"], label="cross")
     plan = plan_sort(output, tmp_path / "s")
     assert plan.not_files == [fifo]
     do_sort(plan)

@@ -72,6 +72,7 @@ def test_review_keys_write_reviews_and_the_filter_counts_them(qtbot, browser, ru
     assert browser.showing_detail() and "Not reviewed" in detail.review.state.text()
     qtbot.keyClick(detail, Qt.Key.Key_Return)  # confirm the model's label
     assert detail.row == 1
+    assert browser.grid.model().reviews[lines[0]["image"]].label == lines[0]["top"][0]["label"]
     qtbot.keyClick(detail, Qt.Key.Key_2)  # the model's second label
     assert detail.row == 2
     qtbot.keyClicks(detail, "c")  # typing: the entry takes over, completed as typed
@@ -198,6 +199,10 @@ def test_evaluate_sort_and_export_point_and_click(qtbot, browser, run_copy, tmp_
     qtbot.addWidget(again)
     again.into.setText(str(tmp_path / "sorted"))
     assert "already holds a sort" in again.counts.text() and not again.sort_button.isEnabled()
+    assert not again.undo_button.isHidden()
+    again.undo_button.click()  # undo from the window: the copies go, the input stays
+    assert not list((tmp_path / "sorted").rglob("*.png")) and len(list(inputs.rglob("*.png"))) == len(lines)
+    assert "Undid the sort" in browser.message.text() and again.sort_button.isEnabled()
     again.reject()
 
     export = after_run_dialogs.export(browser)

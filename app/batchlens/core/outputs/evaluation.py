@@ -63,7 +63,8 @@ def truth_from_csv(path: Path) -> dict[str, str]:
             raise BatchLensError(
                 f"Line {number} of {path} is not `image,label`; each line names an image and its true label."
             )
-        truth[row[0].strip().replace("\\", "/")] = row[1].strip()
+        image = row[0].strip().replace("\\", "/")
+        truth[image[2:] if image.startswith("./") else image] = row[1].strip()
     if not truth:
         raise BatchLensError(f"{path} names no image; give one `image,label` line per image.")
     return truth

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QCoreApplication, Qt
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QMessageBox,
+    QProgressDialog,
     QPushButton,
     QRadioButton,
     QTableWidget,
@@ -231,6 +232,9 @@ class SortDialog(QDialog):
         self.counts.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Cancel)
         self.sort_button = self.buttons.addButton("Sort", QDialogButtonBox.ButtonRole.AcceptRole)
+        self.undo_button = self.buttons.addButton("Undo that sort", QDialogButtonBox.ButtonRole.ActionRole)
+        self.undo_button.setToolTip("Remove the copies or links that sort made, or move its files back.")
+        self.undo_button.clicked.connect(self.undo)
         self.buttons.accepted.connect(self.sort)
         self.buttons.rejected.connect(self.reject)
         form = QFormLayout()
@@ -253,10 +257,12 @@ class SortDialog(QDialog):
 
     def update_plan(self) -> None:
         """The counts per folder for the current choices (nothing is done yet)."""
-        from batchlens.core.outputs.sorting import first_clash, plan_sort, plan_text
+        from batchlens.core.outputs.sorting import SORT_LOG, first_clash, plan_sort, plan_text
 
         self.plan = None
-        if not self.into.text().strip():
+        into = self.into.text().strip()
+        self.undo_button.setVisible(bool(into) and (Path(into) / SORT_LOG).is_file())
+        if not into:
             self.counts.setText("Choose the folder to sort into.")
             self.sort_button.setEnabled(False)
             return
@@ -287,18 +293,45 @@ class SortDialog(QDialog):
 
         if self.plan is None:
             return
+        progress = QProgressDialog("Sorting…", "", 0, len(self.plan.moves), self)
+        progress.setCancelButton(None)  # a sort stopped half way is undone from its log, not here
+        progress.setMinimumDuration(500)
+
+        def step(done: int, total: int) -> None:
+            progress.setValue(done)
+            QCoreApplication.processEvents()
+
         try:
-            self.done_counts = do_sort(self.plan)
+            self.done_counts = do_sort(self.plan, step)
         except (BatchLensError, OSError) as exc:
+            progress.close()
             self.counts.setText(
                 f"The sort stopped: {exc}. What was placed is in {self.plan.into}/sort-log.jsonl."
             )
             return
+        progress.close()
         self.accept()
         self.browser.notice_text(
             f"Sorted {sum(self.done_counts.values()):,} file(s) into {self.plan.into} "
             f'(to undo: batchlens sort --undo "{self.plan.into}").'
         )
+
+    def undo(self) -> None:
+        from batchlens.core.outputs.sorting import undo_sort
+
+        into = Path(self.into.text().strip())
+        try:
+            result = undo_sort(into)
+        except (BatchLensError, OSError) as exc:
+            self.counts.setText(f"Could not undo the sort in {into}: {exc}")
+            return
+        kept = f"; left in place: {', '.join(result.kept[:3])}" if result.kept else ""
+        self.browser.notice_text(
+            f"Undid the sort in {into}: removed {result.removed:,} copies or links, "
+            f"moved {result.moved_back:,} "
+            f"file(s) back{kept}."
+        )
+        self.update_plan()
 
 
 def sort_into_folders(browser) -> SortDialog | None:

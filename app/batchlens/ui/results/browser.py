@@ -309,6 +309,7 @@ class ResultsBrowser(QWidget):
             {"all": total, "reviewed": reviewed, "not reviewed": total - reviewed, "changed": changes}
         )
         self.shown.reviews_changed()
+        self.grid.viewport().update()  # the tiles' ticks
 
     # -- pictures ------------------------------------------------------------------------------
     def _job(self, record: ResultRecord, size: int | None = None, large: bool = False) -> Job:

@@ -47,6 +47,13 @@ def changed(record: ResultRecord, review) -> bool:
     return {b["label"] for b in review.boxes or []} != set(record.labels)
 
 
+def reviewed_words(review) -> str:
+    """The tile's second line for a reviewed image: the person's word, ticked."""
+    if review.label is not None:
+        return f"✓ {review.label}"
+    return f"✓ {len(review.boxes or [])} box(es)"
+
+
 def describe(record: ResultRecord) -> str:
     """The tile's second line: the result in a few words."""
     if record.status == "error":
