@@ -345,3 +345,19 @@ def test_export_detection_coco_and_yolo_with_the_reviews(tmp_path):
     ]
     assert not (inputs / "a.png").exists()
     assert undo_sort(tmp_path / "s").moved_back == 2 and (inputs / "a.png").is_file()
+
+
+def test_the_after_run_engine_needs_neither_qt_nor_torch():
+    """`batchlens evaluate`, `sort` and `export` start without torch's import (seconds on a laptop)."""
+    import subprocess
+    import sys
+
+    modules = ("run_facts", "reviews", "evaluation", "evaluation_boxes", "sorting", "export")
+    code = (
+        "import sys; "
+        + "; ".join(f"import batchlens.core.outputs.{m}" for m in modules)
+        + "; print(sorted({m.split('.')[0] for m in sys.modules} & {'PySide6', 'torch'}))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "app")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert result.stdout.strip() == "[]"

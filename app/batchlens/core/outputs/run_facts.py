@@ -12,7 +12,6 @@ from pathlib import Path
 
 from batchlens.core.errors import BatchLensError
 from batchlens.core.outputs.records import STATUSES, record_key
-from batchlens.core.outputs.result_pictures import task_of
 from batchlens.core.outputs.results import PREDICTIONS
 from batchlens.core.outputs.results_index import describe_folder
 from batchlens.core.outputs.reviews import Review, read_reviews
@@ -35,6 +34,14 @@ class RunFacts:
         if self.input_dir is None:
             return None
         return self.input_dir / record_key(self.lines[image])
+
+
+def task_of(line: dict) -> str | None:
+    """The task whose shape a line has (result_pictures.task_of without its torch-importing module)."""
+    for key, task in (("top", "classification"), ("detections", "detection"), ("classes", "segmentation")):
+        if key in line:
+            return task
+    return "image_to_image" if "output" in line else None
 
 
 def top_label(line: dict) -> tuple[str | None, float | None]:
