@@ -134,7 +134,8 @@ def classification_truth(facts: RunFacts, truth: str | Path | None) -> dict[str,
         if not found:
             raise BatchLensError(
                 f"The images of {facts.path} are not in class folders (each image's first folder is its "
-                "true label), so there is no truth to measure against; give --truth FILE.csv."
+                "true label), so there is no truth to measure against; give a CSV of image,label lines "
+                "(--truth FILE.csv)."
             )
         return found
     if truth == TRUTH_REVIEWS:
