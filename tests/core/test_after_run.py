@@ -233,6 +233,21 @@ def test_sort_refuses_a_clash_before_touching_anything(shapes_run, tmp_path, cap
     assert [p for p in (tmp_path / "s").rglob("*") if p.is_file()] == [clash]
     with pytest.raises(BatchLensError, match="inside the input folder"):
         plan_sort(output, inputs / "sorted")
+    label = line["top"][0]["label"]
+    (tmp_path / "parent").mkdir()
+    shutil.move(inputs, tmp_path / "parent" / label)  # the input is now a folder named like a label
+    with pytest.raises(BatchLensError, match="which holds the input folder"):
+        plan_sort(output, tmp_path / "parent", input_dir=tmp_path / "parent" / label)
+
+
+def test_a_file_that_cannot_be_written_is_one_sentence(shapes_run, tmp_path, capsys):
+    _, output = _copy_run(shapes_run, tmp_path)
+    (output / "evaluation.json").mkdir()  # in the way of the file (fails for root too, unlike chmod)
+    (output / "evaluation.json" / "keep").write_text("mine")
+    assert main(["evaluate", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("batchlens evaluate: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert (output / "evaluation.json" / "keep").read_text() == "mine"
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")

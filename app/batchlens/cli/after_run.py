@@ -142,4 +142,22 @@ def export_command(args: argparse.Namespace) -> int:
     return 0
 
 
-AFTER_RUN_COMMANDS = {"sort": sort_command, "evaluate": evaluate_command, "export": export_command}
+def _one_sentence(command):
+    """A file that cannot be read or written (a read-only folder, a full disk) is one sentence, exit 2."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except OSError as exc:
+            where = f" ({exc.filename})" if exc.filename else ""
+            print(printable(f"batchlens {args.command}: {exc.strerror or exc}{where}."), file=sys.stderr)
+            return 2
+
+    return run
+
+
+AFTER_RUN_COMMANDS = {
+    "sort": _one_sentence(sort_command),
+    "evaluate": _one_sentence(evaluate_command),
+    "export": _one_sentence(export_command),
+}

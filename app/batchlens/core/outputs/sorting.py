@@ -127,6 +127,13 @@ def plan_sort(
         for folder in _destinations(facts, image, min_score):
             plan.moves.append((source, f"{folder}/{rel}"))
             plan.counts[folder] += 1
+    for folder in plan.counts:
+        target = into / folder
+        if target == input_dir or target in input_dir.parents:
+            raise BatchLensError(
+                f"Sorting into {into} would put images into {target}, which holds the input folder "
+                f"{input_dir}; choose another folder to sort into."
+            )
     return plan
 
 
@@ -195,7 +202,13 @@ def do_sort(plan: SortPlan, progress=None) -> Counter:
             entry = {"action": action, "source": os.fsdecode(source), "dest": rel}
             log.write(json.dumps(entry) + "\n")  # ASCII: a name that is not UTF-8 survives as \\udcNN
             log.flush()
-            _place(source, plan.into / rel, action)
+            try:
+                _place(source, plan.into / rel, action)
+            except OSError as exc:
+                raise BatchLensError(
+                    f"The sort stopped at {source}: {exc.strerror or exc}; what it placed so far is in "
+                    f"{plan.into / SORT_LOG}, and `batchlens sort --undo {plan.into}` takes it back."
+                ) from None
             done[rel.split("/", 1)[0]] += 1
             if progress is not None and (i % 200 == 0 or i + 1 == len(plan.moves)):
                 progress(i + 1, len(plan.moves))
