@@ -149,8 +149,10 @@ def _one_sentence(command):
         try:
             return command(args)
         except OSError as exc:
-            where = f" ({exc.filename})" if exc.filename else ""
-            print(printable(f"batchlens {args.command}: {exc.strerror or exc}{where}."), file=sys.stderr)
+            path = exc.filename2 or exc.filename  # os.replace: the second is the file being written
+            where = f"{path}: " if path else ""
+            words = f"{where}{exc.strerror or exc}; check that the folder can be written and has room."
+            print(printable(f"batchlens {args.command}: {words}"), file=sys.stderr)
             return 2
 
     return run
