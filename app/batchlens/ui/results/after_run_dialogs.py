@@ -156,8 +156,11 @@ class EvaluationView(QDialog):
             return
         try:
             self.result = evaluate(self.browser.folder.path, truth)
-        except BatchLensError as exc:
+        except (BatchLensError, OSError) as exc:
             self.result = None
+            if isinstance(exc, OSError):
+                path = exc.filename2 or exc.filename or self.browser.folder.path
+                exc = f"Could not write {path}: {exc.strerror or exc}; check that the folder can be written."
             self.headline.setText(str(exc))
             self.matrix.setRowCount(0)
             self.matrix.setColumnCount(0)
