@@ -111,6 +111,11 @@ class EvaluationView(QDialog):
         layout.addWidget(self.box_counts)
         layout.addWidget(self.measure_button)
         layout.addWidget(self.headline)
+        self.matrix_caption = QLabel(
+            "Rows: the true label · columns: the model's label · click a cell to see its images"
+        )
+        self.matrix_caption.hide()
+        layout.addWidget(self.matrix_caption)
         layout.addWidget(self.matrix, 1)
         self.result = None
         self.facts = None
@@ -175,6 +180,7 @@ class EvaluationView(QDialog):
 
     def _fill_matrix(self, confusion: dict | None) -> None:
         labels = confusion["labels"] if confusion else []
+        self.matrix_caption.setVisible(bool(labels))
         self.matrix.setRowCount(len(labels))
         self.matrix.setColumnCount(len(labels))
         self.matrix.setHorizontalHeaderLabels(labels)
