@@ -96,41 +96,15 @@ def sort_command(args: argparse.Namespace) -> int:
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
-    from batchlens.core.outputs.evaluation import evaluate
+    from batchlens.core.outputs.evaluation import evaluate, headline
 
     result = evaluate(args.run, args.truth)
     report = result.report
-    print(printable(evaluation_text(report)))
+    print(printable(headline(report)))
     if result.without_truth:
         print(f"{result.without_truth:,} image(s) have no true label and are not counted.")
     print(printable("Wrote " + ", ".join(str(p) for p in result.files) + "."))
     return 0
-
-
-def evaluation_text(report: dict) -> str:
-    """The headline numbers in one or two lines."""
-    if report["task"] == "classification":
-        accuracy = "n/a" if report["accuracy"] is None else f"{report['accuracy'] * 100:.1f} %"
-        top5 = "" if report["top5_accuracy"] is None else f", top-5 {report['top5_accuracy'] * 100:.1f} %"
-        return (
-            f"Accuracy {accuracy}{top5} over {report['images'] - report['failed']:,} image(s) "
-            f"({report['failed']:,} failed, counted apart)."
-        )
-    if report["task"] == "detection":
-        if report["map"] is None:
-            return (
-                f"No class of the truth has a true box, so there is no mAP ({report['images']:,} image(s))."
-            )
-        return (
-            f"mAP {report['map']:.3f}, mAP@50 {report['map50']:.3f}, mAP@75 {report['map75']:.3f} "
-            f"over {report['images']:,} image(s)."
-        )
-    if report["miou"] is None:
-        return f"The masks hold no pixel to count ({report['images']:,} image(s))."
-    return (
-        f"Mean IoU {report['miou']:.3f}, pixel accuracy {report['pixel_accuracy'] * 100:.1f} % "
-        f"over {report['images']:,} image(s)."
-    )
 
 
 def export_command(args: argparse.Namespace) -> int:

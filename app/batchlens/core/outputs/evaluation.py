@@ -13,26 +13,16 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from batchlens.core.errors import BatchLensError
 from batchlens.core.files import atomic_write, atomic_write_text
-from batchlens.core.outputs.run_facts import RunFacts, load_run, top_label
+from batchlens.core.outputs.run_facts import Evaluation, RunFacts, load_run, top_label
 
 EVALUATION = "evaluation.json"
 CONFUSION_PNG = "confusion.png"
 TRUTH_FOLDERS = "folders"
 TRUTH_REVIEWS = "reviews"
-
-
-@dataclass
-class Evaluation:
-    report: dict  # what evaluation.json holds
-    cells: dict[tuple[str, str], list[str]]  # (truth, predicted) -> images, for the window's matrix
-    without_truth: int  # images of the run that the truth does not name
-    truth_only: int  # images the truth names that the run has no line for
-    files: list[Path]
 
 
 def truth_from_folders(facts: RunFacts) -> dict[str, str]:
@@ -233,3 +223,29 @@ def confusion_picture(labels: list[str], matrix: list[list[int]], cell: int = 0)
                 centre = (box[0] + cell // 2, box[1] + cell // 2)
                 draw.text(centre, str(count), fill="black", font=font, anchor="mm")
     return picture
+
+
+def headline(report: dict) -> str:
+    """The headline numbers in one or two lines."""
+    if report["task"] == "classification":
+        accuracy = "n/a" if report["accuracy"] is None else f"{report['accuracy'] * 100:.1f} %"
+        top5 = "" if report["top5_accuracy"] is None else f", top-5 {report['top5_accuracy'] * 100:.1f} %"
+        return (
+            f"Accuracy {accuracy}{top5} over {report['images'] - report['failed']:,} image(s) "
+            f"({report['failed']:,} failed, counted apart)."
+        )
+    if report["task"] == "detection":
+        if report["map"] is None:
+            return (
+                f"No class of the truth has a true box, so there is no mAP ({report['images']:,} image(s))."
+            )
+        return (
+            f"mAP {report['map']:.3f}, mAP@50 {report['map50']:.3f}, mAP@75 {report['map75']:.3f} "
+            f"over {report['images']:,} image(s)."
+        )
+    if report["miou"] is None:
+        return f"The masks hold no pixel to count ({report['images']:,} image(s))."
+    return (
+        f"Mean IoU {report['miou']:.3f}, pixel accuracy {report['pixel_accuracy'] * 100:.1f} % "
+        f"over {report['images']:,} image(s)."
+    )

@@ -16,8 +16,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from batchlens.core.errors import BatchLensError
-from batchlens.core.outputs.evaluation import Evaluation
-from batchlens.core.outputs.run_facts import RunFacts
+from batchlens.core.outputs.run_facts import Evaluation, RunFacts
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)

@@ -129,3 +129,12 @@ def load_run(run_dir: Path | str, input_dir: Path | None = None) -> RunFacts:
         lines=lines,
         reviews=read_reviews(run_dir),
     )
+
+
+@dataclass
+class Evaluation:
+    report: dict  # what evaluation.json holds
+    cells: dict[tuple[str, str], list[str]]  # (truth, predicted) -> images, for the window's matrix
+    without_truth: int  # images of the run that the truth does not name
+    truth_only: int  # images the truth names that the run has no line for
+    files: list[Path]

@@ -145,8 +145,7 @@ class EvaluationView(QDialog):
         )
 
     def measure(self) -> None:
-        from batchlens.cli.after_run import evaluation_text
-        from batchlens.core.outputs.evaluation import evaluate
+        from batchlens.core.outputs.evaluation import evaluate, headline
 
         key = self.truth.currentData()
         truth = self.truth_path.text().strip() if key == "file" else key
@@ -171,7 +170,7 @@ class EvaluationView(QDialog):
             self.matrix.setColumnCount(0)
             return
         report = self.result.report
-        words = evaluation_text(report)
+        words = headline(report)
         if self.result.without_truth:
             words += f" {self.result.without_truth:,} image(s) have no true label and are not counted."
         names = ", ".join(p.name for p in self.result.files)
