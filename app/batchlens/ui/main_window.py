@@ -22,14 +22,15 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from batchlens.core.cluster import ClusterConfig, ClusterRunner
+from batchlens.core.cluster import ClusterConfig
 from batchlens.core.errors import BatchLensError
 from batchlens.core.machine.devices import resolve_device
-from batchlens.core.machine.memory import ClearResult, MemoryProbe, format_bytes, probe_for
+from batchlens.core.machine.memory import ClearResult, CpuProbe, MemoryProbe, format_bytes, probe_for
 from batchlens.core.run.config import RunConfig
 from batchlens.core.run.events import ImageResult, RunFinished, RunNote, RunStarted
 from batchlens.core.run.run_speed import RunClock, format_rate
 from batchlens.core.run.run_text import describe_start, describe_summary
+from batchlens.ui.engine import LOADING, Engine
 from batchlens.ui.memory_plot import MemoryPlot
 from batchlens.ui.menus import Menus
 from batchlens.ui.model_sources import ModelSources
@@ -41,7 +42,6 @@ from batchlens.ui.run_form import CLUSTER, RunForm, dropped_folder
 from batchlens.ui.run_setup import RunSetup
 from batchlens.ui.settings import Settings
 from batchlens.ui.wording import for_window
-from batchlens.ui.worker import RunWorker, start_in_thread
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ PREVIEW_INTERVAL_MS = 80
 
 
 def probe_for_name(name: str) -> MemoryProbe:
+    if name == "cpu":  # process RAM: no torch needed, so the plot runs before the engine loads
+        return CpuProbe()
     return probe_for(resolve_device(name))
 
 
@@ -62,12 +64,21 @@ class MainWindow(QMainWindow):
         settings: Settings | None = None,
         probe_factory: Callable[[str], MemoryProbe] = probe_for_name,
         parent: QWidget | None = None,
+        engine: Engine | None = None,
     ):
+        """`engine`: PyTorch and the run's code, loaded behind the window (ui/engine.py, as app.py
+        does); without one, the window loads it at once."""
         super().__init__(parent)
+        if engine is None:
+            engine = Engine(self)
+            engine.load()
+        self.engine = engine
+        self._run_waits_for_engine = False
         self.settings = settings or Settings()
         self.probe_factory = probe_factory
         self.ask_questions = True  # False in --self-test and --start: never block on a dialog
-        self.worker: RunWorker | None = None
+        self.worker = None  # the RunWorker of the current run (ui/worker.py, part of the engine)
+        self._cluster_run = False
         self.thread: QThread | None = None
         self.last_summary: dict | None = None
         self.last_error: str | None = None
@@ -79,10 +90,15 @@ class MainWindow(QMainWindow):
         self._build()
         self._wire()
         self._restore()
+        if not engine.is_ready():
+            engine.ready.connect(self._on_engine_ready)
+            engine.failed.connect(self._on_engine_failed)
+            if engine.error is not None:
+                self._on_engine_failed(engine.error)
 
     # == layout ====================================================================================
     def _build(self) -> None:
-        self.form = RunForm()
+        self.form = RunForm(find_devices=self.engine.is_ready())
         self.setup = RunSetup(self)
         self.model_picker = self.form.model_picker
         self.model_sources = ModelSources(self)  # weights download, "Use weights file…", pickle trust
@@ -206,6 +222,9 @@ class MainWindow(QMainWindow):
 
     def _on_device_changed(self, *_args) -> None:
         name = self.device_name()
+        if not self.engine.is_ready() and name not in ("cpu", CLUSTER):
+            self.memory_plot.set_where(f"{LOADING} The plot starts once the devices are known.")
+            return  # a GPU's probe needs torch: _on_engine_ready sets it
         try:
             # On a cluster the plot can only show this window's own process; it says so.
             self.memory_plot.set_probe(self.probe_factory("cpu" if name == CLUSTER else name))
@@ -275,9 +294,35 @@ class MainWindow(QMainWindow):
             self.controls.set_total(max(count, 0))
         self._update_blocker()
 
+    # == the engine, loaded behind the window ========================================================
+    def _on_engine_ready(self) -> None:
+        missing = self.form.fill_devices()
+        if missing:
+            self.show_error(f"Device {missing!r} is not available here; using {self.device_name()}.")
+        self._on_device_changed()
+        if self._run_waits_for_engine:
+            self._run_waits_for_engine = False
+            self.controls.show_message("")
+            self.start_run()
+
+    def _on_engine_failed(self, message: str) -> None:
+        self._run_waits_for_engine = False
+        self.show_error(message)
+
     def start_run(self) -> bool:
         if self.is_running():
             return False
+        if not self.engine.is_ready():  # Run pressed while PyTorch loads: start when it is ready
+            if self.engine.error is not None:
+                self.show_error(self.engine.error)
+                return False
+            self._run_waits_for_engine = True
+            self.controls.show_message(f"{LOADING} The run starts as soon as it is ready.")
+            self.statusBar().showMessage(LOADING)
+            return False
+        from batchlens.core.cluster import ClusterRunner
+        from batchlens.ui.worker import RunWorker, start_in_thread
+
         form = self.form
         blocker = self.run_blocker()
         if blocker is not None:
@@ -302,7 +347,8 @@ class MainWindow(QMainWindow):
         self.memory_plot.set_save_folder(config.output_dir)
 
         runner = None
-        if self.device_name() == CLUSTER:
+        self._cluster_run = self.device_name() == CLUSTER
+        if self._cluster_run:
             runner = ClusterRunner(config, ClusterConfig(form.cluster_address()))
         worker = RunWorker(config, runner=runner)
         worker.yielded.connect(self._on_event)
@@ -358,7 +404,7 @@ class MainWindow(QMainWindow):
     def _on_event(self, event) -> None:
         if isinstance(event, ImageResult):
             self._on_image(event)
-            if isinstance(self.worker and self.worker.runner, ClusterRunner):
+            if self._cluster_run:
                 self._show_where(
                     f"Latest worker report: {format_bytes(event.memory.allocated)} in use, "
                     f"peak {format_bytes(event.memory.peak)}."
@@ -367,7 +413,7 @@ class MainWindow(QMainWindow):
             self.clock.start()
             self.controls.set_total(event.total)
             memory = "RAM" if event.memory_kind == "cpu" else f"{event.memory_kind.upper()} memory"
-            if isinstance(self.worker and self.worker.runner, ClusterRunner):
+            if self._cluster_run:
                 memory = "this window's own process; the workers report theirs above it"
             self.statusBar().showMessage(f"{describe_start(event)}; the plot shows {memory}.")
             self.previews.clear("Waiting for the first image…")
