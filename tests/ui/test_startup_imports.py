@@ -42,6 +42,7 @@ def fresh_python(code: str, tmp_path: Path) -> tuple[list[str], str]:
 
 def test_the_window_opens_with_its_model_list_without_torch(tmp_path):
     code = """
+import sys
 from batchlens.ui.qt_app import create_app
 app = create_app()
 from batchlens.ui.engine import Engine
@@ -52,11 +53,15 @@ app.processEvents()
 picker = window.model_picker
 texts = [picker.item_model.item(row).text() for row in range(picker.item_model.rowCount())]
 print(next(t for t in texts if t.startswith("resnet50 ")))
-print(window.form.count_label.text() or "-", window.controls.run_button.isEnabled())
+print("pyqtgraph before the paint:", "pyqtgraph" in sys.modules)
+window.build_memory_plot()  # what app.py does after the first paint, before the engine loads
+print("plot:", window.memory_plot.parent() is not None, window.memory_plot.probe)
 """
     heavy, out = fresh_python(code, tmp_path)
     assert heavy == [], f"the window imported {heavy} before its first paint"
     assert "resnet50  —  classification  (needs a 97.8 MiB download)" in out
+    assert "pyqtgraph before the paint: False" in out  # the memory plot's 1-2 s come after it
+    assert "plot: True None" in out  # in its panel, waiting for the devices (auto) to be known
 
 
 def test_batchlens_models_and_the_command_lines_mistakes_need_no_torch(tmp_path):

@@ -49,8 +49,9 @@ def run_window(args: argparse.Namespace) -> int:
         device=getattr(args, "window_device", None),
     )
     window.show()
-    # After the first paint: the loading thread holds the GIL for most of a second at a time.
-    QTimer.singleShot(ENGINE_AFTER_MS, engine.load_in_background)
+    # After the first paint: the memory plot (pyqtgraph), then the engine on its thread, which holds the
+    # GIL for most of a second at a time.
+    QTimer.singleShot(ENGINE_AFTER_MS, window.load_behind)
     if getattr(args, "window_start", False):
         window.ask_questions = False
         QTimer.singleShot(0, window.start_run)

@@ -10,11 +10,13 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt, QThread, QTimer, QUrl, Signal, Slot
 from PySide6.QtGui import QAction, QDesktopServices, QKeySequence
 from PySide6.QtWidgets import (
     QGroupBox,
+    QLabel,
     QMainWindow,
     QSplitter,
     QStatusBar,
@@ -31,7 +33,6 @@ from batchlens.core.run.events import ImageResult, RunFinished, RunNote, RunStar
 from batchlens.core.run.run_speed import RunClock, format_rate
 from batchlens.core.run.run_text import describe_start, describe_summary
 from batchlens.ui.engine import LOADING, Engine
-from batchlens.ui.memory_plot import MemoryPlot
 from batchlens.ui.menus import Menus
 from batchlens.ui.model_sources import ModelSources
 from batchlens.ui.pages import Pages, first_start_geometry
@@ -42,6 +43,9 @@ from batchlens.ui.run_form import CLUSTER, RunForm, dropped_folder
 from batchlens.ui.run_setup import RunSetup
 from batchlens.ui.settings import Settings
 from batchlens.ui.wording import for_window
+
+if TYPE_CHECKING:
+    from batchlens.ui.memory_plot import MemoryPlot
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +111,13 @@ class MainWindow(QMainWindow):
         self.preview_box = PreviewBox()
         self.previews = self.preview_box.panel
         self.thumbnails = self.preview_box.thumbnails
-        self.memory_plot = MemoryPlot()
         memory_box = QGroupBox("Memory")
         self.memory_box = memory_box
-        memory_layout = QVBoxLayout(memory_box)
-        memory_layout.addWidget(self.memory_plot)
+        # pyqtgraph takes a second or two to import: the plot comes after the paint (build_memory_plot)
+        self.memory_plot: MemoryPlot | None = None
+        self._memory_placeholder = QLabel("The memory plot appears in a moment…")
+        self._memory_placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        QVBoxLayout(memory_box).addWidget(self._memory_placeholder)
 
         self.problems = ProblemsPanel()
 
@@ -166,14 +172,12 @@ class MainWindow(QMainWindow):
         self.form.input_changed.connect(lambda: self._choices_changed(model=False))
         self.form.counted.connect(self._on_counted)
         self.form.cluster_changed.connect(lambda _address: self._show_where())
-        self.memory_plot.cache_cleared.connect(self._on_cache_cleared)
 
     def _restore(self) -> None:
         s = self.settings
         self.form.restore(s)
-        self.memory_plot.whole_device.setChecked(s.whole_gpu)
-        if self.memory_plot.probe is None:
-            self._on_device_changed()
+        if self.engine.is_ready():  # built at once (tests, the self-test); app.py builds it after the paint
+            self.build_memory_plot()
         # A saved geometry Qt itself moves onto a screen and shrinks to fit (a laptop off its big monitor).
         if (geometry := s.state("geometry")) is None or not self.restoreGeometry(geometry):
             self.setGeometry(first_start_geometry(self.screen().availableGeometry()))
@@ -187,7 +191,8 @@ class MainWindow(QMainWindow):
     def save_settings(self) -> None:
         s = self.settings
         self.form.save(s)
-        s.whole_gpu = self.memory_plot.whole_device.isChecked()
+        if self.memory_plot is not None:
+            s.whole_gpu = self.memory_plot.whole_device.isChecked()
         s.set_state("geometry", self.saveGeometry())
         s.set_state("top_splitter", self.top_splitter.saveState())
         s.set_state("main_splitter", self.main_splitter.saveState())
@@ -220,7 +225,30 @@ class MainWindow(QMainWindow):
     def set_device(self, name: str) -> bool:
         return self.form.set_device(name)
 
+    def build_memory_plot(self) -> None:
+        """Put the memory plot in its panel (once). pyqtgraph's import takes 1-2 s on a busy machine,
+        so app.py calls this after the window's first paint, before the engine loads."""
+        if self.memory_plot is not None:
+            return
+        from batchlens.ui.memory_plot import MemoryPlot
+
+        self.memory_plot = MemoryPlot()
+        layout = self.memory_box.layout()
+        layout.replaceWidget(self._memory_placeholder, self.memory_plot)
+        self._memory_placeholder.deleteLater()
+        self.memory_plot.cache_cleared.connect(self._on_cache_cleared)
+        self.memory_plot.whole_device.setChecked(self.settings.whole_gpu)
+        self._set_save_folder()
+        self._on_device_changed()
+
+    def load_behind(self) -> None:
+        """After the first paint (app.py): the memory plot, then PyTorch and the engine on a thread."""
+        self.build_memory_plot()
+        self.engine.load_in_background()
+
     def _on_device_changed(self, *_args) -> None:
+        if self.memory_plot is None:
+            return  # build_memory_plot sets its probe
         name = self.device_name()
         if not self.engine.is_ready() and name not in ("cpu", CLUSTER):
             self.memory_plot.set_where(f"{LOADING} The plot starts once the devices are known.")
@@ -233,6 +261,8 @@ class MainWindow(QMainWindow):
         self._show_where()
 
     def _show_where(self, worker_report: str = "") -> None:
+        if self.memory_plot is None:
+            return
         if self.device_name() != CLUSTER:
             self.memory_plot.set_where(None)
             return
@@ -296,6 +326,7 @@ class MainWindow(QMainWindow):
 
     # == the engine, loaded behind the window ========================================================
     def _on_engine_ready(self) -> None:
+        self.build_memory_plot()  # (already there when app.py's load_behind started the engine)
         missing = self.form.fill_devices()
         if missing:
             self.show_error(f"Device {missing!r} is not available here; using {self.device_name()}.")
@@ -322,6 +353,8 @@ class MainWindow(QMainWindow):
             return False
         from batchlens.core.cluster import ClusterRunner
         from batchlens.ui.worker import RunWorker, start_in_thread
+
+        self.build_memory_plot()  # the engine's `ready` may still be on its way to _on_engine_ready
 
         form = self.form
         blocker = self.run_blocker()
@@ -501,9 +534,14 @@ class MainWindow(QMainWindow):
         self.run_action.setEnabled(not running)
         output = self.form.output_text()
         self.controls.set_output_available(bool(output) and Path(output).is_dir())
-        self.memory_plot.set_save_folder(Path(output).expanduser() if output else None)
+        self._set_save_folder()
         if not running:
             self._update_blocker()
+
+    def _set_save_folder(self) -> None:
+        output = self.form.output_text()
+        if self.memory_plot is not None:
+            self.memory_plot.set_save_folder(Path(output).expanduser() if output else None)
 
     def open_output_folder(self) -> bool:
         """Show the output folder in the file manager; say so plainly when there is none to show it."""
@@ -540,7 +578,8 @@ class MainWindow(QMainWindow):
                 CLOSE_WAIT_MS / 1000,
             )
         self.preview_timer.stop()
-        self.memory_plot.timer.stop()
+        if self.memory_plot is not None:
+            self.memory_plot.timer.stop()
         self.pages.shutdown()
         self.form.shutdown()
         self.save_settings()
