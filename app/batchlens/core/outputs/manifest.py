@@ -19,9 +19,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-
-import torch
-import torchvision
+from typing import TYPE_CHECKING
 
 from batchlens import __version__
 from batchlens.core.errors import BatchLensError
@@ -35,6 +33,10 @@ from batchlens.core.outputs.results import (
     read_records,
     run_finished,
 )
+
+if TYPE_CHECKING:
+    pass
+
 
 MANIFEST = "run.json"
 #: Files a run writes at the top of its output folder (tasks' end-of-run files included).
@@ -106,6 +108,9 @@ def preprocessing_words(model) -> str:
 
 def build_manifest(cfg, model, input_dir: Path) -> dict:
     """run.json for a run of `cfg` with the loaded `model`."""
+    import torch
+    import torchvision
+
     options = cfg.model_options or {}
     model_file = Path(cfg.model).expanduser()
     weights = options.get("weights")
