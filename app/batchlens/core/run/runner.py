@@ -17,7 +17,7 @@ from pathlib import Path
 
 from batchlens import __version__
 from batchlens.core.errors import BatchLensError
-from batchlens.core.files import write_error
+from batchlens.core.files import OutputFolder, write_error
 from batchlens.core.inputs.fast_preprocess import fast_decode_helps
 from batchlens.core.inputs.header_scan import HeaderScan
 from batchlens.core.inputs.images import (
@@ -29,7 +29,7 @@ from batchlens.core.inputs.prefetch import Prefetcher
 from batchlens.core.machine.devices import resolve_device
 from batchlens.core.machine.memory import CpuProbe, MemoryProbe, MemorySample, PeakWatch, probe_for
 from batchlens.core.models import LoadedModel, load_model
-from batchlens.core.outputs.manifest import open_output, refuse_plain_run
+from batchlens.core.outputs.manifest import check_own_names, open_output, refuse_overwrite, refuse_plain_run
 from batchlens.core.outputs.results import ResultsWriter, read_records
 from batchlens.core.outputs.runlock import RunLock
 from batchlens.core.run.autobatch import sizer_for_run
@@ -212,12 +212,16 @@ def finish_run(
     try:
         files = []
         if not cancelled and stopped is None:
-            files = [str(p) for p in model.adapter.finish(output_dir, read_records(writer.path))]
+            writer.check()  # the folder is still the run's: nothing is written anywhere else
+            records = read_records(writer.path)
+            files = [str(p) for p in model.adapter.finish(writer.folder, records)]
         summary = run_summary(
             cfg, model, output_dir=output_dir, cancelled=cancelled, stopped=stopped, files=files, **fields
         )
+        writer.check()
         writer.write_summary(summary)
     except OSError as exc:
+        writer.check()  # the folder gone or replaced: that sentence rather than the write's
         raise BatchLensError(write_error(exc, output_dir)) from None
     if stopped:
         raise BatchLensError(stopped)
@@ -280,13 +284,22 @@ class Runner:
         if cfg.resume and cfg.overwrite:
             raise BatchLensError("Choose --resume or --overwrite, not both.")
         input_dir, output_dir = check_folders(cfg.input_dir, cfg.output_dir)
-        with RunLock(output_dir):  # one run at a time in a folder, released however the run ends
-            yield from self._events(input_dir, output_dir, cache_policy)
+        try:
+            folder = OutputFolder.open(output_dir)  # held for the run: every output write goes through it
+        except OSError as exc:
+            raise BatchLensError(write_error(exc, output_dir)) from None
+        # one run at a time in a folder, released however the run ends
+        with folder, RunLock(output_dir):
+            yield from self._events(input_dir, folder, cache_policy)
 
-    def _events(self, input_dir: Path, output_dir: Path, cache_policy: CachePolicy) -> Iterator[Event]:
+    def _events(self, input_dir: Path, folder: OutputFolder, cache_policy: CachePolicy) -> Iterator[Event]:
         cfg = self.config
-        if not cfg.resume and not cfg.overwrite:
-            refuse_plain_run(output_dir)  # before the model loads: a refusal comes at once
+        output_dir = folder.path
+        check_own_names(output_dir)  # before the model loads: a refusal comes at once
+        if cfg.overwrite:
+            refuse_overwrite(output_dir, input_dir)
+        elif not cfg.resume:
+            refuse_plain_run(output_dir)
         device = resolve_device(cfg.device)
         model = self.model or load_model(cfg.model, device, cfg.model_options)
         device = model.device
@@ -296,7 +309,7 @@ class Runner:
 
         stats = ScanStats()
         candidates = list(scan_images(input_dir, cfg.recursive, stats, exclude=output_dir))
-        writer = open_output(cfg, model, input_dir, output_dir)
+        writer = open_output(cfg, model, input_dir, folder)
         done = writer.done
         todo = [c for c in candidates if c.rel not in done]
         started_at = datetime.now(UTC)
@@ -312,7 +325,7 @@ class Runner:
 
         # Decided now, made after the first batch: the first result comes as soon as a plain loop's
         speedups = ModelSpeedups(model, device, cfg)
-        pipeline = BatchPipeline.for_run(model, output_dir, cfg, False)
+        pipeline = BatchPipeline.for_run(model, folder, cfg, False)
         snapshot = cfg.memory_snapshot and start_memory_history(device)
         pipeline.recovery = pipeline.make_recovery(
             cpu_fallback=cfg.cpu_fallback,
@@ -369,9 +382,13 @@ class Runner:
                     try:
                         writer.write(line)
                     except OSError as exc:
+                        writer.check()  # the folder gone or replaced: that sentence rather than the write's
                         raise BatchLensError(write_error(exc, output_dir)) from None
                     counts[event.status] += 1
                     yield event
+                # After each batch: the folder and predictions.jsonl are still the ones opened (not
+                # deleted, moved, replaced or made read-only), or the run stops here, never "finished".
+                writer.check()
                 headers.start()  # after the first results, not before (it would share their cores)
                 speedups.apply(pipeline, shape)  # after the first results, not before (once)
                 if probe.kind != "cpu" and not self._crowded_warned:  # other programs may start later
