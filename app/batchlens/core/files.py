@@ -152,7 +152,8 @@ def is_name_problem(exc: OSError) -> bool:
 
 #: Whether this system can write relative to an open folder (openat): Linux and macOS; not Windows,
 #: where OutputFolder falls back to paths (docs/troubleshooting.md says what that leaves unguarded).
-DIR_FD = {os.open, os.stat, os.mkdir, os.unlink, os.replace} <= os.supports_dir_fd and sys.platform != "win32"
+# (os.replace takes dir_fd wherever os.rename does; only os.rename is listed in supports_dir_fd)
+DIR_FD = {os.open, os.stat, os.mkdir, os.unlink, os.rename} <= os.supports_dir_fd and sys.platform != "win32"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -366,16 +367,16 @@ class OutputFolder:
                     now = os.stat(folder / name, follow_symlinks=False)
             except FileNotFoundError:
                 now = None
-            if held.st_nlink == 0 or now is None:
-                return (
-                    f"{folder / name} was deleted during the run, so the run stopped (every later result "
-                    "would have been lost with it): run again with --resume to redo the images it held."
-                )
-            if _identity(now) != _identity(held):
+            if now is not None and _identity(now) != _identity(held):
                 return (
                     f"{folder / name} was replaced by another file, a folder or a link during the run, so "
                     "the run stopped without writing through it: remove what took its place and run "
                     "again with --resume."
+                )
+            if held.st_nlink == 0 or now is None:
+                return (
+                    f"{folder / name} was deleted during the run, so the run stopped (every later result "
+                    "would have been lost with it): run again with --resume to redo the images it held."
                 )
         if not os.access(folder, os.W_OK):
             return (

@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -51,7 +52,7 @@ class TaskAdapter:
     task = "base"
     #: the files `finish` writes at the top of the output folder (run.json lists them, so that
     #: --overwrite may delete them, and only them)
-    end_files: tuple[str, ...] = ()
+    end_files: ClassVar[tuple[str, ...]] = ()
     #: the output is an image of the input's shape (up to scale), so out-of-memory recovery may run
     #: the model on overlapping tiles and stitch them (core/run/recovery.py)
     tileable = False
