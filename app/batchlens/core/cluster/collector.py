@@ -47,6 +47,7 @@ class ResultCollector:
         while self.next_line in self.pending:  # predictions.jsonl stays in scan order
             self.writer.write(self.pending.pop(self.next_line))
             self.next_line += 1
+        self.writer.check()  # the output folder and predictions.jsonl still the run's (core/files.py)
         self.counts[event.status] += 1
         self.peak = max(self.peak, event.memory.peak)
         self.hosts.add(str(row["worker"]).split(" (")[0])
