@@ -423,3 +423,30 @@ def test_an_interrupted_summary_write_leaves_the_old_summary_whole(shapes, tmp_p
     assert code == 2 and "is full" in err
     assert (out / "summary.json").read_bytes() == old  # in place, it would be half the new one
     assert not [p for p in out.iterdir() if files.TEMP_NAME.fullmatch(p.name)]
+
+
+def test_a_link_folder_or_file_in_an_outputs_way_fails_that_image_alone(tmp_path, capsys):
+    from PIL import Image
+
+    images = tmp_path / "in"
+    for rel in ("sub/a.png", "b.png", "c/x.png", "fine.png"):
+        (images / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (24, 24), (90, 40, 200)).save(images / rel)
+    victim = outside(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sub").symlink_to(victim.parent, target_is_directory=True)  # a link on the way
+    (out / "b.png").mkdir()  # a folder in the output's place
+    (out / "c").write_text("a file where the mirror folder goes\n")
+    args = ("--model", "demo-denoise", "--input", images, "--output", out, "--recursive")
+
+    code, _, err = run(capsys, *args)
+
+    assert code == 0, err
+    lines = {line["image"]: line for line in strict_lines(out)}
+    assert lines["fine.png"]["status"] == "ok"
+    for rel in ("sub/a.png", "b.png", "c/x.png"):
+        assert lines[rel]["status"] == "error"
+        assert "stands in its way in the output folder" in lines[rel]["error"], lines[rel]
+    assert sorted(p.name for p in victim.parent.iterdir()) == ["precious.txt"]
+    assert (out / "c").read_text() == "a file where the mirror folder goes\n"

@@ -142,10 +142,26 @@ def write_error(exc: OSError, output_dir: Path) -> str:
     )
 
 
+#: What stands in the way of one output file: a link on its way (never followed), a folder in its
+#: place, a file where one of its folders should be.
+_IN_THE_WAY = (errno.ELOOP, errno.EISDIR, errno.ENOTDIR)
+
+
 def is_name_problem(exc: OSError) -> bool:
-    """A write failed because of this one file's name (too long, refused by the file system), not
-    because of the folder or the disk: that image gets an error line and the run goes on."""
-    return exc.errno in (errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL)
+    """A write failed because of this one file's name (too long, refused by the file system, or
+    something of the user's in its way), not because of the folder or the disk: that image gets an
+    error line and the run goes on."""
+    return exc.errno in (errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL, *_IN_THE_WAY)
+
+
+def name_problem_words(exc: OSError) -> str:
+    """An image's error for a name problem (is_name_problem)."""
+    if exc.errno in _IN_THE_WAY:
+        return (
+            "its output file cannot be written: a link, a folder or a file that BatchLens did not make "
+            "stands in its way in the output folder (BatchLens never writes through or over them)"
+        )
+    return f"its output file cannot be written ({exc.strerror})"
 
 
 # -- the guarded output folder ---------------------------------------------------------------------

@@ -15,7 +15,13 @@ import torch
 from torch import nn
 
 from batchlens.core.errors import BatchLensError
-from batchlens.core.files import OutputFolder, is_name_problem, output_path_for, write_error
+from batchlens.core.files import (
+    OutputFolder,
+    is_name_problem,
+    name_problem_words,
+    output_path_for,
+    write_error,
+)
 from batchlens.core.inputs.fast_preprocess import fast_preprocess_for
 from batchlens.core.inputs.gpu_decode import DeviceDecoder, preview_of, wait_for
 from batchlens.core.inputs.images import Candidate, DecodedImage, ImageError, load_image
@@ -333,7 +339,7 @@ class BatchPipeline:
         )
         for item, outcome in zip(items, outcomes):  # in scan order, once no write is running any more
             if isinstance(outcome, OSError) and is_name_problem(outcome):
-                item.result, item.error = None, f"its output file cannot be written ({outcome.strerror})"
+                item.result, item.error = None, name_problem_words(outcome)
             elif isinstance(outcome, OSError):  # the disk or the folder: every image would fail
                 folder = OutputFolder.at(output_dir)
                 folder.check_still_ours()  # deleted, moved or replaced: that sentence, not the write's
