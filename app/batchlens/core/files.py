@@ -189,6 +189,12 @@ class OutputFolder:
         self.path = Path(path)
         self.fd = fd
         self._identity = _identity(os.fstat(fd)) if fd is not None else None
+        # The longest path the system takes: a file written relative to the folder could be longer,
+        # and then nothing could open it by its path (resume, --overwrite, the user's own tools).
+        try:
+            self._path_max = os.fpathconf(fd, "PC_PATH_MAX") if fd is not None else None
+        except (OSError, ValueError):
+            self._path_max = 4096
         self._watched: dict[str, BinaryIO] = {}  # files held open (open_append), checked too
 
     @classmethod
@@ -264,6 +270,8 @@ class OutputFolder:
                 tmp.unlink(missing_ok=True)
                 raise
             return target
+        if self._path_max and len(os.fsencode(target)) >= self._path_max:
+            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), str(target))
         dir_fd = self._open_dir(folders, create=True)
         try:
             tmp = temp_path_for(Path(name)).name
