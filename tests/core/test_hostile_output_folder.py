@@ -450,3 +450,24 @@ def test_a_link_folder_or_file_in_an_outputs_way_fails_that_image_alone(tmp_path
         assert "stands in its way in the output folder" in lines[rel]["error"], lines[rel]
     assert sorted(p.name for p in victim.parent.iterdir()) == ["precious.txt"]
     assert (out / "c").read_text() == "a file where the mirror folder goes\n"
+
+
+@pytest.mark.parametrize(
+    "attack", ["delete predictions.jsonl", "delete the folder", "rename the folder away"]
+)
+def test_where_folders_cannot_be_held_by_descriptor_the_checks_still_stop_the_run(
+    attack, shapes, tmp_path, capsys, monkeypatch
+):
+    """Windows (no dir_fd): OutputFolder works on paths; the checks after each batch still hold."""
+    monkeypatch.setattr(files, "DIR_FD", False)
+    act, _ = ATTACKS[attack]
+    out = tmp_path / "out"
+    attack_after_second_image(monkeypatch, lambda: act(out, tmp_path))
+
+    code, stdout, err = run(capsys, "--model", "demo-shapes", "--input", shapes, "--output", out)
+
+    assert code == 2 and "Finished" not in stdout
+    message = refusal(err).removeprefix("batchlens: ")
+    assert_one_sentence(message, out)
+    assert "during the run, so the run stopped" in message
+    assert not (out / "summary.json").exists()
