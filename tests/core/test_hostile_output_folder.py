@@ -363,11 +363,19 @@ WRONG = {
 }
 
 
-@pytest.mark.parametrize("mode", [[], ["--resume"], ["--overwrite"]], ids=["plain", "resume", "overwrite"])
-@pytest.mark.parametrize("wrong", list(WRONG))
+def wrong_cases():
+    """Every wrong thing in a plain run; the lock, predictions.jsonl and run.json also with --resume and
+    --overwrite (the other names take the same check, check_own_names, in every mode)."""
+    for wrong in WRONG:
+        modes = ["plain"]
+        if wrong.startswith(("lock", "predictions.jsonl", "run.json")):
+            modes += ["--resume", "--overwrite"]
+        for mode in modes:
+            yield pytest.param(wrong, [] if mode == "plain" else [mode], id=f"{wrong}-{mode}")
+
+
+@pytest.mark.parametrize(("wrong", "mode"), list(wrong_cases()))
 def test_lock_and_state_files_of_the_wrong_type_are_one_sentence(wrong, mode, shapes, tmp_path, capsys):
-    if mode and not wrong.startswith(("lock", "predictions.jsonl", "run.json")):
-        pytest.skip("the other names take the same check (check_own_names) in every mode")
     out = tmp_path / "out"
     out.mkdir()
     victim = outside(tmp_path)
@@ -471,3 +479,20 @@ def test_where_folders_cannot_be_held_by_descriptor_the_checks_still_stop_the_ru
     assert_one_sentence(message, out)
     assert "during the run, so the run stopped" in message
     assert not (out / "summary.json").exists()
+
+
+def test_a_folder_made_read_only_is_told_as_such(tmp_path, monkeypatch):
+    """The read-only check itself, also where the tests run as root (which writes anyway)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    with OutputFolder.open(out) as folder:
+        assert folder.problem() is None
+        real_access = os.access
+        monkeypatch.setattr(
+            os, "access", lambda path, mode, **kw: mode != os.W_OK and real_access(path, mode)
+        )
+        with pytest.raises(BatchLensError) as stopped:
+            folder.check_still_ours()
+    message = str(stopped.value)
+    assert message.startswith(f"The output folder {out} became read-only during the run")
+    assert_one_sentence(message, out)

@@ -274,6 +274,16 @@ def refuse_plain_run(output_dir: Path) -> None:
     check_not_replacing(output_dir, {"files": RUN_FILES}, set())
 
 
+def refuse_before_load(output_dir: Path, input_dir: Path, resume: bool, overwrite: bool) -> None:
+    """What refuses a run before its model loads: a run's own name that is a folder or a link; for
+    --overwrite, a folder that is not a BatchLens run; for a plain run, a folder that holds one."""
+    check_own_names(output_dir)
+    if overwrite:
+        refuse_overwrite(output_dir, input_dir)
+    elif not resume:
+        refuse_plain_run(output_dir)
+
+
 def refuse_overwrite(output_dir: Path, input_dir: Path | None = None) -> None:
     """--overwrite deletes only a BatchLens run's files: a folder that holds anything but no run.json
     is not a run, and is refused (an empty or new folder is fine)."""

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from batchlens.core.files import TEMP_NAME, OutputFolder, legacy_output_rel, output_rel
+from batchlens.core.errors import BatchLensError
+from batchlens.core.files import TEMP_NAME, OutputFolder, legacy_output_rel, output_rel, write_error
 from batchlens.core.outputs.records import OUTPUT_FIELDS, check_line, json_ready, non_finite, record_key
 
 log = logging.getLogger(__name__)
@@ -244,6 +245,15 @@ class ResultsWriter:
                 pass  # resume drops a partial last line anyway
             raise
 
+    def write_line(self, record: dict) -> None:
+        """write(), a failed write told in one sentence (BatchLensError): the folder's own when it was
+        deleted, moved or replaced (check), else what the write met (a full disk...)."""
+        try:
+            self.write(record)
+        except OSError as exc:
+            self.check()
+            raise BatchLensError(write_error(exc, self.output_dir)) from None
+
     def _write_all(self, data: bytes) -> None:
         fd, view = self._file.fileno(), memoryview(data)
         while view:
@@ -272,5 +282,6 @@ class ResultsWriter:
         self.folder.check_still_ours()
 
     def write_summary(self, summary: dict) -> Path:
+        self.check()  # never a summary in a folder that is no longer the run's
         text = json.dumps(json_ready(summary), indent=2, ensure_ascii=False, allow_nan=False)
         return self.folder.write_text(SUMMARY, text + "\n")

@@ -29,7 +29,7 @@ from batchlens.core.inputs.prefetch import Prefetcher
 from batchlens.core.machine.devices import resolve_device
 from batchlens.core.machine.memory import CpuProbe, MemoryProbe, MemorySample, PeakWatch, probe_for
 from batchlens.core.models import LoadedModel, load_model
-from batchlens.core.outputs.manifest import check_own_names, open_output, refuse_overwrite, refuse_plain_run
+from batchlens.core.outputs.manifest import open_output, refuse_before_load
 from batchlens.core.outputs.results import ResultsWriter, read_records
 from batchlens.core.outputs.runlock import RunLock
 from batchlens.core.run.autobatch import sizer_for_run
@@ -213,13 +213,11 @@ def finish_run(
         files = []
         if not cancelled and stopped is None:
             writer.check()  # the folder is still the run's: nothing is written anywhere else
-            records = read_records(writer.path)
-            files = [str(p) for p in model.adapter.finish(writer.folder, records)]
+            files = [str(p) for p in model.adapter.finish(writer.folder, read_records(writer.path))]
         summary = run_summary(
             cfg, model, output_dir=output_dir, cancelled=cancelled, stopped=stopped, files=files, **fields
         )
-        writer.check()
-        writer.write_summary(summary)
+        writer.write_summary(summary)  # (checks the folder first)
     except OSError as exc:
         writer.check()  # the folder gone or replaced: that sentence rather than the write's
         raise BatchLensError(write_error(exc, output_dir)) from None
@@ -284,22 +282,17 @@ class Runner:
         if cfg.resume and cfg.overwrite:
             raise BatchLensError("Choose --resume or --overwrite, not both.")
         input_dir, output_dir = check_folders(cfg.input_dir, cfg.output_dir)
-        try:
-            folder = OutputFolder.open(output_dir)  # held for the run: every output write goes through it
+        try:  # held for the run: every output write goes through it (core/files.py)
+            folder = OutputFolder.open(output_dir)
         except OSError as exc:
             raise BatchLensError(write_error(exc, output_dir)) from None
-        # one run at a time in a folder, released however the run ends
-        with folder, RunLock(output_dir):
+        with folder, RunLock(output_dir):  # one run at a time in a folder, released however it ends
             yield from self._events(input_dir, folder, cache_policy)
 
     def _events(self, input_dir: Path, folder: OutputFolder, cache_policy: CachePolicy) -> Iterator[Event]:
         cfg = self.config
         output_dir = folder.path
-        check_own_names(output_dir)  # before the model loads: a refusal comes at once
-        if cfg.overwrite:
-            refuse_overwrite(output_dir, input_dir)
-        elif not cfg.resume:
-            refuse_plain_run(output_dir)
+        refuse_before_load(output_dir, input_dir, cfg.resume, cfg.overwrite)  # a refusal comes at once
         device = resolve_device(cfg.device)
         model = self.model or load_model(cfg.model, device, cfg.model_options)
         device = model.device
@@ -379,16 +372,10 @@ class Runner:
                     index += 1
                     event = self._record(item, index, len(todo), sample, model)
                     line = record_line(event.image, event.status, event.error, event.seconds, event.fields)
-                    try:
-                        writer.write(line)
-                    except OSError as exc:
-                        writer.check()  # the folder gone or replaced: that sentence rather than the write's
-                        raise BatchLensError(write_error(exc, output_dir)) from None
+                    writer.write_line(line)  # a failed write: one sentence (BatchLensError)
                     counts[event.status] += 1
                     yield event
-                # After each batch: the folder and predictions.jsonl are still the ones opened (not
-                # deleted, moved, replaced or made read-only), or the run stops here, never "finished".
-                writer.check()
+                writer.check()  # the folder and file still the ones opened, or the run stops here
                 headers.start()  # after the first results, not before (it would share their cores)
                 speedups.apply(pipeline, shape)  # after the first results, not before (once)
                 if probe.kind != "cpu" and not self._crowded_warned:  # other programs may start later
