@@ -496,3 +496,16 @@ def test_a_folder_made_read_only_is_told_as_such(tmp_path, monkeypatch):
     message = str(stopped.value)
     assert message.startswith(f"The output folder {out} became read-only during the run")
     assert_one_sentence(message, out)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this system")
+@pytest.mark.parametrize("held", [True, False], ids=["by descriptor", "by path"])
+def test_a_named_pipe_in_predictions_jsonls_place_is_one_sentence_not_a_hang(held, tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "DIR_FD", held and files.DIR_FD)
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / "predictions.jsonl")
+    with OutputFolder.open(out) as folder:
+        for call in (folder.read_bytes, folder.open_append):
+            with pytest.raises(BatchLensError, match="predictions.jsonl is not a plain file"):
+                call("predictions.jsonl")

@@ -174,6 +174,7 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _BINARY = getattr(os, "O_BINARY", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a named pipe in a file's place never blocks the open
 
 
 class OutputFolder:
@@ -297,40 +298,42 @@ class OutputFolder:
     def write_text(self, rel: str, text: str) -> Path:
         return self.write_bytes(rel, text.encode("utf-8"))
 
+    def _open_top(self, name: str, flags: int) -> int:
+        """A descriptor of the plain file `name` at the top, opened with `flags` (never through a link,
+        never blocking on a named pipe); one sentence (BatchLensError) when something else is there."""
+        self._parts(name)
+        flags |= _NOFOLLOW | _CLOEXEC | _BINARY | _NONBLOCK
+        try:
+            if self.fd is None:
+                if (self.path / name).is_symlink():
+                    raise BatchLensError(not_a_file(self.path / name))
+                fd = os.open(self.path / name, flags, 0o666)
+            else:
+                fd = os.open(name, flags, 0o666, dir_fd=self.fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EISDIR, errno.EMLINK, errno.ENXIO):
+                raise BatchLensError(not_a_file(self.path / name)) from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise BatchLensError(not_a_file(self.path / name))
+        return fd
+
     def open_append(self, name: str) -> BinaryIO:
         """`name` at the top, opened unbuffered for appending (created if missing, never through a
         link); check_still_ours() then also checks that the name still leads to this file."""
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW | _CLOEXEC | _BINARY
-        self._parts(name)
-        if self.fd is None:
-            fd = os.open(self.path / name, flags, 0o666)
-        else:
-            fd = os.open(name, flags, 0o666, dir_fd=self.fd)
+        fd = self._open_top(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         f = os.fdopen(fd, "ab", buffering=0)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            f.close()
-            raise BatchLensError(not_a_file(self.path / name))
         self._watched[name] = f
         return f
 
     def read_bytes(self, name: str) -> bytes | None:
         """The content of the file `name` at the top; None when there is none. Never follows a link."""
         try:
-            if self.fd is None:
-                path = self.path / name
-                if path.is_symlink():
-                    raise BatchLensError(not_a_file(path))
-                return path.read_bytes()
-            fd = os.open(name, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _BINARY, dir_fd=self.fd)
+            fd = self._open_top(name, os.O_RDONLY)
         except FileNotFoundError:
             return None
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.EISDIR, errno.EMLINK):
-                raise BatchLensError(not_a_file(self.path / name)) from None
-            raise
         with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise BatchLensError(not_a_file(self.path / name))
             return f.read()
 
     def unlink(self, rel: str) -> None:
