@@ -357,6 +357,11 @@ def existing_run_question(earlier: ExistingRun, output_dir: Path, refusal: str |
         f"Another folder leaves it as it is and writes the results to {free}. Resume keeps its finished "
         "images and does the rest. Overwrite deletes that run's files (only those) and starts again."
     )
+    if earlier.manifest is None:  # --overwrite deletes only what a run.json lists
+        text += (
+            f"\n\nOverwrite is not possible: {output_dir} holds no run.json, so BatchLens cannot tell "
+            "which of its files a run wrote."
+        )
     return text + (f"\n\nResume is not possible: {refusal}" if refusal else "")
 
 
