@@ -12,7 +12,7 @@ import os
 import sys
 import warnings
 
-from batchlens.cli.args import build_parser
+from batchlens.cli.args import build_parser, check_args
 from batchlens.cli.commands import bench_command, models_command, run_command
 from batchlens.cli.stop import Interrupted
 from batchlens.core.errors import BatchLensError
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         warnings.filterwarnings("ignore", r"`torch\.jit\.(load|save)` is deprecated", FutureWarning)
     commands = {"run": run_command, "models": models_command, "bench": bench_command}
     try:
+        check_args(args)
         if args.command is None:
             from batchlens.ui.app import run_window
 
