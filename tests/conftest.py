@@ -15,6 +15,30 @@ from tests.helpers import make_denoise_folder, make_shapes_folder
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+TRACEBACK = "Traceback (most recent call last)"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A traceback on stderr fails the test, whatever else it asserted: no traceback may reach a user
+    (the top-level guards, core/crash_report.py, turn one into a sentence), and a guard must never hide
+    a bug from the suite. A test that provokes one on purpose says so: @pytest.mark.traceback_ok(reason)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.passed and TRACEBACK in report.capstderr and not item.get_closest_marker("traceback_ok"):
+        report.outcome = "failed"
+        report.longrepr = (
+            f"A traceback reached stderr during {report.when} (mark the test traceback_ok(reason) if it "
+            f"is meant to print one):\n{report.capstderr[-4000:]}"
+        )
+
+
+@pytest.fixture(autouse=True)
+def _own_data_folder(tmp_path_factory, monkeypatch):
+    """Crash reports (core/crash_report.py) go into the app's data folder: each test gets its own."""
+    monkeypatch.setenv("BATCHLENS_DATA_DIR", str(tmp_path_factory.mktemp("batchlens-data")))
+
+
 @pytest.fixture(autouse=True)
 def _own_tuning_cache(tmp_path_factory, monkeypatch):
     """Runs remember their batch size in the user's cache folder (core/run/tuning_cache.py): each test

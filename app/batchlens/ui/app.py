@@ -7,10 +7,11 @@ import argparse
 import os
 import sys
 
-from PySide6.QtCore import Qt, QTimer
+from PySide6.QtCore import QCoreApplication, Qt, QTimer
 from PySide6.QtGui import QColor, QPainter, QPixmap
 from PySide6.QtWidgets import QSplashScreen
 
+from batchlens.core.crash_report import EXIT_CRASH, install_excepthook
 from batchlens.ui.qt_app import app_icon, create_app, leave_a_core_for_the_window, needs_offscreen
 
 
@@ -19,6 +20,8 @@ def run_window(args: argparse.Namespace) -> int:
         from batchlens.ui.self_test import run_self_test
 
         return run_self_test(args)
+    # The window's guard: an exception a Qt slot raises is reported (core/crash_report.py), and exit 70.
+    install_excepthook(lambda: QCoreApplication.exit(EXIT_CRASH))
     if getattr(args, "results", None) is not None:  # batchlens --results DIR: the results browser alone
         from batchlens.ui.results.window import run_results_window
 
