@@ -433,7 +433,7 @@ def cache_policy_arg(text: str) -> str:
     policy = text.strip().lower()
     if not _CACHE_POLICY.fullmatch(policy) or policy.startswith("every:") and int(policy[6:]) < 1:
         raise argparse.ArgumentTypeError(
-            f"{_shown(text)} is not a cache policy: use never, image, every:N (N images, 1 or more) "
+            f"Unknown cache policy {_shown(text)}: use never, image, every:N (N images, 1 or more) "
             "or reserved:F (a share of the device between 0 and 1, e.g. reserved:0.5)"
         )
     return policy
