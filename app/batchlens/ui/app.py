@@ -7,15 +7,24 @@ import argparse
 import os
 import sys
 
-from PySide6.QtCore import QCoreApplication, Qt, QTimer
+from PySide6.QtCore import QCoreApplication, Qt
 from PySide6.QtGui import QColor, QPainter, QPixmap
 from PySide6.QtWidgets import QSplashScreen
 
 from batchlens.core.crash_report import EXIT_CRASH, install_excepthook
-from batchlens.ui.qt_app import app_icon, create_app, leave_a_core_for_the_window, needs_offscreen
+from batchlens.ui.qt_app import (
+    app_icon,
+    create_app,
+    leave_a_core_for_the_window,
+    missing_xcb_library,
+    needs_offscreen,
+)
 
 
 def run_window(args: argparse.Namespace) -> int:
+    if missing := missing_xcb_library():  # before Qt's abort, which names no library
+        print(missing, file=sys.stderr)
+        return 2
     if getattr(args, "self_test", False):
         from batchlens.ui.self_test import run_self_test
 
@@ -52,8 +61,7 @@ def run_window(args: argparse.Namespace) -> int:
     window.show()
     splash.finish(window)
     if getattr(args, "window_start", False):
-        window.ask_questions = False
-        QTimer.singleShot(0, window.start_run)
+        window.start_when_counted()  # a folder without images is refused as the Run button refuses it
     code = app.exec()
     return finish(window, code)
 
