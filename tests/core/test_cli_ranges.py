@@ -228,3 +228,16 @@ def test_the_real_command_line_refuses_inf_and_1e300_in_one_sentence(tmp_path: P
         assert result.stderr.count("\n") == 1 and "--image-timeout" in result.stderr
         assert "604800" in result.stderr
         assert not (tmp_path / "o").exists()
+
+
+def test_every_bounded_option_is_in_the_ranges_table_of_the_cli_page():
+    from batchlens.cli.args import path_arg, text_arg
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text(encoding="utf-8")
+    table = text.split("## Ranges", 1)[1].split("\n\n", 3)[2]
+    bounded = {
+        a.option_strings[-1] for _, a in OPTIONS if a.type not in (text_arg, path_arg) and not a.choices
+    }
+    assert len(bounded) > 15
+    missing = sorted(flag for flag in bounded if f"`{flag}" not in table and f"{flag}`" not in table)
+    assert not missing, f"docs/cli.md's Ranges table does not give: {missing}"
