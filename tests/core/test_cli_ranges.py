@@ -98,7 +98,7 @@ def _numbers(value) -> list:
     return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=600, deadline=None, database=None)  # no .hypothesis/ in the checkout
 @given(option=st.sampled_from(OPTIONS), value=VALUES)
 def test_any_value_is_taken_within_bounds_or_refused_in_one_sentence(option, value):
     command, action = option
