@@ -31,8 +31,9 @@ def make_denoise_folder(folder: Path, n: int, seed: int = 99, size: int = 300):
 
 
 def assert_no_traceback(result) -> None:
-    """A finished `batchlens` subprocess (subprocess.CompletedProcess with text output) printed no
-    traceback: its stderr is not the test's own, so the suite's stderr check (tests/conftest.py) cannot
-    see it. Every test that runs the command line in a subprocess calls this."""
-    stderr = result.stderr if isinstance(result.stderr, str) else result.stderr.decode(errors="replace")
+    """A finished `batchlens` subprocess (a subprocess.CompletedProcess, or its stderr as str or bytes)
+    printed no traceback: its stderr is not the test's own, so the suite's stderr check (tests/conftest.py)
+    cannot see it. Every test that runs the command line in a subprocess calls this."""
+    stderr = getattr(result, "stderr", result)
+    stderr = stderr if isinstance(stderr, str) else stderr.decode(errors="replace")
     assert "Traceback (most recent call last)" not in stderr, stderr

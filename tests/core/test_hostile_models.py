@@ -35,6 +35,7 @@ from tests.core.hostile import (
     within,
 )
 from tests.core.modelkit import make_photos, read_jsonl, run_cli
+from tests.helpers import assert_no_traceback
 
 CPU = torch.device("cpu")
 JIT_LOAD = "ignore:`torch.jit.load` is deprecated:FutureWarning"
@@ -238,6 +239,7 @@ def test_deflate_bomb_is_refused_before_torch_allocates(tmp_path: Path, monkeypa
         capture_output=True, text=True, timeout=180, preexec_fn=cap,
     )  # fmt: skip
     seconds = time.perf_counter() - started
+    assert_no_traceback(done)
     assert done.returncode == 2, done.stderr
     assert_one_sentence(done.stderr.strip().removeprefix("batchlens: "), bomb)
     assert "zip bomb" in done.stderr and "8.0 GiB" in done.stderr
@@ -356,6 +358,7 @@ def test_a_timm_folder_whose_config_claims_gigabytes_is_refused_before_allocatin
          "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--no-progress"],
         capture_output=True, text=True, timeout=180, preexec_fn=cap,
     )  # fmt: skip
+    assert_no_traceback(done)
     assert done.returncode == 2, done.stderr
     message = done.stderr.strip().removeprefix("batchlens: ")
     assert_one_sentence(message, folder)
