@@ -34,11 +34,13 @@ def pytest_runtest_makereport(item, call):
     a bug from the suite. A test that provokes one on purpose says so: @pytest.mark.traceback_ok(reason)."""
     outcome = yield
     report = outcome.get_result()
-    if report.passed and TRACEBACK in report.capstderr and not item.get_closest_marker("traceback_ok"):
+    # this phase's own stderr (a teardown's report also carries the call's, already checked)
+    stderr = "".join(text for name, text in report.sections if name == f"Captured stderr {report.when}")
+    if report.passed and TRACEBACK in stderr and not item.get_closest_marker("traceback_ok"):
         report.outcome = "failed"
         report.longrepr = (
             f"A traceback reached stderr during {report.when} (mark the test traceback_ok(reason) if it "
-            f"is meant to print one):\n{report.capstderr[-4000:]}"
+            f"is meant to print one):\n{stderr[-4000:]}"
         )
 
 
