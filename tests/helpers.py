@@ -1,4 +1,4 @@
-"""Generators of real image folders for the tests."""
+"""Generators of real image folders for the tests, and what every command-line test checks."""
 
 from __future__ import annotations
 
@@ -28,3 +28,12 @@ def make_denoise_folder(folder: Path, n: int, seed: int = 99, size: int = 300):
         to_grey_image(noisy).save(folder / f"noisy_{i:04d}.png")
         cleans.append(clean)
     return cleans
+
+
+def assert_no_traceback(result) -> None:
+    """A finished `batchlens` subprocess (a subprocess.CompletedProcess, or its stderr as str or bytes)
+    printed no traceback: its stderr is not the test's own, so the suite's stderr check (tests/conftest.py)
+    cannot see it. Every test that runs the command line in a subprocess calls this."""
+    stderr = getattr(result, "stderr", result)
+    stderr = stderr if isinstance(stderr, str) else stderr.decode(errors="replace")
+    assert "Traceback (most recent call last)" not in stderr, stderr

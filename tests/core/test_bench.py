@@ -115,7 +115,6 @@ def test_synthetic_images_are_photo_sized_jpegs(tmp_path: Path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--synthetic", "0"], "at least 1 image"),
         (["--input", "/no/such/folder"], "does not exist"),
     ],
 )
@@ -123,6 +122,13 @@ def test_bench_input_problems_are_one_sentence(argv, message, capsys):
     code = main(["bench", "--model", "demo-shapes", "--device", "cpu", *argv])
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_bench_refuses_zero_synthetic_images_as_it_reads_the_option(capsys):
+    with pytest.raises(SystemExit) as refused:
+        main(["bench", "--model", "demo-shapes", "--synthetic", "0"])
+    assert refused.value.code == 2
+    assert "argument --synthetic: '0' is not a whole number from 1 to 100,000" in capsys.readouterr().err
 
 
 def test_fast_decode_row_says_how_often_its_labels_agree(tmp_path: Path):

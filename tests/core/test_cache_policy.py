@@ -13,6 +13,7 @@ import pytest
 from batchlens.core.errors import BatchLensError
 from batchlens.core.machine.memory import MemorySample
 from batchlens.core.run.cache_policy import CachePolicy
+from tests.helpers import assert_no_traceback
 
 GiB = 2**30
 
@@ -49,6 +50,7 @@ def test_cli_records_the_policy_and_refuses_a_wrong_one(tmp_path: Path, shapes_f
         capture_output=True,
         text=True,
     )
+    assert_no_traceback(done)
     assert done.returncode == 0, done.stderr
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["empty_cache"] == "every:5" and summary["counts"]["ok"] == 12

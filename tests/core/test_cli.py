@@ -10,11 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import assert_no_traceback
+
 
 def batchlens(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    result = subprocess.run(
         [sys.executable, "-m", "batchlens", *args], capture_output=True, text=True, timeout=300
     )
+    assert_no_traceback(result)
+    return result
 
 
 def test_models_lists_demos():
@@ -97,3 +101,33 @@ def test_a_run_takes_the_imported_objects_out_of_the_collectors_way(shapes_folde
     assert code == 0
     assert frozen > 100_000  # torch and torchvision alone make ~340,000
     assert tracked < frozen / 10
+
+
+def test_a_folder_without_images_is_one_sentence_that_says_where_it_looked(tmp_path: Path, capsys):
+    """Once a run over an empty folder wrote an empty predictions.jsonl and exited 0."""
+    from batchlens.cli import main
+    from tests.helpers import make_shapes_folder
+
+    folder = tmp_path / "photos"
+    make_shapes_folder(folder / "2024", 2)
+    make_shapes_folder(folder / "2025", 1)
+    (folder / "notes.txt").write_text("not an image")
+    base = ["run", "--model", "demo-shapes", "--input", str(folder), "--device", "cpu", "--no-progress"]
+    result = batchlens(*base, "--output", str(tmp_path / "a"))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"batchlens: There are no images in {folder} itself (1 other file skipped), but 2 of its "
+        "subfolders hold images: add --recursive to include them.\n"
+    )
+    assert not (tmp_path / "a" / "predictions.jsonl").exists()
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    for extra, words in [
+        ([], f"There are no images in {empty}; only its own files were looked at (--recursive also"),
+        (["--recursive"], f"There are no images in {empty} or its subfolders."),
+    ]:
+        argv = [*base[:4], str(empty), *base[5:], "--output", str(tmp_path / "b"), *extra]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "b" / "predictions.jsonl").exists()

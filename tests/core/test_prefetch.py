@@ -184,7 +184,7 @@ def test_cli_run_takes_the_speed_options(shapes_folder: Path, tmp_path: Path, ca
     assert (summary["batch_size"], summary["prefetch"], summary["precision"]) == (4, 2, "bf16")
     with pytest.raises(SystemExit):
         main([*argv, "--batch-size", "many"])
-    assert "not a whole number or auto" in capsys.readouterr().err
+    assert "'many' is not a batch size from 1 to 4096 or auto" in capsys.readouterr().err
 
 
 def test_nothing_is_prepared_ahead_while_the_first_batch_runs():

@@ -5,19 +5,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
+from batchlens.cli.option_types import finite_float, path_arg, text_arg
 from batchlens.core.terminal import printable
 
-
-def _min_score(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a score between 0 and 1")
-    return value
+_min_score = finite_float(0, 1, "a score")
 
 
 def add_after_run_commands(sub) -> None:
@@ -29,8 +21,8 @@ def add_after_run_commands(sub) -> None:
         "DIR/unsure/, a failed image in DIR/failed/. Detection: DIR/LABEL/ for every label with a box at or "
         "above --min-score, DIR/empty/ for none. Reviewed labels override the model. Never overwrites.",
     )
-    sort.add_argument("run", nargs="?", type=Path, metavar="RUN", help="the output folder of a run")
-    sort.add_argument("--into", type=Path, metavar="DIR", help="the folder to sort into")
+    sort.add_argument("run", nargs="?", type=path_arg, metavar="RUN", help="the output folder of a run")
+    sort.add_argument("--into", type=path_arg, metavar="DIR", help="the folder to sort into")
     sort.add_argument("--min-score", type=_min_score, default=0.0, metavar="S", help="(default 0)")
     mode = sort.add_mutually_exclusive_group()
     for name, words in (
@@ -39,15 +31,18 @@ def add_after_run_commands(sub) -> None:
         ("move", "move the images out of the input folder"),
     ):
         mode.add_argument(f"--{name}", dest="mode", action="store_const", const=name, help=words)
-    sort.add_argument("--input", type=Path, metavar="DIR", help="where the input images are now, if moved")
+    sort.add_argument(
+        "--input", type=path_arg, metavar="DIR", help="where the input images are now, if moved"
+    )
     sort.add_argument("--dry-run", action="store_true", help="only print the counts per folder")
-    sort.add_argument("--undo", type=Path, metavar="DIR", help="reverse the sort done into DIR")
+    sort.add_argument("--undo", type=path_arg, metavar="DIR", help="reverse the sort done into DIR")
     sort.set_defaults(mode="copy")
 
     evaluate = sub.add_parser("evaluate", help="measure a run against the true labels (evaluation.json)")
-    evaluate.add_argument("run", type=Path, metavar="RUN", help="the output folder of a run")
+    evaluate.add_argument("run", type=path_arg, metavar="RUN", help="the output folder of a run")
     evaluate.add_argument(
         "--truth",
+        type=text_arg,
         default=None,
         metavar="folders|reviews|FILE.csv|COCO.json|MASK_DIR",
         help="folders (the default): each image's first folder under the input is its label; reviews: "
@@ -56,10 +51,10 @@ def add_after_run_commands(sub) -> None:
     )
 
     export = sub.add_parser("export", help="write a run's results as CSV, COCO JSON or YOLO")
-    export.add_argument("run", type=Path, metavar="RUN", help="the output folder of a run")
+    export.add_argument("run", type=path_arg, metavar="RUN", help="the output folder of a run")
     export.add_argument("--format", required=True, choices=("csv", "coco", "yolo"))
     export.add_argument(
-        "--to", required=True, type=Path, metavar="PATH", help="a new file (csv, coco) or folder"
+        "--to", required=True, type=path_arg, metavar="PATH", help="a new file (csv, coco) or folder"
     )
     export.add_argument("--reviewed", action="store_true", help="COCO, YOLO: with the reviews applied")
     export.add_argument(

@@ -60,6 +60,7 @@ def _run_with(args: argparse.Namespace, stop: SignalStop) -> int:
 
     from batchlens.core.formats import DEFAULT_MAX_PIXELS
     from batchlens.core.machine.memory import format_bytes
+    from batchlens.core.models import refuse_options_that_do_not_apply
     from batchlens.core.run.config import RunConfig
     from batchlens.core.run.events import ImageResult, RunFinished, RunNote, RunStarted
     from batchlens.core.run.run_text import describe_start, describe_summary
@@ -88,6 +89,7 @@ def _run_with(args: argparse.Namespace, stop: SignalStop) -> int:
         compile=args.compile,
         empty_cache=args.empty_cache,
     )
+    refuse_options_that_do_not_apply(args.model, config.model_options)  # before any download
     _download_weights(args.model, config.model_options, args.no_progress)
     if args.cluster:
         from batchlens.core.cluster import ClusterConfig, ClusterRunner, require_ray

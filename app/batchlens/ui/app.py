@@ -7,20 +7,31 @@ import argparse
 import os
 import sys
 
-from PySide6.QtCore import Qt, QTimer
+from PySide6.QtCore import QCoreApplication, Qt, QTimer
 from PySide6.QtGui import QColor, QPainter, QPixmap
 from PySide6.QtWidgets import QSplashScreen
 
-from batchlens.ui.qt_app import app_icon, create_app, needs_offscreen
+from batchlens.core.crash_report import EXIT_CRASH, install_excepthook
+from batchlens.ui.qt_app import (
+    app_icon,
+    create_app,
+    missing_xcb_library,
+    needs_offscreen,
+)
 
 ENGINE_AFTER_MS = 150  # from the window's show to the engine's loading: time for its first paint
 
 
 def run_window(args: argparse.Namespace) -> int:
+    if missing := missing_xcb_library():  # before Qt's abort, which names no library
+        print(missing, file=sys.stderr)
+        return 2
     if getattr(args, "self_test", False):
         from batchlens.ui.self_test import run_self_test
 
         return run_self_test(args)
+    # The window's guard: an exception a Qt slot raises is reported (core/crash_report.py), and exit 70.
+    install_excepthook(lambda: QCoreApplication.exit(EXIT_CRASH))
     if getattr(args, "results", None) is not None:  # batchlens --results DIR: the results browser alone
         from batchlens.ui.results.window import run_results_window
 
@@ -53,8 +64,7 @@ def run_window(args: argparse.Namespace) -> int:
     # GIL for most of a second at a time.
     QTimer.singleShot(ENGINE_AFTER_MS, window.load_behind)
     if getattr(args, "window_start", False):
-        window.ask_questions = False
-        QTimer.singleShot(0, window.start_run)
+        window.start_when_counted()  # a folder without images is refused as the Run button refuses it
     code = app.exec()
     return finish(window, code)
 

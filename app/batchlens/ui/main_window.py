@@ -340,6 +340,19 @@ class MainWindow(QMainWindow):
         self._run_waits_for_engine = False
         self.show_error(message)
 
+    def start_when_counted(self) -> None:
+        """`batchlens --start`: press Run once the input's images are counted, so a folder without images
+        is refused as the Run button refuses it (pressed at once, a count still under way let it run)."""
+        self.ask_questions = False
+        form = self.form
+
+        def counted(*_args) -> None:
+            form.counted.disconnect(counted)
+            self.start_run()
+
+        form.counted.connect(counted)
+        form.count_now()
+
     def start_run(self) -> bool:
         if self.is_running():
             return False

@@ -118,6 +118,26 @@ def scan_images(
     yield from walk(root, "")
 
 
+def no_images_sentence(root: Path, recursive: bool, stats: ScanStats, exclude: Path | None = None) -> str:
+    """Why a run over `root` has nothing to do, in one sentence: where it looked, what it passed over,
+    and, when subfolders were left out, how many of them hold images (--recursive includes them)."""
+    skipped = (
+        f" ({stats.skipped} other file{'s' if stats.skipped != 1 else ''} skipped)" if stats.skipped else ""
+    )
+    if recursive:
+        return f"There are no images in {root} or its subfolders{skipped}."
+    folders = {c.rel.split("/", 1)[0] for c in scan_images(root, True, exclude=exclude) if "/" in c.rel}
+    if folders:
+        return (
+            f"There are no images in {root} itself{skipped}, but {len(folders)} of its subfolder"
+            f"{'s hold' if len(folders) != 1 else ' holds'} images: add --recursive to include them."
+        )
+    return (
+        f"There are no images in {root}{skipped}; only its own files were looked at "
+        "(--recursive also looks in its subfolders)."
+    )
+
+
 @dataclass
 class DecodedImage:
     image: Image.Image | None  # None once preprocessed when no preview is wanted (core/run/pipeline.py)

@@ -102,6 +102,33 @@ SOURCES = (
 )
 
 
+#: The options that describe a model file (docs/models.md): the other sources fix these themselves (a
+#: built-in demo its sidecar, torchvision its weights' preset, Hugging Face and timm their configs).
+FILE_ONLY_OPTIONS = ("arch", "input_size", "resize", "crop", "interpolation", "mean", "std")
+
+
+def refuse_options_that_do_not_apply(model: str, options: dict | None = None) -> None:
+    """BatchLensError (one sentence) when `options` hold a model file's options for a model whose
+    preprocessing is fixed, where they would be silently ignored (--mean for demo-shapes)."""
+    options = options or {}
+    source = next((s for s in SOURCES if s.claims(model)), None)
+    if source is None or source.name == "file":
+        return
+    # torchvision's architecture with the user's state_dict: loaded as a model file, arch = the model
+    allowed = {key for key in FILE_ONLY_OPTIONS if key != "arch"} if source.name == "torchvision" else set()
+    given = [key for key in FILE_ONLY_OPTIONS if options.get(key) is not None]
+    if not options.get("weights"):
+        allowed = set()
+    refused = [key for key in given if key not in allowed]
+    if refused:
+        flags = " and ".join(", ".join(f"--{key.replace('_', '-')}" for key in refused).rsplit(", ", 1))
+        raise BatchLensError(
+            f"{flags} {'does' if len(refused) == 1 else 'do'} not apply to {model}: its preprocessing is "
+            f"fixed by the {source.name} model itself, so leave {'it' if len(refused) == 1 else 'them'} out "
+            "(those options describe a model file: docs/models.md)."
+        )
+
+
 def list_models(task: str | None = None) -> list[ModelInfo]:
     """The built-in demos first, then the torchvision catalogue (classification, detection,
     segmentation), then the vision models in the Hugging Face cache on this computer. Model files are
@@ -153,6 +180,7 @@ def load_model(
     "mean", "std", "arch"), "trust_pickle", and the task's options ("min_score"). `progress` follows a
     catalogue download (see catalogue.Progress)."""
     options = dict(options or {})
+    refuse_options_that_do_not_apply(model, options)
     for source in SOURCES:
         if source.claims(model):
             return source.load(model, device, options, progress)
@@ -188,4 +216,5 @@ __all__ = [
     "list_models",
     "load_model",
     "needs_download",
+    "refuse_options_that_do_not_apply",
 ]

@@ -23,6 +23,7 @@ from batchlens.core.inputs.header_scan import HeaderScan
 from batchlens.core.inputs.images import (
     Candidate,
     ScanStats,
+    no_images_sentence,
     scan_images,
 )
 from batchlens.core.inputs.prefetch import Prefetcher
@@ -293,6 +294,10 @@ class Runner:
         cfg = self.config
         output_dir = folder.path
         refuse_before_load(output_dir, input_dir, cfg.resume, cfg.overwrite)  # a refusal comes at once
+        stats = ScanStats()
+        candidates = list(scan_images(input_dir, cfg.recursive, stats, exclude=output_dir))
+        if not candidates:  # before the model loads, and nothing written: an empty run is no run
+            raise BatchLensError(no_images_sentence(input_dir, cfg.recursive, stats, exclude=output_dir))
         device = resolve_device(cfg.device)
         model = self.model or load_model(cfg.model, device, cfg.model_options)
         device = model.device
@@ -300,8 +305,6 @@ class Runner:
         probe = self.probe or probe_for(device)
         probe.reset_peak()
 
-        stats = ScanStats()
-        candidates = list(scan_images(input_dir, cfg.recursive, stats, exclude=output_dir))
         writer = open_output(cfg, model, input_dir, folder)
         done = writer.done
         todo = [c for c in candidates if c.rel not in done]
