@@ -11,6 +11,8 @@ from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QColor, QPainter, QPixmap
 from PySide6.QtWidgets import QSplashScreen
 
+from batchlens.core.crash_log import CrashLog
+from batchlens.ui.crash_dialog import follow_runs, offer_report
 from batchlens.ui.qt_app import app_icon, create_app, leave_a_core_for_the_window, needs_offscreen
 
 
@@ -33,6 +35,8 @@ def run_window(args: argparse.Namespace) -> int:
         )
         return 2
     app = create_app()
+    crash_log = CrashLog()  # faulthandler into the data folder; the last session's crash, if any
+    crashed = crash_log.start()
     splash = show_splash()  # at once: importing PyTorch takes seconds (tens on a slow disk)
     leave_a_core_for_the_window()
     from batchlens.core.startup import freeze_imported_objects
@@ -46,12 +50,16 @@ def run_window(args: argparse.Namespace) -> int:
         output_dir=getattr(args, "window_output", None),
         device=getattr(args, "window_device", None),
     )
+    follow_runs(window, crash_log)
     window.show()
     splash.finish(window)
+    if crashed is not None:
+        QTimer.singleShot(0, lambda: offer_report(window, crashed))
     if getattr(args, "window_start", False):
         window.ask_questions = False
         QTimer.singleShot(0, window.start_run)
     code = app.exec()
+    crash_log.finish()  # a clean end (also when finish() leaves a run thread behind)
     return finish(window, code)
 
 
