@@ -1,0 +1,71 @@
+"""Qt object lifetimes (issue #25's audit): what a run or the results browser leaves behind is deleted,
+on the GUI thread, and nothing Python-owned is freed by a picture thread."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import weakref
+from pathlib import Path
+
+import shiboken6
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QImage
+
+from batchlens.ui.results.thumbnails import Job, ThumbnailLoader
+
+
+def test_a_finished_runs_worker_is_deleted_not_kept_for_good(
+    window, qtbot, shapes_folder: Path, tmp_path: Path
+):
+    """deleteLater() on a worker whose thread had ended never ran: every run kept its worker (and its
+    runner and connections) until the window closed."""
+    workers, destroyed = [], []
+
+    def hook(worker):
+        workers.append(weakref.ref(worker))
+        worker.destroyed.connect(lambda: destroyed.append(True), Qt.ConnectionType.DirectConnection)
+
+    window.worker_created.connect(hook)
+    window.form.model_picker.set_current_model("demo-shapes")
+    window.form.input_edit.setText(str(shapes_folder))
+    window.form.output_edit.setText(str(tmp_path / "out"))
+    for _ in range(2):
+        with qtbot.waitSignal(window.run_finished, timeout=60_000):
+            assert window.start_run()
+        qtbot.waitUntil(lambda: len(destroyed) == len(workers), timeout=5_000)
+    gc.collect()
+    assert len(workers) == 2 and all(ref() is None for ref in workers)
+
+
+def test_the_loaders_signal_object_is_owned_by_the_loader(qtbot):
+    """It was Python-owned, kept only by the loader's Python wrapper: a picture thread dropping the last
+    reference to that wrapper deleted a GUI-thread QObject on the picture thread."""
+    loader = ThumbnailLoader(threads=1)
+    assert not shiboken6.ownedByPython(loader._signals)
+    assert loader._signals.parent() is loader and loader._signals.thread() is loader.thread()
+    loader.shutdown()
+    loader.deleteLater()
+
+
+def test_a_loader_deleted_while_a_picture_is_made_ends_cleanly(qtbot):
+    """The results browser closed while a tile was drawn: the pool waits for it, nothing is delivered
+    to the deleted loader, and no exception is raised on the picture thread."""
+    loader = ThumbnailLoader(threads=1)
+    started, release, made = threading.Event(), threading.Event(), []
+    delivered = []
+    loader.ready.connect(lambda key, result: delivered.append(key))
+
+    def make(job):
+        started.set()
+        release.wait(5)
+        made.append(job)
+        return QImage()
+
+    with qtbot.capture_exceptions() as exceptions:
+        loader.request(Job(("tile", 0, 0), None, Path("p"), None, Path("o"), None, 10), make)
+        assert started.wait(5)
+        release.set()
+        shiboken6.delete(loader)  # as a parent's deletion does: the pool waits for the picture
+        qtbot.wait(50)
+    assert made and not delivered and not exceptions
