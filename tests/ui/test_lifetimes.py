@@ -4,6 +4,9 @@ on the GUI thread, and nothing Python-owned is freed by a picture thread."""
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
 import threading
 import weakref
 from pathlib import Path
@@ -13,6 +16,8 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QImage
 
 from batchlens.ui.results.thumbnails import Job, ThumbnailLoader
+
+APP = Path(__file__).resolve().parents[2] / "app"
 
 
 def test_a_finished_runs_worker_is_deleted_not_kept_for_good(
@@ -69,3 +74,40 @@ def test_a_loader_deleted_while_a_picture_is_made_ends_cleanly(qtbot):
         shiboken6.delete(loader)  # as a parent's deletion does: the pool waits for the picture
         qtbot.wait(50)
     assert made and not delivered and not exceptions
+
+
+MARKERS_SCROLL_OUT = """
+import gc
+import pyqtgraph as pg
+from PySide6.QtGui import QBrush
+from PySide6.QtWidgets import QApplication
+from batchlens.ui.memory_history import Marker
+from batchlens.ui.plot_markers import PlotMarkers
+
+app = QApplication([])
+plot = pg.PlotWidget()
+plot.show()
+marks = PlotMarkers(plot.getPlotItem(), QBrush())
+for second in range(12):
+    marks.add(Marker(float(second), "run_start" if second % 2 else "clear_cache", f"marker {second}"))
+    app.processEvents()
+    if second % 4 == 3:  # the plot's window moves on by several markers at once (a paused plot, a busy GUI)
+        marks.drop_older_than(second - 1)
+        marks.layout_labels()
+        gc.collect()
+assert len(marks.lines()) == 2 and len(marks._labels) == 2
+print("ok")
+"""
+
+
+def test_labelled_markers_that_scroll_out_of_the_memory_plot_do_not_crash_the_window():
+    """The soak test's segfault (and, by its steps, the issue's): the first labelled marker that left
+    the plot's window took the window down. In a child process, so that a crash fails only this test."""
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(APP))
+    done = subprocess.run(
+        [sys.executable, "-X", "faulthandler", "-c", MARKERS_SCROLL_OUT],
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == b"ok", done.stderr.decode()[-2000:]
