@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from pathlib import Path
 
@@ -111,3 +112,23 @@ def test_labelled_markers_that_scroll_out_of_the_memory_plot_do_not_crash_the_wi
         timeout=120,
     )
     assert done.returncode == 0 and done.stdout.strip() == b"ok", done.stderr.decode()[-2000:]
+
+
+def test_closing_the_window_during_a_weights_download_stops_its_thread(window, qtbot, monkeypatch):
+    """The download's QThread is the dialog's child: destroyed with the window while it still ran, it
+    aborted the program ("QThread: Destroyed while thread is still running")."""
+    from batchlens.ui import model_sources
+
+    chunks = []
+
+    def slow_download(model_id, report):
+        while report(len(chunks), None):  # False once cancelled
+            chunks.append(1)
+            time.sleep(0.01)
+        raise model_sources.DownloadCancelled()
+
+    monkeypatch.setattr(model_sources, "download_weights", slow_download)
+    dialog = window.model_sources.start_download("resnet18", lambda: None)
+    qtbot.waitUntil(lambda: len(chunks) > 3, timeout=5_000)
+    window.close()
+    assert not dialog.thread.isRunning()

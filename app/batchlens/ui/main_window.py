@@ -500,5 +500,6 @@ class MainWindow(QMainWindow):
         self.memory_plot.timer.stop()
         self.pages.shutdown()
         self.form.shutdown()
+        self.model_sources.shutdown()
         self.save_settings()
         event.accept()
