@@ -16,6 +16,7 @@ import shiboken6
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QImage
 
+from batchlens.ui.gui_gc import GuiThreadCollector
 from batchlens.ui.results.thumbnails import Job, ThumbnailLoader
 
 APP = Path(__file__).resolve().parents[2] / "app"
@@ -132,3 +133,34 @@ def test_closing_the_window_during_a_weights_download_stops_its_thread(window, q
     qtbot.waitUntil(lambda: len(chunks) > 3, timeout=5_000)
     window.close()
     assert not dialog.thread.isRunning()
+
+
+class Cycle:
+    """Garbage only the cyclic collector frees; notes the thread that freed it."""
+
+    def __init__(self, freed_on: list):
+        self.me, self.freed_on = self, freed_on
+
+    def __del__(self):
+        self.freed_on.append(threading.current_thread().name)
+
+
+def test_cycles_are_freed_on_the_gui_thread_not_on_a_decoding_thread(qtbot):
+    freed_on: list[str] = []
+    kept = []
+
+    def decode():
+        Cycle(freed_on)
+        kept.extend([] for _ in range(5_000))  # allocations past the collector's threshold, here
+
+    collector = GuiThreadCollector(interval_ms=10).start()
+    try:
+        thread = threading.Thread(target=decode, name="batchlens-decode_0")
+        thread.start()
+        thread.join()
+        assert freed_on == []  # not on the decoding thread
+        qtbot.waitUntil(lambda: bool(freed_on), timeout=5_000)
+        assert freed_on == [threading.main_thread().name]
+    finally:
+        collector.stop()
+    assert gc.isenabled()

@@ -13,6 +13,7 @@ from PySide6.QtWidgets import QSplashScreen
 
 from batchlens.core.crash_log import CrashLog
 from batchlens.ui.crash_dialog import follow_runs, offer_report
+from batchlens.ui.gui_gc import GuiThreadCollector
 from batchlens.ui.qt_app import app_icon, create_app, leave_a_core_for_the_window, needs_offscreen
 
 
@@ -37,6 +38,7 @@ def run_window(args: argparse.Namespace) -> int:
     app = create_app()
     crash_log = CrashLog()  # faulthandler into the data folder; the last session's crash, if any
     crashed = crash_log.start()
+    collector = GuiThreadCollector().start()  # cycles are freed on the GUI thread, not a worker's
     splash = show_splash()  # at once: importing PyTorch takes seconds (tens on a slow disk)
     leave_a_core_for_the_window()
     from batchlens.core.startup import freeze_imported_objects
@@ -59,6 +61,7 @@ def run_window(args: argparse.Namespace) -> int:
         window.ask_questions = False
         QTimer.singleShot(0, window.start_run)
     code = app.exec()
+    collector.stop()
     crash_log.finish()  # a clean end (also when finish() leaves a run thread behind)
     return finish(window, code)
 
