@@ -15,6 +15,7 @@ same for a model folder, whose config.json (not its weights) sets the architectu
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import pickletools
@@ -24,19 +25,22 @@ from _compat_pickle import IMPORT_MAPPING
 from pathlib import Path
 
 import psutil
-import torch
 
 from batchlens.core.errors import BatchLensError
 from batchlens.core.machine.memory import format_bytes
 
-# Globals torch's weights-only unpickler allows (tensors, storages, dtypes, OrderedDict...). A pickle
-# that imports only these cannot run code, even under torch.load(weights_only=False).
-try:
-    from torch._weights_only_unpickler import _get_allowed_globals
 
-    SAFE_GLOBALS = frozenset(_get_allowed_globals())
-except (ImportError, AttributeError):  # torch moved it: nothing counts as safe, every pickle is refused
-    SAFE_GLOBALS = frozenset()
+@functools.cache
+def safe_globals() -> frozenset[str]:
+    """Globals torch's weights-only unpickler allows (tensors, storages, dtypes, OrderedDict...). A
+    pickle that imports only these cannot run code, even under torch.load(weights_only=False)."""
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        return frozenset(_get_allowed_globals())
+    except (ImportError, AttributeError):  # torch moved it: nothing counts as safe, every pickle is refused
+        return frozenset()
+
 
 _INT_OPS = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4"}
 _UNKNOWN = object()  # a stack value the static reading does not follow
@@ -134,7 +138,7 @@ def _pickle_risks(data: bytes, where: str | None) -> list[str]:
     names = pickle_globals(data)
     if names is None:
         return [f"a pickle BatchLens cannot check ({where or 'data.pkl'})"]
-    return [f"{name} ({where})" if where else name for name in sorted(names - SAFE_GLOBALS)]
+    return [f"{name} ({where})" if where else name for name in sorted(names - safe_globals())]
 
 
 def _member_risks(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> list[str]:
@@ -292,6 +296,8 @@ def refuse_config_beyond_weights(build, weights: list[Path], where: str) -> None
     and refuse it, before anything is allocated, when its parameters need more numbers than the
     folder's safetensors hold: a config that does not fit its weights could claim any amount of memory
     (parameters the weights do not fill are initialised, in full, by the library that builds them)."""
+    import torch
+
     with torch.device("meta"):
         module = build()
     needed = sum(p.numel() for p in module.parameters())
@@ -311,6 +317,8 @@ def summarise(risks: list[str], shown: int = 3) -> str:
 
 def _element_size(storage_type) -> int:
     """Bytes per element of a pickled storage type (torch.FloatStorage: 4; UntypedStorage: 1)."""
+    import torch
+
     name = str(storage_type).rsplit(".", 1)[-1]
     try:
         return torch.storage._get_dtype_from_pickle_storage_type(name).itemsize
