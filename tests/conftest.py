@@ -89,6 +89,13 @@ def _own_tuning_cache(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def _own_data_folder(tmp_path_factory, monkeypatch):
+    """The app's data folder (stored sidecars, crash reports: core/data_dir.py) is a fresh one per
+    test, never the developer's own."""
+    monkeypatch.setenv("BATCHLENS_DATA_DIR", str(tmp_path_factory.mktemp("batchlens-data")))
+
+
+@pytest.fixture(autouse=True)
 def _empty_hugging_face_cache(tmp_path_factory, monkeypatch):
     """The model list shows the Hugging Face models cached on this computer: each test sees an empty
     cache of its own (tests that need one fill it), so a developer's own models change no test."""

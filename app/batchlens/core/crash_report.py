@@ -1,10 +1,9 @@
 """The one top-level guard's report: an exception nobody expected becomes one sentence naming a report
 file, and exit code 70 (EX_SOFTWARE), never a traceback on the user's screen.
 
-The report (traceback, versions, command line) goes into the app's data folder: $BATCHLENS_DATA_DIR, or
-the platform's own ($XDG_DATA_HOME/batchlens or ~/.local/share/batchlens on Linux, ~/Library/Application
-Support/BatchLens on macOS, %LOCALAPPDATA%\\BatchLens on Windows), in crash-reports/. The command line's
-main() (cli/__init__.py) and the window's start (ui/app.py) both use it; it imports nothing heavy, and
+The report (traceback, versions, command line) goes into the app's data folder (core/data_dir.py:
+$BATCHLENS_DATA_DIR, or the platform's own, where the crash log and stored sidecars also live), in
+crash-reports/. The command line's main() (cli/__init__.py) and the window's start (ui/app.py) both use it; it imports nothing heavy, and
 no Qt, so it works however far the start-up got.
 """
 
@@ -21,22 +20,16 @@ from importlib import metadata
 from pathlib import Path
 from types import TracebackType
 
+from batchlens.core.data_dir import user_data_dir
+
 #: sysexits.h's EX_SOFTWARE: "an internal software error has been detected"
 EXIT_CRASH = 70
 REPORTS = "crash-reports"
 
 
 def data_dir() -> Path:
-    """The app's data folder (not created here)."""
-    override = os.environ.get("BATCHLENS_DATA_DIR")
-    if override:
-        return Path(override).expanduser()
-    home = Path.home()
-    if sys.platform == "win32":
-        return Path(os.environ.get("LOCALAPPDATA") or home / "AppData" / "Local") / "BatchLens"
-    if sys.platform == "darwin":
-        return home / "Library" / "Application Support" / "BatchLens"
-    return Path(os.environ.get("XDG_DATA_HOME") or home / ".local" / "share") / "batchlens"
+    """The app's data folder (not created here): the one the crash log and stored sidecars use."""
+    return user_data_dir()
 
 
 def _version(package: str) -> str:

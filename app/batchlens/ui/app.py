@@ -11,7 +11,10 @@ from PySide6.QtCore import QCoreApplication, Qt, QTimer
 from PySide6.QtGui import QColor, QPainter, QPixmap
 from PySide6.QtWidgets import QSplashScreen
 
+from batchlens.core.crash_log import CrashLog
 from batchlens.core.crash_report import EXIT_CRASH, install_excepthook
+from batchlens.ui.crash_dialog import follow_runs, offer_report
+from batchlens.ui.gui_gc import GuiThreadCollector
 from batchlens.ui.qt_app import (
     app_icon,
     create_app,
@@ -46,6 +49,9 @@ def run_window(args: argparse.Namespace) -> int:
         )
         return 2
     app = create_app()
+    crash_log = CrashLog()  # faulthandler into the data folder; the last session's crash, if any
+    crashed = crash_log.start()
+    collector = GuiThreadCollector().start()  # cycles are freed on the GUI thread, not a worker's
     # The window needs no torch (ui/engine.py): it opens in a second or two, and PyTorch and the run's
     # code load behind it; a Run pressed before then says "Loading PyTorch…" and starts when ready.
     from batchlens.ui.engine import Engine
@@ -59,13 +65,18 @@ def run_window(args: argparse.Namespace) -> int:
         output_dir=getattr(args, "window_output", None),
         device=getattr(args, "window_device", None),
     )
+    follow_runs(window, crash_log)
     window.show()
+    if crashed is not None:
+        QTimer.singleShot(0, lambda: offer_report(window, crashed))
     # After the first paint: the memory plot (pyqtgraph), then the engine on its thread, which holds the
     # GIL for most of a second at a time.
     QTimer.singleShot(ENGINE_AFTER_MS, window.load_behind)
     if getattr(args, "window_start", False):
         window.start_when_counted()  # a folder without images is refused as the Run button refuses it
     code = app.exec()
+    collector.stop()
+    crash_log.finish()  # a clean end (also when finish() leaves a run thread behind)
     return finish(window, code)
 
 

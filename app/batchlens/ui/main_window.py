@@ -509,9 +509,12 @@ class MainWindow(QMainWindow):
         self._refresh_previews()
         if self.controls.is_busy():  # stopped before the engine counted the images: not busy now
             self.controls.set_total(max(self.form.image_count(), 0))
-        if self.worker is not None:
-            self.worker.deleteLater()
+        # The worker lives in the run's thread, which has ended: a deleteLater() would wait for that
+        # thread's event loop forever (the worker, its runner and their signals were kept for good, one
+        # set per run). Once the thread is done, no event of the worker's can be running: dropping the
+        # last reference deletes it here. The thread itself is deleted by the event loop.
         if self.thread is not None:
+            self.thread.wait()  # (finished was emitted from the thread just before it ended)
             self.thread.deleteLater()
         self.worker = None
         self.thread = None
@@ -595,5 +598,6 @@ class MainWindow(QMainWindow):
             self.memory_plot.timer.stop()
         self.pages.shutdown()
         self.form.shutdown()
+        self.model_sources.shutdown()
         self.save_settings()
         event.accept()

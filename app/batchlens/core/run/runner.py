@@ -380,7 +380,8 @@ class Runner:
                     yield event
                 writer.check()  # the folder and file still the ones opened, or the run stops here
                 headers.start()  # after the first results, not before (it would share their cores)
-                speedups.apply(pipeline, shape)  # after the first results, not before (once)
+                # after the first results, not before (once), with no image being prepared
+                speedups.apply(pipeline, shape, ahead.settle)
                 if probe.kind != "cpu" and not self._crowded_warned:  # other programs may start later
                     yield from self._crowded_note(sample, device)
                 rate = leaks.add(index, sample)
