@@ -1,10 +1,10 @@
 """The one top-level guard's report: an exception nobody expected becomes one sentence naming a report
 file, and exit code 70 (EX_SOFTWARE), never a traceback on the user's screen.
 
-The report (traceback, versions, command line) goes into the app's data folder (core/data_dir.py:
-$BATCHLENS_DATA_DIR, or the platform's own, where the crash log and stored sidecars also live), in
-crash-reports/. The command line's main() (cli/__init__.py) and the window's start (ui/app.py) both use it; it imports nothing heavy, and
-no Qt, so it works however far the start-up got.
+The report (traceback, versions, command line) goes into crash-reports/ in the app's data folder
+(core/data_dir.py: $BATCHLENS_DATA_DIR, or the platform's own, where the crash log and stored sidecars
+also live). The command line's main() (cli/__init__.py) and the window's start (ui/app.py) both use it;
+it imports nothing heavy, and no Qt, so it works however far the start-up got.
 """
 
 from __future__ import annotations
