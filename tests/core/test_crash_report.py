@@ -59,10 +59,10 @@ def test_the_data_folder_follows_the_platform_and_the_override(monkeypatch, tmp_
     monkeypatch.delenv("BATCHLENS_DATA_DIR")
     if sys.platform.startswith("linux"):
         monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
-        assert data_dir() == tmp_path / "xdg" / "batchlens"
+        assert data_dir() == tmp_path / "xdg" / "BatchLens" / "BatchLens"
         monkeypatch.delenv("XDG_DATA_HOME")
         monkeypatch.setenv("HOME", str(tmp_path / "home"))
-        assert data_dir() == tmp_path / "home" / ".local" / "share" / "batchlens"
+        assert data_dir() == tmp_path / "home" / ".local" / "share" / "BatchLens" / "BatchLens"
 
 
 def test_a_data_folder_that_cannot_be_written_falls_back_to_the_temporary_folder(monkeypatch, tmp_path):

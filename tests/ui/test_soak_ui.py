@@ -278,6 +278,7 @@ def walk(window, qtbot, folders, tmp_path, steps: int, seed: int) -> Walker:
     return walker
 
 
+@pytest.mark.traceback_ok("the slot raises on purpose, to show the watch catches it")
 def test_the_watch_catches_a_qt_warning_and_an_exception_in_a_slot(qtbot):
     """The walk's checks themselves can fail (else the walk would prove nothing)."""
     with watched(qtbot) as watch:
