@@ -39,4 +39,4 @@ FORMAT_NAMES = "JPEG, PNG, BMP, GIF, TIFF, WebP, PPM/PGM/PBM, ICO and TGA"  # th
 # makes, estimated from the header before anything is decoded. At most DECODE_BYTES_PER_PIXEL bytes
 # a pixel of the pixel bound (the most any mode's conversion needs, so an image within the bound is
 # never refused for its mode alone), and never more than the memory free at the time.
-DECODE_BYTES_PER_PIXEL = 24
+DECODE_BYTES_PER_PIXEL = 40

@@ -219,7 +219,7 @@ def _sub_blocks(f: BinaryIO, budget: list[int]) -> None:
 
 
 def _gif_frames(f: BinaryIO, canvas: tuple[int, int]) -> Iterator[tuple[str, tuple[int, int]]]:
-    """Each frame's reach on the canvas (Pillow grows the canvas to a frame that reaches past it)."""
+    """The canvas at each frame: Pillow grows it to hold a frame that reaches past it."""
     f.seek(0)
     head = f.read(13)
     if len(head) < 13:
@@ -238,7 +238,8 @@ def _gif_frames(f: BinaryIO, canvas: tuple[int, int]) -> Iterator[tuple[str, tup
                 return
             x, y, width, height = struct.unpack("<HHHH", descriptor[:8])
             number += 1
-            yield f"frame {number}", (max(canvas[0], x + width), max(canvas[1], y + height))
+            canvas = max(canvas[0], x + width), max(canvas[1], y + height)  # as Pillow grows it
+            yield f"frame {number}", canvas
             if descriptor[8] & 0x80:
                 f.seek(3 << ((descriptor[8] & 7) + 1), 1)
             f.read(1)  # the LZW code size

@@ -275,11 +275,15 @@ def load_image(
         with f, open_image(f, max_pixels, mode) as im:
             frames = getattr(im, "n_frames", 1)
             im.seek(0)
+            jpeg = im.format == "JPEG"
+            if not jpeg:  # before its EXIF is asked for: a PNG's getexif() decodes the picture
+                check_budget(im.mode, decoded_size(im), mode, max_pixels)
             upright, turned = _upright(im)
-            wanted = reduce_to(upright) if reduce_to is not None and im.format == "JPEG" else None
+            wanted = reduce_to(upright) if reduce_to is not None and jpeg else None
             if wanted:
                 im.draft(im.mode, wanted[::-1] if turned else wanted)
-            check_budget(im.mode, decoded_size(im), mode, max_pixels)
+            if jpeg:  # at the scale it is decoded at
+                check_budget(im.mode, decoded_size(im), mode, max_pixels)
             im.load()
             # In place: an upright image is not copied (a 2 MP copy is ~3 % of a CPU run). The
             # pixels stay usable after the `with` block, which only closes the file.
