@@ -363,6 +363,7 @@ def test_a_gif_is_refused_exactly_when_a_frame_reaches_past_the_bound(canvas, fr
 def test_a_decode_over_the_memory_free_is_refused_before_it_starts(tmp_path: Path, monkeypatch):
     path = tmp_path / "wide.png"
     Image.new("RGB", (1500, 1000), "blue").save(path)
+    monkeypatch.setattr(image_guard, "_SMALL_DECODE", 1_000_000)  # below this, memory is not read
     monkeypatch.setattr(image_guard, "available_memory", lambda: 4_000_000)
     message = refused_fast(load_image, path)
     assert "GB of memory to decode" in message and "1500×1000" in message, message

@@ -55,6 +55,7 @@ _NOT_ALLOWED = (
 )
 
 ICO_MAGIC = b"\x00\x00\x01\x00"
+_SMALL_DECODE = 64 * 2**20  # bytes: decodes this small are within any budget worth having
 # Bytes a pixel takes in Pillow: 1 for "1", "L", "P"; 2 for the 16-bit modes; 4 for the rest.
 _ONE_BYTE = frozenset({"1", "L", "P"})
 
@@ -323,7 +324,10 @@ def decode_budget(max_pixels: int | None) -> int | None:
 
 def check_budget(mode: str, size: tuple[int, int], target: str, max_pixels: int | None) -> None:
     """Refuse (ImageError) a decode whose memory, estimated from the header, is over the budget."""
-    need, budget = decode_bytes(mode, size, target), decode_budget(max_pixels)
+    need = decode_bytes(mode, size, target)
+    if need <= _SMALL_DECODE:  # a photo's decode: not worth reading the memory free (~50 µs)
+        return
+    budget = decode_budget(max_pixels)
     if budget is not None and need > budget:
         raise ImageError(
             f"would take about {need / 1e9:.1f} GB of memory to decode ({size[0]}×{size[1]} pixels in "
