@@ -262,6 +262,11 @@ def test_the_allowed_formats_still_open(tmp_path: Path):
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
     for name in ("pages.tif", "anim.png", "anim.gif"):
         assert load_image(tmp_path / name).note == "first frame of 3 used", name
+    # A Multi-Picture JPEG (stereo cameras) opens through the JPEG plugin, which hands it to MPO's.
+    frames[0].convert("RGB").save(tmp_path / "stereo.jpg", "MPO", save_all=True, append_images=frames[1:])
+    with open(tmp_path / "stereo.jpg", "rb") as f, open_image(f) as im:
+        assert im.format == "MPO" and im.n_frames == 3
+    assert load_image(tmp_path / "stereo.jpg").note == "first frame of 3 used"
 
 
 # -- 2. every picture a container declares ----------------------------------------------------------
