@@ -269,6 +269,13 @@ def test_the_allowed_formats_still_open(tmp_path: Path):
     assert load_image(tmp_path / "stereo.jpg").note == "first frame of 3 used"
 
 
+def test_an_allowed_format_with_a_broken_header_is_named(tmp_path: Path):
+    broken = {"a.png": b"\x89PNG\r\n\x1a\n" + b"\0" * 30, "b.ico": b"\x00\x00\x01\x00", "c.gif": b"GIF89a"}
+    for name, data in broken.items():
+        message = refused_fast(load_image, _write(tmp_path, name, data))
+        assert message.startswith(("looks like a ", "looks like an ")) and "damaged" in message, message
+
+
 # -- 2. every picture a container declares ----------------------------------------------------------
 def test_the_issue_icon_bomb_is_refused_from_its_entry_header(tmp_path: Path):
     """The issue's .ico: the directory says 16x16, the PNG inside is 20,000x20,000 (Pillow decodes an

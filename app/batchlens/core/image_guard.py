@@ -92,6 +92,10 @@ def describe_unreadable(fp: BinaryIO) -> str:
         return "is not an image BatchLens can read"
     if not head:
         return "is empty (0 bytes)"
+    damaged = _allowed_kind(head)
+    if damaged is not None:
+        article = "an" if damaged[0] in "AEIOU" else "a"
+        return f"looks like {article} {damaged} file, but its header could not be read (damaged or cut short)"
     what = _kind(head)
     if what is not None:
         return f"is {what}" if "not an image" in what else f"is {what}, {_NOT_ALLOWED}"
@@ -103,6 +107,18 @@ def describe_unreadable(fp: BinaryIO) -> str:
         return "is a text file, not an image"
     except UnicodeDecodeError:
         return "is not an image BatchLens can read (unknown or unsupported format)"
+
+
+def _allowed_kind(head: bytes) -> str | None:
+    """Which allowed format the first bytes say (its plugin then refused the file's header)."""
+    for name in PILLOW_FORMATS:
+        accept = Image.OPEN[name][1] if name in Image.OPEN else None
+        try:
+            if accept is not None and accept(head[:16]) is True:
+                return name
+        except Exception:  # an accept() that does not like short input says nothing
+            continue
+    return None
 
 
 def _kind(head: bytes) -> str | None:
@@ -147,7 +163,10 @@ def _check_icon(f: BinaryIO, max_pixels: int | None, target: str) -> None:
     may hold a 20,000x20,000 PNG, which Pillow would decode), and the decode of the entry Pillow
     picks (the largest the directory names; as RGBA) against the memory budget."""
     f.seek(4)
-    (count,) = struct.unpack("<H", f.read(2))
+    head = f.read(2)
+    if len(head) < 2:
+        return  # no directory: Pillow's plugin refuses it
+    (count,) = struct.unpack("<H", head)
     directory = [f.read(16) for _ in range(min(count, MAX_PICTURES_CHECKED))]
     entries = []  # (directory's square, colour depth, real size)
     for number, entry in enumerate(directory, 1):
