@@ -209,6 +209,19 @@ def test_the_allowlist_names_no_plugin_that_runs_a_program_or_reads_documents():
     assert set(PILLOW_FORMATS) <= set(Image.OPEN), "a format on the list has no Pillow opener"
 
 
+def test_every_open_of_an_image_in_the_product_names_its_formats():
+    """Image.open without `formats` would try every plugin Pillow has: only image_guard opens images,
+    and the one other call (the cluster's previews, PNGs its own workers made) names PNG."""
+    package = Path(__file__).resolve().parents[2] / "app" / "batchlens"
+    loose = []
+    for path in package.rglob("*.py"):
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            code = line.split("#")[0]
+            if "Image.open(" in code and "formats=" not in code:
+                loose.append(f"{path.relative_to(package)}:{number}")
+    assert loose == [], f"opens an image with every Pillow plugin: {loose}"
+
+
 @pytest.mark.parametrize("fmt", sorted(OTHER_FORMATS))
 def test_another_format_under_every_image_name_is_refused_without_running_anything(
     fmt: str, tmp_path: Path, no_programs: Path
