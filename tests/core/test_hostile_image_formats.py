@@ -340,7 +340,7 @@ def test_an_apng_with_an_oversized_canvas_or_frame_is_refused(tmp_path: Path):
         assert im.n_frames == 3  # the maker makes real APNGs
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     claimed=st.tuples(st.integers(1, 256), st.integers(1, 256)),
     real=st.tuples(st.integers(1, 400), st.integers(1, 400)),
@@ -362,7 +362,7 @@ def test_an_icon_is_refused_exactly_when_an_entry_is_over_the_bound(claimed, rea
             pass  # our PNGs hold one short row: truncated, which is not the bound's business
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, database=None)
 @given(
     canvas=st.tuples(st.integers(1, 65535), st.integers(1, 65535)),
     frames=st.lists(
