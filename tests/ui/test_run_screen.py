@@ -111,6 +111,25 @@ def test_run_is_off_with_a_reason_when_there_is_nothing_to_run(qtbot, window, tm
     assert run.isEnabled() and not reason.isVisible()
 
 
+def test_a_folder_that_cannot_be_listed_is_said_so_not_counted_as_empty(tmp_path, monkeypatch):
+    import os
+
+    from batchlens.ui.run_form import NOT_COUNTED, count_images
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = os.scandir
+
+    def scandir(path="."):  # what the kernel answers to anyone but root for a chmod 000 folder
+        if os.fspath(path) == str(locked):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    count, text = count_images(locked, recursive=False, exclude=None)
+    assert count == NOT_COUNTED and "cannot be listed (permission denied)" in text and "0 images" not in text
+
+
 def test_a_model_file_that_is_gone_turns_run_off(qtbot, window, shapes_folder, tmp_path):
     import torch
 

@@ -90,7 +90,10 @@ def count_images(folder: Path, recursive: bool, exclude: Path | None) -> tuple[i
             "This folder does not exist." if not folder.exists() else "This is a file, not a folder."
         )
     stats = ScanStats()
-    count = sum(1 for _ in scan_images(folder, recursive, stats, exclude=exclude))
+    try:
+        count = sum(1 for _ in scan_images(folder, recursive, stats, exclude=exclude))
+    except BatchLensError as exc:  # the folder cannot be listed: say so, not "0 images found"
+        return NOT_COUNTED, str(exc)
     text = f"{count} image{'s' if count != 1 else ''} found"
     if stats.skipped:
         text += f" ({stats.skipped} other file{'s' if stats.skipped != 1 else ''} will be skipped)"

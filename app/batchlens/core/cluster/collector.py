@@ -110,6 +110,6 @@ def row_event(row: dict, index: int, total: int) -> ImageResult:
 def _image(data) -> Image.Image | None:
     if data is None or len(data) == 0:
         return None
-    image = Image.open(io.BytesIO(bytes(data)))
+    image = Image.open(io.BytesIO(bytes(data)), formats=["PNG"])  # the worker sends PNGs, only
     image.load()
     return image

@@ -25,6 +25,7 @@ from batchlens.core.inputs.images import (
     ScanStats,
     no_images_sentence,
     scan_images,
+    unlistable,
 )
 from batchlens.core.inputs.prefetch import Prefetcher
 from batchlens.core.machine.devices import resolve_device
@@ -68,6 +69,9 @@ def check_folders(input_dir: Path, output_dir: Path) -> tuple[Path, Path]:
         raise BatchLensError(f"The input folder {input_dir} does not exist.")
     if not input_dir.is_dir():
         raise BatchLensError(f"The input {input_dir} is a file, not a folder.")
+    why = unlistable(input_dir)  # never "0 images" for a folder that could not be read
+    if why:
+        raise BatchLensError(why)
     if output_dir.resolve() == input_dir.resolve():
         raise BatchLensError(
             f"The output folder {output_dir} is the input folder; choose another one "

@@ -15,6 +15,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from batchlens.core.files import OutputFolder
+from batchlens.core.image_guard import open_image
 from batchlens.core.tasks.base import (
     PREVIEW_SIZE,
     ImageMeta,
@@ -178,7 +179,7 @@ class DetectionAdapter(TaskAdapter):
             images.append({"id": image_id, "file_name": record["image"], "width": width, "height": height})
             owner = None
             if record.get("mask") and output_dir is not None:
-                with Image.open(output_dir / record["mask"]) as mask_image:
+                with open(output_dir / record["mask"], "rb") as f, open_image(f) as mask_image:
                     owner = np.asarray(mask_image)
             for det in record["detections"]:
                 x1, y1, x2, y2 = det["box"]
