@@ -15,7 +15,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from batchlens.core.errors import BatchLensError
+from batchlens.core.errors import BatchLensError, ImageError
+from batchlens.core.image_guard import open_image
 from batchlens.core.outputs.run_facts import Evaluation, RunFacts
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
@@ -195,10 +196,24 @@ def _mask_path(mask_dir: Path, image: str) -> Path | None:
     return None
 
 
+def _read_mask(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A class-index mask as an int64 array (resized to `size` by nearest neighbour), opened through the
+    image guard (allowed formats, bounded size); a file that is no readable mask is one sentence."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as fh, open_image(fh, target="L") as im:
+            mask = im if im.mode in ("L", "P") else im.convert("L")
+            if size is not None and mask.size != size:
+                mask = mask.resize(size, Image.Resampling.NEAREST)
+            return np.asarray(mask, np.int64)
+    except (OSError, ImageError) as exc:
+        raise BatchLensError(f"The mask {path} cannot be read: {exc}.") from None
+
+
 def evaluate_segmentation(facts: RunFacts, mask_dir: Path, ignore_index: int = 255) -> Evaluation:
     """Pixels over every image together: IoU per class = TP / (TP + FP + FN), the mean over the classes
     that appear in the truth or the prediction; the value 255 in a truth mask is not counted."""
-    from PIL import Image
 
     if not mask_dir.is_dir():
         raise BatchLensError(f"{mask_dir} is not a folder; a segmentation truth is a folder of mask PNGs.")
@@ -216,10 +231,8 @@ def evaluate_segmentation(facts: RunFacts, mask_dir: Path, ignore_index: int = 2
             continue
         for c in line.get("classes") or []:
             names.setdefault(int(c["index"]), str(c["label"]))
-        with Image.open(truth_file) as t, Image.open(facts.path / line["mask"]) as p:
-            truth = np.asarray(t if t.mode in ("L", "P") else t.convert("L"), np.int64)
-            predicted = p if p.size == t.size else p.resize(t.size, Image.Resampling.NEAREST)
-            predicted = np.asarray(predicted, np.int64)
+        truth = _read_mask(truth_file)
+        predicted = _read_mask(facts.path / line["mask"], size=(truth.shape[1], truth.shape[0]))
         keep = truth != ignore_index
         confusion += np.bincount(truth[keep] * size + predicted[keep] % size, minlength=size * size).reshape(
             size, size
