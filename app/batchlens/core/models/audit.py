@@ -20,6 +20,7 @@ import math
 import pickletools
 import re
 import zipfile
+import zlib
 from _compat_pickle import IMPORT_MAPPING
 from pathlib import Path
 
@@ -28,6 +29,11 @@ import torch
 
 from batchlens.core.errors import BatchLensError
 from batchlens.core.machine.memory import format_bytes
+from batchlens.core.models.graph_ops import (
+    export_target_allowed,
+    export_target_name,
+    operator_allowed,
+)
 
 # Globals torch's weights-only unpickler allows (tensors, storages, dtypes, OrderedDict...). A pickle
 # that imports only these cannot run code, even under torch.load(weights_only=False).
@@ -46,8 +52,61 @@ _TENSOR_RECORD = re.compile(r"(?:[^/]+/)?data/(?:\d+|weights/[^/]+|constants/[^/
 _PT2_TEXT = {"archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id"}
 # In a .pt2 graph (JSON): treespec contexts that make torch import a module by name.
 _PT2_IMPORTS = re.compile(r'default_factory_module\\*"\s*:\s*\\*"([^"\\]*)|__enum__')
-# Ops that reach the file system by name, as TorchScript code or an exported graph spells them.
-_FILE_OPS = re.compile(r"\b(?:torch|aten)\s*\.\s*(save|from_file)\b")
+# The most any one archive member is inflated to while it is read (a pickle, a graph, code): a
+# deflate bomb stops here instead of filling memory.
+MEMBER_LIMIT = 128 * 2**20
+# TorchScript code, as torch.jit.save prints it: `ops.NS.NAME(...)` for operators outside aten,
+# `torch.NAME(...)` for aten's, a few prim nodes as Python syntax, and custom C++ classes by type.
+_TS_STRINGS = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'')
+_TS_NAMESPACED = re.compile(r"(?<![\w.])ops\s*\.\s*(\w+)\s*\.\s*(\w+)")
+_TS_ATEN = re.compile(r"(?<![\w.])torch\s*\.\s*(\w+)\s*\(")
+_TS_SYNTAX = {"print": "Print", "fork": "fork", "wait": "wait", "rpc_async": "rpc_async",
+              "rpc_sync": "rpc_sync", "rpc_remote": "rpc_remote", "awaitable": "awaitable",
+              "awaitable_wait": "awaitable_wait", "awaitable_nowait": "awaitable_nowait"}  # fmt: skip
+_TS_PRIM_CALL = re.compile(r"(?<![\w.])(" + "|".join(_TS_SYNTAX) + r")\s*\(")
+_TS_CUSTOM_CLASS = re.compile(r"__torch__\s*\.\s*torch\s*\.\s*classes\s*\.\s*(\w+)\s*\.\s*(\w+)")
+# A .pt2 symbolic-size expression (sympy parses it with eval) or shape guard (compiled as Python):
+# numbers, operators, size symbols (s0, u3) and sympy's arithmetic functions, nothing else.
+_SIZE_NAMES = frozenset(
+    {"FloorDiv", "ModularIndexing", "Where", "PythonMod", "Mod", "CleanDiv", "CeilToInt", "FloorToInt",
+     "CeilDiv", "LShift", "RShift", "IsNonOverlappingAndDenseIndicator", "TruncToFloat", "TruncToInt",
+     "RoundToInt", "RoundDecimal", "ToFloat", "FloatPow", "PowByNatural", "IntTrueDiv", "FloatTrueDiv",
+     "Max", "Min", "Abs", "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "And", "Or", "Not", "True", "False", "oo",
+     "and", "or", "not", "Integer", "Rational", "Float", "Symbol", "Add", "Mul", "Pow", "GreaterThan",
+     "LessThan", "StrictGreaterThan", "StrictLessThan", "Equality", "Unequality", "floor", "ceiling",
+     "precision", "positive", "negative", "nonnegative", "nonpositive", "integer", "real", "finite",
+     "nonzero", "even", "odd", "L", "size", "stride", "storage_offset", "trunc", "ceil", "sqrt",
+     "sym_float", "sym_int", "sym_max", "sym_min", "sym_not", "sym_ite", "sym_sqrt"}
+)  # fmt: skip
+_SIZE_SYMBOL = re.compile(r"[a-z]{1,3}\d+")
+# What a guard or a sympy srepr spells with a dot or a quote, and may: math.trunc, torch.sym_float,
+# L['x'].size(), Symbol('s3'), Float('0.5').
+_SIZE_DOTTED = re.compile(
+    r"\b(?:math\.(?:trunc|floor|ceil|sqrt)|torch\.sym_\w+)\b|\.(?:size|stride|storage_offset)\(\)"
+)
+_SIZE_QUOTED = re.compile(r"'([a-z]{1,3}\d+|[-+]?\d+(?:\.\d*)?(?:e[-+]?\d+)?)'")
+_GUARD_INDEX = re.compile(r"L(?:\[(?:'\w+'|\d+)\])+")
+
+
+class MemberTooLarge(Exception):
+    """An archive member that inflates beyond what BatchLens reads of it (MEMBER_LIMIT)."""
+
+
+def read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo | str, limit: int = MEMBER_LIMIT) -> bytes:
+    """A member's bytes, read through a bounded stream: at most `limit` bytes are ever inflated, so a
+    deflate bomb costs `limit` of memory and the time to inflate it, then raises MemberTooLarge."""
+    info = archive.getinfo(info) if isinstance(info, str) else info
+    if info.file_size > limit:
+        raise MemberTooLarge(info.filename)
+    with archive.open(info) as stream:
+        data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise MemberTooLarge(info.filename)
+    return data
+
+
+def _too_large(name: str) -> str:
+    return f"{_relative(name)} unpacks to more than {format_bytes(MEMBER_LIMIT)}"
 
 
 class _Global(str):
@@ -144,7 +203,10 @@ def _member_risks(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -
     if head == b"PK\x03\x04":
         with archive.open(info) as f, zipfile.ZipFile(f) as inner:
             return _zip_pickle_risks(inner, where)
-    return _pickle_risks(archive.read(info), where)
+    try:
+        return _pickle_risks(read_member(archive, info), where)
+    except MemberTooLarge:
+        return [f"a pickle BatchLens cannot check: {_too_large(info.filename)}"]
 
 
 def _zip_pickle_risks(archive: zipfile.ZipFile, where: str | None) -> list[str]:
@@ -153,7 +215,11 @@ def _zip_pickle_risks(archive: zipfile.ZipFile, where: str | None) -> list[str]:
     risks = []
     for info in archive.infolist():
         if info.filename.endswith(".pkl"):
-            risks += _pickle_risks(archive.read(info), None if where is None else f"{where}:{info.filename}")
+            named = None if where is None else f"{where}:{info.filename}"
+            try:
+                risks += _pickle_risks(read_member(archive, info), named)
+            except MemberTooLarge:
+                risks.append(f"a pickle BatchLens cannot check: {_too_large(info.filename)}")
     return list(dict.fromkeys(risks))
 
 
@@ -176,7 +242,7 @@ def pt2_risks(path: Path) -> list[str]:
             configs.add(info.filename)
             folder = info.filename.rsplit("/", 1)[0] + "/"
             try:
-                config = json.loads(archive.read(info))["config"]
+                config = json.loads(read_member(archive, info))["config"]
                 entries = [(str(fqn), dict(meta)) for fqn, meta in config.items()]
             except Exception:
                 risks.append(f"{rel}: a weights table BatchLens cannot read")
@@ -195,34 +261,147 @@ def pt2_risks(path: Path) -> list[str]:
             if rel.startswith("data/aotinductor/"):
                 risks.append(f"compiled native code ({rel})")
             elif re.fullmatch(r"models/[^/]+\.json", rel):
-                risks += _graph_risks(archive.read(info).decode("utf-8", "replace"), rel)
+                try:
+                    risks += _graph_risks(read_member(archive, info).decode("utf-8", "replace"), rel)
+                except MemberTooLarge:
+                    risks.append(f"a graph BatchLens cannot check: {_too_large(info.filename)}")
             else:
                 risks += _member_risks(archive, info, rel)
     return list(dict.fromkeys(risks))
 
 
 def _graph_risks(text: str, where: str) -> list[str]:
-    """An exported graph (JSON) that makes torch import a module by name, or calls a file operation."""
+    """An exported graph (JSON) that makes torch import a module by name, calls an operator that is not
+    a pure tensor operation (graph_ops.py), or holds size expressions or guards that are not plain
+    arithmetic (torch evaluates them as Python while loading and running it)."""
     risks = [
         f"a Python module imported by name: {m.group(1) or 'an enum'} ({where})"
         for m in _PT2_IMPORTS.finditer(text)
     ]
-    ops = sorted(set(_FILE_OPS.findall(text.replace("aten::", "aten."))))
-    return risks + [f"the file operation aten.{op} ({where})" for op in ops]
+    try:
+        graph = json.loads(text)
+    except (ValueError, RecursionError):
+        return [*risks, f"a graph BatchLens cannot read ({where})"]
+    todo = [graph]
+    while todo:  # (a stack, not recursion: nesting cannot exhaust Python's)
+        value = todo.pop()
+        if isinstance(value, list):
+            todo.extend(reversed(value))
+            continue
+        if not isinstance(value, dict):
+            continue
+        target = value.get("target")
+        if isinstance(target, str) and "inputs" in value and not export_target_allowed(target):
+            risks.append(f"the operator {export_target_name(target)} in {where}")
+        operator = value.get("as_operator")
+        if isinstance(operator, str) and not export_target_allowed(operator):
+            risks.append(f"the operator {export_target_name(operator)} in {where}")
+        expression = value.get("expr_str")
+        if isinstance(expression, str) and not _is_size_arithmetic(expression):
+            risks.append(f"a size expression that is not arithmetic: {expression[:60]!r} ({where})")
+        todo.extend(reversed(list(value.values())))
+    ranges = graph.get("range_constraints") if isinstance(graph, dict) else None
+    for key in ranges if isinstance(ranges, dict) else []:
+        if not _is_size_arithmetic(str(key)):
+            risks.append(f"a size expression that is not arithmetic: {str(key)[:60]!r} ({where})")
+    guards = graph.get("guards_code") if isinstance(graph, dict) else None
+    for guard in guards if isinstance(guards, list) else [guards] if guards else []:
+        if not (isinstance(guard, str) and _is_size_arithmetic(_GUARD_INDEX.sub(" L", guard))):
+            risks.append(f"a shape guard that is not arithmetic: {str(guard)[:60]!r} ({where})")
+    return list(dict.fromkeys(risks))
 
 
-def torchscript_risks(path: Path) -> list[str]:
-    """What a TorchScript archive could do beyond computing: its pickles (data.pkl, constants.pkl) are
-    read by TorchScript's own C++ unpickler, which resolves only TorchScript and torch types, never a
-    Python global, so they are not checked here; but its code can read and write any file by name."""
+def _is_size_arithmetic(text: str) -> bool:
+    """Numbers, operators and the names sizes are written with (see _SIZE_NAMES), nothing else: no
+    string, attribute, lambda or name that Python or sympy would resolve to another function."""
+    if len(text) > 100_000 or "__" in text:
+        return False
+    text = _SIZE_QUOTED.sub(r"\1", _SIZE_DOTTED.sub(lambda m: " " + m.group(0).split(".")[-1], text))
+    if not re.fullmatch(r"[\w\s+\-*/%()<>=!,.&|~^\[\]]*", text):
+        return False  # (a quote, a colon, a backslash...)
+    text = re.sub(r"\b\d+(?:\.\d*)?(?:e[+-]?\d+)?", "0", text)  # numbers, so that a dot is a decimal point
+    if "." in text:
+        return False  # attribute access
+    names = re.findall(r"[A-Za-z_]\w*", text)
+    return all(name in _SIZE_NAMES or _SIZE_SYMBOL.fullmatch(name) for name in names)
+
+
+def torchscript_code_risks(path: Path) -> list[str]:
+    """What a TorchScript archive's code calls, read from the code itself before torch loads it (a
+    module's __setstate__ runs while it loads, and prim::Enter runs a class's __enter__, which the
+    graph of forward does not show): every operator it names must be allowed (graph_ops.py), and no
+    custom C++ class may appear. Its pickles (data.pkl, constants.pkl) are read by TorchScript's own
+    C++ unpickler, which resolves only TorchScript and torch types, never a Python global."""
     risks = []
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
-            if "/code/" in f"/{info.filename}" and info.filename.endswith(".py"):
-                text = archive.read(info).decode("utf-8", "replace")
-                ops = sorted(set(_FILE_OPS.findall(text)))
-                risks += [f"the file operation torch.{op} ({_relative(info.filename)})" for op in ops]
-    return risks
+            if not ("/code/" in f"/{info.filename}" and info.filename.endswith(".py")):
+                continue
+            where = _relative(info.filename)
+            try:
+                code = read_member(archive, info).decode("utf-8", "replace")
+            except MemberTooLarge:
+                risks.append(f"code BatchLens cannot check: {_too_large(info.filename)}")
+                continue
+            code = _TS_STRINGS.sub('""', code)  # (a message that mentions print( calls nothing)
+            found = [(m.start(), f"{m.group(1)}::{m.group(2)}") for m in _TS_NAMESPACED.finditer(code)]
+            found += [(m.start(), f"aten::{m.group(1)}") for m in _TS_ATEN.finditer(code)]
+            found += [(m.start(), f"prim::{_TS_SYNTAX[m.group(1)]}") for m in _TS_PRIM_CALL.finditer(code)]
+            for _, name in sorted(found):
+                if not operator_allowed(name):
+                    risks.append(f"the operator {name} in {where}")
+            risks += [
+                f"the custom class torch.classes.{m.group(1)}.{m.group(2)} in {where}"
+                for m in _TS_CUSTOM_CLASS.finditer(code)
+            ]
+    return list(dict.fromkeys(risks))
+
+
+def torchscript_risks(path: Path) -> list[str]:
+    """What a TorchScript archive could do beyond computing, read before it is loaded (see
+    torchscript_code_risks); scripted_graph_risks reads the loaded graphs as well."""
+    return torchscript_code_risks(path)
+
+
+def scripted_graph_risks(module) -> list[str]:
+    """Every operator in a loaded TorchScript module's graphs that is not allowed (graph_ops.py): each
+    method with the methods and functions it calls inlined, the blocks of its branches and loops, its
+    subgraphs; and every submodule's methods when a call could not be inlined (an interface)."""
+    risks: list[str] = []
+    modules = [module]
+    index = 0
+    while index < len(modules):
+        current = modules[index]
+        index += 1
+        for name in current._c._method_names():
+            graph = current._c._get_method(name).graph.copy()
+            torch._C._jit_pass_inline(graph)
+            where = f"{current.original_name}.{name}"
+            if _visit_script_graph(graph, where, risks) and len(modules) == 1:
+                modules += [m for m in module.modules() if m is not module]  # interface calls
+    return list(dict.fromkeys(risks))
+
+
+def _visit_script_graph(graph, where: str, risks: list[str]) -> bool:
+    """Adds the graph's disallowed operators and custom classes to `risks`; True when a method call
+    was left (not inlined)."""
+    calls_left = False
+    todo = [graph]
+    while todo:
+        block = todo.pop()
+        for node in block.nodes():
+            kind = node.kind()
+            if not operator_allowed(kind):
+                risks.append(f"the operator {kind} in {where}")
+            calls_left = calls_left or kind == "prim::CallMethod"
+            if kind in ("prim::GetAttr", "prim::CallMethod", "prim::CreateObject"):
+                for value in [*node.outputs(), *node.inputs()][:2]:
+                    typename = str(value.type())
+                    if "__torch__.torch.classes." in typename:
+                        risks.append(f"the custom class {typename.removeprefix('__torch__.')} in {where}")
+            todo.extend(node.blocks())
+            todo.extend(node.g(a) for a in node.attributeNames() if node.kindOf(a) == "g")
+    return calls_left
 
 
 def checkpoint_risks(path: Path) -> list[str]:
@@ -246,27 +425,34 @@ def size_problem(path: Path, available: int | None = None) -> str | None:
             infos = archive.infolist()
             tensors = sum(info.file_size for info in infos if _TENSOR_RECORD.fullmatch(info.filename))
             unpacked = sum(info.file_size for info in infos)
+            if unpacked > 20 * on_disk + 2**24:  # (from the zip directory, before anything is inflated)
+                return _bomb(unpacked, on_disk)
             pickles = [i for i in infos if re.fullmatch(r"(?:[^/]+/)?data\.pkl", i.filename)]
-            read = read_pickle(archive.read(pickles[0])) if len(pickles) == 1 else None
-    except (zipfile.BadZipFile, OSError, EOFError):
+            read = read_pickle(read_member(archive, pickles[0])) if len(pickles) == 1 else None
+    except MemberTooLarge as exc:
+        return f"its {_too_large(str(exc))} (a zip bomb, or a damaged file)"
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error):
         return None
     declared: dict[str, int] = {}
     for pid in read[1] if read else []:
         if len(pid) == 5 and pid[0] == "storage" and isinstance(pid[4], int):
             declared[str(pid[2])] = pid[4] * _element_size(pid[1])
     needed = max(tensors, sum(declared.values()))
-    if needed > 2 * on_disk + 2**20 or unpacked > 20 * on_disk + 2**24:
-        size = format_bytes(max(needed, unpacked))
-        return (
-            f"it unpacks to {size} but is only {format_bytes(on_disk)} on disk, while torch stores tensors "
-            "uncompressed (a zip bomb, or a damaged file)"
-        )
+    if needed > 2 * on_disk + 2**20:
+        return _bomb(max(needed, unpacked), on_disk)
     available = psutil.virtual_memory().available if available is None else available
     if needed > available:
         return (
             f"its tensors need {format_bytes(needed)}, more than the {format_bytes(available)} of memory free"
         )
     return None
+
+
+def _bomb(size: int, on_disk: int) -> str:
+    return (
+        f"it unpacks to {format_bytes(size)} but is only {format_bytes(on_disk)} on disk, while torch "
+        "stores tensors uncompressed (a zip bomb, or a damaged file)"
+    )
 
 
 def refuse_oversized(path: Path) -> None:
@@ -323,8 +509,11 @@ __all__ = [
     "pickle_globals",
     "pt2_risks",
     "read_pickle",
+    "read_member",
     "refuse_oversized",
+    "scripted_graph_risks",
     "size_problem",
     "summarise",
+    "torchscript_code_risks",
     "torchscript_risks",
 ]
