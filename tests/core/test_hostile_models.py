@@ -20,7 +20,7 @@ from torch import nn
 
 from batchlens.core.errors import BatchLensError
 from batchlens.core.models import PickleRefusedError, file_to_trust, load_model
-from batchlens.core.models.audit import pickle_globals, size_problem
+from batchlens.core.models.audit import MemberTooLarge, pickle_globals, read_member, size_problem
 from batchlens.core.models.files import pickle_risk
 from batchlens.core.models.preprocessing import Preprocessing
 from batchlens.core.models.state_dict import read_weights
@@ -244,6 +244,46 @@ def test_deflate_bomb_is_refused_before_torch_allocates(tmp_path: Path, monkeypa
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     assert peak < 4 * 2**30, f"a child peaked at {peak / 2**30:.1f} GiB"
     assert seconds < 180
+
+
+def test_a_deflate_bomb_in_data_pkl_is_one_sentence_in_bounded_memory(tmp_path: Path, monkeypatch):
+    """The pickle itself is the bomb (8 GiB of zeros in 8 MB): it used to be inflated whole by the size
+    check (a MemoryError traceback after 28 s); now the zip directory refuses it, and any member is read
+    through a bounded stream (read_member) that stops at its limit."""
+    import tracemalloc
+
+    bomb = deflate_bomb(tmp_path / "bomb.pth", 8, monkeypatch, member="archive/data.pkl")
+    tracemalloc.start()
+    try:
+        started = time.perf_counter()
+        with pytest.raises(BatchLensError) as refused:
+            within(20, load_model, "resnet18", CPU, {"weights": str(bomb)})
+        seconds = time.perf_counter() - started
+        peak = tracemalloc.get_traced_memory()[1]
+        with zipfile.ZipFile(bomb) as archive, pytest.raises(MemberTooLarge):
+            read_member(archive, "archive/data.pkl", limit=2**20)
+        assert pickle_risk(bomb) == [
+            "a pickle BatchLens cannot check: data.pkl unpacks to more than 128.0 MiB"
+        ]
+    finally:
+        tracemalloc.stop()
+    assert_one_sentence(str(refused.value), bomb)
+    assert "zip bomb" in str(refused.value) and "8.0 GiB" in str(refused.value)
+    assert seconds < 5 and peak < 64 * 2**20, (seconds, peak)
+
+
+def test_a_member_whose_directory_entry_lies_is_read_only_up_to_the_limit(tmp_path: Path, monkeypatch):
+    """A member declared small in the directory is inflated no further than the bound either."""
+    bomb = deflate_bomb(tmp_path / "bomb.pth", 1, monkeypatch, member="archive/data.pkl")
+    with zipfile.ZipFile(bomb) as archive:
+        info = archive.getinfo("archive/data.pkl")
+        info.file_size = 2**20  # (the lie: 1 MiB declared, 1 GiB inside)
+        started = time.perf_counter()
+        try:
+            data = read_member(archive, info, limit=4 * 2**20)
+        except zipfile.BadZipFile:  # the CRC of what was read does not match: refused, never inflated
+            data = b""
+        assert len(data) <= 2**20 and time.perf_counter() - started < 2
 
 
 # -- 3. sidecars and labels files ---------------------------------------------------------------------------
