@@ -204,6 +204,27 @@ def test_any_pickle_protocol_is_read_statically(tmp_path: Path):
     assert not marker.exists()
 
 
+def test_a_legacy_format_checkpoint_with_a_pickle_payload_is_refused_unrun(tmp_path: Path):
+    """torch.save's legacy (non-zip) format, pickles one after another (issue 26): read statically too,
+    so that the payload is named (and the window asks) before torch reads the file."""
+    marker, evil = tmp_path / "MARKER", tmp_path / "evil.pth"
+    torch.save({"weight": Marker(marker)}, evil, _use_new_zipfile_serialization=False)
+    assert not zipfile.is_zipfile(evil)
+    assert pickle_risk(evil) == ["builtins.eval"]
+    for options in ({"weights": str(evil)}, {"weights": str(evil), "task": "classification"}):
+        with pytest.raises(PickleRefusedError) as refused:
+            load_model("resnet18", CPU, options)
+        assert_one_sentence(str(refused.value), evil)
+        assert "builtins.eval" in str(refused.value)
+    assert not marker.exists()
+
+    honest = tmp_path / "honest.pth"
+    torch.save(Tiny().state_dict(), honest, _use_new_zipfile_serialization=False)
+    assert pickle_risk(honest) == [] and set(read_weights(honest)) == set(Tiny().state_dict())
+    read_weights(evil, trust_pickle=True)  # trusted, the payload is real: it runs
+    assert marker.exists()
+
+
 # -- 5. zip bombs ---------------------------------------------------------------------------------------
 def test_declared_sizes_beyond_the_file_are_refused(scripted: Path, tmp_path: Path):
     lying = checkpoint_zip(tmp_path / "lying.pth", declaring_pickle(2**31), {"0": bytes(2**20)})

@@ -405,9 +405,45 @@ def _visit_script_graph(graph, where: str, risks: list[str]) -> bool:
 
 
 def checkpoint_risks(path: Path) -> list[str]:
-    """The globals beyond plain weights that a torch.save zip (.pth/.pt/.bin/.ckpt) imports."""
+    """The globals beyond plain weights that a torch.save file (.pth/.pt/.bin/.ckpt) imports: a zip, or
+    the legacy format (torch.save(..., _use_new_zipfile_serialization=False): pickles one after another,
+    then the raw storages). Raises zipfile.BadZipFile for a file that is neither."""
+    if not zipfile.is_zipfile(path):
+        return legacy_checkpoint_risks(path)
     with zipfile.ZipFile(path) as archive:
         return _zip_pickle_risks(archive, None)
+
+
+# The legacy format: the magic number, the protocol version, sys_info, the object, its storage keys.
+_LEGACY_PICKLES = 5
+
+
+def legacy_checkpoint_risks(path: Path) -> list[str]:
+    """The unsafe globals of a legacy torch.save file's pickles, each read statically and bounded (the
+    storages that follow them are never read)."""
+    risks: list[str] = []
+    with open(path, "rb") as stream:
+        if stream.read(1) != b"\x80":  # every pickle torch writes starts with PROTO
+            raise zipfile.BadZipFile(f"{path} is neither a zip nor a legacy torch.save file")
+        stream.seek(0)
+        for _ in range(_LEGACY_PICKLES):
+            start = stream.tell()
+            try:
+                for op, _arg, pos in pickletools.genops(stream):
+                    if pos - start > MEMBER_LIMIT:
+                        return [
+                            *risks,
+                            f"a pickle BatchLens cannot check: more than {format_bytes(MEMBER_LIMIT)}",
+                        ]
+                    if op.name == "STOP":
+                        break
+            except Exception:  # malformed, or the file ends: what was read so far is judged below
+                return [*risks, "a pickle BatchLens cannot check (legacy format)"]
+            end = stream.tell()
+            stream.seek(start)
+            risks += _pickle_risks(stream.read(end - start), None)
+            stream.seek(end)
+    return list(dict.fromkeys(risks))
 
 
 def size_problem(path: Path, available: int | None = None) -> str | None:
@@ -506,6 +542,7 @@ def _element_size(storage_type) -> int:
 
 __all__ = [
     "checkpoint_risks",
+    "legacy_checkpoint_risks",
     "pickle_globals",
     "pt2_risks",
     "read_pickle",
