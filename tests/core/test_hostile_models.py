@@ -16,11 +16,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from batchlens.core.errors import BatchLensError
 from batchlens.core.models import PickleRefusedError, file_to_trust, load_model
-from batchlens.core.models.audit import MemberTooLarge, pickle_globals, read_member, size_problem
+from batchlens.core.models.audit import (
+    MemberTooLarge,
+    config_parameter_floor,
+    pickle_globals,
+    read_member,
+    size_problem,
+)
 from batchlens.core.models.files import pickle_risk
 from batchlens.core.models.preprocessing import Preprocessing
 from batchlens.core.models.state_dict import read_weights
@@ -418,7 +426,8 @@ def test_a_timm_folder_whose_config_claims_gigabytes_is_refused_before_allocatin
     assert done.returncode == 2, done.stderr
     message = done.stderr.strip().removeprefix("batchlens: ")
     assert_one_sentence(message, folder)
-    assert "describes a model of 1,940.4 M parameters" in message and "so it was not built" in message
+    assert "describes a model of at least 20.0 M parameters (num_classes 20,000,000)" in message
+    assert "so it was not built" in message
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     assert peak < 4 * 2**30, f"a child peaked at {peak / 2**30:.1f} GiB"
 
@@ -441,3 +450,55 @@ def test_a_hugging_face_folder_whose_config_does_not_fit_its_weights_is_refused(
         within(60, load_model, str(folder), CPU)
     assert_one_sentence(str(refused.value), folder)
     assert "describes a model of 2,147." in str(refused.value)
+
+
+def _tiny_vit(folder: Path, **changes) -> Path:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ViTConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=37, num_labels=2,
+    )  # fmt: skip
+    transformers.ViTForImageClassification(config).save_pretrained(folder)
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    described = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**described, **changes}))
+    return folder
+
+
+@pytest.mark.parametrize("layers", [10_000, 100_000])
+def test_a_config_claiming_many_layers_is_refused_from_its_numbers(tmp_path: Path, layers: int):
+    """10,000 layers took 28 s of CPU to be refused from a meta-device build and 100,000 ran past a
+    minute; their numbers alone refuse them now, before transformers builds anything."""
+    folder = _tiny_vit(tmp_path / "vit", num_hidden_layers=layers)
+    started = time.perf_counter()
+    with pytest.raises(BatchLensError) as refused:
+        within(30, load_model, str(folder), CPU)
+    assert time.perf_counter() - started < 1
+    assert_one_sentence(str(refused.value), folder)
+    assert f"num_hidden_layers {layers:,} of width 32" in str(refused.value)
+
+
+def test_a_timm_config_claiming_a_deep_model_is_refused_from_its_numbers(tmp_path: Path):
+    timm = pytest.importorskip("timm")
+    folder = tmp_path / "timm-deep"
+    timm.models.save_for_hf(timm.create_model("test_vit", num_classes=5), folder, safe_serialization=True)
+    config = json.loads((folder / "config.json").read_text())
+    config.setdefault("model_args", {}).update(depth=100_000)
+    (folder / "config.json").write_text(json.dumps(config))
+    started = time.perf_counter()
+    with pytest.raises(BatchLensError) as refused:
+        within(30, load_model, str(folder), CPU)
+    assert time.perf_counter() - started < 1
+    assert_one_sentence(str(refused.value), folder)
+    assert "depth 100,000" in str(refused.value)
+
+
+@settings(max_examples=50, deadline=None)
+@given(depth=st.integers(1, 10**15), width=st.integers(1, 10**6), classes=st.integers(1, 10**12))
+def test_the_parameter_floor_is_arithmetic_whatever_the_numbers(depth: int, width: int, classes: int):
+    config = {"num_hidden_layers": depth, "hidden_size": width, "vision_config": {"num_labels": classes}}
+    started = time.perf_counter()
+    floor, reason = config_parameter_floor(config)
+    assert time.perf_counter() - started < 0.05
+    assert floor == max(depth * width * width, classes)
+    assert reason

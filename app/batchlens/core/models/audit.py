@@ -509,6 +509,83 @@ def safetensors_numbers(files: list[Path]) -> int:
     return total
 
 
+# Numbers a Hugging Face or timm config.json sizes its layers with, here and in nested configs
+# (text_config, vision_config, backbone_config, timm's model_args).
+_WIDTHS = ("hidden_size", "d_model", "embed_dim", "n_embd", "hidden_dim", "num_features", "width")
+_DEPTHS = ("num_hidden_layers", "num_layers", "n_layer", "n_layers", "depth", "encoder_layers",
+           "decoder_layers", "num_encoder_layers", "num_decoder_layers")  # fmt: skip
+_STAGE_WIDTHS = ("hidden_sizes", "embed_dims", "dims", "embed_dim", "widths")
+_STAGE_DEPTHS = ("depths", "depth", "layers", "num_blocks")
+_CLASSES = ("num_labels", "num_classes")
+
+
+def _count(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def config_parameter_floor(config: dict) -> tuple[int, str]:
+    """(the fewest parameters the model a config.json describes can have, the numbers that say so),
+    computed from its numbers alone, in time that does not depend on them: a layer of width w holds
+    at least a w x w matrix (a transformer layer holds 4 or more, a conv stage's block w²/16 or more),
+    a classifier one number per class."""
+    best, reason = 0, ""
+    todo: list[tuple[dict, int | None]] = [(config, None)]
+    seen = 0
+    while todo and seen < 1000:  # (nested configs; a bounded walk)
+        current, inherited = todo.pop()
+        seen += 1
+        widths = [_count(current.get(k)) for k in _WIDTHS if _count(current.get(k))]
+        # The narrowest when a config names several; a nested one (timm's model_args) may take its
+        # width from the config around it.
+        width = min(widths) if widths else inherited
+        todo += [(v, width) for v in current.values() if isinstance(v, dict)]
+        depths = [(k, _count(current.get(k))) for k in _DEPTHS if _count(current.get(k))]
+        candidates = [
+            (depth * width * width, f"{k} {depth:,} of width {width:,}") for k, depth in depths if width
+        ]
+        for key in _STAGE_DEPTHS:
+            stages = current.get(key)
+            if not (isinstance(stages, list) and stages and all(_count(d) for d in stages)):
+                continue
+            for wkey in _STAGE_WIDTHS:
+                sizes = current.get(wkey)
+                if isinstance(sizes, list) and len(sizes) == len(stages) and all(_count(w) for w in sizes):
+                    floor = sum(d * w * w for d, w in zip(stages, sizes, strict=True)) // 16
+                    candidates.append((floor, f"{key} {sum(stages):,} of widths up to {max(sizes):,}"))
+            if width:
+                candidates.append(
+                    (sum(stages) * width * width // 16, f"{key} {sum(stages):,} of width {width:,}")
+                )
+        for key in _CLASSES:
+            classes = _count(current.get(key))
+            if classes:
+                candidates.append((classes, f"{key} {classes:,}"))
+        for floor, why in candidates:
+            if floor > best:
+                best, reason = floor, why
+    return best, reason
+
+
+def _amount(count: int) -> str:
+    return f"{count / 1e6:,.1f} M" if count >= 100_000 else f"{count:,}"
+
+
+def refuse_config_arithmetic(config: dict, weights: list[Path], where: str) -> None:
+    """Refuse a config.json whose own numbers (layers, widths, classes) describe more parameters than
+    the folder's safetensors hold, before anything is built, even on the meta device (building 100,000
+    layers takes minutes): config_parameter_floor, against the safetensors headers."""
+    floor, reason = config_parameter_floor(config)
+    if floor <= 2**20:
+        return
+    held = safetensors_numbers(weights)
+    if floor > held * 1.01 + 2**20:
+        raise BatchLensError(
+            f"{where}: its config.json describes a model of at least {_amount(floor)} parameters "
+            f"({reason}), but its weights hold {_amount(held)} numbers, so it was not built (a config "
+            "that does not fit its weights could claim any amount of memory)."
+        )
+
+
 def refuse_config_beyond_weights(build, weights: list[Path], where: str) -> None:
     """Build the architecture a folder's config.json describes on the meta device (shapes, no memory)
     and refuse it, before anything is allocated, when its parameters need more numbers than the
@@ -547,6 +624,7 @@ __all__ = [
     "pt2_risks",
     "read_pickle",
     "read_member",
+    "refuse_config_arithmetic",
     "refuse_oversized",
     "scripted_graph_risks",
     "size_problem",
