@@ -502,3 +502,60 @@ def test_the_parameter_floor_is_arithmetic_whatever_the_numbers(depth: int, widt
     assert time.perf_counter() - started < 0.05
     assert floor == max(depth * width * width, classes)
     assert reason
+
+
+@pytest.mark.parametrize(
+    "size",
+    [{"height": 100_000, "width": 100_000}, {"shortest_edge": 100_000}, {"height": -5, "width": 32},
+     {"height": 0, "width": 32}, {"height": float("nan"), "width": 32}, {"height": 1.5, "width": 32},
+     {"height": "big", "width": 32}],
+    ids=["100000", "shortest-100000", "negative", "zero", "nan", "fraction", "text"],
+)  # fmt: skip
+def test_a_preprocessor_size_no_image_can_take_is_one_sentence_at_load(tmp_path: Path, size: dict):
+    """A Hugging Face preprocessor_config.json with such a size gave an allocation error (or a
+    traceback) for every image; it is one sentence when the model loads."""
+    folder = _tiny_vit(tmp_path / "vit")
+    processor = json.loads((folder / "preprocessor_config.json").read_text())
+    (folder / "preprocessor_config.json").write_text(json.dumps({**processor, "size": size}))
+    with pytest.raises(BatchLensError) as refused:
+        within(30, load_model, str(folder), CPU)
+    assert_one_sentence(str(refused.value), folder)
+
+
+def test_a_preprocessor_size_of_100000_stops_the_command_line_once(tmp_path: Path, capsys):
+    folder = _tiny_vit(tmp_path / "vit")
+    processor = json.loads((folder / "preprocessor_config.json").read_text())
+    (folder / "preprocessor_config.json").write_text(
+        json.dumps({**processor, "size": {"shortest_edge": 100_000}})
+    )
+    make_photos(tmp_path / "in", sizes=[(16, 16), (20, 20)])
+    code = run_cli("--model", folder, "--input", tmp_path / "in", "--output", tmp_path / "out")
+    assert code == 2 and not (tmp_path / "out" / "predictions.jsonl").exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "megapixels" in err[0], err
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"input_size": [3, -1, -1]}, {"input_size": [3, 100_000, 100_000]}, {"crop_pct": float("nan")},
+     {"input_size": [3, 0, 32]}],
+    ids=["negative", "100000", "nan-crop", "zero"],
+)  # fmt: skip
+def test_a_timm_preprocessing_no_image_can_take_is_one_sentence_at_load(tmp_path: Path, change: dict):
+    timm = pytest.importorskip("timm")
+    folder = tmp_path / "timm"
+    timm.models.save_for_hf(timm.create_model("test_resnet", num_classes=5), folder, safe_serialization=True)
+    config = json.loads((folder / "config.json").read_text())
+    config["pretrained_cfg"].update(change)
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(BatchLensError) as refused:
+        within(60, load_model, str(folder), CPU)
+    assert_one_sentence(str(refused.value), "timm")
+
+
+@pytest.mark.parametrize(
+    "geometry", [{"resize": (0,)}, {"crop": (-3, 4)}, {"max_size": 0}, {"rescale": float("nan")}]
+)
+def test_preprocessing_of_any_source_refuses_sizes_no_image_can_take(geometry: dict):
+    with pytest.raises(BatchLensError, match="the model's preprocessing"):
+        Preprocessing(**geometry)

@@ -27,7 +27,7 @@ from batchlens.core.errors import BatchLensError
 from batchlens.core.models.audit import refuse_config_arithmetic, refuse_config_beyond_weights
 from batchlens.core.models.base import LoadedModel, ModelInfo, prepare
 from batchlens.core.models.hf_cache import HF_PREFIX, is_timm_config, read_hf_config, snapshot_for
-from batchlens.core.models.preprocessing import Preprocessing
+from batchlens.core.models.preprocessing import Preprocessing, check_hf_sizes
 from batchlens.core.tasks.base import ImageMeta, TaskResult
 from batchlens.core.tasks.classification import ClassificationAdapter
 from batchlens.core.tasks.detection import DetectionAdapter
@@ -204,6 +204,7 @@ def load_hf(model: str, device: torch.device, options: dict | None = None) -> Lo
         build = lambda: auto.from_config(described, trust_remote_code=False)  # noqa: E731
         refuse_config_beyond_weights(build, sorted(folder.glob("*.safetensors")), str(folder))
         processor = transformers.AutoImageProcessor.from_pretrained(folder, trust_remote_code=False)
+        check_hf_sizes(processor.to_dict(), str(folder / "preprocessor_config.json"))
         network = auto.from_pretrained(
             folder, config=described, trust_remote_code=False, use_safetensors=True
         )
