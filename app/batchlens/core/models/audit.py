@@ -365,43 +365,60 @@ def torchscript_risks(path: Path) -> list[str]:
 
 def scripted_graph_risks(module) -> list[str]:
     """Every operator in a loaded TorchScript module's graphs that is not allowed (graph_ops.py): each
-    method with the methods and functions it calls inlined, the blocks of its branches and loops, its
-    subgraphs; and every submodule's methods when a call could not be inlined (an interface)."""
+    method of each submodule (once per type), each function they call (once), the blocks of their
+    branches and loops, their subgraphs. A method that calls a TorchScript class's method (not a
+    module's) is read once more with its calls inlined, which reaches that method's body."""
     risks: list[str] = []
-    modules = [module]
-    index = 0
-    while index < len(modules):
-        current = modules[index]
-        index += 1
+    types = {m._c._type().qualified_name() for m in module.modules()}
+    seen: set = set()
+    for current in module.modules():
+        kind = current._c._type().qualified_name()
         for name in current._c._method_names():
-            graph = current._c._get_method(name).graph.copy()
-            torch._C._jit_pass_inline(graph)
+            if (kind, name) in seen:
+                continue
+            seen.add((kind, name))
+            graph = current._c._get_method(name).graph
             where = f"{current.original_name}.{name}"
-            if _visit_script_graph(graph, where, risks) and len(modules) == 1:
-                modules += [m for m in module.modules() if m is not module]  # interface calls
+            if _visit_script_graph(graph, where, risks, seen, types):
+                inlined = graph.copy()
+                torch._C._jit_pass_inline(inlined)
+                _visit_script_graph(inlined, where, risks, seen, types)
     return list(dict.fromkeys(risks))
 
 
-def _visit_script_graph(graph, where: str, risks: list[str]) -> bool:
-    """Adds the graph's disallowed operators and custom classes to `risks`; True when a method call
-    was left (not inlined)."""
-    calls_left = False
-    todo = [graph]
+def _visit_script_graph(graph, where: str, risks: list[str], seen: set, module_types: set) -> bool:
+    """Adds the disallowed operators and custom classes of a graph, and of the functions it calls, to
+    `risks`; True when it calls a method of a class that is not a module (read it inlined)."""
+    inline = False
+    todo = [(graph, where)]
     while todo:
-        block = todo.pop()
+        block, at = todo.pop()
         for node in block.nodes():
             kind = node.kind()
             if not operator_allowed(kind):
-                risks.append(f"the operator {kind} in {where}")
-            calls_left = calls_left or kind == "prim::CallMethod"
+                risks.append(f"the operator {kind} in {at}")
             if kind in ("prim::GetAttr", "prim::CallMethod", "prim::CreateObject"):
                 for value in [*node.outputs(), *node.inputs()][:2]:
                     typename = str(value.type())
                     if "__torch__.torch.classes." in typename:
-                        risks.append(f"the custom class {typename.removeprefix('__torch__.')} in {where}")
-            todo.extend(node.blocks())
-            todo.extend(node.g(a) for a in node.attributeNames() if node.kindOf(a) == "g")
-    return calls_left
+                        risks.append(f"the custom class {typename.removeprefix('__torch__.')} in {at}")
+            if kind == "prim::CallMethod":
+                callee = node.inputsAt(0).type()
+                interface = getattr(callee, "is_interface_type", lambda: False)()
+                inline = inline or not (interface or str(callee) in module_types)
+            elif kind == "prim::CallFunction":
+                try:
+                    function = node.inputsAt(0).toIValue()
+                    name = function.qualified_name
+                except Exception:  # a function value BatchLens cannot name: read the caller inlined
+                    inline = True
+                else:
+                    if ("function", name) not in seen:
+                        seen.add(("function", name))
+                        todo.append((function.graph, name))
+            todo.extend((inner, at) for inner in node.blocks())
+            todo.extend((node.g(a), at) for a in node.attributeNames() if node.kindOf(a) == "g")
+    return inline
 
 
 def checkpoint_risks(path: Path) -> list[str]:
