@@ -32,6 +32,7 @@ from batchlens.core.models.audit import (
 from batchlens.core.models.demo_nets import ARCHITECTURES
 from batchlens.core.models.graph_ops import export_target_allowed, operator_allowed
 from tests.core.hostile import assert_one_sentence, rewrite_zip, within
+from tests.core.modelkit import make_photos, run_cli
 
 CPU = torch.device("cpu")
 JIT_LOAD = "ignore:`torch.jit.load` is deprecated:FutureWarning"
@@ -222,6 +223,18 @@ def test_trusted_the_same_model_runs_its_operator(tmp_path: Path):
     loaded = load_model(str(model), CPU, {"task": "classification", "trust_pickle": True})
     loaded.module(torch.zeros(1, 3, 8, 8))
     assert target.exists()
+
+
+def test_the_command_line_refuses_it_with_exit_2_and_writes_nothing(tmp_path: Path, capsys):
+    target, model = tmp_path / "written-by-the-model", tmp_path / "saves.pt"
+    torch.jit.save(torch.jit.script(SavesDeep(str(target))), str(model))
+    make_photos(tmp_path / "in", sizes=[(16, 16)])
+    code = run_cli("--model", model, "--task", "classification", "--input", tmp_path / "in",
+                   "--output", tmp_path / "out")  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and not (tmp_path / "out" / "predictions.jsonl").exists() and not target.exists()
+    assert_one_sentence(err.removeprefix("batchlens: "), model)
+    assert "aten::save" in err
 
 
 # -- torch.export (.pt2) ------------------------------------------------------------------------------------

@@ -9,8 +9,11 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
+from batchlens.core.run.inference import output_problem
 from tests.core.modelkit import make_photos, read_jsonl, run_cli
 
 JIT_LOAD = "ignore:`torch.jit.load` is deprecated:FutureWarning"
@@ -105,3 +108,31 @@ def _labels(folder: Path) -> Path:
     path = folder / "labels.txt"
     path.write_text("a\nb\nc\n")
     return path
+
+
+_GOOD = st.sampled_from([torch.zeros(2, 3), torch.arange(4), torch.ones(1, dtype=torch.bool), torch.zeros(0)])
+_BAD = st.sampled_from(
+    [
+        (torch.empty(2, device="meta"), "meta device"),
+        (torch.eye(3).to_sparse(), "sparse"),
+        (torch.zeros(2, dtype=torch.complex64), "complex"),
+    ]
+)
+
+
+def _nested(leaves):
+    return st.recursive(
+        leaves,
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(good=_nested(_GOOD), bad=_BAD, depth=st.integers(0, 4))
+def test_a_bad_tensor_anywhere_in_an_output_is_named(good, bad, depth: int):
+    assert output_problem(good) is None
+    tensor, named = bad
+    output = tensor
+    for level in range(depth):
+        output = [good, output] if level % 2 else {"x": good, "y": output}
+    assert named in output_problem(output)
