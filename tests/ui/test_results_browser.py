@@ -285,6 +285,6 @@ def test_the_results_window_opens_a_folder(qtbot, tmp_path):
     assert str(output) in window.windowTitle()
     assert window.browser.count_label.text() == "Showing 4 of 4"
     actions = [a.text() for a in window.menuBar().actions()[0].menu().actions()]
-    assert actions == ["&Open results…", "&Quit"]
+    assert actions == ["&Open results…", "&Export…", "&Quit"]
     window.close()
     assert not window.browser.timer.isActive()

@@ -12,6 +12,7 @@ import os
 import sys
 import warnings
 
+from batchlens.cli.after_run import AFTER_RUN_COMMANDS
 from batchlens.cli.args import build_parser
 from batchlens.cli.commands import bench_command, models_command, run_command
 from batchlens.cli.stop import Interrupted
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
     if not args.verbose:  # torch's advice to its own developers, not to someone running a model file
         warnings.filterwarnings("ignore", r"`torch\.jit\.(load|save)` is deprecated", FutureWarning)
-    commands = {"run": run_command, "models": models_command, "bench": bench_command}
+    commands = {"run": run_command, "models": models_command, "bench": bench_command, **AFTER_RUN_COMMANDS}
     try:
         if args.command is None:
             from batchlens.ui.app import run_window

@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from batchlens import __version__
+from batchlens.cli.after_run import add_after_run_commands
 from batchlens.core.errors import BatchLensError
 
 
@@ -270,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=None, help="torch CPU threads for the loops (the engine picks its own)"
     )
     bench.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
+    add_after_run_commands(sub)  # sort, evaluate, export (cli/after_run.py)
     return parser
 
 

@@ -11,7 +11,9 @@ from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QColor, QPainter, QPixmap
 from PySide6.QtWidgets import QSplashScreen
 
-from batchlens.ui.qt_app import app_icon, create_app, leave_a_core_for_the_window, needs_offscreen
+from batchlens.ui.qt_app import app_icon, create_app, needs_offscreen
+
+ENGINE_AFTER_MS = 150  # from the window's show to the engine's loading: time for its first paint
 
 
 def run_window(args: argparse.Namespace) -> int:
@@ -33,13 +35,13 @@ def run_window(args: argparse.Namespace) -> int:
         )
         return 2
     app = create_app()
-    splash = show_splash()  # at once: importing PyTorch takes seconds (tens on a slow disk)
-    leave_a_core_for_the_window()
-    from batchlens.core.startup import freeze_imported_objects
+    # The window needs no torch (ui/engine.py): it opens in a second or two, and PyTorch and the run's
+    # code load behind it; a Run pressed before then says "Loading PyTorch…" and starts when ready.
+    from batchlens.ui.engine import Engine
     from batchlens.ui.main_window import MainWindow
 
-    freeze_imported_objects()
-    window = MainWindow()
+    engine = Engine()
+    window = MainWindow(engine=engine)
     window.prefill(
         model=getattr(args, "window_model", None),
         input_dir=getattr(args, "window_input", None),
@@ -47,7 +49,9 @@ def run_window(args: argparse.Namespace) -> int:
         device=getattr(args, "window_device", None),
     )
     window.show()
-    splash.finish(window)
+    # After the first paint: the memory plot (pyqtgraph), then the engine on its thread, which holds the
+    # GIL for most of a second at a time.
+    QTimer.singleShot(ENGINE_AFTER_MS, window.load_behind)
     if getattr(args, "window_start", False):
         window.ask_questions = False
         QTimer.singleShot(0, window.start_run)
@@ -56,7 +60,8 @@ def run_window(args: argparse.Namespace) -> int:
 
 
 def show_splash() -> QSplashScreen:
-    """A small start-up window that says what is taking time, painted before the heavy imports."""
+    """A small start-up window that says what is taking time (no longer shown at start: the window
+    itself comes first and loads PyTorch behind it)."""
     from PySide6.QtWidgets import QApplication
 
     pixmap = QPixmap(360, 140)

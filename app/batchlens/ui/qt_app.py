@@ -11,6 +11,7 @@ from PySide6.QtGui import QColor, QGuiApplication, QIcon, QPalette
 from PySide6.QtWidgets import QApplication
 
 from batchlens.core.resources import resource_path
+from batchlens.ui.native_libs import load_before_qt
 
 APP_NAME = "BatchLens"
 
@@ -28,6 +29,7 @@ def create_app(argv: list[str] | None = None) -> QApplication:
     """The QApplication (made once), with name, icon and the platform's own light or dark theme."""
     app = QApplication.instance()
     if app is None:
+        load_before_qt()  # triton's native library before the GTK3 theme's (native_libs.py)
         # Qt 6 scales for high-DPI screens by itself; the window uses palette colours only, so it
         # follows the system's light or dark scheme.
         app = QApplication(argv if argv is not None else [sys.argv[0]])

@@ -2,19 +2,24 @@
 
 A model file can carry code: a pickle imports and calls whatever its author named, a torch.export
 archive (.pt2) unpickles weights marked "use_pickle" (and any legacy or sample-input pickle torch
-cannot read safely) with `weights_only=False`, may carry compiled native code (AOTInductor), and its
-graph may name Python modules to import; a TorchScript archive cannot import Python, but its code can
-call the ops that read and write files by name (`torch.save`, `torch.from_file`). `checkpoint_risks`,
-`pt2_risks` and `torchscript_risks` list all of that without unpickling anything, so that loaders refuse
-such a file unless the user trusts it (files.pickle_risk picks the one for a file).
+cannot read safely) with `weights_only=False`, may carry compiled native code (AOTInductor), its graph
+may name Python modules to import, and its size expressions and shape guards are evaluated as Python;
+a TorchScript archive cannot import Python, but its code can call operators that read and write files
+(`torch.save`, `torch.from_file`, torchvision's `image::read_file`). `checkpoint_risks`, `pt2_risks`
+and `torchscript_risks` list all of that without unpickling anything, and every operator a graph calls
+must be on the allowlist in graph_ops.py (`scripted_graph_risks` reads a loaded TorchScript module's
+graphs too), so that loaders refuse such a file unless the user trusts it (files.pickle_risk picks the
+one for a file). Archive members are read through a bounded stream (`read_member`).
 
 `size_problem` reads how many bytes a model file's tensors would need, so that a small file declaring
-gigabytes (a zip bomb) is refused before torch allocates them. `refuse_config_beyond_weights` does the
-same for a model folder, whose config.json (not its weights) sets the architecture's size.
+gigabytes (a zip bomb) is refused before torch allocates them. `refuse_config_arithmetic` and
+`refuse_config_beyond_weights` do the same for a model folder, whose config.json (not its weights) sets
+the architecture's size: first from its numbers alone, then from a build on the meta device.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import pickletools
@@ -25,7 +30,6 @@ from _compat_pickle import IMPORT_MAPPING
 from pathlib import Path
 
 import psutil
-import torch
 
 from batchlens.core.errors import BatchLensError
 from batchlens.core.machine.memory import format_bytes
@@ -35,14 +39,18 @@ from batchlens.core.models.graph_ops import (
     operator_allowed,
 )
 
-# Globals torch's weights-only unpickler allows (tensors, storages, dtypes, OrderedDict...). A pickle
-# that imports only these cannot run code, even under torch.load(weights_only=False).
-try:
-    from torch._weights_only_unpickler import _get_allowed_globals
 
-    SAFE_GLOBALS = frozenset(_get_allowed_globals())
-except (ImportError, AttributeError):  # torch moved it: nothing counts as safe, every pickle is refused
-    SAFE_GLOBALS = frozenset()
+@functools.cache
+def safe_globals() -> frozenset[str]:
+    """Globals torch's weights-only unpickler allows (tensors, storages, dtypes, OrderedDict...). A
+    pickle that imports only these cannot run code, even under torch.load(weights_only=False)."""
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        return frozenset(_get_allowed_globals())
+    except (ImportError, AttributeError):  # torch moved it: nothing counts as safe, every pickle is refused
+        return frozenset()
+
 
 _INT_OPS = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4"}
 _UNKNOWN = object()  # a stack value the static reading does not follow
@@ -193,7 +201,7 @@ def _pickle_risks(data: bytes, where: str | None) -> list[str]:
     names = pickle_globals(data)
     if names is None:
         return [f"a pickle BatchLens cannot check ({where or 'data.pkl'})"]
-    return [f"{name} ({where})" if where else name for name in sorted(names - SAFE_GLOBALS)]
+    return [f"{name} ({where})" if where else name for name in sorted(names - safe_globals())]
 
 
 def _member_risks(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> list[str]:
@@ -368,6 +376,8 @@ def scripted_graph_risks(module) -> list[str]:
     method of each submodule (once per type), each function they call (once), the blocks of their
     branches and loops, their subgraphs. A method that calls a TorchScript class's method (not a
     module's) is read once more with its calls inlined, which reaches that method's body."""
+    import torch
+
     risks: list[str] = []
     types = {m._c._type().qualified_name() for m in module.modules()}
     seen: set = set()
@@ -608,6 +618,8 @@ def refuse_config_beyond_weights(build, weights: list[Path], where: str) -> None
     and refuse it, before anything is allocated, when its parameters need more numbers than the
     folder's safetensors hold: a config that does not fit its weights could claim any amount of memory
     (parameters the weights do not fill are initialised, in full, by the library that builds them)."""
+    import torch
+
     with torch.device("meta"):
         module = build()
     needed = sum(p.numel() for p in module.parameters())
@@ -627,6 +639,8 @@ def summarise(risks: list[str], shown: int = 3) -> str:
 
 def _element_size(storage_type) -> int:
     """Bytes per element of a pickled storage type (torch.FloatStorage: 4; UntypedStorage: 1)."""
+    import torch
+
     name = str(storage_type).rsplit(".", 1)[-1]
     try:
         return torch.storage._get_dtype_from_pickle_storage_type(name).itemsize

@@ -27,6 +27,7 @@ from batchlens.core.errors import BatchLensError
 from batchlens.core.models.audit import refuse_config_arithmetic, refuse_config_beyond_weights
 from batchlens.core.models.base import LoadedModel, ModelInfo, prepare
 from batchlens.core.models.hf_cache import HF_PREFIX, is_timm_config, read_hf_config, snapshot_for
+from batchlens.core.models.info import is_hf_model  # noqa: F401  (re-exported)
 from batchlens.core.models.preprocessing import Preprocessing, check_hf_sizes
 from batchlens.core.tasks.base import ImageMeta, TaskResult
 from batchlens.core.tasks.classification import ClassificationAdapter
@@ -49,11 +50,6 @@ AUTO_CLASSES = {
     "segmentation": "AutoModelForSemanticSegmentation",
     "image_to_image": "AutoModelForImageToImage",
 }
-
-
-def is_hf_model(model: str) -> bool:
-    """`hf:ORG/NAME`, or a folder holding a config.json."""
-    return model.startswith(HF_PREFIX) or (Path(model).expanduser() / "config.json").is_file()
 
 
 def _transformers():

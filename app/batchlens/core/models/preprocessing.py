@@ -15,22 +15,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-import torch
 from PIL import Image
-from torchvision.transforms import v2
 
 from batchlens.core.errors import BatchLensError
 from batchlens.core.formats import DEFAULT_MAX_PIXELS
 
-INTERPOLATIONS = {
-    "nearest": v2.InterpolationMode.NEAREST,
-    "bilinear": v2.InterpolationMode.BILINEAR,
-    "bicubic": v2.InterpolationMode.BICUBIC,
-    "lanczos": v2.InterpolationMode.LANCZOS,
-    "box": v2.InterpolationMode.BOX,
-    "hamming": v2.InterpolationMode.HAMMING,
-}
+if TYPE_CHECKING:
+    import torch
+    from torchvision.transforms import v2
+
+
+#: the resampling filters a sidecar may name (torchvision's InterpolationMode, in lower case); a
+#: tuple of names, so that reading a sidecar and filling the window's choices need no torch import
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 # Hugging Face processor configs name the resampling filter by Pillow's number.
 PIL_RESAMPLE = {
     int(Image.Resampling.NEAREST): "nearest",
@@ -120,6 +119,8 @@ class Preprocessing:
     def from_torchvision(cls, weights) -> Preprocessing:
         """What `weights.transforms()` does (torchvision's classification, segmentation and detection
         presets), so the description can be checked against the real thing."""
+        from torchvision.transforms import v2
+
         preset = weights.transforms()
         source = f"torchvision weights {type(weights).__name__}.{weights.name}"
         resize = getattr(preset, "resize_size", None)
@@ -212,9 +213,11 @@ class Preprocessing:
         """PIL image -> float tensor (C x H x W). Resizing and cropping happen on the PIL image (as
         torchvision's presets and timm do); with antialias off, or `geometry_on_tensor`, they happen on
         the uint8 tensor (torch's SIMD resize: --fast-decode, core/inputs/fast_preprocess.py)."""
+        from torchvision.transforms import v2
+
         geometry = []
         if self.resize:
-            interpolation = INTERPOLATIONS[self.interpolation]
+            interpolation = v2.InterpolationMode[self.interpolation.upper()]
             if self.keep_ratio:
                 geometry.append(ResizeToCover(self.resize, interpolation, self.antialias))
             else:
@@ -303,6 +306,8 @@ class ResizeToCover:
         self.size, self.interpolation, self.antialias = tuple(size), interpolation, antialias
 
     def __call__(self, image):
+        from torchvision.transforms import v2
+
         height, width = v2.functional.get_size(image)
         ratio = min(height / self.size[0], width / self.size[1])
         size = [round(height / ratio), round(width / ratio)]
@@ -317,6 +322,8 @@ class ToFloat:
     (v2.ToDtype multiplies by 1/255, which differs in the last bit for some values)."""
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        import torch
+
         return image.to(torch.float32) / 255
 
     def __repr__(self) -> str:
