@@ -17,6 +17,7 @@ from batchlens.core.models.audit import (
     checkpoint_risks,
     pt2_risks,
     refuse_oversized,
+    scripted_graph_risks,
     summarise,
     torchscript_risks,
 )
@@ -186,9 +187,10 @@ def model_spec(path: Path, options: dict, weights_only: bool = False) -> tuple[S
 
 def pickle_risk(path: Path) -> list[str]:
     """What loading a model file could do beyond computing, read without loading it (audit.py): the
-    Python objects its pickles import, pickled weights or native code in a torch.export archive, file
-    operations in TorchScript code. Empty: nothing to trust (plain weights, safetensors, a clean
-    TorchScript or torch.export file). A window asks before loading when this is not empty."""
+    Python objects its pickles import, pickled weights or native code in a torch.export archive, any
+    operator in a TorchScript or torch.export graph that is not a pure tensor operation (graph_ops.py).
+    Empty: nothing to trust (plain weights, safetensors, a clean TorchScript or torch.export file). A
+    window asks before loading when this is not empty."""
     path = Path(path).expanduser()
     suffix = path.suffix.lower()
     if not path.is_file() or suffix not in MODEL_FILE_SUFFIXES - {".safetensors"}:
@@ -209,15 +211,22 @@ def _refuse_untrusted(path: Path, scripted: bool) -> None:
     risks = pickle_risk(path)
     if not risks:
         return
-    if scripted:
-        raise PickleRefusedError(
-            path,
-            summarise(risks),
-            "TorchScript code that reads or writes files by name",
-            "can read or overwrite your files",
-        )
+    if scripted or risks[0].startswith(
+        ("the operator", "the custom class", "a size expression", "a shape guard")
+    ):
+        raise _graph_refused(path, risks)
     raise PickleRefusedError(
         path, summarise(risks), "Python pickles or native code, not only weights and a graph"
+    )
+
+
+def _graph_refused(path: Path, risks: list[str]) -> PickleRefusedError:
+    """The refusal of a graph that calls what is not a pure tensor operation: the first one named."""
+    return PickleRefusedError(
+        path,
+        risks[0] + (f" and {len(risks) - 1} more" if len(risks) > 1 else ""),
+        "a model graph that calls more than pure tensor operations",
+        "could read or write your files or run programs",
     )
 
 
@@ -324,6 +333,10 @@ def load_model_file(
             module, kind = torch.jit.load(str(path), map_location="cpu"), "TorchScript"
         except RuntimeError as exc:
             raise BatchLensError(f"{path}: not a loadable TorchScript file ({exc}).") from None
+        if not options.get("trust_pickle"):  # the graphs as torch compiled them, beside the code's text
+            risks = scripted_graph_risks(module)
+            if risks:
+                raise _graph_refused(path, risks)
     elif suffix in TORCHSCRIPT_SUFFIXES - WEIGHTS_SUFFIXES:
         raise BatchLensError(f"{path}: not a TorchScript file (save it with torch.jit.save).")
     elif suffix in WEIGHTS_SUFFIXES:

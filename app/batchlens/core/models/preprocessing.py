@@ -91,6 +91,14 @@ class Preprocessing:
             raise BatchLensError(f"{where}: std must be positive numbers (images are divided by it).")
         if self.mean is not None and not all(math.isfinite(x) for x in self.mean):
             raise BatchLensError(f"{where}: mean must be finite numbers.")
+        for name, size in (("resize", self.resize), ("crop", self.crop), ("max_size", (self.max_size,))):
+            if size is not None and not all(x is None or _is_size(x) for x in size):
+                shown = _shown(size)
+                raise BatchLensError(
+                    f"{where}: {name} {shown} is not a size (positive whole numbers of pixels)."
+                )
+        if not (math.isfinite(self.rescale) and self.rescale > 0):
+            raise BatchLensError(f"{where}: the rescale factor {self.rescale!r} must be a positive number.")
         if self.keep_ratio and not (self.resize and len(self.resize) == 2):
             raise BatchLensError(f"{where}: keep_ratio needs a resize to [height, width].")
         for name, size in (("resize", self.resize), ("crop", self.crop), ("max_size", (self.max_size,))):
@@ -138,8 +146,16 @@ class Preprocessing:
         floor(size / crop_pct) (the short side for a square size; for a non-square one, keeping the shape
         to cover it, as timm's ResizeKeepRatio), then centre-cropped to size ("squash" resizes to exactly
         that size)."""
-        channels, height, width = config["input_size"]
+        where = f"timm's pretrained config for {name}" if name else "timm's data config"
+        size = config.get("input_size")
+        if not (isinstance(size, (list, tuple)) and len(size) == 3 and all(_is_size(x) for x in size)):
+            raise BatchLensError(
+                f"{where}: input_size {size!r} is not [channels, height, width] in positive whole numbers."
+            )
+        channels, height, width = size
         crop_pct = config.get("crop_pct") or 0.875
+        if not (_is_number(crop_pct) and math.isfinite(crop_pct) and 0 < crop_pct <= 4):
+            raise BatchLensError(f"{where}: crop_pct {crop_pct!r} must be a fraction such as 0.875.")
         mode = config.get("crop_mode") or "center"
         if mode not in ("center", "squash"):
             raise BatchLensError(f"timm model {name}: crop_mode {mode!r} is not supported (center, squash).")
@@ -160,6 +176,7 @@ class Preprocessing:
     def from_hf(cls, config: dict, source: str = "preprocessor_config.json") -> Preprocessing:
         """A Hugging Face image processor's config (do_resize/size/resample, do_center_crop/crop_size,
         do_rescale/rescale_factor, do_normalize/image_mean/image_std)."""
+        check_hf_sizes(config, source)
         resize = max_size = crop = None
         size = config.get("size") if config.get("do_resize", True) else None
         if isinstance(size, int):
@@ -332,6 +349,47 @@ class Multiply:
 
     def __repr__(self) -> str:
         return f"Multiply({self.factor:g})"
+
+
+def check_hf_sizes(config: dict, source: str = "preprocessor_config.json") -> None:
+    """One sentence at load for an image processor whose sizes no image can be prepared with (zero,
+    negative, NaN, not a whole number, or more pixels than images are held to), instead of an
+    allocation error for every image: its size, crop_size and pad_size, in any of their shapes."""
+    for key in ("size", "crop_size", "pad_size", "max_size"):
+        value = config.get(key)
+        if value is None:
+            continue
+        sides = value if isinstance(value, dict) else {key: value}
+        for name, side in sides.items():
+            if side is None:
+                continue
+            if not _is_size(side) and not (isinstance(side, float) and side.is_integer() and side > 0):
+                raise BatchLensError(
+                    f"{source}: {key} {name} is {side!r}, not a size (a positive whole number of pixels)."
+                )
+        numbers = {k: int(v) for k, v in sides.items() if isinstance(v, (int, float))}
+        area = max(
+            numbers.get("height", 0) * numbers.get("width", 0),
+            numbers.get("shortest_edge", 0) ** 2,
+            max(numbers.values(), default=0),
+        )
+        if area > DEFAULT_MAX_PIXELS:
+            raise BatchLensError(
+                f"{source}: {key} {_shown(value)} asks for more than the {DEFAULT_MAX_PIXELS / 1e6:.0f} "
+                "megapixels that images are held to."
+            )
+
+
+def _is_size(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _shown(value) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v!r}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return "x".join(map(str, value))
+    return repr(value)
 
 
 def _pair(value) -> tuple[int, int]:
