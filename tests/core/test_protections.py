@@ -157,7 +157,7 @@ def _sources(tmp_path: Path, monkeypatch) -> dict[str, tuple[str, dict]]:
     pickled = tmp_path / "p" / "recorder.pth"
     pickled.parent.mkdir()
     torch.save(Recorder(), pickled)
-    return {
+    sources = {
         "demo": ("demo-shapes", {}),
         "torchvision catalogue": (_catalogue_in_cache(tmp_path, monkeypatch), {}),
         "catalogue arch + state_dict": (arch, {"weights": str(state_dict)}),
@@ -165,10 +165,22 @@ def _sources(tmp_path: Path, monkeypatch) -> dict[str, tuple[str, dict]]:
         "TorchScript": (str(scripted), {}),
         "torch.export": (_exported(tmp_path), {"task": "image_to_image"}),
         "whole pickled module": (str(pickled), {"task": "image_to_image", "trust_pickle": True}),
-        "Hugging Face folder": (_hugging_face_folder(tmp_path), {}),
-        "timm checkpoint": ("timm:test_resnet", _timm_checkpoint(tmp_path)),
-        "timm hub folder": (_timm_hub_folder(tmp_path), {}),
     }
+    # The optional extras' sources, where they are installed (with only .[test] the others still count).
+    if _installed("transformers"):
+        sources["Hugging Face folder"] = (_hugging_face_folder(tmp_path), {})
+    if _installed("timm"):
+        sources["timm checkpoint"] = ("timm:test_resnet", _timm_checkpoint(tmp_path))
+        sources["timm hub folder"] = (_timm_hub_folder(tmp_path), {})
+    return sources
+
+
+def _installed(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
 
 
 def test_every_model_source_loads_with_frozen_parameters(tmp_path: Path, monkeypatch):
