@@ -140,14 +140,6 @@ class FilterPanel(QWidget):
         self.labels_title.setVisible(bool(shown))
         table.setVisible(bool(shown))
 
-    def select_label(self, label: str | None) -> None:
-        """Choose a label as a click on its row would (None: all)."""
-        for row in range(self.labels_table.rowCount()):
-            if self.labels_table.item(row, 0).data(Qt.ItemDataRole.UserRole) == label:
-                self.labels_table.selectRow(row)
-                return
-        raise KeyError(label)
-
     def reset(self) -> None:
         for box in self.status_boxes.values():
             box.setChecked(True)
