@@ -1,8 +1,9 @@
-"""Generators of real image folders for the tests."""
+"""Generators of real image folders for the tests, and waiting for a condition."""
 
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 
 from batchlens.core.models.demo_data import SHAPES, denoise_pairs, draw_shape, to_grey_image
@@ -28,3 +29,11 @@ def make_denoise_folder(folder: Path, n: int, seed: int = 99, size: int = 300):
         to_grey_image(noisy).save(folder / f"noisy_{i:04d}.png")
         cleans.append(clean)
     return cleans
+
+
+def wait_until(condition, seconds: float = 30, what: str = "the condition") -> None:
+    """Poll `condition()` until it is true (a wait for an event, not for a time); fail after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {seconds} s waiting for {what}"
+        time.sleep(0.002)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from batchlens.core.machine.memory import KERNEL_PEAK_RSS, CpuProbe, PeakWatch, 
 from batchlens.core.run.config import RunConfig
 from batchlens.core.run.events import ImageResult
 from batchlens.core.run.runner import Runner
-from tests.helpers import make_denoise_folder
+from tests.helpers import make_denoise_folder, wait_until
 
 MiB = 2**20
 
@@ -115,7 +114,7 @@ def test_cpu_peak_is_sampled_where_the_kernel_keeps_none(monkeypatch):
         assert watch._thread is not None and watch._thread.is_alive()
         start = probe.sample().allocated
         held = torch.ones(100 * MiB // 4)
-        time.sleep(0.05)  # ten intervals: the sampler sees it
+        wait_until(lambda: watch.peak >= start + 95 * MiB, what="the sampler to see 100 MiB held")
         del held
     assert "sampled every 10 ms" in watch.source and not watch._thread.is_alive()
     assert watch.peak >= start + 95 * MiB
