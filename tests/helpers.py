@@ -31,6 +31,19 @@ def make_denoise_folder(folder: Path, n: int, seed: int = 99, size: int = 300):
     return cleans
 
 
+def pin_machine_load(monkeypatch, others: float) -> None:
+    """The run's thread plan (core/run/threads.py) sees `others` cores busy with other work, out of as
+    many cores as torch uses: under 0.5 the machine is quiet (a CPU run decodes each batch in step,
+    prefetch 0), above it busy (2 batches decoded ahead). So a test knows which plan a run takes
+    instead of reading the plan back from the run."""
+    import torch
+
+    from batchlens.core.run import threads
+
+    monkeypatch.setattr(threads, "others_load", lambda: others)
+    monkeypatch.setattr(threads, "usable_cores", lambda: torch.get_num_threads())
+
+
 def wait_until(condition, seconds: float = 30, what: str = "the condition") -> None:
     """Poll `condition()` until it is true (a wait for an event, not for a time); fail after `seconds`."""
     deadline = time.monotonic() + seconds
