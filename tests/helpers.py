@@ -1,8 +1,10 @@
-"""Generators of real image folders for the tests, and what every command-line test checks."""
+"""Generators of real image folders for the tests, what every command-line test checks, and waiting
+for a condition."""
 
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 
 from batchlens.core.models.demo_data import SHAPES, denoise_pairs, draw_shape, to_grey_image
@@ -37,3 +39,24 @@ def assert_no_traceback(result) -> None:
     stderr = getattr(result, "stderr", result)
     stderr = stderr if isinstance(stderr, str) else stderr.decode(errors="replace")
     assert "Traceback (most recent call last)" not in stderr, stderr
+
+
+def pin_machine_load(monkeypatch, others: float) -> None:
+    """The run's thread plan (core/run/threads.py) sees `others` cores busy with other work, out of as
+    many cores as torch uses: under 0.5 the machine is quiet (a CPU run decodes each batch in step,
+    prefetch 0), above it busy (2 batches decoded ahead). So a test knows which plan a run takes
+    instead of reading the plan back from the run."""
+    import torch
+
+    from batchlens.core.run import threads
+
+    monkeypatch.setattr(threads, "others_load", lambda: others)
+    monkeypatch.setattr(threads, "usable_cores", lambda: torch.get_num_threads())
+
+
+def wait_until(condition, seconds: float = 30, what: str = "the condition") -> None:
+    """Poll `condition()` until it is true (a wait for an event, not for a time); fail after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {seconds} s waiting for {what}"
+        time.sleep(0.002)

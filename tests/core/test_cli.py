@@ -1,4 +1,5 @@
-"""`batchlens` as a user runs it: a real subprocess, real files, exit codes and messages."""
+"""`batchlens` as a user runs it: a real subprocess, real files, exit codes and messages (the run-level
+refusals in this process too, one of them also through a real process)."""
 
 from __future__ import annotations
 
@@ -70,8 +71,12 @@ def test_run_end_to_end_with_a_corrupt_and_a_non_image_file(shapes_folder: Path,
     ],
 )
 def test_run_level_problems_exit_nonzero_with_one_sentence(
-    shapes_folder: Path, tmp_path: Path, args, message
+    shapes_folder: Path, tmp_path: Path, args, message, capsys
 ):
+    """`main()` in this process (a subprocess each costs a torch import); the real process's way out
+    is the next test's."""
+    from batchlens.cli import main
+
     base = {
         "--model": "demo-shapes",
         "--input": str(shapes_folder),
@@ -79,9 +84,19 @@ def test_run_level_problems_exit_nonzero_with_one_sentence(
         "--device": "cpu",
     }
     base.update(dict(zip(args[::2], args[1::2])))
-    result = batchlens("run", *[x for kv in base.items() for x in kv])
+    assert main(["run", *[x for kv in base.items() for x in kv]]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_run_level_problem_is_the_real_process_exit_code_2(shapes_folder: Path, tmp_path: Path):
+    result = batchlens(
+        "run", "--model", "nope", "--input", str(shapes_folder), "--output", str(tmp_path / "o")
+    )
     assert result.returncode == 2
-    assert message in result.stderr
+    assert "Unknown model 'nope'" in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 

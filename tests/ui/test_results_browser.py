@@ -90,8 +90,9 @@ def test_20000_results_scroll_filter_sort_and_open(qtbot, browser, big_output):
     grid = browser.grid
     bar = grid.verticalScrollBar()
     for step in range(1, 11):
+        made = browser.loader.made
         bar.setValue(bar.maximum() * step // 10)
-        qtbot.wait(30)
+        qtbot.waitUntil(lambda made=made: browser.loader.made > made, timeout=10_000)  # the new view drawn
     grid.scrollToBottom()
     last = browser.shown.rowCount() - 1
     qtbot.waitUntil(lambda: _tile_key(browser, last) in browser.cache, timeout=10_000)

@@ -51,9 +51,12 @@ def test_speed_stops_on_pause_and_cancel_and_matches_the_summary(qtbot, window, 
     window.prefill(model="demo-shapes", input_dir=folder, output_dir=tmp_path / "out", device="cpu")
     assert window.start_run()
     qtbot.waitUntil(lambda: window.controls.pause_button.text() == "Resume", timeout=RUN_TIMEOUT_MS)
-    qtbot.wait(250)
+    # The preview timer has drawn the newest result, then ticked once more: neither put a speed back.
+    qtbot.waitUntil(lambda: window.previews.shown is window._latest, timeout=RUN_TIMEOUT_MS)
+    with qtbot.waitSignal(window.preview_timer.timeout, timeout=RUN_TIMEOUT_MS):
+        pass
     assert window.controls.rate_label.text() == "paused"  # no speed or time left while paused
-    qtbot.wait(400)  # paused time does not count against the speed
+    qtbot.wait(400)  # (not a synchronisation: paused time that must not count against the speed)
     with qtbot.waitSignal(window.run_finished, timeout=RUN_TIMEOUT_MS) as finished:
         window.cancel_run()
         assert window.controls.rate_label.text().strip() == ""  # stopped at once on Cancel
@@ -287,8 +290,7 @@ def test_a_long_message_in_a_small_window_squeezes_the_plot_not_over_its_readout
 
     message = window.controls.message
     qtbot.waitUntil(lambda: message.height() >= 3 * message.fontMetrics().lineSpacing())  # wrapped
-    qtbot.wait(100)  # the layout's own pass after the message grew
-    assert laid_out_in_order()
+    qtbot.waitUntil(laid_out_in_order)  # the layout's own pass after the message grew
     assert plot.plot_widget.height() >= 80, "squeezed, but still a plot"
 
 

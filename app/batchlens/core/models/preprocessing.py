@@ -403,6 +403,15 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _finite(value) -> bool:
+    """A JSON number a float can hold: not NaN or infinity, and not an integer beyond float's range
+    (JSON keeps 1 followed by 400 zeros an int, which math.isfinite cannot even convert)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _numbers(values) -> str:
     return ", ".join(f"{v:g}" for v in values)
 
@@ -447,7 +456,7 @@ class _SidecarReader:
         value = self.data.get(key)
         if value is None:
             return None
-        bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+        bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value)
         if bad or (positive and value <= 0):
             raise self.fail(key, "must be a positive number")
         return float(value)
@@ -458,7 +467,7 @@ class _SidecarReader:
         resize = self.size("resize", allow_single=True)
         crop = self.size("crop")
         crop_pct = self.number("crop_pct")
-        if crop_pct is not None and not 0 < crop_pct <= 1:
+        if crop_pct is not None and not 1e-6 <= crop_pct <= 1:  # 1e-6: a resize beyond any image anyway
             raise self.fail("crop_pct", "must be a fraction between 0 and 1 (timm's crop_pct, e.g. 0.875)")
         if input_size and (resize or crop):
             raise self.fail(
@@ -531,7 +540,7 @@ class _SidecarReader:
             return None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]
-        if not (isinstance(value, list) and value and all(_is_number(x) and math.isfinite(x) for x in value)):
+        if not (isinstance(value, list) and value and all(_is_number(x) and _finite(x) for x in value)):
             raise self.fail(key, "must be a list of numbers (one per channel)")
         if key == "std" and any(x <= 0 for x in value):
             raise self.fail(key, "must be positive numbers")

@@ -164,14 +164,6 @@ class FilterPanel(QWidget):
                 i, REVIEW_STATES[key] + (f" ({count:,})" if count is not None else "")
             )
 
-    def select_label(self, label: str | None) -> None:
-        """Choose a label as a click on its row would (None: all)."""
-        for row in range(self.labels_table.rowCount()):
-            if self.labels_table.item(row, 0).data(Qt.ItemDataRole.UserRole) == label:
-                self.labels_table.selectRow(row)
-                return
-        raise KeyError(label)
-
     def reset(self) -> None:
         for box in self.status_boxes.values():
             box.setChecked(True)
