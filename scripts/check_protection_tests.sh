@@ -119,9 +119,9 @@ check "(f) the writer's fallback that turns a NaN into an error line" \
     $G::test_the_writer_turns_a_nan_it_is_handed_into_an_error_line
 
 copy
-remove core/outputs/results.py '        atomic_write_text(path, text + "\n")
-        return path' '        path.write_text(text + "\n", encoding="utf-8")
-        return path' &&
+remove core/outputs/results.py '        return self.folder.write_text(SUMMARY, text + "\n")' \
+    '        (self.folder.path / SUMMARY).write_text(text + "\n", encoding="utf-8")
+        return self.folder.path / SUMMARY' &&
 check "(g) summary.json written in place instead of atomically" \
     $G::test_summary_json_is_replaced_whole_never_rewritten_in_place
 
