@@ -16,9 +16,12 @@ _HALF = (torch.float16, torch.bfloat16)
 
 
 def check_precision(precision: str, device: torch.device) -> None:
-    """Raise BatchLensError with one sentence if `precision` is unknown or `device` cannot run it."""
+    """Raise BatchLensError with one sentence if `precision` is unknown or `device` cannot run it.
+    "auto" is checked on the run's first batch instead (core/run/precision.py)."""
+    if precision == "auto":
+        return
     if precision not in PRECISIONS:
-        raise BatchLensError(f"Unknown precision {precision!r}: use {', '.join(PRECISIONS)}.")
+        raise BatchLensError(f"Unknown precision {precision!r}: use {', '.join(PRECISIONS)} or auto.")
     if PRECISIONS[precision] is None:
         return
     if not torch.amp.autocast_mode.is_autocast_available(device.type):

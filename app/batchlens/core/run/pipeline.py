@@ -25,6 +25,7 @@ from batchlens.core.outputs.output_writers import OutputWriters
 from batchlens.core.outputs.records import non_finite
 from batchlens.core.run.config import RunConfig
 from batchlens.core.run.inference import compile_module, describe_error, infer, split_on_cpu
+from batchlens.core.run.precision import PrecisionDecision, decide_precision
 from batchlens.core.run.recovery import OomRecovery, is_out_of_memory
 from batchlens.core.run.watchdog import ForwardTimeout, call_with_timeout
 from batchlens.core.tasks.base import ImageMeta, TaskResult, thumbnail
@@ -123,6 +124,7 @@ class BatchPipeline:
             else None
         )
         self.first_forward_seconds: float | None = None
+        self.precision_check: PrecisionDecision | None = None  # --precision auto, after the first batch
         self.compiled = False  # --compile asked for
         self.uncompiled: nn.Module | None = None  # --compile: the model as loaded, until a forward worked
         self.compile_failed: str | None = None  # why torch.compile could not run the model
@@ -349,6 +351,10 @@ class BatchPipeline:
 
     def _infer(self, module, batch: torch.Tensor, device: torch.device, whole: bool = False):
         limit = self.image_timeout
+        if self.precision == "auto":  # once, on the first batch (core/run/precision.py)
+            task = self.model.adapter.task
+            self.precision_check = decide_precision(module, batch, device, task, self.channels_last)
+            self.precision = self.precision_check.chosen
         started = time.perf_counter()
         settings = (self.precision, self.channels_last, whole)
         try:

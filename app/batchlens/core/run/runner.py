@@ -39,6 +39,7 @@ from batchlens.core.run.events import Event, ImageResult, RunFinished, RunNote, 
 from batchlens.core.run.inference import check_precision
 from batchlens.core.run.model_speedups import ModelSpeedups
 from batchlens.core.run.pipeline import BatchPipeline, Item, record_line
+from batchlens.core.run.precision import precision_entries
 from batchlens.core.run.recovery import (
     image_bytes_per_pixel,
     leak_warning,
@@ -426,6 +427,7 @@ class Runner:
             peak_source=watch.source,
             started_at=started_at,
             compile=compiled[1] if compiled else None,
+            **precision_entries(cfg, pipeline),
         )
 
     def _preflight(
