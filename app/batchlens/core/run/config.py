@@ -54,6 +54,9 @@ class RunConfig:
     empty_cache: str = "never"
     # torch.compile the model before the run (the first batch pays the compile time; see summary.json)
     compile: bool = False
+    # CPU decoding in worker processes: a number (0: none), or "auto": on CUDA without gpu_decode on a
+    # machine with many cores (core/inputs/process_decode.py)
+    decode_processes: int | str = "auto"
 
 
 #: "Exactly a plain loop": one image per forward, decoded in the loop, torch's own threads. The

@@ -20,6 +20,8 @@ from batchlens.core.inputs.fast_preprocess import fast_preprocess_for
 from batchlens.core.inputs.gpu_decode import DeviceDecoder, preview_of, wait_for
 from batchlens.core.inputs.images import Candidate, DecodedImage, ImageError, load_image
 from batchlens.core.inputs.prefetch import Each, each_here
+from batchlens.core.inputs.process_decode import ProcessDecoder, process_workers
+from batchlens.core.machine.machine_load import usable_cores
 from batchlens.core.models import LoadedModel
 from batchlens.core.outputs.output_writers import OutputWriters
 from batchlens.core.outputs.records import non_finite
@@ -123,6 +125,8 @@ class BatchPipeline:
             if gpu_decode and model.adapter.task == "classification"
             else None
         )
+        self.process_decoder: ProcessDecoder | None = None  # decoding processes (RunConfig.decode_processes)
+        self.decode_processes = 0  # how many, for summary.json
         self.first_forward_seconds: float | None = None
         self.precision_check: PrecisionDecision | None = None  # --precision auto, after the first batch
         self.compiled = False  # --compile asked for
@@ -140,9 +144,10 @@ class BatchPipeline:
 
     @classmethod
     def for_run(
-        cls, model: LoadedModel, output_dir: Path, config: RunConfig, channels_last: bool
+        cls, model: LoadedModel, output_dir: Path, config: RunConfig, channels_last: bool, local: bool = False
     ) -> BatchPipeline:
-        """The pipeline a run of `config` uses: the local runner's and every cluster worker's."""
+        """The pipeline a run of `config` uses: the local runner's (`local`: it may start decoding
+        processes, and calls `close`) and every cluster worker's."""
         pipeline = cls(
             model,
             output_dir,
@@ -156,10 +161,21 @@ class BatchPipeline:
         pipeline.writers = OutputWriters()  # whoever runs the pipeline calls `writers.close()`
         pipeline.previews = config.previews
         pipeline.input_dir = Path(config.input_dir).expanduser().resolve()
+        on_gpu = pipeline.device_decoder is not None
+        workers = process_workers(config.decode_processes, model.device.type, usable_cores(), on_gpu)
+        pipeline.decode_processes = workers if local else 0
+        if pipeline.decode_processes:
+            pipeline.process_decoder = ProcessDecoder(workers)
         if config.compile:
             pipeline.compiled, pipeline.uncompiled = True, model.module
             model.module = compile_module(model.module)
         return pipeline
+
+    def close(self) -> None:
+        """Stop the decoding processes, if any (the runner calls it however the run ends)."""
+        if self.process_decoder is not None:
+            self.process_decoder.close()
+            self.process_decoder = None
 
     def compile_report(self) -> tuple[str, dict] | None:
         """--compile, once the first forward ran: a sentence for the user and summary.json's entry."""
@@ -217,8 +233,10 @@ class BatchPipeline:
         """Decode and preprocess one image with Pillow and the adapter (on a decoding thread)."""
         adapter = self.model.adapter
         reduce_to = adapter.decode_size if self.fast_decode else None
+        # (--fast-decode's size wish is a method of the adapter: it stays in this process)
+        load = self.process_decoder.load if self.process_decoder and reduce_to is None else load_image
         try:
-            item.decoded = load_image(item.candidate.path, adapter.color_mode, self.max_pixels, reduce_to)
+            item.decoded = load(item.candidate.path, adapter.color_mode, self.max_pixels, reduce_to)
             item.tensor = (self.fast_preprocess or adapter.preprocess)(item.decoded.image)
             # Past preprocessing the photo is only a preview's source: keep a preview-sized copy (made
             # here, on the decoding thread) or none, not a full photo per image in flight (48 photos of

@@ -313,7 +313,7 @@ class Runner:
 
         # Decided now, made after the first batch: the first result comes as soon as a plain loop's
         speedups = ModelSpeedups(model, device, cfg)
-        pipeline = BatchPipeline.for_run(model, output_dir, cfg, False)
+        pipeline = BatchPipeline.for_run(model, output_dir, cfg, False, local=True)
         snapshot = cfg.memory_snapshot and start_memory_history(device)
         pipeline.recovery = pipeline.make_recovery(
             cpu_fallback=cfg.cpu_fallback,
@@ -389,6 +389,7 @@ class Runner:
         finally:
             headers.close()
             ahead.close()
+            pipeline.close()
             pipeline.writers.close()
             running.close()
             speedups.restore()
@@ -428,6 +429,7 @@ class Runner:
             started_at=started_at,
             compile=compiled[1] if compiled else None,
             **precision_entries(cfg, pipeline),
+            decode_processes=pipeline.decode_processes,
         )
 
     def _preflight(
