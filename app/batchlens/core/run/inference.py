@@ -80,12 +80,13 @@ def fixed_batch_size(module: nn.Module) -> int | None:
     return None
 
 
-def compile_module(module: nn.Module) -> nn.Module:
-    """--compile: torch.compile the model (lazily: the first forward compiles). TorchScript modules
-    are already compiled their own way and run as they are."""
+def compile_module(module: nn.Module, mode: str | None = None) -> nn.Module:
+    """--compile: torch.compile the model (lazily: the first forward compiles), in `mode` (None:
+    torch's default; "reduce-overhead" adds CUDA graphs on a GPU). TorchScript modules are already
+    compiled their own way and run as they are."""
     if isinstance(module, torch.jit.ScriptModule):
         return module
-    return torch.compile(module)
+    return torch.compile(module, mode=mode) if mode else torch.compile(module)
 
 
 def to_cpu_compact(tensor: torch.Tensor) -> torch.Tensor:

@@ -130,6 +130,7 @@ class BatchPipeline:
         self.first_forward_seconds: float | None = None
         self.precision_check: PrecisionDecision | None = None  # --precision auto, after the first batch
         self.compiled = False  # --compile asked for
+        self.compile_mode: str | None = None  # torch.compile's mode (RunConfig.compile a string)
         self.uncompiled: nn.Module | None = None  # --compile: the model as loaded, until a forward worked
         self.compile_failed: str | None = None  # why torch.compile could not run the model
         self.recovery = self.make_recovery()
@@ -168,7 +169,8 @@ class BatchPipeline:
             pipeline.process_decoder = ProcessDecoder(workers)
         if config.compile:
             pipeline.compiled, pipeline.uncompiled = True, model.module
-            model.module = compile_module(model.module)
+            pipeline.compile_mode = config.compile if isinstance(config.compile, str) else None
+            model.module = compile_module(model.module, pipeline.compile_mode)
         return pipeline
 
     def close(self) -> None:
@@ -189,7 +191,10 @@ class BatchPipeline:
             )
         else:
             message = f"torch.compile: the first batch took {seconds} s, compiling included."
-        return message, {"first_forward_seconds": seconds, "failed": self.compile_failed}
+        entry = {"first_forward_seconds": seconds, "failed": self.compile_failed}
+        if self.compile_mode:
+            entry["mode"] = self.compile_mode
+        return message, entry
 
     def make_recovery(self, cpu_fallback: bool = False, on_first_oom=None) -> OomRecovery:
         """The out-of-memory ladder for this model (the runner adds --cpu-fallback and the snapshot)."""
