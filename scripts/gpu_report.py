@@ -157,6 +157,17 @@ def main() -> int:
         *long_section(folder / "gpu-long.json"),
         "",
     ]
+    overlap = folder / "gpu-overlap.log"
+    if overlap.exists():
+        lines = [line for line in overlap.read_text().splitlines() if line.strip()][-4:]
+        out += [
+            "## The copy ahead on a side stream (`scripts/gpu_profile.py --overlap`)",
+            "",
+            "```",
+            *lines,
+            "```",
+            "",
+        ]
     if (folder / "gpu-bench.json").exists() or (folder / "gpu-bench.log").exists():  # KIT_FULL=1
         out += [
             "## Throughput, cache policy, flat memory (`scripts/gpu_bench.py`)",

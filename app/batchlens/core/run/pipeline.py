@@ -96,6 +96,10 @@ class Prepared:
     ready: torch.cuda.Event | None = None  # --gpu-decode on CUDA: the side stream's work is done
 
 
+#: CUDA with CPU decode: copy each prepared batch to the device on a side stream ahead of its forward
+COPY_AHEAD = True
+
+
 class BatchPipeline:
     """Processes lists of candidates with one loaded model, writing each image's output files."""
 
@@ -119,6 +123,9 @@ class BatchPipeline:
         # preprocessing; `fast_resize` is True or why not, for summary.json
         self.fast_preprocess, self.fast_resize = fast_preprocess_for(model) if fast_decode else (None, False)
         self.pin_memory = model.device.type == "cuda"
+        # CUDA, CPU decode: each batch goes to the device on this side stream ahead of its forward
+        # (`_copy_ahead`); set after the device decoder below (which has its own stream)
+        self.copy_stream = None
         # --gpu-decode: a batch's JPEGs are decoded and preprocessed on the model's device
         self.device_decoder = (
             DeviceDecoder(model.device, model.adapter.color_mode, max_pixels)
@@ -127,6 +134,8 @@ class BatchPipeline:
         )
         self.process_decoder: ProcessDecoder | None = None  # decoding processes (RunConfig.decode_processes)
         self.decode_processes = 0  # how many, for summary.json
+        if self.pin_memory and self.device_decoder is None and COPY_AHEAD:
+            self.copy_stream = torch.cuda.Stream(model.device)
         self.first_forward_seconds: float | None = None
         self.precision_check: PrecisionDecision | None = None  # --precision auto, after the first batch
         self.compiled = False  # --compile asked for
@@ -213,11 +222,27 @@ class BatchPipeline:
         """Decode and preprocess a batch, safe on a background thread (core/inputs/prefetch.py), its images
         through `each` (the prefetcher's decoding threads, all at once). CPU work only, except with
         --gpu-decode, whose device work runs on a side stream (`Prepared.ready`)."""
+        if self.device_decoder is None and self.copy_stream is not None:
+            return self._copy_ahead(self._prepare(batch, each))
         if self.device_decoder is None:
             return self._prepare(batch, each)
         with self.device_decoder.side_stream():
             prepared = self._prepare(batch, each)
             prepared.ready = self.device_decoder.mark_done()
+        return prepared
+
+    def _copy_ahead(self, prepared: Prepared) -> Prepared:
+        """CUDA with CPU decode: copy the batch's pinned tensors to the device on a side stream, on the
+        prefetcher's thread, so the copy overlaps the forward of the batch before (`finish` makes the
+        forward's stream wait for it, and tells the allocator). Not yet checked on a GPU."""
+        device = self.model.device
+        with torch.cuda.stream(self.copy_stream):
+            prepared.groups = [
+                (group, batch.to(device, non_blocking=True) if isinstance(batch, torch.Tensor) else batch)
+                for group, batch in prepared.groups
+            ]
+            prepared.ready = torch.cuda.Event()
+            prepared.ready.record(self.copy_stream)
         return prepared
 
     def _prepare(self, batch: list[Candidate], each: Each) -> Prepared:
