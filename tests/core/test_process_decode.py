@@ -31,6 +31,7 @@ def test_two_worker_processes_decode_exactly_the_pixels_of_the_thread_decode(tmp
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(paths[0].read_bytes()[:300])
     with ProcessDecoder(2) as decoder:
+        decoder._warm.result(timeout=60)  # the workers are up: from now on they decode
         for path, mode in [(p, "RGB") for p in paths] + [(grey, "L"), (grey, "RGB"), (turned, "RGB")]:
             here, there = load_image(path, mode), decoder.load(path, mode)
             assert there.image.mode == here.image.mode and there.original_size == here.original_size
@@ -40,6 +41,7 @@ def test_two_worker_processes_decode_exactly_the_pixels_of_the_thread_decode(tmp
         with pytest.raises(ImageError) as in_thread:
             load_image(broken)
         assert str(in_process.value) == str(in_thread.value)
+        assert decoder.decoded_in_workers == 8
     assert load_image(turned).original_size == (120, 160)  # the turn happened
 
 
@@ -53,7 +55,14 @@ def test_process_decode_is_only_chosen_on_cuda_with_many_cores():
         process_workers(-1, "cuda", 16, gpu_decode=False)
 
 
-def test_a_run_with_two_decoding_processes_gives_the_thread_decode_results(tmp_path: Path):
+def test_a_run_with_two_decoding_processes_gives_the_thread_decode_results(tmp_path: Path, monkeypatch):
+    started = ProcessDecoder.__init__
+
+    def started_and_warm(self, workers):  # so that every image of this short run decodes in a worker
+        started(self, workers)
+        self._warm.result(timeout=60)
+
+    monkeypatch.setattr(ProcessDecoder, "__init__", started_and_warm)
     make_shapes_folder(tmp_path / "in", 6)
     (tmp_path / "in" / "broken.png").write_bytes(b"not an image")
     lines = {}
@@ -64,6 +73,7 @@ def test_a_run_with_two_decoding_processes_gives_the_thread_decode_results(tmp_p
             pass
         summary = json.loads((tmp_path / name / "summary.json").read_text())
         assert summary["decode_processes"] == processes
+        assert summary["decoded_in_processes"] == (7 if processes else 0)
         records = [json.loads(x) for x in (tmp_path / name / "predictions.jsonl").read_text().splitlines()]
         lines[name] = [(r["image"], r["status"], r["error"], r.get("top")) for r in records]
     assert lines["processes"] == lines["threads"] and len(lines["threads"]) == 7

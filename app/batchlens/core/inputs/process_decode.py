@@ -43,6 +43,10 @@ def process_workers(setting: int | str | None, device_type: str, cores: int, gpu
     return cores - 2  # one core for the forward's launches, one for the results
 
 
+def _ping() -> bool:
+    return True
+
+
 def _decode(path: str, mode: str, max_pixels: int | None, reduce_to: SizeWanted | None):
     """In a worker: decode one image; (pixels, mode, size, original_size, note) or the ImageError."""
     try:
@@ -63,6 +67,10 @@ class ProcessDecoder:
         context = multiprocessing.get_context("spawn")
         self.workers = workers
         self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+        # Until a worker has started (spawning imports this module anew, and the program's main module:
+        # a second or two with torch), images decode here, so the first result does not wait for it
+        self._warm = self._pool.submit(_ping)
+        self.decoded_in_workers = 0
 
     def load(
         self,
@@ -71,7 +79,10 @@ class ProcessDecoder:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         reduce_to: SizeWanted | None = None,
     ) -> DecodedImage:
+        if not self._warm.done():
+            return load_image(path, mode, max_pixels, reduce_to)
         result = self._pool.submit(_decode, str(path), mode, max_pixels, reduce_to).result()
+        self.decoded_in_workers += 1
         if isinstance(result, ImageError):
             raise result
         pixels, image_mode, size, original_size, note = result

@@ -134,6 +134,7 @@ class BatchPipeline:
         )
         self.process_decoder: ProcessDecoder | None = None  # decoding processes (RunConfig.decode_processes)
         self.decode_processes = 0  # how many, for summary.json
+        self.decoded_in_processes = 0  # images they decoded (the first ones decode here while they start)
         if self.pin_memory and self.device_decoder is None and COPY_AHEAD:
             self.copy_stream = torch.cuda.Stream(model.device)
         self.first_forward_seconds: float | None = None
@@ -186,6 +187,7 @@ class BatchPipeline:
         """Stop the decoding processes, if any (the runner calls it however the run ends)."""
         if self.process_decoder is not None:
             self.process_decoder.close()
+            self.decoded_in_processes = self.process_decoder.decoded_in_workers
             self.process_decoder = None
 
     def compile_report(self) -> tuple[str, dict] | None:

@@ -430,6 +430,7 @@ class Runner:
             compile=compiled[1] if compiled else None,
             **precision_entries(cfg, pipeline),
             decode_processes=pipeline.decode_processes,
+            decoded_in_processes=pipeline.decoded_in_processes,
         )
 
     def _preflight(
