@@ -80,3 +80,31 @@ def test_a_run_sized_from_memory_goes_1_then_the_probe_batch_then_the_size(tmp_p
     assert auto["from_memory"] is True and auto["per_image_bytes"] >= 1
     assert auto["chosen"] & (auto["chosen"] - 1) == 0 and 1 <= auto["chosen"] <= 40
     assert {s["batch_size"] for s in auto["sizes"]} >= {1, PROBE_BATCH}
+
+
+def test_sizer_for_run_on_cuda_reads_the_device_memory_from_the_probe():
+    """The CUDA code path with a fake memory probe: total and other processes' memory come from it."""
+    from types import SimpleNamespace
+
+    from batchlens.core.models import load_model
+
+    class FakeCudaProbe:
+        kind = "cuda"
+
+        def sample(self):
+            return MemorySample(
+                0.0, allocated=GiB, reserved=2 * GiB, peak=GiB, device_used=5 * GiB, device_total=16 * GiB
+            )
+
+    loaded = load_model("demo-shapes", torch.device("cpu"))
+    model = SimpleNamespace(
+        module=loaded.module, takes_list=False, info=loaded.info, device=torch.device("cuda", 0)
+    )
+    config = RunConfig("demo-shapes", Path("in"), Path("out"))
+    sizer = autobatch.sizer_for_run(config, model, False, FakeCudaProbe(), list(range(5000)))
+    assert isinstance(sizer, MemoryBatchSizer)
+    assert sizer.memory_limit == 16 * GiB and sizer.others == 3 * GiB and sizer.ceiling == 256
+    # 85 % of 16 GiB less 3 GiB (others) less 1 GiB (the run at one image) = 9.6 GiB; 40 MiB an image
+    assert _sizes(sizer, [GiB, GiB + 7 * 40 * MiB])[-1] == 64  # 9.6 GiB / 80 MiB = 122: 64
+    few = autobatch.sizer_for_run(config, model, False, FakeCudaProbe(), list(range(20)))
+    assert few.ceiling == 20 and _sizes(few, [GiB, GiB + 7 * MiB])[-1] == 16  # never past the folder
