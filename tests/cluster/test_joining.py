@@ -26,7 +26,7 @@ from batchlens.cli import main
 from batchlens.core.run.config import RunConfig
 from batchlens.core.run.runner import Runner
 from tests.cluster.conftest import TOKEN
-from tests.helpers import make_denoise_folder, make_shapes_folder
+from tests.helpers import assert_no_traceback, make_denoise_folder, make_shapes_folder
 
 TOKEN_SOURCE = "`ray get-auth-token` on the head node prints it; it is kept there in ~/.ray/auth_token"
 # Ray's own console lines: its loggers' and its C++ core's start with a time stamp, a worker's with its pid.
@@ -51,6 +51,7 @@ class Launched:
 
     def finish(self) -> tuple[int, str, str]:
         stdout, stderr = self.process.communicate(timeout=400)
+        assert_no_traceback(stderr)
         return self.process.returncode, stdout, stderr
 
 

@@ -125,11 +125,12 @@ def declaring_pickle(numel: int) -> bytes:
     return buffer.getvalue()
 
 
-def deflate_bomb(path: Path, gib: int, monkeypatch) -> Path:
+def deflate_bomb(path: Path, gib: int, monkeypatch, member: str = "archive/data/0") -> Path:
     """A torch.save zip whose tensor is `gib` GiB of zeros, deflated to ~1 MB per GiB on disk: torch
-    inflates the whole record in memory. Written in about a second: the compressed 16 MiB block of
-    zeros is computed once and repeated (zipfile's compressor and CRC are stood in for while writing;
-    BatchLens refuses the file from its zip directory, before any CRC is checked)."""
+    inflates the whole record in memory (`member` "archive/data.pkl": the pickle is the bomb). Written
+    in about a second: the compressed 16 MiB block of zeros is computed once and repeated (zipfile's
+    compressor and CRC are stood in for while writing; BatchLens refuses the file from its zip
+    directory, before any CRC is checked)."""
     chunk = bytes(2**24)
     compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
     block = compressor.compress(chunk) + compressor.flush(zlib.Z_FULL_FLUSH)
@@ -143,10 +144,11 @@ def deflate_bomb(path: Path, gib: int, monkeypatch) -> Path:
             return tail
 
     with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("archive/data.pkl", declaring_pickle(gib * 2**30 // 4))
+        if member != "archive/data.pkl":
+            archive.writestr("archive/data.pkl", declaring_pickle(gib * 2**30 // 4))
         archive.writestr("archive/byteorder", "little")
         archive.writestr("archive/version", "3\n")
-        info = zipfile.ZipInfo("archive/data/0")
+        info = zipfile.ZipInfo(member)
         info.compress_type = zipfile.ZIP_DEFLATED
         original = zipfile._get_compressor
         with monkeypatch.context() as patch:

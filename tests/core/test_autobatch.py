@@ -16,6 +16,7 @@ from batchlens.core.run.events import ImageResult, RunNote
 from batchlens.core.run.runner import Runner
 from batchlens.core.run.threads import UseThreads, plan_threads
 from batchlens.core.run.tuning_cache import FILE_NAME, cache_dir, remembered_batch_size
+from tests.helpers import pin_machine_load
 
 CPU = torch.device("cpu")
 
@@ -195,7 +196,8 @@ def run(folder: Path, out: Path, **settings) -> list:
     return list(Runner(RunConfig("demo-shapes", folder, out, device="cpu", **settings)).events())
 
 
-def test_defaults_batch_prefetch_and_match_the_exact_mode(shapes_folder: Path, tmp_path: Path):
+def test_defaults_batch_prefetch_and_match_the_exact_mode(shapes_folder: Path, tmp_path: Path, monkeypatch):
+    pin_machine_load(monkeypatch, 1.0)  # busy: batches are decoded ahead
     exact = run(shapes_folder, tmp_path / "a", **EXACT_SETTINGS)
     runs = [run(shapes_folder, tmp_path / "b1")]
     stored = json.loads((cache_dir() / FILE_NAME).read_text())
@@ -210,7 +212,7 @@ def test_defaults_batch_prefetch_and_match_the_exact_mode(shapes_folder: Path, t
         assert [e.index for e in events if isinstance(e, ImageResult)] == list(range(1, 13))
     summary = runs[0][-1].summary
     auto = summary["batch_size_auto"]
-    assert summary["prefetch"] == (0 if summary["threads"]["decode_in_step"] else 2)  # (quiet or busy)
+    assert summary["prefetch"] == 2 and summary["threads"]["decode_in_step"] is False
     assert auto["sizes"][0]["batch_size"] == 1
     assert summary["threads"]["torch"] >= 1 and summary["threads"]["decode"] >= 1
     assert summary["peak_memory_bytes"] > 0 and summary["peak_memory_source"].startswith("process RSS")
@@ -225,9 +227,10 @@ def test_defaults_batch_prefetch_and_match_the_exact_mode(shapes_folder: Path, t
 
 
 @pytest.mark.parametrize("flag", [["--exact"], []])
-def test_cli_exact_and_defaults(shapes_folder: Path, tmp_path: Path, flag, capsys):
+def test_cli_exact_and_defaults(shapes_folder: Path, tmp_path: Path, flag, capsys, monkeypatch):
     from batchlens.cli import main
 
+    pin_machine_load(monkeypatch, 0.0)  # quiet: the defaults decode each batch in step
     out = tmp_path / "out"
     argv = ["run", "--model", "demo-shapes", "--input", str(shapes_folder), "--output", str(out)]
     assert main([*argv, "--device", "cpu", "--no-progress", *flag]) == 0
@@ -235,7 +238,7 @@ def test_cli_exact_and_defaults(shapes_folder: Path, tmp_path: Path, flag, capsy
     if flag:
         assert (summary["batch_size"], summary["prefetch"]) == (1, 0)
     else:
-        assert summary["prefetch"] == (0 if summary["threads"]["decode_in_step"] else 2)
+        assert summary["prefetch"] == 0 and summary["threads"]["decode_in_step"] is True
         assert summary["batch_size_auto"] is not None
     assert main([*argv, "--exact", "--batch-size", "4", "--overwrite"]) == 2
     assert "--exact fixes batch_size" in capsys.readouterr().err

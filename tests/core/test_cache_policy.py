@@ -4,8 +4,6 @@ memory needs a GPU: tests/gpu/test_cuda_proof.py)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -42,18 +40,23 @@ def test_when_each_policy_fires():
     assert not reserved.due(0, 1, sample(6 * GiB, total=None))  # the CPU has no device total
 
 
-def test_cli_records_the_policy_and_refuses_a_wrong_one(tmp_path: Path, shapes_folder: Path):
-    run = [sys.executable, "-m", "batchlens", "run", "--model", "demo-shapes", "--input", str(shapes_folder)]
-    done = subprocess.run(
-        [*run, "--output", str(tmp_path / "a"), "--empty-cache", "every:5", "--no-progress"],
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr
+def test_cli_records_the_policy_and_refuses_a_wrong_one(tmp_path: Path, shapes_folder: Path, capsys):
+    """`batchlens run` in this process (the option's way from the command line to summary.json; a real
+    process's exit code and one-sentence refusals are test_cli.py's)."""
+    from batchlens.cli import main
+
+    def run(*args: str) -> tuple[int, str]:
+        argv = ["run", "--model", "demo-shapes", "--input", str(shapes_folder), "--device", "cpu", *args]
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse refuses a wrong choice this way
+            code = exc.code
+        return code, capsys.readouterr().err
+
+    code, err = run("--output", str(tmp_path / "a"), "--empty-cache", "every:5", "--no-progress")
+    assert code == 0, err
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["empty_cache"] == "every:5" and summary["counts"]["ok"] == 12
-    wrong = subprocess.run(
-        [*run, "--output", str(tmp_path / "b"), "--empty-cache", "often"], capture_output=True, text=True
-    )
-    assert wrong.returncode == 2 and "Unknown cache policy 'often'" in wrong.stderr
-    assert "Traceback" not in wrong.stderr and not (tmp_path / "b" / "predictions.jsonl").exists()
+    code, err = run("--output", str(tmp_path / "b"), "--empty-cache", "often")
+    assert code == 2 and "Unknown cache policy 'often'" in err
+    assert "Traceback" not in err and not (tmp_path / "b" / "predictions.jsonl").exists()

@@ -1,4 +1,5 @@
-"""`batchlens` as a user runs it: a real subprocess, real files, exit codes and messages."""
+"""`batchlens` as a user runs it: a real subprocess, real files, exit codes and messages (the run-level
+refusals in this process too, one of them also through a real process)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import assert_no_traceback
+
 
 def batchlens(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    result = subprocess.run(
         [sys.executable, "-m", "batchlens", *args], capture_output=True, text=True, timeout=300
     )
+    assert_no_traceback(result)
+    return result
 
 
 def test_models_lists_demos():
@@ -66,8 +71,12 @@ def test_run_end_to_end_with_a_corrupt_and_a_non_image_file(shapes_folder: Path,
     ],
 )
 def test_run_level_problems_exit_nonzero_with_one_sentence(
-    shapes_folder: Path, tmp_path: Path, args, message
+    shapes_folder: Path, tmp_path: Path, args, message, capsys
 ):
+    """`main()` in this process (a subprocess each costs a torch import); the real process's way out
+    is the next test's."""
+    from batchlens.cli import main
+
     base = {
         "--model": "demo-shapes",
         "--input": str(shapes_folder),
@@ -75,9 +84,19 @@ def test_run_level_problems_exit_nonzero_with_one_sentence(
         "--device": "cpu",
     }
     base.update(dict(zip(args[::2], args[1::2])))
-    result = batchlens("run", *[x for kv in base.items() for x in kv])
+    assert main(["run", *[x for kv in base.items() for x in kv]]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_run_level_problem_is_the_real_process_exit_code_2(shapes_folder: Path, tmp_path: Path):
+    result = batchlens(
+        "run", "--model", "nope", "--input", str(shapes_folder), "--output", str(tmp_path / "o")
+    )
     assert result.returncode == 2
-    assert message in result.stderr
+    assert "Unknown model 'nope'" in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
@@ -97,3 +116,33 @@ def test_a_run_takes_the_imported_objects_out_of_the_collectors_way(shapes_folde
     assert code == 0
     assert frozen > 100_000  # torch and torchvision alone make ~340,000
     assert tracked < frozen / 10
+
+
+def test_a_folder_without_images_is_one_sentence_that_says_where_it_looked(tmp_path: Path, capsys):
+    """Once a run over an empty folder wrote an empty predictions.jsonl and exited 0."""
+    from batchlens.cli import main
+    from tests.helpers import make_shapes_folder
+
+    folder = tmp_path / "photos"
+    make_shapes_folder(folder / "2024", 2)
+    make_shapes_folder(folder / "2025", 1)
+    (folder / "notes.txt").write_text("not an image")
+    base = ["run", "--model", "demo-shapes", "--input", str(folder), "--device", "cpu", "--no-progress"]
+    result = batchlens(*base, "--output", str(tmp_path / "a"))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"batchlens: There are no images in {folder} itself (1 other file skipped), but 2 of its "
+        "subfolders hold images: add --recursive to include them.\n"
+    )
+    assert not (tmp_path / "a" / "predictions.jsonl").exists()
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    for extra, words in [
+        ([], f"There are no images in {empty}; only its own files were looked at (--recursive also"),
+        (["--recursive"], f"There are no images in {empty} or its subfolders."),
+    ]:
+        argv = [*base[:4], str(empty), *base[5:], "--output", str(tmp_path / "b"), *extra]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "b" / "predictions.jsonl").exists()

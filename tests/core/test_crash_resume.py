@@ -175,7 +175,7 @@ def test_disk_full_while_writing_an_output_image(photos: Path, tmp_path: Path, m
     def save(self, fp, *args, **kwargs):
         saves["n"] += 1
         if saves["n"] > 3:
-            Path(fp).write_bytes(b"\x89PNG\r\n\x1a\n half of it")  # what a full disk leaves behind
+            fp.write(b"\x89PNG\r\n\x1a\n half of it")  # what a full disk leaves behind
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_save(self, fp, *args, **kwargs)
 

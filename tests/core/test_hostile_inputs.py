@@ -20,6 +20,7 @@ from batchlens.core.inputs.images import ImageError, decodes_reduced, header_siz
 from batchlens.core.terminal import PrintableFormatter, printable
 from tests.core.hostile import within
 from tests.core.modelkit import make_photos, read_jsonl, run_cli
+from tests.helpers import assert_no_traceback
 
 
 @pytest.fixture
@@ -80,6 +81,7 @@ def test_escape_sequences_in_names_never_reach_the_terminal(tmp_path: Path):
          "--input", str(folder), "--output", str(tmp_path / f"out{ERASE}"), "--no-progress"],
         capture_output=True, timeout=300,
     )  # fmt: skip
+    assert_no_traceback(done)
     assert done.returncode == 0, done.stderr.decode(errors="replace")
     for stream in (done.stdout, done.stderr):
         text = stream.decode("utf-8")

@@ -145,7 +145,7 @@ def test_disk_full_in_a_parallel_batch_stops_with_only_whole_files_and_their_lin
             saves["n"] += 1
             n = saves["n"]
         if n == 6:  # the second batch's second image: its siblings are being written meanwhile
-            Path(fp).write_bytes(b"\x89PNG\r\n\x1a\n half of it")
+            fp.write(b"\x89PNG\r\n\x1a\n half of it")  # the temporary file, opened by the guarded layer
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_save(self, fp, *args, **kwargs)
 

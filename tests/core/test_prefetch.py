@@ -184,7 +184,7 @@ def test_cli_run_takes_the_speed_options(shapes_folder: Path, tmp_path: Path, ca
     assert (summary["batch_size"], summary["prefetch"], summary["precision"]) == (4, 2, "bf16")
     with pytest.raises(SystemExit):
         main([*argv, "--batch-size", "many"])
-    assert "not a whole number or auto" in capsys.readouterr().err
+    assert "'many' is not a batch size from 1 to 4096 or auto" in capsys.readouterr().err
 
 
 def test_nothing_is_prepared_ahead_while_the_first_batch_runs():
@@ -198,10 +198,10 @@ def test_nothing_is_prepared_ahead_while_the_first_batch_runs():
 
     with Prefetcher(prepare, range(6), 2) as ahead:
         assert next(ahead) == 0
-        time.sleep(0.05)  # (a worker would have started batch 1 by now)
-        assert started == [0]
+        assert started == [0] and not ahead._pending  # batch 1 not even handed to the worker
         assert next(ahead) == 1
-        time.sleep(0.05)
+        for prepared in list(ahead._pending):  # batches 2 and 3, handed over while 1 is worked on
+            prepared.result(timeout=30)
         assert started == [0, 1, 2, 3]
         assert list(ahead) == [2, 3, 4, 5]
 
@@ -267,8 +267,7 @@ def test_in_step_a_batch_decodes_on_the_pool_only_when_asked_for(shapes_folder: 
 
     with Prefetcher(prepare, batches, 0, 4, decode_thread_setup) as ahead:
         first = next(ahead)
-        time.sleep(0.05)
-        assert len(decoded_on) == 4  # the second batch waits until it is asked for
+        assert len(decoded_on) == 4 and not ahead._pending  # the second batch waits until it is asked for
         second = next(ahead)
         assert next(ahead, None) is None
     assert all(name.startswith("batchlens-decode") for name in decoded_on)

@@ -165,10 +165,26 @@ def _sources(tmp_path: Path, monkeypatch) -> dict[str, tuple[str, dict]]:
         "TorchScript": (str(scripted), {}),
         "torch.export": (_exported(tmp_path), {"task": "image_to_image"}),
         "whole pickled module": (str(pickled), {"task": "image_to_image", "trust_pickle": True}),
+    }
+
+
+def _extra_sources(tmp_path: Path) -> dict[str, tuple[str, dict]]:
+    """The sources that need an extra (hf, timm): their test skips, with its reason, without them."""
+    pytest.importorskip("transformers", reason='needs the hf extra: pip install -e ".[hf]"')
+    pytest.importorskip("timm", reason='needs the timm extra: pip install -e ".[timm]"')
+    return {
         "Hugging Face folder": (_hugging_face_folder(tmp_path), {}),
         "timm checkpoint": ("timm:test_resnet", _timm_checkpoint(tmp_path)),
         "timm hub folder": (_timm_hub_folder(tmp_path), {}),
     }
+
+
+def test_the_extras_model_sources_load_with_frozen_parameters(tmp_path: Path):
+    sources = _extra_sources(tmp_path)
+    modules = {source: load_model(model, CPU, options).module for source, (model, options) in sources.items()}
+    assert all(list(module.parameters()) for module in modules.values()), "a model without parameters"
+    thawed = {source: sum(p.requires_grad for p in module.parameters()) for source, module in modules.items()}
+    assert all(count == 0 for count in thawed.values()), f"parameters still requiring grad: {thawed}"
 
 
 def test_every_model_source_loads_with_frozen_parameters(tmp_path: Path, monkeypatch):

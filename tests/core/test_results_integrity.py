@@ -261,9 +261,18 @@ def test_overwrite_replaces_the_old_run_whole_and_nothing_else(old_batchlens, no
     with open(out / "predictions.jsonl", "a") as f:
         f.write(json.dumps({**forged, "output": f"../{noisy.name}/noisy_0001.png"}) + "\n")
     inputs = tree(noisy)
+    before = tree(out)
 
-    code, _ = run(capsys, "--model", "demo-shapes", "--input", noisy, "--output", out, "--overwrite")
+    code, err = run(capsys, "--model", "demo-shapes", "--input", noisy, "--output", out, "--overwrite")
 
+    if old_batchlens:  # no run.json: not a BatchLens run BatchLens can prove it wrote (issue 24)
+        assert code == 2
+        assert refusal(err) == (
+            f"batchlens: {out} holds no run.json, so it is not a BatchLens run and --overwrite deletes "
+            "nothing in it: choose another output folder, or an empty one."
+        )
+        assert tree(out) == before and tree(noisy) == inputs
+        return
     assert code == 0
     assert not any((out / name).exists() for name in denoised)  # no stale output of the old run
     assert (out / "my notes.txt").read_text() == "mine"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -31,6 +32,8 @@ import torch
 
 class Slow(torch.nn.Module):
     def forward(self, x):
+        if os.environ.get("SLOW_STARTED"):  # a file that says a forward has begun
+            open(os.environ["SLOW_STARTED"], "a").close()
         mean = float(x.mean())
         stuck = mean > 0.95 or mean < 0.05  # the all-white and the all-black image
         seconds = float(os.environ.get("SLOW_STUCK_SECONDS" if stuck else "SLOW_SECONDS", "0") or 0)
@@ -92,6 +95,25 @@ def wait_for(condition, seconds: float = 60) -> None:
         time.sleep(0.02)
 
 
+def read_until(proc: subprocess.Popen, text: str, seconds: float = 60) -> str:
+    """The process's stderr up to `text`, read straight from the pipe (communicate() reads the rest)."""
+    fd, seen, deadline = proc.stderr.fileno(), b"", time.monotonic() + seconds
+    while text.encode() not in seen:
+        assert time.monotonic() < deadline, f"timed out waiting for {text!r}; stderr so far: {seen!r}"
+        if select.select([fd], [], [], 0.1)[0]:
+            chunk = os.read(fd, 65536)
+            assert chunk, f"the run ended before saying {text!r}; stderr: {seen!r}"
+            seen += chunk
+    return seen.decode()
+
+
+def catches(pid: int, signum: int) -> bool:
+    """Whether the process has a handler for `signum` (its SigCgt mask in /proc)."""
+    with open(f"/proc/{pid}/status") as status:
+        caught = next(line for line in status if line.startswith("SigCgt:"))
+    return bool(int(caught.split()[1], 16) >> (signum - 1) & 1)
+
+
 def lines_of(out: Path) -> list[dict]:
     path = out / "predictions.jsonl"
     text = path.read_text(encoding="utf-8") if path.exists() else ""
@@ -128,15 +150,16 @@ def test_first_ctrl_c_stops_after_the_current_image(slow_model, photos, tmp_path
 
 def test_sigterm_then_ctrl_c_stops_at_once_even_inside_a_long_forward(slow_model, photos, tmp_path):
     out = tmp_path / "out"
-    proc = start(slow_model, photos, out, SLOW_MODE="c", SLOW_SECONDS="600")
-    wait_for(lambda: (out / "run.json").exists())  # written just before the first forward
-    time.sleep(0.5)
+    forward = tmp_path / "forward-began"
+    proc = start(slow_model, photos, out, SLOW_MODE="c", SLOW_SECONDS="600", SLOW_STARTED=str(forward))
+    wait_for(forward.exists)  # inside the 600-second C call
     proc.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
+    said = read_until(proc, "SIGTERM: stopping")  # the first stop was heard before the second comes
     began = time.monotonic()
     proc.send_signal(signal.SIGINT)
 
     returncode, _, stderr = finished(proc, seconds=30)
+    stderr = said + stderr
 
     assert time.monotonic() - began < 10  # at once, not after the 600-second forward
     assert returncode == 143  # SIGTERM started the stop
@@ -149,7 +172,12 @@ def test_sigterm_then_ctrl_c_stops_at_once_even_inside_a_long_forward(slow_model
 def test_ctrl_c_while_starting_is_one_sentence(slow_model, photos, tmp_path):
     before, out = digest(photos), tmp_path / "out"
     proc = start(slow_model, photos, out, SLOW_SECONDS="0.5")
-    time.sleep(0.8)  # importing torch, loading the model or scanning: the run has not begun
+    if os.path.exists(f"/proc/{proc.pid}/status"):
+        # Python never catches SIGTERM itself: once the process does, batchlens' stop is installed and
+        # it is busy importing torch, loading the model or scanning; the run has not begun.
+        wait_for(lambda: catches(proc.pid, signal.SIGTERM))
+    else:  # no /proc (macOS): a while into the start, as a person would press it
+        time.sleep(0.8)
     proc.send_signal(signal.SIGINT)
 
     returncode, _, stderr = finished(proc)

@@ -133,7 +133,13 @@ def test_torchvision_instance_models_run_end_to_end(arch: str, points: int, tmp_
     quick) with the catalogue's preprocessing, labels and keypoint names."""
     torch.manual_seed(0)
     module = torchvision.models.get_model(
-        arch, weights=None, weights_backbone=None, min_size=96, max_size=160, box_score_thresh=0.0
+        arch,
+        weights=None,
+        weights_backbone=None,
+        min_size=96,
+        max_size=160,
+        box_score_thresh=0.0,
+        box_detections_per_img=8,  # (keypoint R-CNN reads each detection's heatmaps in a Python loop)
     )
     adapter = catalogue_adapter("detection", weights_for(arch), {"min_score": 0.0})
     model = LoadedModel(

@@ -113,3 +113,62 @@ def test_a_run_thread_that_outlives_the_close_is_left_behind_not_destroyed(monke
     assert "still being processed" in capsys.readouterr().err
     assert thread.wait(5000)  # (the test itself lets it finish)
     assert app_module.finish(SimpleNamespace(thread=thread), 0) == 0
+
+
+def test_start_refuses_a_folder_without_images_as_the_run_button_does(qapp, tmp_path):
+    """`batchlens --input EMPTY --start` once ran at once (before the count) and wrote an empty
+    predictions.jsonl; now it waits for the count and is refused with the Run button's sentence."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    output = tmp_path / "out"
+    argv = ["--model", "demo-shapes", "--input", str(empty), "--output", str(output), "--device", "cpu"]
+    seen = {}
+
+    def close_when_refused():
+        for widget in QApplication.topLevelWidgets():
+            message = widget.statusBar().currentMessage() if isinstance(widget, MainWindow) else ""
+            if message.startswith("Nothing to run"):
+                seen["message"], seen["thread"] = message, widget.thread
+                widget.close()
+                return
+        QTimer.singleShot(50, close_when_refused)
+
+    QTimer.singleShot(0, close_when_refused)
+    QTimer.singleShot(60_000, qapp.quit)  # a safety net: never hang the test run
+    assert run_window(build_parser().parse_args([*argv, "--start"])) == 0
+    assert f"there are no images in {empty}" in seen["message"], seen
+    assert seen["thread"] is None  # no run started
+    assert not (output / "predictions.jsonl").exists()
+
+
+def test_a_missing_qt_system_library_is_named_in_one_sentence(monkeypatch, capsys):
+    from batchlens.ui import qt_app
+
+    asked = []
+
+    def load(name: str) -> None:
+        asked.append(name)
+        if name == "libxcb-cursor.so.0":
+            raise OSError(f"{name}: cannot open shared object file: No such file or directory")
+
+    monkeypatch.setattr(qt_app, "_load_library", load)
+    monkeypatch.setattr("sys.platform", "linux")
+    for name in ("QT_QPA_PLATFORM", "WAYLAND_DISPLAY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DISPLAY", ":0")
+    assert run_window(build_parser().parse_args([])) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "libxcb-cursor.so.0" in err and "sudo apt-get install libxcb-cursor0" in err
+    assert "libxcb-icccm.so.4" not in asked  # it stops at the first missing one
+    # Where Qt will not use xcb, nothing is checked: offscreen, Wayland, no display.
+    asked.clear()
+    for env in ({"QT_QPA_PLATFORM": "offscreen"}, {"WAYLAND_DISPLAY": "wayland-0"}, {"DISPLAY": ""}):
+        with monkeypatch.context() as m:
+            for key, value in env.items():
+                m.setenv(key, value)
+            assert qt_app.missing_xcb_library() is None
+    assert asked == []
+    monkeypatch.setenv("QT_QPA_PLATFORM", "xcb")  # asked for by name: checked
+    assert "libxcb-cursor0" in qt_app.missing_xcb_library()

@@ -235,15 +235,18 @@ def test_marker_labels_stay_inside_the_plot_and_apart(qtbot):
     line_at = {m.kind: line for m, line in plot.marker_lines()}
     for line in line_at.values():
         line.setValue(9.9)  # at the right edge, as a marker just set is
-    qtbot.wait(50)
-    view = plot.plot_item.vb.sceneBoundingRect()
-    boxes = []
-    for line in line_at.values():
-        label = label_of(line)
-        box = label.mapRectToScene(label.boundingRect())
-        assert view.contains(box), (label.textItem.toPlainText(), box, view)
-        boxes.append(box)
-    assert not any(a.intersects(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+
+    def labels_inside_and_apart():
+        view = plot.plot_item.vb.sceneBoundingRect()
+        boxes = []
+        for line in line_at.values():
+            label = label_of(line)
+            box = label.mapRectToScene(label.boundingRect())
+            assert view.contains(box), (label.textItem.toPlainText(), box, view)
+            boxes.append(box)
+        assert not any(a.intersects(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+
+    qtbot.waitUntil(labels_inside_and_apart, timeout=5000)  # once pyqtgraph has placed the labels
 
 
 def test_labels_that_face_each_other_do_not_overlap(qtbot, monkeypatch):
@@ -257,17 +260,19 @@ def test_labels_that_face_each_other_do_not_overlap(qtbot, monkeypatch):
     plot.sample_now()
     assert plot.plot_item.viewRange()[0] == [0, 10]
     add_markers_at(plot, monkeypatch, ((3.0, "run_start"), (6.3, "clear_cache")))
-    qtbot.wait(50)
-    boxes = []
-    for _, line in plot.marker_lines():
-        label = label_of(line)
-        boxes.append(label.mapRectToScene(label.boundingRect()))
-    assert boxes[0].right() > boxes[1].left() - 80  # close enough on screen to collide in one row
-    assert not boxes[0].intersects(boxes[1]), boxes
-    assert plot.plot_item.vb.sceneBoundingRect().contains(boxes[1])
-    # "clear cache" turned to the free side of its line: both stay in the top row, above the lines
-    # (a lower row would hide the lines behind its label)
-    assert boxes[0].top() == boxes[1].top() and boxes[1].left() > boxes[0].right()
+
+    def facing_labels_apart():
+        boxes = [
+            label_of(line).mapRectToScene(label_of(line).boundingRect()) for _, line in plot.marker_lines()
+        ]
+        assert boxes[0].right() > boxes[1].left() - 80  # close enough on screen to collide in one row
+        assert not boxes[0].intersects(boxes[1]), boxes
+        assert plot.plot_item.vb.sceneBoundingRect().contains(boxes[1])
+        # "clear cache" turned to the free side of its line: both stay in the top row, above the lines
+        # (a lower row would hide the lines behind its label)
+        assert boxes[0].top() == boxes[1].top() and boxes[1].left() > boxes[0].right()
+
+    qtbot.waitUntil(facing_labels_apart, timeout=5000)  # once pyqtgraph has placed the labels
 
 
 def test_save_dialogs_start_in_the_output_folder(qtbot, tmp_path, monkeypatch):
@@ -354,30 +359,33 @@ def test_the_legend_sits_above_the_plot_and_covers_nothing(qtbot, width):
     plot.sample_now()
     plot.add_marker("clear_cache", "Freed 2.1 GiB")
     qtbot.mouseClick(plot.whole_device, Qt.MouseButton.LeftButton)  # five entries
-    qtbot.wait(50)
-    legend = plot.legend.sceneBoundingRect()
-    view = plot.plot_item.vb.sceneBoundingRect()
-    widget = plot.plot_item.sceneBoundingRect()
-    assert len(plot.legend.items) == 5
-    assert legend.bottom() <= view.top() and widget.contains(legend), (legend, view, widget)
-    for _, line in plot.marker_lines():
-        label = label_of(line)
-        box = label.mapRectToScene(label.boundingRect())
-        assert view.contains(box) and not box.intersects(legend)
-    for _, entry in plot.legend.items:  # every entry inside the legend's own box, none cut off
-        assert legend.adjusted(-1, -1, 1, 1).contains(entry.sceneBoundingRect())
-    # Full names where they fit in one row; short ones where that saves a row (the tooltip explains).
-    rows = {round(entry.sceneBoundingRect().top()) for _, entry in plot.legend.items}
-    assert len(rows) == {420: 2, 620: 1, 940: 1}[width]
-    short = ["allocated", "reserved", "peak allocated", "device used", "device total"]
-    full = [
-        "allocated (live tensors)",
-        "reserved (allocated + cache)",
-        "peak allocated",
-        "device used (all processes)",
-        "device total",
-    ]
-    assert legend_names(plot) == (full if width == 940 else short)
+
+    def legend_above_and_clear():
+        legend = plot.legend.sceneBoundingRect()
+        view = plot.plot_item.vb.sceneBoundingRect()
+        widget = plot.plot_item.sceneBoundingRect()
+        assert len(plot.legend.items) == 5
+        assert legend.bottom() <= view.top() and widget.contains(legend), (legend, view, widget)
+        for _, line in plot.marker_lines():
+            label = label_of(line)
+            box = label.mapRectToScene(label.boundingRect())
+            assert view.contains(box) and not box.intersects(legend)
+        for _, entry in plot.legend.items:  # every entry inside the legend's own box, none cut off
+            assert legend.adjusted(-1, -1, 1, 1).contains(entry.sceneBoundingRect())
+        # Full names where they fit in one row; short ones where that saves a row (the tooltip explains).
+        rows = {round(entry.sceneBoundingRect().top()) for _, entry in plot.legend.items}
+        assert len(rows) == {420: 2, 620: 1, 940: 1}[width]
+        short = ["allocated", "reserved", "peak allocated", "device used", "device total"]
+        full = [
+            "allocated (live tensors)",
+            "reserved (allocated + cache)",
+            "peak allocated",
+            "device used (all processes)",
+            "device total",
+        ]
+        assert legend_names(plot) == (full if width == 940 else short)
+
+    qtbot.waitUntil(legend_above_and_clear, timeout=5000)  # once pyqtgraph has laid the legend out
 
 
 def test_labels_far_apart_on_the_shown_span_share_the_top_row(qtbot, monkeypatch):

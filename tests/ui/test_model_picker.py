@@ -17,7 +17,8 @@ def test_lists_every_model_grouped_by_source_with_its_task(qtbot):
     assert texts[0] == "Built-in demo models"
     assert not picker.item_model.item(0).isEnabled()  # a group title cannot be chosen
     for info in list_models():
-        assert f"{info.id}  —  {info.task}" in texts
+        note = info.download_note()  # "needs a 97.8 MiB download" for weights not downloaded yet
+        assert f"{info.id}  —  {info.task}" + (f"  ({note})" if note else "") in texts
     assert texts[-1] != "Open model file…", "the catalogue comes last, after the entries that add a model"
     assert picker.current_model_id() == list_models()[0].id
     assert picker.current_model().task in picker.task_label.text()

@@ -90,8 +90,9 @@ def test_20000_results_scroll_filter_sort_and_open(qtbot, browser, big_output):
     grid = browser.grid
     bar = grid.verticalScrollBar()
     for step in range(1, 11):
+        made = browser.loader.made
         bar.setValue(bar.maximum() * step // 10)
-        qtbot.wait(30)
+        qtbot.waitUntil(lambda made=made: browser.loader.made > made, timeout=10_000)  # the new view drawn
     grid.scrollToBottom()
     last = browser.shown.rowCount() - 1
     qtbot.waitUntil(lambda: _tile_key(browser, last) in browser.cache, timeout=10_000)
@@ -285,6 +286,6 @@ def test_the_results_window_opens_a_folder(qtbot, tmp_path):
     assert str(output) in window.windowTitle()
     assert window.browser.count_label.text() == "Showing 4 of 4"
     actions = [a.text() for a in window.menuBar().actions()[0].menu().actions()]
-    assert actions == ["&Open results…", "&Quit"]
+    assert actions == ["&Open results…", "&Export…", "&Quit"]
     window.close()
     assert not window.browser.timer.isActive()

@@ -51,9 +51,12 @@ def test_speed_stops_on_pause_and_cancel_and_matches_the_summary(qtbot, window, 
     window.prefill(model="demo-shapes", input_dir=folder, output_dir=tmp_path / "out", device="cpu")
     assert window.start_run()
     qtbot.waitUntil(lambda: window.controls.pause_button.text() == "Resume", timeout=RUN_TIMEOUT_MS)
-    qtbot.wait(250)
+    # The preview timer has drawn the newest result, then ticked once more: neither put a speed back.
+    qtbot.waitUntil(lambda: window.previews.shown is window._latest, timeout=RUN_TIMEOUT_MS)
+    with qtbot.waitSignal(window.preview_timer.timeout, timeout=RUN_TIMEOUT_MS):
+        pass
     assert window.controls.rate_label.text() == "paused"  # no speed or time left while paused
-    qtbot.wait(400)  # paused time does not count against the speed
+    qtbot.wait(400)  # (not a synchronisation: paused time that must not count against the speed)
     with qtbot.waitSignal(window.run_finished, timeout=RUN_TIMEOUT_MS) as finished:
         window.cancel_run()
         assert window.controls.rate_label.text().strip() == ""  # stopped at once on Cancel
@@ -109,6 +112,25 @@ def test_run_is_off_with_a_reason_when_there_is_nothing_to_run(qtbot, window, tm
     QGuiApplication.instance().applicationStateChanged.emit(Qt.ApplicationState.ApplicationActive)
     counted(qtbot, window, "2 images found (1 other file will be skipped).")
     assert run.isEnabled() and not reason.isVisible()
+
+
+def test_a_folder_that_cannot_be_listed_is_said_so_not_counted_as_empty(tmp_path, monkeypatch):
+    import os
+
+    from batchlens.ui.run_form import NOT_COUNTED, count_images
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = os.scandir
+
+    def scandir(path="."):  # what the kernel answers to anyone but root for a chmod 000 folder
+        if os.fspath(path) == str(locked):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    count, text = count_images(locked, recursive=False, exclude=None)
+    assert count == NOT_COUNTED and "cannot be listed (permission denied)" in text and "0 images" not in text
 
 
 def test_a_model_file_that_is_gone_turns_run_off(qtbot, window, shapes_folder, tmp_path):
@@ -268,8 +290,7 @@ def test_a_long_message_in_a_small_window_squeezes_the_plot_not_over_its_readout
 
     message = window.controls.message
     qtbot.waitUntil(lambda: message.height() >= 3 * message.fontMetrics().lineSpacing())  # wrapped
-    qtbot.wait(100)  # the layout's own pass after the message grew
-    assert laid_out_in_order()
+    qtbot.waitUntil(laid_out_in_order)  # the layout's own pass after the message grew
     assert plot.plot_widget.height() >= 80, "squeezed, but still a plot"
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 LEAKY_TESTS = """
+import threading
 import time
 
 from PySide6.QtCore import QThread, QThreadPool
@@ -39,11 +40,11 @@ def test_leaves_the_pool_busy(qapp):
 def test_leaves_a_paused_run_behind(qapp, tmp_path):
     make_shapes_folder(tmp_path / "in", 3, size=32)
     worker = RunWorker(RunConfig("demo-shapes", tmp_path / "in", tmp_path / "out", device="cpu"))
+    held, wait = threading.Event(), worker.runner._wait_until_resumed
+    worker.runner._wait_until_resumed = lambda: (held.set(), wait())[1]
     worker.runner.pause()
     kept.append((worker, start_in_thread(worker)))
-    deadline = time.monotonic() + 60
-    while worker.runner.paused and time.monotonic() < deadline and not worker.runner.cancelled:
-        time.sleep(0.05)  # the worker is now inside its run, waiting to be resumed
+    assert held.wait(60)  # the worker is now inside its run, waiting to be resumed
 
 
 def test_waits_for_its_thread(qapp):

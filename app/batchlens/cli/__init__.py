@@ -12,9 +12,11 @@ import os
 import sys
 import warnings
 
-from batchlens.cli.args import build_parser
+from batchlens.cli.after_run import AFTER_RUN_COMMANDS
+from batchlens.cli.args import build_parser, check_args
 from batchlens.cli.commands import bench_command, models_command, run_command
 from batchlens.cli.stop import Interrupted
+from batchlens.core.crash_report import report_crash
 from batchlens.core.errors import BatchLensError
 from batchlens.core.machine import machine_load  # noqa: F401  before torch: its reading of others' work starts now
 from batchlens.core.terminal import PrintableFormatter, printable
@@ -23,6 +25,18 @@ __all__ = ["build_parser", "main", "main_gui"]
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line's one top-level guard: an exception nobody expected becomes one sentence naming
+    a crash report (core/crash_report.py) and exit 70, never a traceback."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl+C outside a run (a run turns it into a clean stop itself)
+        print("batchlens: stopped (Ctrl+C).", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        return report_crash(exc, sys.argv if argv is None else ["batchlens", *argv])
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = logging.StreamHandler()  # file names in log lines are escaped, as in every printed line
@@ -30,8 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
     if not args.verbose:  # torch's advice to its own developers, not to someone running a model file
         warnings.filterwarnings("ignore", r"`torch\.jit\.(load|save)` is deprecated", FutureWarning)
-    commands = {"run": run_command, "models": models_command, "bench": bench_command}
+    commands = {"run": run_command, "models": models_command, "bench": bench_command, **AFTER_RUN_COMMANDS}
     try:
+        check_args(args)
         if args.command is None:
             from batchlens.ui.app import run_window
 

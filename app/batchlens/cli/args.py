@@ -7,22 +7,49 @@ parser builds without importing torch.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import re
+from typing import NoReturn
 
 from batchlens import __version__
+from batchlens.cli.after_run import add_after_run_commands
+from batchlens.cli.option_types import (  # the bounded types (docs/cli.md, "Ranges")
+    MAX_BATCH,
+    MAX_COUNT,
+    MAX_MIB,
+    MAX_NORM,
+    MAX_PIXELS,
+    MAX_PREFETCH,
+    MAX_REPEAT,
+    MAX_SECONDS,
+    MAX_SIDE,
+    MAX_SYNTHETIC,
+    MAX_TEXT,
+    MAX_THREADS,
+    MAX_WORKERS,
+    _shown,
+    _whole,
+    finite_float,
+    path_arg,
+    positive_int,
+    text_arg,
+    whole_number,
+)
 from batchlens.core.errors import BatchLensError
+from batchlens.core.terminal import printable
 
 
 def _add_run_options(parser: argparse.ArgumentParser, required: bool) -> None:
-    parser.add_argument("--model", required=required, help="model id (see `batchlens models`)")
-    parser.add_argument("--input", required=required, type=Path, help="folder of images to process")
+    parser.add_argument("--model", required=required, type=text_arg, help="model id (see `batchlens models`)")
+    parser.add_argument("--input", required=required, type=path_arg, help="folder of images to process")
     parser.add_argument(
         "--output",
         required=required,
-        type=Path,
+        type=path_arg,
         help="folder for predictions.jsonl, summary.json and output images",
     )
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps | xpu")
+    parser.add_argument(
+        "--device", default="auto", type=text_arg, help="auto | cpu | cuda | cuda:N | mps | xpu"
+    )
 
 
 TASKS = ["classification", "detection", "segmentation", "image_to_image"]
@@ -32,14 +59,13 @@ INTERPOLATION_NAMES = ["nearest", "bilinear", "bicubic", "lanczos", "box", "hamm
 
 def _image_size(text: str) -> list[int]:
     """ "224" -> [224, 224]; "480,640" or "480x640" -> [480, 640] (height, width)."""
-    try:
-        size = [int(p) for p in text.lower().replace("x", ",").split(",")]
-    except ValueError:
-        size = []
+    size = [_whole(p, 1, MAX_SIDE) for p in text.lower().replace("x", ",").split(",")]
     if len(size) == 1:
         size *= 2
-    if len(size) != 2 or min(size) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size: give N or HEIGHT,WIDTH")
+    if len(size) != 2 or None in size:
+        raise argparse.ArgumentTypeError(
+            f"{_shown(text)} is not a size: give N or HEIGHT,WIDTH, each from 1 to {MAX_SIDE}"
+        )
     return size
 
 
@@ -51,23 +77,28 @@ def _resize(text: str) -> int | list[int]:
     return _image_size(text)
 
 
-def _numbers(text: str) -> list[float]:
+def _numbers(text: str, low: float, what: str) -> list[float]:
+    """1 to 4 comma-separated finite numbers above `low` (or from -MAX_NORM) up to MAX_NORM."""
     try:
-        return [float(p) for p in text.split(",")]
+        values = [float(p) for p in text.split(",")]
     except ValueError:
+        values = []
+    if not 1 <= len(values) <= 4 or not all(low < v <= MAX_NORM for v in values):  # nan fails too
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a list of numbers like 0.485,0.456,0.406"
-        ) from None
+            f"{_shown(text)} is not a list of 1 to 4 {what} like 0.485,0.456,0.406"
+        )
+    return values
 
 
-def _score(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a score between 0 and 1")
-    return value
+def _mean(text: str) -> list[float]:
+    return _numbers(text, -MAX_NORM - 1e-9, f"numbers from -{MAX_NORM:g} to {MAX_NORM:g}")
+
+
+def _std(text: str) -> list[float]:
+    return _numbers(text, 0.0, f"numbers above 0 up to {MAX_NORM:g}")
+
+
+_score = finite_float(0.0, 1.0, "a score")
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -75,14 +106,16 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model options")
     group.add_argument(
         "--weights",
-        type=Path,
+        type=path_arg,
         metavar="FILE",
         help="a state_dict for the torchvision --model, or the checkpoint of --model timm:NAME (no download)",
     )
-    group.add_argument("--arch", help="torchvision architecture of a state_dict model file (e.g. resnet18)")
+    group.add_argument(
+        "--arch", type=text_arg, help="torchvision architecture of a state_dict model file (e.g. resnet18)"
+    )
     group.add_argument("--task", choices=TASKS, help="what a model file does (when it has no sidecar)")
     group.add_argument(
-        "--labels", type=Path, metavar="FILE", help="class names: text file (one per line) or JSON list"
+        "--labels", type=path_arg, metavar="FILE", help="class names: text file (one per line) or JSON list"
     )
     group.add_argument(
         "--input-size", type=_image_size, metavar="H[,W]", help="stretch images to exactly this size"
@@ -94,8 +127,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--interpolation", choices=INTERPOLATION_NAMES, help="the resize's filter (default bilinear)"
     )
-    group.add_argument("--mean", type=_numbers, metavar="M,M,M", help="normalisation mean per channel")
-    group.add_argument("--std", type=_numbers, metavar="S,S,S", help="normalisation std per channel")
+    group.add_argument("--mean", type=_mean, metavar="M,M,M", help="normalisation mean per channel")
+    group.add_argument("--std", type=_std, metavar="S,S,S", help="normalisation std per channel")
     group.add_argument(
         "--min-score",
         type=_score,
@@ -117,8 +150,26 @@ def model_options(args: argparse.Namespace) -> dict:
     return model_request({key: getattr(args, key) for key in MODEL_OPTIONS})
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, its refusals one sentence and exit 2 (argparse puts its usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, printable(f"{self.prog}: {message} (`{self.prog} --help` lists the options).") + "\n")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """What no single option's type can see: options that exclude or need each other. Raises
+    BatchLensError (one sentence, exit 2). Torch-free, like the parser."""
+    if args.command == "run":
+        speed_settings(args)  # --exact with --batch-size, --prefetch or --threads
+        if args.resume and args.overwrite:
+            raise BatchLensError("Choose --resume or --overwrite, not both.")
+        if args.workers is not None and not args.cluster:
+            raise BatchLensError("--workers needs --cluster (workers are Ray actors).")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="batchlens",
         description="Run a PyTorch image model over a folder of images. "
         "With no command, opens the BatchLens window.",
@@ -128,14 +179,18 @@ def build_parser() -> argparse.ArgumentParser:
     # The window's options. Their dests differ from the `run` subcommand's (--model etc.) so neither
     # parser overwrites the other's values.
     window = parser.add_argument_group("window options (with no command)")
-    window.add_argument("--model", dest="window_model", metavar="MODEL", help="preselect this model")
-    window.add_argument("--input", dest="window_input", type=Path, metavar="DIR", help="folder of images")
-    window.add_argument("--output", dest="window_output", type=Path, metavar="DIR", help="results folder")
-    window.add_argument("--device", dest="window_device", metavar="DEV", help="auto | cpu | cuda:N | mps")
+    window.add_argument(
+        "--model", dest="window_model", type=text_arg, metavar="MODEL", help="preselect this model"
+    )
+    window.add_argument("--input", dest="window_input", type=path_arg, metavar="DIR", help="folder of images")
+    window.add_argument("--output", dest="window_output", type=path_arg, metavar="DIR", help="results folder")
+    window.add_argument(
+        "--device", dest="window_device", type=text_arg, metavar="DEV", help="auto | cpu | cuda:N | mps"
+    )
     window.add_argument("--start", dest="window_start", action="store_true", help="start the run at once")
     window.add_argument(
         "--results",
-        type=Path,
+        type=path_arg,
         metavar="DIR",
         help="browse the results in an output folder (with --input DIR: where its input images are now)",
     )
@@ -180,14 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--max-pixels",
-        type=int,
+        type=positive_int(MAX_PIXELS),
         default=None,
         help="refuse images larger than this many pixels (default 150,000,000)",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument(
         "--max-failures",
-        type=int,
+        type=positive_int(MAX_COUNT),
         default=None,
         metavar="N",
         help="stop the run once N images have failed (a misconfigured run); default: never",
@@ -199,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--empty-cache",
+        type=cache_policy_arg,
         default="never",
         metavar="POLICY",
         help="when to hand cached GPU memory back to the driver: never (default, fastest), image (after "
@@ -212,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--cluster",
         metavar="auto|local|HOST:PORT|ray://HOST:PORT",
+        type=text_arg,
         default=None,
         help='run on a Ray cluster (needs the cluster extra: pip install "batchlens[cluster]"): '
         "auto joins the running one (RAY_ADDRESS, or `ray start` here) or starts one here, local starts "
@@ -219,32 +276,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--workers",
-        type=int,
+        type=positive_int(MAX_WORKERS),
         default=None,
         help="with --cluster: workers to start (default: one per GPU, or CPU)",
     )
 
     models = sub.add_parser("models", help="list the models you can use")
-    models.add_argument("filter", nargs="?", default="", help="only models whose id contains this text")
+    models.add_argument(
+        "filter", nargs="?", default="", type=_filter_arg, help="only models whose id contains this text"
+    )
     models.add_argument("--task", choices=TASKS, help="only models of this task")
 
     bench = sub.add_parser(
         "bench",
         help="time the engine against a plain PyTorch loop and the naive loop, on the same images",
     )
-    bench.add_argument("--model", required=True, help="model id (see `batchlens models`)")
+    bench.add_argument("--model", required=True, type=text_arg, help="model id (see `batchlens models`)")
     source = bench.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", type=Path, help="folder of images to benchmark on")
-    source.add_argument("--synthetic", type=int, metavar="N", help="generate N photo-like JPEGs instead")
+    source.add_argument("--input", type=path_arg, help="folder of images to benchmark on")
+    source.add_argument(
+        "--synthetic",
+        type=positive_int(MAX_SYNTHETIC),
+        metavar="N",
+        help="generate N photo-like JPEGs instead",
+    )
     bench.add_argument("--size", type=size_arg, default=(1600, 1200), help="WxH of --synthetic images")
-    bench.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps | xpu")
+    bench.add_argument(
+        "--device", default="auto", type=text_arg, help="auto | cpu | cuda | cuda:N | mps | xpu"
+    )
     bench.add_argument(
         "--batch-size",
         type=batch_size_arg,
         default=None,
         help="add a row of the engine at this fixed batch size (the defaults row measures its own)",
     )
-    bench.add_argument("--prefetch", type=int, default=2, help="prefetch depth of that row (2)")
+    bench.add_argument(
+        "--prefetch", type=whole_number(0, MAX_PREFETCH), default=2, help="prefetch depth of that row (2)"
+    )
     bench.add_argument(
         "--precision",
         choices=("fp32", "fp16", "bf16"),
@@ -253,13 +321,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--naive-limit",
-        type=float,
+        type=finite_float(0, MAX_MIB, "a number of MiB", above_low=True),
         default=1024,
         metavar="MIB",
         help="stop the naive loop once memory has grown by this many MiB (default 1024)",
     )
     bench.add_argument(
-        "--repeat", type=int, default=1, help="rounds over every row (medians and ranges are reported)"
+        "--repeat",
+        type=positive_int(MAX_REPEAT),
+        default=1,
+        help="rounds over every row (medians and ranges are reported)",
     )
     bench.add_argument(
         "--sampler-check",
@@ -267,30 +338,54 @@ def build_parser() -> argparse.ArgumentParser:
         help="add a row without memory sampling to measure what the sampler costs",
     )
     bench.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads for the loops (the engine picks its own)"
+        "--threads",
+        type=positive_int(MAX_THREADS),
+        default=None,
+        help="torch CPU threads for the loops (the engine picks its own)",
     )
-    bench.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
+    bench.add_argument("--json", type=path_arg, metavar="FILE", help="also write the results as JSON")
+    add_after_run_commands(sub)  # sort, evaluate, export (cli/after_run.py)
     return parser
 
 
 def batch_size_arg(text: str) -> int | str:
     if text.strip().lower() == "auto":
         return "auto"
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number or auto") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("the batch size must be at least 1")
+    value = _whole(text, 1, MAX_BATCH)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{_shown(text)} is not a batch size from 1 to {MAX_BATCH} or auto")
     return value
 
 
 def threads_arg(text: str) -> int | str:
     if text.strip().lower() == "auto":
         return "auto"
-    if not text.strip().isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of threads (1 or more) or auto")
-    return int(text)
+    value = _whole(text, 1, MAX_THREADS)
+    if value is None:
+        raise argparse.ArgumentTypeError(
+            f"{_shown(text)} is not a number of threads from 1 to {MAX_THREADS} or auto"
+        )
+    return value
+
+
+#: core.run.cache_policy.CHOICES' forms, checked here without importing torch
+_CACHE_POLICY = re.compile(r"(never|image|every:[0-9]{1,9}|reserved:(0?\.[0-9]*[1-9][0-9]*))")
+
+
+def cache_policy_arg(text: str) -> str:
+    policy = text.strip().lower()
+    if not _CACHE_POLICY.fullmatch(policy) or policy.startswith("every:") and int(policy[6:]) < 1:
+        raise argparse.ArgumentTypeError(
+            f"Unknown cache policy {_shown(text)}: use never, image, every:N (N images, 1 or more) "
+            "or reserved:F (a share of the device between 0 and 1, e.g. reserved:0.5)"
+        )
+    return policy
+
+
+def _filter_arg(text: str) -> str:
+    if len(text) > MAX_TEXT or "\0" in text:
+        raise argparse.ArgumentTypeError(f"{_shown(text)} is not a filter (too long)")
+    return text
 
 
 def speed_settings(args: argparse.Namespace) -> dict:
@@ -308,19 +403,18 @@ def speed_settings(args: argparse.Namespace) -> dict:
 
 
 def size_arg(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT, e.g. 1600x1200") from None
-    if width < 1 or height < 1:
-        raise argparse.ArgumentTypeError("width and height must be positive")
-    return width, height
+    sides = [_whole(part, 1, MAX_SIDE) for part in text.lower().split("x")]
+    if len(sides) != 2 or None in sides:
+        raise argparse.ArgumentTypeError(
+            f"{_shown(text)} is not WIDTHxHEIGHT (e.g. 1600x1200), each from 1 to {MAX_SIDE}"
+        )
+    return sides[0], sides[1]
 
 
 def _add_speed_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prefetch",
-        type=int,
+        type=whole_number(0, MAX_PREFETCH),
         default=None,
         metavar="N",
         help="decode and preprocess the next N batches on background threads (default: 2, or on a quiet "
@@ -366,11 +460,4 @@ def _add_speed_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
-    return value
+_seconds = finite_float(0, MAX_SECONDS, "a number of seconds", above_low=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from batchlens.cli.args import model_options, speed_settings
 from batchlens.cli.stop import SignalStop, events_in_thread
@@ -40,11 +41,26 @@ def run_command(args: argparse.Namespace) -> int:
         stop.uninstall()
 
 
+def check_before_torch(args: argparse.Namespace) -> None:
+    """The mistakes found without PyTorch (a missing input folder, an unknown model), said at once
+    rather than after the seconds torch takes to import. The runner checks them again."""
+    from batchlens.core.models import check_model_id
+
+    input_dir = Path(args.input).expanduser()
+    if not input_dir.exists():
+        raise BatchLensError(f"The input folder {input_dir} does not exist.")
+    if not input_dir.is_dir():
+        raise BatchLensError(f"The input {input_dir} is a file, not a folder.")
+    check_model_id(args.model)
+
+
 def _run_with(args: argparse.Namespace, stop: SignalStop) -> int:
+    check_before_torch(args)
     from tqdm import tqdm
 
     from batchlens.core.formats import DEFAULT_MAX_PIXELS
     from batchlens.core.machine.memory import format_bytes
+    from batchlens.core.models import refuse_options_that_do_not_apply
     from batchlens.core.run.config import RunConfig
     from batchlens.core.run.events import ImageResult, RunFinished, RunNote, RunStarted
     from batchlens.core.run.run_text import describe_start, describe_summary
@@ -73,6 +89,7 @@ def _run_with(args: argparse.Namespace, stop: SignalStop) -> int:
         compile=args.compile,
         empty_cache=args.empty_cache,
     )
+    refuse_options_that_do_not_apply(args.model, config.model_options)  # before any download
     _download_weights(args.model, config.model_options, args.no_progress)
     if args.cluster:
         from batchlens.core.cluster import ClusterConfig, ClusterRunner, require_ray
@@ -135,7 +152,11 @@ def models_command(args: argparse.Namespace) -> int:
         print(f"{title}:")
         for m in members:
             size = format_bytes(m.size_bytes) if m.size_bytes else ""
-            cached = "  (downloaded)" if m.downloaded else ""
+            cached = (
+                "  (downloaded)"
+                if m.downloaded
+                else (f"  ({m.download_note()})" if m.download_note() else "")
+            )
             print(printable(f"  {m.id:<{width}}  {m.task:<15} {size:>9}  {m.description}{cached}"))
         print()
     print(

@@ -7,18 +7,34 @@ import argparse
 import os
 import sys
 
-from PySide6.QtCore import Qt, QTimer
+from PySide6.QtCore import QCoreApplication, Qt, QTimer
 from PySide6.QtGui import QColor, QPainter, QPixmap
 from PySide6.QtWidgets import QSplashScreen
 
-from batchlens.ui.qt_app import app_icon, create_app, leave_a_core_for_the_window, needs_offscreen
+from batchlens.core.crash_log import CrashLog
+from batchlens.core.crash_report import EXIT_CRASH, install_excepthook
+from batchlens.ui.crash_dialog import follow_runs, offer_report
+from batchlens.ui.gui_gc import GuiThreadCollector
+from batchlens.ui.qt_app import (
+    app_icon,
+    create_app,
+    missing_xcb_library,
+    needs_offscreen,
+)
+
+ENGINE_AFTER_MS = 150  # from the window's show to the engine's loading: time for its first paint
 
 
 def run_window(args: argparse.Namespace) -> int:
+    if missing := missing_xcb_library():  # before Qt's abort, which names no library
+        print(missing, file=sys.stderr)
+        return 2
     if getattr(args, "self_test", False):
         from batchlens.ui.self_test import run_self_test
 
         return run_self_test(args)
+    # The window's guard: an exception a Qt slot raises is reported (core/crash_report.py), and exit 70.
+    install_excepthook(lambda: QCoreApplication.exit(EXIT_CRASH))
     if getattr(args, "results", None) is not None:  # batchlens --results DIR: the results browser alone
         from batchlens.ui.results.window import run_results_window
 
@@ -33,30 +49,40 @@ def run_window(args: argparse.Namespace) -> int:
         )
         return 2
     app = create_app()
-    splash = show_splash()  # at once: importing PyTorch takes seconds (tens on a slow disk)
-    leave_a_core_for_the_window()
-    from batchlens.core.startup import freeze_imported_objects
+    crash_log = CrashLog()  # faulthandler into the data folder; the last session's crash, if any
+    crashed = crash_log.start()
+    collector = GuiThreadCollector().start()  # cycles are freed on the GUI thread, not a worker's
+    # The window needs no torch (ui/engine.py): it opens in a second or two, and PyTorch and the run's
+    # code load behind it; a Run pressed before then says "Loading PyTorch…" and starts when ready.
+    from batchlens.ui.engine import Engine
     from batchlens.ui.main_window import MainWindow
 
-    freeze_imported_objects()
-    window = MainWindow()
+    engine = Engine()
+    window = MainWindow(engine=engine)
     window.prefill(
         model=getattr(args, "window_model", None),
         input_dir=getattr(args, "window_input", None),
         output_dir=getattr(args, "window_output", None),
         device=getattr(args, "window_device", None),
     )
+    follow_runs(window, crash_log)
     window.show()
-    splash.finish(window)
+    if crashed is not None:
+        QTimer.singleShot(0, lambda: offer_report(window, crashed))
+    # After the first paint: the memory plot (pyqtgraph), then the engine on its thread, which holds the
+    # GIL for most of a second at a time.
+    QTimer.singleShot(ENGINE_AFTER_MS, window.load_behind)
     if getattr(args, "window_start", False):
-        window.ask_questions = False
-        QTimer.singleShot(0, window.start_run)
+        window.start_when_counted()  # a folder without images is refused as the Run button refuses it
     code = app.exec()
+    collector.stop()
+    crash_log.finish()  # a clean end (also when finish() leaves a run thread behind)
     return finish(window, code)
 
 
 def show_splash() -> QSplashScreen:
-    """A small start-up window that says what is taking time, painted before the heavy imports."""
+    """A small start-up window that says what is taking time (no longer shown at start: the window
+    itself comes first and loads PyTorch behind it)."""
     from PySide6.QtWidgets import QApplication
 
     pixmap = QPixmap(360, 140)

@@ -10,11 +10,13 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt, QThread, QTimer, QUrl, Signal, Slot
 from PySide6.QtGui import QAction, QDesktopServices, QKeySequence
 from PySide6.QtWidgets import (
     QGroupBox,
+    QLabel,
     QMainWindow,
     QSplitter,
     QStatusBar,
@@ -22,15 +24,15 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from batchlens.core.cluster import ClusterConfig, ClusterRunner
+from batchlens.core.cluster import ClusterConfig
 from batchlens.core.errors import BatchLensError
 from batchlens.core.machine.devices import resolve_device
-from batchlens.core.machine.memory import ClearResult, MemoryProbe, format_bytes, probe_for
+from batchlens.core.machine.memory import ClearResult, CpuProbe, MemoryProbe, format_bytes, probe_for
 from batchlens.core.run.config import RunConfig
 from batchlens.core.run.events import ImageResult, RunFinished, RunNote, RunStarted
 from batchlens.core.run.run_speed import RunClock, format_rate
 from batchlens.core.run.run_text import describe_start, describe_summary
-from batchlens.ui.memory_plot import MemoryPlot
+from batchlens.ui.engine import LOADING, Engine
 from batchlens.ui.menus import Menus
 from batchlens.ui.model_sources import ModelSources
 from batchlens.ui.pages import Pages, first_start_geometry
@@ -41,7 +43,9 @@ from batchlens.ui.run_form import CLUSTER, RunForm, dropped_folder
 from batchlens.ui.run_setup import RunSetup
 from batchlens.ui.settings import Settings
 from batchlens.ui.wording import for_window
-from batchlens.ui.worker import RunWorker, start_in_thread
+
+if TYPE_CHECKING:
+    from batchlens.ui.memory_plot import MemoryPlot
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,8 @@ PREVIEW_INTERVAL_MS = 80
 
 
 def probe_for_name(name: str) -> MemoryProbe:
+    if name == "cpu":  # process RAM: no torch needed, so the plot runs before the engine loads
+        return CpuProbe()
     return probe_for(resolve_device(name))
 
 
@@ -62,12 +68,21 @@ class MainWindow(QMainWindow):
         settings: Settings | None = None,
         probe_factory: Callable[[str], MemoryProbe] = probe_for_name,
         parent: QWidget | None = None,
+        engine: Engine | None = None,
     ):
+        """`engine`: PyTorch and the run's code, loaded behind the window (ui/engine.py, as app.py
+        does); without one, the window loads it at once."""
         super().__init__(parent)
+        if engine is None:
+            engine = Engine(self)
+            engine.load()
+        self.engine = engine
+        self._run_waits_for_engine = False
         self.settings = settings or Settings()
         self.probe_factory = probe_factory
         self.ask_questions = True  # False in --self-test and --start: never block on a dialog
-        self.worker: RunWorker | None = None
+        self.worker = None  # the RunWorker of the current run (ui/worker.py, part of the engine)
+        self._cluster_run = False
         self.thread: QThread | None = None
         self.last_summary: dict | None = None
         self.last_error: str | None = None
@@ -79,10 +94,15 @@ class MainWindow(QMainWindow):
         self._build()
         self._wire()
         self._restore()
+        if not engine.is_ready():
+            engine.ready.connect(self._on_engine_ready)
+            engine.failed.connect(self._on_engine_failed)
+            if engine.error is not None:
+                self._on_engine_failed(engine.error)
 
     # == layout ====================================================================================
     def _build(self) -> None:
-        self.form = RunForm()
+        self.form = RunForm(find_devices=self.engine.is_ready())
         self.setup = RunSetup(self)
         self.model_picker = self.form.model_picker
         self.model_sources = ModelSources(self)  # weights download, "Use weights file…", pickle trust
@@ -91,11 +111,13 @@ class MainWindow(QMainWindow):
         self.preview_box = PreviewBox()
         self.previews = self.preview_box.panel
         self.thumbnails = self.preview_box.thumbnails
-        self.memory_plot = MemoryPlot()
         memory_box = QGroupBox("Memory")
         self.memory_box = memory_box
-        memory_layout = QVBoxLayout(memory_box)
-        memory_layout.addWidget(self.memory_plot)
+        # pyqtgraph takes a second or two to import: the plot comes after the paint (build_memory_plot)
+        self.memory_plot: MemoryPlot | None = None
+        self._memory_placeholder = QLabel("The memory plot appears in a moment…")
+        self._memory_placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        QVBoxLayout(memory_box).addWidget(self._memory_placeholder)
 
         self.problems = ProblemsPanel()
 
@@ -150,14 +172,12 @@ class MainWindow(QMainWindow):
         self.form.input_changed.connect(lambda: self._choices_changed(model=False))
         self.form.counted.connect(self._on_counted)
         self.form.cluster_changed.connect(lambda _address: self._show_where())
-        self.memory_plot.cache_cleared.connect(self._on_cache_cleared)
 
     def _restore(self) -> None:
         s = self.settings
         self.form.restore(s)
-        self.memory_plot.whole_device.setChecked(s.whole_gpu)
-        if self.memory_plot.probe is None:
-            self._on_device_changed()
+        if self.engine.is_ready():  # built at once (tests, the self-test); app.py builds it after the paint
+            self.build_memory_plot()
         # A saved geometry Qt itself moves onto a screen and shrinks to fit (a laptop off its big monitor).
         if (geometry := s.state("geometry")) is None or not self.restoreGeometry(geometry):
             self.setGeometry(first_start_geometry(self.screen().availableGeometry()))
@@ -171,7 +191,8 @@ class MainWindow(QMainWindow):
     def save_settings(self) -> None:
         s = self.settings
         self.form.save(s)
-        s.whole_gpu = self.memory_plot.whole_device.isChecked()
+        if self.memory_plot is not None:
+            s.whole_gpu = self.memory_plot.whole_device.isChecked()
         s.set_state("geometry", self.saveGeometry())
         s.set_state("top_splitter", self.top_splitter.saveState())
         s.set_state("main_splitter", self.main_splitter.saveState())
@@ -204,8 +225,34 @@ class MainWindow(QMainWindow):
     def set_device(self, name: str) -> bool:
         return self.form.set_device(name)
 
+    def build_memory_plot(self) -> None:
+        """Put the memory plot in its panel (once). pyqtgraph's import takes 1-2 s on a busy machine,
+        so app.py calls this after the window's first paint, before the engine loads."""
+        if self.memory_plot is not None:
+            return
+        from batchlens.ui.memory_plot import MemoryPlot
+
+        self.memory_plot = MemoryPlot()
+        layout = self.memory_box.layout()
+        layout.replaceWidget(self._memory_placeholder, self.memory_plot)
+        self._memory_placeholder.deleteLater()
+        self.memory_plot.cache_cleared.connect(self._on_cache_cleared)
+        self.memory_plot.whole_device.setChecked(self.settings.whole_gpu)
+        self._set_save_folder()
+        self._on_device_changed()
+
+    def load_behind(self) -> None:
+        """After the first paint (app.py): the memory plot, then PyTorch and the engine on a thread."""
+        self.build_memory_plot()
+        self.engine.load_in_background()
+
     def _on_device_changed(self, *_args) -> None:
+        if self.memory_plot is None:
+            return  # build_memory_plot sets its probe
         name = self.device_name()
+        if not self.engine.is_ready() and name not in ("cpu", CLUSTER):
+            self.memory_plot.set_where(f"{LOADING} The plot starts once the devices are known.")
+            return  # a GPU's probe needs torch: _on_engine_ready sets it
         try:
             # On a cluster the plot can only show this window's own process; it says so.
             self.memory_plot.set_probe(self.probe_factory("cpu" if name == CLUSTER else name))
@@ -214,6 +261,8 @@ class MainWindow(QMainWindow):
         self._show_where()
 
     def _show_where(self, worker_report: str = "") -> None:
+        if self.memory_plot is None:
+            return
         if self.device_name() != CLUSTER:
             self.memory_plot.set_where(None)
             return
@@ -275,9 +324,51 @@ class MainWindow(QMainWindow):
             self.controls.set_total(max(count, 0))
         self._update_blocker()
 
+    # == the engine, loaded behind the window ========================================================
+    def _on_engine_ready(self) -> None:
+        self.build_memory_plot()  # (already there when app.py's load_behind started the engine)
+        missing = self.form.fill_devices()
+        if missing:
+            self.show_error(f"Device {missing!r} is not available here; using {self.device_name()}.")
+        self._on_device_changed()
+        if self._run_waits_for_engine:
+            self._run_waits_for_engine = False
+            self.controls.show_message("")
+            self.start_run()
+
+    def _on_engine_failed(self, message: str) -> None:
+        self._run_waits_for_engine = False
+        self.show_error(message)
+
+    def start_when_counted(self) -> None:
+        """`batchlens --start`: press Run once the input's images are counted, so a folder without images
+        is refused as the Run button refuses it (pressed at once, a count still under way let it run)."""
+        self.ask_questions = False
+        form = self.form
+
+        def counted(*_args) -> None:
+            form.counted.disconnect(counted)
+            self.start_run()
+
+        form.counted.connect(counted)
+        form.count_now()
+
     def start_run(self) -> bool:
         if self.is_running():
             return False
+        if not self.engine.is_ready():  # Run pressed while PyTorch loads: start when it is ready
+            if self.engine.error is not None:
+                self.show_error(self.engine.error)
+                return False
+            self._run_waits_for_engine = True
+            self.controls.show_message(f"{LOADING} The run starts as soon as it is ready.")
+            self.statusBar().showMessage(LOADING)
+            return False
+        from batchlens.core.cluster import ClusterRunner
+        from batchlens.ui.worker import RunWorker, start_in_thread
+
+        self.build_memory_plot()  # the engine's `ready` may still be on its way to _on_engine_ready
+
         form = self.form
         blocker = self.run_blocker()
         if blocker is not None:
@@ -302,7 +393,8 @@ class MainWindow(QMainWindow):
         self.memory_plot.set_save_folder(config.output_dir)
 
         runner = None
-        if self.device_name() == CLUSTER:
+        self._cluster_run = self.device_name() == CLUSTER
+        if self._cluster_run:
             runner = ClusterRunner(config, ClusterConfig(form.cluster_address()))
         worker = RunWorker(config, runner=runner)
         worker.yielded.connect(self._on_event)
@@ -358,7 +450,7 @@ class MainWindow(QMainWindow):
     def _on_event(self, event) -> None:
         if isinstance(event, ImageResult):
             self._on_image(event)
-            if isinstance(self.worker and self.worker.runner, ClusterRunner):
+            if self._cluster_run:
                 self._show_where(
                     f"Latest worker report: {format_bytes(event.memory.allocated)} in use, "
                     f"peak {format_bytes(event.memory.peak)}."
@@ -367,7 +459,7 @@ class MainWindow(QMainWindow):
             self.clock.start()
             self.controls.set_total(event.total)
             memory = "RAM" if event.memory_kind == "cpu" else f"{event.memory_kind.upper()} memory"
-            if isinstance(self.worker and self.worker.runner, ClusterRunner):
+            if self._cluster_run:
                 memory = "this window's own process; the workers report theirs above it"
             self.statusBar().showMessage(f"{describe_start(event)}; the plot shows {memory}.")
             self.previews.clear("Waiting for the first image…")
@@ -417,9 +509,12 @@ class MainWindow(QMainWindow):
         self._refresh_previews()
         if self.controls.is_busy():  # stopped before the engine counted the images: not busy now
             self.controls.set_total(max(self.form.image_count(), 0))
-        if self.worker is not None:
-            self.worker.deleteLater()
+        # The worker lives in the run's thread, which has ended: a deleteLater() would wait for that
+        # thread's event loop forever (the worker, its runner and their signals were kept for good, one
+        # set per run). Once the thread is done, no event of the worker's can be running: dropping the
+        # last reference deletes it here. The thread itself is deleted by the event loop.
         if self.thread is not None:
+            self.thread.wait()  # (finished was emitted from the thread just before it ended)
             self.thread.deleteLater()
         self.worker = None
         self.thread = None
@@ -455,9 +550,14 @@ class MainWindow(QMainWindow):
         self.run_action.setEnabled(not running)
         output = self.form.output_text()
         self.controls.set_output_available(bool(output) and Path(output).is_dir())
-        self.memory_plot.set_save_folder(Path(output).expanduser() if output else None)
+        self._set_save_folder()
         if not running:
             self._update_blocker()
+
+    def _set_save_folder(self) -> None:
+        output = self.form.output_text()
+        if self.memory_plot is not None:
+            self.memory_plot.set_save_folder(Path(output).expanduser() if output else None)
 
     def open_output_folder(self) -> bool:
         """Show the output folder in the file manager; say so plainly when there is none to show it."""
@@ -494,8 +594,10 @@ class MainWindow(QMainWindow):
                 CLOSE_WAIT_MS / 1000,
             )
         self.preview_timer.stop()
-        self.memory_plot.timer.stop()
+        if self.memory_plot is not None:
+            self.memory_plot.timer.stop()
         self.pages.shutdown()
         self.form.shutdown()
+        self.model_sources.shutdown()
         self.save_settings()
         event.accept()

@@ -31,6 +31,7 @@ class Menus:
         self.open_model_action = file_menu.addAction("Open &model file…", self.open_model_file)
         self.open_results_action = file_menu.addAction("Open &results…", self.ask_results_folder)
         self.open_results_action.setShortcut(QKeySequence.StandardKey.Open)
+        self.export_action = file_menu.addAction("&Export results…", self.export_results)
         file_menu.addSeparator()
         self.quit_action = file_menu.addAction("&Quit", window.close)
         self.quit_action.setShortcut(QKeySequence("Ctrl+Q"))
@@ -92,6 +93,15 @@ class Menus:
         folder = QFileDialog.getExistingDirectory(self.window, "Open the output folder of a run", start)
         if folder:
             self.window.pages.show_results(Path(folder))
+
+    def export_results(self) -> None:
+        """File › Export…: the results shown (or the output folder's) as CSV, COCO or YOLO."""
+        from batchlens.ui.results.after_run_dialogs import export
+
+        if not self.window.pages.showing_results():
+            self.show_output_results()
+        if self.window.pages.showing_results():
+            export(self.window.pages.results_browser)
 
     def show_output_results(self) -> None:
         output = Path(self.window.form.output_text()).expanduser()

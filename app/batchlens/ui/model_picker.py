@@ -22,7 +22,7 @@ from batchlens.core.errors import BatchLensError
 from batchlens.core.models import ModelInfo, list_models
 from batchlens.core.models.files import MODEL_FILE_SUFFIXES, file_model_info
 from batchlens.core.models.hf_cache import HF_PREFIX, hf_folder_info, hub_model_info
-from batchlens.core.models.timm_models import TIMM_PREFIX
+from batchlens.core.models.info import TIMM_PREFIX
 
 ROLE_INFO = Qt.ItemDataRole.UserRole + 1
 OPEN_FILE = "open-file"
@@ -166,7 +166,8 @@ class ModelPicker(QWidget):
                 self._add_actions()
             self._add_header(SOURCE_TITLES.get(source, source.title()))
             for info in groups[source]:
-                item = QStandardItem(f"{info.id}  —  {info.task}")
+                note = info.download_note()  # "needs a 97.8 MiB download", before Run is pressed
+                item = QStandardItem(f"{info.id}  —  {info.task}" + (f"  ({note})" if note else ""))
                 item.setData(info, ROLE_INFO)
                 item.setToolTip(info.description or info.id)
                 self.item_model.appendRow(item)

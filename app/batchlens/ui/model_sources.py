@@ -293,6 +293,16 @@ class ModelSources(QObject):
         dialog.start()
         return dialog
 
+    def shutdown(self, wait_ms: int = 5000) -> bool:
+        """The window is closing: cancel a download under way and wait for its thread (a QThread
+        destroyed with the window while it still ran aborts the whole program, without a word).
+        True when no download thread is left running."""
+        dialog = self.download_dialog
+        if dialog is None or not dialog.thread.isRunning():
+            return True
+        dialog.worker.cancelled = True  # read between chunks: the download stops at the next one
+        return dialog.thread.wait(wait_ms)
+
     def _on_downloaded(self, model_id: str) -> None:
         """A hub model is in the cache now: the list shows its task instead of "from the hub"."""
         self.downloaded.add(model_id)

@@ -113,11 +113,21 @@ class PlotMarkers:
         return any(a < side[1] and side[0] < b for a, b, r in placed if r == row)
 
     def drop_older_than(self, oldest_s: float) -> None:
-        """Remove the lines left of the plot's window (and any beyond 500), with their labels."""
+        """Remove the lines left of the plot's window (and any beyond 500), with their labels.
+
+        A label is a child item of its line, and each holds the other from Python (`label.line`, the
+        line's signal to the label). Dropped together, the line's wrapper could be freed from inside
+        the label's: Qt deleted the label with its line while its wrapper was being freed, and the
+        window segfaulted when the first labelled marker scrolled out of the plot (issue #25). So a
+        label is taken off its line first: each wrapper then deletes only its own item."""
         while self._lines and (self._lines[0][0].time_s < oldest_s or len(self._lines) > 500):
-            _, line = self._lines.popleft()
+            marker, line = self._lines.popleft()
             self.plot_item.removeItem(line)
-        self._labels = [(m, label) for m, label in self._labels if label.scene() is not None]
+            for label in [label for m, label in self._labels if m is marker]:
+                line.sigPositionChanged.disconnect(label.valueChanged)
+                label.setParentItem(None)
+                label.line = None
+            self._labels = [(m, label) for m, label in self._labels if m is not marker]
 
     def set_fill(self, fill: QBrush) -> None:
         """A new background behind the labels (the palette changed)."""

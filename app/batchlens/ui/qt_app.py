@@ -3,6 +3,7 @@ whether this machine has a display. Both the window's start (app.py) and its sel
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 
@@ -11,6 +12,7 @@ from PySide6.QtGui import QColor, QGuiApplication, QIcon, QPalette
 from PySide6.QtWidgets import QApplication
 
 from batchlens.core.resources import resource_path
+from batchlens.ui.native_libs import load_before_qt
 
 APP_NAME = "BatchLens"
 
@@ -28,6 +30,7 @@ def create_app(argv: list[str] | None = None) -> QApplication:
     """The QApplication (made once), with name, icon and the platform's own light or dark theme."""
     app = QApplication.instance()
     if app is None:
+        load_before_qt()  # triton's native library before the GTK3 theme's (native_libs.py)
         # Qt 6 scales for high-DPI screens by itself; the window uses palette colours only, so it
         # follows the system's light or dark scheme.
         app = QApplication(argv if argv is not None else [sys.argv[0]])
@@ -106,3 +109,51 @@ def needs_offscreen() -> bool:
         and not os.environ.get("DISPLAY")
         and not os.environ.get("WAYLAND_DISPLAY")
     )
+
+
+#: The system libraries Qt's X11 (xcb) platform plugin loads and a minimal Debian/Ubuntu may lack, with the
+#: package of each: the README's "Qt's system libraries" list, in its order.
+XCB_LIBRARIES = {
+    "libEGL.so.1": "libegl1",
+    "libGL.so.1": "libgl1",
+    "libfontconfig.so.1": "libfontconfig1",
+    "libglib-2.0.so.0": "libglib2.0-0",
+    "libdbus-1.so.3": "libdbus-1-3",
+    "libX11-xcb.so.1": "libx11-xcb1",
+    "libxkbcommon-x11.so.0": "libxkbcommon-x11-0",
+    "libxcb-cursor.so.0": "libxcb-cursor0",
+    "libxcb-icccm.so.4": "libxcb-icccm4",
+    "libxcb-keysyms.so.1": "libxcb-keysyms1",
+    "libxcb-randr.so.0": "libxcb-randr0",
+    "libxcb-render-util.so.0": "libxcb-render-util0",
+    "libxcb-shape.so.0": "libxcb-shape0",
+    "libxcb-sync.so.1": "libxcb-sync1",
+    "libxcb-xfixes.so.0": "libxcb-xfixes0",
+}
+
+
+def _load_library(name: str) -> None:
+    ctypes.CDLL(name)  # dlopen, as Qt's plugin loader would: OSError when it is not there
+
+
+def missing_xcb_library() -> str | None:
+    """One sentence naming the first library of XCB_LIBRARIES that cannot be loaded, where Qt is about
+    to use its xcb platform on Linux; None when all load or Qt will not use xcb. Without this, Qt prints
+    "Could not load the Qt platform plugin" and aborts, naming no library."""
+    if not sys.platform.startswith("linux"):
+        return None
+    platform = os.environ.get("QT_QPA_PLATFORM", "")
+    if platform and not platform.startswith("xcb"):
+        return None
+    if not platform and (os.environ.get("WAYLAND_DISPLAY") or not os.environ.get("DISPLAY")):
+        return None  # Wayland, or no display at all (needs_offscreen says that)
+    for library, package in XCB_LIBRARIES.items():
+        try:
+            _load_library(library)
+        except OSError:
+            return (
+                f"batchlens: the window needs the system library {library}, which is not installed: "
+                f"install it with `sudo apt-get install {package}` (the README's Quick start lists every "
+                "library Qt needs), or use `batchlens run` without a window."
+            )
+    return None

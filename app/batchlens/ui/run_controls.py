@@ -99,9 +99,6 @@ class RunControls(QWidget):
         self.blocked_reason.setText(f"Nothing to run yet: {reason}" if reason else "")
         self.blocked_reason.setVisible(reason is not None and not self._running)
 
-    def blocked(self) -> str | None:
-        return self._blocked
-
     # -- progress -------------------------------------------------------------------------------------
     def set_busy(self) -> None:
         """An indefinite bar: the run is starting and does not know its total yet."""

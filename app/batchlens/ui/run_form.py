@@ -93,7 +93,10 @@ def count_images(folder: Path, recursive: bool, exclude: Path | None) -> tuple[i
             "This folder does not exist." if not folder.exists() else "This is a file, not a folder."
         )
     stats = ScanStats()
-    count = sum(1 for _ in scan_images(folder, recursive, stats, exclude=exclude))
+    try:
+        count = sum(1 for _ in scan_images(folder, recursive, stats, exclude=exclude))
+    except BatchLensError as exc:  # the folder cannot be listed: say so, not "0 images found"
+        return NOT_COUNTED, str(exc)
     text = f"{count} image{'s' if count != 1 else ''} found"
     if stats.skipped:
         text += f" ({stats.skipped} other file{'s' if stats.skipped != 1 else ''} will be skipped)"
@@ -122,8 +125,12 @@ class RunForm(QGroupBox):
     input_changed = Signal()  # the input folder, subfolders or output folder changed (not yet counted)
     counted = Signal(int, str)  # images found (NOT_COUNTED: no folder to count), the sentence shown
 
-    def __init__(self, parent: QWidget | None = None):
+    def __init__(self, parent: QWidget | None = None, find_devices: bool = True):
+        """`find_devices`: list the GPUs now (this imports torch); False lists "auto" and the CPU
+        until `fill_devices()` is called once the engine is loaded (ui/engine.py)."""
         super().__init__("What to run", parent)
+        self._devices_known = False
+        self._wanted_device: str | None = None  # a saved or asked-for GPU, chosen once they are known
         self._output_is_auto = True
         self._previous_model: str | None = None
         self._count = NOT_COUNTED
@@ -139,7 +146,10 @@ class RunForm(QGroupBox):
         self.device_combo.setToolTip(
             "Where the model runs. Auto picks a CUDA GPU, then Apple MPS, then Intel XPU, then the CPU."
         )
-        self.fill_devices()
+        if find_devices:
+            self.fill_devices()
+        else:
+            self._fill_before_engine()
         self.cluster_edit = QLineEdit("auto")
         self.cluster_edit.setPlaceholderText("auto, local, HOST:PORT or ray://HOST:PORT")
         self.cluster_edit.setToolTip(
@@ -225,7 +235,22 @@ class RunForm(QGroupBox):
         QGuiApplication.instance().applicationStateChanged.connect(self._on_application_state)
 
     # -- devices ----------------------------------------------------------------------------------
-    def fill_devices(self) -> None:
+    def _fill_before_engine(self) -> None:
+        """Before PyTorch is loaded: "auto" and the processor, which need no torch to name."""
+        self.device_combo.clear()
+        self.device_combo.addItem("Auto (best available: looking for GPUs…)", "auto")
+        self.device_combo.addItem("cpu — processor (RAM)", "cpu")
+        if ray_installed():
+            self.device_combo.addItem("Cluster (Ray): address →", CLUSTER)
+
+    def fill_devices(self) -> str | None:
+        """List every device (imports torch). Returns the device that was asked for before the list was
+        known and is not here (None when there was none, or it is here)."""
+        wanted = self._wanted_device or (self.device_name() if self.device_combo.count() else None)
+        self._wanted_device = None
+        first_fill = not self._devices_known
+        self._devices_known = True
+        self.device_combo.blockSignals(True)
         self.device_combo.clear()
         try:
             auto = str(resolve_device("auto"))
@@ -238,6 +263,10 @@ class RunForm(QGroupBox):
             self.device_combo.addItem(label, choice.name)
         if ray_installed():  # the installers ship without Ray: no choice that can only fail
             self.device_combo.addItem("Cluster (Ray): address →", CLUSTER)
+        self.device_combo.blockSignals(False)
+        if wanted is not None and not self.set_device(wanted):
+            return wanted if first_fill else None
+        return None
 
     def device_name(self) -> str:
         return self.device_combo.currentData() or "auto"
@@ -246,6 +275,9 @@ class RunForm(QGroupBox):
         index = self.device_combo.findData(name.strip().lower())
         if index < 0 and name.strip().lower() == "cuda":
             index = self.device_combo.findData("cuda:0")
+        if index < 0 and not self._devices_known:  # a GPU, before they are listed: chosen once they are
+            self._wanted_device = name.strip().lower()
+            return True
         if index < 0:
             self.device_combo.setCurrentIndex(0)
             return False

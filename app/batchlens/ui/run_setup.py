@@ -85,7 +85,8 @@ class RunSetup:
         """When the output folder already holds a run, ask (core/outputs/manifest.py has the words): Another
         folder (the default, a new one beside it), Resume (off when the earlier run is of another model
         or input folder), Overwrite, or Cancel (None). Returns ("plain" | "resume" | "overwrite",
-        folder). Without questions (--start, --self-test): resume when allowed, else another folder."""
+        folder). Overwrite is off for a folder without run.json (only what run.json lists is ever
+        deleted). Without questions (--start, --self-test): resume when allowed, else another folder."""
         earlier = existing_run(output_dir)
         if earlier is None:
             return "plain", output_dir
@@ -100,6 +101,7 @@ class RunSetup:
         resume = box.addButton("Resume", QMessageBox.ButtonRole.YesRole)
         overwrite = box.addButton("Overwrite", QMessageBox.ButtonRole.DestructiveRole)
         resume.setEnabled(refusal is None)
+        overwrite.setEnabled(earlier.manifest is not None)  # no run.json: --overwrite is refused
         box.setDefaultButton(another)
         box.exec()
         clicked = box.clickedButton()

@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
 )
 
 from batchlens.core.errors import BatchLensError
-from batchlens.core.models.catalogue import catalogue_tasks
+from batchlens.core.models.catalogue_index import catalogue_tasks
 from batchlens.core.models.files import is_weights_file, read_labels, sidecar_path_for
 from batchlens.core.models.preprocessing import (
     IMAGENET_MEAN,

@@ -8,6 +8,17 @@ actor pool, the ray:// remote driver) and `connect` (installing and joining a Ra
 
 from batchlens.core.cluster.connect import ray_installed, require_ray
 from batchlens.core.cluster.plan import ClusterConfig, WorkerPlan, plan_workers
-from batchlens.core.cluster.ray_backend import ClusterRunner
+
+# ClusterRunner imports torch (and Ray when a run starts): it loads when first asked for, so the window
+# and `batchlens models` start without torch.
+
+
+def __getattr__(name: str):
+    if name == "ClusterRunner":
+        from batchlens.core.cluster.ray_backend import ClusterRunner
+
+        return ClusterRunner
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["ClusterConfig", "ClusterRunner", "WorkerPlan", "plan_workers", "ray_installed", "require_ray"]

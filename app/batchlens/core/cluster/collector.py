@@ -45,8 +45,9 @@ class ResultCollector:
             event.image, event.status, event.error, event.seconds, event.fields
         )
         while self.next_line in self.pending:  # predictions.jsonl stays in scan order
-            self.writer.write(self.pending.pop(self.next_line))
+            self.writer.write_line(self.pending.pop(self.next_line))
             self.next_line += 1
+        self.writer.check()  # the output folder and predictions.jsonl still the run's (core/files.py)
         self.counts[event.status] += 1
         self.peak = max(self.peak, event.memory.peak)
         self.hosts.add(str(row["worker"]).split(" (")[0])
@@ -62,7 +63,7 @@ class ResultCollector:
     def close(self) -> None:
         """However the run ended: keep what finished (a cancelled run too), still in scan order."""
         for line in sorted(self.pending):
-            self.writer.write(self.pending[line])
+            self.writer.write_line(self.pending[line])
         self.pending.clear()
         self.writer.close(order=[c.rel for c in self.candidates] if self.config.resume else None)
 
@@ -109,6 +110,6 @@ def row_event(row: dict, index: int, total: int) -> ImageResult:
 def _image(data) -> Image.Image | None:
     if data is None or len(data) == 0:
         return None
-    image = Image.open(io.BytesIO(bytes(data)))
+    image = Image.open(io.BytesIO(bytes(data)), formats=["PNG"])  # the worker sends PNGs, only
     image.load()
     return image

@@ -32,7 +32,7 @@ from batchlens.core.cluster.ledger import RetryLedger
 from batchlens.core.cluster.plan import ClusterConfig, WorkerPlan, plan_workers
 from batchlens.core.cluster.worker import BatchWorker, tune_batch_size
 from batchlens.core.errors import BatchLensError
-from batchlens.core.inputs.images import Candidate, ScanStats, scan_images
+from batchlens.core.inputs.images import Candidate, ScanStats, no_images_sentence, scan_images
 from batchlens.core.models import LoadedModel, load_model
 from batchlens.core.outputs.manifest import open_output
 from batchlens.core.outputs.runlock import RunLock
@@ -106,6 +106,8 @@ class ClusterRunner(Runner):
 
         stats = ScanStats()
         candidates = list(scan_images(input_dir, cfg.recursive, stats, exclude=output_dir))
+        if not candidates:  # as a local run: nothing to do is refused before joining a cluster
+            raise BatchLensError(no_images_sentence(input_dir, cfg.recursive, stats, exclude=output_dir))
         joined = connect(ray, self.cluster.address)
         try:
             with RunLock(output_dir):  # one run at a time in a folder (core/outputs/runlock.py)

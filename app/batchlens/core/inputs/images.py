@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, ImageOps
 
+from batchlens.core.errors import BatchLensError, ImageError
 from batchlens.core.formats import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS  # noqa: F401  (re-exported)
+from batchlens.core.image_guard import check_budget, decoded_size, open_image
 from batchlens.core.inputs.jpeg_header import read_jpeg_header
 
 # We enforce our own, configurable pixel limit (checked from the header, before decoding), so
@@ -31,8 +33,7 @@ JUNK_NAMES = frozenset({"thumbs.db", "desktop.ini", ".ds_store", "ehthumbs.db"})
 _NOT_REGULAR = "is not a regular file (a named pipe, socket or device), so it was not opened"
 
 
-class ImageError(Exception):
-    """A problem with one image file. The message is a sentence for a user, without the file name."""
+__all__ = ["ImageError"]  # defined in core/errors.py (tasks and outputs below this room raise it too)
 
 
 @dataclass
@@ -64,6 +65,20 @@ def is_junk(name: str) -> bool:
     return name.startswith(".") or name.lower() in JUNK_NAMES
 
 
+def unlistable(folder: Path) -> str | None:
+    """Why `folder` cannot be listed (a sentence for the user), or None when it can."""
+    try:
+        with os.scandir(folder) as it:
+            next(it, None)
+    except OSError as exc:
+        reason = "permission denied" if isinstance(exc, PermissionError) else exc.strerror or str(exc)
+        return (
+            f"The input folder {folder} cannot be listed ({reason}), so no image in it can be read; "
+            "check that it is a folder you may open."
+        )
+    return None
+
+
 def scan_images(
     root: Path,
     recursive: bool = False,
@@ -74,48 +89,89 @@ def scan_images(
 
     `exclude` is a folder to leave out (the output folder when it sits inside the input).
     Symbolic links to folders are followed once; a loop back to a folder already seen is skipped.
+    The walk keeps its own stack (no recursion), so any depth the file system allows is walked; a
+    subfolder that cannot be listed is recorded in `stats.skipped_dirs` and the walk goes on, while
+    an input folder that cannot be listed raises BatchLensError (a run over it would find nothing).
     """
     stats = stats if stats is not None else ScanStats()
     root = Path(root)
-    excluded = exclude.resolve() if exclude is not None else None
+    excluded = _key(exclude) if exclude is not None else None
     seen_dirs: set[tuple[int, int]] = set()
 
-    def walk(directory: Path, prefix: str) -> Iterator[Candidate]:
+    def listing(directory: str, prefix: str) -> Iterator[os.DirEntry] | None:
+        """The folder's entries, sorted; None (and a note) when it is a loop or cannot be listed."""
+        key = _key(directory)
         try:
-            st = directory.stat()
-        except OSError:
-            stats.skipped_dirs.append(prefix or ".")
-            return
-        key = (st.st_dev, st.st_ino)
-        if key in seen_dirs:
-            stats.skipped_dirs.append(prefix)  # symlink loop
-            return
-        seen_dirs.add(key)
-        try:
+            if key is None:  # removed since its parent was listed, or unreadable
+                raise FileNotFoundError(errno.ENOENT, "no such folder")
+            if key in seen_dirs:
+                stats.skipped_dirs.append(prefix)  # a symbolic link back to a folder already seen
+                return None
+            seen_dirs.add(key)
             with os.scandir(directory) as it:
-                entries = sorted(it, key=lambda e: e.name)
+                return iter(sorted(it, key=lambda e: e.name))
         except OSError:
-            stats.skipped_dirs.append(prefix or ".")
-            return
-        for entry in entries:
-            rel = f"{prefix}{entry.name}"
-            if is_junk(entry.name):
-                stats.skipped_junk += 1
-                continue
-            try:
-                is_dir = entry.is_dir()  # follows symlinks; False for a broken link
-            except OSError:
-                is_dir = False
-            if is_dir:
-                if recursive and (excluded is None or Path(entry.path).resolve() != excluded):
-                    yield from walk(Path(entry.path), rel + "/")
-                continue
-            if os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
-                yield Candidate(rel, entry.path)
-            else:
-                stats.skipped_not_image += 1
+            if not prefix:  # the input folder itself: a run over it would find nothing
+                why = unlistable(root) or f"The input folder {root} cannot be listed."
+                raise BatchLensError(why) from None
+            stats.skipped_dirs.append(prefix)
+            return None
 
-    yield from walk(root, "")
+    first = listing(str(root), "")
+    stack: list[tuple[Iterator[os.DirEntry], str]] = [(first, "")] if first is not None else []
+    while stack:
+        entries, prefix = stack[-1]
+        entry = next(entries, None)
+        if entry is None:
+            stack.pop()
+            continue
+        rel = f"{prefix}{entry.name}"
+        if is_junk(entry.name):
+            stats.skipped_junk += 1
+            continue
+        try:
+            is_dir = entry.is_dir()  # follows symlinks; False for a broken link
+        except OSError:
+            is_dir = False
+        if is_dir:
+            if recursive and (excluded is None or _key(entry.path) != excluded):
+                inner = listing(entry.path, rel + "/")
+                if inner is not None:
+                    stack.append((inner, rel + "/"))
+            continue
+        if os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+            yield Candidate(rel, entry.path)
+        else:
+            stats.skipped_not_image += 1
+
+
+def _key(path) -> tuple[int, int] | None:
+    """A folder's identity (device, inode), following links; None when it cannot be read."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def no_images_sentence(root: Path, recursive: bool, stats: ScanStats, exclude: Path | None = None) -> str:
+    """Why a run over `root` has nothing to do, in one sentence: where it looked, what it passed over,
+    and, when subfolders were left out, how many of them hold images (--recursive includes them)."""
+    skipped = (
+        f" ({stats.skipped} other file{'s' if stats.skipped != 1 else ''} skipped)" if stats.skipped else ""
+    )
+    if recursive:
+        return f"There are no images in {root} or its subfolders{skipped}."
+    folders = {c.rel.split("/", 1)[0] for c in scan_images(root, True, exclude=exclude) if "/" in c.rel}
+    if folders:
+        return (
+            f"There are no images in {root} itself{skipped}, but {len(folders)} of its subfolder"
+            f"{'s hold' if len(folders) != 1 else ' holds'} images: add --recursive to include them."
+        )
+    return (
+        f"There are no images in {root}{skipped}; only its own files were looked at "
+        "(--recursive also looks in its subfolders)."
+    )
 
 
 @dataclass
@@ -162,31 +218,6 @@ def open_input(path: Path) -> BinaryIO:
         f.close()
         raise ImageError(_NOT_REGULAR if not stat.S_ISREG(st.st_mode) else "is empty (0 bytes)")
     return f
-
-
-def _sniff(path: Path) -> str:
-    """Say what a file that Pillow cannot read looks like, from its first bytes."""
-    try:
-        with open_input(path) as f:
-            head = f.read(512)
-    except ImageError:
-        return "is not an image Pillow can read"
-    if not head:
-        return "is empty (0 bytes)"
-    if head.startswith(b"\x1f\x8b"):
-        return "is a gzip archive, not an image"
-    if head.startswith(b"PK\x03\x04"):
-        return "is a zip archive, not an image"
-    if head.startswith(b"%PDF"):
-        return "is a PDF document, not an image"
-    lowered = head.lstrip().lower()
-    if lowered.startswith((b"<!doctype html", b"<html", b"<?xml", b"<svg")):
-        return "is an HTML/XML document, not an image"
-    try:
-        head.decode("utf-8")
-        return "is a text file, not an image"
-    except UnicodeDecodeError:
-        return "is not an image Pillow can read (unknown or unsupported format)"
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
@@ -236,7 +267,7 @@ def decodes_reduced(path: Path, reduce_to: SizeWanted) -> bool:
     """Whether load_image(path, reduce_to=reduce_to) decodes this file at 1/2 scale or less (read from
     its header): a JPEG, at least twice the size asked for (JPEG scales only by 1/2, 1/4 and 1/8)."""
     try:
-        with open_input(path) as f, Image.open(f) as im:
+        with open_input(path) as f, open_image(f) as im:  # the default bound: an icon is decoded as it opens
             if im.format != "JPEG":
                 return False
             upright, _ = _upright(im)
@@ -260,20 +291,19 @@ def load_image(
     """
     f = open_input(path)
     try:
-        with f, Image.open(f) as im:
-            width, height = im.size
-            if max_pixels and width * height > max_pixels:
-                raise ImageError(
-                    f"is {width}×{height} pixels ({width * height / 1e6:.0f} megapixels), over the "
-                    f"limit of {max_pixels / 1e6:.0f} megapixels; refused without decoding it as a "
-                    "possible decompression bomb (raise the limit with --max-pixels if it is genuine)"
-                )
+        # The allowed formats only, each picture the file declares within max_pixels (core/image_guard.py).
+        with f, open_image(f, max_pixels, mode) as im:
             frames = getattr(im, "n_frames", 1)
             im.seek(0)
+            jpeg = im.format == "JPEG"
+            if not jpeg:  # before its EXIF is asked for: a PNG's getexif() decodes the picture
+                check_budget(im.mode, decoded_size(im), mode, max_pixels)
             upright, turned = _upright(im)
-            wanted = reduce_to(upright) if reduce_to is not None and im.format == "JPEG" else None
+            wanted = reduce_to(upright) if reduce_to is not None and jpeg else None
             if wanted:
                 im.draft(im.mode, wanted[::-1] if turned else wanted)
+            if jpeg:  # at the scale it is decoded at
+                check_budget(im.mode, decoded_size(im), mode, max_pixels)
             im.load()
             # In place: an upright image is not copied (a 2 MP copy is ~3 % of a CPU run). The
             # pixels stay usable after the `with` block, which only closes the file.
@@ -283,8 +313,6 @@ def load_image(
         raise
     except PermissionError:
         raise ImageError("cannot be read: permission denied") from None
-    except UnidentifiedImageError:
-        raise ImageError(_sniff(path)) from None
     except MemoryError:
         raise ImageError("is too large to decode in the memory that is left") from None
     except Exception as exc:  # Pillow's plugins raise many types on malformed data; none may end a run
@@ -310,7 +338,7 @@ def header_size(path: Path) -> tuple[int, int] | None:
             if jpeg is not None:
                 return jpeg.width, jpeg.height
             f.seek(0)
-            with Image.open(f) as im:
-                return im.size
+            with open_image(f) as im:  # the default bound: an icon is decoded as it opens
+                return decoded_size(im)
     except Exception:
         return None

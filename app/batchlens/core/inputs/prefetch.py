@@ -11,13 +11,19 @@ The batches may be a lazy iterable: each is taken from it only when it is submit
 chosen while the run goes (core/run/autobatch.py) applies to every batch not yet submitted. Nothing is
 prepared ahead while the first batch goes through the model: its forward has the cores to itself, so
 the first result comes as soon as a plain loop's.
+
+Work starts only when the consumer asks for a batch, so `settle()` (wait for the work in flight) gives
+the consumer a moment when no decoding thread runs, until its next `next()`: the moment for a change
+to process-wide state (torch.fx's tracing replaces `nn.Module.__call__` for every thread while it
+traces, and the model's preprocessing is made of nn.Modules: core/run/model_speedups.py).
 """
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -59,6 +65,8 @@ class Prefetcher(Generic[T, R]):
         self._pending: deque[Future[R]] = deque()
         self._started = self._closed = False
         self._pool = self._decoders = None
+        self._images: set[Future] = set()  # the images handed to the decoding threads, not done yet
+        self._images_lock = threading.Lock()
         if depth:
             # One thread per batch in flight: it mostly waits for its images, then stacks them.
             self._pool = ThreadPoolExecutor(depth, "batchlens-prefetch", initializer=initializer)
@@ -89,7 +97,28 @@ class Prefetcher(Generic[T, R]):
 
     def _each(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list:
         """`Each` on the decoding threads: all the items at once, the results in order."""
-        return list(self._decoders.map(fn, items))  # (an error cancels the items not started)
+        futures = [self._decoders.submit(fn, item) for item in items]
+        with self._images_lock:
+            self._images.update(futures)
+        for future in futures:
+            future.add_done_callback(self._image_done)
+        try:
+            return [future.result() for future in futures]
+        finally:  # an error cancels the items not started (the others are waited for by `settle`)
+            for future in futures:
+                future.cancel()
+
+    def _image_done(self, future: Future) -> None:
+        with self._images_lock:
+            self._images.discard(future)
+
+    def settle(self) -> None:
+        """Wait until no batch is being prepared and no image decoded; none starts before the next
+        `next()`. The batches prepared meanwhile are kept for it (nothing is lost, only overlap)."""
+        wait(list(self._pending))
+        with self._images_lock:
+            images = list(self._images)
+        wait(images)
 
     def _fill(self, depth: int) -> None:
         while len(self._pending) < depth:

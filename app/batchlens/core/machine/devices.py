@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from batchlens.core.errors import BatchLensError
 
+if TYPE_CHECKING:
+    import torch
+
 
 def _has_mps() -> bool:
+    import torch
+
     backend = getattr(torch.backends, "mps", None)
     return bool(backend and backend.is_available())
 
 
 def _has_xpu() -> bool:
+    import torch
+
     return bool(hasattr(torch, "xpu") and torch.xpu.is_available())
 
 
 def resolve_device(name: str = "auto") -> torch.device:
     """Return the device for `name`, or raise BatchLensError saying why it cannot be used."""
+    import torch
+
     name = (name or "auto").strip().lower()
     if name == "auto":
         if torch.cuda.is_available():
@@ -71,6 +79,8 @@ class DeviceChoice:
 
 def available_devices() -> list[DeviceChoice]:
     """Everything this machine can run on, "auto" first."""
+    import torch
+
     choices = [DeviceChoice("auto", "Auto (best available)")]
     if torch.cuda.is_available():
         for index in range(torch.cuda.device_count()):

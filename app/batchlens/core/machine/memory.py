@@ -14,9 +14,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import psutil
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -114,10 +117,14 @@ class CudaProbe(MemoryProbe):
         self.device = device
 
     def sample(self) -> MemorySample:
+        import torch
+
         free, total = torch.cuda.mem_get_info(self.device)
         return allocator_sample(torch.cuda.memory_stats_as_nested_dict(self.device), total - free, total)
 
     def clear_cache(self) -> ClearResult:
+        import torch
+
         before = torch.cuda.memory_reserved(self.device)
         gc.collect()
         torch.cuda.empty_cache()
@@ -125,6 +132,8 @@ class CudaProbe(MemoryProbe):
         return ClearResult(max(0, before - after), torch.cuda.memory_allocated(self.device))
 
     def reset_peak(self) -> None:
+        import torch
+
         torch.cuda.reset_peak_memory_stats(self.device)
 
 
@@ -139,6 +148,8 @@ class MpsProbe(MemoryProbe):
         self._peak = 0
 
     def sample(self) -> MemorySample:
+        import torch
+
         allocated = torch.mps.current_allocated_memory()
         self._peak = max(self._peak, allocated)
         total = getattr(torch.mps, "recommended_max_memory", lambda: None)()
@@ -147,6 +158,8 @@ class MpsProbe(MemoryProbe):
         )
 
     def clear_cache(self) -> ClearResult:
+        import torch
+
         before = torch.mps.driver_allocated_memory()
         gc.collect()
         torch.mps.empty_cache()
@@ -165,6 +178,8 @@ class XpuProbe(MemoryProbe):
         self.device = device
 
     def sample(self) -> MemorySample:
+        import torch
+
         used = total = None
         if hasattr(torch.xpu, "mem_get_info"):  # not in every XPU build
             free, total = torch.xpu.mem_get_info(self.device)
@@ -172,6 +187,8 @@ class XpuProbe(MemoryProbe):
         return allocator_sample(torch.xpu.memory_stats_as_nested_dict(self.device), used, total)
 
     def clear_cache(self) -> ClearResult:
+        import torch
+
         before = torch.xpu.memory_reserved(self.device)
         gc.collect()
         torch.xpu.empty_cache()
@@ -179,6 +196,8 @@ class XpuProbe(MemoryProbe):
         return ClearResult(max(0, before - after), torch.xpu.memory_allocated(self.device))
 
     def reset_peak(self) -> None:
+        import torch
+
         torch.xpu.reset_peak_memory_stats(self.device)
 
 

@@ -11,35 +11,55 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
+# Only what lists models and answers questions about them is imported here; the loaders (torch,
+# torchvision, transformers, timm) are imported when a model loads, so the window and `batchlens
+# models` start without them.
 from batchlens.core.errors import BatchLensError
-from batchlens.core.models.base import LoadedModel, ModelInfo
-from batchlens.core.models.builtin import BUILTIN_IDS, list_builtin, load_builtin
-from batchlens.core.models.catalogue import (
-    Progress,
-    is_catalogue_model,
-    is_downloaded,
-    list_catalogue,
-    load_catalogue,
-)
-from batchlens.core.models.catalogue import download_weights as download_catalogue_weights
+from batchlens.core.models.builtin import BUILTIN_IDS, list_builtin
+from batchlens.core.models.catalogue_index import is_catalogue_model, is_downloaded, list_catalogue
 from batchlens.core.models.errors import (
     DownloadCancelled,
     PickleRefusedError,
     StateDictMismatchError,
     WeightsDownloadError,
 )
-from batchlens.core.models.files import (
-    MODEL_FILE_SUFFIXES,
-    load_model_file,
-    looks_like_model_file,
-    pickle_risk,
-)
-from batchlens.core.models.hf import is_hf_model, load_hf
+from batchlens.core.models.files import MODEL_FILE_SUFFIXES, looks_like_model_file, pickle_risk
 from batchlens.core.models.hf_cache import HF_PREFIX, is_cached, list_hf_cache, snapshot_for
-from batchlens.core.models.timm_models import is_timm_model, load_timm
+from batchlens.core.models.info import ModelInfo, is_hf_model, is_timm_model
+
+if TYPE_CHECKING:
+    import torch
+
+    from batchlens.core.models.base import LoadedModel
+    from batchlens.core.models.catalogue import Progress
+
+
+def __getattr__(name: str):
+    if name == "LoadedModel":  # imports torch: loaded when first asked for
+        from batchlens.core.models.base import LoadedModel
+
+        return LoadedModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _load_builtin(model: str, device: torch.device, options: dict, progress: Progress | None) -> LoadedModel:
+    from batchlens.core.models.builtin import load_builtin
+
+    return load_builtin(model, device, options)
+
+
+def _load_hf(model: str, device: torch.device, options: dict, progress: Progress | None) -> LoadedModel:
+    from batchlens.core.models.hf import load_hf
+
+    return load_hf(model, device, options)
+
+
+def _load_timm(model: str, device: torch.device, options: dict, progress: Progress | None) -> LoadedModel:
+    from batchlens.core.models.timm_models import load_timm
+
+    return load_timm(model, device, options)
 
 
 def _is_file(model: str) -> bool:
@@ -47,10 +67,15 @@ def _is_file(model: str) -> bool:
 
 
 def _load_file(model: str, device: torch.device, options: dict, progress: Progress | None) -> LoadedModel:
+    from batchlens.core.models.files import load_model_file
+
     return load_model_file(Path(model).expanduser(), device, options)
 
 
 def _load_torchvision(model: str, device: torch.device, options: dict, progress: Progress | None):
+    from batchlens.core.models.catalogue import load_catalogue
+    from batchlens.core.models.files import load_model_file
+
     if options.get("weights"):  # the architecture with the user's state_dict, no download
         weights = Path(options["weights"]).expanduser()
         return load_model_file(weights, device, {**options, "arch": model}, f"{model} ({weights.name})")
@@ -69,12 +94,39 @@ class ModelSource:
 
 # In the order they are asked; a new source is one module and one line here.
 SOURCES = (
-    ModelSource("built-in", lambda model: model in BUILTIN_IDS, lambda m, d, o, p: load_builtin(m, d, o)),
-    ModelSource("huggingface", is_hf_model, lambda m, d, o, p: load_hf(m, d, o)),  # hf:ORG/NAME, folders
-    ModelSource("timm", is_timm_model, lambda m, d, o, p: load_timm(m, d, o)),  # timm:NAME
+    ModelSource("built-in", lambda model: model in BUILTIN_IDS, _load_builtin),
+    ModelSource("huggingface", is_hf_model, _load_hf),  # hf:ORG/NAME, folders
+    ModelSource("timm", is_timm_model, _load_timm),  # timm:NAME
     ModelSource("file", _is_file, _load_file),  # TorchScript, torch.export, state_dicts + sidecar
     ModelSource("torchvision", is_catalogue_model, _load_torchvision),
 )
+
+
+#: The options that describe a model file (docs/models.md): the other sources fix these themselves (a
+#: built-in demo its sidecar, torchvision its weights' preset, Hugging Face and timm their configs).
+FILE_ONLY_OPTIONS = ("arch", "input_size", "resize", "crop", "interpolation", "mean", "std")
+
+
+def refuse_options_that_do_not_apply(model: str, options: dict | None = None) -> None:
+    """BatchLensError (one sentence) when `options` hold a model file's options for a model whose
+    preprocessing is fixed, where they would be silently ignored (--mean for demo-shapes)."""
+    options = options or {}
+    source = next((s for s in SOURCES if s.claims(model)), None)
+    if source is None or source.name == "file":
+        return
+    # torchvision's architecture with the user's state_dict: loaded as a model file, arch = the model
+    allowed = {key for key in FILE_ONLY_OPTIONS if key != "arch"} if source.name == "torchvision" else set()
+    given = [key for key in FILE_ONLY_OPTIONS if options.get(key) is not None]
+    if not options.get("weights"):
+        allowed = set()
+    refused = [key for key in given if key not in allowed]
+    if refused:
+        flags = " and ".join(", ".join(f"--{key.replace('_', '-')}" for key in refused).rsplit(", ", 1))
+        raise BatchLensError(
+            f"{flags} {'does' if len(refused) == 1 else 'do'} not apply to {model}: its preprocessing is "
+            f"fixed by the {source.name} model itself, so leave {'it' if len(refused) == 1 else 'them'} out "
+            "(those options describe a model file: docs/models.md)."
+        )
 
 
 def list_models(task: str | None = None) -> list[ModelInfo]:
@@ -112,6 +164,8 @@ def download_weights(model: str, progress: Progress | None = None) -> Path:
     """Fetch what `model` needs into its cache (torch hub, or the Hugging Face cache), with progress."""
     if model.startswith(HF_PREFIX):
         return snapshot_for(model, progress)
+    from batchlens.core.models.catalogue import download_weights as download_catalogue_weights
+
     return download_catalogue_weights(model, progress)
 
 
@@ -126,12 +180,24 @@ def load_model(
     "mean", "std", "arch"), "trust_pickle", and the task's options ("min_score"). `progress` follows a
     catalogue download (see catalogue.Progress)."""
     options = dict(options or {})
+    refuse_options_that_do_not_apply(model, options)
     for source in SOURCES:
         if source.claims(model):
             return source.load(model, device, options, progress)
+    raise unknown_model(model)
+
+
+def check_model_id(model: str) -> None:
+    """Raise the BatchLensError `load_model` would for an id no source takes (a typo, a model file that
+    is not there), without importing torch: `batchlens run` says it before PyTorch loads."""
+    if not any(source.claims(model) for source in SOURCES):
+        raise unknown_model(model)
+
+
+def unknown_model(model: str) -> BatchLensError:
     if looks_like_model_file(model):
-        raise BatchLensError(f"The model file {Path(model).expanduser()} does not exist.")
-    raise BatchLensError(
+        return BatchLensError(f"The model file {Path(model).expanduser()} does not exist.")
+    return BatchLensError(
         f"Unknown model {model!r}. Run `batchlens models` to see the models you can use, or give the path "
         f"of a model file ({', '.join(sorted(MODEL_FILE_SUFFIXES))})."
     )
@@ -144,9 +210,11 @@ __all__ = [
     "PickleRefusedError",
     "StateDictMismatchError",
     "WeightsDownloadError",
+    "check_model_id",
     "download_weights",
     "file_to_trust",
     "list_models",
     "load_model",
     "needs_download",
+    "refuse_options_that_do_not_apply",
 ]

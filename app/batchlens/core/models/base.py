@@ -8,21 +8,10 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
+from batchlens.core.models.info import ModelInfo
 from batchlens.core.models.preprocessing import Preprocessing
 from batchlens.core.models.sidecar import Sidecar
 from batchlens.core.tasks import TaskAdapter, make_adapter
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """One entry of `batchlens models` and of the window's model picker."""
-
-    id: str
-    task: str
-    source: str  # "built-in", "torchvision", "file"
-    description: str = ""
-    size_bytes: int | None = None
-    downloaded: bool | None = None  # catalogue weights already in the torch hub cache (None: not applicable)
 
 
 @dataclass

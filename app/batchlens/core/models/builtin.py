@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import torch
-from safetensors.torch import load_file
+from typing import TYPE_CHECKING
 
-from batchlens.core.models.base import LoadedModel, ModelInfo, adapter_from_sidecar, prepare
-from batchlens.core.models.demo_nets import ARCHITECTURES
+from batchlens.core.models.info import ModelInfo
 from batchlens.core.models.sidecar import read_sidecar
 from batchlens.core.resources import resource_path
+
+if TYPE_CHECKING:
+    import torch
+
+    from batchlens.core.models.base import LoadedModel
+
 
 BUILTIN_IDS = ("demo-shapes", "demo-denoise")
 
@@ -24,6 +28,11 @@ def list_builtin() -> list[ModelInfo]:
 
 
 def load_builtin(model_id: str, device: torch.device, options: dict | None = None) -> LoadedModel:
+    from safetensors.torch import load_file
+
+    from batchlens.core.models.base import LoadedModel, adapter_from_sidecar, prepare
+    from batchlens.core.models.demo_nets import ARCHITECTURES
+
     sidecar = read_sidecar(resource_path("models", f"{model_id}.json"))
     module = ARCHITECTURES[sidecar.arch](**sidecar.arch_kwargs)
     weights = resource_path("models", f"{model_id}.safetensors")

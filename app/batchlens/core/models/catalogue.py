@@ -1,13 +1,13 @@
 """The torchvision catalogue: every classification, detection and segmentation model torchvision lists.
 
-Everything model-specific comes from torchvision's registry: the list (`list_models(module=...)`),
-the weights (`get_model_weights`), the preprocessing (`weights.transforms()`) and the labels
+Everything model-specific comes from torchvision's registry: the list (read without torch from
+catalogue_data.py, which scripts/make_catalogue.py writes from `list_models(module=...)`), the
+weights (`get_model_weights`), the preprocessing (`weights.transforms()`) and the labels
 (`weights.meta["categories"]`). Weights download once into the torch hub cache, with progress.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import os
@@ -24,7 +24,16 @@ import torchvision.models as tvm
 from torch import nn
 
 from batchlens.core.errors import BatchLensError
+from batchlens.core.models import catalogue_index
 from batchlens.core.models.base import LoadedModel, ModelInfo, prepare
+from batchlens.core.models.catalogue_index import (  # noqa: F401  (the list, re-exported: no torch needed)
+    catalogue_tasks,
+    describe,
+    is_catalogue_model,
+    is_downloaded,
+    list_catalogue,
+    split_id,
+)
 from batchlens.core.models.errors import DownloadCancelled, WeightsDownloadError
 from batchlens.core.models.preprocessing import Preprocessing
 from batchlens.core.models.state_dict import torch_load
@@ -32,38 +41,12 @@ from batchlens.core.tasks import make_adapter
 
 log = logging.getLogger(__name__)
 
-TASK_MODULES = {
-    "classification": tvm,
-    "detection": tvm.detection,
-    "segmentation": tvm.segmentation,
-}
-
 # progress(bytes_done, bytes_total or None) -> False to cancel
 Progress = Callable[[int, int | None], bool | None]
 
 _CHUNK = 1 << 16
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]+)\.")  # torch hub's convention: NAME-<sha256 prefix>.pth
 _BUILD_LOCK = threading.Lock()
-
-
-@functools.cache
-def catalogue_tasks() -> dict[str, str]:
-    """torchvision model name -> task, for the modules BatchLens has adapters for."""
-    names: dict[str, str] = {}
-    for task, module in TASK_MODULES.items():
-        for name in tvm.list_models(module=module):
-            names[name] = task
-    return names
-
-
-def split_id(model_id: str) -> tuple[str, str | None]:
-    """ "resnet50" -> ("resnet50", None); "resnet50:IMAGENET1K_V1" -> ("resnet50", "IMAGENET1K_V1")."""
-    name, _, variant = model_id.partition(":")
-    return name, variant or None
-
-
-def is_catalogue_model(model_id: str) -> bool:
-    return split_id(model_id)[0] in catalogue_tasks()
 
 
 def weights_for(model_id: str) -> tvm.WeightsEnum:
@@ -84,41 +67,7 @@ def weights_path(weights: tvm.WeightsEnum) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
 
 
-def is_downloaded(model_id: str) -> bool:
-    return weights_path(weights_for(model_id)).is_file()
-
-
-def _describe(weights: tvm.WeightsEnum) -> str:
-    meta = weights.meta
-    parts = []
-    for dataset, metrics in meta.get("_metrics", {}).items():
-        shown = ", ".join(f"{k} {v}" for k, v in metrics.items())
-        parts.append(f"{dataset}: {shown}")
-        break
-    parts.append(f"{meta['num_params'] / 1e6:.1f} M params")
-    parts.append(f"{len(meta['categories'])} classes")
-    return "; ".join(parts)
-
-
-def list_catalogue(task: str | None = None) -> list[ModelInfo]:
-    infos = []
-    for name, model_task in catalogue_tasks().items():
-        if task and model_task != task:
-            continue
-        weights = weights_for(name)
-        file_mib = weights.meta.get("_file_size")  # torchvision records it in MiB
-        size = int(file_mib * 1024 * 1024) if file_mib else None
-        infos.append(
-            ModelInfo(
-                name,
-                model_task,
-                "torchvision",
-                _describe(weights),
-                size,
-                downloaded=weights_path(weights).is_file(),
-            )
-        )
-    return infos
+catalogue_index.torchvision_weights_path = lambda model_id: weights_path(weights_for(model_id))
 
 
 def download_file(url: str, dest: Path, progress: Progress | None = None, timeout: float = 30) -> Path:
@@ -238,7 +187,8 @@ def load_catalogue(
     module = drop_aux_head(_build_pretrained(name, weights, state_dict))
     del state_dict
     adapter = catalogue_adapter(task, weights, options)
-    info = ModelInfo(model_id, task, "torchvision", _describe(weights), path.stat().st_size, downloaded=True)
+    size = path.stat().st_size
+    info = ModelInfo(model_id, task, "torchvision", describe(weights.meta), size, downloaded=True)
     return LoadedModel(
         info,
         prepare(module, device),

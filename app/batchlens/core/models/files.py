@@ -10,28 +10,20 @@ from __future__ import annotations
 import logging
 import zipfile
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from batchlens.core.errors import BatchLensError
 from batchlens.core.models.audit import (
     checkpoint_risks,
     pt2_risks,
     refuse_oversized,
+    scripted_graph_risks,
     summarise,
     torchscript_risks,
 )
-from batchlens.core.models.base import LoadedModel, ModelInfo, prepare, sidecar_transform
-from batchlens.core.models.catalogue import (
-    build_architecture,
-    catalogue_tasks,
-    drop_aux_head,
-    keypoint_names,
-    weights_for,
-)
-from batchlens.core.models.demo_nets import ARCHITECTURES as DEMO_ARCHITECTURES
+from batchlens.core.models.catalogue_index import catalogue_tasks
 from batchlens.core.models.errors import PickleRefusedError
+from batchlens.core.models.info import TASKS, ModelInfo
 from batchlens.core.models.preprocessing import Preprocessing
 from batchlens.core.models.sidecar import (
     Sidecar,
@@ -41,8 +33,13 @@ from batchlens.core.models.sidecar import (
     read_text_file,
 )
 from batchlens.core.models.sidecar_store import stored_sidecar_path
-from batchlens.core.models.state_dict import load_state_dict_checked, read_weights
-from batchlens.core.tasks import ADAPTERS, make_adapter
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from batchlens.core.models.base import LoadedModel
+
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +96,7 @@ def file_model_info(model_id: str) -> ModelInfo:
         try:
             data = _read_sidecar_dict(sidecar)
             named = data.get("task") or catalogue_tasks().get(data.get("arch"))
-            task = named if named in ADAPTERS else task
+            task = named if named in TASKS else task
         except (BatchLensError, OSError, ValueError):
             pass  # a broken sidecar is reported, with its reason, when the model loads
     size = path.stat().st_size if path.is_file() else None
@@ -150,6 +147,8 @@ def _beside(sidecar: Path, name: str) -> Path:
 def model_spec(path: Path, options: dict, weights_only: bool = False) -> tuple[Sidecar, Path | None]:
     """The sidecar next to `path` (if any) with the command-line options laid over it.
     `weights_only`: the file holds weights, so an architecture is what is missing first."""
+    from batchlens.core.models.demo_nets import ARCHITECTURES as DEMO_ARCHITECTURES
+
     sidecar_file = sidecar_path_for(path)
     data = _read_sidecar_dict(sidecar_file) if sidecar_file else {}
     if any(options.get(key) is not None for key in GEOMETRY_KEYS):
@@ -178,19 +177,20 @@ def model_spec(path: Path, options: dict, weights_only: bool = False) -> tuple[S
             "(classification, detection, segmentation or image_to_image) or write a sidecar "
             f'{where.name} next to it with at least {{"task": ...}}.'
         )
-    if data["task"] not in ADAPTERS:
+    if data["task"] not in TASKS:
         raise BatchLensError(
             f"{sidecar_file or '--task'}: unknown task {data['task']!r}; BatchLens knows "
-            f"{', '.join(sorted(ADAPTERS))}."
+            f"{', '.join(sorted(TASKS))}."
         )
     return parse_sidecar(data, str(sidecar_file or "the model options")), sidecar_file
 
 
 def pickle_risk(path: Path) -> list[str]:
     """What loading a model file could do beyond computing, read without loading it (audit.py): the
-    Python objects its pickles import, pickled weights or native code in a torch.export archive, file
-    operations in TorchScript code. Empty: nothing to trust (plain weights, safetensors, a clean
-    TorchScript or torch.export file). A window asks before loading when this is not empty."""
+    Python objects its pickles import, pickled weights or native code in a torch.export archive, any
+    operator in a TorchScript or torch.export graph that is not a pure tensor operation (graph_ops.py).
+    Empty: nothing to trust (plain weights, safetensors, a clean TorchScript or torch.export file). A
+    window asks before loading when this is not empty."""
     path = Path(path).expanduser()
     suffix = path.suffix.lower()
     if not path.is_file() or suffix not in MODEL_FILE_SUFFIXES - {".safetensors"}:
@@ -211,30 +211,42 @@ def _refuse_untrusted(path: Path, scripted: bool) -> None:
     risks = pickle_risk(path)
     if not risks:
         return
-    if scripted:
-        raise PickleRefusedError(
-            path,
-            summarise(risks),
-            "TorchScript code that reads or writes files by name",
-            "can read or overwrite your files",
-        )
+    if scripted or risks[0].startswith(
+        ("the operator", "the custom class", "a size expression", "a shape guard")
+    ):
+        raise _graph_refused(path, risks)
     raise PickleRefusedError(
         path, summarise(risks), "Python pickles or native code, not only weights and a graph"
     )
 
 
-class DetectionsOnly(nn.Module):
+def _graph_refused(path: Path, risks: list[str]) -> PickleRefusedError:
+    """The refusal of a graph that calls what is not a pure tensor operation: the first one named."""
+    return PickleRefusedError(
+        path,
+        risks[0] + (f" and {len(risks) - 1} more" if len(risks) > 1 else ""),
+        "a model graph that calls more than pure tensor operations",
+        "could read or write your files or run programs",
+    )
+
+
+def detections_only(inner: nn.Module) -> nn.Module:
     """Scripted torchvision detectors return (losses, detections); the engine wants the detections."""
 
-    def __init__(self, inner: nn.Module):
-        super().__init__()
-        self.inner = inner
+    from torch import nn
 
-    def forward(self, images):
-        out = self.inner(images)
-        if isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], dict):
-            return out[1]
-        return out
+    class DetectionsOnly(nn.Module):
+        def __init__(self, inner: nn.Module):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, images):
+            out = self.inner(images)
+            if isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], dict):
+                return out[1]
+            return out
+
+    return DetectionsOnly(inner)
 
 
 def is_weights_file(path: Path) -> bool:
@@ -252,6 +264,8 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def _load_program(path: Path) -> nn.Module:
+    import torch
+
     try:
         program = torch.export.load(str(path))
     except Exception as exc:
@@ -270,6 +284,10 @@ def _no_arch_error(path: Path, sidecar_file: Path | None) -> BatchLensError:
 def _build_from_state_dict(
     path: Path, state_dict: dict, spec: Sidecar, sidecar_file: Path | None
 ) -> nn.Module:
+    from batchlens.core.models.catalogue import build_architecture, drop_aux_head
+    from batchlens.core.models.demo_nets import ARCHITECTURES as DEMO_ARCHITECTURES
+    from batchlens.core.models.state_dict import load_state_dict_checked
+
     arch = spec.arch
     if not arch:
         raise _no_arch_error(path, sidecar_file)
@@ -288,6 +306,14 @@ def load_model_file(
 ) -> LoadedModel:
     """Load a model file (see the module docstring). `options` may carry the spec options above,
     "trust_pickle", and the task's options (min_score...)."""
+    import torch
+    from torch import nn
+
+    from batchlens.core.models.base import LoadedModel, prepare, sidecar_transform
+    from batchlens.core.models.catalogue import keypoint_names, weights_for
+    from batchlens.core.models.state_dict import read_weights
+    from batchlens.core.tasks import make_adapter
+
     options = dict(options or {})
     path = Path(path).expanduser()
     if not path.is_file():
@@ -307,6 +333,10 @@ def load_model_file(
             module, kind = torch.jit.load(str(path), map_location="cpu"), "TorchScript"
         except RuntimeError as exc:
             raise BatchLensError(f"{path}: not a loadable TorchScript file ({exc}).") from None
+        if not options.get("trust_pickle"):  # the graphs as torch compiled them, beside the code's text
+            risks = scripted_graph_risks(module)
+            if risks:
+                raise _graph_refused(path, risks)
     elif suffix in TORCHSCRIPT_SUFFIXES - WEIGHTS_SUFFIXES:
         raise BatchLensError(f"{path}: not a TorchScript file (save it with torch.jit.save).")
     elif suffix in WEIGHTS_SUFFIXES:
@@ -322,7 +352,7 @@ def load_model_file(
             f"{', '.join(sorted(MODEL_FILE_SUFFIXES))}."
         )
     if spec.task == "detection":
-        module = DetectionsOnly(module)
+        module = detections_only(module)
 
     labels = spec.labels
     transform = None

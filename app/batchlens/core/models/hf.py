@@ -24,10 +24,11 @@ from PIL import Image
 from torch import nn
 
 from batchlens.core.errors import BatchLensError
-from batchlens.core.models.audit import refuse_config_beyond_weights
+from batchlens.core.models.audit import refuse_config_arithmetic, refuse_config_beyond_weights
 from batchlens.core.models.base import LoadedModel, ModelInfo, prepare
 from batchlens.core.models.hf_cache import HF_PREFIX, is_timm_config, read_hf_config, snapshot_for
-from batchlens.core.models.preprocessing import Preprocessing
+from batchlens.core.models.info import is_hf_model  # noqa: F401  (re-exported)
+from batchlens.core.models.preprocessing import Preprocessing, check_hf_sizes
 from batchlens.core.tasks.base import ImageMeta, TaskResult
 from batchlens.core.tasks.classification import ClassificationAdapter
 from batchlens.core.tasks.detection import DetectionAdapter
@@ -49,11 +50,6 @@ AUTO_CLASSES = {
     "segmentation": "AutoModelForSemanticSegmentation",
     "image_to_image": "AutoModelForImageToImage",
 }
-
-
-def is_hf_model(model: str) -> bool:
-    """`hf:ORG/NAME`, or a folder holding a config.json."""
-    return model.startswith(HF_PREFIX) or (Path(model).expanduser() / "config.json").is_file()
 
 
 def _transformers():
@@ -184,6 +180,8 @@ def load_hf(model: str, device: torch.device, options: dict | None = None) -> Lo
     options = dict(options or {})
     folder = snapshot_for(model) if model.startswith(HF_PREFIX) else Path(model).expanduser()
     config_data, task = check_folder(folder)
+    # Its numbers first, in no time: a config claiming 100,000 layers is refused before any build.
+    refuse_config_arithmetic(config_data, sorted(folder.glob("*.safetensors")), str(folder))
     if is_timm_config(config_data):
         from batchlens.core.models.timm_models import load_timm_folder
 
@@ -202,6 +200,7 @@ def load_hf(model: str, device: torch.device, options: dict | None = None) -> Lo
         build = lambda: auto.from_config(described, trust_remote_code=False)  # noqa: E731
         refuse_config_beyond_weights(build, sorted(folder.glob("*.safetensors")), str(folder))
         processor = transformers.AutoImageProcessor.from_pretrained(folder, trust_remote_code=False)
+        check_hf_sizes(processor.to_dict(), str(folder / "preprocessor_config.json"))
         network = auto.from_pretrained(
             folder, config=described, trust_remote_code=False, use_safetensors=True
         )

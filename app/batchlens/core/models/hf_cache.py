@@ -15,13 +15,12 @@ import re
 from pathlib import Path
 
 from batchlens.core.errors import BatchLensError
-from batchlens.core.models.base import ModelInfo
 from batchlens.core.models.errors import DownloadCancelled
+from batchlens.core.models.info import HF_PREFIX, ModelInfo
 from batchlens.core.models.sidecar import read_json_file
 
 log = logging.getLogger(__name__)
 
-HF_PREFIX = "hf:"
 # The end of a transformers class name in config.json's "architectures" -> BatchLens task.
 ARCHITECTURE_TASKS = {
     "ForImageClassification": "classification",

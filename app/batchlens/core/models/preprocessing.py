@@ -15,22 +15,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-import torch
 from PIL import Image
-from torchvision.transforms import v2
 
 from batchlens.core.errors import BatchLensError
 from batchlens.core.formats import DEFAULT_MAX_PIXELS
 
-INTERPOLATIONS = {
-    "nearest": v2.InterpolationMode.NEAREST,
-    "bilinear": v2.InterpolationMode.BILINEAR,
-    "bicubic": v2.InterpolationMode.BICUBIC,
-    "lanczos": v2.InterpolationMode.LANCZOS,
-    "box": v2.InterpolationMode.BOX,
-    "hamming": v2.InterpolationMode.HAMMING,
-}
+if TYPE_CHECKING:
+    import torch
+    from torchvision.transforms import v2
+
+
+#: the resampling filters a sidecar may name (torchvision's InterpolationMode, in lower case); a
+#: tuple of names, so that reading a sidecar and filling the window's choices need no torch import
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 # Hugging Face processor configs name the resampling filter by Pillow's number.
 PIL_RESAMPLE = {
     int(Image.Resampling.NEAREST): "nearest",
@@ -92,6 +91,14 @@ class Preprocessing:
             raise BatchLensError(f"{where}: std must be positive numbers (images are divided by it).")
         if self.mean is not None and not all(math.isfinite(x) for x in self.mean):
             raise BatchLensError(f"{where}: mean must be finite numbers.")
+        for name, size in (("resize", self.resize), ("crop", self.crop), ("max_size", (self.max_size,))):
+            if size is not None and not all(x is None or _is_size(x) for x in size):
+                shown = _shown(size)
+                raise BatchLensError(
+                    f"{where}: {name} {shown} is not a size (positive whole numbers of pixels)."
+                )
+        if not (math.isfinite(self.rescale) and self.rescale > 0):
+            raise BatchLensError(f"{where}: the rescale factor {self.rescale!r} must be a positive number.")
         if self.keep_ratio and not (self.resize and len(self.resize) == 2):
             raise BatchLensError(f"{where}: keep_ratio needs a resize to [height, width].")
         for name, size in (("resize", self.resize), ("crop", self.crop), ("max_size", (self.max_size,))):
@@ -112,6 +119,8 @@ class Preprocessing:
     def from_torchvision(cls, weights) -> Preprocessing:
         """What `weights.transforms()` does (torchvision's classification, segmentation and detection
         presets), so the description can be checked against the real thing."""
+        from torchvision.transforms import v2
+
         preset = weights.transforms()
         source = f"torchvision weights {type(weights).__name__}.{weights.name}"
         resize = getattr(preset, "resize_size", None)
@@ -137,8 +146,16 @@ class Preprocessing:
         floor(size / crop_pct) (the short side for a square size; for a non-square one, keeping the shape
         to cover it, as timm's ResizeKeepRatio), then centre-cropped to size ("squash" resizes to exactly
         that size)."""
-        channels, height, width = config["input_size"]
+        where = f"timm's pretrained config for {name}" if name else "timm's data config"
+        size = config.get("input_size")
+        if not (isinstance(size, (list, tuple)) and len(size) == 3 and all(_is_size(x) for x in size)):
+            raise BatchLensError(
+                f"{where}: input_size {size!r} is not [channels, height, width] in positive whole numbers."
+            )
+        channels, height, width = size
         crop_pct = config.get("crop_pct") or 0.875
+        if not (_is_number(crop_pct) and math.isfinite(crop_pct) and 0 < crop_pct <= 4):
+            raise BatchLensError(f"{where}: crop_pct {crop_pct!r} must be a fraction such as 0.875.")
         mode = config.get("crop_mode") or "center"
         if mode not in ("center", "squash"):
             raise BatchLensError(f"timm model {name}: crop_mode {mode!r} is not supported (center, squash).")
@@ -159,6 +176,7 @@ class Preprocessing:
     def from_hf(cls, config: dict, source: str = "preprocessor_config.json") -> Preprocessing:
         """A Hugging Face image processor's config (do_resize/size/resample, do_center_crop/crop_size,
         do_rescale/rescale_factor, do_normalize/image_mean/image_std)."""
+        check_hf_sizes(config, source)
         resize = max_size = crop = None
         size = config.get("size") if config.get("do_resize", True) else None
         if isinstance(size, int):
@@ -195,9 +213,11 @@ class Preprocessing:
         """PIL image -> float tensor (C x H x W). Resizing and cropping happen on the PIL image (as
         torchvision's presets and timm do); with antialias off, or `geometry_on_tensor`, they happen on
         the uint8 tensor (torch's SIMD resize: --fast-decode, core/inputs/fast_preprocess.py)."""
+        from torchvision.transforms import v2
+
         geometry = []
         if self.resize:
-            interpolation = INTERPOLATIONS[self.interpolation]
+            interpolation = v2.InterpolationMode[self.interpolation.upper()]
             if self.keep_ratio:
                 geometry.append(ResizeToCover(self.resize, interpolation, self.antialias))
             else:
@@ -286,6 +306,8 @@ class ResizeToCover:
         self.size, self.interpolation, self.antialias = tuple(size), interpolation, antialias
 
     def __call__(self, image):
+        from torchvision.transforms import v2
+
         height, width = v2.functional.get_size(image)
         ratio = min(height / self.size[0], width / self.size[1])
         size = [round(height / ratio), round(width / ratio)]
@@ -300,6 +322,8 @@ class ToFloat:
     (v2.ToDtype multiplies by 1/255, which differs in the last bit for some values)."""
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        import torch
+
         return image.to(torch.float32) / 255
 
     def __repr__(self) -> str:
@@ -327,6 +351,47 @@ class Multiply:
         return f"Multiply({self.factor:g})"
 
 
+def check_hf_sizes(config: dict, source: str = "preprocessor_config.json") -> None:
+    """One sentence at load for an image processor whose sizes no image can be prepared with (zero,
+    negative, NaN, not a whole number, or more pixels than images are held to), instead of an
+    allocation error for every image: its size, crop_size and pad_size, in any of their shapes."""
+    for key in ("size", "crop_size", "pad_size", "max_size"):
+        value = config.get(key)
+        if value is None:
+            continue
+        sides = value if isinstance(value, dict) else {key: value}
+        for name, side in sides.items():
+            if side is None:
+                continue
+            if not _is_size(side) and not (isinstance(side, float) and side.is_integer() and side > 0):
+                raise BatchLensError(
+                    f"{source}: {key} {name} is {side!r}, not a size (a positive whole number of pixels)."
+                )
+        numbers = {k: int(v) for k, v in sides.items() if isinstance(v, (int, float))}
+        area = max(
+            numbers.get("height", 0) * numbers.get("width", 0),
+            numbers.get("shortest_edge", 0) ** 2,
+            max(numbers.values(), default=0),
+        )
+        if area > DEFAULT_MAX_PIXELS:
+            raise BatchLensError(
+                f"{source}: {key} {_shown(value)} asks for more than the {DEFAULT_MAX_PIXELS / 1e6:.0f} "
+                "megapixels that images are held to."
+            )
+
+
+def _is_size(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _shown(value) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v!r}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return "x".join(map(str, value))
+    return repr(value)
+
+
 def _pair(value) -> tuple[int, int]:
     if isinstance(value, int):
         return (value, value)
@@ -336,6 +401,15 @@ def _pair(value) -> tuple[int, int]:
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _finite(value) -> bool:
+    """A JSON number a float can hold: not NaN or infinity, and not an integer beyond float's range
+    (JSON keeps 1 followed by 400 zeros an int, which math.isfinite cannot even convert)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _numbers(values) -> str:
@@ -382,7 +456,7 @@ class _SidecarReader:
         value = self.data.get(key)
         if value is None:
             return None
-        bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+        bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value)
         if bad or (positive and value <= 0):
             raise self.fail(key, "must be a positive number")
         return float(value)
@@ -393,7 +467,7 @@ class _SidecarReader:
         resize = self.size("resize", allow_single=True)
         crop = self.size("crop")
         crop_pct = self.number("crop_pct")
-        if crop_pct is not None and not 0 < crop_pct <= 1:
+        if crop_pct is not None and not 1e-6 <= crop_pct <= 1:  # 1e-6: a resize beyond any image anyway
             raise self.fail("crop_pct", "must be a fraction between 0 and 1 (timm's crop_pct, e.g. 0.875)")
         if input_size and (resize or crop):
             raise self.fail(
@@ -466,7 +540,7 @@ class _SidecarReader:
             return None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]
-        if not (isinstance(value, list) and value and all(_is_number(x) and math.isfinite(x) for x in value)):
+        if not (isinstance(value, list) and value and all(_is_number(x) and _finite(x) for x in value)):
             raise self.fail(key, "must be a list of numbers (one per channel)")
         if key == "std" and any(x <= 0 for x in value):
             raise self.fail(key, "must be positive numbers")

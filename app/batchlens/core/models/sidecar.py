@@ -75,7 +75,8 @@ def parse_sidecar(data: dict, source: str) -> Sidecar:
     unknown = set(data) - KNOWN_KEYS
     if unknown:
         raise BatchLensError(
-            f"{source}: unknown key(s) {', '.join(sorted(unknown))}; "
+            # repr: quoted, with a new line or other unprintable character in a key shown escaped
+            f"{source}: unknown key(s) {', '.join(map(repr, sorted(unknown)))}; "
             f"known keys are {', '.join(sorted(KNOWN_KEYS))}."
         )
     if "task" not in data:

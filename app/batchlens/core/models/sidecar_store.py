@@ -8,25 +8,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 
-APP_NAME = "BatchLens"  # Qt's organisation and application name (ui/qt_app.py)
-
-
-def user_data_dir() -> Path:
-    """Where Qt's QStandardPaths.AppDataLocation puts BatchLens's data on this platform."""
-    override = os.environ.get("BATCHLENS_DATA_DIR")
-    if override:
-        return Path(override).expanduser()
-    home = Path.home()
-    if sys.platform == "win32":
-        base = Path(os.environ.get("APPDATA") or home / "AppData" / "Roaming")
-    elif sys.platform == "darwin":
-        base = home / "Library" / "Application Support"
-    else:
-        base = Path(os.environ.get("XDG_DATA_HOME") or home / ".local" / "share")
-    return base / APP_NAME / APP_NAME
+from batchlens.core.data_dir import APP_NAME, user_data_dir  # noqa: F401 - where they were first
 
 
 def stored_sidecar_path(model_path: Path) -> Path:

@@ -6,13 +6,16 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from batchlens.core.errors import BatchLensError
 from batchlens.core.models.audit import checkpoint_risks, refuse_oversized, summarise
 from batchlens.core.models.errors import PickleRefusedError, StateDictMismatchError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
 
 # Checkpoints often wrap the weights: {"state_dict": ...} (Lightning), {"model": ...}, ...
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
@@ -20,6 +23,8 @@ SHOWN_KEYS = 6  # keys named per kind in a mismatch message
 
 
 def _is_state_dict(obj) -> bool:
+    import torch
+
     return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
@@ -33,6 +38,8 @@ def torch_load(path: Path, trust_pickle: bool = False):
     """torch.load with weights_only=True; a file that needs full pickle is refused unless trusted.
     Before torch reads it: a zip bomb is refused, and (untrusted) a pickle that imports more than tensor
     types, read statically (torch would refuse it too, but warns about pickle protocols on the way)."""
+    import torch
+
     refuse_oversized(path)
     if not trust_pickle:
         try:
@@ -57,6 +64,8 @@ def torch_load(path: Path, trust_pickle: bool = False):
 
 def read_weights(path: Path, trust_pickle: bool = False) -> dict[str, torch.Tensor] | nn.Module:
     """A state_dict from a .safetensors/.pth/.pt/.bin/.ckpt file, or (trusted pickles only) a whole module."""
+    from torch import nn
+
     path = Path(path)
     if path.suffix.lower() == ".safetensors":
         from safetensors import SafetensorError

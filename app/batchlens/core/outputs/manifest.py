@@ -5,7 +5,10 @@ preprocessing, the task, the input folder, the options that change results, and 
 - a plain run into a folder that holds a run is refused (`refuse_plain_run`);
 - `--resume` is refused when the earlier run differs in any of those (`resume_mismatch`);
 - `--overwrite` deletes the earlier run's files, and only those it can prove the run wrote
-  (`clear_run`), so no stale output of the old run stays beside the new one.
+  (`clear_run`): the names its run.json lists and the output files its ok lines name. A folder without
+  run.json is not a BatchLens run: --overwrite refuses it unless it is empty;
+- a file of one of the run's own names (core/files.py, RESERVED_NAMES) that no run listed is never
+  replaced, and one that is a folder or a link is refused (`check_own_names`).
 """
 
 from __future__ import annotations
@@ -19,13 +22,19 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-
-import torch
-import torchvision
+from typing import TYPE_CHECKING
 
 from batchlens import __version__
 from batchlens.core.errors import BatchLensError
-from batchlens.core.files import TEMP_NAME, atomic_write_text, legacy_output_rel, output_rel, write_error
+from batchlens.core.files import (
+    RESERVED_NAMES,
+    TEMP_NAME,
+    OutputFolder,
+    legacy_output_rel,
+    not_a_file,
+    output_rel,
+    write_error,
+)
 from batchlens.core.outputs.records import OUTPUT_FIELDS, record_key
 from batchlens.core.outputs.results import (
     PREDICTIONS,
@@ -36,7 +45,13 @@ from batchlens.core.outputs.results import (
     run_finished,
 )
 
+if TYPE_CHECKING:
+    pass
+
+
 MANIFEST = "run.json"
+MEMORY_SNAPSHOT = "memory-snapshot.pickle"
+LOCK = ".batchlens.lock"  # core/outputs/runlock.py's; checked there
 #: Files a run writes at the top of its output folder (tasks' end-of-run files included).
 RUN_FILES = (
     PREDICTIONS,
@@ -46,7 +61,7 @@ RUN_FILES = (
     "predictions.csv",
     "detections.coco.json",
     "mask_classes.json",
-    "memory-snapshot.pickle",
+    MEMORY_SNAPSHOT,
 )
 #: What must match for a resume: (manifest key, words for the sentence).
 IDENTITY = (
@@ -106,6 +121,9 @@ def preprocessing_words(model) -> str:
 
 def build_manifest(cfg, model, input_dir: Path) -> dict:
     """run.json for a run of `cfg` with the loaded `model`."""
+    import torch
+    import torchvision
+
     options = cfg.model_options or {}
     model_file = Path(cfg.model).expanduser()
     weights = options.get("weights")
@@ -117,8 +135,14 @@ def build_manifest(cfg, model, input_dir: Path) -> dict:
         "gpu_decode": getattr(cfg, "gpu_decode", False),
         **model.adapter.result_options(),
     }
+    files = [PREDICTIONS, SUMMARY, MANIFEST, REJECTED, *getattr(model.adapter, "end_files", ())]
+    if getattr(cfg, "memory_snapshot", False):
+        files.append(MEMORY_SNAPSHOT)
     return {
         "batchlens_run": 1,
+        # the run's own files at the top of the folder: all --overwrite may delete besides the output
+        # files its ok lines in predictions.jsonl name
+        "files": files,
         "model": model.info.id,
         "model_file": str(model_file.resolve()) if digest else None,
         "model_sha256": digest,
@@ -142,9 +166,42 @@ def build_manifest(cfg, model, input_dir: Path) -> dict:
     }
 
 
-def write_manifest(output_dir: Path, manifest: dict) -> None:
+def write_manifest(output_dir: Path | OutputFolder, manifest: dict) -> None:
     text = json.dumps(manifest, indent=2, ensure_ascii=False, allow_nan=False, default=str)
-    atomic_write_text(Path(output_dir) / MANIFEST, text.encode("utf-8", "backslashreplace").decode() + "\n")
+    OutputFolder.at(output_dir).write_text(MANIFEST, text.encode("utf-8", "backslashreplace").decode() + "\n")
+
+
+def listed_files(manifest: dict | None) -> set[str]:
+    """The run's own files a run.json lists (only names a run writes: a forged list deletes nothing
+    else); a run.json of an older BatchLens lists none: every name a run may write."""
+    if manifest is None:
+        return set()
+    files = manifest.get("files")
+    if not isinstance(files, list):
+        return set(RUN_FILES)
+    return {name for name in files if isinstance(name, str) and name in RUN_FILES}
+
+
+def check_own_names(output_dir: Path) -> None:
+    """Refuse (one sentence) an output folder where one of the run's own names is a folder, a link or
+    another non-file: BatchLens never writes through a link it did not make, nor over a folder."""
+    for name in RESERVED_NAMES:
+        if name == LOCK:
+            continue
+        path = Path(output_dir) / name
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise BatchLensError(not_a_file(path))
+
+
+def check_not_replacing(output_dir: Path, manifest: dict, earlier_files: set[str]) -> None:
+    """Refuse a run that would replace a file of one of its own names that no earlier run of the
+    folder listed (a user's own summary.json or predictions.csv)."""
+    for name in manifest.get("files", []):
+        if name not in earlier_files and (Path(output_dir) / name).exists():
+            raise BatchLensError(
+                f"{Path(output_dir) / name} was not written by a BatchLens run, and this run would "
+                "replace it: move it out of the output folder or choose another output folder."
+            )
 
 
 def read_manifest(output_dir: Path) -> dict | None:
@@ -210,12 +267,47 @@ def existing_run(output_dir: Path) -> ExistingRun | None:
 
 
 def refuse_plain_run(output_dir: Path) -> None:
-    """A run that neither resumes nor overwrites may not start in a folder that holds a run."""
+    """A run that neither resumes nor overwrites may not start in a folder that holds a run, nor where
+    a file of one of its own names already is."""
+    check_own_names(output_dir)
     earlier = existing_run(output_dir)
     if earlier is not None:
         raise BatchLensError(
             f"{output_dir} already holds a run of {earlier.words()}: use --resume to continue it, "
             "--overwrite to replace it, or another folder."
+        )
+    check_not_replacing(output_dir, {"files": RUN_FILES}, set())
+
+
+def refuse_before_load(output_dir: Path, input_dir: Path, resume: bool, overwrite: bool) -> None:
+    """What refuses a run before its model loads: a run's own name that is a folder or a link; for
+    --overwrite, a folder that is not a BatchLens run; for a plain run, a folder that holds one."""
+    check_own_names(output_dir)
+    if overwrite:
+        refuse_overwrite(output_dir, input_dir)
+    elif not resume:
+        refuse_plain_run(output_dir)
+
+
+def refuse_overwrite(output_dir: Path, input_dir: Path | None = None) -> None:
+    """--overwrite deletes only a BatchLens run's files: a folder that holds anything but no run.json
+    is not a run, and is refused (an empty or new folder is fine)."""
+    check_own_names(output_dir)
+    if read_manifest(output_dir) is not None:
+        return
+    skip = Path(input_dir).resolve() if input_dir is not None else None
+    try:
+        entries = [
+            entry
+            for entry in Path(output_dir).iterdir()
+            if entry.name != LOCK and not TEMP_NAME.fullmatch(entry.name) and entry.resolve() != skip
+        ]
+    except OSError:
+        entries = []
+    if entries:
+        raise BatchLensError(
+            f"{output_dir} holds no run.json, so it is not a BatchLens run and --overwrite deletes "
+            "nothing in it: choose another output folder, or an empty one."
         )
 
 
@@ -270,6 +362,11 @@ def existing_run_question(earlier: ExistingRun, output_dir: Path, refusal: str |
         f"Another folder leaves it as it is and writes the results to {free}. Resume keeps its finished "
         "images and does the rest. Overwrite deletes that run's files (only those) and starts again."
     )
+    if earlier.manifest is None:  # --overwrite deletes only what a run.json lists
+        text += (
+            f"\n\nOverwrite is not possible: {output_dir} holds no run.json, so BatchLens cannot tell "
+            "which of its files a run wrote."
+        )
     return text + (f"\n\nResume is not possible: {refusal}" if refusal else "")
 
 
@@ -295,14 +392,18 @@ def _show(key: str, value) -> str:
 
 def clear_run(output_dir: Path, keep_out: list[Path]) -> int:
     """Delete the run in `output_dir` for --overwrite; return how many files went. Only what the run
-    provably wrote: its fixed file names at the top, each ok line's output file when it is exactly the
-    file BatchLens writes for that line's image, and BatchLens's temporary files; never anything
-    inside a folder of `keep_out` (the input folders), never a link. Emptied mirror folders go too."""
+    provably wrote: the file names at the top its run.json lists (none without run.json), each ok
+    line's output file when it is exactly the file BatchLens writes for that line's image, and
+    BatchLens's temporary files; never anything inside a folder of `keep_out` (the input folders),
+    never a link. Emptied mirror folders go too."""
     output_dir = Path(output_dir)
     root = output_dir.resolve()
     guarded = [Path(p).resolve() for p in keep_out if p]
-    targets = [output_dir / name for name in RUN_FILES]
-    for record in read_records(output_dir / PREDICTIONS):
+    listed = listed_files(read_manifest(output_dir))
+    if not listed:
+        return 0
+    targets = [output_dir / name for name in RUN_FILES if name in listed]
+    for record in read_records(output_dir / PREDICTIONS) if PREDICTIONS in listed else []:
         if record["status"] != "ok":
             continue
         image = record_key(record)
@@ -334,14 +435,19 @@ def clear_run(output_dir: Path, keep_out: list[Path]) -> int:
     return removed
 
 
-def open_output(cfg, model, input_dir: Path, output_dir: Path) -> ResultsWriter:
+def open_output(cfg, model, input_dir: Path, output_dir: Path | OutputFolder) -> ResultsWriter:
     """The results writer of a run (local or cluster), once the folder's earlier run allows it: a plain
     run only into a folder without a run, a resume only of the same model, input and settings, an
-    overwrite after the earlier run's files are gone. Writes run.json. Hold the folder's RunLock."""
+    overwrite after the earlier run's files are gone. Writes run.json. Hold the folder's RunLock.
+    `output_dir`: the run's OutputFolder (or its path), which every write goes through."""
     if cfg.resume and cfg.overwrite:
         raise BatchLensError("Choose --resume or --overwrite, not both.")
+    folder, output_dir = output_dir, OutputFolder.at(output_dir).path
     manifest = build_manifest(cfg, model, input_dir)
+    check_own_names(output_dir)
     earlier = existing_run(output_dir)
+    old_manifest = read_manifest(output_dir)
+    earlier_files = listed_files(old_manifest) or (set(RUN_FILES) if cfg.resume and earlier else set())
     if cfg.resume:
         refusal = resume_mismatch(output_dir, manifest)
         if refusal:
@@ -351,13 +457,17 @@ def open_output(cfg, model, input_dir: Path, output_dir: Path) -> ResultsWriter:
             resumed = earlier.manifest.get("resumed_at")
             manifest["resumed_at"] = [*(resumed if isinstance(resumed, list) else []), _now()]
     elif cfg.overwrite:
+        refuse_overwrite(output_dir, input_dir)
+        check_not_replacing(output_dir, manifest, earlier_files)
         old_input = earlier.input if earlier is not None else None
         clear_run(output_dir, [input_dir, Path(old_input) if old_input else None])
     else:
         refuse_plain_run(output_dir)
+    if cfg.resume:
+        check_not_replacing(output_dir, manifest, earlier_files)
     try:
-        writer = ResultsWriter(output_dir, cfg.resume, model.adapter.check_fields, input_dir)
-        write_manifest(output_dir, manifest)
+        writer = ResultsWriter(folder, cfg.resume, model.adapter.check_fields, input_dir)
+        write_manifest(folder, manifest)
     except OSError as exc:
         raise BatchLensError(write_error(exc, output_dir)) from None
     return writer

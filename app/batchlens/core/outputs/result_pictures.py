@@ -13,6 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from batchlens.core.image_guard import open_image
 from batchlens.core.inputs.images import ImageError, load_image, open_input
 from batchlens.core.tasks import TaskAdapter, TaskResult, make_adapter
 from batchlens.core.tasks.base import PREVIEW_SIZE, thumbnail
@@ -59,7 +60,7 @@ def _open_output(output_dir: Path, rel) -> Image.Image | None:
     if not path.is_relative_to(output_dir.resolve()):
         return None  # a hand-edited line must not make us read files outside the folder
     try:  # through the guarded opener: a named pipe put in the output folder must not hang a tile
-        with open_input(path) as f, Image.open(f) as im:
+        with open_input(path) as f, open_image(f) as im:
             im.load()
             return im.copy()
     except Exception:  # Pillow raises many types on bad files; a missing picture is not an error here

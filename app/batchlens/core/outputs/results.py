@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from batchlens.core.files import TEMP_NAME, atomic_write, atomic_write_text, legacy_output_rel, output_rel
+from batchlens.core.errors import BatchLensError
+from batchlens.core.files import TEMP_NAME, OutputFolder, legacy_output_rel, output_rel, write_error
 from batchlens.core.outputs.records import OUTPUT_FIELDS, check_line, json_ready, non_finite, record_key
 
 log = logging.getLogger(__name__)
@@ -44,14 +45,17 @@ class ReadBack:
     rejected: list[tuple[int, bytes, str]] = field(default_factory=list)  # (line number, raw, reason)
 
 
-def read_predictions(path: Path, check: Callable[[dict], str | None] | None = None) -> ReadBack:
-    """Read `path` defensively. `check` adds the task's own checks of an ok line (its fields). A
-    final partial line (a run killed mid-write) is dropped: it never was a result."""
+def read_predictions(
+    path: Path, check: Callable[[dict], str | None] | None = None, data: bytes | None = None
+) -> ReadBack:
+    """Read `path` (or its content `data`) defensively. `check` adds the task's own checks of an ok
+    line (its fields). A final partial line (a run killed mid-write) is dropped: it never was a result."""
     back = ReadBack()
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        return back
+    if data is None:
+        try:
+            data = Path(path).read_bytes()
+        except FileNotFoundError:
+            return back
     seen: set[str] = set()
     output_dir = Path(path).parent
     for number, raw in enumerate(data.splitlines(keepends=True), start=1):
@@ -111,7 +115,7 @@ def read_records(path: Path) -> list[dict]:
     return records
 
 
-def set_aside(output_dir: Path, rejected: list[tuple[int, bytes, str]]) -> None:
+def set_aside(output_dir: Path | OutputFolder, rejected: list[tuple[int, bytes, str]]) -> None:
     """Append the rejected lines, whole (text and raw bytes) with their reasons, to REJECTED."""
     when = datetime.now(UTC).isoformat(timespec="seconds")
     lines = "".join(
@@ -128,8 +132,9 @@ def set_aside(output_dir: Path, rejected: list[tuple[int, bytes, str]]) -> None:
         + "\n"
         for number, raw, reason in rejected
     )
-    with open(Path(output_dir) / REJECTED, "a", encoding="utf-8") as f:
-        f.write(lines)
+    folder = OutputFolder.at(output_dir)
+    old = folder.read_bytes(REJECTED) or b""
+    folder.write_bytes(REJECTED, old + lines.encode("utf-8", "backslashreplace"))
 
 
 def remove_stale_temp_files(output_dir: Path, input_dir: Path | None = None) -> int:
@@ -174,28 +179,30 @@ class ResultsWriter:
 
     def __init__(
         self,
-        output_dir: Path,
+        output_dir: Path | OutputFolder,
         resume: bool = False,
         check: Callable[[dict], str | None] | None = None,
         input_dir: Path | None = None,
     ):
-        self.output_dir = Path(output_dir)
+        self.folder = OutputFolder.at(output_dir)  # every write goes through it (core/files.py)
+        self.output_dir = self.folder.path
         self.path = self.output_dir / PREDICTIONS
         self.kept: list[dict] = []
         self.rejected: list[tuple[int, bytes, str]] = []
         if resume:
-            back = read_predictions(self.path, check)
+            data = self.folder.read_bytes(PREDICTIONS)
+            back = read_predictions(self.path, check, data) if data is not None else ReadBack()
             self.kept, self.rejected = back.kept, back.rejected
             if self.rejected:
-                set_aside(self.output_dir, self.rejected)
+                set_aside(self.folder, self.rejected)
             # Keep the images that already succeeded; errors are retried. Rewriting atomically also
             # drops a partial last line left by a killed run.
-            atomic_write_text(self.path, "".join(dumps_line(r) for r in self.kept))
+            self.folder.write_text(PREDICTIONS, "".join(dumps_line(r) for r in self.kept))
             remove_stale_temp_files(self.output_dir, input_dir)
         else:
-            self.path.unlink(missing_ok=True)
+            self.folder.unlink(PREDICTIONS)
         # Unbuffered bytes: each line reaches the operating system whole the moment it is written.
-        self._file = open(self.path, "ab", buffering=0)
+        self._file = self.folder.open_append(PREDICTIONS)
 
     @property
     def done(self) -> set[str]:
@@ -238,6 +245,15 @@ class ResultsWriter:
                 pass  # resume drops a partial last line anyway
             raise
 
+    def write_line(self, record: dict) -> None:
+        """write(), a failed write told in one sentence (BatchLensError): the folder's own when it was
+        deleted, moved or replaced (check), else what the write met (a full disk...)."""
+        try:
+            self.write(record)
+        except OSError as exc:
+            self.check()
+            raise BatchLensError(write_error(exc, self.output_dir)) from None
+
     def _write_all(self, data: bytes) -> None:
         fd, view = self._file.fileno(), memoryview(data)
         while view:
@@ -246,7 +262,7 @@ class ResultsWriter:
     def close(self, order: list[str] | None = None) -> None:
         """Close the file; with `order` (the scan order), sort the lines into it (after a resume)."""
         self._file.close()
-        if order is not None and self.kept:
+        if order is not None and self.kept and self.folder.problem() is None:
             rank = {rel: i for i, rel in enumerate(order)}
 
             def position(line: bytes) -> int:
@@ -256,12 +272,16 @@ class ResultsWriter:
                     return len(rank)
 
             # The lines as written (every one this writer wrote is whole and valid), only reordered.
-            lines = self.path.read_bytes().splitlines(keepends=True)
+            lines = (self.folder.read_bytes(PREDICTIONS) or b"").splitlines(keepends=True)
             data = b"".join(sorted((line for line in lines if line.endswith(b"\n")), key=position))
-            atomic_write(self.path, lambda tmp: tmp.write_bytes(data))
+            self.folder.write_bytes(PREDICTIONS, data)
+
+    def check(self) -> None:
+        """Raise BatchLensError (one sentence) when the output folder or predictions.jsonl is no longer
+        the one this writer opened (deleted, moved, replaced, read-only): see OutputFolder."""
+        self.folder.check_still_ours()
 
     def write_summary(self, summary: dict) -> Path:
-        path = self.output_dir / SUMMARY
+        self.check()  # never a summary in a folder that is no longer the run's
         text = json.dumps(json_ready(summary), indent=2, ensure_ascii=False, allow_nan=False)
-        atomic_write_text(path, text + "\n")
-        return path
+        return self.folder.write_text(SUMMARY, text + "\n")

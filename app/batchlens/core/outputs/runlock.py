@@ -4,7 +4,9 @@ The lock file (`.batchlens.lock`) holds the holder's PID, host and start time. I
 atomically (a hard link of a finished temporary file, or O_EXCL where links are not supported), so a
 second run sees either no lock or a whole one. A lock whose process is gone (same host, PID dead or
 reused by a younger process) is stale and taken over; a lock from another host is honoured, since
-its process cannot be checked from here."""
+its process cannot be checked from here. A lock that is a folder or a link is refused with one
+sentence (never followed, never removed); one that holds no usable PID (garbage, -1) is unreadable:
+honoured while young, taken over once old."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from pathlib import Path
 import psutil
 
 from batchlens.core.errors import BatchLensError
-from batchlens.core.files import temp_path_for
+from batchlens.core.files import not_a_file, temp_path_for
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +95,24 @@ class RunLock:
             tmp.unlink(missing_ok=True)
 
     def _read(self) -> dict | None:
-        """The holder's details; None when the lock vanished meanwhile. Unreadable: an empty dict."""
+        """The holder's details; None when the lock vanished meanwhile. Unreadable: an empty dict. A
+        folder or a link in the lock's place: BatchLensError (never read through, never removed)."""
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
+            if self.path.is_symlink() or (self.path.exists() and not self.path.is_file()):
+                raise BatchLensError(not_a_file(self.path))
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            with os.fdopen(fd, "rb") as f:
+                data = json.loads(f.read(1 << 16).decode("utf-8"))
         except FileNotFoundError:
             return None
         except (OSError, ValueError):
             return {}
-        return data if isinstance(data, dict) else {}
+        if not isinstance(data, dict):
+            return {}
+        pid = data.get("pid")
+        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+            return {}  # no process could hold it: unreadable (stale once old)
+        return data
 
     def _stale(self, holder: dict) -> bool:
         if not holder:  # unreadable: stale once old enough that no writer can still be filling it
@@ -130,9 +142,12 @@ class RunLock:
         self.held = False
         if self in _held:
             _held.remove(self)
-        holder = self._read()
-        if holder and holder.get("pid") == os.getpid():
-            self.path.unlink(missing_ok=True)
+        try:
+            holder = self._read()
+            if holder and holder.get("pid") == os.getpid():
+                self.path.unlink(missing_ok=True)
+        except (OSError, BatchLensError) as exc:  # replaced or gone meanwhile: not ours to remove
+            log.warning("Left the lock %s alone: %s", self.path, exc)
 
 
 def release_all() -> None:

@@ -22,6 +22,7 @@ from torch.utils._pytree import tree_map
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from batchlens.core.errors import BatchLensError
+from batchlens.core.image_guard import open_image
 from batchlens.core.inputs.images import Candidate
 from batchlens.core.machine.machine_load import usable_cores
 from batchlens.core.machine.memory import MemoryProbe, format_bytes
@@ -113,7 +114,8 @@ def plain_loop(model: LoadedModel, candidates: list[Candidate]) -> Outcome:
     """What a careful person writes by hand."""
     start, first, done = time.perf_counter(), None, []
     for c in candidates:
-        image = Image.open(c.path).convert(model.adapter.color_mode)
+        with open(c.path, "rb") as f, open_image(f) as opened:  # the formats BatchLens reads, only
+            image = opened.convert(model.adapter.color_mode)
         x = model.adapter.preprocess(image)
         with torch.inference_mode():
             output = _to_cpu(model.module(_batch_of_one(model, x).to(model.device)))
@@ -132,7 +134,7 @@ class _Images(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        with Image.open(self.paths[index]) as image:
+        with open(self.paths[index], "rb") as f, open_image(f) as image:
             return self.transform(image.convert(self.mode))
 
 
@@ -196,7 +198,8 @@ def naive_loop(model: LoadedModel, candidates: list[Candidate], probe: MemoryPro
     start, first = time.perf_counter(), None
     try:
         for c in candidates:
-            image = Image.open(c.path).convert(model.adapter.color_mode)
+            with open(c.path, "rb") as f, open_image(f) as opened:
+                image = opened.convert(model.adapter.color_mode)
             x = model.adapter.preprocess(image)
             kept.append(module(_batch_of_one(model, x).to(model.device)))
             first = first if first is not None else time.perf_counter() - start

@@ -57,10 +57,55 @@ def wants_channels_last(
 def describe_error(exc: BaseException) -> str:
     """A model's exception as one line: "ValueError: one image only". TorchScript wraps the model's
     own error in both of its tracebacks; its last line names the original error."""
+    if isinstance(exc, UnreadableOutput):  # BatchLens's own words about the output
+        return str(exc)
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     if len(lines) > 1 and lines[-1].startswith("builtins."):
         return lines[-1].removeprefix("builtins.")
     return f"{type(exc).__name__}: {' '.join(lines)}"
+
+
+class UnreadableOutput(ValueError):
+    """A model output BatchLens cannot read (see output_problem): the image gets an error line."""
+
+
+#: The most parts (tensors, entries) one model output may have before it is not read at all.
+MAX_OUTPUT_PARTS = 100_000
+
+
+def output_problem(output) -> str | None:
+    """Why a model's output cannot be read, in words ("it returned a tensor on the meta device, which
+    holds no values"); None when it is a tensor, or a mapping or list of them, each dense, real or
+    whole-numbered, with values (the adapters read such outputs, and say it when the shape is wrong).
+    Read without touching a value, so it cannot fail itself."""
+    if output is None:
+        return "it returned None instead of tensors"
+    if isinstance(output, (str, bytes)):
+        return "it returned text instead of tensors"
+    if not isinstance(output, (torch.Tensor, Mapping, list, tuple)):
+        return f"it returned a {type(output).__name__} instead of tensors"
+    todo, parts = [output], 0
+    while todo:
+        value = todo.pop()
+        parts += 1
+        if parts > MAX_OUTPUT_PARTS:
+            return f"it returned more than {MAX_OUTPUT_PARTS:,} parts"
+        if isinstance(value, Mapping):
+            todo.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            todo.extend(value)
+        elif isinstance(value, torch.Tensor):
+            if value.device.type == "meta":
+                return "it returned a tensor on the meta device, which holds no values"
+            if value.is_nested:
+                return "it returned a nested tensor; BatchLens reads ordinary (dense) tensors"
+            if value.layout != torch.strided:
+                return f"it returned a sparse tensor ({value.layout}); BatchLens reads dense tensors"
+            if value.is_quantized:
+                return "it returned a quantized tensor; BatchLens reads ordinary tensors"
+            if value.is_complex():
+                return "it returned complex numbers; BatchLens reads real numbers"
+    return None
 
 
 def fixed_batch_size(module: nn.Module) -> int | None:
@@ -187,4 +232,7 @@ def infer(
             inputs = [item.to(device, non_blocking=True) for item in batch]
         output = module(inputs)
         del inputs
+        problem = output_problem(output)
+        if problem:
+            raise UnreadableOutput(problem)
         return batch_to_host(output) if whole else split_batch(output, n)

@@ -5,11 +5,19 @@ on CUDA, and on the CPU when the run batches).
 The first batch runs on the model as loaded, so the first result comes as soon as a plain loop's;
 `--exact` gets neither change, so it stays exactly a plain loop. The folded model is a copy: the model
 as loaded comes back when the run ends (the window's next run and the bench's loops get it as loaded).
+
+Folding traces the model with torch.fx, which replaces `nn.Module.__call__` and `__getattr__` for the
+whole process while it traces: a decoding thread that runs the model's preprocessing (nn.Modules, such
+as torchvision's transforms) in that moment goes through the tracer and fails ("module is not installed
+as a submodule"), and a good image is reported as failed. So `apply` traces only once the prefetcher
+has settled (no decoding thread runs), and one trace at a time.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
+from collections.abc import Callable
 
 import torch
 from torch import fx, nn
@@ -25,6 +33,9 @@ _CONV_BN = (
 )
 #: outputs of the folded model may differ from the loaded one's by this much of their largest value
 FOLD_TOLERANCE = 1e-4
+#: torch.fx patches nn.Module for the whole process while it traces: two traces at once would undo
+#: each other's patches
+_TRACING = threading.Lock()
 
 
 def fold_batch_norms(module: nn.Module) -> nn.Module | None:
@@ -38,7 +49,8 @@ def fold_batch_norms(module: nn.Module) -> nn.Module | None:
     if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules()):
         return None
     try:
-        return _fold(module)
+        with _TRACING:
+            return _fold(module)
     except Exception:  # noqa: BLE001 - a model fx cannot trace (or fold) runs as it is
         return None
 
@@ -105,13 +117,19 @@ class ModelSpeedups:
         self._loaded: nn.Module | None = None
         self._applied = False
 
-    def apply(self, pipeline, shape: tuple[int, ...] | None) -> None:
+    def apply(
+        self, pipeline, shape: tuple[int, ...] | None, settle: Callable[[], None] = lambda: None
+    ) -> None:
         """Once, after the first batch's results: fold (checked on one random input of the first
         image's `shape` against the loaded model), then convert the layout. A batch whose images all
-        failed has no shape: the next one with a picture decides."""
+        failed has no shape: the next one with a picture decides, while batches are prepared ahead.
+        `settle()` waits until no other thread runs the model's preprocessing (the prefetcher's
+        `settle`): it is called before the model is traced or changed."""
         if self._applied or (shape is None and self._fold):
             return
         self._applied = True
+        if self._fold or self.channels_last:
+            settle()
         if self._fold:
             self.folded = self._try_fold(shape)
         if self.channels_last:

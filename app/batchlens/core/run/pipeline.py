@@ -15,7 +15,13 @@ import torch
 from torch import nn
 
 from batchlens.core.errors import BatchLensError
-from batchlens.core.files import is_name_problem, output_path_for, write_error
+from batchlens.core.files import (
+    OutputFolder,
+    is_name_problem,
+    name_problem_words,
+    output_path_for,
+    write_error,
+)
 from batchlens.core.inputs.fast_preprocess import fast_preprocess_for
 from batchlens.core.inputs.gpu_decode import DeviceDecoder, preview_of, wait_for
 from batchlens.core.inputs.images import Candidate, DecodedImage, ImageError, load_image
@@ -106,7 +112,7 @@ class BatchPipeline:
     def __init__(
         self,
         model: LoadedModel,
-        output_dir: Path,
+        output_dir: Path | OutputFolder,
         max_pixels: int | None,
         precision: str = "fp32",
         channels_last: bool = False,
@@ -155,7 +161,12 @@ class BatchPipeline:
 
     @classmethod
     def for_run(
-        cls, model: LoadedModel, output_dir: Path, config: RunConfig, channels_last: bool, local: bool = False
+        cls,
+        model: LoadedModel,
+        output_dir: Path | OutputFolder,
+        config: RunConfig,
+        channels_last: bool,
+        local: bool = False,
     ) -> BatchPipeline:
         """The pipeline a run of `config` uses: the local runner's (`local`: it may start decoding
         processes, and calls `close`) and every cluster worker's."""
@@ -385,9 +396,11 @@ class BatchPipeline:
         )
         for item, outcome in zip(items, outcomes):  # in scan order, once no write is running any more
             if isinstance(outcome, OSError) and is_name_problem(outcome):
-                item.result, item.error = None, f"its output file cannot be written ({outcome.strerror})"
+                item.result, item.error = None, name_problem_words(outcome)
             elif isinstance(outcome, OSError):  # the disk or the folder: every image would fail
-                raise BatchLensError(write_error(outcome, output_dir)) from None
+                folder = OutputFolder.at(output_dir)
+                folder.check_still_ours()  # deleted, moved or replaced: that sentence, not the write's
+                raise BatchLensError(write_error(outcome, folder.path)) from None
             elif isinstance(outcome, Exception):
                 raise outcome
 
@@ -396,7 +409,7 @@ class BatchPipeline:
         inside the output folder, `in/x.png` of the input would be written over the input's `x.png`."""
         if self.input_dir is None or item.result.image is None:
             return False
-        target = output_path_for(self.output_dir, item.candidate.rel).resolve()
+        target = output_path_for(OutputFolder.at(self.output_dir).path, item.candidate.rel).resolve()
         return target.is_relative_to(self.input_dir)
 
     def _infer(self, module, batch: torch.Tensor, device: torch.device, whole: bool = False):

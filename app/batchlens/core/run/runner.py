@@ -17,19 +17,21 @@ from pathlib import Path
 
 from batchlens import __version__
 from batchlens.core.errors import BatchLensError
-from batchlens.core.files import write_error
+from batchlens.core.files import OutputFolder, write_error
 from batchlens.core.inputs.fast_preprocess import fast_decode_helps
 from batchlens.core.inputs.header_scan import HeaderScan
 from batchlens.core.inputs.images import (
     Candidate,
     ScanStats,
+    no_images_sentence,
     scan_images,
+    unlistable,
 )
 from batchlens.core.inputs.prefetch import Prefetcher
 from batchlens.core.machine.devices import resolve_device
 from batchlens.core.machine.memory import CpuProbe, MemoryProbe, MemorySample, PeakWatch, probe_for
 from batchlens.core.models import LoadedModel, load_model
-from batchlens.core.outputs.manifest import open_output, refuse_plain_run
+from batchlens.core.outputs.manifest import open_output, refuse_before_load
 from batchlens.core.outputs.results import ResultsWriter, read_records
 from batchlens.core.outputs.runlock import RunLock
 from batchlens.core.run.autobatch import sizer_for_run
@@ -68,6 +70,9 @@ def check_folders(input_dir: Path, output_dir: Path) -> tuple[Path, Path]:
         raise BatchLensError(f"The input folder {input_dir} does not exist.")
     if not input_dir.is_dir():
         raise BatchLensError(f"The input {input_dir} is a file, not a folder.")
+    why = unlistable(input_dir)  # never "0 images" for a folder that could not be read
+    if why:
+        raise BatchLensError(why)
     if output_dir.resolve() == input_dir.resolve():
         raise BatchLensError(
             f"The output folder {output_dir} is the input folder; choose another one "
@@ -213,12 +218,14 @@ def finish_run(
     try:
         files = []
         if not cancelled and stopped is None:
-            files = [str(p) for p in model.adapter.finish(output_dir, read_records(writer.path))]
+            writer.check()  # the folder is still the run's: nothing is written anywhere else
+            files = [str(p) for p in model.adapter.finish(writer.folder, read_records(writer.path))]
         summary = run_summary(
             cfg, model, output_dir=output_dir, cancelled=cancelled, stopped=stopped, files=files, **fields
         )
-        writer.write_summary(summary)
+        writer.write_summary(summary)  # (checks the folder first)
     except OSError as exc:
+        writer.check()  # the folder gone or replaced: that sentence rather than the write's
         raise BatchLensError(write_error(exc, output_dir)) from None
     if stopped:
         raise BatchLensError(stopped)
@@ -281,13 +288,21 @@ class Runner:
         if cfg.resume and cfg.overwrite:
             raise BatchLensError("Choose --resume or --overwrite, not both.")
         input_dir, output_dir = check_folders(cfg.input_dir, cfg.output_dir)
-        with RunLock(output_dir):  # one run at a time in a folder, released however the run ends
-            yield from self._events(input_dir, output_dir, cache_policy)
+        try:  # held for the run: every output write goes through it (core/files.py)
+            folder = OutputFolder.open(output_dir)
+        except OSError as exc:
+            raise BatchLensError(write_error(exc, output_dir)) from None
+        with folder, RunLock(output_dir):  # one run at a time in a folder, released however it ends
+            yield from self._events(input_dir, folder, cache_policy)
 
-    def _events(self, input_dir: Path, output_dir: Path, cache_policy: CachePolicy) -> Iterator[Event]:
+    def _events(self, input_dir: Path, folder: OutputFolder, cache_policy: CachePolicy) -> Iterator[Event]:
         cfg = self.config
-        if not cfg.resume and not cfg.overwrite:
-            refuse_plain_run(output_dir)  # before the model loads: a refusal comes at once
+        output_dir = folder.path
+        refuse_before_load(output_dir, input_dir, cfg.resume, cfg.overwrite)  # a refusal comes at once
+        stats = ScanStats()
+        candidates = list(scan_images(input_dir, cfg.recursive, stats, exclude=output_dir))
+        if not candidates:  # before the model loads, and nothing written: an empty run is no run
+            raise BatchLensError(no_images_sentence(input_dir, cfg.recursive, stats, exclude=output_dir))
         device = resolve_device(cfg.device)
         model = self.model or load_model(cfg.model, device, cfg.model_options)
         device = model.device
@@ -295,9 +310,7 @@ class Runner:
         probe = self.probe or probe_for(device)
         probe.reset_peak()
 
-        stats = ScanStats()
-        candidates = list(scan_images(input_dir, cfg.recursive, stats, exclude=output_dir))
-        writer = open_output(cfg, model, input_dir, output_dir)
+        writer = open_output(cfg, model, input_dir, folder)
         done = writer.done
         todo = [c for c in candidates if c.rel not in done]
         started_at = datetime.now(UTC)
@@ -313,7 +326,7 @@ class Runner:
 
         # Decided now, made after the first batch: the first result comes as soon as a plain loop's
         speedups = ModelSpeedups(model, device, cfg)
-        pipeline = BatchPipeline.for_run(model, output_dir, cfg, False, local=True)
+        pipeline = BatchPipeline.for_run(model, folder, cfg, False, local=True)
         snapshot = cfg.memory_snapshot and start_memory_history(device)
         pipeline.recovery = pipeline.make_recovery(
             cpu_fallback=cfg.cpu_fallback,
@@ -367,14 +380,13 @@ class Runner:
                     index += 1
                     event = self._record(item, index, len(todo), sample, model)
                     line = record_line(event.image, event.status, event.error, event.seconds, event.fields)
-                    try:
-                        writer.write(line)
-                    except OSError as exc:
-                        raise BatchLensError(write_error(exc, output_dir)) from None
+                    writer.write_line(line)  # a failed write: one sentence (BatchLensError)
                     counts[event.status] += 1
                     yield event
+                writer.check()  # the folder and file still the ones opened, or the run stops here
                 headers.start()  # after the first results, not before (it would share their cores)
-                speedups.apply(pipeline, shape)  # after the first results, not before (once)
+                # after the first results, not before (once), with no image being prepared
+                speedups.apply(pipeline, shape, ahead.settle)
                 if probe.kind != "cpu" and not self._crowded_warned:  # other programs may start later
                     yield from self._crowded_note(sample, device)
                 rate = leaks.add(index, sample)

@@ -11,13 +11,14 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from batchlens.core.files import atomic_write, output_name_shortened, output_path_for
+from batchlens.core.files import OutputFolder, output_name_shortened, output_rel
 
 PREVIEW_SIZE = 320  # longest side of preview images, in pixels
 
@@ -49,6 +50,9 @@ class TaskAdapter:
     options: dict = field(default_factory=dict)
 
     task = "base"
+    #: the files `finish` writes at the top of the output folder (run.json lists them, so that
+    #: --overwrite may delete them, and only them)
+    end_files: ClassVar[tuple[str, ...]] = ()
     #: the output is an image of the input's shape (up to scale), so out-of-memory recovery may run
     #: the model on overlapping tiles and stitch them (core/run/recovery.py)
     tileable = False
@@ -79,14 +83,17 @@ class TaskAdapter:
         that fails is set aside and its image runs again (core/outputs/results.py, read_predictions)."""
         return None
 
-    def write(self, result: TaskResult, meta: ImageMeta, output_dir: Path) -> None:
-        """Write this image's output files (atomically) and record their paths in result.fields."""
+    def write(self, result: TaskResult, meta: ImageMeta, output_dir: Path | OutputFolder) -> None:
+        """Write this image's output files (atomically, through the run's OutputFolder: `output_dir`
+        is that or a path) and record their paths in result.fields."""
 
-    def write_image(self, result: TaskResult, meta: ImageMeta, output_dir: Path, field_name: str) -> None:
+    def write_image(
+        self, result: TaskResult, meta: ImageMeta, output_dir: Path | OutputFolder, field_name: str
+    ) -> None:
         """Save result.image as a PNG mirroring the input tree (atomically); record its path."""
-        path = output_path_for(output_dir, meta.rel)
-        atomic_write(path, lambda tmp: result.image.save(tmp, format="PNG"))
-        result.fields[field_name] = path.relative_to(output_dir).as_posix()
+        rel = output_rel(meta.rel)
+        OutputFolder.at(output_dir).write_atomic(rel, lambda f: result.image.save(f, format="PNG"))
+        result.fields[field_name] = rel
         if output_name_shortened(meta.rel):
             result.fields["output_note"] = (
                 "output name shortened: the full name is longer than file systems allow (docs/outputs.md)"
@@ -97,8 +104,9 @@ class TaskAdapter:
         fields say it all). `image` may be a reduced copy of the input (the results browser's)."""
         return None
 
-    def finish(self, output_dir: Path, records: list[dict]) -> list[Path]:
-        """Files made from the whole run (CSV, COCO json...). Returns the paths written."""
+    def finish(self, output_dir: Path | OutputFolder, records: list[dict]) -> list[Path]:
+        """Files made from the whole run (CSV, COCO json...; named in `end_files`), written through
+        the run's OutputFolder. Returns the paths written."""
         return []
 
     def label(self, index: int) -> str:

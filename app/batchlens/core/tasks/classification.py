@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import torch
 
-from batchlens.core.files import atomic_write
+from batchlens.core.files import OutputFolder
 from batchlens.core.tasks.base import ImageMeta, TaskAdapter, TaskResult, check_entries, resize_target
+
+CSV_FILE = "predictions.csv"
 
 TOP_K = 5
 
 
 class ClassificationAdapter(TaskAdapter):
     task = "classification"
+    end_files = (CSV_FILE,)
 
     def decode_size(self, size: tuple[int, int]) -> tuple[int, int] | None:
         # Scores do not refer to pixel positions, so a reduced-scale decode changes nothing else.
@@ -58,11 +62,9 @@ class ClassificationAdapter(TaskAdapter):
         override)."""
         return torch.softmax(logits, dim=-1)
 
-    def finish(self, output_dir: Path, records: list[dict]) -> list[Path]:
-        path = output_dir / "predictions.csv"
-
-        def write(tmp: Path) -> None:
-            with open(tmp, "w", newline="", encoding="utf-8") as f:
+    def finish(self, output_dir: Path | OutputFolder, records: list[dict]) -> list[Path]:
+        def write(binary) -> None:
+            with io.TextIOWrapper(binary, encoding="utf-8", newline="") as f:
                 writer = csv.writer(f)
                 writer.writerow(["image", "label", "score"])
                 for record in records:
@@ -70,5 +72,4 @@ class ClassificationAdapter(TaskAdapter):
                         best = record["top"][0]
                         writer.writerow([record["image"], best["label"], best["score"]])
 
-        atomic_write(path, write)
-        return [path]
+        return [OutputFolder.at(output_dir).write_atomic(CSV_FILE, write)]

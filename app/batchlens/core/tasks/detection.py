@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from batchlens.core.files import atomic_write_text
+from batchlens.core.files import OutputFolder
+from batchlens.core.image_guard import open_image
 from batchlens.core.tasks.base import (
     PREVIEW_SIZE,
     ImageMeta,
@@ -63,6 +64,7 @@ class DetectionAdapter(TaskAdapter):
     keypoint_names: list[str] | None = None  # Keypoint R-CNN's, from torchvision's weights meta
 
     task = "detection"
+    end_files = (COCO_FILE,)
 
     @property
     def min_score(self) -> float:
@@ -158,10 +160,10 @@ class DetectionAdapter(TaskAdapter):
             draw.text((left, top), text, fill=(0, 0, 0) if sum(rgb) > 380 else (255, 255, 255))
         return thumb
 
-    def finish(self, output_dir: Path, records: list[dict]) -> list[Path]:
-        path = output_dir / COCO_FILE
-        atomic_write_text(path, json.dumps(self.coco(records, output_dir), ensure_ascii=False) + "\n")
-        return [path]
+    def finish(self, output_dir: Path | OutputFolder, records: list[dict]) -> list[Path]:
+        folder = OutputFolder.at(output_dir)
+        text = json.dumps(self.coco(records, folder.path), ensure_ascii=False) + "\n"
+        return [folder.write_text(COCO_FILE, text)]
 
     def coco(self, records: list[dict], output_dir: Path | None = None) -> dict:
         """The run as a COCO detection file: images, annotations (bbox x, y, w, h, with score; with
@@ -177,7 +179,7 @@ class DetectionAdapter(TaskAdapter):
             images.append({"id": image_id, "file_name": record["image"], "width": width, "height": height})
             owner = None
             if record.get("mask") and output_dir is not None:
-                with Image.open(output_dir / record["mask"]) as mask_image:
+                with open(output_dir / record["mask"], "rb") as f, open_image(f) as mask_image:
                     owner = np.asarray(mask_image)
             for det in record["detections"]:
                 x1, y1, x2, y2 = det["box"]

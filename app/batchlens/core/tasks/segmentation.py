@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from batchlens.core.files import atomic_write_text
+from batchlens.core.files import OutputFolder
 from batchlens.core.tasks.base import (
     PREVIEW_SIZE,
     ImageMeta,
@@ -40,6 +40,7 @@ def class_mask(output) -> torch.Tensor:
 
 class SegmentationAdapter(TaskAdapter):
     task = "segmentation"
+    end_files = (CLASSES_FILE,)
 
     def postprocess(self, output, meta: ImageMeta) -> TaskResult:
         width, height = meta.original_size
@@ -65,7 +66,7 @@ class SegmentationAdapter(TaskAdapter):
         mask = np.asarray(result.image.resize(thumb.size, Image.Resampling.NEAREST)).astype(np.int64)
         return tint(thumb, palette_array()[mask % 256], mask > 0, OVERLAY_ALPHA)
 
-    def finish(self, output_dir: Path, records: list[dict]) -> list[Path]:
+    def finish(self, output_dir: Path | OutputFolder, records: list[dict]) -> list[Path]:
         """mask_classes.json: what each mask value means, and the colour the previews use for it."""
         seen = {c["index"] for r in records if r.get("status") == "ok" for c in r.get("classes", [])}
         count = max(len(self.labels or []), max(seen, default=-1) + 1)
@@ -74,6 +75,5 @@ class SegmentationAdapter(TaskAdapter):
             {"index": i, "label": self.label(i), "colour": [int(v) for v in palette[i % 256]]}
             for i in range(count)
         ]
-        path = output_dir / CLASSES_FILE
-        atomic_write_text(path, json.dumps({"classes": classes}, indent=1, ensure_ascii=False) + "\n")
-        return [path]
+        text = json.dumps({"classes": classes}, indent=1, ensure_ascii=False) + "\n"
+        return [OutputFolder.at(output_dir).write_text(CLASSES_FILE, text)]

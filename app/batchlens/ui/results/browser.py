@@ -32,10 +32,11 @@ from batchlens.core.outputs.results_index import (
     describe_folder,
     read_line,
 )
+from batchlens.core.outputs.reviews import ReviewsReader, append_review
 from batchlens.ui.results.detail import LARGE, ResultDetail
 from batchlens.ui.results.filters import FilterPanel
 from batchlens.ui.results.grid import ResultsGrid, TileDelegate, tile_pixels
-from batchlens.ui.results.model import ResultsFilter, ResultsModel
+from batchlens.ui.results.model import ResultsFilter, ResultsModel, changed
 from batchlens.ui.results.thumbnails import Job, ThumbnailCache, ThumbnailLoader, make_pictures
 
 POLL_MS = 500  # how often a folder is checked for new lines (a stat call when nothing changed)
@@ -49,6 +50,7 @@ class ResultsBrowser(QWidget):
         super().__init__(parent)
         self.folder: OutputFolder | None = None
         self.reader: PredictionsReader | None = None
+        self.reviews_reader: ReviewsReader | None = None
         self._inferred_task: str | None = None
         self.generation = 0  # bumped whenever the records are read afresh: old tiles are ignored
 
@@ -74,6 +76,17 @@ class ResultsBrowser(QWidget):
         self.choose_input_button.setToolTip("Show the input pictures from the folder where they are now.")
         self.choose_input_button.clicked.connect(self.choose_input_folder)
         self.choose_input_button.hide()
+        self.evaluate_button = QPushButton("Evaluate…")
+        self.evaluate_button.setToolTip("Measure the model against the true labels (evaluation.json).")
+        self.sort_button = QPushButton("Sort into folders…")
+        self.sort_button.setToolTip("Copy (or link, or move) the images into one folder per label.")
+        self.export_button = QPushButton("Export…")
+        self.export_button.setToolTip("Save the results as CSV (for a spreadsheet), COCO JSON or YOLO.")
+        from batchlens.ui.results import after_run_dialogs
+
+        self.evaluate_button.clicked.connect(lambda: after_run_dialogs.evaluate(self))
+        self.sort_button.clicked.connect(lambda: after_run_dialogs.sort_into_folders(self))
+        self.export_button.clicked.connect(lambda: after_run_dialogs.export(self))
 
         # Left: filters. Right: the grid, or one result large.
         self.filters = FilterPanel()
@@ -81,6 +94,14 @@ class ResultsBrowser(QWidget):
         self.filters.label_changed.connect(self.shown.set_label)
         self.filters.score_changed.connect(self.shown.set_score_range)
         self.filters.sort_changed.connect(self.results.set_sort)
+        self.filters.review_changed.connect(self.shown.set_review_state)
+        self.filters.reset_button.clicked.connect(lambda: self.show_images(None))
+        self.cell_caption = ""
+        self.box_threshold = 0.0  # detection: the score the Evaluation view keeps boxes at (Sort, Export)
+        self.message = QLabel()  # what an action did (a sort, an export)
+        self.message.setWordWrap(True)
+        self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.message.hide()
         side = QScrollArea()
         side.setWidget(self.filters)
         side.setWidgetResizable(True)
@@ -100,6 +121,8 @@ class ResultsBrowser(QWidget):
         self.detail = ResultDetail()
         self.detail.back_requested.connect(self.show_grid)
         self.detail.step_requested.connect(lambda step: self.open_row(self.detail.row + step))
+        self.detail.review.decided.connect(lambda label: self.decide(label=label))
+        self.detail.review.boxes_decided.connect(lambda boxes: self.decide(boxes=boxes))
         self.pages = QStackedWidget()
         self.pages.addWidget(grid_page)
         self.pages.addWidget(self.detail)
@@ -113,6 +136,8 @@ class ResultsBrowser(QWidget):
         top = QHBoxLayout()
         top.addWidget(self.back_button)
         top.addWidget(self.title, 1)
+        for button in (self.evaluate_button, self.sort_button, self.export_button):
+            top.addWidget(button)
         notice_row = QHBoxLayout()
         notice_row.addWidget(self.notice, 1)
         notice_row.addWidget(self.choose_input_button)
@@ -120,6 +145,7 @@ class ResultsBrowser(QWidget):
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addLayout(top)
         layout.addLayout(notice_row)
+        layout.addWidget(self.message)
         layout.addWidget(splitter, 1)
 
         for signal in (
@@ -143,6 +169,7 @@ class ResultsBrowser(QWidget):
         where the input images are, when not where the run recorded them."""
         self.folder = describe_folder(Path(path), Path(input_dir) if input_dir else None)
         self.reader = PredictionsReader(self.folder.predictions)
+        self.reviews_reader = ReviewsReader(self.folder.path)
         self._restart()
         self.show_grid()
         self.poll()
@@ -168,6 +195,17 @@ class ResultsBrowser(QWidget):
         self._update_title()
         self.grid.viewport().update()
 
+    def show_images(self, images, caption: str = "") -> None:
+        """Show only these images in the grid (a cell of the confusion matrix); None: every image."""
+        self.cell_caption = caption if images is not None else ""
+        self.shown.set_images(None if images is None else set(images))
+        self.show_grid()
+        self._update_count()
+
+    def notice_text(self, text: str) -> None:
+        self.message.setText(html.escape(text))
+        self.message.setVisible(bool(text))
+
     def shutdown(self) -> None:
         """Stop following the folder and wait for the picture threads (called on close)."""
         self.timer.stop()
@@ -189,6 +227,8 @@ class ResultsBrowser(QWidget):
         if restarted:
             self._restart()
         self.results.append(records)
+        if self.reviews_reader.read_new() or records or restarted:
+            self._reviews_changed()
         if records and not self.grid.currentIndex().isValid() and self.shown.rowCount():
             self.grid.setCurrentIndex(self.shown.index(0, 0))  # so Enter opens something at once
         if not self.folder.finished:
@@ -228,6 +268,49 @@ class ResultsBrowser(QWidget):
                 self._inferred_task = task_of(read_line(self.folder.predictions, first))
         return self._inferred_task
 
+    # -- reviews -------------------------------------------------------------------------------
+    def decide(self, label: str | None = None, boxes: list | None = None) -> None:
+        """Write the person's decision on the image shown large, then show the next one."""
+        record = self.detail.record
+        if record is None or self.folder is None:
+            return
+        try:
+            append_review(self.folder.path, record.image, label=label, boxes=boxes)
+        except OSError as exc:
+            self.notice.setText(
+                html.escape(
+                    f"Could not write your review to {self.folder.path / 'reviews.jsonl'}: "
+                    f"{exc.strerror or exc}; check that the folder is writable."
+                )
+            )
+            self.notice.show()
+            return
+        self.reviews_reader.read_new()
+        row = self.detail.row
+        self._reviews_changed()
+        still_shown = self.shown.record(row) is record
+        following = row + 1 if still_shown else row  # a filter may have hidden the reviewed image
+        if following < self.shown.rowCount():
+            self.open_row(following)
+        else:
+            self.detail.show_review(self.reviews_reader.reviews.get(record.image))
+
+    def _reviews_changed(self) -> None:
+        reviews = self.reviews_reader.reviews if self.reviews_reader is not None else {}
+        self.shown.reviews = reviews
+        reviewed = changes = 0
+        for record in self.results.records:
+            review = reviews.get(record.image)
+            if review is not None:
+                reviewed += 1
+                changes += changed(record, review)
+        total = len(self.results.records)
+        self.filters.set_review_counts(
+            {"all": total, "reviewed": reviewed, "not reviewed": total - reviewed, "changed": changes}
+        )
+        self.shown.reviews_changed()
+        self.grid.viewport().update()  # the tiles' ticks
+
     # -- pictures ------------------------------------------------------------------------------
     def _job(self, record: ResultRecord, size: int | None = None, large: bool = False) -> Job:
         folder = self.folder
@@ -260,7 +343,9 @@ class ResultsBrowser(QWidget):
             return
         self.grid.setCurrentIndex(self.shown.index(row, 0))
         fields = read_line(self.folder.predictions, record)
-        self.detail.show_record(record, fields, row, self.shown.rowCount())
+        review = self.reviews_reader.reviews.get(record.image) if self.reviews_reader else None
+        self.detail.review.add_labels(self.results.label_counts)
+        self.detail.show_record(record, fields, row, self.shown.rowCount(), review)
         self.pages.setCurrentWidget(self.detail)
         self.detail.setFocus()
         self.loader.request(self._job(record, LARGE, large=True), make_pictures)
@@ -285,6 +370,8 @@ class ResultsBrowser(QWidget):
             )
         else:
             text = f"Showing {shown:,} of {total:,}"
+            if self.cell_caption:
+                text += f": {self.cell_caption} (“Show everything” shows them all again)"
         self.count_label.setText(text)
 
     def _update_title(self) -> None:

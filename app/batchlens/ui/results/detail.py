@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import html
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QEvent, Qt, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from batchlens.core.machine.memory import MemorySample
 from batchlens.core.outputs.result_pictures import ResultPictures
 from batchlens.core.outputs.results_index import ResultRecord
+from batchlens.core.outputs.reviews import Review
 from batchlens.core.run.events import ImageResult
 from batchlens.ui.previews import PreviewPanel
+from batchlens.ui.results.review import ReviewBar
 
 LARGE = 1024  # longest side of the large pictures, in pixels
 NO_SAMPLE = MemorySample(0.0, 0, 0, 0)  # a browsed result carries no memory reading
@@ -67,6 +69,7 @@ class ResultDetail(QWidget):
         self.details = QLabel()
         self.details.setWordWrap(True)
         self.details.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.review = ReviewBar(self)
 
         bar = QHBoxLayout()
         bar.addWidget(self.back_button)
@@ -77,13 +80,14 @@ class ResultDetail(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addLayout(bar)
+        layout.addWidget(self.review)
         layout.addWidget(self.panel, 1)
         layout.addWidget(self.details)
 
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         context = Qt.ShortcutContext.WidgetWithChildrenShortcut
         for key, slot in (
-            (Qt.Key.Key_Escape, self.back_requested.emit),
+            (Qt.Key.Key_Escape, self._escape),
             (Qt.Key.Key_Left, lambda: self.step_requested.emit(-1)),
             (Qt.Key.Key_Right, lambda: self.step_requested.emit(1)),
         ):
@@ -92,8 +96,36 @@ class ResultDetail(QWidget):
         self.fields: dict = {}
         self.row = self.total = 0
 
-    def show_record(self, record: ResultRecord, fields: dict, row: int, total: int) -> None:
+    def _escape(self) -> None:
+        """Esc: out of the typed label first (clearing it), then back to the grid."""
+        if self.review.entry.hasFocus():
+            self.review.entry.clear()
+            self.setFocus()
+        else:
+            self.back_requested.emit()
+
+    def keyPressEvent(self, event) -> None:
+        if self.record is not None and self.review.key(event.key(), event.text()):
+            event.accept()
+            return
+        super().keyPressEvent(event)
+
+    def event(self, event) -> bool:
+        # Tab picks the next box when reviewing detections (before Qt moves the focus with it).
+        if event.type() == QEvent.Type.KeyPress and event.key() == Qt.Key.Key_Tab and self.review.boxes:
+            self.review.key(event.key(), "")
+            return True
+        return super().event(event)
+
+    def show_review(self, review: Review | None) -> None:
+        """The person's last decision on the record shown (after a change made elsewhere)."""
+        self.review.show_for(self.fields, review)
+
+    def show_record(
+        self, record: ResultRecord, fields: dict, row: int, total: int, review: Review | None = None
+    ) -> None:
         self.record, self.fields, self.row, self.total = record, fields, row, total
+        self.review.show_for(fields, review)
         self.title.setText(f"<b>{html.escape(record.image)}</b>")
         self.position.setText(f"{row + 1:,} of {total:,}")
         self.previous_button.setEnabled(row > 0)

@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (
 )
 
 from batchlens.core.outputs.results_index import STATUSES
-from batchlens.ui.results.model import SORT_KEYS
+from batchlens.ui.results.model import REVIEW_STATES, SORT_KEYS
 
 # superqt goes through qtpy, which would pick PyQt5 first if it is installed too: pin it to ours.
 os.environ.setdefault("QT_API", "pyside6")
@@ -44,6 +44,7 @@ class FilterPanel(QWidget):
     label_changed = Signal(object)  # a label, or None for all
     score_changed = Signal(float, float)
     sort_changed = Signal(str, bool)  # key, descending
+    review_changed = Signal(str)  # one of REVIEW_STATES
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -59,6 +60,20 @@ class FilterPanel(QWidget):
             box.toggled.connect(self._statuses_toggled)
             layout.addWidget(box)
             self.status_boxes[status] = box
+
+        self.review_title = QLabel("<b>Review</b>")
+        self.review_combo = QComboBox()
+        for key, name in REVIEW_STATES.items():
+            self.review_combo.addItem(name, key)
+        self.review_combo.setToolTip(
+            "Reviewed: you confirmed or corrected the result in the large view (Enter, 1-9 or typing). "
+            "Changed: your label differs from the model's."
+        )
+        self.review_combo.currentIndexChanged.connect(
+            lambda: self.review_changed.emit(self.review_combo.currentData())
+        )
+        layout.addWidget(self.review_title)
+        layout.addWidget(self.review_combo)
 
         self.score_title = QLabel("<b>Score</b>")
         self.score_slider = QLabeledDoubleRangeSlider(Qt.Orientation.Horizontal)
@@ -140,18 +155,20 @@ class FilterPanel(QWidget):
         self.labels_title.setVisible(bool(shown))
         table.setVisible(bool(shown))
 
-    def select_label(self, label: str | None) -> None:
-        """Choose a label as a click on its row would (None: all)."""
-        for row in range(self.labels_table.rowCount()):
-            if self.labels_table.item(row, 0).data(Qt.ItemDataRole.UserRole) == label:
-                self.labels_table.selectRow(row)
-                return
-        raise KeyError(label)
+    def set_review_counts(self, counts: dict[str, int]) -> None:
+        """The number of images in each review state, shown in the review filter's choices."""
+        for i in range(self.review_combo.count()):
+            key = self.review_combo.itemData(i)
+            count = counts.get(key)
+            self.review_combo.setItemText(
+                i, REVIEW_STATES[key] + (f" ({count:,})" if count is not None else "")
+            )
 
     def reset(self) -> None:
         for box in self.status_boxes.values():
             box.setChecked(True)
         self.score_slider.setValue((0.0, 1.0))
+        self.review_combo.setCurrentIndex(0)
         if self.labels_table.rowCount():
             self.labels_table.selectRow(0)
 

@@ -8,7 +8,7 @@ from PySide6.QtGui import QColor, QPainter, QPalette, QPen
 from PySide6.QtWidgets import QAbstractItemView, QListView, QStyle, QStyledItemDelegate
 
 from batchlens.core.outputs.results_index import ResultRecord
-from batchlens.ui.results.model import RECORD_ROLE, describe
+from batchlens.ui.results.model import RECORD_ROLE, describe, reviewed_words
 from batchlens.ui.results.thumbnails import Job, ThumbnailCache, ThumbnailLoader
 
 TILE = 132  # picture area of a tile, in device-independent pixels
@@ -54,7 +54,9 @@ class TileDelegate(QStyledItemDelegate):
         painter.drawText(text_rect, Qt.AlignmentFlag.AlignHCenter, name)
         if colour is not None and not selected:
             painter.setPen(colour)
-        result = metrics.elidedText(describe(record), Qt.TextElideMode.ElideRight, text_rect.width())
+        review = getattr(index.model(), "reviews", {}).get(record.image)
+        words = describe(record) if review is None else reviewed_words(review)
+        result = metrics.elidedText(words, Qt.TextElideMode.ElideRight, text_rect.width())
         painter.drawText(text_rect.translated(0, line), Qt.AlignmentFlag.AlignHCenter, result)
         painter.restore()
 

@@ -35,6 +35,25 @@ def _value(record: ResultRecord, key: str):
     return record.offset  # run order: where the line is in the file
 
 
+REVIEW_STATES = {"all": "All", "reviewed": "Reviewed", "not reviewed": "Not reviewed", "changed": "Changed"}
+
+
+def changed(record: ResultRecord, review) -> bool:
+    """Whether a review says something other than the model (a label, or the boxes' labels)."""
+    if review is None:
+        return False
+    if review.label is not None:
+        return review.label != record.label
+    return {b["label"] for b in review.boxes or []} != set(record.labels)
+
+
+def reviewed_words(review) -> str:
+    """The tile's second line for a reviewed image: the person's word, ticked."""
+    if review.label is not None:
+        return f"✓ {review.label}"
+    return f"✓ {len(review.boxes or [])} box(es)"
+
+
 def describe(record: ResultRecord) -> str:
     """The tile's second line: the result in a few words."""
     if record.status == "error":
@@ -137,6 +156,23 @@ class ResultsFilter(QSortFilterProxyModel):
         self.statuses: set[str] = set(STATUSES)
         self.label: str | None = None
         self.score_range: tuple[float, float] = (0.0, 1.0)
+        self.reviews: dict = {}  # image -> its last Review (the browser keeps it up to date)
+        self.review_state = "all"  # one of REVIEW_STATES
+        self.images: set[str] | None = None  # only these images (a cell of the confusion matrix)
+
+    def set_review_state(self, state: str) -> None:
+        if state not in REVIEW_STATES:
+            raise ValueError(f"unknown review state {state!r}")
+        self.review_state = state
+        self._refilter()
+
+    def set_images(self, images: set[str] | None) -> None:
+        self.images = None if images is None else set(images)
+        self._refilter()
+
+    def reviews_changed(self) -> None:
+        if self.review_state != "all":
+            self._refilter()
 
     def set_statuses(self, statuses: set[str]) -> None:
         self.statuses = set(statuses)
@@ -165,6 +201,16 @@ class ResultsFilter(QSortFilterProxyModel):
         record = self.results.records[source_row]
         if record.status not in self.statuses:
             return False
+        if self.images is not None and record.image not in self.images:
+            return False
+        if self.review_state != "all":
+            review = self.reviews.get(record.image)
+            if self.review_state == "reviewed" and review is None:
+                return False
+            if self.review_state == "not reviewed" and review is not None:
+                return False
+            if self.review_state == "changed" and not changed(record, review):
+                return False
         score = record.score
         if self.label is not None:
             if self.label not in record.labels:
@@ -181,4 +227,12 @@ class ResultsFilter(QSortFilterProxyModel):
         return self.data(self.index(row, 0), RECORD_ROLE)
 
 
-__all__ = ["RECORD_ROLE", "ResultsFilter", "ResultsModel", "SORT_KEYS", "describe"]
+__all__ = [
+    "RECORD_ROLE",
+    "REVIEW_STATES",
+    "ResultsFilter",
+    "ResultsModel",
+    "SORT_KEYS",
+    "changed",
+    "describe",
+]

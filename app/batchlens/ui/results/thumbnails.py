@@ -142,7 +142,10 @@ class ThumbnailLoader(QObject):
         self._lock = threading.Lock()
         self._pending: OrderedDict[tuple, tuple[Job, Callable]] = OrderedDict()
         self._busy: set[tuple] = set()
-        self._signals = _Signals()
+        # Owned by the loader (deleted with it, on the GUI thread). Kept only by the loader's Python
+        # wrapper, it was freed wherever that wrapper's last reference went: a picture thread's
+        # _Work drops one, so a GUI-thread QObject could be deleted on a picture thread.
+        self._signals = _Signals(self)
         self._signals.done.connect(self._deliver)
         self.made = 0  # pictures made so far (for tests and the count of work done)
 

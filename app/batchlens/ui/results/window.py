@@ -25,10 +25,14 @@ class ResultsWindow(QMainWindow):
         open_action = QAction("&Open results…", self)
         open_action.setShortcut(QKeySequence.StandardKey.Open)
         open_action.triggered.connect(self.ask_folder)
+        export_action = QAction("&Export…", self)
+        export_action.setShortcut(QKeySequence("Ctrl+E"))
+        export_action.triggered.connect(self.ask_export)
         quit_action = QAction("&Quit", self)
         quit_action.setShortcut(QKeySequence("Ctrl+Q"))
         quit_action.triggered.connect(self.close)
         menu.addAction(open_action)
+        menu.addAction(export_action)
         menu.addAction(quit_action)
         self.resize(1100, 750)
 
@@ -37,6 +41,11 @@ class ResultsWindow(QMainWindow):
         chosen = QFileDialog.getExistingDirectory(self, "Open the output folder of a run", start)
         if chosen:
             self.browser.open_folder(chosen)
+
+    def ask_export(self) -> None:
+        from batchlens.ui.results.after_run_dialogs import export
+
+        export(self.browser)
 
     def closeEvent(self, event) -> None:
         self.browser.shutdown()
