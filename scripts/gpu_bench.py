@@ -2,6 +2,11 @@
 DataLoader loop, the cost of each --empty-cache policy, and allocated memory over 10,000 images.
 
     python scripts/gpu_bench.py --out DIR [--quick]
+    python scripts/gpu_bench.py --out DIR --long 20000 [--sizes 640x480,1600x1200] [--cache DIR]
+
+--long N runs the long-run rows instead (core/run/bench_long.py: the expert loop, Standard, Fastest,
+DALI where installed, the forward-only ceiling; end-to-end and steady-state images/s, first result,
+memory early and late) over N JPEGs of each size, and writes DIR/gpu-long.json.
 
 Writes DIR/gpu-bench.json and prints a table. Every figure is measured here, in this run, on the
 same images and the same model (ResNet-50 with seeded random weights: no download needed, and the
@@ -89,7 +94,15 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="few small images: a smoke test of the script")
     parser.add_argument("--device", default="cuda", help="cuda (the proof), or cpu for --quick checks")
     parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--long", type=int, default=0, help="the long-run rows over this many images")
+    parser.add_argument("--sizes", default="640x480,1600x1200", help="image sizes of the long rows")
+    parser.add_argument(
+        "--cache", type=Path, help="where the long rows' JPEGs are kept (default: a temp dir)"
+    )
+    parser.add_argument("--compile-row", action="store_true", help="add Fastest with --compile")
     args = parser.parse_args()
+    if args.long:
+        return long_rows(args)
     args.out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -217,6 +230,41 @@ def main() -> int:
         print("flat memory:", report["flat_memory"], flush=True)
 
     (args.out / "gpu-bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def long_rows(args) -> int:
+    """The long-run rows (core/run/bench_long.py) for each size; DIR/gpu-long.json."""
+    from batchlens.core.run.bench_long import cached_folder, rows_json, run_long_bench
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    model, note = load_bench_model(args.model, device)
+    report = {
+        "device": torch.cuda.get_device_name(device) if cuda else args.device,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cores": os.cpu_count(),
+        "model": f"{args.model} ({note or 'downloaded weights'})",
+        "images": args.long,
+        "sizes": {},
+    }
+    path = args.out / "gpu-long.json"
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = args.cache or Path(tmp) / "sets"
+        for text in args.sizes.split(","):
+            width, height = (int(v) for v in text.lower().split("x"))
+            started = time.perf_counter()
+            folder = cached_folder(cache, args.long, (width, height))
+            print(f"{text}: {args.long} JPEGs ready in {time.perf_counter() - started:.1f} s", flush=True)
+            rows = run_long_bench(
+                model, folder, Path(tmp) / f"scratch-{text}", compile_row=args.compile_row, log=print
+            )
+            report["sizes"][text] = rows_json(rows)
+            for row in report["sizes"][text]:
+                print(json.dumps({k: v for k, v in row.items() if k != "settings"}), flush=True)
+            path.write_text(json.dumps(report, indent=2) + "\n")  # what finished, should a later size not
     return 0
 
 

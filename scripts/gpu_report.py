@@ -73,6 +73,66 @@ def bench_section(path: Path) -> list[str]:
     return lines
 
 
+MiB = 2**20
+
+
+def _goal(label: str, value: float | None, target: float, unit: str = "") -> str:
+    if value is None:
+        return f"- {label}: not measured"
+    verdict = "met" if value >= target else "NOT met"
+    return f"- {label}: {value:.2f}{unit} against {target:g}{unit}: {verdict}"
+
+
+def long_section(path: Path) -> list[str]:
+    """The long-run rows (scripts/gpu_bench.py --long) and issue 29's goals, read off them."""
+    if not path.exists():
+        return ["The long-run bench did not finish (no gpu-long.json): see gpu-long.log."]
+    data = json.loads(path.read_text())
+    lines = [
+        f"Model: {data['model']}; {data['images']} JPEGs per size; {data['cores']} CPU cores; "
+        f"torch {data['torch']}, CUDA {data['cuda']}. Steady state: the images after the first 10 %.",
+    ]
+    for size, rows in data["sizes"].items():
+        lines += [
+            "",
+            f"### {size}",
+            "",
+            "| row | images | images/s end to end | steady images/s | x expert (end to end) "
+            "| first result (s) | allocated early / late (MiB) | settings |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        by_name = {row["name"]: row for row in rows}
+        for row in rows:
+            if row.get("skipped"):
+                lines.append(f"| {row['label']} | skipped: {row['skipped']} | | | | | | |")
+                continue
+            memory = row.get("memory")
+            mem = f"{memory['early_median'] / MiB:.0f} / {memory['late_median'] / MiB:.0f}" if memory else ""
+            first = row.get("first_result_s")
+            lines.append(
+                f"| {row['label']} | {row['images']} | {row['images_per_second']:.1f} | "
+                f"{row['steady_images_per_second']:.1f} | {row.get('vs_expert') or ''} | "
+                f"{'' if first is None else f'{first:.2f}'} | {mem} | {row.get('note', '')} |"
+            )
+        ceiling = by_name.get("ceiling")
+        standard, fastest = by_name.get("standard"), by_name.get("fastest")
+        lines += ["", f"Goals at {size} (issue 29):", ""]
+        lines.append(_goal("Standard end to end / expert", standard and standard.get("vs_expert"), 1.0, "x"))
+        lines.append(_goal("Fastest end to end / expert", fastest and fastest.get("vs_expert"), 1.5, "x"))
+        if fastest and ceiling and not ceiling.get("skipped"):
+            target = min(3000.0, 0.85 * ceiling["images_per_second"])
+            lines.append(
+                _goal("Fastest steady images/s", fastest["steady_images_per_second"], round(target, 1))
+            )
+        for row in (standard, fastest):
+            if row and row.get("first_result_s") is not None:
+                verdict = "met" if row["first_result_s"] <= 1.0 else "NOT met"
+                lines.append(
+                    f"- {row['label']} first result: {row['first_result_s']:.2f} s against 1 s: {verdict}"
+                )
+    return lines
+
+
 def main() -> int:
     folder = Path(sys.argv[1])
     env = (folder / "env.txt").read_text().strip() if (folder / "env.txt").exists() else "(no env.txt)"
@@ -92,11 +152,29 @@ def main() -> int:
         "",
         *tests_section(folder / "gpu-tests.xml"),
         "",
-        "## Throughput, cache policy, flat memory (`scripts/gpu_bench.py`)",
+        "## Long runs as users have them (`scripts/gpu_bench.py --long`)",
         "",
-        *bench_section(folder / "gpu-bench.json"),
+        *long_section(folder / "gpu-long.json"),
         "",
     ]
+    overlap = folder / "gpu-overlap.log"
+    if overlap.exists():
+        lines = [line for line in overlap.read_text().splitlines() if line.strip()][-4:]
+        out += [
+            "## The copy ahead on a side stream (`scripts/gpu_profile.py --overlap`)",
+            "",
+            "```",
+            *lines,
+            "```",
+            "",
+        ]
+    if (folder / "gpu-bench.json").exists() or (folder / "gpu-bench.log").exists():  # KIT_FULL=1
+        out += [
+            "## Throughput, cache policy, flat memory (`scripts/gpu_bench.py`)",
+            "",
+            *bench_section(folder / "gpu-bench.json"),
+            "",
+        ]
     print("\n".join(out))
     return 0
 

@@ -62,3 +62,23 @@ def test_a_model_compile_cannot_build_runs_as_loaded(tmp_path, shapes_folder, mo
     assert any(
         "could not compile this model here" in n and "goes on with the model as loaded" in n for n in notes
     )
+
+
+def test_reduce_overhead_mode_that_cannot_build_runs_as_loaded(tmp_path, shapes_folder, monkeypatch):
+    """The long bench's measured switch (Fastest with CUDA graphs): a failure to build falls back the same."""
+    modes = []
+
+    def no_graphs(module, mode=None, **kwargs):
+        modes.append(mode)
+
+        def fails(graph, example_inputs):
+            raise RuntimeError("CUDA graphs are not supported here")
+
+        return REAL_COMPILE(module, backend=fails)
+
+    monkeypatch.setattr(torch, "compile", no_graphs)
+    summary, notes, results = run(shapes_folder, tmp_path / "out", batch_size=4, compile="reduce-overhead")
+    assert modes == ["reduce-overhead"]
+    assert summary["counts"]["ok"] == 12 and summary["compile"]["mode"] == "reduce-overhead"
+    assert "CUDA graphs are not supported here" in summary["compile"]["failed"]
+    assert sum("could not compile this model here" in n for n in notes) == 1

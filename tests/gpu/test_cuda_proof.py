@@ -19,6 +19,7 @@ pytestmark = [
 ]
 
 from batchlens.core.inputs.images import load_image  # noqa: E402
+from batchlens.core.inputs.prefetch import each_here  # noqa: E402
 from batchlens.core.machine.memory import CudaProbe, format_bytes  # noqa: E402
 from batchlens.core.models import load_model  # noqa: E402
 from batchlens.core.run.bench import BenchConfig, format_table, run_bench  # noqa: E402
@@ -102,9 +103,13 @@ def test_batches_are_pinned_and_conv_nets_run_channels_last_on_cuda(tmp_path: Pa
     pipeline = BatchPipeline(model, tmp_path / "out", None)
     from batchlens.core.inputs.images import scan_images
 
-    prepared = pipeline.prepare(list(scan_images(folder)))
-    ((_, batch),) = prepared.groups
+    candidates = list(scan_images(folder))
+    ((_, batch),) = pipeline._prepare(candidates, each_here).groups
     assert batch.is_pinned() and batch.shape[0] == 4  # so the copy to the GPU does not block
+    # ... and prepare() copies it to the device on a side stream, ahead of the forward (issue 29)
+    prepared = pipeline.prepare(candidates)
+    ((_, on_device),) = prepared.groups
+    assert on_device.device.type == "cuda" and prepared.ready is not None
     summary = None
     for event in Runner(
         RunConfig("demo-denoise", folder, tmp_path / "out", device=str(device), prefetch=2)

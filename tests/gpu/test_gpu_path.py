@@ -59,6 +59,7 @@ def test_gpu_decode_pipeline_matches_the_pillow_path(tmp_path: Path):
     pillow = BatchPipeline(model, tmp_path / "a", None).prepare(candidates)
     device = BatchPipeline(model, tmp_path / "b", None, gpu_decode=True).prepare(candidates)
     torch.cuda.current_stream().wait_event(device.ready)
+    torch.cuda.current_stream().wait_event(pillow.ready)  # copied to the device on a side stream
     ((_, batch),) = device.groups
     assert batch.device.type == "cuda"
     diff = (pillow.groups[0][1].cuda() - batch).abs()

@@ -462,7 +462,7 @@ def test_speeds_map_to_the_engine_settings(window, tmp_path):
     ]
     for speed, on_cpu, on_gpu in (
         ("exact", EXACT_SETTINGS, EXACT_SETTINGS),
-        ("standard", {}, {}),  # the engine's own defaults, as on the command line
+        ("standard", {}, {"precision": "auto"}),  # the engine defaults; on a GPU fp16 where checked
         (
             "fastest",
             {"fast_decode": True},

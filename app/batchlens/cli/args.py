@@ -435,9 +435,10 @@ def _add_speed_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--precision",
-        choices=("fp32", "fp16", "bf16"),
+        choices=("fp32", "fp16", "bf16", "auto"),
         default="fp32",
-        help="fp16/bf16 run the model under autocast (mixed precision); default fp32",
+        help="fp16/bf16 run the model under autocast (mixed precision); auto: fp16 on CUDA only if the "
+        "first batch's outputs stay within tolerance of fp32 (summary.json says); default fp32",
     )
     parser.add_argument(
         "--fast-decode",

@@ -62,6 +62,9 @@ SPEEDS = {
     ),
 }
 FASTEST_ON_GPU = {"precision": "fp16", "channels_last": True, "gpu_decode": True}
+#: Standard on a GPU: half precision only where the first batch shows it within tolerance of fp32
+#: (core/run/precision.py); not yet checked on a GPU
+STANDARD_ON_GPU = {"precision": "auto"}
 OLD_SPEEDS = {"faster": "standard"}  # remembered by earlier versions
 
 
@@ -345,6 +348,8 @@ class RunForm(QGroupBox):
         settings = dict(SPEEDS[self.speed()][2])
         if self.speed() == "fastest" and device_type == "cuda":
             settings.update(FASTEST_ON_GPU)
+        elif self.speed() == "standard" and device_type == "cuda":
+            settings.update(STANDARD_ON_GPU)
         return settings
 
     def image_count(self) -> int:

@@ -46,6 +46,9 @@ class Outcome:
     before: int | None = None  # memory figures a loop measures itself (the naive loop)
     after: int | None = None
     files_written: int = 0  # output files (PNGs) the engine wrote; the loops write none
+    # seconds from the row's start at which each image's result came (the long bench's rows)
+    timeline: list[float] = field(default_factory=list)
+    allocated: list[int] = field(default_factory=list)  # the engine: allocated memory after each image
 
 
 # -- images ---------------------------------------------------------------------------------------
@@ -158,7 +161,7 @@ def expert_loop(
         pin_memory=model.device.type == "cuda",
         collate_fn=list if model.takes_list else default_collate,
     )
-    start, first, count = time.perf_counter(), None, 0
+    start, first, count, timeline = time.perf_counter(), None, 0, []
     autocast = torch.autocast(model.device.type, dtype=dtype, enabled=dtype is not None)
     with torch.inference_mode(), autocast:
         for batch in loader:
@@ -171,8 +174,10 @@ def expert_loop(
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             output = _to_cpu(module(inputs))
             del output, inputs
-            first = first if first is not None else time.perf_counter() - start
+            now = time.perf_counter() - start
+            first = first if first is not None else now
             count += len(batch)
+            timeline += [now] * len(batch)
     settings, note = {"workers": workers, "batch_size": batch_size}, f"{workers} workers, batch {batch_size}"
     if dtype is not None:
         settings["precision"], note = precision, f"{note}, {precision}"
@@ -180,7 +185,7 @@ def expert_loop(
         settings["channels_last"], note = True, f"{note}, channels_last"
     if model.device.type == "cpu":  # its peak RAM is the main process's: the workers decode elsewhere
         note = f"{note}; peak mem: main process only, its workers hold their own"
-    return Outcome([c.rel for c in candidates[:count]], first, note, settings)
+    return Outcome([c.rel for c in candidates[:count]], first, note, settings, timeline=timeline)
 
 
 def naive_loop(model: LoadedModel, candidates: list[Candidate], probe: MemoryProbe, limit: int) -> Outcome:
@@ -213,17 +218,29 @@ def naive_loop(model: LoadedModel, candidates: list[Candidate], probe: MemoryPro
 
 
 def engine_run(
-    model: LoadedModel, folder: Path, out: Path, device: str, probe: MemoryProbe, **settings
+    model: LoadedModel,
+    folder: Path,
+    out: Path,
+    device: str,
+    probe: MemoryProbe | None,
+    timeline: bool = False,
+    **settings,
 ) -> Outcome:
-    """The engine through its public API, exactly as `batchlens run` drives it."""
+    """The engine through its public API, exactly as `batchlens run` drives it (`timeline`: keep when
+    each result came and the allocated memory after it)."""
     runner = Runner(
         RunConfig(model.info.id, folder, out, device=device, **settings), probe=probe, model=model
     )
     start, first = time.perf_counter(), None
     done, top1, summary, files = [], {}, {}, 0
+    times, allocated = [], []
     for event in runner.events():
         if isinstance(event, ImageResult):
-            first = first if first is not None else time.perf_counter() - start
+            now = time.perf_counter() - start
+            first = first if first is not None else now
+            if timeline:
+                times.append(now)
+                allocated.append(event.memory.allocated)
             if event.ok:
                 done.append(event.image)
                 files += sum(name in event.fields for name in OUTPUT_FIELDS)
@@ -241,10 +258,14 @@ def engine_run(
         "folded_batch_norm",
         "fast_decode",
         "threads",
+        "precision_check",
+        "decode_processes",
     )
     shown = {k: summary.get(k) for k in keys}
     shown["batch_size_auto"] = summary.get("batch_size_auto")
-    return Outcome(done, first, describe_settings(shown), shown, top1, files_written=files)
+    outcome = Outcome(done, first, describe_settings(shown), shown, top1, files_written=files)
+    outcome.timeline, outcome.allocated = times, allocated
+    return outcome
 
 
 def describe_settings(shown: dict) -> str:
@@ -254,8 +275,13 @@ def describe_settings(shown: dict) -> str:
         parts.append(f"{threads['torch']}+{threads['decode']} threads")
         if threads.get("decode_in_step"):
             parts.append("decoding in step")
-    if shown.get("precision") not in (None, "fp32"):
+    check = shown.get("precision_check") or {}
+    if check.get("asked") == "auto":
+        parts.append(f"precision auto: {check['chosen']} ({check['reason']})")
+    elif shown.get("precision") not in (None, "fp32"):
         parts.append(shown["precision"])
+    if shown.get("decode_processes"):
+        parts.append(f"{shown['decode_processes']} decoding processes")
     if shown.get("channels_last"):
         parts.append("channels_last")
     if shown.get("folded_batch_norm") is True:

@@ -52,8 +52,12 @@ class RunConfig:
     # When to hand cached device memory back to the driver: "never", "image", "every:N" or
     # "reserved:F" (reserved over F of the device), see core/run/cache_policy.py
     empty_cache: str = "never"
-    # torch.compile the model before the run (the first batch pays the compile time; see summary.json)
-    compile: bool = False
+    # torch.compile the model before the run (the first batch pays the compile time; see summary.json);
+    # a string is torch.compile's mode, e.g. "reduce-overhead" (CUDA graphs on a GPU)
+    compile: bool | str = False
+    # CPU decoding in worker processes: a number (0: none), or "auto": on CUDA without gpu_decode on a
+    # machine with many cores (core/inputs/process_decode.py)
+    decode_processes: int | str = "auto"
 
 
 #: "Exactly a plain loop": one image per forward, decoded in the loop, torch's own threads. The

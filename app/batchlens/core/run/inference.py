@@ -16,9 +16,12 @@ _HALF = (torch.float16, torch.bfloat16)
 
 
 def check_precision(precision: str, device: torch.device) -> None:
-    """Raise BatchLensError with one sentence if `precision` is unknown or `device` cannot run it."""
+    """Raise BatchLensError with one sentence if `precision` is unknown or `device` cannot run it.
+    "auto" is checked on the run's first batch instead (core/run/precision.py)."""
+    if precision == "auto":
+        return
     if precision not in PRECISIONS:
-        raise BatchLensError(f"Unknown precision {precision!r}: use {', '.join(PRECISIONS)}.")
+        raise BatchLensError(f"Unknown precision {precision!r}: use {', '.join(PRECISIONS)} or auto.")
     if PRECISIONS[precision] is None:
         return
     if not torch.amp.autocast_mode.is_autocast_available(device.type):
@@ -122,12 +125,13 @@ def fixed_batch_size(module: nn.Module) -> int | None:
     return None
 
 
-def compile_module(module: nn.Module) -> nn.Module:
-    """--compile: torch.compile the model (lazily: the first forward compiles). TorchScript modules
-    are already compiled their own way and run as they are."""
+def compile_module(module: nn.Module, mode: str | None = None) -> nn.Module:
+    """--compile: torch.compile the model (lazily: the first forward compiles), in `mode` (None:
+    torch's default; "reduce-overhead" adds CUDA graphs on a GPU). TorchScript modules are already
+    compiled their own way and run as they are."""
     if isinstance(module, torch.jit.ScriptModule):
         return module
-    return torch.compile(module)
+    return torch.compile(module, mode=mode) if mode else torch.compile(module)
 
 
 def to_cpu_compact(tensor: torch.Tensor) -> torch.Tensor:

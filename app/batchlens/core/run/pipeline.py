@@ -26,11 +26,14 @@ from batchlens.core.inputs.fast_preprocess import fast_preprocess_for
 from batchlens.core.inputs.gpu_decode import DeviceDecoder, preview_of, wait_for
 from batchlens.core.inputs.images import Candidate, DecodedImage, ImageError, load_image
 from batchlens.core.inputs.prefetch import Each, each_here
+from batchlens.core.inputs.process_decode import ProcessDecoder, process_workers
+from batchlens.core.machine.machine_load import usable_cores
 from batchlens.core.models import LoadedModel
 from batchlens.core.outputs.output_writers import OutputWriters
 from batchlens.core.outputs.records import non_finite
 from batchlens.core.run.config import RunConfig
 from batchlens.core.run.inference import compile_module, describe_error, infer, split_on_cpu
+from batchlens.core.run.precision import PrecisionDecision, decide_precision
 from batchlens.core.run.recovery import OomRecovery, is_out_of_memory
 from batchlens.core.run.watchdog import ForwardTimeout, call_with_timeout
 from batchlens.core.tasks.base import ImageMeta, TaskResult, thumbnail
@@ -99,6 +102,10 @@ class Prepared:
     ready: torch.cuda.Event | None = None  # --gpu-decode on CUDA: the side stream's work is done
 
 
+#: CUDA with CPU decode: copy each prepared batch to the device on a side stream ahead of its forward
+COPY_AHEAD = True
+
+
 class BatchPipeline:
     """Processes lists of candidates with one loaded model, writing each image's output files."""
 
@@ -122,14 +129,24 @@ class BatchPipeline:
         # preprocessing; `fast_resize` is True or why not, for summary.json
         self.fast_preprocess, self.fast_resize = fast_preprocess_for(model) if fast_decode else (None, False)
         self.pin_memory = model.device.type == "cuda"
+        # CUDA, CPU decode: each batch goes to the device on this side stream ahead of its forward
+        # (`_copy_ahead`); set after the device decoder below (which has its own stream)
+        self.copy_stream = None
         # --gpu-decode: a batch's JPEGs are decoded and preprocessed on the model's device
         self.device_decoder = (
             DeviceDecoder(model.device, model.adapter.color_mode, max_pixels)
             if gpu_decode and model.adapter.task == "classification"
             else None
         )
+        self.process_decoder: ProcessDecoder | None = None  # decoding processes (RunConfig.decode_processes)
+        self.decode_processes = 0  # how many, for summary.json
+        self.decoded_in_processes = 0  # images they decoded (the first ones decode here while they start)
+        if self.pin_memory and self.device_decoder is None and COPY_AHEAD:
+            self.copy_stream = torch.cuda.Stream(model.device)
         self.first_forward_seconds: float | None = None
+        self.precision_check: PrecisionDecision | None = None  # --precision auto, after the first batch
         self.compiled = False  # --compile asked for
+        self.compile_mode: str | None = None  # torch.compile's mode (RunConfig.compile a string)
         self.uncompiled: nn.Module | None = None  # --compile: the model as loaded, until a forward worked
         self.compile_failed: str | None = None  # why torch.compile could not run the model
         self.recovery = self.make_recovery()
@@ -144,9 +161,15 @@ class BatchPipeline:
 
     @classmethod
     def for_run(
-        cls, model: LoadedModel, output_dir: Path | OutputFolder, config: RunConfig, channels_last: bool
+        cls,
+        model: LoadedModel,
+        output_dir: Path | OutputFolder,
+        config: RunConfig,
+        channels_last: bool,
+        local: bool = False,
     ) -> BatchPipeline:
-        """The pipeline a run of `config` uses: the local runner's and every cluster worker's."""
+        """The pipeline a run of `config` uses: the local runner's (`local`: it may start decoding
+        processes, and calls `close`) and every cluster worker's."""
         pipeline = cls(
             model,
             output_dir,
@@ -160,10 +183,23 @@ class BatchPipeline:
         pipeline.writers = OutputWriters()  # whoever runs the pipeline calls `writers.close()`
         pipeline.previews = config.previews
         pipeline.input_dir = Path(config.input_dir).expanduser().resolve()
+        on_gpu = pipeline.device_decoder is not None
+        workers = process_workers(config.decode_processes, model.device.type, usable_cores(), on_gpu)
+        pipeline.decode_processes = workers if local else 0
+        if pipeline.decode_processes:
+            pipeline.process_decoder = ProcessDecoder(workers)
         if config.compile:
             pipeline.compiled, pipeline.uncompiled = True, model.module
-            model.module = compile_module(model.module)
+            pipeline.compile_mode = config.compile if isinstance(config.compile, str) else None
+            model.module = compile_module(model.module, pipeline.compile_mode)
         return pipeline
+
+    def close(self) -> None:
+        """Stop the decoding processes, if any (the runner calls it however the run ends)."""
+        if self.process_decoder is not None:
+            self.process_decoder.close()
+            self.decoded_in_processes = self.process_decoder.decoded_in_workers
+            self.process_decoder = None
 
     def compile_report(self) -> tuple[str, dict] | None:
         """--compile, once the first forward ran: a sentence for the user and summary.json's entry."""
@@ -177,7 +213,10 @@ class BatchPipeline:
             )
         else:
             message = f"torch.compile: the first batch took {seconds} s, compiling included."
-        return message, {"first_forward_seconds": seconds, "failed": self.compile_failed}
+        entry = {"first_forward_seconds": seconds, "failed": self.compile_failed}
+        if self.compile_mode:
+            entry["mode"] = self.compile_mode
+        return message, entry
 
     def make_recovery(self, cpu_fallback: bool = False, on_first_oom=None) -> OomRecovery:
         """The out-of-memory ladder for this model (the runner adds --cpu-fallback and the snapshot)."""
@@ -196,11 +235,27 @@ class BatchPipeline:
         """Decode and preprocess a batch, safe on a background thread (core/inputs/prefetch.py), its images
         through `each` (the prefetcher's decoding threads, all at once). CPU work only, except with
         --gpu-decode, whose device work runs on a side stream (`Prepared.ready`)."""
+        if self.device_decoder is None and self.copy_stream is not None:
+            return self._copy_ahead(self._prepare(batch, each))
         if self.device_decoder is None:
             return self._prepare(batch, each)
         with self.device_decoder.side_stream():
             prepared = self._prepare(batch, each)
             prepared.ready = self.device_decoder.mark_done()
+        return prepared
+
+    def _copy_ahead(self, prepared: Prepared) -> Prepared:
+        """CUDA with CPU decode: copy the batch's pinned tensors to the device on a side stream, on the
+        prefetcher's thread, so the copy overlaps the forward of the batch before (`finish` makes the
+        forward's stream wait for it, and tells the allocator). Not yet checked on a GPU."""
+        device = self.model.device
+        with torch.cuda.stream(self.copy_stream):
+            prepared.groups = [
+                (group, batch.to(device, non_blocking=True) if isinstance(batch, torch.Tensor) else batch)
+                for group, batch in prepared.groups
+            ]
+            prepared.ready = torch.cuda.Event()
+            prepared.ready.record(self.copy_stream)
         return prepared
 
     def _prepare(self, batch: list[Candidate], each: Each) -> Prepared:
@@ -221,8 +276,10 @@ class BatchPipeline:
         """Decode and preprocess one image with Pillow and the adapter (on a decoding thread)."""
         adapter = self.model.adapter
         reduce_to = adapter.decode_size if self.fast_decode else None
+        # (--fast-decode's size wish is a method of the adapter: it stays in this process)
+        load = self.process_decoder.load if self.process_decoder and reduce_to is None else load_image
         try:
-            item.decoded = load_image(item.candidate.path, adapter.color_mode, self.max_pixels, reduce_to)
+            item.decoded = load(item.candidate.path, adapter.color_mode, self.max_pixels, reduce_to)
             item.tensor = (self.fast_preprocess or adapter.preprocess)(item.decoded.image)
             # Past preprocessing the photo is only a preview's source: keep a preview-sized copy (made
             # here, on the decoding thread) or none, not a full photo per image in flight (48 photos of
@@ -357,6 +414,10 @@ class BatchPipeline:
 
     def _infer(self, module, batch: torch.Tensor, device: torch.device, whole: bool = False):
         limit = self.image_timeout
+        if self.precision == "auto":  # once, on the first batch (core/run/precision.py)
+            task = self.model.adapter.task
+            self.precision_check = decide_precision(module, batch, device, task, self.channels_last)
+            self.precision = self.precision_check.chosen
         started = time.perf_counter()
         settings = (self.precision, self.channels_last, whole)
         try:

@@ -41,6 +41,7 @@ from batchlens.core.run.events import Event, ImageResult, RunFinished, RunNote, 
 from batchlens.core.run.inference import check_precision
 from batchlens.core.run.model_speedups import ModelSpeedups
 from batchlens.core.run.pipeline import BatchPipeline, Item, record_line
+from batchlens.core.run.precision import precision_entries
 from batchlens.core.run.recovery import (
     image_bytes_per_pixel,
     leak_warning,
@@ -325,7 +326,7 @@ class Runner:
 
         # Decided now, made after the first batch: the first result comes as soon as a plain loop's
         speedups = ModelSpeedups(model, device, cfg)
-        pipeline = BatchPipeline.for_run(model, folder, cfg, False)
+        pipeline = BatchPipeline.for_run(model, folder, cfg, False, local=True)
         snapshot = cfg.memory_snapshot and start_memory_history(device)
         pipeline.recovery = pipeline.make_recovery(
             cpu_fallback=cfg.cpu_fallback,
@@ -400,6 +401,7 @@ class Runner:
         finally:
             headers.close()
             ahead.close()
+            pipeline.close()
             pipeline.writers.close()
             running.close()
             speedups.restore()
@@ -438,6 +440,9 @@ class Runner:
             peak_source=watch.source,
             started_at=started_at,
             compile=compiled[1] if compiled else None,
+            **precision_entries(cfg, pipeline),
+            decode_processes=pipeline.decode_processes,
+            decoded_in_processes=pipeline.decoded_in_processes,
         )
 
     def _preflight(
