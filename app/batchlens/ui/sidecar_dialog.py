@@ -37,13 +37,8 @@ from batchlens.core.models.preprocessing import (
 )
 from batchlens.core.models.sidecar import normalise_task, read_json_file
 from batchlens.core.models.sidecar_store import save_sidecar, sidecar_target
+from batchlens.core.tasks.kinds import KINDS
 
-TASKS = {
-    "classification": "Classification: a label for each image",
-    "detection": "Detection: boxes around objects",
-    "segmentation": "Segmentation: a class for every pixel",
-    "image_to_image": "Image to image: denoise, upscale…",
-}
 SIZE_MODES = {
     "crop": "Resize the short side, then cut out the centre (most ImageNet models)",
     "stretch": "Stretch to an exact size",
@@ -123,8 +118,8 @@ class SidecarDialog(QDialog):
     def _build_model_fields(self) -> QHBoxLayout:
         """What the model does, its architecture (a weights file only) and its labels file (the row)."""
         self.task = QComboBox()
-        for key, text in TASKS.items():
-            self.task.addItem(text, key)
+        for kind in KINDS.values():
+            self.task.addItem(kind.title, kind.task)
         self.arch = QComboBox()
         self.arch.setEditable(True)
         self.arch.addItem("")
