@@ -20,6 +20,9 @@ def test_every_adapter_carries_its_own_kind():
         assert adapter.kind is KINDS[task]
         assert make_adapter(task, transform=None).kind.task == task
     assert [task for task, kind in KINDS.items() if kind.many_classes] == ["detection", "segmentation"]
+    assert [task for task, kind in KINDS.items() if kind.scored_boxes] == ["detection"]
+    assert kind_of("segmentation").truth == "the folder of true masks"
+    assert kind_of(None).truth == kind_of("classification").truth == "the CSV of image,label"
     assert kind_of("detection").label_words == ("Class", "Classes")
     assert kind_of("classification").label_words == ("Label", "Labels")
     assert kind_of(None).label_words == kind_of("no such task").label_words == ("Label", "Labels")
