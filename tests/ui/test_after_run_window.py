@@ -251,3 +251,25 @@ def test_detection_threshold_recounts_boxes_and_sets_the_export(qtbot, browser, 
     dialog.export()
     written = json.loads(Path(dialog.to.text()).read_text())
     assert len(written["annotations"]) == 3
+
+
+def test_each_tasks_kind_says_what_evaluate_sort_and_export_ask_for(qtbot, browser, tmp_path):
+    """Segmentation (many classes, no scored boxes): Evaluate asks for its folder of true masks, and
+    neither Sort nor Export offers a box threshold; detection's side is the test above."""
+    output = tmp_path / "out"
+    output.mkdir()
+    classes = [{"index": 0, "label": "background", "pixels": 50}, {"index": 1, "label": "road", "pixels": 14}]
+    line = {"image": "a.png", "status": "ok", "error": None, "seconds": 0.1, "size": [8, 8]}
+    line["classes"] = classes
+    (output / "predictions.jsonl").write_text(json.dumps(line) + "\n")
+    (output / "run.json").write_text(json.dumps({"task": "segmentation"}))
+    _open(qtbot, browser, output, 1)
+    view = after_run_dialogs.evaluate(browser)
+    qtbot.addWidget(view)
+    view.truth.setCurrentIndex(view.truth.findData("file"))
+    view.measure()
+    assert view.headline.text() == "Choose the folder of true masks, then Measure."
+    assert not view.threshold.isVisibleTo(view) and not view.box_counts.isVisibleTo(view)
+    dialog = after_run_dialogs.export(browser)
+    qtbot.addWidget(dialog)
+    assert not dialog.min_score.isVisibleTo(dialog)

@@ -289,3 +289,33 @@ def test_the_results_window_opens_a_folder(qtbot, tmp_path):
     assert actions == ["&Open results…", "&Export…", "&Quit"]
     window.close()
     assert not window.browser.timer.isActive()
+
+
+def test_the_label_list_is_named_by_the_tasks_kind(qtbot, browser, tmp_path):
+    """One label an image (classification) is a list of Labels; many classes an image (detection,
+    segmentation) a list of Classes, as the task's kind says (core/tasks/kinds.py), whether the task
+    is recorded in summary.json or read from the lines' shape."""
+    ok = {"status": "ok", "error": None, "seconds": 0.01}
+    runs = {
+        "detection": {"detections": [{"label": "cat", "score": 0.9, "box": [0, 0, 5, 5]}]},
+        "segmentation": {"classes": [{"index": 0, "label": "background"}, {"index": 1, "label": "road"}]},
+        "classification": {"top": [{"label": "cat", "index": 0, "score": 0.9}]},
+    }
+    seen = {}
+    for recorded in (False, True):
+        for task, fields in runs.items():
+            output = tmp_path / f"{task}-{recorded}"
+            output.mkdir()
+            line = {"image": "a.png", **ok, **fields}
+            (output / "predictions.jsonl").write_text(json.dumps(line) + "\n", encoding="utf-8")
+            if recorded:
+                summary = {"model": "m", "task": task, "counts": {}}
+                (output / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+            browser.open_folder(output)
+            table = browser.filters.labels_table
+            seen[task, recorded] = (browser.filters.labels_title.text(), table.horizontalHeaderItem(0).text())
+            assert table.rowCount() >= 2  # "All" and the result's names
+    for recorded in (False, True):
+        assert seen["detection", recorded] == ("<b>Classes</b>", "Class")
+        assert seen["segmentation", recorded] == ("<b>Classes</b>", "Class")
+        assert seen["classification", recorded] == ("<b>Labels</b>", "Label")

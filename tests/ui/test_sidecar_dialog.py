@@ -13,6 +13,7 @@ from PySide6.QtCore import QCoreApplication, QStandardPaths
 
 from batchlens.core.models import ModelInfo, load_model, sidecar_store
 from batchlens.core.models.files import MODEL_FILE_SUFFIXES, sidecar_path_for
+from batchlens.core.tasks import ADAPTERS
 from batchlens.ui import model_picker
 from batchlens.ui.model_picker import (
     MODEL_FILE_FILTER,
@@ -66,6 +67,20 @@ def test_defaults_write_the_imagenet_sidecar_beside_the_file(qtbot, tmp_path):
     words = loaded.preprocessing.describe()
     assert "short side to 256 px" in words and "centre-crop 224x224" in words and "bicubic" in words
     assert loaded.adapter.labels == ["cat", "dog", "fox"]
+
+
+def test_the_task_choices_are_each_tasks_own_words(qtbot, tmp_path):
+    """The dialog offers every task an adapter exists for, in the words its kind gives (no list of
+    task names of its own), and a choice saves that task's name."""
+    dialog = SidecarDialog(scripted(tmp_path))
+    qtbot.addWidget(dialog)
+    choices = {dialog.task.itemData(i): dialog.task.itemText(i) for i in range(dialog.task.count())}
+    assert set(choices) == set(ADAPTERS)
+    segmentation = ADAPTERS["segmentation"].kind.title
+    assert choices["segmentation"] == segmentation == "Segmentation: a class for every pixel"
+    dialog.task.setCurrentIndex(dialog.task.findData("detection"))
+    dialog.accept()
+    assert json.loads(dialog.saved.read_text())["task"] == "detection"
 
 
 def test_a_mistake_keeps_the_dialog_open_with_one_sentence(qtbot, tmp_path):

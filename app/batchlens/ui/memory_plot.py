@@ -81,7 +81,20 @@ class MemoryPlot(QWidget):
         self._divisor = MIB
         self._last: MemorySample | None = None
         self.probe: MemoryProbe | None = None
+        self._build_plot()
+        self._build_labels()
+        self._build_layout(self._build_buttons())
+        self._apply_palette()
+        self.timer = QTimer(self)
+        self.timer.setInterval(interval_ms)
+        self.timer.timeout.connect(self.sample_now)
+        if probe is not None:
+            self.set_probe(probe)
+        self.timer.start()
 
+    # -- built once, by __init__ ---------------------------------------------------------------------
+    def _build_plot(self) -> None:
+        """The plot: fixed axes, the legend above it, the markers, one curve a line, the hover line."""
         self.plot_widget = pg.PlotWidget()
         # A low minimum height: when a long message takes the window's height, the plot gives way
         # (it still reads at 90 px) instead of the panel's labels being drawn over its time axis.
@@ -113,6 +126,8 @@ class MemoryPlot(QWidget):
         self.plot_item.vb.sigResized.connect(lambda _vb: self.marks.layout_labels())
         self.plot_item.geometryChanged.connect(lambda: fit_legend(self.legend, self.plot_item))
 
+    def _build_labels(self) -> None:
+        """The words around the plot: its title, where the work runs, the numbers, the hover values."""
         self.title = QLabel()
         self.title.setWordWrap(True)
         self.where_label = QLabel()  # where the work runs, when that is not this process (a cluster)
@@ -124,6 +139,8 @@ class MemoryPlot(QWidget):
         self.hover_label = QLabel(" ")
         self.hover_label.setToolTip("Move the mouse over the plot to read the values at that moment.")
 
+    def _build_buttons(self) -> QHBoxLayout:
+        """Clear cache, Whole GPU, Save plot as PNG and Export CSV, in a row."""
         self.clear_button = QPushButton("Clear cache")
         self.clear_button.setToolTip(
             "Run Python's garbage collector and hand the memory PyTorch keeps cached back to the "
@@ -151,6 +168,9 @@ class MemoryPlot(QWidget):
         buttons.addStretch(1)
         buttons.addWidget(self.save_button)
         buttons.addWidget(self.csv_button)
+        return buttons
+
+    def _build_layout(self, buttons: QHBoxLayout) -> None:
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.title)
@@ -159,14 +179,6 @@ class MemoryPlot(QWidget):
         layout.addWidget(self.readout)
         layout.addWidget(self.hover_label)
         layout.addLayout(buttons)
-
-        self._apply_palette()
-        self.timer = QTimer(self)
-        self.timer.setInterval(interval_ms)
-        self.timer.timeout.connect(self.sample_now)
-        if probe is not None:
-            self.set_probe(probe)
-        self.timer.start()
 
     # -- the probe --------------------------------------------------------------------------------
     def set_probe(self, probe: MemoryProbe) -> None:

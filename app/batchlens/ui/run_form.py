@@ -140,7 +140,18 @@ class RunForm(QGroupBox):
         self.count_pool = QThreadPool(self)  # its own pool, so closing the window can wait for a count
         self._shut_down = False  # the window closed: no new count (another window's activation)
         self.count_pool.setMaxThreadCount(1)
+        self._build_model_row(find_devices)
+        self._build_folder_rows()
+        self._build_speed()
+        self._build_grid()
+        self._show_output_mode()
+        self.count_timer = QTimer(self, singleShot=True, interval=250)
+        self.count_timer.timeout.connect(self.count_now)
+        self._wire_signals()
 
+    # -- built once, by __init__ ------------------------------------------------------------------
+    def _build_model_row(self, find_devices: bool) -> None:
+        """The model picker, the device list and the cluster address beside it."""
         self.model_picker = ModelPicker()
         self.device_combo = QComboBox()
         self.device_combo.setToolTip(
@@ -162,6 +173,8 @@ class RunForm(QGroupBox):
         )
         self.cluster_edit.setVisible(False)
 
+    def _build_folder_rows(self) -> None:
+        """The input folder, its subfolders and image count, and the output folder that follows it."""
         self.input_edit = QLineEdit()
         self.input_edit.setPlaceholderText("Folder of images (Browse, or drop a folder on the window)")
         self.input_edit.setToolTip("The folder of images to process. It is only read, never written.")
@@ -185,6 +198,9 @@ class RunForm(QGroupBox):
             "INPUT-batchlens beside the input folder."
         )
         self.output_mode.linkActivated.connect(lambda _link: self.follow_input())
+
+    def _build_speed(self) -> None:
+        """How hard to push (SPEEDS), and the CPU fallback."""
         self.speed_combo = QComboBox()
         for key, (label, tip, _) in SPEEDS.items():
             self.speed_combo.addItem(label, key)
@@ -200,6 +216,7 @@ class RunForm(QGroupBox):
             "that one image on the CPU (slower) instead of giving it an error line."
         )
 
+    def _build_grid(self) -> None:
         grid = QGridLayout(self)
         grid.addWidget(QLabel("Model"), 0, 0)
         grid.addWidget(self.model_picker, 0, 1, 1, 2)
@@ -219,10 +236,8 @@ class RunForm(QGroupBox):
         grid.addWidget(self.cpu_fallback_check, 3, 3, 1, 2)
         grid.addWidget(self.output_mode, 4, 1, 1, 2)
         grid.setColumnStretch(1, 1)
-        self._show_output_mode()
 
-        self.count_timer = QTimer(self, singleShot=True, interval=250)
-        self.count_timer.timeout.connect(self.count_now)
+    def _wire_signals(self) -> None:
         self.input_browse.clicked.connect(self._browse_input)
         self.output_browse.clicked.connect(self._browse_output)
         self.input_edit.textChanged.connect(self._on_input_changed)

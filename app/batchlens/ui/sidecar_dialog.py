@@ -37,13 +37,8 @@ from batchlens.core.models.preprocessing import (
 )
 from batchlens.core.models.sidecar import normalise_task, read_json_file
 from batchlens.core.models.sidecar_store import save_sidecar, sidecar_target
+from batchlens.core.tasks.kinds import KINDS
 
-TASKS = {
-    "classification": "Classification: a label for each image",
-    "detection": "Detection: boxes around objects",
-    "segmentation": "Segmentation: a class for every pixel",
-    "image_to_image": "Image to image: denoise, upscale…",
-}
 SIZE_MODES = {
     "crop": "Resize the short side, then cut out the centre (most ImageNet models)",
     "stretch": "Stretch to an exact size",
@@ -85,7 +80,30 @@ class SidecarDialog(QDialog):
         self.current = Path(current) if current else None  # the sidecar in use, edited in place
         self.saved: Path | None = None
         self.setWindowTitle(f"Describe {self.model_path.name}")
+        intro = self._intro()
+        labels_row = self._build_model_fields()
+        self._build_size_fields()
+        self._build_colour_fields()
+        form = self._build_form(labels_row)
+        self.weights_only = is_weights_file(self.model_path)
+        self.arch.setVisible(self.weights_only)
+        self.arch_label.setVisible(self.weights_only)
+        buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel
+        )
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addWidget(intro)
+        layout.addLayout(form)
+        layout.addWidget(self.explanation)
+        layout.addWidget(self.error)
+        layout.addWidget(buttons)
+        self.existing = self._read_current()
+        self._prefill(self.existing)
 
+    # -- built once, by __init__ ------------------------------------------------------------------
+    def _intro(self) -> QLabel:
         if self.current:
             text = f"What <b>{self.model_path.name}</b> is, as its sidecar {self.current.name} says it."
         else:
@@ -95,9 +113,13 @@ class SidecarDialog(QDialog):
             )
         intro = QLabel(text)
         intro.setWordWrap(True)
+        return intro
+
+    def _build_model_fields(self) -> QHBoxLayout:
+        """What the model does, its architecture (a weights file only) and its labels file (the row)."""
         self.task = QComboBox()
-        for key, text in TASKS.items():
-            self.task.addItem(text, key)
+        for kind in KINDS.values():
+            self.task.addItem(kind.title, kind.task)
         self.arch = QComboBox()
         self.arch.setEditable(True)
         self.arch.addItem("")
@@ -111,7 +133,10 @@ class SidecarDialog(QDialog):
         labels_row = QHBoxLayout()
         labels_row.addWidget(self.labels, 1)
         labels_row.addWidget(browse)
+        return labels_row
 
+    def _build_size_fields(self) -> None:
+        """The image size: a mode (SIZE_MODES), and each mode's numbers on its own page of `sizes`."""
         self.size_mode = QComboBox()
         for key, text in SIZE_MODES.items():
             self.size_mode.addItem(text, key)
@@ -136,6 +161,9 @@ class SidecarDialog(QDialog):
             row.addStretch(1)
             self.sizes.addWidget(page)
         self.size_mode.currentIndexChanged.connect(self.sizes.setCurrentIndex)
+
+    def _build_colour_fields(self) -> None:
+        """Resampling, mean and std, the explanation of them, and the line for a mistake."""
         self.interpolation = QComboBox()
         self.interpolation.addItems(list(INTERPOLATIONS))
         self.interpolation.setCurrentText("bilinear")  # torchvision's and most models' choice
@@ -151,6 +179,7 @@ class SidecarDialog(QDialog):
         self.error.setWordWrap(True)
         self.error.setStyleSheet("color: #b00020")
 
+    def _build_form(self, labels_row: QHBoxLayout) -> QFormLayout:
         form = QFormLayout()
         form.addRow("What it does", self.task)
         self.arch_label = QLabel("Architecture")
@@ -162,22 +191,7 @@ class SidecarDialog(QDialog):
         form.addRow("", self.normalise)
         form.addRow("Mean", self.mean)
         form.addRow("Std", self.std)
-        self.weights_only = is_weights_file(self.model_path)
-        self.arch.setVisible(self.weights_only)
-        self.arch_label.setVisible(self.weights_only)
-        buttons = QDialogButtonBox(
-            QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel
-        )
-        buttons.accepted.connect(self.accept)
-        buttons.rejected.connect(self.reject)
-        layout = QVBoxLayout(self)
-        layout.addWidget(intro)
-        layout.addLayout(form)
-        layout.addWidget(self.explanation)
-        layout.addWidget(self.error)
-        layout.addWidget(buttons)
-        self.existing = self._read_current()
-        self._prefill(self.existing)
+        return form
 
     def _read_current(self) -> dict:
         if self.current is None:

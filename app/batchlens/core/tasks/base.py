@@ -19,6 +19,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from batchlens.core.files import OutputFolder, output_name_shortened, output_rel
+from batchlens.core.tasks.kinds import UNKNOWN, TaskKind
 
 PREVIEW_SIZE = 320  # longest side of preview images, in pixels
 
@@ -50,6 +51,8 @@ class TaskAdapter:
     options: dict = field(default_factory=dict)
 
     task = "base"
+    #: what the task is, for the window: its name in words, one label or many classes (kinds.py)
+    kind: ClassVar[TaskKind] = UNKNOWN
     #: the files `finish` writes at the top of the output folder (run.json lists them, so that
     #: --overwrite may delete them, and only them)
     end_files: ClassVar[tuple[str, ...]] = ()

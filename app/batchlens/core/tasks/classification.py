@@ -10,6 +10,7 @@ import torch
 
 from batchlens.core.files import OutputFolder
 from batchlens.core.tasks.base import ImageMeta, TaskAdapter, TaskResult, check_entries, resize_target
+from batchlens.core.tasks.kinds import KINDS
 
 CSV_FILE = "predictions.csv"
 
@@ -18,6 +19,7 @@ TOP_K = 5
 
 class ClassificationAdapter(TaskAdapter):
     task = "classification"
+    kind = KINDS[task]
     end_files = (CSV_FILE,)
 
     def decode_size(self, size: tuple[int, int]) -> tuple[int, int] | None:

@@ -26,6 +26,7 @@ from batchlens.core.tasks.base import (
     label_image,
     thumbnail,
 )
+from batchlens.core.tasks.kinds import KINDS
 from batchlens.core.tasks.palette import colour, tint
 
 DEFAULT_MIN_SCORE = 0.5
@@ -64,6 +65,7 @@ class DetectionAdapter(TaskAdapter):
     keypoint_names: list[str] | None = None  # Keypoint R-CNN's, from torchvision's weights meta
 
     task = "detection"
+    kind = KINDS[task]
     end_files = (COCO_FILE,)
 
     @property

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from batchlens.core.tasks.base import PREVIEW_SIZE, ImageMeta, TaskAdapter, TaskResult, thumbnail
+from batchlens.core.tasks.kinds import KINDS
 
 
 def tensor_to_image(output: torch.Tensor) -> Image.Image:
@@ -23,6 +24,7 @@ def tensor_to_image(output: torch.Tensor) -> Image.Image:
 
 class ImageToImageAdapter(TaskAdapter):
     task = "image_to_image"
+    kind = KINDS[task]
     tileable = True
 
     def postprocess(self, output: torch.Tensor, meta: ImageMeta) -> TaskResult:

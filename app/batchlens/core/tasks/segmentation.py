@@ -21,6 +21,7 @@ from batchlens.core.tasks.base import (
     label_image,
     thumbnail,
 )
+from batchlens.core.tasks.kinds import KINDS
 from batchlens.core.tasks.palette import palette_array, tint
 
 CLASSES_FILE = "mask_classes.json"
@@ -40,6 +41,7 @@ def class_mask(output) -> torch.Tensor:
 
 class SegmentationAdapter(TaskAdapter):
     task = "segmentation"
+    kind = KINDS[task]
     end_files = (CLASSES_FILE,)
 
     def postprocess(self, output, meta: ImageMeta) -> TaskResult:

@@ -35,6 +35,7 @@ from PySide6.QtWidgets import (
 )
 
 from batchlens.core.errors import BatchLensError
+from batchlens.core.tasks.kinds import kind_of
 
 
 def _folder_row(edit: QLineEdit, title: str, parent: QWidget, save_file: str | None = None) -> QHBoxLayout:
@@ -101,7 +102,7 @@ class EvaluationView(QDialog):
         )
         self.box_counts = QLabel()
         self.box_counts.setWordWrap(True)
-        self.detection = browser._task() == "detection"
+        self.detection = kind_of(browser._task()).scored_boxes
         if self.detection:
             form.addRow("Boxes at or above:", self.threshold)
             self.truth.setCurrentIndex(self.truth.findData("file"))
@@ -150,13 +151,7 @@ class EvaluationView(QDialog):
         key = self.truth.currentData()
         truth = self.truth_path.text().strip() if key == "file" else key
         if key == "file" and not truth:
-            what = {
-                "detection": "the COCO JSON file of the true boxes",
-                "segmentation": "the folder of true masks",
-            }
-            self.headline.setText(
-                f"Choose {what.get(self.browser._task(), 'the CSV of image,label')}, then Measure."
-            )
+            self.headline.setText(f"Choose {kind_of(self.browser._task()).truth}, then Measure.")
             return
         try:
             self.result = evaluate(self.browser.folder.path, truth)
@@ -223,7 +218,7 @@ class SortDialog(QDialog):
         self.min_score.setRange(0.0, 1.0)
         self.min_score.setSingleStep(0.05)
         self.min_score.setDecimals(2)
-        self.min_score.setValue(browser.box_threshold if browser._task() == "detection" else 0.0)
+        self.min_score.setValue(browser.box_threshold if kind_of(browser._task()).scored_boxes else 0.0)
         self.min_score.setToolTip(
             "Classification: a lower top score goes to unsure/. Detection: boxes below it count for nothing."
         )
@@ -384,7 +379,7 @@ class ExportDialog(QDialog):
         form = QFormLayout()
         form.addRow("Format:", self.format)
         form.addRow("To:", _folder_row(self.to, "Export to", self, "All files (*)"))
-        if browser._task() == "detection":
+        if kind_of(browser._task()).scored_boxes:
             form.addRow("Boxes at or above:", self.min_score)
         layout = QVBoxLayout(self)
         layout.addLayout(form)

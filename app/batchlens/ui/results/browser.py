@@ -59,8 +59,31 @@ class ResultsBrowser(QWidget):
         self.cache = ThumbnailCache()
         self.loader = ThumbnailLoader(parent=self)
         self.loader.ready.connect(self._picture_ready)
+        self.cell_caption = ""
+        self.box_threshold = 0.0  # detection: the score the Evaluation view keeps boxes at (Sort, Export)
 
-        # Top: where the results come from, and what is missing.
+        self._build_top(show_back)
+        side = self._build_filters()
+        self._build_pages()
+        self._build_layout(side)
+        for signal in (
+            self.shown.rowsInserted,
+            self.shown.rowsRemoved,
+            self.shown.modelReset,
+            self.shown.layoutChanged,
+        ):
+            signal.connect(self._update_count)
+        self.timer = QTimer(self)
+        self.timer.setInterval(POLL_MS)
+        self.timer.timeout.connect(self.poll)
+        self._update_count()
+        app = QCoreApplication.instance()
+        if app is not None:  # embedded in a window that closes without closing us: stop the threads too
+            app.aboutToQuit.connect(self.shutdown)
+
+    # -- built once, by __init__ ---------------------------------------------------------------
+    def _build_top(self, show_back: bool) -> None:
+        """Top: where the results come from, what is missing, the after-run actions, what one did."""
         self.back_button = QPushButton("← Back")
         self.back_button.setToolTip("Back to the run (Esc).")
         self.back_button.clicked.connect(self.back_requested)
@@ -87,8 +110,13 @@ class ResultsBrowser(QWidget):
         self.evaluate_button.clicked.connect(lambda: after_run_dialogs.evaluate(self))
         self.sort_button.clicked.connect(lambda: after_run_dialogs.sort_into_folders(self))
         self.export_button.clicked.connect(lambda: after_run_dialogs.export(self))
+        self.message = QLabel()  # what an action did (a sort, an export)
+        self.message.setWordWrap(True)
+        self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.message.hide()
 
-        # Left: filters. Right: the grid, or one result large.
+    def _build_filters(self) -> QScrollArea:
+        """Left: the filters, wired to the proxy model and the sort, in a scroll area."""
         self.filters = FilterPanel()
         self.filters.statuses_changed.connect(self.shown.set_statuses)
         self.filters.label_changed.connect(self.shown.set_label)
@@ -96,17 +124,14 @@ class ResultsBrowser(QWidget):
         self.filters.sort_changed.connect(self.results.set_sort)
         self.filters.review_changed.connect(self.shown.set_review_state)
         self.filters.reset_button.clicked.connect(lambda: self.show_images(None))
-        self.cell_caption = ""
-        self.box_threshold = 0.0  # detection: the score the Evaluation view keeps boxes at (Sort, Export)
-        self.message = QLabel()  # what an action did (a sort, an export)
-        self.message.setWordWrap(True)
-        self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.message.hide()
         side = QScrollArea()
         side.setWidget(self.filters)
         side.setWidgetResizable(True)
         side.setMinimumWidth(190)
+        return side
 
+    def _build_pages(self) -> None:
+        """Right: the grid with its count, or one result large (`pages` switches between them)."""
         self.count_label = QLabel()
         self.grid = ResultsGrid()
         self.grid.setModel(self.shown)
@@ -127,6 +152,7 @@ class ResultsBrowser(QWidget):
         self.pages.addWidget(grid_page)
         self.pages.addWidget(self.detail)
 
+    def _build_layout(self, side: QScrollArea) -> None:
         splitter = QSplitter()
         splitter.addWidget(side)
         splitter.addWidget(self.pages)
@@ -147,21 +173,6 @@ class ResultsBrowser(QWidget):
         layout.addLayout(notice_row)
         layout.addWidget(self.message)
         layout.addWidget(splitter, 1)
-
-        for signal in (
-            self.shown.rowsInserted,
-            self.shown.rowsRemoved,
-            self.shown.modelReset,
-            self.shown.layoutChanged,
-        ):
-            signal.connect(self._update_count)
-        self.timer = QTimer(self)
-        self.timer.setInterval(POLL_MS)
-        self.timer.timeout.connect(self.poll)
-        self._update_count()
-        app = QCoreApplication.instance()
-        if app is not None:  # embedded in a window that closes without closing us: stop the threads too
-            app.aboutToQuit.connect(self.shutdown)
 
     # -- public API ----------------------------------------------------------------------------
     def open_folder(self, path: Path | str, input_dir: Path | str | None = None) -> None:

@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 )
 
 from batchlens.core.outputs.results_index import STATUSES
+from batchlens.core.tasks.kinds import kind_of
 from batchlens.ui.results.model import REVIEW_STATES, SORT_KEYS
 
 # superqt goes through qtpy, which would pick PyQt5 first if it is installed too: pin it to ours.
@@ -50,7 +51,22 @@ class FilterPanel(QWidget):
         super().__init__(parent)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
+        self._add_statuses(layout)
+        self._add_review(layout)
+        self._add_score(layout)
+        self._add_sort(layout)
+        self._add_labels(layout)
+        self.reset_button = QPushButton("Show everything")
+        self.reset_button.setToolTip("Clear every filter.")
+        self.reset_button.clicked.connect(self.reset)
+        layout.addWidget(self.reset_button)
+        layout.addStretch(1)  # keeps the controls together at the top when there is no label table
+        self.label: str | None = ALL_LABELS
+        self._shown_counts: list[tuple[str, int]] | None = None
+        self._update_direction()
 
+    # -- built once, by __init__: each adds its title and controls to the panel's column ---------
+    def _add_statuses(self, layout: QVBoxLayout) -> None:
         layout.addWidget(QLabel("<b>Show</b>"))
         self.status_boxes: dict[str, QCheckBox] = {}
         for status in STATUSES:
@@ -61,6 +77,7 @@ class FilterPanel(QWidget):
             layout.addWidget(box)
             self.status_boxes[status] = box
 
+    def _add_review(self, layout: QVBoxLayout) -> None:
         self.review_title = QLabel("<b>Review</b>")
         self.review_combo = QComboBox()
         for key, name in REVIEW_STATES.items():
@@ -75,6 +92,7 @@ class FilterPanel(QWidget):
         layout.addWidget(self.review_title)
         layout.addWidget(self.review_combo)
 
+    def _add_score(self, layout: QVBoxLayout) -> None:
         self.score_title = QLabel("<b>Score</b>")
         self.score_slider = QLabeledDoubleRangeSlider(Qt.Orientation.Horizontal)
         self.score_slider.setRange(0.0, 1.0)
@@ -92,6 +110,7 @@ class FilterPanel(QWidget):
         layout.addWidget(self.score_title)
         layout.addWidget(self.score_slider)
 
+    def _add_sort(self, layout: QVBoxLayout) -> None:
         layout.addWidget(QLabel("<b>Sort by</b>"))
         sort_row = QHBoxLayout()
         self.sort_combo = QComboBox()
@@ -106,6 +125,8 @@ class FilterPanel(QWidget):
         sort_row.addWidget(self.direction)
         layout.addLayout(sort_row)
 
+    def _add_labels(self, layout: QVBoxLayout) -> None:
+        """The labels (or classes) found, with their counts; a click shows only that one's images."""
         self.labels_title = QLabel("<b>Labels</b>")
         self.labels_table = QTableWidget(0, 2)
         self.labels_table.setHorizontalHeaderLabels(["Label", "Images"])
@@ -121,24 +142,15 @@ class FilterPanel(QWidget):
         layout.addWidget(self.labels_title)
         layout.addWidget(self.labels_table, 10)
 
-        self.reset_button = QPushButton("Show everything")
-        self.reset_button.setToolTip("Clear every filter.")
-        self.reset_button.clicked.connect(self.reset)
-        layout.addWidget(self.reset_button)
-        layout.addStretch(1)  # keeps the controls together at the top when there is no label table
-        self.label: str | None = ALL_LABELS
-        self._shown_counts: list[tuple[str, int]] | None = None
-        self._update_direction()
-
     # -- what the browser calls ----------------------------------------------------------------
     def set_counts(self, statuses: Counter, labels: Counter, has_scores: bool, task: str | None) -> None:
         for status, box in self.status_boxes.items():
             box.setText(f"{STATUS_NAMES[status]} ({statuses.get(status, 0):,})")
         self.score_title.setVisible(has_scores)
         self.score_slider.setVisible(has_scores)
-        classes = task in ("detection", "segmentation")  # an image holds many classes, not one label
-        self.labels_title.setText("<b>Classes</b>" if classes else "<b>Labels</b>")
-        self.labels_table.setHorizontalHeaderLabels(["Class" if classes else "Label", "Images"])
+        one, many = kind_of(task).label_words  # Label(s), or Class(es) where an image holds many
+        self.labels_title.setText(f"<b>{many}</b>")
+        self.labels_table.setHorizontalHeaderLabels([one, "Images"])
         shown = sorted(labels.items(), key=lambda item: (-item[1], item[0]))
         if shown == self._shown_counts:
             return
