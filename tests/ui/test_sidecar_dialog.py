@@ -346,6 +346,11 @@ def test_window_says_plainly_when_a_hub_model_cannot_be_downloaded(qtbot, window
     assert "hf download acme/not-here --local-dir not-here" in text
     assert "open it with Open Hugging Face folder… in the model list" in text
     window.model_picker.row_of(OPEN_HF_FOLDER)  # the entry the message names is there
+
+
+def test_the_download_advice_names_a_command_the_installed_hub_library_has():
+    """The `hf download` the window advises (above) is a console script of huggingface_hub."""
+    pytest.importorskip("huggingface_hub", reason='needs the hf extra: pip install -e ".[hf]"')
     from importlib.metadata import entry_points
 
     hf_command = [e for e in entry_points(group="console_scripts") if e.name == "hf"]
