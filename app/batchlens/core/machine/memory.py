@@ -29,6 +29,16 @@ class MemorySample:
     peak: int
     device_used: int | None = None
     device_total: int | None = None
+    #: bytes of the allocator's cache that sit in split blocks, free but cut from a segment that also
+    #: holds live tensors: they count in "reserved" yet a larger tensor cannot use them (fragmentation)
+    inactive_split: int | None = None
+    #: how many segments (blocks the allocator asked the driver for) the allocator holds
+    segments: int | None = None
+
+    @property
+    def held_unused(self) -> int:
+        """Reserved but not allocated: the inactive splits plus the free cache."""
+        return max(0, self.reserved - self.allocated)
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,8 @@ class MemoryProbe:
     kind = "cpu"
     #: what "allocated"/"reserved" mean on this backend, for labels and tooltips
     description = ""
+    #: what this backend does not report about fragmentation, in one sentence ("" where it reports it)
+    fragmentation_note = ""
 
     def sample(self) -> MemorySample:
         raise NotImplementedError
@@ -92,6 +104,8 @@ def allocator_sample(stats: dict, device_used: int | None, device_total: int | N
         stats.get("allocated_bytes", {}).get("all", {}),
         stats.get("reserved_bytes", {}).get("all", {}),
     )
+    inactive = stats.get("inactive_split_bytes", {}).get("all", {}).get("current")
+    segments = stats.get("segment", {}).get("all", {}).get("current")
     return MemorySample(
         time=time.monotonic(),
         allocated=allocated.get("current", 0),
@@ -99,6 +113,8 @@ def allocator_sample(stats: dict, device_used: int | None, device_total: int | N
         peak=allocated.get("peak", 0),
         device_used=device_used,
         device_total=device_total,
+        inactive_split=inactive,
+        segments=segments,
     )
 
 
@@ -135,6 +151,10 @@ class MpsProbe(MemoryProbe):
         "driver holds for this process, cache included."
     )
 
+    fragmentation_note = (
+        "The Apple GPU (MPS) does not report how much of its cache is fragmented, nor its segments."
+    )
+
     def __init__(self) -> None:
         self._peak = 0
 
@@ -160,6 +180,10 @@ class MpsProbe(MemoryProbe):
 class XpuProbe(MemoryProbe):
     kind = "xpu"
     description = "Intel GPU memory. Allocated: held by live tensors. Reserved: allocated + cache."
+    fragmentation_note = (
+        "Where this Intel GPU (XPU) build does not report inactive split bytes or segments, the "
+        "fragmented share of the cache is not shown."
+    )
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -258,6 +282,7 @@ class CpuProbe(MemoryProbe):
         "No GPU in use: these lines show this process's RAM (resident set size), not GPU memory. "
         "Allocated and reserved are both the RSS; device used/total are the whole machine's RAM."
     )
+    fragmentation_note = "On the CPU there is no allocator cache, so there is no fragmentation to show."
 
     #: the machine's RAM figures are re-read at most this often: reading them costs twice as much as
     #: the RSS, and they change slowly (this keeps a sample per image well under 1 % of a run)
