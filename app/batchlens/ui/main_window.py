@@ -30,6 +30,7 @@ from batchlens.core.run.config import RunConfig
 from batchlens.core.run.events import ImageResult, RunFinished, RunNote, RunStarted
 from batchlens.core.run.run_speed import RunClock, format_rate
 from batchlens.core.run.run_text import describe_start, describe_summary
+from batchlens.ui.gpu_panel import GpuProcessesPanel
 from batchlens.ui.memory_plot import MemoryPlot
 from batchlens.ui.menus import Menus
 from batchlens.ui.model_sources import ModelSources
@@ -95,7 +96,13 @@ class MainWindow(QMainWindow):
         memory_box = QGroupBox("Memory")
         self.memory_box = memory_box
         memory_layout = QVBoxLayout(memory_box)
-        memory_layout.addWidget(self.memory_plot)
+        self.gpu_panel = GpuProcessesPanel()  # who holds the GPU, beside the plot
+        self.memory_splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.memory_splitter.addWidget(self.memory_plot)
+        self.memory_splitter.addWidget(self.gpu_panel)
+        self.memory_splitter.setStretchFactor(0, 3)
+        self.memory_splitter.setStretchFactor(1, 1)
+        memory_layout.addWidget(self.memory_splitter)
 
         self.problems = ProblemsPanel()
 
@@ -211,6 +218,10 @@ class MainWindow(QMainWindow):
             self.memory_plot.set_probe(self.probe_factory("cpu" if name == CLUSTER else name))
         except BatchLensError as exc:
             self.show_error(str(exc))
+        probe = self.memory_plot.probe
+        if probe is not None:
+            device = getattr(probe, "device", None)
+            self.gpu_panel.set_device(probe.kind, getattr(device, "index", None) or 0)
         self._show_where()
 
     def _show_where(self, worker_report: str = "") -> None:
@@ -495,6 +506,7 @@ class MainWindow(QMainWindow):
             )
         self.preview_timer.stop()
         self.memory_plot.timer.stop()
+        self.gpu_panel.shutdown()
         self.pages.shutdown()
         self.form.shutdown()
         self.save_settings()

@@ -7,6 +7,7 @@ and turns everything into events. Cancel and pause are flags checked between bat
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -27,6 +28,7 @@ from batchlens.core.inputs.images import (
 )
 from batchlens.core.inputs.prefetch import Prefetcher
 from batchlens.core.machine.devices import resolve_device
+from batchlens.core.machine.gpu_processes import read_gpu_processes
 from batchlens.core.machine.memory import CpuProbe, MemoryProbe, MemorySample, PeakWatch, probe_for
 from batchlens.core.models import LoadedModel, load_model
 from batchlens.core.outputs.manifest import open_output, refuse_plain_run
@@ -458,8 +460,16 @@ class Runner:
             yield RunNote("warning", message, sample, "outsized_image")
 
     def _crowded_note(self, sample, device) -> Iterator[RunNote]:
-        """Warn (once a run) when other processes hold much of the device."""
+        """Warn (once a run) when other processes hold much of the device (NVML's list where it answers,
+        the same source as the window's panel of GPU processes)."""
         message = other_processes_warning(sample, device)
+        if message and device.type == "cuda":  # NVML is asked only when the cheap estimate says so,
+            now = time.monotonic()  # and at most every 10 s (it lists the processes, and names them)
+            if now - getattr(self, "_nvml_read_at", -math.inf) < 10:
+                return
+            self._nvml_read_at = now
+            report = read_gpu_processes(device.type, device.index or 0)
+            message = other_processes_warning(sample, device, report=report)
         if message:
             self._crowded_warned = True
             yield RunNote("warning", message, sample, "other_processes")
