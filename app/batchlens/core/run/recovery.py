@@ -465,32 +465,3 @@ def outsized_image_warning(
         f"{format_bytes(need)} of the {format_bytes(free_bytes)} free; it is the one most likely to run "
         "out of memory (consider --cpu-fallback, or resizing it)."
     )
-
-
-def start_memory_history(device: torch.device) -> bool:
-    """Record CUDA allocations so a snapshot can be saved at the first out-of-memory error."""
-    if device.type != "cuda":
-        return False
-    torch.cuda.memory._record_memory_history(max_entries=100_000)
-    return True
-
-
-def stop_memory_history(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.memory._record_memory_history(enabled=None)
-
-
-def snapshot_saver(path) -> Callable[[], str | None]:
-    """on_first_oom for --memory-snapshot: dump the CUDA allocator's history to `path`."""
-
-    def save() -> str | None:
-        try:
-            torch.cuda.memory._dump_snapshot(str(path))
-        except Exception as exc:  # a failed snapshot must not make the run fail
-            return f"Could not save the memory snapshot to {path}: {type(exc).__name__}: {exc}"
-        return (
-            f"Saved a memory snapshot at the first out-of-memory error to {path}; open it by dragging it "
-            "onto https://pytorch.org/memory_viz (PyTorch's memory visualiser)."
-        )
-
-    return save

@@ -47,11 +47,9 @@ from batchlens.core.run.recovery import (
     leak_watch_for,
     other_processes_warning,
     outsized_image_warning,
-    snapshot_saver,
-    start_memory_history,
-    stop_memory_history,
 )
 from batchlens.core.run.run_speed import images_per_second
+from batchlens.core.run.snapshot_recorder import SnapshotRecorder
 from batchlens.core.run.threads import UseThreads, decode_thread_setup, plan_threads
 from batchlens.core.tasks.base import thumbnail
 
@@ -234,6 +232,7 @@ class Runner:
         self.probe = probe
         self.model = model
         self._cancel = threading.Event()
+        self._snapshot_asked = threading.Event()
         self._unpaused = threading.Event()
         self._unpaused.set()
         self.paused_seconds = 0.0
@@ -245,6 +244,11 @@ class Runner:
 
     def pause(self) -> None:
         self._unpaused.clear()
+
+    def record_snapshot(self) -> None:
+        """Record the allocator's history from the next batch for the next images, then write it (the
+        window's Record snapshot button; a thread-safe flag, read between batches)."""
+        self._snapshot_asked.set()
 
     def resume(self) -> None:
         self._unpaused.set()
@@ -315,10 +319,11 @@ class Runner:
         # Decided now, made after the first batch: the first result comes as soon as a plain loop's
         speedups = ModelSpeedups(model, device, cfg)
         pipeline = BatchPipeline.for_run(model, output_dir, cfg, False)
-        snapshot = cfg.memory_snapshot and start_memory_history(device)
+        recorder = SnapshotRecorder(cfg.memory_snapshot, device, output_dir / MEMORY_SNAPSHOT)
+        recorder.start()
         pipeline.recovery = pipeline.make_recovery(
             cpu_fallback=cfg.cpu_fallback,
-            on_first_oom=snapshot_saver(output_dir / MEMORY_SNAPSHOT) if snapshot else None,
+            on_first_oom=recorder.on_first_oom,
         )
         leaks = leak_watch_for(probe.kind)
         stopped = None
@@ -341,6 +346,10 @@ class Runner:
                 prepared = next(ahead, None)
                 if prepared is None:
                     break
+                if self._snapshot_asked.is_set():  # the window's Record snapshot button
+                    self._snapshot_asked.clear()
+                    yield RunNote("info", recorder.begin_now(), None, "memory_snapshot")
+                recorder.mark_batch([i.candidate.rel for i in prepared.items])
                 started, cpu_started = time.perf_counter(), time.process_time()
                 shape = next((tuple(i.tensor.shape) for i in prepared.items if i.tensor is not None), None)
                 items = pipeline.finish(prepared)
@@ -356,6 +365,8 @@ class Runner:
                 )
                 for message in sizer.take_notes():
                     yield RunNote("info", message, sample)
+                if saved := recorder.after_batch(len(items)):
+                    yield RunNote("info", saved, sample, "memory_snapshot")
                 if cache_policy.due(index, index + len(items), sample):
                     empty_device_cache(device)
                 peak = max(peak, sample.peak)
@@ -393,8 +404,7 @@ class Runner:
             pipeline.writers.close()
             running.close()
             speedups.restore()
-            if snapshot:
-                stop_memory_history(device)
+            recorder.stop()
             try:
                 writer.close(order=[c.rel for c in candidates] if cfg.resume else None)
             except OSError as exc:  # the lines are all there; only their order after a resume is not
@@ -441,8 +451,8 @@ class Runner:
         self._crowded_warned = False
         if probe.kind != "cpu":
             yield from self._crowded_note(sample, device)
-        if cfg.memory_snapshot and device.type != "cuda":
-            yield RunNote("info", f"--memory-snapshot needs a CUDA GPU; no snapshot is taken on {device}.")
+        if note := SnapshotRecorder(cfg.memory_snapshot, device, Path()).unavailable_note():
+            yield RunNote("info", note)
         return HeaderScan(todo), sample  # the headers are read beside the first batches
 
     def _outsized_note(self, scan: HeaderScan, sample, model: LoadedModel) -> Iterator[RunNote]:
