@@ -23,7 +23,11 @@ SITES = [
 def frames(rng: random.Random, depth: int) -> list[dict]:
     site = rng.randrange(len(SITES))
     stack = [SITES[(site + k) % len(SITES)] for k in range(depth)]
-    return [{"filename": f, "line": line + k, "name": n} for k, (f, line, n) in enumerate(stack)]
+    # Fresh string objects, as torch's snapshot has (pickle would otherwise share repeated ones).
+    return [
+        {"filename": (f + " ")[:-1], "line": line + k, "name": (n + " ")[:-1]}
+        for k, (f, line, n) in enumerate(stack)
+    ]
 
 
 def make_snapshot(batches: int = 4, per_batch: int = 20, depth: int = 6, seed: int = 0) -> dict:

@@ -41,6 +41,7 @@ from batchlens.ui.run_controls import RunControls
 from batchlens.ui.run_form import CLUSTER, RunForm, dropped_folder
 from batchlens.ui.run_setup import RunSetup
 from batchlens.ui.settings import Settings
+from batchlens.ui.snapshot_viewer import SnapshotViewer
 from batchlens.ui.wording import for_window
 from batchlens.ui.worker import RunWorker, start_in_thread
 
@@ -69,6 +70,7 @@ class MainWindow(QMainWindow):
         self.probe_factory = probe_factory
         self.ask_questions = True  # False in --self-test and --start: never block on a dialog
         self.worker: RunWorker | None = None
+        self.snapshot_viewers: list[SnapshotViewer] = []
         self.thread: QThread | None = None
         self.last_summary: dict | None = None
         self.last_error: str | None = None
@@ -158,6 +160,7 @@ class MainWindow(QMainWindow):
         self.form.counted.connect(self._on_counted)
         self.form.cluster_changed.connect(lambda _address: self._show_where())
         self.memory_plot.cache_cleared.connect(self._on_cache_cleared)
+        self.memory_plot.snapshot_requested.connect(self.record_snapshot)
 
     def _restore(self) -> None:
         s = self.settings
@@ -223,6 +226,27 @@ class MainWindow(QMainWindow):
             device = getattr(probe, "device", None)
             self.gpu_panel.set_device(probe.kind, getattr(device, "index", None) or 0)
         self._show_where()
+
+    def record_snapshot(self) -> None:
+        """Record snapshot: the running run records the next images' allocations (it says in the
+        problems panel where the file went, or why it cannot)."""
+        runner = self.worker.runner if self.is_running() and self.worker is not None else None
+        if runner is None or not hasattr(runner, "record_snapshot"):
+            self.statusBar().showMessage(
+                "Record snapshot works during a run on a CUDA GPU: start a run first."
+            )
+            return
+        runner.record_snapshot()
+        self.statusBar().showMessage("Recording a memory snapshot from the next batch…")
+
+    def open_snapshot(self, path: Path) -> SnapshotViewer:
+        """A viewer window for a memory snapshot file, read on a worker thread."""
+        viewer = SnapshotViewer()
+        viewer.resize(1000, 700)
+        self.snapshot_viewers.append(viewer)
+        viewer.show()
+        viewer.open(path)
+        return viewer
 
     def _show_where(self, worker_report: str = "") -> None:
         if self.device_name() != CLUSTER:
@@ -328,6 +352,8 @@ class MainWindow(QMainWindow):
         self.thread.finished.connect(self._on_thread_finished)
         self._set_running(True)
         self.preview_timer.start()
+        if self.memory_plot.probe is not None:  # its peak line is this run's (as the run's own probe)
+            self.memory_plot.probe.reset_peak()
         self.memory_plot.add_marker("run_start", f"Run started: {config.model}")
         return True
 
@@ -507,6 +533,8 @@ class MainWindow(QMainWindow):
         self.preview_timer.stop()
         self.memory_plot.timer.stop()
         self.gpu_panel.shutdown()
+        for viewer in self.snapshot_viewers:
+            viewer.close()
         self.pages.shutdown()
         self.form.shutdown()
         self.save_settings()

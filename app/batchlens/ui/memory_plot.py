@@ -83,6 +83,7 @@ class MemoryPlot(QWidget):
 
     cache_cleared = Signal(object)  # ClearResult
     sampled = Signal(object)  # MemorySample, after each tick (for the status line and tests)
+    snapshot_requested = Signal()  # Record snapshot: the window asks the run to record one
 
     def __init__(
         self,
@@ -165,6 +166,12 @@ class MemoryPlot(QWidget):
             "run's own lines, and the total is drawn once they come near it."
         )
         self.whole_device.toggled.connect(lambda _on: self._redraw())
+        self.snapshot_button = QPushButton("Record snapshot")
+        self.snapshot_button.setToolTip(
+            "During a run on a CUDA GPU: record every allocation of the next 50 images, with its stack, "
+            "into memory-snapshot.pickle in the output folder; open it with File > Open memory snapshot."
+        )
+        self.snapshot_button.clicked.connect(self.snapshot_requested)
         self.save_button = QPushButton("Save plot as PNG…")
         self.save_button.setToolTip("Save a picture of the plot as it is now.")
         self.save_button.clicked.connect(self._ask_save_png)
@@ -177,6 +184,7 @@ class MemoryPlot(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.clear_button)
         buttons.addWidget(self.whole_device)
+        buttons.addWidget(self.snapshot_button)
         buttons.addStretch(1)
         buttons.addWidget(self.save_button)
         buttons.addWidget(self.csv_button)

@@ -31,6 +31,7 @@ class Menus:
         self.open_model_action = file_menu.addAction("Open &model file…", self.open_model_file)
         self.open_results_action = file_menu.addAction("Open &results…", self.ask_results_folder)
         self.open_results_action.setShortcut(QKeySequence.StandardKey.Open)
+        self.open_snapshot_action = file_menu.addAction("Open memory &snapshot…", self.ask_snapshot_file)
         file_menu.addSeparator()
         self.quit_action = file_menu.addAction("&Quit", window.close)
         self.quit_action.setShortcut(QKeySequence("Ctrl+Q"))
@@ -92,6 +93,14 @@ class Menus:
         folder = QFileDialog.getExistingDirectory(self.window, "Open the output folder of a run", start)
         if folder:
             self.window.pages.show_results(Path(folder))
+
+    def ask_snapshot_file(self) -> None:
+        start = self.window.form.output_text() or str(Path.home())
+        path, _ = QFileDialog.getOpenFileName(
+            self.window, "Open a memory snapshot", start, "Memory snapshot (*.pickle);;All files (*)"
+        )
+        if path:
+            self.window.open_snapshot(Path(path))
 
     def show_output_results(self) -> None:
         output = Path(self.window.form.output_text()).expanduser()
