@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
 import gc
 import resource
 import sys
@@ -34,6 +35,9 @@ class MemorySample:
     inactive_split: int | None = None
     #: how many segments (blocks the allocator asked the driver for) the allocator holds
     segments: int | None = None
+    #: the peak since the last `start_span()` by any reader (the allocator's own peak, the kernel's peak
+    #: RSS), where `peak` is this probe's own running maximum; None where the backend keeps none
+    span_peak: int | None = None
 
     @property
     def held_unused(self) -> int:
@@ -89,6 +93,10 @@ class MemoryProbe:
     def reset_peak(self) -> None:
         """Start peak tracking afresh (called when a run starts)."""
 
+    def start_span(self) -> None:
+        """Start a span (a batch) whose own peak the next sample's `span_peak` gives. The allocator's
+        and the kernel's peaks are shared by the process: `peak` stays this probe's running maximum."""
+
     @property
     def keeps_exact_peak(self) -> bool:
         """Whether `sample().peak` is a peak kept apart from the samples since `reset_peak` (the
@@ -115,6 +123,7 @@ def allocator_sample(stats: dict, device_used: int | None, device_total: int | N
         device_total=device_total,
         inactive_split=inactive,
         segments=segments,
+        span_peak=allocated.get("peak", 0),
     )
 
 
@@ -128,10 +137,13 @@ class CudaProbe(MemoryProbe):
 
     def __init__(self, device: torch.device):
         self.device = device
+        self._peak = 0
 
     def sample(self) -> MemorySample:
         free, total = torch.cuda.mem_get_info(self.device)
-        return allocator_sample(torch.cuda.memory_stats_as_nested_dict(self.device), total - free, total)
+        sample = allocator_sample(torch.cuda.memory_stats_as_nested_dict(self.device), total - free, total)
+        self._peak = max(self._peak, sample.peak)
+        return dataclasses.replace(sample, peak=self._peak)
 
     def clear_cache(self) -> ClearResult:
         before = torch.cuda.memory_reserved(self.device)
@@ -141,6 +153,10 @@ class CudaProbe(MemoryProbe):
         return ClearResult(max(0, before - after), torch.cuda.memory_allocated(self.device))
 
     def reset_peak(self) -> None:
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self._peak = 0
+
+    def start_span(self) -> None:
         torch.cuda.reset_peak_memory_stats(self.device)
 
 
@@ -187,13 +203,16 @@ class XpuProbe(MemoryProbe):
 
     def __init__(self, device: torch.device):
         self.device = device
+        self._peak = 0
 
     def sample(self) -> MemorySample:
         used = total = None
         if hasattr(torch.xpu, "mem_get_info"):  # not in every XPU build
             free, total = torch.xpu.mem_get_info(self.device)
             used = total - free
-        return allocator_sample(torch.xpu.memory_stats_as_nested_dict(self.device), used, total)
+        sample = allocator_sample(torch.xpu.memory_stats_as_nested_dict(self.device), used, total)
+        self._peak = max(self._peak, sample.peak)
+        return dataclasses.replace(sample, peak=self._peak)
 
     def clear_cache(self) -> ClearResult:
         before = torch.xpu.memory_reserved(self.device)
@@ -203,6 +222,10 @@ class XpuProbe(MemoryProbe):
         return ClearResult(max(0, before - after), torch.xpu.memory_allocated(self.device))
 
     def reset_peak(self) -> None:
+        torch.xpu.reset_peak_memory_stats(self.device)
+        self._peak = 0
+
+    def start_span(self) -> None:
         torch.xpu.reset_peak_memory_stats(self.device)
 
 
@@ -307,7 +330,7 @@ class CpuProbe(MemoryProbe):
         self._peak = max(self._peak, rss, kernel_peak)
         now = time.monotonic()
         used, total = self._machine_ram(now)
-        return MemorySample(now, rss, rss, self._peak, used, total)
+        return MemorySample(now, rss, rss, self._peak, used, total, span_peak=max(rss, kernel_peak))
 
     def clear_cache(self) -> ClearResult:
         before = self._rss()
@@ -318,6 +341,9 @@ class CpuProbe(MemoryProbe):
 
     def reset_peak(self) -> None:
         self._peak = 0
+        KERNEL_PEAK_RSS.reset()
+
+    def start_span(self) -> None:
         KERNEL_PEAK_RSS.reset()
 
     @property

@@ -6,6 +6,7 @@ and turns everything into events. Cancel and pause are flags checked between bat
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import os
@@ -157,6 +158,31 @@ def run_summary(
         "stopped": stopped,
         **extra,
     }
+
+
+def batch_peak(sample: MemorySample) -> int:
+    """The peak while the batch ran (the probe's span peak; where the backend keeps none, MPS, the
+    memory held after it)."""
+    return sample.span_peak if sample.span_peak is not None else sample.allocated
+
+
+class Costliest:
+    """The images whose batches peaked highest (summary.json's `costliest_images`): a bounded heap."""
+
+    def __init__(self, keep: int = 5):
+        self.keep = keep
+        self._heap: list[tuple[int, str]] = []
+
+    def add(self, peak: int, image: str) -> None:
+        if len(self._heap) < self.keep:
+            heapq.heappush(self._heap, (peak, image))
+        elif peak > self._heap[0][0]:
+            heapq.heapreplace(self._heap, (peak, image))
+
+    def top(self) -> list[dict]:
+        return [
+            {"image": image, "peak_memory_bytes": peak} for peak, image in sorted(self._heap, reverse=True)
+        ]
 
 
 def start_events(
@@ -334,6 +360,7 @@ class Runner:
         decoding = (threads.decode_threads, decode_thread_setup)
         ahead = Prefetcher(pipeline.prepare, sizer.batches(todo), threads.prefetch(cfg.prefetch), *decoding)
         index = 0
+        costliest = Costliest()
         compiled = None  # --compile: (sentence, summary entry) once the first forward ran
         running = ExitStack()  # torch's threads for the run, and the watch on memory's peak
         try:
@@ -350,6 +377,7 @@ class Runner:
                     self._snapshot_asked.clear()
                     yield RunNote("info", recorder.begin_now(), None, "memory_snapshot")
                 recorder.mark_batch([i.candidate.rel for i in prepared.items])
+                probe.start_span()  # the sample after the batch holds its own peak (each line's)
                 started, cpu_started = time.perf_counter(), time.process_time()
                 shape = next((tuple(i.tensor.shape) for i in prepared.items if i.tensor is not None), None)
                 items = pipeline.finish(prepared)
@@ -377,6 +405,7 @@ class Runner:
                 yield from self._outsized_note(headers, start_sample, model)
                 for item in items:
                     index += 1
+                    costliest.add(batch_peak(sample), item.candidate.rel)
                     event = self._record(item, index, len(todo), sample, model)
                     line = record_line(event.image, event.status, event.error, event.seconds, event.fields)
                     try:
@@ -438,6 +467,7 @@ class Runner:
             peak_source=watch.source,
             started_at=started_at,
             compile=compiled[1] if compiled else None,
+            costliest_images=costliest.top(),
         )
 
     def _preflight(
@@ -496,7 +526,7 @@ class Runner:
 
     def _record(self, item: Item, index: int, total: int, sample, model: LoadedModel) -> ImageResult:
         ok = item.ok
-        fields = item.fields()
+        fields = {**item.fields(), "peak_memory_bytes": batch_peak(sample)}
         input_preview = output_preview = None
         if self.config.previews and item.decoded is not None:
             input_preview = thumbnail(item.decoded.image)
