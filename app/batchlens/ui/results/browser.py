@@ -35,6 +35,7 @@ from batchlens.core.outputs.results_index import (
 from batchlens.ui.results.detail import LARGE, ResultDetail
 from batchlens.ui.results.filters import FilterPanel
 from batchlens.ui.results.grid import ResultsGrid, TileDelegate, tile_pixels
+from batchlens.ui.results.memory_histogram import MemoryHistogram
 from batchlens.ui.results.model import ResultsFilter, ResultsModel
 from batchlens.ui.results.thumbnails import Job, ThumbnailCache, ThumbnailLoader, make_pictures
 
@@ -81,6 +82,8 @@ class ResultsBrowser(QWidget):
         self.filters.label_changed.connect(self.shown.set_label)
         self.filters.score_changed.connect(self.shown.set_score_range)
         self.filters.sort_changed.connect(self.results.set_sort)
+        self.memory_histogram = MemoryHistogram(self.results)  # (h9) which images cost the most
+        self.filters.layout().addWidget(self.memory_histogram)
         side = QScrollArea()
         side.setWidget(self.filters)
         side.setWidgetResizable(True)
