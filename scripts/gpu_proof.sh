@@ -67,6 +67,13 @@ if [ "${KIT_FULL:-0}" = 1 ]; then  # where the fast run's CPU time goes (a diagn
   timeout 100 "$PY" scripts/gpu_profile.py --images 1024 2>&1 | tee "$OUT_DIR/gpu-profile.log"
 fi
 
+# 4. GPU memory you can read (issue 28): the panel under a second process holding 35 % of the card,
+# a snapshot recorded during a real run and opened in the viewer, a fragmentation curve that moves
+# with the batch size. Needs nvidia-ml-py for the panel (it says so otherwise) and PySide6 for the
+# two PNGs; the figures land in memory-proof.json.
+QT_QPA_PLATFORM=offscreen timeout 180 "$PY" scripts/gpu_memory_proof.py --out "$OUT_DIR" 2>&1 \
+  | tee "$OUT_DIR/memory-proof.log"
+
 "$PY" scripts/gpu_report.py "$OUT_DIR" > "$OUT_DIR/gpu-report.md"
 rm -rf "$site"
 echo "proof kit took $(( $(date +%s) - start )) s; report: $OUT_DIR/gpu-report.md"

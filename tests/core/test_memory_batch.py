@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from batchlens.core.machine.memory import MemorySample
-from batchlens.core.run import autobatch
+from batchlens.core.run import autobatch, sizing
 from batchlens.core.run.config import RunConfig
 from batchlens.core.run.memory_batch import PROBE_BATCH, MemoryBatchSizer, others_bytes, size_for
 from batchlens.core.run.runner import Runner
@@ -70,7 +70,7 @@ def test_only_cuda_takes_its_size_from_memory():
 
 
 def test_a_run_sized_from_memory_goes_1_then_the_probe_batch_then_the_size(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(autobatch, "memory_sized", lambda device, probe: True)
+    monkeypatch.setattr(sizing, "memory_sized", lambda device, probe: True)
     make_shapes_folder(tmp_path / "in", 40)
     for _ in Runner(RunConfig("demo-shapes", tmp_path / "in", tmp_path / "out", device="cpu")).events():
         pass
@@ -101,10 +101,10 @@ def test_sizer_for_run_on_cuda_reads_the_device_memory_from_the_probe():
         module=loaded.module, takes_list=False, info=loaded.info, device=torch.device("cuda", 0)
     )
     config = RunConfig("demo-shapes", Path("in"), Path("out"))
-    sizer = autobatch.sizer_for_run(config, model, False, FakeCudaProbe(), list(range(5000)))
+    sizer = sizing.sizer_for_run(config, model, False, FakeCudaProbe(), list(range(5000)))
     assert isinstance(sizer, MemoryBatchSizer)
     assert sizer.memory_limit == 16 * GiB and sizer.others == 3 * GiB and sizer.ceiling == 256
     # 85 % of 16 GiB less 3 GiB (others) less 1 GiB (the run at one image) = 9.6 GiB; 40 MiB an image
     assert _sizes(sizer, [GiB, GiB + 7 * 40 * MiB])[-1] == 64  # 9.6 GiB / 80 MiB = 122: 64
-    few = autobatch.sizer_for_run(config, model, False, FakeCudaProbe(), list(range(20)))
+    few = sizing.sizer_for_run(config, model, False, FakeCudaProbe(), list(range(20)))
     assert few.ceiling == 20 and _sizes(few, [GiB, GiB + 7 * MiB])[-1] == 16  # never past the folder

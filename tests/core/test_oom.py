@@ -381,7 +381,10 @@ def test_a_full_resolution_model_counts_its_first_layer():
 def test_memory_snapshot_on_cpu_says_it_needs_cuda(few_shapes: Path, tmp_path: Path):
     events = run(few_shapes, tmp_path / "out", None, model_id="demo-shapes", memory_snapshot=True)
     notes = [e.message for e in events if isinstance(e, RunNote)]
-    assert "--memory-snapshot needs a CUDA GPU; no snapshot is taken on cpu." in notes
+    assert (
+        "--memory-snapshot needs a CUDA GPU (PyTorch records allocator history only there); "
+        "no snapshot is taken on cpu." in notes
+    )
     assert not (tmp_path / "out" / "memory-snapshot.pickle").exists()
 
 

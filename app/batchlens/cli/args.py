@@ -260,10 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="when to hand cached GPU memory back to the driver: never (default, fastest), image (after "
         "every batch), every:N (every N images) or reserved:F (when reserved memory is over F of the GPU)",
     )
-    run.add_argument(
+    run.add_argument(  # (h9: its own block) oom alone, as the flag always meant; off by default
         "--memory-snapshot",
-        action="store_true",
-        help="CUDA: save memory-snapshot.pickle at the first out-of-memory error (pytorch.org/memory_viz)",
+        nargs="?",
+        const="oom",
+        default="off",
+        metavar="always[:N]|oom|off",
+        help="CUDA: record the allocator's history into memory-snapshot.pickle (open it in the window or at "
+        "pytorch.org/memory_viz): oom (the flag alone) writes it at the first out-of-memory error, always "
+        "after the first N images (default 50) or 120 s; off by default",
     )
     run.add_argument(
         "--cluster",

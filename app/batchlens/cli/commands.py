@@ -65,9 +65,11 @@ def _run_with(args: argparse.Namespace, stop: SignalStop) -> int:
     from batchlens.core.run.events import ImageResult, RunFinished, RunNote, RunStarted
     from batchlens.core.run.run_text import describe_start, describe_summary
     from batchlens.core.run.runner import Runner
+    from batchlens.core.run.snapshot_recorder import snapshot_mode
     from batchlens.core.startup import freeze_imported_objects
 
     freeze_imported_objects()
+    snapshot_mode(args.memory_snapshot)  # a wrong value is told in one sentence before the model loads
     config = RunConfig(
         model=args.model,
         model_options=model_options(args),

@@ -33,6 +33,7 @@ from batchlens.core.run.events import ImageResult, RunFinished, RunNote, RunStar
 from batchlens.core.run.run_speed import RunClock, format_rate
 from batchlens.core.run.run_text import describe_start, describe_summary
 from batchlens.ui.engine import LOADING, Engine
+from batchlens.ui.gpu_panel import GpuProcessesPanel
 from batchlens.ui.menus import Menus
 from batchlens.ui.model_sources import ModelSources
 from batchlens.ui.pages import Pages, first_start_geometry
@@ -46,6 +47,7 @@ from batchlens.ui.wording import for_window
 
 if TYPE_CHECKING:
     from batchlens.ui.memory_plot import MemoryPlot
+    from batchlens.ui.snapshot_viewer import SnapshotViewer
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,7 @@ class MainWindow(QMainWindow):
         self.ask_questions = True  # False in --self-test and --start: never block on a dialog
         self.worker = None  # the RunWorker of the current run (ui/worker.py, part of the engine)
         self._cluster_run = False
+        self.snapshot_viewers: list[SnapshotViewer] = []  # File › Open memory snapshot…
         self.thread: QThread | None = None
         self.last_summary: dict | None = None
         self.last_error: str | None = None
@@ -117,7 +120,13 @@ class MainWindow(QMainWindow):
         self.memory_plot: MemoryPlot | None = None
         self._memory_placeholder = QLabel("The memory plot appears in a moment…")
         self._memory_placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        QVBoxLayout(memory_box).addWidget(self._memory_placeholder)
+        self.gpu_panel = GpuProcessesPanel()  # who holds the GPU, beside the plot
+        self.memory_splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.memory_splitter.addWidget(self._memory_placeholder)
+        self.memory_splitter.addWidget(self.gpu_panel)
+        self.memory_splitter.setStretchFactor(0, 3)
+        self.memory_splitter.setStretchFactor(1, 1)
+        QVBoxLayout(memory_box).addWidget(self.memory_splitter)
 
         self.problems = ProblemsPanel()
 
@@ -233,10 +242,10 @@ class MainWindow(QMainWindow):
         from batchlens.ui.memory_plot import MemoryPlot
 
         self.memory_plot = MemoryPlot()
-        layout = self.memory_box.layout()
-        layout.replaceWidget(self._memory_placeholder, self.memory_plot)
+        self.memory_splitter.replaceWidget(0, self.memory_plot)
         self._memory_placeholder.deleteLater()
         self.memory_plot.cache_cleared.connect(self._on_cache_cleared)
+        self.memory_plot.snapshot_requested.connect(self.record_snapshot)
         self.memory_plot.whole_device.setChecked(self.settings.whole_gpu)
         self._set_save_folder()
         self._on_device_changed()
@@ -258,7 +267,34 @@ class MainWindow(QMainWindow):
             self.memory_plot.set_probe(self.probe_factory("cpu" if name == CLUSTER else name))
         except BatchLensError as exc:
             self.show_error(str(exc))
+        probe = self.memory_plot.probe
+        if probe is not None:
+            device = getattr(probe, "device", None)
+            self.gpu_panel.set_device(probe.kind, getattr(device, "index", None) or 0)
         self._show_where()
+
+    def record_snapshot(self) -> None:
+        """Record snapshot: the running run records the next images' allocations (it says in the
+        problems panel where the file went, or why it cannot)."""
+        runner = self.worker.runner if self.is_running() and self.worker is not None else None
+        if runner is None or not hasattr(runner, "record_snapshot"):
+            self.statusBar().showMessage(
+                "Record snapshot works during a run on a CUDA GPU: start a run first."
+            )
+            return
+        runner.record_snapshot()
+        self.statusBar().showMessage("Recording a memory snapshot from the next batch…")
+
+    def open_snapshot(self, path: Path) -> SnapshotViewer:
+        """A viewer window for a memory snapshot file, read on a worker thread."""
+        from batchlens.ui.snapshot_viewer import SnapshotViewer  # pyqtgraph: not before the first paint
+
+        viewer = SnapshotViewer()
+        viewer.resize(1000, 700)
+        self.snapshot_viewers.append(viewer)
+        viewer.show()
+        viewer.open(path)
+        return viewer
 
     def _show_where(self, worker_report: str = "") -> None:
         if self.memory_plot is None:
@@ -409,6 +445,8 @@ class MainWindow(QMainWindow):
         self.thread.finished.connect(self._on_thread_finished)
         self._set_running(True)
         self.preview_timer.start()
+        if self.memory_plot.probe is not None:  # its peak line is this run's (as the run's own probe)
+            self.memory_plot.probe.reset_peak()
         self.memory_plot.add_marker("run_start", f"Run started: {config.model}")
         return True
 
@@ -596,6 +634,9 @@ class MainWindow(QMainWindow):
         self.preview_timer.stop()
         if self.memory_plot is not None:
             self.memory_plot.timer.stop()
+        self.gpu_panel.shutdown()
+        for viewer in self.snapshot_viewers:
+            viewer.close()
         self.pages.shutdown()
         self.form.shutdown()
         self.model_sources.shutdown()

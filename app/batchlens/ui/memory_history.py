@@ -10,9 +10,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Columns of the ring buffer (bytes, NaN where the backend cannot tell).
-COLUMNS = ("time_s", "allocated", "reserved", "peak", "device_used", "device_total")
-CSV_HEADER = [*(c if c == "time_s" else f"{c}_bytes" for c in COLUMNS), "marker", "marker_text"]
+# Columns of the ring buffer (bytes, NaN where the backend cannot tell; "segments" is a count).
+COLUMNS = (
+    "time_s",
+    "allocated",
+    "reserved",
+    "peak",
+    "device_used",
+    "device_total",
+    "inactive_split",
+    "segments",
+)
+CSV_HEADER = [
+    *(c if c in ("time_s", "segments") else f"{c}_bytes" for c in COLUMNS),
+    "marker",
+    "marker_text",
+]
 
 TOTAL_IN_REACH = 0.5  # the device total joins the scale once the run's lines reach half of it
 
@@ -68,6 +81,7 @@ def scale_top(history: np.ndarray, cpu: bool, whole_device: bool, headroom: floa
     scaled to) only when those lines come within reach of it, or when the user asks for the whole
     device. On the CPU the lines are this process's RAM: the machine's total is never drawn."""
     lines = ("allocated", "peak") if cpu else ("allocated", "reserved", "peak", "device_used")
+    # (the held-but-unused curves lie below reserved: they never raise the scale)
     values = history[:, [COLUMNS.index(k) for k in lines]]
     highest = float(np.nanmax(values)) if not np.isnan(values).all() else 0.0
     total = history[-1, COLUMNS.index("device_total")] if len(history) else math.nan
@@ -88,3 +102,14 @@ def csv_rows(history: np.ndarray, markers: Iterable[Marker]) -> list[list[str]]:
         rows.append((m.time_s, 0, [f"{m.time_s:.3f}", *([""] * (len(COLUMNS) - 1)), m.kind, m.text]))
     rows.sort(key=lambda r: (r[0], r[1]))
     return [cells for _, _, cells in rows]
+
+
+def held_unused(history: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per sample: reserved - allocated (held by the allocator, used by no tensor), the part of it in
+    inactive splits (fragmented: free, but cut from segments that also hold live tensors) and the rest,
+    the free cache a new tensor can take whole. NaN where the backend does not report splits."""
+    allocated = history[:, COLUMNS.index("allocated")]
+    reserved = history[:, COLUMNS.index("reserved")]
+    held = np.maximum(reserved - allocated, 0.0)
+    inactive = np.minimum(history[:, COLUMNS.index("inactive_split")], held)
+    return held, inactive, held - inactive

@@ -40,10 +40,11 @@ from batchlens.ui.memory_history import (
     Marker,
     RingBuffer,
     csv_rows,
+    held_unused,
     nan_if_none,
     scale_top,
 )
-from batchlens.ui.plot_legend import fit_legend, legend_above
+from batchlens.ui.plot_legend import CPU_TIPS, TIPS, explain_entries, fit_legend, legend_above
 from batchlens.ui.plot_markers import PlotMarkers
 
 MIB = 2**20
@@ -57,7 +58,24 @@ LINE_COLORS = {
     "peak": "#ae3ec9",
     "device_used": "#12b886",
     "device_total": "#868e96",
+    "held_unused": "#e8a400",
+    "fragmented": "#e03131",
 }
+#: the held-but-unused curves are drawn filled down to zero: light band = free cache, red = fragmented
+FILL_ALPHA = {"held_unused": 50, "fragmented": 110}
+SPLIT_KEYS = ("held_unused", "fragmented")
+
+
+def held_text(held: float, inactive: float, segments: int | None) -> str:
+    """The held-but-unused memory in words: how much is fragmented, how much is free cache."""
+    inactive = min(inactive, held)
+    text = (
+        f"held unused {format_bytes(held)}: fragmented {format_bytes(inactive)}, "
+        f"free cache {format_bytes(held - inactive)}"
+    )
+    if segments is not None:
+        text += f" · {segments} segment{'s' if segments != 1 else ''}"
+    return text
 
 
 class MemoryPlot(QWidget):
@@ -65,6 +83,7 @@ class MemoryPlot(QWidget):
 
     cache_cleared = Signal(object)  # ClearResult
     sampled = Signal(object)  # MemorySample, after each tick (for the status line and tests)
+    snapshot_requested = Signal()  # Record snapshot: the window asks the run to record one
 
     def __init__(
         self,
@@ -118,7 +137,18 @@ class MemoryPlot(QWidget):
             width = 1.5 if key == "device_total" else 2
             pen = pg.mkPen(LINE_COLORS[key], width=width, style=style.get(key, Qt.PenStyle.SolidLine))
             self.curves[key] = self.plot_item.plot([], [], pen=pen, name=key)
+            self.curves[key].key = key
+        for key in SPLIT_KEYS:  # reserved - allocated, and its fragmented part, filled down to zero
+            fill = pg.mkColor(LINE_COLORS[key])
+            fill.setAlpha(FILL_ALPHA[key])
+            curve = self.plot_item.plot(
+                [], [], pen=pg.mkPen(LINE_COLORS[key], width=1), name=key, fillLevel=0, fillBrush=fill
+            )
+            curve.key = key
+            curve.setZValue(-10 if key == "held_unused" else -5)  # under the lines, fragmented on top
+            self.curves[key] = curve
         self._total_shown = False
+        self._split_shown = False
         self.hover_line = pg.InfiniteLine(angle=90, movable=False, pen=pg.mkPen("#adb5bd", width=1))
         self.hover_line.setVisible(False)
         self.plot_item.addItem(self.hover_line, ignoreBounds=True)
@@ -153,6 +183,12 @@ class MemoryPlot(QWidget):
             "run's own lines, and the total is drawn once they come near it."
         )
         self.whole_device.toggled.connect(lambda _on: self._redraw())
+        self.snapshot_button = QPushButton("Record snapshot")
+        self.snapshot_button.setToolTip(
+            "During a run on a CUDA GPU: record every allocation of the next 50 images, with its stack, "
+            "into memory-snapshot.pickle in the output folder; open it with File > Open memory snapshot."
+        )
+        self.snapshot_button.clicked.connect(self.snapshot_requested)
         self.save_button = QPushButton("Save plot as PNG…")
         self.save_button.setToolTip("Save a picture of the plot as it is now.")
         self.save_button.clicked.connect(self._ask_save_png)
@@ -165,6 +201,7 @@ class MemoryPlot(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.clear_button)
         buttons.addWidget(self.whole_device)
+        buttons.addWidget(self.snapshot_button)
         buttons.addStretch(1)
         buttons.addWidget(self.save_button)
         buttons.addWidget(self.csv_button)
@@ -193,17 +230,21 @@ class MemoryPlot(QWidget):
             "peak": "peak RSS" if cpu else "peak allocated",
             "device_used": "device used (all processes)",
             "device_total": "device total",
+            "held_unused": "held unused (reserved − allocated)",
+            "fragmented": "fragmented (inactive splits)",
         }
         self.legend.clear()
         self._total_shown = False  # its legend entry comes with the line (`_redraw`)
+        self._split_shown = False  # so do the held-but-unused curves, once the backend reports splits
         for key, curve in self.curves.items():
             # On the CPU "reserved" is the same RSS, and "device" is the whole machine's RAM, which
             # would squash the process line flat: those numbers are shown as text instead.
-            visible = not (cpu and key in ("reserved", "device_used", "device_total"))
+            visible = not (cpu and key in ("reserved", "device_used", "device_total", *SPLIT_KEYS))
             curve.setVisible(visible)
             curve.opts["name"] = names[key]
-            if visible and key != "device_total":
+            if visible and key not in ("device_total", *SPLIT_KEYS):
                 self.legend.addItem(curve, names[key])
+        self._explain_legend()
         fit_legend(self.legend, self.plot_item)
         if cpu:
             self.title.setText("<b>Process RAM</b> — running on the CPU, so this is RAM, not GPU memory.")
@@ -218,6 +259,10 @@ class MemoryPlot(QWidget):
         self.plot_widget.setToolTip(tip)
         self.title.setToolTip(tip)
         self.sample_now()
+        if self._last is not None and self._last.inactive_split is None and probe.fragmentation_note:
+            tip += "\n\n" + probe.fragmentation_note  # what this backend does not offer
+            self.plot_widget.setToolTip(tip)
+            self.title.setToolTip(tip)
         # Only where there is a device total to scale to (not the CPU's RAM, not MPS).
         total = self._last.device_total if self._last is not None else None
         self.whole_device.setVisible(not cpu and total is not None)
@@ -244,6 +289,8 @@ class MemoryPlot(QWidget):
                 sample.peak,
                 nan_if_none(sample.device_used),
                 nan_if_none(sample.device_total),
+                nan_if_none(sample.inactive_split),
+                nan_if_none(sample.segments),
             )
         )
         if self.isVisible():  # a hidden or minimised window only records
@@ -268,12 +315,25 @@ class MemoryPlot(QWidget):
             self.plot_item.setLabel("left", label[0], units=label[1])
         self._divisor = divisor
         t = data[:, 0]
+        held, fragmented, _free = held_unused(data)
+        split = {"held_unused": held, "fragmented": fragmented}
+        split_shown = not cpu and not np.isnan(fragmented).all()  # the backend reports inactive splits
         for key, curve in self.curves.items():
-            column = data[:, COLUMNS.index(key)]
-            if np.isnan(column).all() or (key == "device_total" and not show_total):
+            column = split[key] if key in split else data[:, COLUMNS.index(key)]
+            hidden = (key == "device_total" and not show_total) or (key in split and not split_shown)
+            if np.isnan(column).all() or hidden:
                 curve.setData([], [])
                 continue
             curve.setData(t, column / self._divisor, skipFiniteCheck=True)
+        if split_shown != self._split_shown:  # name the held-but-unused curves while they are drawn
+            self._split_shown = split_shown
+            for key in SPLIT_KEYS:
+                if split_shown:
+                    self.legend.addItem(self.curves[key], self.curves[key].opts["name"])
+                else:
+                    self.legend.removeItem(self.curves[key])
+            self._explain_legend()
+            fit_legend(self.legend, self.plot_item)
         if show_total != self._total_shown:  # the legend names the total while it is drawn
             self._total_shown = show_total
             total = self.curves["device_total"]
@@ -281,6 +341,7 @@ class MemoryPlot(QWidget):
                 self.legend.addItem(total, total.opts["name"])
             else:
                 self.legend.removeItem(total)
+            self._explain_legend()
             fit_legend(self.legend, self.plot_item)
         now = t[-1]
         self.plot_item.setXRange(max(0.0, now - self.window_s), max(now, 10.0), padding=0)
@@ -305,7 +366,13 @@ class MemoryPlot(QWidget):
             text += f" · device used {format_bytes(sample.device_used)}"
         if sample.device_total is not None:
             text += f" of {format_bytes(sample.device_total)}"
+        if sample.inactive_split is not None:
+            text += " · " + held_text(sample.held_unused, sample.inactive_split, sample.segments)
         return text
+
+    def _explain_legend(self) -> None:
+        cpu = self.probe is not None and self.probe.kind == "cpu"
+        explain_entries(self.legend, {**TIPS, **CPU_TIPS} if cpu else TIPS)
 
     # -- markers (ui/plot_markers.py) -------------------------------------------------------------
     @property
@@ -431,6 +498,10 @@ class MemoryPlot(QWidget):
             value = row[COLUMNS.index(key)]
             if not math.isnan(value):
                 parts.append(f"{label} {format_bytes(value)}")
+        inactive, segments = row[COLUMNS.index("inactive_split")], row[COLUMNS.index("segments")]
+        if not cpu and not math.isnan(inactive):
+            held = max(0.0, row[COLUMNS.index("reserved")] - row[COLUMNS.index("allocated")])
+            parts.append(held_text(held, inactive, None if math.isnan(segments) else int(segments)))
         self.hover_label.setText(" ".join(parts[:1]) + " " + " · ".join(parts[1:]))
 
     # -- light and dark themes --------------------------------------------------------------------------

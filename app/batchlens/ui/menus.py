@@ -32,6 +32,7 @@ class Menus:
         self.open_results_action = file_menu.addAction("Open &results…", self.ask_results_folder)
         self.open_results_action.setShortcut(QKeySequence.StandardKey.Open)
         self.export_action = file_menu.addAction("&Export results…", self.export_results)
+        self.open_snapshot_action = file_menu.addAction("Open memory &snapshot…", self.ask_snapshot_file)
         file_menu.addSeparator()
         self.quit_action = file_menu.addAction("&Quit", window.close)
         self.quit_action.setShortcut(QKeySequence("Ctrl+Q"))
@@ -102,6 +103,14 @@ class Menus:
             self.show_output_results()
         if self.window.pages.showing_results():
             export(self.window.pages.results_browser)
+
+    def ask_snapshot_file(self) -> None:
+        start = self.window.form.output_text() or str(Path.home())
+        path, _ = QFileDialog.getOpenFileName(
+            self.window, "Open a memory snapshot", start, "Memory snapshot (*.pickle);;All files (*)"
+        )
+        if path:
+            self.window.open_snapshot(Path(path))
 
     def show_output_results(self) -> None:
         output = Path(self.window.form.output_text()).expanduser()

@@ -15,7 +15,39 @@ SHORT_NAMES = {  # for a narrow plot
     "allocated (live tensors)": "allocated",
     "reserved (allocated + cache)": "reserved",
     "device used (all processes)": "device used",
+    "held unused (reserved − allocated)": "held unused",
+    "fragmented (inactive splits)": "fragmented",
 }
+
+#: What each line means, in plain words: the tooltip of its legend entry, keyed by the curve's key.
+TIPS = {
+    "allocated": "Memory held by tensors alive right now: the model's weights, the batch and what the "
+    "model computes from it.",
+    "reserved": "Everything PyTorch's caching allocator holds on the card: the allocated memory plus a "
+    "cache it keeps to reuse instead of asking the driver again.",
+    "peak": "The highest the allocated line has been since the run started.",
+    "device_used": "Everything in use on the card: this process's reserved memory, its CUDA context, "
+    "and other programs (the panel beside the plot lists them).",
+    "device_total": "The card's total memory.",
+    "held_unused": "Reserved minus allocated: memory PyTorch holds that no tensor uses. The light band "
+    "is free cache, which the next tensor can take whole; Clear cache hands it back to the card.",
+    "fragmented": "The part of the held memory in inactive splits: free pieces cut from blocks that also "
+    "hold live tensors. They count as reserved, but a tensor bigger than a piece cannot use them, so a "
+    "run can run out of memory while reserved still looks free. Hover the plot for the segment count.",
+}
+CPU_TIPS = {
+    "allocated": "This process's resident memory (RAM, RSS): running on the CPU, there is no GPU memory.",
+    "peak": "The highest this process's RAM has been since the run started.",
+}
+
+
+def explain_entries(legend: pg.LegendItem, tips: dict[str, str]) -> None:
+    """Give each legend entry (its sample and its label) the plain-word tooltip of its curve, found by
+    the key the plot keeps on the curve (`curve.key`)."""
+    for sample, label in legend.items:
+        tip = tips.get(getattr(sample.item, "key", ""), "")
+        sample.setToolTip(tip)
+        label.setToolTip(tip)
 
 
 def legend_above(plot_item: pg.PlotItem) -> pg.LegendItem:

@@ -214,7 +214,7 @@ class ClusterRunner(Runner):
                 yield RunNote("info", batch_choice.message())
             batch_size = batch_size if isinstance(batch_size, int) else 1
 
-            if cfg.memory_snapshot:
+            if cfg.memory_snapshot not in (False, None, "off"):
                 yield RunNote("info", "--memory-snapshot is not taken on a cluster; run on one GPU for it.")
             if todo:  # the first result waits for the workers to start and load the model
                 yield RunNote("info", f"Starting {plan.workers} worker(s); each loads {model.info.id} once.")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
 import gc
 import resource
 import sys
@@ -32,6 +33,19 @@ class MemorySample:
     peak: int
     device_used: int | None = None
     device_total: int | None = None
+    #: bytes of the allocator's cache that sit in split blocks, free but cut from a segment that also
+    #: holds live tensors: they count in "reserved" yet a larger tensor cannot use them (fragmentation)
+    inactive_split: int | None = None
+    #: how many segments (blocks the allocator asked the driver for) the allocator holds
+    segments: int | None = None
+    #: the peak since the last `start_span()` by any reader (the allocator's own peak, the kernel's peak
+    #: RSS), where `peak` is this probe's own running maximum; None where the backend keeps none
+    span_peak: int | None = None
+
+    @property
+    def held_unused(self) -> int:
+        """Reserved but not allocated: the inactive splits plus the free cache."""
+        return max(0, self.reserved - self.allocated)
 
 
 @dataclass(frozen=True)
@@ -70,6 +84,8 @@ class MemoryProbe:
     kind = "cpu"
     #: what "allocated"/"reserved" mean on this backend, for labels and tooltips
     description = ""
+    #: what this backend does not report about fragmentation, in one sentence ("" where it reports it)
+    fragmentation_note = ""
 
     def sample(self) -> MemorySample:
         raise NotImplementedError
@@ -79,6 +95,10 @@ class MemoryProbe:
 
     def reset_peak(self) -> None:
         """Start peak tracking afresh (called when a run starts)."""
+
+    def start_span(self) -> None:
+        """Start a span (a batch) whose own peak the next sample's `span_peak` gives. The allocator's
+        and the kernel's peaks are shared by the process: `peak` stays this probe's running maximum."""
 
     @property
     def keeps_exact_peak(self) -> bool:
@@ -95,6 +115,8 @@ def allocator_sample(stats: dict, device_used: int | None, device_total: int | N
         stats.get("allocated_bytes", {}).get("all", {}),
         stats.get("reserved_bytes", {}).get("all", {}),
     )
+    inactive = stats.get("inactive_split_bytes", {}).get("all", {}).get("current")
+    segments = stats.get("segment", {}).get("all", {}).get("current")
     return MemorySample(
         time=time.monotonic(),
         allocated=allocated.get("current", 0),
@@ -102,6 +124,9 @@ def allocator_sample(stats: dict, device_used: int | None, device_total: int | N
         peak=allocated.get("peak", 0),
         device_used=device_used,
         device_total=device_total,
+        inactive_split=inactive,
+        segments=segments,
+        span_peak=allocated.get("peak", 0),
     )
 
 
@@ -115,12 +140,15 @@ class CudaProbe(MemoryProbe):
 
     def __init__(self, device: torch.device):
         self.device = device
+        self._peak = 0
 
     def sample(self) -> MemorySample:
         import torch
 
         free, total = torch.cuda.mem_get_info(self.device)
-        return allocator_sample(torch.cuda.memory_stats_as_nested_dict(self.device), total - free, total)
+        sample = allocator_sample(torch.cuda.memory_stats_as_nested_dict(self.device), total - free, total)
+        self._peak = max(self._peak, sample.peak)
+        return dataclasses.replace(sample, peak=self._peak)
 
     def clear_cache(self) -> ClearResult:
         import torch
@@ -135,6 +163,10 @@ class CudaProbe(MemoryProbe):
         import torch
 
         torch.cuda.reset_peak_memory_stats(self.device)
+        self._peak = 0
+
+    def start_span(self) -> None:
+        torch.cuda.reset_peak_memory_stats(self.device)
 
 
 class MpsProbe(MemoryProbe):
@@ -142,6 +174,10 @@ class MpsProbe(MemoryProbe):
     description = (
         "Apple GPU (unified memory). Allocated: held by live tensors. Reserved: everything the Metal "
         "driver holds for this process, cache included."
+    )
+
+    fragmentation_note = (
+        "The Apple GPU (MPS) does not report how much of its cache is fragmented, nor its segments."
     )
 
     def __init__(self) -> None:
@@ -173,9 +209,14 @@ class MpsProbe(MemoryProbe):
 class XpuProbe(MemoryProbe):
     kind = "xpu"
     description = "Intel GPU memory. Allocated: held by live tensors. Reserved: allocated + cache."
+    fragmentation_note = (
+        "Where this Intel GPU (XPU) build does not report inactive split bytes or segments, the "
+        "fragmented share of the cache is not shown."
+    )
 
     def __init__(self, device: torch.device):
         self.device = device
+        self._peak = 0
 
     def sample(self) -> MemorySample:
         import torch
@@ -184,7 +225,9 @@ class XpuProbe(MemoryProbe):
         if hasattr(torch.xpu, "mem_get_info"):  # not in every XPU build
             free, total = torch.xpu.mem_get_info(self.device)
             used = total - free
-        return allocator_sample(torch.xpu.memory_stats_as_nested_dict(self.device), used, total)
+        sample = allocator_sample(torch.xpu.memory_stats_as_nested_dict(self.device), used, total)
+        self._peak = max(self._peak, sample.peak)
+        return dataclasses.replace(sample, peak=self._peak)
 
     def clear_cache(self) -> ClearResult:
         import torch
@@ -198,6 +241,10 @@ class XpuProbe(MemoryProbe):
     def reset_peak(self) -> None:
         import torch
 
+        torch.xpu.reset_peak_memory_stats(self.device)
+        self._peak = 0
+
+    def start_span(self) -> None:
         torch.xpu.reset_peak_memory_stats(self.device)
 
 
@@ -277,6 +324,7 @@ class CpuProbe(MemoryProbe):
         "No GPU in use: these lines show this process's RAM (resident set size), not GPU memory. "
         "Allocated and reserved are both the RSS; device used/total are the whole machine's RAM."
     )
+    fragmentation_note = "On the CPU there is no allocator cache, so there is no fragmentation to show."
 
     #: the machine's RAM figures are re-read at most this often: reading them costs twice as much as
     #: the RSS, and they change slowly (this keeps a sample per image well under 1 % of a run)
@@ -301,7 +349,7 @@ class CpuProbe(MemoryProbe):
         self._peak = max(self._peak, rss, kernel_peak)
         now = time.monotonic()
         used, total = self._machine_ram(now)
-        return MemorySample(now, rss, rss, self._peak, used, total)
+        return MemorySample(now, rss, rss, self._peak, used, total, span_peak=max(rss, kernel_peak))
 
     def clear_cache(self) -> ClearResult:
         before = self._rss()
@@ -312,6 +360,9 @@ class CpuProbe(MemoryProbe):
 
     def reset_peak(self) -> None:
         self._peak = 0
+        KERNEL_PEAK_RSS.reset()
+
+    def start_span(self) -> None:
         KERNEL_PEAK_RSS.reset()
 
     @property

@@ -33,6 +33,7 @@ class ResultRecord:
     labels: dict  # every label or class in the result -> its best score (None without scores)
     offset: int  # where the line starts in predictions.jsonl
     length: int  # its length in bytes, newline included
+    memory: int | None = None  # the peak memory of the batch it ran in (bytes; older runs: None)
 
 
 def _float(value) -> float | None:
@@ -86,6 +87,9 @@ def summarise(data: dict, offset: int = 0, length: int = 0) -> ResultRecord:
         labels=labels,
         offset=offset,
         length=length,
+        memory=int(m)
+        if isinstance(m := data.get("peak_memory_bytes"), int) and not isinstance(m, bool)
+        else None,
     )
 
 

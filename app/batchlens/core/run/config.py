@@ -43,7 +43,9 @@ class RunConfig:
     fast_decode: bool = False
     max_failures: int | None = None  # stop the run once this many images have failed (misconfigured)
     cpu_fallback: bool = False  # out of memory even in tiles: run that one image on the CPU
-    memory_snapshot: bool = False  # CUDA: save the allocator's history at the first out-of-memory error
+    #: CUDA: record the allocator's history: "off", "oom" (written at the first out-of-memory error),
+    #: "always" or "always:N" (written after N images); True means "oom" (core/run/snapshot_recorder.py)
+    memory_snapshot: bool | str = "off"
     # Seconds one batch's forward may take before its images are marked as errors and the run goes on
     # (None: no limit); see core/run/watchdog.py for what can and cannot be stopped
     image_timeout: float | None = None

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from batchlens.core.errors import BatchLensError
+from batchlens.core.machine.gpu_processes import GpuReport
 from batchlens.core.machine.memory import MemorySample, _malloc_trim, format_bytes
 
 log = logging.getLogger(__name__)
@@ -370,8 +371,29 @@ def other_processes_share(
     return other, other / sample.device_total
 
 
-def other_processes_warning(sample: MemorySample, device: object, min_share: float = 0.25) -> str | None:
-    """A warning when much of the device is held outside this run's PyTorch allocator."""
+def other_processes_warning(
+    sample: MemorySample, device: object, min_share: float = 0.25, report: GpuReport | None = None
+) -> str | None:
+    """A warning when much of the device is held outside this run's PyTorch allocator. With NVML's
+    list of the GPU's processes (`report`, the panel's source) the figure is theirs and names them;
+    without it (or where NVML sees none of them, as from inside a container), the estimate from the
+    device's memory in use minus this process's reserved memory."""
+    if report is not None and report.others and report.total:
+        other, total = report.others_used(), report.total
+        fraction = other / total
+        if fraction < min_share or other < (1 << 30):
+            return None
+        named = ", ".join(
+            (f"PID {p.pid}" if p.name.startswith("(") else f"{p.name} (PID {p.pid})")
+            + (f" with {format_bytes(p.used)}" if p.used is not None else "")
+            for p in sorted(report.others, key=lambda p: -(p.used or 0))[:3]
+        )
+        more = f" and {len(report.others) - 3} more" if len(report.others) > 3 else ""
+        return (
+            f"Other processes hold {format_bytes(other)} ({fraction:.0%}) of {device}'s "
+            f"{format_bytes(total)}: {named}{more}; this run can use only the rest. Close them if "
+            "images run out of memory."
+        )
     share = other_processes_share(sample)
     if share is None or share[1] < min_share or share[0] < (1 << 30):
         return None
@@ -443,32 +465,3 @@ def outsized_image_warning(
         f"{format_bytes(need)} of the {format_bytes(free_bytes)} free; it is the one most likely to run "
         "out of memory (consider --cpu-fallback, or resizing it)."
     )
-
-
-def start_memory_history(device: torch.device) -> bool:
-    """Record CUDA allocations so a snapshot can be saved at the first out-of-memory error."""
-    if device.type != "cuda":
-        return False
-    torch.cuda.memory._record_memory_history(max_entries=100_000)
-    return True
-
-
-def stop_memory_history(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.memory._record_memory_history(enabled=None)
-
-
-def snapshot_saver(path) -> Callable[[], str | None]:
-    """on_first_oom for --memory-snapshot: dump the CUDA allocator's history to `path`."""
-
-    def save() -> str | None:
-        try:
-            torch.cuda.memory._dump_snapshot(str(path))
-        except Exception as exc:  # a failed snapshot must not make the run fail
-            return f"Could not save the memory snapshot to {path}: {type(exc).__name__}: {exc}"
-        return (
-            f"Saved a memory snapshot at the first out-of-memory error to {path}; open it by dragging it "
-            "onto https://pytorch.org/memory_viz (PyTorch's memory visualiser)."
-        )
-
-    return save

@@ -6,7 +6,9 @@ and turns everything into events. Cancel and pause are flags checked between bat
 
 from __future__ import annotations
 
+import heapq
 import logging
+import math
 import os
 import threading
 import time
@@ -29,12 +31,12 @@ from batchlens.core.inputs.images import (
 )
 from batchlens.core.inputs.prefetch import Prefetcher
 from batchlens.core.machine.devices import resolve_device
+from batchlens.core.machine.gpu_processes import read_gpu_processes
 from batchlens.core.machine.memory import CpuProbe, MemoryProbe, MemorySample, PeakWatch, probe_for
 from batchlens.core.models import LoadedModel, load_model
 from batchlens.core.outputs.manifest import open_output, refuse_before_load
 from batchlens.core.outputs.results import ResultsWriter, read_records
 from batchlens.core.outputs.runlock import RunLock
-from batchlens.core.run.autobatch import sizer_for_run
 from batchlens.core.run.cache_policy import CachePolicy, empty_device_cache
 from batchlens.core.run.config import RunConfig
 from batchlens.core.run.events import Event, ImageResult, RunFinished, RunNote, RunStarted
@@ -48,11 +50,10 @@ from batchlens.core.run.recovery import (
     leak_watch_for,
     other_processes_warning,
     outsized_image_warning,
-    snapshot_saver,
-    start_memory_history,
-    stop_memory_history,
 )
 from batchlens.core.run.run_speed import images_per_second
+from batchlens.core.run.sizing import sizer_for_run
+from batchlens.core.run.snapshot_recorder import SnapshotRecorder
 from batchlens.core.run.threads import UseThreads, decode_thread_setup, plan_threads
 from batchlens.core.tasks.base import thumbnail
 
@@ -165,6 +166,31 @@ def run_summary(
     }
 
 
+def batch_peak(sample: MemorySample) -> int:
+    """The peak while the batch ran (the probe's span peak; where the backend keeps none, MPS, the
+    memory held after it)."""
+    return sample.span_peak if sample.span_peak is not None else sample.allocated
+
+
+class Costliest:
+    """The images whose batches peaked highest (summary.json's `costliest_images`): a bounded heap."""
+
+    def __init__(self, keep: int = 5):
+        self.keep = keep
+        self._heap: list[tuple[int, str]] = []
+
+    def add(self, peak: int, image: str) -> None:
+        if len(self._heap) < self.keep:
+            heapq.heappush(self._heap, (peak, image))
+        elif peak > self._heap[0][0]:
+            heapq.heapreplace(self._heap, (peak, image))
+
+    def top(self) -> list[dict]:
+        return [
+            {"image": image, "peak_memory_bytes": peak} for peak, image in sorted(self._heap, reverse=True)
+        ]
+
+
 def start_events(
     model: LoadedModel,
     where: str,
@@ -240,6 +266,7 @@ class Runner:
         self.probe = probe
         self.model = model
         self._cancel = threading.Event()
+        self._snapshot_asked = threading.Event()
         self._unpaused = threading.Event()
         self._unpaused.set()
         self.paused_seconds = 0.0
@@ -251,6 +278,11 @@ class Runner:
 
     def pause(self) -> None:
         self._unpaused.clear()
+
+    def record_snapshot(self) -> None:
+        """Record the allocator's history from the next batch for the next images, then write it (the
+        window's Record snapshot button; a thread-safe flag, read between batches)."""
+        self._snapshot_asked.set()
 
     def resume(self) -> None:
         self._unpaused.set()
@@ -327,10 +359,11 @@ class Runner:
         # Decided now, made after the first batch: the first result comes as soon as a plain loop's
         speedups = ModelSpeedups(model, device, cfg)
         pipeline = BatchPipeline.for_run(model, folder, cfg, False, local=True)
-        snapshot = cfg.memory_snapshot and start_memory_history(device)
+        recorder = SnapshotRecorder(cfg.memory_snapshot, device, output_dir / MEMORY_SNAPSHOT)
+        recorder.start()
         pipeline.recovery = pipeline.make_recovery(
             cpu_fallback=cfg.cpu_fallback,
-            on_first_oom=snapshot_saver(output_dir / MEMORY_SNAPSHOT) if snapshot else None,
+            on_first_oom=recorder.on_first_oom,
         )
         leaks = leak_watch_for(probe.kind)
         stopped = None
@@ -341,6 +374,7 @@ class Runner:
         decoding = (threads.decode_threads, decode_thread_setup)
         ahead = Prefetcher(pipeline.prepare, sizer.batches(todo), threads.prefetch(cfg.prefetch), *decoding)
         index = 0
+        costliest = Costliest()
         compiled = None  # --compile: (sentence, summary entry) once the first forward ran
         running = ExitStack()  # torch's threads for the run, and the watch on memory's peak
         try:
@@ -353,6 +387,11 @@ class Runner:
                 prepared = next(ahead, None)
                 if prepared is None:
                     break
+                if self._snapshot_asked.is_set():  # the window's Record snapshot button
+                    self._snapshot_asked.clear()
+                    yield RunNote("info", recorder.begin_now(), None, "memory_snapshot")
+                recorder.mark_batch([i.candidate.rel for i in prepared.items])
+                probe.start_span()  # the sample after the batch holds its own peak (each line's)
                 started, cpu_started = time.perf_counter(), time.process_time()
                 shape = next((tuple(i.tensor.shape) for i in prepared.items if i.tensor is not None), None)
                 items = pipeline.finish(prepared)
@@ -368,6 +407,8 @@ class Runner:
                 )
                 for message in sizer.take_notes():
                     yield RunNote("info", message, sample)
+                if saved := recorder.after_batch(len(items)):
+                    yield RunNote("info", saved, sample, "memory_snapshot")
                 if cache_policy.due(index, index + len(items), sample):
                     empty_device_cache(device)
                 peak = max(peak, sample.peak)
@@ -378,6 +419,7 @@ class Runner:
                 yield from self._outsized_note(headers, start_sample, model)
                 for item in items:
                     index += 1
+                    costliest.add(batch_peak(sample), item.candidate.rel)
                     event = self._record(item, index, len(todo), sample, model)
                     line = record_line(event.image, event.status, event.error, event.seconds, event.fields)
                     writer.write_line(line)  # a failed write: one sentence (BatchLensError)
@@ -405,8 +447,7 @@ class Runner:
             pipeline.writers.close()
             running.close()
             speedups.restore()
-            if snapshot:
-                stop_memory_history(device)
+            recorder.stop()
             try:
                 writer.close(order=[c.rel for c in candidates] if cfg.resume else None)
             except OSError as exc:  # the lines are all there; only their order after a resume is not
@@ -443,6 +484,7 @@ class Runner:
             **precision_entries(cfg, pipeline),
             decode_processes=pipeline.decode_processes,
             decoded_in_processes=pipeline.decoded_in_processes,
+            costliest_images=costliest.top(),
         )
 
     def _preflight(
@@ -456,8 +498,8 @@ class Runner:
         self._crowded_warned = False
         if probe.kind != "cpu":
             yield from self._crowded_note(sample, device)
-        if cfg.memory_snapshot and device.type != "cuda":
-            yield RunNote("info", f"--memory-snapshot needs a CUDA GPU; no snapshot is taken on {device}.")
+        if note := SnapshotRecorder(cfg.memory_snapshot, device, Path()).unavailable_note():
+            yield RunNote("info", note)
         return HeaderScan(todo), sample  # the headers are read beside the first batches
 
     def _outsized_note(self, scan: HeaderScan, sample, model: LoadedModel) -> Iterator[RunNote]:
@@ -475,8 +517,16 @@ class Runner:
             yield RunNote("warning", message, sample, "outsized_image")
 
     def _crowded_note(self, sample, device) -> Iterator[RunNote]:
-        """Warn (once a run) when other processes hold much of the device."""
+        """Warn (once a run) when other processes hold much of the device (NVML's list where it answers,
+        the same source as the window's panel of GPU processes)."""
         message = other_processes_warning(sample, device)
+        if message and device.type == "cuda":  # NVML is asked only when the cheap estimate says so,
+            now = time.monotonic()  # and at most every 10 s (it lists the processes, and names them)
+            if now - getattr(self, "_nvml_read_at", -math.inf) < 10:
+                return
+            self._nvml_read_at = now
+            report = read_gpu_processes(device.type, device.index or 0)
+            message = other_processes_warning(sample, device, report=report)
         if message:
             self._crowded_warned = True
             yield RunNote("warning", message, sample, "other_processes")
@@ -493,7 +543,7 @@ class Runner:
 
     def _record(self, item: Item, index: int, total: int, sample, model: LoadedModel) -> ImageResult:
         ok = item.ok
-        fields = item.fields()
+        fields = {**item.fields(), "peak_memory_bytes": batch_peak(sample)}
         input_preview = output_preview = None
         if self.config.previews and item.decoded is not None:
             input_preview = thumbnail(item.decoded.image)

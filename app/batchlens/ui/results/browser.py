@@ -36,6 +36,7 @@ from batchlens.core.outputs.reviews import ReviewsReader, append_review
 from batchlens.ui.results.detail import LARGE, ResultDetail
 from batchlens.ui.results.filters import FilterPanel
 from batchlens.ui.results.grid import ResultsGrid, TileDelegate, tile_pixels
+from batchlens.ui.results.memory_histogram import MemoryHistogram
 from batchlens.ui.results.model import ResultsFilter, ResultsModel, changed
 from batchlens.ui.results.thumbnails import Job, ThumbnailCache, ThumbnailLoader, make_pictures
 
@@ -124,6 +125,8 @@ class ResultsBrowser(QWidget):
         self.filters.sort_changed.connect(self.results.set_sort)
         self.filters.review_changed.connect(self.shown.set_review_state)
         self.filters.reset_button.clicked.connect(lambda: self.show_images(None))
+        self.memory_histogram = MemoryHistogram(self.results)  # which images cost the most
+        self.filters.layout().addWidget(self.memory_histogram)
         side = QScrollArea()
         side.setWidget(self.filters)
         side.setWidgetResizable(True)

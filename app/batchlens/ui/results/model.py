@@ -17,6 +17,7 @@ from batchlens.core.outputs.results_index import STATUSES, ResultRecord
 
 RECORD_ROLE = Qt.ItemDataRole.UserRole + 1
 SORT_KEYS = {"run order": "Run order", "name": "Name", "score": "Score", "seconds": "Time taken"}
+SORT_KEYS["memory"] = "Memory (its batch's peak)"  # (h9) which images cost the most
 _DIGITS = re.compile(r"(\d+)")
 
 
@@ -32,6 +33,8 @@ def _value(record: ResultRecord, key: str):
         return record.score
     if key == "seconds":
         return record.seconds
+    if key == "memory":
+        return record.memory
     return record.offset  # run order: where the line is in the file
 
 
