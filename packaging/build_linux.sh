@@ -6,9 +6,12 @@
 #   dist/batchlens_VERSION_amd64.deb                installs to /opt/batchlens, `batchlens` on the PATH,
 #                                                   an applications-menu entry and icon
 #
-# Needs: the project installed with the packaging extra (pip install -e ".[packaging]"), dpkg-deb and
-# zstd and objdump (binutils); desktop-file-validate (desktop-file-utils) is run when present.
+# Needs: the installers' lock installed in the build Python (python -m pip install --require-hashes
+# --no-deps -r packaging/requirements-installer.txt; the project itself need not be installed), dpkg-deb
+# and zstd and objdump (binutils); desktop-file-validate (desktop-file-utils) is run when present.
 # PYTHON=/path/to/python picks the interpreter (default: .venv/bin/python, else python3).
+# The build refuses to start unless that Python has exactly the lock's versions (packaging/check_lock.py
+# --installed); UNLOCKED=1 builds from whatever it has (to try a new library before re-locking).
 # LINTIAN=1 also runs lintian on the .deb (slow: it unpacks and inspects all 4 GB; the findings
 # and why each is accepted are in packaging/linux/lintian-overrides and docs/packaging.md).
 # SKIP_BUNDLE=1 reuses dist/batchlens from an earlier run (when only the packaging changed).
@@ -20,8 +23,16 @@ if [[ -z "${PYTHON:-}" ]]; then
     elif [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python
     else PYTHON=python3; fi
 fi
+LOCK_INSTALL="$PYTHON -m pip install --require-hashes --no-deps -r packaging/requirements-installer.txt"
 "$PYTHON" -m PyInstaller --version >/dev/null 2>&1 \
-    || { echo "build_linux.sh: PyInstaller is missing; run: $PYTHON -m pip install -e \".[packaging]\"" >&2; exit 2; }
+    || { echo "build_linux.sh: PyInstaller is missing; run: $LOCK_INSTALL" >&2; exit 2; }
+if [[ "${UNLOCKED:-0}" == 1 ]]; then
+    echo "UNLOCKED=1: building from $PYTHON's packages as they are, not the lock's" >&2
+else  # the installers are built from the locked set only (docs/packaging.md, "The lock")
+    "$PYTHON" packaging/check_lock.py --installed \
+        || { echo "build_linux.sh: not built: the installers are built from the lock's versions only" \
+                "(UNLOCKED=1 to try anyway)" >&2; exit 2; }
+fi
 for tool in dpkg-deb zstd objdump; do
     command -v "$tool" >/dev/null || { echo "build_linux.sh: $tool is missing (apt-get install $tool)" >&2; exit 2; }
 done
