@@ -60,3 +60,12 @@ def wait_until(condition, seconds: float = 30, what: str = "the condition") -> N
     while not condition():
         assert time.monotonic() < deadline, f"timed out after {seconds} s waiting for {what}"
         time.sleep(0.002)
+
+
+#: What a line measures rather than computes (time, memory): two runs of the same images differ there.
+MEASURED = ("seconds", "peak_memory_bytes")
+
+
+def without_measurements(line: dict) -> dict:
+    """A predictions.jsonl line without its measured fields, to compare two runs' answers."""
+    return {k: v for k, v in line.items() if k not in MEASURED}

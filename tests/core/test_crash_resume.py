@@ -22,7 +22,7 @@ from batchlens.core.errors import BatchLensError
 from batchlens.core.outputs.results import ResultsWriter
 from batchlens.core.run.config import RunConfig
 from batchlens.core.run.runner import Runner
-from tests.helpers import make_denoise_folder
+from tests.helpers import make_denoise_folder, without_measurements
 
 N_IMAGES = 12
 
@@ -45,7 +45,7 @@ def records(out: Path) -> list[dict]:
 
 def comparable(out: Path) -> tuple[list[dict], dict[str, str]]:
     """The run's results without timings, and every other file's hash (summary.json aside)."""
-    rows = [{k: v for k, v in row.items() if k != "seconds"} for row in records(out)]
+    rows = [without_measurements(row) for row in records(out)]
     files = {
         p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(out.rglob("*"))

@@ -25,15 +25,16 @@ from batchlens.core.run.inference import infer, use_channels_last
 from batchlens.core.run.pipeline import BatchPipeline
 from batchlens.core.run.runner import Runner
 from batchlens.core.run.threads import decode_thread_setup
+from tests.helpers import without_measurements
 
 CPU = torch.device("cpu")
 
 
 def _predictions(out: Path) -> list[dict]:
-    lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    for line in lines:
-        line.pop("seconds")
-    return lines
+    return [
+        without_measurements(json.loads(line))
+        for line in (out / "predictions.jsonl").read_text().splitlines()
+    ]
 
 
 def _prefetch_threads() -> list[threading.Thread]:

@@ -265,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         const="oom",
         default="off",
+        type=memory_snapshot_arg,
         metavar="always[:N]|oom|off",
         help="CUDA: record the allocator's history into memory-snapshot.pickle (open it in the window or at "
         "pytorch.org/memory_viz): oom (the flag alone) writes it at the first out-of-memory error, always "
@@ -385,6 +386,19 @@ def cache_policy_arg(text: str) -> str:
             "or reserved:F (a share of the device between 0 and 1, e.g. reserved:0.5)"
         )
     return policy
+
+
+def memory_snapshot_arg(text: str) -> str:
+    """--memory-snapshot: off, oom, always, or always:N (N images, 1 to MAX_COUNT)."""
+    value = text.strip().lower()
+    mode, colon, count = value.partition(":")
+    images = _whole(count, 1, MAX_COUNT) if colon else None
+    if mode not in ("off", "oom", "always") or colon and (mode != "always" or images is None):
+        raise argparse.ArgumentTypeError(
+            f"{_shown(text)} is not a snapshot choice: use off, oom, always, or always:N (N images, "
+            f"1 to {MAX_COUNT:,})"
+        )
+    return value
 
 
 def _filter_arg(text: str) -> str:
