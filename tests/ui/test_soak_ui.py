@@ -303,7 +303,9 @@ def test_the_steps_of_the_issue_run_results_item_back_then_type_an_input(
     with watched(qtbot) as watch:
         for _ in range(3):
             assert window.start_run()
-            qtbot.waitUntil(window.pages.showing_results, timeout=60_000)
+            qtbot.waitUntil(lambda: not window.is_running(), timeout=60_000)
+            window.controls.browse_results_button.click()  # a run ends on the run screen
+            assert window.pages.showing_results()
             browser = window.pages.results_browser
             qtbot.waitUntil(lambda b=browser: b.shown.rowCount() == 5, timeout=10_000)
             browser.open_row(0)

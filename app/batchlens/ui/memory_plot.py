@@ -176,9 +176,9 @@ class MemoryPlot(QWidget):
         self._axis_label = None
         cpu = probe.kind == "cpu"
         names = {
-            "allocated": "process RAM (RSS)" if cpu else "allocated (live tensors)",
+            "allocated": "process RAM" if cpu else "allocated (live tensors)",
             "reserved": "reserved (allocated + cache)",
-            "peak": "peak RSS" if cpu else "peak allocated",
+            "peak": "peak RAM" if cpu else "peak allocated",
             "device_used": "device used (all processes)",
             "device_total": "device total",
         }
@@ -357,7 +357,7 @@ class MemoryPlot(QWidget):
         folder = self.save_folder
         while folder is not None and not folder.is_dir() and folder.parent != folder:
             folder = folder.parent  # the output folder is made by the run: start beside it until then
-        return str(folder / name) if folder is not None else name
+        return str((folder or Path.home()) / name)  # never the folder BatchLens started in
 
     def _ask_save_png(self) -> None:
         path, _ = QFileDialog.getSaveFileName(
@@ -406,7 +406,7 @@ class MemoryPlot(QWidget):
         parts = [f"at {row[0]:.1f} s:"]
         cpu = self.probe is not None and self.probe.kind == "cpu"
         labels = (
-            (("allocated", "RSS"), ("peak", "peak"))
+            (("allocated", "RAM"), ("peak", "peak"))
             if cpu
             else (
                 ("allocated", "allocated"),
