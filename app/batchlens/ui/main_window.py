@@ -31,6 +31,7 @@ from batchlens.ui.run_lifecycle import RunLifecycle
 from batchlens.ui.run_screen import build_run_screen
 from batchlens.ui.run_setup import RunSetup
 from batchlens.ui.settings import Settings
+from batchlens.ui.start_folder import start_folder
 from batchlens.ui.wording import for_status, for_window
 
 log = logging.getLogger(__name__)
@@ -269,6 +270,7 @@ class MainWindow(RunLifecycle, QMainWindow):
             self.thumbnails.clear()
         self._update_blocker()
         self._update_output_buttons()
+        self._set_save_folder()
 
     def _on_counted(self, count: int, _text: str) -> None:
         # "0 / 32 images" before a run, the real total; a finished run's bar stays as it ended (a
@@ -335,9 +337,10 @@ class MainWindow(RunLifecycle, QMainWindow):
             self.pages.show_results(folder)
 
     def _set_save_folder(self) -> None:
-        output = self.form.output_text()
+        """Save plot / Export CSV start in the output folder (the folder above it until a run makes
+        it), else the input folder, else home: never the folder BatchLens was started from."""
         if self.memory_plot is not None:
-            self.memory_plot.set_save_folder(Path(output).expanduser() if output else None)
+            self.memory_plot.set_save_folder(self.output_folder() or Path(start_folder(self)))
 
     def open_output_folder(self) -> bool:
         """Show the output folder in the file manager; say so plainly when there is none to show it."""
