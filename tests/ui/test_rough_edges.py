@@ -169,6 +169,9 @@ def test_help_user_guide_opens_the_bundled_pages_inside_the_app(qtbot, window):
     guide.show_link(QUrl("models.md#model-files-without-a-sidecar-in-the-window"))
     assert guide.page == "models.md"
     assert str(ROOT / "docs") not in guide.browser.toPlainText()
+    guide.show_page("window.md")  # its screenshots are not bundled: their captions, not broken pictures
+    assert "(picture: The BatchLens window mid-run" in guide.browser.toPlainText()
+    assert not guide.browser.document().toHtml().count("<img")
     guide.close()
 
 

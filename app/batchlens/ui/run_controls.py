@@ -60,13 +60,18 @@ class RunControls(QWidget):
         row.addWidget(self.cancel_button)
         row.addWidget(self.progress, 1)
         row.addWidget(self.rate_label)
-        row.addWidget(self.browse_results_button)
-        row.addWidget(self.open_output_button)
+        # The outcome row: why Run is off, or how the run went, beside what to do with its results.
+        said = QVBoxLayout()
+        said.addWidget(self.blocked_reason)
+        said.addWidget(self.message)
+        outcome = QHBoxLayout()
+        outcome.addLayout(said, 1)
+        outcome.addWidget(self.browse_results_button, 0, Qt.AlignmentFlag.AlignTop)
+        outcome.addWidget(self.open_output_button, 0, Qt.AlignmentFlag.AlignTop)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(row)
-        layout.addWidget(self.blocked_reason)
-        layout.addWidget(self.message)
+        layout.addLayout(outcome)
         self._running = False
         self._blocked: str | None = None
 

@@ -4,6 +4,7 @@ Markdown itself. A link to another bundled page opens it here; a web address ope
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from PySide6.QtCore import QUrl
@@ -13,6 +14,12 @@ from PySide6.QtWidgets import QDialog, QDialogButtonBox, QMessageBox, QTextBrows
 from batchlens.core.resources import resource_path
 
 FIRST_PAGE = "window.md"
+#: A picture in a page: the screenshots stay in the source's docs/, so the guide says what each shows.
+PICTURE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
+
+
+def without_pictures(markdown: str) -> str:
+    return PICTURE.sub(lambda m: f"*(picture: {m.group(1)})*" if m.group(1).strip() else "", markdown)
 
 
 def guide_page(name: str) -> Path:
@@ -40,7 +47,7 @@ class UserGuide(QDialog):
         path = guide_page(name)
         if not path.is_file():
             return False
-        self.browser.setMarkdown(path.read_text(encoding="utf-8"))
+        self.browser.setMarkdown(without_pictures(path.read_text(encoding="utf-8")))
         self.browser.document().setBaseUrl(QUrl.fromLocalFile(str(path)))
         self.page = name
         return True
