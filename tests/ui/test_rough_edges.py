@@ -117,16 +117,18 @@ def test_plain_words_in_the_window(window):
 
 
 def test_the_status_bar_is_never_stale_after_a_change(window, tmp_path):
-    window.status("Finished.")
+    window.statusBar().showMessage("Finished.")
     window.form.set_input(tmp_path)
     assert window.statusBar().currentMessage() == ""
-    window.status("Finished.")
+    window.statusBar().showMessage("Finished.")
     window.model_picker.set_current_model("demo-denoise")
     assert window.statusBar().currentMessage() == ""
 
 
 def test_open_output_folder_is_on_exactly_when_the_folder_exists(qtbot, window, tmp_path):
     button = window.controls.open_output_button
+    window.form.set_output(tmp_path)
+    assert button.isEnabled()
     window.form.set_output(tmp_path / "not-yet")
     assert not button.isEnabled() and not window.controls.browse_results_button.isEnabled()
     window.form.set_output(tmp_path)
