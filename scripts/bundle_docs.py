@@ -21,6 +21,7 @@ GUIDE_PAGES = (
     "troubleshooting.md",
     "cli.md",
     "gpu.md",
+    "performance.md",
     "clusters.md",
 )
 

@@ -170,6 +170,10 @@ def test_help_user_guide_opens_the_bundled_pages_inside_the_app(qtbot, window):
     assert guide.page == "window.md" and "Choosing what to run" in guide.browser.toPlainText()
     guide.show_link(QUrl("models.md#model-files-without-a-sidecar-in-the-window"))
     assert guide.page == "models.md"
+    guide.show_link(QUrl("gpu-report.md"))  # a developers' page, not bundled: said so, with a way back
+    assert "not part of this guide" in guide.browser.toPlainText()
+    guide.show_link(QUrl("window.md"))
+    assert guide.page == "window.md"
     assert str(ROOT / "docs") not in guide.browser.toPlainText()
     guide.show_page("window.md")  # its screenshots are not bundled: their captions, not broken pictures
     assert "(picture: The BatchLens window mid-run" in guide.browser.toPlainText()

@@ -57,8 +57,13 @@ class UserGuide(QDialog):
             QDesktopServices.openUrl(url)
             return
         name = Path(url.path()).name
-        if name.endswith(".md") and name != self.page:
-            self.show_page(name)
+        if name.endswith(".md") and name != self.page and not self.show_page(name):
+            self.browser.setMarkdown(
+                f"**{name}** is a page for BatchLens's developers, in the docs folder of its source; it "
+                f"is not part of this guide.\n\n[Back to the guide]({FIRST_PAGE})"
+            )
+            self.page = name
+            return
         if url.fragment():
             self.browser.scrollToAnchor(url.fragment())
 
