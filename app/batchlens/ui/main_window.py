@@ -2,6 +2,10 @@
 ProblemsPanel, the results browser) and connects them to the run's worker, which runs the engine on its
 own QThread. Previews are drawn from the latest result on a short timer, so a fast model cannot flood
 the GUI thread; the memory plot samples its probe on its own timer, run or no run.
+
+The run screen's layout is ui/run_screen.py; a run's life (Run, Pause, Cancel, its events, its end) is
+ui/run_lifecycle.py, a mixin of this class. Here: wiring, settings, the device and the memory plot,
+what a change of the choices makes stale, the output folder's buttons, closing.
 """
 
 from __future__ import annotations
