@@ -15,17 +15,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import QEvent, Qt, QThread, QTimer, QUrl, Signal
+from PySide6.QtCore import QEvent, Qt, QThread, QTimer, QUrl, Signal, Slot
 from PySide6.QtGui import QAction, QDesktopServices, QKeySequence
 from PySide6.QtWidgets import QMainWindow, QStatusBar, QWidget
 
 from batchlens.core.errors import BatchLensError
 from batchlens.core.machine.devices import resolve_device
-from batchlens.core.machine.memory import ClearResult, CpuProbe, MemoryProbe, probe_for
+from batchlens.core.machine.memory import ClearResult, CpuProbe, MemoryProbe, format_bytes, probe_for
 from batchlens.core.outputs.results import PREDICTIONS
 from batchlens.core.run.config import RunConfig
-from batchlens.core.run.events import ImageResult
+from batchlens.core.run.events import ImageResult, RunFinished, RunNote, RunStarted
 from batchlens.core.run.run_speed import RunClock
+from batchlens.core.run.run_text import describe_start
 from batchlens.ui.engine import LOADING, Engine
 from batchlens.ui.menus import Menus
 from batchlens.ui.model_sources import ModelSources
@@ -361,6 +362,68 @@ class MainWindow(RunLifecycle, QMainWindow):
         message = result.message()
         self.status(message)
         self.memory_plot.readout.setToolTip(message)
+
+    # == the run's signals, emitted on its thread ==================================================
+    # Defined here, on the QObject class itself, so that Qt queues each onto the GUI thread in the
+    # order the run emitted it (on the RunLifecycle mixin, PySide ran them on the run's thread).
+    @Slot()
+    def _on_paused(self) -> None:
+        self._show_paused(True)
+
+    @Slot()
+    def _on_resumed(self) -> None:
+        self._show_paused(False)
+
+    def _on_event(self, event) -> None:
+        if isinstance(event, ImageResult):
+            self._on_image(event)
+            if self._cluster_run:
+                self._show_where(
+                    f"Latest worker report: {format_bytes(event.memory.allocated)} in use, "
+                    f"peak {format_bytes(event.memory.peak)}."
+                )
+        elif isinstance(event, RunStarted):
+            self.clock.start()
+            self.controls.set_total(event.total)
+            memory = "RAM" if event.memory_kind == "cpu" else f"{event.memory_kind.upper()} memory"
+            if self._cluster_run:
+                memory = "this window's own process; the workers report theirs above it"
+            self.status(f"{describe_start(event)}; the plot shows {memory}.")
+            self.previews.clear("Waiting for the first image…")
+        elif isinstance(event, RunNote):
+            message = for_window(event.message)
+            if event.level != "info":  # an info note (workers starting, batch size chosen) is no problem
+                self.problems.add("(run)", message, warning=event.level != "error")
+            self.status(message)
+            if event.kind != "note":  # memory events (out-of-memory recovery, a leak...) mark the plot
+                self.memory_plot.add_marker(event.kind, message)
+        elif isinstance(event, RunFinished):
+            self._on_finished(event)
+
+    def _on_errored(self, message: str) -> None:
+        self.last_error = str(message)
+        self.show_error(str(message))
+        self.controls.set_rate("")
+        if self._latest is None:  # not "Loading the model…" for a run that never got there
+            self.previews.clear("The run stopped before the first image: see the message above.")
+        self.memory_plot.add_marker("run_end", "Run stopped")
+
+    def _on_thread_finished(self) -> None:
+        self.preview_timer.stop()
+        self._refresh_previews()
+        if self.controls.is_busy():  # stopped before the engine counted the images: not busy now
+            self.controls.set_total(max(self.form.image_count(), 0))
+        # The worker lives in the run's thread, which has ended: a deleteLater() would wait for that
+        # thread's event loop forever (the worker, its runner and their signals were kept for good, one
+        # set per run). Once the thread is done, no event of the worker's can be running: dropping the
+        # last reference deletes it here. The thread itself is deleted by the event loop.
+        if self.thread is not None:
+            self.thread.wait()  # (finished was emitted from the thread just before it ended)
+            self.thread.deleteLater()
+        self.worker = None
+        self.thread = None
+        self._set_running(False)  # on the run screen still: Browse results opens the browser
+        self.run_finished.emit(self.last_summary)
 
     # == closing ===================================================================================
     def stop_and_wait(self, wait_ms: int = CLOSE_WAIT_MS) -> bool:

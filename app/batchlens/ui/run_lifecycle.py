@@ -4,20 +4,20 @@ MainWindow (ui/main_window.py), which holds the widgets it updates."""
 
 from __future__ import annotations
 
-from PySide6.QtCore import Slot
-
 from batchlens.core.cluster import ClusterConfig
-from batchlens.core.machine.memory import format_bytes
-from batchlens.core.run.events import ImageResult, RunFinished, RunNote, RunStarted
+from batchlens.core.run.events import ImageResult, RunFinished
 from batchlens.core.run.run_speed import format_rate
-from batchlens.core.run.run_text import describe_start, describe_summary
+from batchlens.core.run.run_text import describe_summary
 from batchlens.ui.engine import LOADING
 from batchlens.ui.run_form import CLUSTER
 from batchlens.ui.wording import for_window
 
 
 class RunLifecycle:
-    """Starts, pauses, cancels and follows a run; needs MainWindow's widgets and `engine`."""
+    """Starts, pauses, cancels and follows a run; needs MainWindow's widgets and `engine`. The handlers
+    of the signals the run's thread emits (`_on_event`, `_on_paused`, `_on_resumed`, `_on_errored`,
+    `_on_thread_finished`) are MainWindow's own methods: defined on a mixin, PySide did not take them for
+    the window's slots and ran them on the run's thread."""
 
     def start_when_counted(self) -> None:
         """`batchlens --start`: press Run once the input's images are counted, so a folder without images
@@ -108,14 +108,6 @@ class RunLifecycle:
         self.clock.pause()
         self.status("Cancelling after the current image…")
 
-    @Slot()
-    def _on_paused(self) -> None:
-        self._show_paused(True)
-
-    @Slot()
-    def _on_resumed(self) -> None:
-        self._show_paused(False)
-
     def _show_paused(self, paused: bool) -> None:
         if paused:
             self.clock.pause()
@@ -125,32 +117,6 @@ class RunLifecycle:
             self._show_rate()
         self.controls.set_paused(paused)
         self.status("Paused. Press Resume to go on." if paused else "Running…")
-
-    def _on_event(self, event) -> None:
-        if isinstance(event, ImageResult):
-            self._on_image(event)
-            if self._cluster_run:
-                self._show_where(
-                    f"Latest worker report: {format_bytes(event.memory.allocated)} in use, "
-                    f"peak {format_bytes(event.memory.peak)}."
-                )
-        elif isinstance(event, RunStarted):
-            self.clock.start()
-            self.controls.set_total(event.total)
-            memory = "RAM" if event.memory_kind == "cpu" else f"{event.memory_kind.upper()} memory"
-            if self._cluster_run:
-                memory = "this window's own process; the workers report theirs above it"
-            self.status(f"{describe_start(event)}; the plot shows {memory}.")
-            self.previews.clear("Waiting for the first image…")
-        elif isinstance(event, RunNote):
-            message = for_window(event.message)
-            if event.level != "info":  # an info note (workers starting, batch size chosen) is no problem
-                self.problems.add("(run)", message, warning=event.level != "error")
-            self.status(message)
-            if event.kind != "note":  # memory events (out-of-memory recovery, a leak...) mark the plot
-                self.memory_plot.add_marker(event.kind, message)
-        elif isinstance(event, RunFinished):
-            self._on_finished(event)
 
     def _on_image(self, event: ImageResult) -> None:
         # Per image only bookkeeping; progress and previews are drawn by the refresh timer, so a fast
@@ -174,31 +140,6 @@ class RunLifecycle:
         self.controls.show_message(text)
         self.status("Cancelled." if event.cancelled else "Finished.")
         self.memory_plot.add_marker("run_end", "Run cancelled" if event.cancelled else "Run finished")
-
-    def _on_errored(self, message: str) -> None:
-        self.last_error = str(message)
-        self.show_error(str(message))
-        self.controls.set_rate("")
-        if self._latest is None:  # not "Loading the model…" for a run that never got there
-            self.previews.clear("The run stopped before the first image: see the message above.")
-        self.memory_plot.add_marker("run_end", "Run stopped")
-
-    def _on_thread_finished(self) -> None:
-        self.preview_timer.stop()
-        self._refresh_previews()
-        if self.controls.is_busy():  # stopped before the engine counted the images: not busy now
-            self.controls.set_total(max(self.form.image_count(), 0))
-        # The worker lives in the run's thread, which has ended: a deleteLater() would wait for that
-        # thread's event loop forever (the worker, its runner and their signals were kept for good, one
-        # set per run). Once the thread is done, no event of the worker's can be running: dropping the
-        # last reference deletes it here. The thread itself is deleted by the event loop.
-        if self.thread is not None:
-            self.thread.wait()  # (finished was emitted from the thread just before it ended)
-            self.thread.deleteLater()
-        self.worker = None
-        self.thread = None
-        self._set_running(False)  # on the run screen still: Browse results opens the browser
-        self.run_finished.emit(self.last_summary)
 
     def _refresh_previews(self) -> None:
         """Draw the newest result: progress, speed, previews, thumbnails (on a timer, ~12 per second)."""
