@@ -129,7 +129,6 @@ def shoot(args, tmp: Path) -> None:
 
     window = MainWindow(Settings(tmp / "settings.ini"))
     window.ask_questions = False  # no dialog can be answered here
-    window.show_results_after_run = False  # stay on the run screen
     window.resize(*SIZES[0])
     window.show()
     window.prefill(model=str(model), input_dir=photos, output_dir=tmp / "out", device=args.device)

@@ -56,7 +56,6 @@ def main() -> int:
         window = MainWindow(Settings(Path(tmp) / "settings.ini"))
         window.ask_questions = False
         window.prefill(model=args.model, input_dir=sample_folder(args.model), output_dir=Path(tmp) / "out")
-        window.show_results_after_run = False
         if args.size:
             width, height = (int(v) for v in args.size.lower().split("x"))
             window.resize(width, height)

@@ -122,7 +122,7 @@ def test_cpu_plot_says_ram_not_vram(qtbot):
     probe = FakeProbe("cpu", [(700 * MIB, 700 * MIB, 750 * MIB, 5 * GIB, 16 * GIB)])
     plot = make_plot(qtbot, probe)
     assert "RAM, not GPU memory" in plot.title.text()
-    assert plot.curves["allocated"].opts["name"] == "process RAM (RSS)"
+    assert plot.curves["allocated"].opts["name"] == "process RAM"  # plain words: no "RSS"
     assert not plot.curves["reserved"].isVisible() and not plot.curves["device_used"].isVisible()
     assert "machine RAM used 5.0 GiB of 16.0 GiB" in plot.readout.text()
 
@@ -345,7 +345,7 @@ def test_on_the_cpu_the_scale_is_the_process_ram(qtbot):
     assert_scaled_to(plot, 750)
     assert points(plot.curves["device_total"]) == [] and not plot.curves["device_used"].isVisible()
     assert not plot.whole_device.isVisible()
-    assert legend_names(plot) == ["process RAM (RSS)", "peak RSS"]
+    assert legend_names(plot) == ["process RAM", "peak RAM"]
 
 
 @pytest.mark.parametrize("width", [420, 620, 940])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from batchlens.core.models import ModelInfo, list_models
 from batchlens.ui.model_picker import ACTIONS_TITLE, OPEN_FILE, ROLE_INFO, ModelPicker
+from batchlens.ui.wording import task_words
 
 
 def rows(picker: ModelPicker) -> list[str]:
@@ -18,7 +19,7 @@ def test_lists_every_model_grouped_by_source_with_its_task(qtbot):
     assert not picker.item_model.item(0).isEnabled()  # a group title cannot be chosen
     for info in list_models():
         note = info.download_note()  # "needs a 97.8 MiB download" for weights not downloaded yet
-        assert f"{info.id}  —  {info.task}" + (f"  ({note})" if note else "") in texts
+        assert f"{info.id}  —  {task_words(info.task)}" + (f"  ({note})" if note else "") in texts
     assert texts[-1] != "Open model file…", "the catalogue comes last, after the entries that add a model"
     assert picker.current_model_id() == list_models()[0].id
     assert picker.current_model().task in picker.task_label.text()
@@ -30,7 +31,7 @@ def test_choosing_emits_the_id_and_unknown_ids_are_refused(qtbot):
     with qtbot.waitSignal(picker.model_changed) as changed:
         assert picker.set_current_model("demo-denoise")
     assert changed.args == ["demo-denoise"]
-    assert "image_to_image" in picker.task_label.text()
+    assert "image to image" in picker.task_label.text()  # the window's words, not the code's
     assert not picker.set_current_model("no-such-model")
     assert picker.current_model_id() == "demo-denoise"
 

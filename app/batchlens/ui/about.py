@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import platform
 import sys
-from pathlib import Path
 
 from PySide6 import __version__ as pyside_version
-from PySide6.QtCore import QUrl, qVersion
-from PySide6.QtGui import QDesktopServices, QGuiApplication
+from PySide6.QtCore import qVersion
+from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QMessageBox, QWidget
 
 from batchlens import __version__
-
-#: The user guide: docs/window.md in a source checkout; the installers carry no docs folder.
-GUIDE = Path(__file__).resolve().parents[3] / "docs" / "window.md"
 
 
 def system_info() -> dict[str, str]:
@@ -67,20 +63,3 @@ def show_about(parent: QWidget) -> QMessageBox:
     box.setStandardButtons(QMessageBox.StandardButton.Close)
     box.open()  # not exec(): the window keeps running behind it
     return box
-
-
-def open_user_guide(parent: QWidget) -> bool:
-    """Open docs/window.md; say where the guide is when it cannot be opened here."""
-    if GUIDE.is_file() and QDesktopServices.openUrl(QUrl.fromLocalFile(str(GUIDE))):
-        return True
-    where = f" On this computer: {GUIDE}" if GUIDE.is_file() else ""
-    box = QMessageBox(
-        QMessageBox.Icon.Information,
-        "User guide",
-        "The user guide is docs/window.md in BatchLens's source (with docs/models.md, docs/outputs.md "
-        f"and docs/troubleshooting.md).{where}",
-        QMessageBox.StandardButton.Close,
-        parent,
-    )
-    box.open()
-    return False

@@ -85,7 +85,9 @@ class GpuProcessesPanel(QWidget):
         layout.addWidget(self.title)
         layout.addWidget(self.summary)
         layout.addWidget(self.table, 1)
-        self.setMinimumWidth(170)
+        for label in (self.title, self.summary):  # wrapped, so a long sentence never widens the window
+            label.setWordWrap(True)
+        self.setMinimumWidth(100)
 
         self.timer = QTimer(self)
         self.timer.setInterval(interval_ms)

@@ -2,6 +2,10 @@
 ProblemsPanel, the results browser) and connects them to the run's worker, which runs the engine on its
 own QThread. Previews are drawn from the latest result on a short timer, so a fast model cannot flood
 the GUI thread; the memory plot samples its probe on its own timer, run or no run.
+
+The run screen's layout is ui/run_screen.py; a run's life (Run, Pause, Cancel, its events, its end) is
+ui/run_lifecycle.py, a mixin of this class. Here: wiring, settings, the device and the memory plot,
+what a change of the choices makes stale, the output folder's buttons, closing.
 """
 
 from __future__ import annotations
@@ -12,41 +16,31 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import Qt, QThread, QTimer, QUrl, Signal, Slot
+from PySide6.QtCore import QEvent, Qt, QThread, QTimer, QUrl, Signal, Slot
 from PySide6.QtGui import QAction, QDesktopServices, QKeySequence
-from PySide6.QtWidgets import (
-    QGroupBox,
-    QLabel,
-    QMainWindow,
-    QSplitter,
-    QStatusBar,
-    QVBoxLayout,
-    QWidget,
-)
+from PySide6.QtWidgets import QMainWindow, QStatusBar, QWidget
 
-from batchlens.core.cluster import ClusterConfig
 from batchlens.core.errors import BatchLensError
 from batchlens.core.machine.devices import resolve_device
 from batchlens.core.machine.memory import ClearResult, CpuProbe, MemoryProbe, format_bytes, probe_for
+from batchlens.core.outputs.results import PREDICTIONS
 from batchlens.core.run.config import RunConfig
 from batchlens.core.run.events import ImageResult, RunFinished, RunNote, RunStarted
-from batchlens.core.run.run_speed import RunClock, format_rate
-from batchlens.core.run.run_text import describe_start, describe_summary
+from batchlens.core.run.run_speed import RunClock
+from batchlens.core.run.run_text import describe_start
 from batchlens.ui.engine import LOADING, Engine
-from batchlens.ui.gpu_panel import GpuProcessesPanel
 from batchlens.ui.menus import Menus
 from batchlens.ui.model_sources import ModelSources
 from batchlens.ui.pages import Pages, first_start_geometry
-from batchlens.ui.previews import PreviewBox
-from batchlens.ui.problems_panel import ProblemsPanel
-from batchlens.ui.run_controls import RunControls
-from batchlens.ui.run_form import CLUSTER, RunForm, dropped_folder
+from batchlens.ui.run_form import CLUSTER, dropped_folder
+from batchlens.ui.run_lifecycle import RunLifecycle
+from batchlens.ui.run_screen import build_run_screen
 from batchlens.ui.run_setup import RunSetup
 from batchlens.ui.settings import Settings
-from batchlens.ui.wording import for_window
+from batchlens.ui.start_folder import start_folder
+from batchlens.ui.wording import for_status, for_window
 
 if TYPE_CHECKING:
-    from batchlens.ui.memory_plot import MemoryPlot
     from batchlens.ui.snapshot_viewer import SnapshotViewer
 
 log = logging.getLogger(__name__)
@@ -61,7 +55,7 @@ def probe_for_name(name: str) -> MemoryProbe:
     return probe_for(resolve_device(name))
 
 
-class MainWindow(QMainWindow):
+class MainWindow(RunLifecycle, QMainWindow):
     run_finished = Signal(object)  # the summary dict, or None when the run could not go on
     worker_created = Signal(object)  # the RunWorker of a run about to start
 
@@ -105,51 +99,11 @@ class MainWindow(QMainWindow):
 
     # == layout ====================================================================================
     def _build(self) -> None:
-        self.form = RunForm(find_devices=self.engine.is_ready())
+        self.run_screen = build_run_screen(self, find_devices=self.engine.is_ready())
         self.setup = RunSetup(self)
         self.model_picker = self.form.model_picker
         self.model_sources = ModelSources(self)  # weights download, "Use weights file…", pickle trust
-        self.controls = RunControls()
-
-        self.preview_box = PreviewBox()
-        self.previews = self.preview_box.panel
-        self.thumbnails = self.preview_box.thumbnails
-        memory_box = QGroupBox("Memory")
-        self.memory_box = memory_box
-        # pyqtgraph takes a second or two to import: the plot comes after the paint (build_memory_plot)
-        self.memory_plot: MemoryPlot | None = None
-        self._memory_placeholder = QLabel("The memory plot appears in a moment…")
-        self._memory_placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.gpu_panel = GpuProcessesPanel()  # who holds the GPU, beside the plot
-        self.memory_splitter = QSplitter(Qt.Orientation.Horizontal)
-        self.memory_splitter.addWidget(self._memory_placeholder)
-        self.memory_splitter.addWidget(self.gpu_panel)
-        self.memory_splitter.setStretchFactor(0, 3)
-        self.memory_splitter.setStretchFactor(1, 1)
-        QVBoxLayout(memory_box).addWidget(self.memory_splitter)
-
-        self.problems = ProblemsPanel()
-
-        self.top_splitter = QSplitter(Qt.Orientation.Horizontal)
-        self.top_splitter.addWidget(self.preview_box)
-        self.top_splitter.addWidget(memory_box)
-        self.top_splitter.setStretchFactor(0, 1)
-        self.top_splitter.setStretchFactor(1, 1)
-        self.main_splitter = QSplitter(Qt.Orientation.Vertical)
-        self.main_splitter.addWidget(self.top_splitter)
-        self.main_splitter.addWidget(self.problems)
-        self.main_splitter.setStretchFactor(0, 3)  # the problems panel gets a quarter, and its minimum
-        self.main_splitter.setStretchFactor(1, 1)
-        for splitter in (self.top_splitter, self.main_splitter):
-            splitter.setChildrenCollapsible(False)
-
-        self.run_screen = QWidget()
-        layout = QVBoxLayout(self.run_screen)
-        layout.addWidget(self.form)
-        layout.addWidget(self.controls)
-        layout.addWidget(self.main_splitter, 1)
         self.pages = Pages(self.run_screen)  # the run screen, and the results browser once opened
-        self.show_results_after_run = True
         self.setCentralWidget(self.pages)
         self.menus = Menus(self)
         self.setStatusBar(QStatusBar())
@@ -176,7 +130,9 @@ class MainWindow(QMainWindow):
         self.controls.pause_clicked.connect(self.toggle_pause)
         self.controls.cancel_clicked.connect(self.cancel_run)
         self.controls.open_output_clicked.connect(self.open_output_folder)
+        self.controls.browse_results_clicked.connect(self.browse_results)
         self.form.device_changed.connect(self._on_device_changed)
+        self.form.device_changed.connect(lambda _name: self._choices_changed(model=False))
         self.form.model_changed.connect(lambda _model: self._choices_changed(model=True))
         self.form.input_changed.connect(lambda: self._choices_changed(model=False))
         self.form.counted.connect(self._on_counted)
@@ -190,12 +146,10 @@ class MainWindow(QMainWindow):
         # A saved geometry Qt itself moves onto a screen and shrinks to fit (a laptop off its big monitor).
         if (geometry := s.state("geometry")) is None or not self.restoreGeometry(geometry):
             self.setGeometry(first_start_geometry(self.screen().availableGeometry()))
-        # First start: previews and plot side by side, a quarter of the height for the problems panel.
+        # First start: previews (and the Problems tab) and the plot side by side.
         self.top_splitter.setSizes([1000, 1000])
-        self.main_splitter.setSizes([3000, 1000])
-        for key, splitter in (("top_splitter", self.top_splitter), ("main_splitter", self.main_splitter)):
-            if (state := s.state(key)) is not None:
-                splitter.restoreState(state)
+        if (state := s.state("top_splitter")) is not None:
+            self.top_splitter.restoreState(state)
 
     def save_settings(self) -> None:
         s = self.settings
@@ -204,7 +158,6 @@ class MainWindow(QMainWindow):
             s.whole_gpu = self.memory_plot.whole_device.isChecked()
         s.set_state("geometry", self.saveGeometry())
         s.set_state("top_splitter", self.top_splitter.saveState())
-        s.set_state("main_splitter", self.main_splitter.saveState())
         s.sync()
 
     def prefill(
@@ -346,12 +299,15 @@ class MainWindow(QMainWindow):
         self.last_error = None
         self.controls.show_message("")
         self.controls.set_rate("")
+        self.statusBar().clearMessage()  # "Finished.", an engine note: about the choices before
         self.problems.clear()
         if model or self._latest is not None:
             self._latest = None
             self.previews.clear()
             self.thumbnails.clear()
         self._update_blocker()
+        self._update_output_buttons()
+        self._set_save_folder()
 
     def _on_counted(self, count: int, _text: str) -> None:
         # "0 / 32 images" before a run, the real total; a finished run's bar stays as it ended (a
@@ -376,97 +332,72 @@ class MainWindow(QMainWindow):
         self._run_waits_for_engine = False
         self.show_error(message)
 
-    def start_when_counted(self) -> None:
-        """`batchlens --start`: press Run once the input's images are counted, so a folder without images
-        is refused as the Run button refuses it (pressed at once, a count still under way let it run)."""
-        self.ask_questions = False
-        form = self.form
+    def show_error(self, message: str) -> None:
+        message = for_window(message)
+        self.controls.show_error(message)
+        self.status(message)
 
-        def counted(*_args) -> None:
-            form.counted.disconnect(counted)
-            self.start_run()
+    def status(self, text: str) -> None:
+        """A line in the status bar, in plain words (ui/wording.py's for_status)."""
+        self.statusBar().showMessage(for_status(text))
 
-        form.counted.connect(counted)
-        form.count_now()
+    def _set_running(self, running: bool) -> None:
+        self.form.setEnabled(not running)
+        self.controls.set_running(running)
+        self.run_action.setEnabled(not running)
+        self._update_output_buttons()
+        self._set_save_folder()
+        if not running:
+            self._update_blocker()
 
-    def start_run(self) -> bool:
-        if self.is_running():
+    def output_folder(self) -> Path | None:
+        output = self.form.output_text()
+        return Path(output).expanduser() if output else None
+
+    def _update_output_buttons(self) -> None:
+        """Open output folder on exactly when the folder exists; Browse results when it holds results.
+        Checked on every change of the choices, at a run's start and end, and when the window is
+        activated again (the folder may have been made or deleted meanwhile)."""
+        folder = self.output_folder()
+        self.controls.set_output_available(folder is not None and folder.is_dir())
+        self.controls.set_results_available(folder is not None and (folder / PREDICTIONS).is_file())
+
+    def changeEvent(self, event) -> None:
+        if event.type() == QEvent.Type.ActivationChange and self.isActiveWindow():
+            self._update_output_buttons()
+        super().changeEvent(event)
+
+    def browse_results(self) -> None:
+        """Browse results: the results browser on the output folder (a run ends on the run screen)."""
+        folder = self.output_folder()
+        if folder is not None and (folder / PREDICTIONS).is_file():
+            self.pages.show_results(folder)
+
+    def _set_save_folder(self) -> None:
+        """Save plot / Export CSV start in the output folder (the folder above it until a run makes
+        it), else the input folder, else home: never the folder BatchLens was started from."""
+        if self.memory_plot is not None:
+            self.memory_plot.set_save_folder(self.output_folder() or Path(start_folder(self)))
+
+    def open_output_folder(self) -> bool:
+        """Show the output folder in the file manager; say so plainly when there is none to show it."""
+        folder = Path(self.form.output_text()).expanduser()
+        if not folder.is_dir():
+            self.show_error(f"The output folder {folder} does not exist yet: it is made by the first run.")
             return False
-        if not self.engine.is_ready():  # Run pressed while PyTorch loads: start when it is ready
-            if self.engine.error is not None:
-                self.show_error(self.engine.error)
-                return False
-            self._run_waits_for_engine = True
-            self.controls.show_message(f"{LOADING} The run starts as soon as it is ready.")
-            self.statusBar().showMessage(LOADING)
+        if not QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder))):
+            self.show_error(f"No file manager could be started to show it. The results are in {folder}")
             return False
-        from batchlens.core.cluster import ClusterRunner
-        from batchlens.ui.worker import RunWorker, start_in_thread
-
-        self.build_memory_plot()  # the engine's `ready` may still be on its way to _on_engine_ready
-
-        form = self.form
-        blocker = self.run_blocker()
-        if blocker is not None:
-            self.show_error(f"Nothing to run: {blocker}")
-            return False
-        if not self.model_sources.ready(form.model_id(), form.model_options(), self.start_run):
-            return False  # the user declined a pickle file, or the weights download first and then start
-        config = self.build_config()
-        if config is None:
-            return False
-        self.save_settings()
-        self.last_summary = None
-        self.last_error = None
-        self._latest = None
-        self.previews.clear("Loading the model…")
-        self.thumbnails.clear()
-        self.problems.clear()
-        self.controls.set_busy()  # busy until the engine says how many images there are
-        self.controls.set_rate("")
-        self.controls.show_message("")
-        self.statusBar().showMessage(f"Starting {config.model} on {config.input_dir}…")
-        self.memory_plot.set_save_folder(config.output_dir)
-
-        runner = None
-        self._cluster_run = self.device_name() == CLUSTER
-        if self._cluster_run:
-            runner = ClusterRunner(config, ClusterConfig(form.cluster_address()))
-        worker = RunWorker(config, runner=runner)
-        worker.yielded.connect(self._on_event)
-        worker.errored.connect(self._on_errored)
-        # Bound methods of the window (not lambdas), so Qt queues them onto the GUI thread whichever
-        # thread emits.
-        worker.paused.connect(self._on_paused)
-        worker.resumed.connect(self._on_resumed)
-        self.worker = worker
-        self.worker_created.emit(worker)  # before the thread starts: a hook for extensions and tests
-        self.thread = start_in_thread(worker)
-        self.thread.finished.connect(self._on_thread_finished)
-        self._set_running(True)
-        self.preview_timer.start()
-        if self.memory_plot.probe is not None:  # its peak line is this run's (as the run's own probe)
-            self.memory_plot.probe.reset_peak()
-        self.memory_plot.add_marker("run_start", f"Run started: {config.model}")
         return True
 
-    def toggle_pause(self) -> None:
-        if self.worker is None:
-            return
-        if self.worker.is_paused:
-            self.worker.resume()
-        else:
-            self.worker.pause()
+    def _on_cache_cleared(self, result: ClearResult) -> None:
+        message = result.message()
+        self.status(message)
+        self.memory_plot.readout.setToolTip(message)
 
-    def cancel_run(self) -> None:
-        if self.worker is None:
-            return
-        self.worker.cancel()
-        self.controls.set_cancelling()
-        self.controls.set_rate("")  # no speed or time left for a run that is stopping
-        self.clock.pause()
-        self.statusBar().showMessage("Cancelling after the current image…")
-
+    # == the run's signals, emitted on its thread ==================================================
+    # Defined here, on the QObject class itself, so that Qt queues each onto the GUI thread in the
+    # order the run emitted it (on the RunLifecycle mixin, PySide ran them on the run's thread).
     @Slot()
     def _on_paused(self) -> None:
         self._show_paused(True)
@@ -474,16 +405,6 @@ class MainWindow(QMainWindow):
     @Slot()
     def _on_resumed(self) -> None:
         self._show_paused(False)
-
-    def _show_paused(self, paused: bool) -> None:
-        if paused:
-            self.clock.pause()
-            self.controls.set_rate("paused")
-        else:
-            self.clock.resume()
-            self._show_rate()
-        self.controls.set_paused(paused)
-        self.statusBar().showMessage("Paused. Press Resume to go on." if paused else "Running…")
 
     def _on_event(self, event) -> None:
         if isinstance(event, ImageResult):
@@ -499,40 +420,17 @@ class MainWindow(QMainWindow):
             memory = "RAM" if event.memory_kind == "cpu" else f"{event.memory_kind.upper()} memory"
             if self._cluster_run:
                 memory = "this window's own process; the workers report theirs above it"
-            self.statusBar().showMessage(f"{describe_start(event)}; the plot shows {memory}.")
+            self.status(f"{describe_start(event)}; the plot shows {memory}.")
             self.previews.clear("Waiting for the first image…")
         elif isinstance(event, RunNote):
             message = for_window(event.message)
             if event.level != "info":  # an info note (workers starting, batch size chosen) is no problem
                 self.problems.add("(run)", message, warning=event.level != "error")
-            self.statusBar().showMessage(message)
+            self.status(message)
             if event.kind != "note":  # memory events (out-of-memory recovery, a leak...) mark the plot
                 self.memory_plot.add_marker(event.kind, message)
         elif isinstance(event, RunFinished):
             self._on_finished(event)
-
-    def _on_image(self, event: ImageResult) -> None:
-        # Per image only bookkeeping; progress and previews are drawn by the refresh timer, so a fast
-        # model costs the GUI thread almost nothing per image.
-        self._latest = event
-        self.thumbnails.add(event)
-        if not event.ok:
-            error = for_window(event.error or "failed")
-            self.problems.add(event.image, error)
-            self.memory_plot.add_marker("failure", f"{event.image}: {error}")
-
-    def _on_finished(self, event: RunFinished) -> None:
-        self.last_summary = event.summary
-        if not event.cancelled:
-            self.controls.set_finished()
-        # The summary's figure (core/run/run_speed.py), shown the same way as in the summary sentence.
-        self.controls.set_rate(format_rate(event.summary.get("images_per_second")))
-        text = describe_summary(event.summary)
-        if event.cancelled:
-            text += " Cancelled: the images not reached are not in predictions.jsonl yet."
-        self.controls.show_message(text)
-        self.statusBar().showMessage("Cancelled." if event.cancelled else "Finished.")
-        self.memory_plot.add_marker("run_end", "Run cancelled" if event.cancelled else "Run finished")
 
     def _on_errored(self, message: str) -> None:
         self.last_error = str(message)
@@ -556,62 +454,8 @@ class MainWindow(QMainWindow):
             self.thread.deleteLater()
         self.worker = None
         self.thread = None
-        self._set_running(False)
-        summary = self.last_summary
-        if summary is not None and not summary["cancelled"] and self.show_results_after_run:
-            self.pages.show_results(Path(summary["output"]))
+        self._set_running(False)  # on the run screen still: Browse results opens the browser
         self.run_finished.emit(self.last_summary)
-
-    def _refresh_previews(self) -> None:
-        """Draw the newest result: progress, speed, previews, thumbnails (on a timer, ~12 per second)."""
-        event = self._latest
-        if event is None or event is self.previews.shown:
-            return
-        self.controls.set_done(event.index)
-        if self.worker is not None and not self.worker.runner.cancelled and not self.clock.paused:
-            self._show_rate()
-        self.previews.show_result(event)
-        self.thumbnails.refresh()
-
-    def _show_rate(self) -> None:
-        if self._latest is not None:
-            self.controls.show_speed(self._latest.index, self._latest.total, self.clock.running_seconds())
-
-    def show_error(self, message: str) -> None:
-        message = for_window(message)
-        self.controls.show_error(message)
-        self.statusBar().showMessage(message)
-
-    def _set_running(self, running: bool) -> None:
-        self.form.setEnabled(not running)
-        self.controls.set_running(running)
-        self.run_action.setEnabled(not running)
-        output = self.form.output_text()
-        self.controls.set_output_available(bool(output) and Path(output).is_dir())
-        self._set_save_folder()
-        if not running:
-            self._update_blocker()
-
-    def _set_save_folder(self) -> None:
-        output = self.form.output_text()
-        if self.memory_plot is not None:
-            self.memory_plot.set_save_folder(Path(output).expanduser() if output else None)
-
-    def open_output_folder(self) -> bool:
-        """Show the output folder in the file manager; say so plainly when there is none to show it."""
-        folder = Path(self.form.output_text()).expanduser()
-        if not folder.is_dir():
-            self.show_error(f"The output folder {folder} does not exist yet: it is made by the first run.")
-            return False
-        if not QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder))):
-            self.show_error(f"No file manager could be started to show it. The results are in {folder}")
-            return False
-        return True
-
-    def _on_cache_cleared(self, result: ClearResult) -> None:
-        message = result.message()
-        self.statusBar().showMessage(message)
-        self.memory_plot.readout.setToolTip(message)
 
     # == closing ===================================================================================
     def stop_and_wait(self, wait_ms: int = CLOSE_WAIT_MS) -> bool:

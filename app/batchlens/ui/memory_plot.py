@@ -169,8 +169,8 @@ class MemoryPlot(QWidget):
         self.hover_label = QLabel(" ")
         self.hover_label.setToolTip("Move the mouse over the plot to read the values at that moment.")
 
-    def _build_buttons(self) -> QHBoxLayout:
-        """Clear cache, Whole GPU, Save plot as PNG and Export CSV, in a row."""
+    def _build_buttons(self) -> QVBoxLayout:
+        """Clear cache, Whole GPU and Record snapshot; Save plot as PNG and Export CSV below them."""
         self.clear_button = QPushButton("Clear cache")
         self.clear_button.setToolTip(
             "Run Python's garbage collector and hand the memory PyTorch keeps cached back to the "
@@ -198,16 +198,20 @@ class MemoryPlot(QWidget):
         )
         self.csv_button.clicked.connect(self._ask_export_csv)
 
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.clear_button)
-        buttons.addWidget(self.whole_device)
-        buttons.addWidget(self.snapshot_button)
-        buttons.addStretch(1)
-        buttons.addWidget(self.save_button)
-        buttons.addWidget(self.csv_button)
+        # Two rows, so the plot's panel stays narrow enough for an 800×600 screen beside the previews
+        buttons = QVBoxLayout()
+        for row_widgets in (
+            (self.clear_button, self.whole_device, self.snapshot_button),
+            (self.save_button, self.csv_button),
+        ):
+            row = QHBoxLayout()
+            for widget in row_widgets:
+                row.addWidget(widget)
+            row.addStretch(1)
+            buttons.addLayout(row)
         return buttons
 
-    def _build_layout(self, buttons: QHBoxLayout) -> None:
+    def _build_layout(self, buttons: QVBoxLayout) -> None:
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.title)
@@ -225,9 +229,9 @@ class MemoryPlot(QWidget):
         self._axis_label = None
         cpu = probe.kind == "cpu"
         names = {
-            "allocated": "process RAM (RSS)" if cpu else "allocated (live tensors)",
+            "allocated": "process RAM" if cpu else "allocated (live tensors)",
             "reserved": "reserved (allocated + cache)",
-            "peak": "peak RSS" if cpu else "peak allocated",
+            "peak": "peak RAM" if cpu else "peak allocated",
             "device_used": "device used (all processes)",
             "device_total": "device total",
             "held_unused": "held unused (reserved − allocated)",
@@ -436,7 +440,7 @@ class MemoryPlot(QWidget):
         folder = self.save_folder
         while folder is not None and not folder.is_dir() and folder.parent != folder:
             folder = folder.parent  # the output folder is made by the run: start beside it until then
-        return str(folder / name) if folder is not None else name
+        return str((folder or Path.home()) / name)  # never the folder BatchLens started in
 
     def _ask_save_png(self) -> None:
         path, _ = QFileDialog.getSaveFileName(
@@ -485,7 +489,7 @@ class MemoryPlot(QWidget):
         parts = [f"at {row[0]:.1f} s:"]
         cpu = self.probe is not None and self.probe.kind == "cpu"
         labels = (
-            (("allocated", "RSS"), ("peak", "peak"))
+            (("allocated", "RAM"), ("peak", "peak"))
             if cpu
             else (
                 ("allocated", "allocated"),

@@ -7,7 +7,9 @@ from pathlib import Path
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence
 from PySide6.QtWidgets import QFileDialog
 
-from batchlens.ui.about import copy_system_info, open_user_guide, show_about
+from batchlens.ui.about import copy_system_info, show_about
+from batchlens.ui.qt_app import THEMES, set_theme
+from batchlens.ui.user_guide import open_user_guide
 
 #: Settings > GPU memory cache: when a run hands PyTorch's cached GPU memory back to the driver
 #: (--empty-cache; core/run/cache_policy.py and docs/gpu.md say what each costs).
@@ -47,6 +49,8 @@ class Menus:
             action.toggled.connect(lambda on, name=name: self.show_panel(name, on))
             view_menu.addAction(action)
             self.panel_actions[name] = action
+        view_menu.addSeparator()
+        self._theme_menu(view_menu.addMenu("&Theme"))
 
         settings_menu = bar.addMenu("&Settings")
         cache_menu = settings_menu.addMenu("GPU memory &cache")
@@ -73,6 +77,24 @@ class Menus:
         self.copy_info_action = help_menu.addAction("&Copy system info", self.copy_system_info)
         help_menu.addSeparator()
         self.about_action = help_menu.addAction("&About BatchLens", lambda: show_about(window))
+
+    def _theme_menu(self, menu) -> None:
+        """View > Theme: System, Light, Dark; remembered, and applied at once (also at start)."""
+        chosen = self.window.settings.theme if self.window.settings.theme in THEMES else "system"
+        self.theme_actions = QActionGroup(self.window)
+        for name in THEMES:
+            action = QAction(f"&{name.title()}", self.window, checkable=True, checked=name == chosen)
+            action.setData(name)
+            self.theme_actions.addAction(action)
+            menu.addAction(action)
+        self.theme_actions.triggered.connect(self._choose_theme)
+        if chosen != "system":
+            set_theme(chosen)
+
+    def _choose_theme(self, action: QAction) -> None:
+        name = action.data()
+        self.window.settings.theme = None if name == "system" else name
+        set_theme(name)
 
     def _remember_cache_policy(self, action: QAction) -> None:
         self.window.settings.empty_cache = action.data()
@@ -121,7 +143,13 @@ class Menus:
 
     def show_panel(self, name: str, visible: bool) -> None:
         w = self.window
-        {"previews": w.preview_box, "memory": w.memory_box, "problems": w.problems}[name].setVisible(visible)
+        if name == "memory":
+            w.memory_box.setVisible(visible)
+        else:  # a tab beside the memory plot (ui/run_screen.py); the tabs go when neither is shown
+            w.panel_tabs.setTabVisible(
+                w.panel_tabs.indexOf(w.preview_box if name == "previews" else w.problems), visible
+            )
+            w.panel_tabs.setVisible(any(w.panel_tabs.isTabVisible(i) for i in range(w.panel_tabs.count())))
 
     def copy_system_info(self) -> str:
         text = copy_system_info()

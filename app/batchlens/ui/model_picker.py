@@ -23,6 +23,8 @@ from batchlens.core.models import ModelInfo, list_models
 from batchlens.core.models.files import MODEL_FILE_SUFFIXES, file_model_info
 from batchlens.core.models.hf_cache import HF_PREFIX, hf_folder_info, hub_model_info
 from batchlens.core.models.info import TIMM_PREFIX
+from batchlens.ui.start_folder import start_folder
+from batchlens.ui.wording import task_words
 
 ROLE_INFO = Qt.ItemDataRole.UserRole + 1
 OPEN_FILE = "open-file"
@@ -55,7 +57,7 @@ MODEL_FILE_FILTER = f"Model files ({' '.join(f'*{s}' for s in sorted(MODEL_FILE_
 
 def choose_model_file(parent: QWidget) -> ModelInfo | None:
     """Default "Open model file…": pick a file; its id is the path (the engine decides if it can load it)."""
-    path, _ = QFileDialog.getOpenFileName(parent, "Open model file", "", MODEL_FILE_FILTER)
+    path, _ = QFileDialog.getOpenFileName(parent, "Open model file", start_folder(parent), MODEL_FILE_FILTER)
     if not path:
         return None
     return file_model_info(path)
@@ -81,7 +83,7 @@ def choose_hub_model(parent: QWidget) -> ModelInfo | None:
 
 def choose_hf_folder(parent: QWidget) -> ModelInfo | None:
     """Default "Open Hugging Face folder…": pick a folder; say in a sentence why it cannot be used."""
-    path = QFileDialog.getExistingDirectory(parent, "Open Hugging Face model folder")
+    path = QFileDialog.getExistingDirectory(parent, "Open Hugging Face model folder", start_folder(parent))
     if not path:
         return None
     try:
@@ -99,7 +101,10 @@ def choose_timm_model(parent: QWidget) -> tuple[ModelInfo, dict] | None:
     if not ok or not name.strip():
         return None
     weights, _ = QFileDialog.getOpenFileName(
-        parent, f"Weights for {name.strip()}", "", "Weights (*.safetensors *.pth *.bin);;All files (*)"
+        parent,
+        f"Weights for {name.strip()}",
+        start_folder(parent),
+        "Weights (*.safetensors *.pth *.bin);;All files (*)",
     )
     if not weights:
         return None
@@ -167,7 +172,9 @@ class ModelPicker(QWidget):
             self._add_header(SOURCE_TITLES.get(source, source.title()))
             for info in groups[source]:
                 note = info.download_note()  # "needs a 97.8 MiB download", before Run is pressed
-                item = QStandardItem(f"{info.id}  —  {info.task}" + (f"  ({note})" if note else ""))
+                item = QStandardItem(
+                    f"{info.id}  —  {task_words(info.task)}" + (f"  ({note})" if note else "")
+                )
                 item.setData(info, ROLE_INFO)
                 item.setToolTip(info.description or info.id)
                 self.item_model.appendRow(item)
@@ -273,6 +280,8 @@ class ModelPicker(QWidget):
     def _update_label(self) -> None:
         info = self.current_model()
         self._previous = self.combo.currentIndex()
-        self.task_label.setText(f"task: <b>{info.task}</b>" if info else "")
+        self.task_label.setText(f"task: <b>{task_words(info.task)}</b>" if info else "")
         if info:
-            self.combo.setToolTip(f"{info.id} ({info.task}, {info.source}). {info.description}".strip())
+            self.combo.setToolTip(
+                f"{info.id} ({task_words(info.task)}, {info.source}). {info.description}".strip()
+            )

@@ -22,6 +22,7 @@ from batchlens.core.models import DownloadCancelled, download_weights, file_to_t
 from batchlens.core.models.files import file_model_info, sidecar_path_for
 from batchlens.core.models.hf_cache import HF_PREFIX, hub_model_info
 from batchlens.ui.sidecar_dialog import ask_sidecar
+from batchlens.ui.start_folder import start_folder
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,9 @@ def ask_trust(parent: QWidget, path: Path, objects: list[str]) -> bool:
 
 
 def choose_weights_file(parent: QWidget) -> str | None:
-    path, _ = QFileDialog.getOpenFileName(parent, "Use weights file", "", WEIGHTS_FILE_FILTER)
+    path, _ = QFileDialog.getOpenFileName(
+        parent, "Use weights file", start_folder(parent), WEIGHTS_FILE_FILTER
+    )
     return path or None
 
 

@@ -11,7 +11,7 @@ from PySide6.QtWidgets import QFrame, QScrollArea, QStackedWidget, QStyle, QWidg
 
 #: Below this size the run screen scrolls (at 800×600 the plot keeps its axes and the previews their
 #: pictures); above it, it fills the window.
-RUN_SCREEN_MIN = (760, 560)
+RUN_SCREEN_MIN = (700, 520)
 #: The window's size on first start, on a screen with room for it.
 DEFAULT_WINDOW_SIZE = QSize(1280, 820)
 

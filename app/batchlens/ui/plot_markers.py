@@ -4,6 +4,9 @@ failed, where Clear cache was pressed and where the engine noted something about
 Labels sit on the side of their line that faces the middle of the plot and are laid out in rows, so
 none prints over another; lines that scroll out of the plot's window are removed, so their number
 stays bounded. Every marker is kept (up to 500) for Export CSV, also once its line is gone.
+
+Markers never hide the data: lines and labels are drawn behind the memory lines. When a new run
+starts, the markers of the runs before it fade, so the current run's stand out.
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ from batchlens.ui.memory_history import Marker
 
 LABEL_WIDTH_PX = 90  # about the width of a marker label ("clear cache") at 8-9 pt
 LABEL_ROW_PX = 26  # a marker label's height at 8-9 pt, its offset from the top, and a little air
+BEHIND_THE_DATA = (
+    -20
+)  # z of a marker's line (and its label, a child): under the curves (0) and fills (-10, -5)
+OLDER_RUN_OPACITY = 0.35  # the markers of the runs before the current one
 FACING_THE_MIDDLE = [(0, 0), (1, 0)]  # pyqtgraph: text right of a line left of the middle, and so on
 MARKER_COLORS = {
     "run_start": "#2f9e44",
@@ -40,6 +47,9 @@ class PlotMarkers:
 
     def add(self, marker: Marker) -> None:
         self.markers.append(marker)
+        if marker.kind == "run_start":  # a new run: the markers of the runs before it fade
+            for _, older in self._lines:
+                older.setOpacity(OLDER_RUN_OPACITY)
         color = MARKER_COLORS.get(marker.kind, "#868e96")
         line = pg.InfiniteLine(
             pos=marker.time_s,
@@ -48,6 +58,7 @@ class PlotMarkers:
             pen=pg.mkPen(color, width=1.5, style=Qt.PenStyle.DashLine),
         )
         line.setToolTip(marker.text)
+        line.setZValue(BEHIND_THE_DATA)
         if marker.kind != "failure":  # failures can come in dozens; their lines speak without a label
             label = pg.InfLineLabel(
                 line,

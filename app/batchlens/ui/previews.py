@@ -59,7 +59,7 @@ class ImageView(QWidget):
         self._compare: QPixmap | None = None
         self.split = 0.5
         self.placeholder = placeholder
-        self.setMinimumSize(120, 120)
+        self.setMinimumSize(96, 96)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setMouseTracking(True)
 

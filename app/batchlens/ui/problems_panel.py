@@ -4,7 +4,7 @@ context menu copy rows as tab-separated text (file, problem), for a bug report o
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -23,6 +23,8 @@ VISIBLE_ROWS = 4  # the panel never shrinks below this many rows
 
 
 class ProblemsPanel(QGroupBox):
+    title_changed = Signal(str)  # "Problems (3)": the window's Problems tab shows it
+
     def __init__(self, parent: QWidget | None = None):
         super().__init__(TITLE, parent)
         self.tree = QTreeWidget()
@@ -70,7 +72,7 @@ class ProblemsPanel(QGroupBox):
         item = QTreeWidgetItem([f"{where} (note)" if warning else where, message])
         item.setToolTip(1, message)
         self.tree.addTopLevelItem(item)
-        self.setTitle(f"{TITLE} ({self.count()})")
+        self._set_title(f"{TITLE} ({self.count()})")
 
     def count(self) -> int:
         return self.tree.topLevelItemCount()
@@ -83,7 +85,11 @@ class ProblemsPanel(QGroupBox):
         self.tree.clear()
         self.detail.clear()
         self.detail.setVisible(False)
-        self.setTitle(TITLE)
+        self._set_title(TITLE)
+
+    def _set_title(self, title: str) -> None:
+        self.setTitle(title)
+        self.title_changed.emit(title)
 
     # -- reading and copying -------------------------------------------------------------------------
     def _show_selected(self) -> None:

@@ -74,6 +74,21 @@ def dark_palette() -> QPalette:
     return palette
 
 
+#: View > Theme: the scheme each choice sets (None: the system's).
+THEMES = {"system": None, "light": Qt.ColorScheme.Light, "dark": Qt.ColorScheme.Dark}
+
+
+def set_theme(name: str) -> None:
+    """View > Theme: "system" follows the desktop's scheme, "light" and "dark" hold whatever it says."""
+    app = QApplication.instance()
+    if app is None or name not in THEMES:
+        return
+    app.setProperty("batchlens_theme", name)
+    if name == "system" and QGuiApplication.styleHints().colorScheme() == Qt.ColorScheme.Unknown:
+        app.setPalette(app.style().standardPalette())  # no scheme to follow: the style's own colours
+    apply_color_scheme()
+
+
 def apply_color_scheme(scheme: Qt.ColorScheme | None = None) -> None:
     """Follow the system's light or dark scheme (QStyleHints.colorScheme, Qt 6.5+). Where the platform
     already recolours the palette this changes nothing; where it does not (Fusion on many Linux
@@ -82,6 +97,8 @@ def apply_color_scheme(scheme: Qt.ColorScheme | None = None) -> None:
     if app is None:
         return
     scheme = QGuiApplication.styleHints().colorScheme() if scheme is None else scheme
+    chosen = THEMES.get(app.property("batchlens_theme") or "system")
+    scheme = chosen if chosen is not None else scheme  # View > Theme: Light or Dark, whatever the system
     if scheme == Qt.ColorScheme.Unknown:
         return
     dark = scheme == Qt.ColorScheme.Dark

@@ -1,5 +1,5 @@
 """The run controls: Run, Pause, Cancel, the progress bar, the speed read-out, Open output folder,
-and the line under them that says how the run went.
+Browse results, and the line under them that says how the run went.
 
 Buttons only emit requests; the window decides what they do and tells the controls what to show.
 """
@@ -25,6 +25,7 @@ class RunControls(QWidget):
     pause_clicked = Signal()
     cancel_clicked = Signal()
     open_output_clicked = Signal()
+    browse_results_clicked = Signal()
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -37,6 +38,9 @@ class RunControls(QWidget):
         self.cancel_button.setToolTip("Stop after the current image; finished images stay saved (Esc).")
         self.open_output_button = QPushButton("Open output folder")
         self.open_output_button.setToolTip("Show the results folder in your file manager.")
+        self.browse_results_button = QPushButton("Browse results")
+        self.browse_results_button.setToolTip("Each image of the output folder with its result drawn on it.")
+        self.browse_results_button.setEnabled(False)
         self.progress = QProgressBar()
         self.progress.setFormat("%v / %m images (%p %)")
         self.progress.setToolTip("Images done out of the images to process in this run.")
@@ -56,12 +60,18 @@ class RunControls(QWidget):
         row.addWidget(self.cancel_button)
         row.addWidget(self.progress, 1)
         row.addWidget(self.rate_label)
-        row.addWidget(self.open_output_button)
+        # The outcome row: why Run is off, or how the run went, beside what to do with its results.
+        said = QVBoxLayout()
+        said.addWidget(self.blocked_reason)
+        said.addWidget(self.message)
+        outcome = QHBoxLayout()
+        outcome.addLayout(said, 1)
+        outcome.addWidget(self.browse_results_button, 0, Qt.AlignmentFlag.AlignTop)
+        outcome.addWidget(self.open_output_button, 0, Qt.AlignmentFlag.AlignTop)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(row)
-        layout.addWidget(self.blocked_reason)
-        layout.addWidget(self.message)
+        layout.addLayout(outcome)
         self._running = False
         self._blocked: str | None = None
 
@@ -69,6 +79,7 @@ class RunControls(QWidget):
         self.pause_button.clicked.connect(self.pause_clicked)
         self.cancel_button.clicked.connect(self.cancel_clicked)
         self.open_output_button.clicked.connect(self.open_output_clicked)
+        self.browse_results_button.clicked.connect(self.browse_results_clicked)
 
     # -- state ----------------------------------------------------------------------------------------
     def set_running(self, running: bool) -> None:
@@ -90,6 +101,9 @@ class RunControls(QWidget):
 
     def set_output_available(self, available: bool) -> None:
         self.open_output_button.setEnabled(available)
+
+    def set_results_available(self, available: bool) -> None:
+        self.browse_results_button.setEnabled(available)
 
     def set_blocked(self, reason: str | None) -> None:
         """Turn Run off with a plain reason (None: Run is on)."""

@@ -31,6 +31,7 @@ from batchlens.core.resources import resource_path, sample_folder
 from batchlens.core.run.config import EXACT_SETTINGS
 from batchlens.ui.model_picker import ModelPicker
 from batchlens.ui.settings import Settings
+from batchlens.ui.start_folder import start_folder
 
 DEFAULT_MODEL = "demo-shapes"
 CLUSTER = "cluster"  # the device picker's Ray cluster choice (core/cluster.py); its address is beside it
@@ -429,12 +430,14 @@ class RunForm(QGroupBox):
         self.input_changed.emit()
 
     def _browse_input(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Folder of images", self.input_edit.text())
+        folder = QFileDialog.getExistingDirectory(self, "Folder of images", start_folder(self))
         if folder:
             self.input_edit.setText(folder)
 
     def _browse_output(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Folder for the results", self.output_edit.text())
+        folder = QFileDialog.getExistingDirectory(
+            self, "Folder for the results", start_folder(self, output_first=True)
+        )
         if folder:
             self.set_output(folder)
 

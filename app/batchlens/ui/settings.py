@@ -52,6 +52,7 @@ class Settings:
     empty_cache = _Text("run/empty_cache")  # one of menus.CACHE_POLICIES (core/run/cache_policy.py)
     recursive = _Flag("run/recursive")
     cpu_fallback = _Flag("run/cpu_fallback")
+    theme = _Text("view/theme")  # View > Theme: "light" or "dark"; unset: the system's (qt_app.THEMES)
     whole_gpu = _Flag("plot/whole_gpu")  # the memory plot's Whole GPU box: scaled to the whole card
 
     def __init__(self, path: Path | None = None):

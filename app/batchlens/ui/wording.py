@@ -49,7 +49,27 @@ PHRASES: list[tuple[str, str]] = [
         "press Run and choose Resume to continue it, Overwrite to replace it, or Another folder",
     ),
     (r"use --overwrite to replace it, or another folder", "press Run and choose Overwrite or Another folder"),
+    (r" \(the torch hub cache; set TORCH_HOME to move it\)", " (PyTorch's download folder)"),
+    (r"\bTORCH_HOME\b", "PyTorch's download folder"),
+    (r"(^|[.!?] )Pillow\b", r"\1The image reader"),
+    (r"\bPillow\b", "the image reader"),
+    (r"\bRSS\b", "RAM"),
+    (r"\bimage_to_image\b", "image to image"),
 ]
+
+#: The run's notes that the status bar says in fewer words (the whole note stays in the log).
+STATUS_PHRASES: list[tuple[str, str]] = [
+    (r"^Batch size auto: (?:chose )?(\d+) \(.*\)\.?$", r"Processing \1 images at a time."),
+    (r"^The model takes one image at a time \(.*\): batch 1\.$", "Processing one image at a time."),
+]
+
+#: Task names as the window says them ("image_to_image" is the files' and the command line's word).
+TASK_WORDS = {"image_to_image": "image to image"}
+
+
+def task_words(task: str) -> str:
+    return TASK_WORDS.get(task, task)
+
 
 #: Any option left over: the control that sets it in the window.
 CONTROLS = {
@@ -99,3 +119,11 @@ def for_window(text: str) -> str:
         text = text.replace(raw, words)
     parts = re.split(r"(`[^`]*`)", text)  # odd parts are quoted commands
     return "".join(part if i % 2 else _OPTION.sub(_option, part) for i, part in enumerate(parts))
+
+
+def for_status(text: str) -> str:
+    """`for_window(text)`, with the batch sizer's figures (images/s by size) left to the log."""
+    text = for_window(text)
+    for pattern, words in STATUS_PHRASES:
+        text = re.sub(pattern, words, text)
+    return text
