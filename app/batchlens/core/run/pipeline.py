@@ -60,7 +60,9 @@ class Item:
     """One image on its way through a batch. Holds CPU data only."""
 
     candidate: Candidate
-    started: float
+    # Seconds of work on this image alone (its decode and preprocessing, and its share of its batch's
+    # stacking, forward, postprocessing and writing), never time spent waiting in a queue (issue 25)
+    work: float = 0.0
     decoded: DecodedImage | None = None
     tensor: torch.Tensor | None = None
     error: str | None = None
@@ -84,7 +86,14 @@ class Item:
         return None if self.ok else f"{self.candidate.rel}: {self.error or 'the model gave no result for it'}"
 
     def seconds(self) -> float:
-        return round(time.perf_counter() - self.started, 4)
+        """predictions.jsonl's `seconds`: the image's own processing time."""
+        return round(self.work, 4)
+
+
+def share_time(items: list[Item], seconds: float) -> None:
+    """A batch's step, timed once for all its images: each image's equal share of it."""
+    for item in items:
+        item.work += seconds / len(items)
 
 
 @dataclass
@@ -204,10 +213,13 @@ class BatchPipeline:
         return prepared
 
     def _prepare(self, batch: list[Candidate], each: Each) -> Prepared:
-        items = [Item(c, time.perf_counter()) for c in batch]
+        items = [Item(c) for c in batch]
         if self.device_decoder is not None:
+            started = time.perf_counter()
             self._decode_on_device(items, each)
+            share_time(items, time.perf_counter() - started)  # one call for the batch: an equal share
         each(self._decode_on_cpu, [item for item in items if item.tensor is None])  # (not on the device)
+        started = time.perf_counter()
         # Images of equal tensor shape go through the model together; a model that takes a list of
         # images (detection) takes images of any size together.
         groups: dict[tuple, list[Item]] = {}
@@ -215,10 +227,19 @@ class BatchPipeline:
             if item.tensor is not None:
                 key = () if self.model.takes_list else tuple(item.tensor.shape)
                 groups.setdefault(key, []).append(item)
-        return Prepared(items, [(group, self._stack(group)) for group in groups.values()])
+        prepared = Prepared(items, [(group, self._stack(group)) for group in groups.values()])
+        share_time(items, time.perf_counter() - started)
+        return prepared
 
     def _decode_on_cpu(self, item: Item) -> None:
         """Decode and preprocess one image with Pillow and the adapter (on a decoding thread)."""
+        started = time.perf_counter()  # on its decoding thread: its own time, not its wait for one
+        try:
+            self._decode_one(item)
+        finally:
+            item.work += time.perf_counter() - started
+
+    def _decode_one(self, item: Item) -> None:
         adapter = self.model.adapter
         reduce_to = adapter.decode_size if self.fast_decode else None
         try:
@@ -308,6 +329,7 @@ class BatchPipeline:
 
     def finish(self, prepared: Prepared) -> list[Item]:
         """Forward a prepared batch, postprocess to plain data, write outputs, drop the tensors."""
+        started = time.perf_counter()
         model = self.model
         items = prepared.items
         groups, prepared.groups = prepared.groups, []
@@ -327,6 +349,7 @@ class BatchPipeline:
                     ),
                 )
         self._write_outputs([item for item in items if item.result is not None])
+        share_time(items, time.perf_counter() - started)
         return items
 
     def _write_outputs(self, items: list[Item]) -> None:
