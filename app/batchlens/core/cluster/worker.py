@@ -41,7 +41,6 @@ def worker_pipeline(
     batching = config.batch_size != 1  # the local runner's rule, so both lay out tensors alike
     channels_last = use_channels_last(model.module, model.device, config.channels_last, batching)
     pipeline = BatchPipeline.for_run(model, output_dir, config, channels_last)
-    pipeline.recovery = pipeline.make_recovery(cpu_fallback=config.cpu_fallback)
     return pipeline, probe_for(model.device)
 
 

@@ -153,9 +153,15 @@ class BatchPipeline:
 
     @classmethod
     def for_run(
-        cls, model: LoadedModel, output_dir: Path | OutputFolder, config: RunConfig, channels_last: bool
+        cls,
+        model: LoadedModel,
+        output_dir: Path | OutputFolder,
+        config: RunConfig,
+        channels_last: bool,
+        on_first_oom=None,
     ) -> BatchPipeline:
-        """The pipeline a run of `config` uses: the local runner's and every cluster worker's."""
+        """The pipeline a run of `config` uses: the local runner's and every cluster worker's, complete
+        (`on_first_oom`: what the out-of-memory ladder calls first, e.g. --memory-snapshot's saver)."""
         pipeline = cls(
             model,
             output_dir,
@@ -169,6 +175,9 @@ class BatchPipeline:
         pipeline.writers = OutputWriters()  # whoever runs the pipeline calls `writers.close()`
         pipeline.previews = config.previews
         pipeline.input_dir = Path(config.input_dir).expanduser().resolve()
+        pipeline.recovery = pipeline.make_recovery(
+            cpu_fallback=config.cpu_fallback, on_first_oom=on_first_oom
+        )
         if config.compile:
             pipeline.compiled, pipeline.uncompiled = True, model.module
             model.module = compile_module(model.module)
