@@ -16,7 +16,6 @@ from batchlens.core.errors import BatchLensError
 from batchlens.core.models.audit import (
     checkpoint_risks,
     pt2_risks,
-    refuse_oversized,
     scripted_graph_risks,
     summarise,
     torchscript_risks,
@@ -33,6 +32,7 @@ from batchlens.core.models.sidecar import (
     read_text_file,
 )
 from batchlens.core.models.sidecar_store import stored_sidecar_path
+from batchlens.core.models.size_audit import refuse_oversized
 
 if TYPE_CHECKING:
     import torch
