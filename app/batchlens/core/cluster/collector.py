@@ -14,9 +14,9 @@ from PIL import Image
 from batchlens.core.inputs.images import Candidate
 from batchlens.core.machine.memory import MemorySample
 from batchlens.core.models import LoadedModel
+from batchlens.core.run.batch_item import record_line
 from batchlens.core.run.config import RunConfig
 from batchlens.core.run.events import Event, ImageResult, RunFinished, RunNote
-from batchlens.core.run.pipeline import record_line
 from batchlens.core.run.run_record import RunRecord, finish_run
 
 

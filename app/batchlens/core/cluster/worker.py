@@ -21,9 +21,10 @@ from batchlens.core.machine.devices import resolve_device
 from batchlens.core.machine.memory import MemoryProbe, probe_for
 from batchlens.core.models import LoadedModel
 from batchlens.core.run.autobatch import BatchChoice, choose_batch_size
+from batchlens.core.run.batch_item import Item
 from batchlens.core.run.config import RunConfig
 from batchlens.core.run.inference import check_precision, use_channels_last
-from batchlens.core.run.pipeline import BatchPipeline, Item
+from batchlens.core.run.pipeline import BatchPipeline
 from batchlens.core.run.runner import check_folders
 from batchlens.core.tasks.base import thumbnail
 

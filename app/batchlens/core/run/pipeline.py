@@ -8,7 +8,6 @@ Nothing that holds a device tensor outlives `process()`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,83 +28,19 @@ from batchlens.core.inputs.prefetch import Each, each_here
 from batchlens.core.models import LoadedModel
 from batchlens.core.outputs.output_writers import OutputWriters
 from batchlens.core.outputs.records import non_finite
+from batchlens.core.run.batch_item import (
+    NOT_FINITE,
+    ForwardFailure,
+    Item,
+    Prepared,
+    all_finite,
+    share_time,
+)
 from batchlens.core.run.config import RunConfig
 from batchlens.core.run.inference import compile_module, describe_error, infer, split_on_cpu
 from batchlens.core.run.recovery import OomRecovery, is_out_of_memory
 from batchlens.core.run.watchdog import ForwardTimeout, call_with_timeout
 from batchlens.core.tasks.base import ImageMeta, TaskResult, thumbnail
-
-
-def record_line(image: str, status: str, error: str | None, seconds: float, fields: dict) -> dict:
-    """One line of predictions.jsonl (the output contract)."""
-    return {"image": image, "status": status, "error": error, "seconds": seconds, **fields}
-
-
-NOT_FINITE = "the model produced NaN or infinity for it, so there is no result to trust"
-
-
-def all_finite(output) -> bool:
-    """Whether a model output (a tensor, or a mapping or list of them) holds no NaN or infinity."""
-    if isinstance(output, torch.Tensor):
-        return not output.is_floating_point() or bool(torch.isfinite(output).all())
-    if isinstance(output, dict):
-        return all(all_finite(v) for v in output.values())
-    if isinstance(output, (list, tuple)):
-        return all(all_finite(v) for v in output)
-    return True
-
-
-@dataclass
-class Item:
-    """One image on its way through a batch. Holds CPU data only."""
-
-    candidate: Candidate
-    # Seconds of work on this image alone (its decode and preprocessing, and its share of its batch's
-    # stacking, forward, postprocessing and writing), never time spent waiting in a queue (issue 25)
-    work: float = 0.0
-    decoded: DecodedImage | None = None
-    tensor: torch.Tensor | None = None
-    error: str | None = None
-    result: TaskResult | None = None
-    recovered: list[str] = field(default_factory=list)  # out-of-memory recovery steps it took
-
-    @property
-    def ok(self) -> bool:
-        return self.result is not None and self.error is None
-
-    def fields(self) -> dict:
-        """The task's JSON fields for this image (empty when it failed), plus any decode note."""
-        fields = dict(self.result.fields) if self.ok else {}
-        if self.decoded is not None and self.decoded.note:
-            fields["note"] = self.decoded.note
-        if self.ok and self.recovered:
-            fields["recovered"] = list(self.recovered)
-        return fields
-
-    def error_message(self) -> str | None:
-        return None if self.ok else f"{self.candidate.rel}: {self.error or 'the model gave no result for it'}"
-
-    def seconds(self) -> float:
-        """predictions.jsonl's `seconds`: the image's own processing time."""
-        return round(self.work, 4)
-
-
-def share_time(items: list[Item], seconds: float) -> None:
-    """A batch's step, timed once for all its images: each image's equal share of it."""
-    for item in items:
-        item.work += seconds / len(items)
-
-
-@dataclass
-class Prepared:
-    """A batch decoded and preprocessed, CPU only, ready for the model (`BatchPipeline.prepare`).
-
-    Images of equal tensor shape are stacked into one batch tensor per group (pinned when the model
-    is on CUDA, so the copy to the GPU does not block); each item's tensor is a view into it."""
-
-    items: list[Item]
-    groups: list[tuple[list[Item], torch.Tensor | None]]
-    ready: torch.cuda.Event | None = None  # --gpu-decode on CUDA: the side stream's work is done
 
 
 class BatchPipeline:
@@ -410,50 +345,69 @@ class BatchPipeline:
         if self.one_at_a_time and len(group) > 1:  # learnt on an earlier batch: no failed try per batch
             del batch
             return self._forward_singly(model, group)
-        failure = None
         try:
-            if batch is None:
-                batch = torch.stack([item.tensor for item in group])
-            # A task that reads a whole batch at once gets the batch's output unsplit (one tensor).
-            whole = model.adapter.postprocess_batch is not None and isinstance(batch, torch.Tensor)
-            outputs = self._infer(model.module, batch, model.device, whole)
-            if whole and not (isinstance(outputs, torch.Tensor) and outputs.dim() > 0):
-                outputs, whole = split_on_cpu(outputs, len(group)), False
-            if len(outputs) != len(group):  # which row is whose cannot be known: none is used
-                failure = (False, f"it returned {len(outputs)} result(s) for {len(group)} image(s)")
-                del outputs
+            outputs, whole = self._run_group(model, group, batch)
         except ForwardTimeout as exc:  # not tried again image by image: that could take as long again
             for item in group:
                 item.error = str(exc)
             return
         except Exception as exc:
             # Keep only words: the traceback holds the failed forward's tensors until this block ends.
-            failure = (is_out_of_memory(exc), describe_error(exc))
+            outputs, whole = ForwardFailure(describe_error(exc), is_out_of_memory(exc)), False
         del batch
-        if failure is not None and failure[0]:  # out of memory: recover outside the except block
+        if isinstance(outputs, ForwardFailure):  # out of memory: recovered outside the except block
+            outputs = self._after_failure(model, group, outputs)
+            if outputs is None:
+                return
+        elif whole:
+            self._postprocess_batch(model, group, outputs)
+            del outputs
+            return
+        self._postprocess_each(model, group, outputs)
+        del outputs
+
+    def _run_group(
+        self, model: LoadedModel, group: list[Item], batch: torch.Tensor | None
+    ) -> tuple[list | torch.Tensor | ForwardFailure, bool]:
+        """The group's forward: its outputs and whether they are the batch's whole output (for a task
+        that reads a batch at once), or the failure when they cannot be matched to the images."""
+        if batch is None:
+            batch = torch.stack([item.tensor for item in group])
+        # A task that reads a whole batch at once gets the batch's output unsplit (one tensor).
+        whole = model.adapter.postprocess_batch is not None and isinstance(batch, torch.Tensor)
+        outputs = self._infer(model.module, batch, model.device, whole)
+        del batch
+        if whole and not (isinstance(outputs, torch.Tensor) and outputs.dim() > 0):
+            outputs, whole = split_on_cpu(outputs, len(group)), False
+        if len(outputs) != len(group):  # which row is whose cannot be known: none is used
+            return ForwardFailure(f"it returned {len(outputs)} result(s) for {len(group)} image(s)"), False
+        return outputs, whole
+
+    def _after_failure(self, model: LoadedModel, group: list[Item], failure: ForwardFailure) -> list | None:
+        """Out of memory: the recovery ladder's outputs, one per image (None where even it failed).
+        Another failure: the group image by image (None: nothing left to postprocess)."""
+        if failure.out_of_memory:
             outcomes = self.recovery.recover(
                 model.module,
                 [item.tensor for item in group],
                 self._infer,
                 [item.decoded.original_size for item in group],
-                failure[1],
+                failure.words,
             )
             outputs = []
             for item, outcome in zip(group, outcomes):
                 item.recovered, item.error = outcome.steps, outcome.error
                 outputs.append(outcome.output)
-        elif failure is not None:
-            if len(group) > 1:  # find the image the model fails on; the others still get results
-                self._forward_singly(model, group)
-                if any(item.result is not None for item in group):  # the batch failed, not its images
-                    self.one_at_a_time = f"a batch of {len(group)} failed ({failure[1]})"
-                return
-            group[0].error = f"the model failed on this image ({failure[1]})"
-            return
-        if failure is None and whole:
-            self._postprocess_batch(model, group, outputs)
-            del outputs
-            return
+            return outputs
+        if len(group) > 1:  # find the image the model fails on; the others still get results
+            self._forward_singly(model, group)
+            if any(item.result is not None for item in group):  # the batch failed, not its images
+                self.one_at_a_time = f"a batch of {len(group)} failed ({failure.words})"
+            return None
+        group[0].error = f"the model failed on this image ({failure.words})"
+        return None
+
+    def _postprocess_each(self, model: LoadedModel, group: list[Item], outputs: list) -> None:
         for item, output in zip(group, outputs):
             if output is None:
                 continue  # out of memory even after recovery: item.error says so
@@ -466,7 +420,6 @@ class BatchPipeline:
                 item.error = f"its result could not be read ({type(exc).__name__}: {exc})"
                 continue
             self._keep(item, result)
-        del outputs
 
     def _postprocess_batch(self, model: LoadedModel, group: list[Item], output: torch.Tensor) -> None:
         """Every result of a batch from one call (the adapter's postprocess_batch); an image whose row

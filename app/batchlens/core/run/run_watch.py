@@ -11,9 +11,10 @@ from batchlens.core.inputs.header_scan import HeaderScan
 from batchlens.core.inputs.images import Candidate
 from batchlens.core.machine.memory import MemoryProbe, MemorySample
 from batchlens.core.models import LoadedModel
+from batchlens.core.run.batch_item import Item
 from batchlens.core.run.config import RunConfig
 from batchlens.core.run.events import RunNote
-from batchlens.core.run.pipeline import BatchPipeline, Item
+from batchlens.core.run.pipeline import BatchPipeline
 from batchlens.core.run.recovery import (
     image_bytes_per_pixel,
     leak_warning,

@@ -26,12 +26,13 @@ from batchlens.core.outputs.manifest import open_output, refuse_before_load
 from batchlens.core.outputs.results import ResultsWriter
 from batchlens.core.outputs.runlock import RunLock
 from batchlens.core.run.autobatch import BatchSizer, sizer_for_run
+from batchlens.core.run.batch_item import Item, Prepared, record_line
 from batchlens.core.run.cache_policy import CachePolicy, empty_device_cache
 from batchlens.core.run.config import RunConfig
 from batchlens.core.run.events import Event, ImageResult, RunNote
 from batchlens.core.run.inference import check_precision
 from batchlens.core.run.model_speedups import ModelSpeedups
-from batchlens.core.run.pipeline import BatchPipeline, Item, Prepared, record_line
+from batchlens.core.run.pipeline import BatchPipeline
 from batchlens.core.run.recovery import snapshot_saver, start_memory_history, stop_memory_history
 from batchlens.core.run.run_record import RunRecord, finish_run, start_events
 from batchlens.core.run.run_watch import RunWatch, too_many_failures
