@@ -206,13 +206,7 @@ class ClusterRunner(Runner):
         try:  # from here on, however the run ends, the writer is closed with what finished
             yield from start_events(model, record, output_dir, cfg.fast_decode)
             yield RunNote("info", joined.sentence())
-
-            if cfg.prefetch and cfg.prefetch != DEFAULT_PREFETCH:  # asked for, not the default
-                yield RunNote("info", "Prefetch is not used on a cluster: Ray Data feeds each worker.")
-            batch_size = yield from self._batch_size(ray, plan, record, output_dir)
-
-            if cfg.memory_snapshot:
-                yield RunNote("info", "--memory-snapshot is not taken on a cluster; run on one GPU for it.")
+            batch_size = yield from self._settings(ray, plan, record, output_dir)
             if todo:  # the first result waits for the workers to start and load the model
                 yield RunNote("info", f"Starting {plan.workers} worker(s); each loads {model.info.id} once.")
                 dataset = self._dataset(ray, plan, input_dir, output_dir, todo, ledger, batch_size)
@@ -237,12 +231,7 @@ class ClusterRunner(Runner):
             collector.close()
             ray.kill(ledger)
 
-        if retries["batches_retried"] or retries["worker_restarts"]:
-            yield RunNote(
-                "warning",
-                f"Ray restarted {retries['worker_restarts']} worker(s) and retried "
-                f"{retries['batches_retried']} batch(es) after workers died.",
-            )
+        yield from retries_note(retries)
         record.seconds = time.perf_counter() - t0
         yield collector.finish(
             model,
@@ -256,10 +245,12 @@ class ClusterRunner(Runner):
             retries=retries,
         )
 
-    def _batch_size(self, ray, plan: WorkerPlan, record: RunRecord, output_dir: Path):
-        """The batch size the workers use (--batch-size auto: tuned on one worker first, with its note);
-        kept in the record for summary.json."""
+    def _settings(self, ray, plan: WorkerPlan, record: RunRecord, output_dir: Path):
+        """The notes on settings a cluster run does without, and the batch size the workers use
+        (--batch-size auto: tuned on one worker first, with its note), kept in the record."""
         cfg = self.config
+        if cfg.prefetch and cfg.prefetch != DEFAULT_PREFETCH:  # asked for, not the default
+            yield RunNote("info", "Prefetch is not used on a cluster: Ray Data feeds each worker.")
         batch_size = cfg.batch_size
         if batch_size == "auto" and record.todo:
             tune = ray.remote(num_cpus=1, num_gpus=plan.gpus_per_worker)(tune_batch_size)
@@ -268,6 +259,8 @@ class ClusterRunner(Runner):
             batch_size = record.batch_choice.batch_size
             yield RunNote("info", record.batch_choice.message())
         record.batch_size = batch_size if isinstance(batch_size, int) else 1
+        if cfg.memory_snapshot:
+            yield RunNote("info", "--memory-snapshot is not taken on a cluster; run on one GPU for it.")
         return record.batch_size
 
     def _dataset(self, ray, plan: WorkerPlan, input_dir, output_dir, todo, ledger, batch_size: int):
@@ -319,3 +312,13 @@ class RemoteDriver:
 
     def cancel(self) -> None:
         self.runner.cancel()
+
+
+def retries_note(retries: dict) -> Iterator[RunNote]:
+    """The warning when workers died and their batches were run again."""
+    if retries["batches_retried"] or retries["worker_restarts"]:
+        yield RunNote(
+            "warning",
+            f"Ray restarted {retries['worker_restarts']} worker(s) and retried "
+            f"{retries['batches_retried']} batch(es) after workers died.",
+        )
