@@ -69,7 +69,7 @@ class BatchPipeline:
         # --gpu-decode: a batch's JPEGs are decoded and preprocessed on the model's device
         self.device_decoder = (
             DeviceDecoder(model.device, model.adapter.color_mode, max_pixels)
-            if gpu_decode and model.adapter.task == "classification"
+            if gpu_decode and model.adapter.position_free
             else None
         )
         self.first_forward_seconds: float | None = None

@@ -64,6 +64,7 @@ class DetectionAdapter(TaskAdapter):
     keypoint_names: list[str] | None = None  # Keypoint R-CNN's, from torchvision's weights meta
 
     task = "detection"
+    picture_field, picture_required = "mask", False  # instance masks, when the model gives them
     end_files = (COCO_FILE,)
 
     @property

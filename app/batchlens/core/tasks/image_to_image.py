@@ -24,6 +24,8 @@ def tensor_to_image(output: torch.Tensor) -> Image.Image:
 class ImageToImageAdapter(TaskAdapter):
     task = "image_to_image"
     tileable = True
+    full_resolution = True
+    picture_field = "output"
 
     def postprocess(self, output: torch.Tensor, meta: ImageMeta) -> TaskResult:
         image = tensor_to_image(output)

@@ -40,6 +40,7 @@ def class_mask(output) -> torch.Tensor:
 
 class SegmentationAdapter(TaskAdapter):
     task = "segmentation"
+    picture_field = "mask"
     end_files = (CLASSES_FILE,)
 
     def postprocess(self, output, meta: ImageMeta) -> TaskResult:
