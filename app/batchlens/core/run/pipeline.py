@@ -55,7 +55,17 @@ class BatchPipeline:
         channels_last: bool = False,
         fast_decode: bool = False,
         gpu_decode: bool = False,
+        *,
+        image_timeout: float | None = None,
+        previews: bool = True,
+        input_dir: Path | None = None,
+        writers: OutputWriters | None = None,
+        cpu_fallback: bool = False,
+        on_first_oom=None,
+        compiled: bool = False,
     ):
+        """Complete once made: `for_run` passes a run's settings; the defaults are a bare pipeline's
+        (one writer thread, no time limit, the model as loaded)."""
         self.model = model
         self.output_dir = output_dir
         self.max_pixels = max_pixels
@@ -73,18 +83,20 @@ class BatchPipeline:
             else None
         )
         self.first_forward_seconds: float | None = None
-        self.compiled = False  # --compile asked for
+        self.compiled = compiled  # --compile asked for
         self.uncompiled: nn.Module | None = None  # --compile: the model as loaded, until a forward worked
+        if compiled:
+            self.uncompiled, model.module = model.module, compile_module(model.module)
         self.compile_failed: str | None = None  # why torch.compile could not run the model
-        self.recovery = self.make_recovery()
-        self.image_timeout: float | None = None  # --image-timeout (core/run/watchdog.py)
-        self.previews = True  # keep a preview-sized copy of each photo (RunConfig.previews)
+        self.recovery = self.make_recovery(cpu_fallback, on_first_oom)
+        self.image_timeout = image_timeout  # --image-timeout (core/run/watchdog.py)
+        self.previews = previews  # keep a preview-sized copy of each photo (RunConfig.previews)
         self.batched_preprocess: bool | None = None  # --gpu-decode: one call per size? (None: untried)
-        self.input_dir: Path | None = None  # resolved; no output file is ever written inside it
+        self.input_dir = input_dir  # resolved; no output file is ever written inside it
         # Why the model takes one image at a time, once a batch failed where its images ran one by
         # one: later batches go image by image without the failing try (the runner says so once).
         self.one_at_a_time: str | None = None
-        self.writers = OutputWriters(1)  # a run's pipeline writes on a few threads (`for_run`)
+        self.writers = writers if writers is not None else OutputWriters(1)  # a run: a few threads
 
     @classmethod
     def for_run(
@@ -97,7 +109,7 @@ class BatchPipeline:
     ) -> BatchPipeline:
         """The pipeline a run of `config` uses: the local runner's and every cluster worker's, complete
         (`on_first_oom`: what the out-of-memory ladder calls first, e.g. --memory-snapshot's saver)."""
-        pipeline = cls(
+        return cls(
             model,
             output_dir,
             config.max_pixels,
@@ -105,18 +117,14 @@ class BatchPipeline:
             channels_last,
             config.fast_decode,
             config.gpu_decode,
+            image_timeout=config.image_timeout,
+            previews=config.previews,
+            input_dir=Path(config.input_dir).expanduser().resolve(),
+            writers=OutputWriters(),  # whoever runs the pipeline calls `writers.close()`
+            cpu_fallback=config.cpu_fallback,
+            on_first_oom=on_first_oom,
+            compiled=config.compile,
         )
-        pipeline.image_timeout = config.image_timeout
-        pipeline.writers = OutputWriters()  # whoever runs the pipeline calls `writers.close()`
-        pipeline.previews = config.previews
-        pipeline.input_dir = Path(config.input_dir).expanduser().resolve()
-        pipeline.recovery = pipeline.make_recovery(
-            cpu_fallback=config.cpu_fallback, on_first_oom=on_first_oom
-        )
-        if config.compile:
-            pipeline.compiled, pipeline.uncompiled = True, model.module
-            model.module = compile_module(model.module)
-        return pipeline
 
     def compile_report(self) -> tuple[str, dict] | None:
         """--compile, once the first forward ran: a sentence for the user and summary.json's entry."""
