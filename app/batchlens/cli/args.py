@@ -176,6 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"batchlens {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    _add_window_options(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_run_command(sub)
+    _add_models_command(sub)
+    _add_bench_command(sub)
+    add_after_run_commands(sub)  # sort, evaluate, export (cli/after_run.py)
+    return parser
+
+
+def _add_window_options(parser: argparse.ArgumentParser) -> None:
     # The window's options. Their dests differ from the `run` subcommand's (--model etc.) so neither
     # parser overwrites the other's values.
     window = parser.add_argument_group("window options (with no command)")
@@ -201,8 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="open the window, run the demo models on their samples into a temporary folder, "
         "exit 0 when everything worked (non-zero with a message otherwise)",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+
+def _add_run_command(sub) -> None:
     run = sub.add_parser("run", help="run a model over a folder, headless")
     _add_run_options(run, required=True)
     _add_model_options(run)
@@ -286,12 +297,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --cluster: workers to start (default: one per GPU, or CPU)",
     )
 
+
+def _add_models_command(sub) -> None:
     models = sub.add_parser("models", help="list the models you can use")
     models.add_argument(
         "filter", nargs="?", default="", type=_filter_arg, help="only models whose id contains this text"
     )
     models.add_argument("--task", choices=TASKS, help="only models of this task")
 
+
+def _add_bench_command(sub) -> None:
     bench = sub.add_parser(
         "bench",
         help="time the engine against a plain PyTorch loop and the naive loop, on the same images",
@@ -349,8 +364,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch CPU threads for the loops (the engine picks its own)",
     )
     bench.add_argument("--json", type=path_arg, metavar="FILE", help="also write the results as JSON")
-    add_after_run_commands(sub)  # sort, evaluate, export (cli/after_run.py)
-    return parser
 
 
 def batch_size_arg(text: str) -> int | str:
