@@ -11,14 +11,9 @@ PACKAGE = Path(batchlens.__file__).parent
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 80
 
-# Being split in branch r2/r3 (the window): the lead empties this list when merging them.
+# Being split in branch r3 (the window): the lead empties this list when merging it.
 BEING_SPLIT = {
     "ui/main_window.py",  # module
-    "ui/memory_plot.py:MemoryPlot.__init__",
-    "ui/results/browser.py:ResultsBrowser.__init__",
-    "ui/results/filters.py:FilterPanel.__init__",
-    "ui/run_form.py:RunForm.__init__",
-    "ui/sidecar_dialog.py:SidecarDialog.__init__",
 }
 
 

@@ -258,12 +258,18 @@ def _add_run_command(sub) -> None:
         metavar="N",
         help="stop the run once N images have failed (a misconfigured run); default: never",
     )
-    run.add_argument(
+    _add_memory_options(run)
+    _add_cluster_options(run)
+
+
+def _add_memory_options(parser: argparse.ArgumentParser) -> None:
+    """`run`'s options on GPU memory: out-of-memory help, the cache, the allocator's snapshot."""
+    parser.add_argument(
         "--cpu-fallback",
         action="store_true",
         help="when an image runs out of GPU memory even in tiles, run that image on the CPU",
     )
-    run.add_argument(
+    parser.add_argument(
         "--empty-cache",
         type=cache_policy_arg,
         default="never",
@@ -271,7 +277,7 @@ def _add_run_command(sub) -> None:
         help="when to hand cached GPU memory back to the driver: never (default, fastest), image (after "
         "every batch), every:N (every N images) or reserved:F (when reserved memory is over F of the GPU)",
     )
-    run.add_argument(  # (h9: its own block) oom alone, as the flag always meant; off by default
+    parser.add_argument(  # (h9: its own block) oom alone, as the flag always meant; off by default
         "--memory-snapshot",
         nargs="?",
         const="oom",
@@ -281,7 +287,11 @@ def _add_run_command(sub) -> None:
         "pytorch.org/memory_viz): oom (the flag alone) writes it at the first out-of-memory error, always "
         "after the first N images (default 50) or 120 s; off by default",
     )
-    run.add_argument(
+
+
+def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
+    """`run`'s options for a Ray cluster (docs/clusters.md)."""
+    parser.add_argument(
         "--cluster",
         metavar="auto|local|HOST:PORT|ray://HOST:PORT",
         type=text_arg,
@@ -290,7 +300,7 @@ def _add_run_command(sub) -> None:
         "auto joins the running one (RAY_ADDRESS, or `ray start` here) or starts one here, local starts "
         "one here; a cluster with tokens: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (docs/clusters.md)",
     )
-    run.add_argument(
+    parser.add_argument(
         "--workers",
         type=positive_int(MAX_WORKERS),
         default=None,

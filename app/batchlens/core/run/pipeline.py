@@ -22,7 +22,7 @@ from batchlens.core.files import (
     write_error,
 )
 from batchlens.core.inputs.fast_preprocess import fast_preprocess_for
-from batchlens.core.inputs.gpu_decode import DeviceDecoder, preview_of, wait_for
+from batchlens.core.inputs.gpu_decode import DeviceDecoder, preprocess_pictures, preview_of, wait_for
 from batchlens.core.inputs.images import Candidate, DecodedImage, ImageError, load_image
 from batchlens.core.inputs.prefetch import Each, each_here
 from batchlens.core.inputs.process_decode import ProcessDecoder, process_workers
@@ -283,35 +283,10 @@ class BatchPipeline:
                 item.decoded = DecodedImage(preview, (picture.shape[-1], picture.shape[-2]))
 
     def _preprocess_on_device(self, pictures: list[torch.Tensor]) -> list[torch.Tensor | None]:
-        """The model's transform over pictures of one size: in one call on the stacked pictures (a
-        dozen small device operations per batch instead of per image, each of which waits for the
-        GIL behind the decoding threads), when the transform gives the same as image by image;
-        checked on the run's first picture, else image by image."""
+        """The model's transform over pictures of one size, in one call where that gives the same
+        (checked once a run: `batched_preprocess`; core/inputs/gpu_decode.py)."""
         preprocess = self.model.adapter.preprocess
-        if len(pictures) > 1 and self.batched_preprocess is not False:
-            try:
-                batch = preprocess(torch.stack(pictures))
-            except Exception:
-                batch = None
-            if self.batched_preprocess is None:  # first time: the same as the one-image call?
-                try:
-                    single = preprocess(pictures[0])
-                except Exception:
-                    single = None
-                self.batched_preprocess = (
-                    isinstance(batch, torch.Tensor)
-                    and isinstance(single, torch.Tensor)
-                    and batch.shape == (len(pictures), *single.shape)
-                    and torch.allclose(batch[0], single, atol=1e-5)
-                )
-            if self.batched_preprocess and isinstance(batch, torch.Tensor):
-                return list(batch.unbind(0))  # (a stack it cannot take now: image by image below)
-        tensors = []
-        for picture in pictures:
-            try:
-                tensors.append(preprocess(picture))
-            except Exception:
-                tensors.append(None)
+        tensors, self.batched_preprocess = preprocess_pictures(preprocess, pictures, self.batched_preprocess)
         return tensors
 
     def _stack(self, group: list[Item]) -> torch.Tensor | None:

@@ -205,20 +205,8 @@ class Runner:
         try:
             running.enter_context(UseThreads(threads))
             peaks = running.enter_context(PeakWatch(probe))
-            parts = _RunParts(
-                model,
-                probe,
-                peaks,
-                writer,
-                record,
-                watch,
-                pipeline,
-                sizer,
-                ahead,
-                speedups,
-                cache_policy,
-                recorder,
-            )
+            parts = _RunParts(model, probe, peaks, writer, record, watch, pipeline, sizer, ahead, speedups)
+            parts.cache_policy, parts.recorder = cache_policy, recorder
             while True:
                 self._wait_if_paused()
                 if self._cancel.is_set():
@@ -339,6 +327,6 @@ class _RunParts:
     sizer: BatchSizer
     ahead: Prefetcher
     speedups: ModelSpeedups
-    cache_policy: CachePolicy
-    recorder: SnapshotRecorder
+    cache_policy: CachePolicy = field(default_factory=CachePolicy)  # --empty-cache
+    recorder: SnapshotRecorder | None = None  # --memory-snapshot and the window's Record snapshot
     costliest: Costliest = field(default_factory=Costliest)  # summary.json's costliest_images
