@@ -136,7 +136,7 @@ def build_manifest(cfg, model, input_dir: Path) -> dict:
         **model.adapter.result_options(),
     }
     files = [PREDICTIONS, SUMMARY, MANIFEST, REJECTED, *getattr(model.adapter, "end_files", ())]
-    if getattr(cfg, "memory_snapshot", False):
+    if getattr(cfg, "memory_snapshot", False) not in (False, None, "off"):  # ("off": the default)
         files.append(MEMORY_SNAPSHOT)
     return {
         "batchlens_run": 1,
