@@ -44,8 +44,10 @@ def records(out: Path) -> list[dict]:
 
 
 def comparable(out: Path) -> tuple[list[dict], dict[str, str]]:
-    """The run's results without timings, and every other file's hash (summary.json aside)."""
-    rows = [{k: v for k, v in row.items() if k != "seconds"} for row in records(out)]
+    """The run's results without timings and memory peaks, and every other file's hash (summary.json
+    aside)."""
+    measured = ("seconds", "peak_memory_bytes")
+    rows = [{k: v for k, v in row.items() if k not in measured} for row in records(out)]
     files = {
         p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(out.rglob("*"))

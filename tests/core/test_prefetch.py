@@ -31,8 +31,9 @@ CPU = torch.device("cpu")
 
 def _predictions(out: Path) -> list[dict]:
     lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    for line in lines:
+    for line in lines:  # the answers, without the measurements (time, and the batch's memory peak)
         line.pop("seconds")
+        line.pop("peak_memory_bytes")
     return lines
 
 
