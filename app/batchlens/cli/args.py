@@ -29,6 +29,7 @@ from batchlens.cli.option_types import (  # the bounded types (docs/cli.md, "Ran
     _shown,
     _whole,
     finite_float,
+    memory_snapshot_arg,
     path_arg,
     positive_int,
     text_arg,
@@ -280,6 +281,7 @@ def _add_memory_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(  # (h9: its own block) oom alone, as the flag always meant; off by default
         "--memory-snapshot",
         nargs="?",
+        type=memory_snapshot_arg,
         const="oom",
         default="off",
         metavar="always[:N]|oom|off",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from pathlib import Path
 
 # -- the bounds (docs/cli.md, "Ranges") ----------------------------------------------------------------
@@ -85,3 +86,16 @@ def path_arg(text: str) -> Path:
     if not text.strip() or "\0" in text or len(text) > MAX_TEXT:
         raise argparse.ArgumentTypeError(f"{_shown(text)} is not a file or folder name")
     return Path(text)
+
+
+_MEMORY_SNAPSHOT = re.compile(r"off|oom|always(:\d+)?")
+
+
+def memory_snapshot_arg(text: str) -> str:
+    """--memory-snapshot's value, checked here (the recorder reads it: core/run/snapshot_recorder.py)."""
+    mode = text.strip().lower()
+    if not _MEMORY_SNAPSHOT.fullmatch(mode) or mode.startswith("always:") and int(mode[7:]) < 1:
+        raise argparse.ArgumentTypeError(
+            f"{_shown(text)} is not a choice: use always (or always:N, N images, 1 or more), oom or off"
+        )
+    return mode
