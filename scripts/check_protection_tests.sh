@@ -94,7 +94,7 @@ check "(c) to_cpu_compact hands outputs on as they came (no detach, no CPU copy)
     $P::test_split_outputs_are_detached_compact_copies_even_of_a_graph $P::test_what_the_task_keeps_is_plain_cpu_data
 
 copy
-remove core/run/pipeline.py '    """Whether a model output (a tensor, or a mapping or list of them) holds no NaN or infinity."""
+remove core/run/batch_item.py '    """Whether a model output (a tensor, or a mapping or list of them) holds no NaN or infinity."""
 ' '    """Whether a model output (a tensor, or a mapping or list of them) holds no NaN or infinity."""
     return True
 ' &&

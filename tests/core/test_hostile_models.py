@@ -24,13 +24,12 @@ from batchlens.core.errors import BatchLensError
 from batchlens.core.models import PickleRefusedError, file_to_trust, load_model
 from batchlens.core.models.audit import (
     MemberTooLarge,
-    config_parameter_floor,
     pickle_globals,
     read_member,
-    size_problem,
 )
 from batchlens.core.models.files import pickle_risk
 from batchlens.core.models.preprocessing import Preprocessing
+from batchlens.core.models.size_audit import config_parameter_floor, size_problem
 from batchlens.core.models.state_dict import read_weights
 from tests.core.hostile import (
     Marker,

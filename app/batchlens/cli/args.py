@@ -176,6 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"batchlens {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    _add_window_options(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_run_command(sub)
+    _add_models_command(sub)
+    _add_bench_command(sub)
+    add_after_run_commands(sub)  # sort, evaluate, export (cli/after_run.py)
+    return parser
+
+
+def _add_window_options(parser: argparse.ArgumentParser) -> None:
     # The window's options. Their dests differ from the `run` subcommand's (--model etc.) so neither
     # parser overwrites the other's values.
     window = parser.add_argument_group("window options (with no command)")
@@ -201,8 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="open the window, run the demo models on their samples into a temporary folder, "
         "exit 0 when everything worked (non-zero with a message otherwise)",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+
+def _add_run_command(sub) -> None:
     run = sub.add_parser("run", help="run a model over a folder, headless")
     _add_run_options(run, required=True)
     _add_model_options(run)
@@ -247,12 +258,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="stop the run once N images have failed (a misconfigured run); default: never",
     )
-    run.add_argument(
+    _add_memory_options(run)
+    _add_cluster_options(run)
+
+
+def _add_memory_options(parser: argparse.ArgumentParser) -> None:
+    """`run`'s options on GPU memory: out-of-memory help, the cache, the allocator's snapshot."""
+    parser.add_argument(
         "--cpu-fallback",
         action="store_true",
         help="when an image runs out of GPU memory even in tiles, run that image on the CPU",
     )
-    run.add_argument(
+    parser.add_argument(
         "--empty-cache",
         type=cache_policy_arg,
         default="never",
@@ -260,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="when to hand cached GPU memory back to the driver: never (default, fastest), image (after "
         "every batch), every:N (every N images) or reserved:F (when reserved memory is over F of the GPU)",
     )
-    run.add_argument(  # (h9: its own block) oom alone, as the flag always meant; off by default
+    parser.add_argument(  # (h9: its own block) oom alone, as the flag always meant; off by default
         "--memory-snapshot",
         nargs="?",
         const="oom",
@@ -271,7 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
         "pytorch.org/memory_viz): oom (the flag alone) writes it at the first out-of-memory error, always "
         "after the first N images (default 50) or 120 s; off by default",
     )
-    run.add_argument(
+
+
+def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
+    """`run`'s options for a Ray cluster (docs/clusters.md)."""
+    parser.add_argument(
         "--cluster",
         metavar="auto|local|HOST:PORT|ray://HOST:PORT",
         type=text_arg,
@@ -280,19 +301,23 @@ def build_parser() -> argparse.ArgumentParser:
         "auto joins the running one (RAY_ADDRESS, or `ray start` here) or starts one here, local starts "
         "one here; a cluster with tokens: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (docs/clusters.md)",
     )
-    run.add_argument(
+    parser.add_argument(
         "--workers",
         type=positive_int(MAX_WORKERS),
         default=None,
         help="with --cluster: workers to start (default: one per GPU, or CPU)",
     )
 
+
+def _add_models_command(sub) -> None:
     models = sub.add_parser("models", help="list the models you can use")
     models.add_argument(
         "filter", nargs="?", default="", type=_filter_arg, help="only models whose id contains this text"
     )
     models.add_argument("--task", choices=TASKS, help="only models of this task")
 
+
+def _add_bench_command(sub) -> None:
     bench = sub.add_parser(
         "bench",
         help="time the engine against a plain PyTorch loop and the naive loop, on the same images",
@@ -350,8 +375,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch CPU threads for the loops (the engine picks its own)",
     )
     bench.add_argument("--json", type=path_arg, metavar="FILE", help="also write the results as JSON")
-    add_after_run_commands(sub)  # sort, evaluate, export (cli/after_run.py)
-    return parser
 
 
 def batch_size_arg(text: str) -> int | str:

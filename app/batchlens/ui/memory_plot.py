@@ -10,7 +10,6 @@ known numbers.
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from collections import deque
@@ -22,28 +21,24 @@ from PySide6.QtCore import QEvent, Qt, QTimer, Signal
 from PySide6.QtGui import QPalette
 from PySide6.QtWidgets import (
     QCheckBox,
-    QFileDialog,
     QHBoxLayout,
     QLabel,
-    QMessageBox,
     QPushButton,
     QSizePolicy,
     QVBoxLayout,
     QWidget,
 )
 
-from batchlens.core.files import atomic_write
 from batchlens.core.machine.memory import ClearResult, MemoryProbe, MemorySample, format_bytes
 from batchlens.ui.memory_history import (
     COLUMNS,
-    CSV_HEADER,
     Marker,
     RingBuffer,
-    csv_rows,
     held_unused,
     nan_if_none,
     scale_top,
 )
+from batchlens.ui.plot_files import PlotFiles
 from batchlens.ui.plot_legend import CPU_TIPS, TIPS, explain_entries, fit_legend, legend_above
 from batchlens.ui.plot_markers import PlotMarkers
 
@@ -78,7 +73,7 @@ def held_text(held: float, inactive: float, segments: int | None) -> str:
     return text
 
 
-class MemoryPlot(QWidget):
+class MemoryPlot(PlotFiles, QWidget):
     """The plot, the numbers under it, and Clear cache / Save PNG / Export CSV."""
 
     cache_cleared = Signal(object)  # ClearResult
@@ -408,61 +403,6 @@ class MemoryPlot(QWidget):
         self.sample_now()
         self.cache_cleared.emit(result)
         return result
-
-    def save_png(self, path: Path) -> None:
-        """The plot as it is now, written atomically (an existing file is replaced only when complete)."""
-        pixmap = self.plot_widget.grab()
-
-        def write(tmp: Path) -> None:
-            if not pixmap.save(str(tmp), "PNG"):
-                raise OSError(f"Could not write {path}.")
-
-        atomic_write(Path(path), write)
-
-    def export_csv(self, path: Path) -> None:
-        """Every sample in the history (bytes), and every marker on a row of its own at its own time
-        (also markers older than the plotted history), all in time order."""
-        rows = csv_rows(self.history.array(), self.markers)
-
-        def write(tmp: Path) -> None:
-            with open(tmp, "w", newline="", encoding="utf-8") as fh:
-                writer = csv.writer(fh)
-                writer.writerow(CSV_HEADER)
-                writer.writerows(rows)
-
-        atomic_write(Path(path), write)
-
-    def set_save_folder(self, folder: Path | None) -> None:
-        """Where Save plot / Export CSV dialogs start (the run's output folder)."""
-        self.save_folder = Path(folder) if folder else None
-
-    def _suggested(self, name: str) -> str:
-        folder = self.save_folder
-        while folder is not None and not folder.is_dir() and folder.parent != folder:
-            folder = folder.parent  # the output folder is made by the run: start beside it until then
-        return str((folder or Path.home()) / name)  # never the folder BatchLens started in
-
-    def _ask_save_png(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(
-            self, "Save plot as PNG", self._suggested("memory.png"), "PNG image (*.png)"
-        )
-        if path:
-            self._save_with_message(self.save_png, Path(path))
-
-    def _ask_export_csv(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(
-            self, "Export memory history", self._suggested("memory.csv"), "CSV (*.csv)"
-        )
-        if path:
-            self._save_with_message(self.export_csv, Path(path))
-
-    def _save_with_message(self, save, path: Path) -> None:
-        try:
-            save(path)
-        except OSError as exc:
-            QMessageBox.warning(self, "Could not save", f"Could not write {path}: {exc.strerror or exc}")
-        else:
-            self.hover_label.setText(f"Saved {path}")
 
     # -- hover read-out -----------------------------------------------------------------------------
     def values_at(self, time_s: float) -> np.ndarray | None:

@@ -14,10 +14,10 @@ from PIL import Image
 from batchlens.core.inputs.images import Candidate
 from batchlens.core.machine.memory import MemorySample
 from batchlens.core.models import LoadedModel
+from batchlens.core.run.batch_item import record_line
 from batchlens.core.run.config import RunConfig
 from batchlens.core.run.events import Event, ImageResult, RunFinished, RunNote
-from batchlens.core.run.pipeline import record_line
-from batchlens.core.run.runner import finish_run
+from batchlens.core.run.run_record import RunRecord, finish_run
 
 
 class ResultCollector:
@@ -68,26 +68,18 @@ class ResultCollector:
         self.writer.close(order=[c.rel for c in self.candidates] if self.config.resume else None)
 
     def finish(
-        self, model: LoadedModel, *, cancelled: bool, cluster: dict, retries: dict, **fields
+        self, model: LoadedModel, record: RunRecord, *, cancelled: bool, cluster: dict, retries: dict
     ) -> RunFinished:
         """summary.json through the local run's `finish_run`, plus where it ran and what was retried."""
-        return finish_run(
-            self.config,
-            model,
-            self.writer,
-            cancelled=cancelled,
-            stopped=self.stopped,
-            counts=self.counts,
-            candidates=self.candidates,
-            todo=self.todo,
-            peak=self.peak,
-            peak_source="the highest any worker reported: its allocator's peak on a GPU, its RSS after "
-            "each batch on the CPU",
-            prefetch=0,  # workers decode in their loop: no prefetch on a cluster
-            cluster={**cluster, "nodes": sorted(self.hosts)},
-            retries=retries,
-            **fields,
+        record.counts = self.counts
+        record.peak = self.peak
+        record.peak_source = (
+            "the highest any worker reported: its allocator's peak on a GPU, its RSS after each batch "
+            "on the CPU"
         )
+        record.prefetch = 0  # workers decode in their loop: no prefetch on a cluster
+        record.extra.update(cluster={**cluster, "nodes": sorted(self.hosts)}, retries=retries)
+        return finish_run(self.config, model, self.writer, record, cancelled=cancelled, stopped=self.stopped)
 
 
 def row_event(row: dict, index: int, total: int) -> ImageResult:

@@ -21,7 +21,6 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import fields, replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -39,7 +38,8 @@ from batchlens.core.outputs.runlock import RunLock
 from batchlens.core.run.config import RunConfig
 from batchlens.core.run.events import Event, RunNote
 from batchlens.core.run.inference import PRECISIONS, use_channels_last
-from batchlens.core.run.runner import Runner, check_folders, start_events
+from batchlens.core.run.run_record import RunRecord, start_events
+from batchlens.core.run.runner import Runner, check_folders
 
 DEFAULT_PREFETCH = next(f.default for f in fields(RunConfig) if f.name == "prefetch")
 MAX_BLOCKS = 2000  # input blocks; more means finer retries and progress, but more scheduling overhead
@@ -190,32 +190,23 @@ class ClusterRunner(Runner):
         writer = open_output(cfg, model, input_dir, output_dir)  # run.json; refuses to mix two runs
         done = writer.done
         todo = [c for c in candidates if c.rel not in done]
-        where = f"Ray cluster, {plan.workers} worker(s) on {plan.device}"
-        memory_kind = "cuda" if plan.device == "cuda" else "cpu"
-        started_at = datetime.now(UTC)
+        record = RunRecord(
+            input_dir,
+            candidates,
+            todo,
+            stats,
+            device=f"Ray cluster, {plan.workers} worker(s) on {plan.device}",
+            memory_kind="cuda" if plan.device == "cuda" else "cpu",
+            channels_last=channels_last,
+        )
         t0 = time.perf_counter()
         collector = ResultCollector(cfg, writer, candidates, todo)
         rows = iter(())
         ledger = ray.remote(num_cpus=0)(RetryLedger).remote()
         try:  # from here on, however the run ends, the writer is closed with what finished
-            yield from start_events(
-                model, where, memory_kind, candidates, todo, stats, output_dir, cfg.fast_decode
-            )
+            yield from start_events(model, record, output_dir, cfg.fast_decode)
             yield RunNote("info", joined.sentence())
-
-            if cfg.prefetch and cfg.prefetch != DEFAULT_PREFETCH:  # asked for, not the default
-                yield RunNote("info", "Prefetch is not used on a cluster: Ray Data feeds each worker.")
-            batch_size, batch_choice = cfg.batch_size, None
-            if batch_size == "auto" and todo:
-                tune = ray.remote(num_cpus=1, num_gpus=plan.gpus_per_worker)(tune_batch_size)
-                on_worker = replace(cfg, input_dir=input_dir, output_dir=output_dir)
-                batch_choice = ray.get(tune.remote(on_worker, plan.device, self.loader, todo[:8]))
-                batch_size = batch_choice.batch_size
-                yield RunNote("info", batch_choice.message())
-            batch_size = batch_size if isinstance(batch_size, int) else 1
-
-            if cfg.memory_snapshot not in (False, None, "off"):
-                yield RunNote("info", "--memory-snapshot is not taken on a cluster; run on one GPU for it.")
+            batch_size = yield from self._settings(ray, plan, record, output_dir)
             if todo:  # the first result waits for the workers to start and load the model
                 yield RunNote("info", f"Starting {plan.workers} worker(s); each loads {model.info.id} once.")
                 dataset = self._dataset(ray, plan, input_dir, output_dir, todo, ledger, batch_size)
@@ -240,24 +231,12 @@ class ClusterRunner(Runner):
             collector.close()
             ray.kill(ledger)
 
-        if retries["batches_retried"] or retries["worker_restarts"]:
-            yield RunNote(
-                "warning",
-                f"Ray restarted {retries['worker_restarts']} worker(s) and retried "
-                f"{retries['batches_retried']} batch(es) after workers died.",
-            )
+        yield from retries_note(retries)
+        record.seconds = time.perf_counter() - t0
         yield collector.finish(
             model,
+            record,
             cancelled=self._cancel.is_set(),
-            device=where,
-            memory_kind=memory_kind,
-            input_dir=input_dir,
-            batch_size=batch_size,
-            batch_choice=batch_choice,
-            channels_last=channels_last,
-            stats=stats,
-            seconds=time.perf_counter() - t0,
-            started_at=started_at,
             cluster={
                 **joined.to_json(),  # the cluster actually joined, not "auto"
                 "workers": plan.workers,
@@ -265,6 +244,24 @@ class ClusterRunner(Runner):
             },
             retries=retries,
         )
+
+    def _settings(self, ray, plan: WorkerPlan, record: RunRecord, output_dir: Path):
+        """The notes on settings a cluster run does without, and the batch size the workers use
+        (--batch-size auto: tuned on one worker first, with its note), kept in the record."""
+        cfg = self.config
+        if cfg.prefetch and cfg.prefetch != DEFAULT_PREFETCH:  # asked for, not the default
+            yield RunNote("info", "Prefetch is not used on a cluster: Ray Data feeds each worker.")
+        batch_size = cfg.batch_size
+        if batch_size == "auto" and record.todo:
+            tune = ray.remote(num_cpus=1, num_gpus=plan.gpus_per_worker)(tune_batch_size)
+            on_worker = replace(cfg, input_dir=record.input_dir, output_dir=output_dir)
+            record.batch_choice = ray.get(tune.remote(on_worker, plan.device, self.loader, record.todo[:8]))
+            batch_size = record.batch_choice.batch_size
+            yield RunNote("info", record.batch_choice.message())
+        record.batch_size = batch_size if isinstance(batch_size, int) else 1
+        if cfg.memory_snapshot not in (False, None, "off"):
+            yield RunNote("info", "--memory-snapshot is not taken on a cluster; run on one GPU for it.")
+        return record.batch_size
 
     def _dataset(self, ray, plan: WorkerPlan, input_dir, output_dir, todo, ledger, batch_size: int):
         cfg = self.config
@@ -315,3 +312,13 @@ class RemoteDriver:
 
     def cancel(self) -> None:
         self.runner.cancel()
+
+
+def retries_note(retries: dict) -> Iterator[RunNote]:
+    """The warning when workers died and their batches were run again."""
+    if retries["batches_retried"] or retries["worker_restarts"]:
+        yield RunNote(
+            "warning",
+            f"Ray restarted {retries['worker_restarts']} worker(s) and retried "
+            f"{retries['batches_retried']} batch(es) after workers died.",
+        )

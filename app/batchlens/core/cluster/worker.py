@@ -21,9 +21,10 @@ from batchlens.core.machine.devices import resolve_device
 from batchlens.core.machine.memory import MemoryProbe, probe_for
 from batchlens.core.models import LoadedModel
 from batchlens.core.run.autobatch import BatchChoice, choose_batch_size
+from batchlens.core.run.batch_item import Item
 from batchlens.core.run.config import RunConfig
 from batchlens.core.run.inference import check_precision, use_channels_last
-from batchlens.core.run.pipeline import BatchPipeline, Item
+from batchlens.core.run.pipeline import BatchPipeline
 from batchlens.core.run.runner import check_folders
 from batchlens.core.tasks.base import thumbnail
 
@@ -41,7 +42,6 @@ def worker_pipeline(
     batching = config.batch_size != 1  # the local runner's rule, so both lay out tensors alike
     channels_last = use_channels_last(model.module, model.device, config.channels_last, batching)
     pipeline = BatchPipeline.for_run(model, output_dir, config, channels_last)
-    pipeline.recovery = pipeline.make_recovery(cpu_fallback=config.cpu_fallback)
     return pipeline, probe_for(model.device)
 
 

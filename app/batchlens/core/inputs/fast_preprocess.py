@@ -55,15 +55,15 @@ def fast_preprocess_for(model: LoadedModel) -> tuple[Callable | None, bool | str
     """The uint8-tensor preprocessing for `model`, and what summary.json says (True, or why not).
     Checked once per preprocessing and transform (the run's start note and its pipeline both ask)."""
     adapter = model.adapter
-    key = (model.preprocessing, adapter.transform, adapter.task, adapter.color_mode)
+    key = (model.preprocessing, adapter.transform, adapter.position_free, adapter.color_mode)
     try:
         return _checked_once(*key)
     except TypeError:  # a transform that cannot be a dict key: checked each time
         return _checked(*key)
 
 
-def _checked(pre, transform, task: str, color_mode: str) -> tuple[Callable | None, bool | str]:
-    if task != "classification":
+def _checked(pre, transform, position_free: bool, color_mode: str) -> tuple[Callable | None, bool | str]:
+    if not position_free:
         return None, "only classifiers (their scores refer to no pixel position)"
     if pre is None or not pre.resize:
         return None, "the model's preprocessing is not known to BatchLens, or has no resize"

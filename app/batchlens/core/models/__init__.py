@@ -82,23 +82,50 @@ def _load_torchvision(model: str, device: torch.device, options: dict, progress:
     return load_catalogue(model, device, options, progress)
 
 
+def _never(model: str, options: dict) -> bool:
+    return False
+
+
+def _hf_needs_download(model: str, options: dict) -> bool:
+    return model.startswith(HF_PREFIX) and not is_cached(model)  # (a folder is never downloaded)
+
+
+def _download_hf(model: str, progress: Progress | None) -> Path:
+    return snapshot_for(model, progress)
+
+
+def _torchvision_needs_download(model: str, options: dict) -> bool:
+    return not options.get("weights") and not is_downloaded(model)
+
+
+def _download_torchvision(model: str, progress: Progress | None) -> Path:
+    from batchlens.core.models.catalogue import download_weights as download_catalogue_weights
+
+    return download_catalogue_weights(model, progress)
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """One place models come from: `claims(model id)` says whether the id is its to load, and
-    `load(model id, device, options, progress)` returns the LoadedModel (or raises BatchLensError)."""
+    `load(model id, device, options, progress)` returns the LoadedModel (or raises BatchLensError);
+    `needs_download(model id, options)` whether loading would first download something, which
+    `download(model id, progress)` fetches into the source's cache."""
 
     name: str
     claims: Callable[[str], bool]
     load: Callable[..., LoadedModel]
+    needs_download: Callable[[str, dict], bool] = _never
+    download: Callable[..., Path] = _download_torchvision  # (torch hub: what the torchvision ids fetch)
 
 
 # In the order they are asked; a new source is one module and one line here.
 SOURCES = (
     ModelSource("built-in", lambda model: model in BUILTIN_IDS, _load_builtin),
-    ModelSource("huggingface", is_hf_model, _load_hf),  # hf:ORG/NAME, folders
+    # hf:ORG/NAME (downloaded into the Hugging Face cache), folders
+    ModelSource("huggingface", is_hf_model, _load_hf, _hf_needs_download, _download_hf),
     ModelSource("timm", is_timm_model, _load_timm),  # timm:NAME
     ModelSource("file", _is_file, _load_file),  # TorchScript, torch.export, state_dicts + sidecar
-    ModelSource("torchvision", is_catalogue_model, _load_torchvision),
+    ModelSource("torchvision", is_catalogue_model, _load_torchvision, _torchvision_needs_download),
 )
 
 
@@ -152,21 +179,19 @@ def file_to_trust(model: str, options: dict | None = None) -> tuple[Path, list[s
 def needs_download(model: str, options: dict | None = None) -> bool:
     """True when `load_model(model, ...)` would first download catalogue weights or a Hugging Face
     model (hf:ORG/NAME not in the cache)."""
-    options = options or {}
-    if model.startswith(HF_PREFIX):
-        return not is_cached(model)
-    if options.get("weights") or model in BUILTIN_IDS or Path(model).expanduser().is_file():
-        return False
-    return is_catalogue_model(model) and not is_downloaded(model)
+    source = _source_of(model)
+    return source is not None and source.needs_download(model, options or {})
 
 
 def download_weights(model: str, progress: Progress | None = None) -> Path:
     """Fetch what `model` needs into its cache (torch hub, or the Hugging Face cache), with progress."""
-    if model.startswith(HF_PREFIX):
-        return snapshot_for(model, progress)
-    from batchlens.core.models.catalogue import download_weights as download_catalogue_weights
+    source = _source_of(model)
+    return (source.download if source else _download_torchvision)(model, progress)
 
-    return download_catalogue_weights(model, progress)
+
+def _source_of(model: str) -> ModelSource | None:
+    """The source that takes `model`: the first of SOURCES that claims it."""
+    return next((source for source in SOURCES if source.claims(model)), None)
 
 
 def load_model(

@@ -16,7 +16,6 @@ from batchlens.core.errors import BatchLensError
 from batchlens.core.models.audit import (
     checkpoint_risks,
     pt2_risks,
-    refuse_oversized,
     scripted_graph_risks,
     summarise,
     torchscript_risks,
@@ -33,6 +32,7 @@ from batchlens.core.models.sidecar import (
     read_text_file,
 )
 from batchlens.core.models.sidecar_store import stored_sidecar_path
+from batchlens.core.models.size_audit import refuse_oversized
 
 if TYPE_CHECKING:
     import torch
@@ -301,31 +301,15 @@ def _build_from_state_dict(
     return drop_aux_head(module)
 
 
-def load_model_file(
-    path: Path, device: torch.device, options: dict | None = None, model_id: str | None = None
-) -> LoadedModel:
-    """Load a model file (see the module docstring). `options` may carry the spec options above,
-    "trust_pickle", and the task's options (min_score...)."""
+def _read_module(path: Path, scripted: bool, spec, sidecar_file, options: dict):
+    """The module a model file holds, by its kind (checked before: see `load_model_file`), and the
+    words for that kind."""
     import torch
     from torch import nn
 
-    from batchlens.core.models.base import LoadedModel, prepare, sidecar_transform
-    from batchlens.core.models.catalogue import keypoint_names, weights_for
     from batchlens.core.models.state_dict import read_weights
-    from batchlens.core.tasks import make_adapter
 
-    options = dict(options or {})
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise BatchLensError(f"The model file {path} does not exist.")
     suffix = path.suffix.lower()
-    scripted = suffix in TORCHSCRIPT_SUFFIXES and _is_torchscript(path)
-    weights_only = suffix in WEIGHTS_SUFFIXES and not scripted and not options.get("trust_pickle")
-    if scripted or suffix in EXPORT_SUFFIXES:  # (state_dict files: read_weights checks them)
-        if not options.get("trust_pickle"):
-            _refuse_untrusted(path, scripted)
-        refuse_oversized(path)  # before torch allocates anything, trusted or not
-    spec, sidecar_file = model_spec(path, options, weights_only)
     if suffix in EXPORT_SUFFIXES:
         module, kind = _load_program(path), "torch.export program"
     elif scripted:
@@ -351,6 +335,31 @@ def load_model_file(
             f"{path}: unknown model file type {suffix!r}; BatchLens reads "
             f"{', '.join(sorted(MODEL_FILE_SUFFIXES))}."
         )
+    return module, kind
+
+
+def load_model_file(
+    path: Path, device: torch.device, options: dict | None = None, model_id: str | None = None
+) -> LoadedModel:
+    """Load a model file (see the module docstring). `options` may carry the spec options above,
+    "trust_pickle", and the task's options (min_score...)."""
+    from batchlens.core.models.base import LoadedModel, prepare, sidecar_transform
+    from batchlens.core.models.catalogue import keypoint_names, weights_for
+    from batchlens.core.tasks import make_adapter
+
+    options = dict(options or {})
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise BatchLensError(f"The model file {path} does not exist.")
+    suffix = path.suffix.lower()
+    scripted = suffix in TORCHSCRIPT_SUFFIXES and _is_torchscript(path)
+    weights_only = suffix in WEIGHTS_SUFFIXES and not scripted and not options.get("trust_pickle")
+    if scripted or suffix in EXPORT_SUFFIXES:  # (state_dict files: read_weights checks them)
+        if not options.get("trust_pickle"):
+            _refuse_untrusted(path, scripted)
+        refuse_oversized(path)  # before torch allocates anything, trusted or not
+    spec, sidecar_file = model_spec(path, options, weights_only)
+    module, kind = _read_module(path, scripted, spec, sidecar_file, options)
     if spec.task == "detection":
         module = detections_only(module)
 

@@ -24,11 +24,11 @@ from PIL import Image
 from torch import nn
 
 from batchlens.core.errors import BatchLensError
-from batchlens.core.models.audit import refuse_config_arithmetic, refuse_config_beyond_weights
 from batchlens.core.models.base import LoadedModel, ModelInfo, prepare
 from batchlens.core.models.hf_cache import HF_PREFIX, is_timm_config, read_hf_config, snapshot_for
 from batchlens.core.models.info import is_hf_model  # noqa: F401  (re-exported)
 from batchlens.core.models.preprocessing import Preprocessing, check_hf_sizes
+from batchlens.core.models.size_audit import refuse_config_arithmetic, refuse_config_beyond_weights
 from batchlens.core.tasks.base import ImageMeta, TaskResult
 from batchlens.core.tasks.classification import ClassificationAdapter
 from batchlens.core.tasks.detection import DetectionAdapter

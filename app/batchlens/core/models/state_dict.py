@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from batchlens.core.errors import BatchLensError
-from batchlens.core.models.audit import checkpoint_risks, refuse_oversized, summarise
+from batchlens.core.models.audit import checkpoint_risks, summarise
 from batchlens.core.models.errors import PickleRefusedError, StateDictMismatchError
+from batchlens.core.models.size_audit import refuse_oversized
 
 if TYPE_CHECKING:
     import torch

@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from batchlens.core.errors import BatchLensError
-from batchlens.core.models.audit import refuse_config_beyond_weights
 from batchlens.core.models.base import LoadedModel, ModelInfo, prepare
 from batchlens.core.models.info import TIMM_PREFIX, is_timm_model  # noqa: F401  (re-exported)
 from batchlens.core.models.preprocessing import Preprocessing
+from batchlens.core.models.size_audit import refuse_config_beyond_weights
 from batchlens.core.models.state_dict import load_state_dict_checked, read_weights
 from batchlens.core.tasks import make_adapter
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from batchlens.core.image_guard import open_image
 from batchlens.core.inputs.images import ImageError, load_image, open_input
-from batchlens.core.tasks import TaskAdapter, TaskResult, make_adapter
+from batchlens.core.tasks import ADAPTERS, TaskAdapter, TaskResult, make_adapter
 from batchlens.core.tasks.base import PREVIEW_SIZE, thumbnail
 
 CANVAS_GREY = (96, 96, 96)  # the stand-in for a missing input picture
@@ -89,9 +89,10 @@ def render(
     task = task_of(fields, task)
     if fields.get("status") != "ok" or task is None:
         return ResultPictures(thumbnail(image, size) if image else None, None, note)
-    kind = {"detection": "mask", "segmentation": "mask", "image_to_image": "output"}.get(task)
+    adapter_type = ADAPTERS.get(task)  # (an unknown task: no picture, and the preview says why below)
+    kind = adapter_type.picture_field if adapter_type else None
     extra = _open_output(output_dir, fields.get(kind)) if kind else None
-    if kind and task != "detection" and extra is None:  # the mask or output file itself is missing
+    if kind and adapter_type.picture_required and extra is None:  # the mask or output file itself is missing
         name = fields.get(kind)
         return ResultPictures(thumbnail(image, size) if image else None, None, f"The file {name} is missing.")
     canvas = image

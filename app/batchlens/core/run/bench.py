@@ -47,7 +47,7 @@ from batchlens.core.errors import BatchLensError
 from batchlens.core.inputs.fast_preprocess import fast_decode_helps
 from batchlens.core.inputs.images import Candidate, scan_images
 from batchlens.core.machine.devices import resolve_device
-from batchlens.core.machine.memory import MemoryProbe, MemorySample, PeakWatch, format_bytes, probe_for
+from batchlens.core.machine.memory import MemoryProbe, MemorySample, PeakWatch, probe_for
 from batchlens.core.models import LoadedModel
 from batchlens.core.run.bench_loops import (
     Outcome,
@@ -58,6 +58,7 @@ from batchlens.core.run.bench_loops import (
     naive_loop,
     plain_loop,
 )
+from batchlens.core.run.bench_table import format_table  # noqa: F401 (bench's result as text)
 from batchlens.core.run.config import EXACT_SETTINGS
 from batchlens.core.run.model_speedups import fold_batch_norms
 from batchlens.core.run.pipeline import BatchPipeline
@@ -212,6 +213,68 @@ def _paired_ratio(rounds: list[dict], base: list[dict]) -> float | None:
     return round(statistics.median(ratios), 3) if ratios else None
 
 
+def _bench_images(cfg: BenchConfig, scratch: Path, log: Callable[[str], None]) -> tuple[Path, str, list]:
+    """The folder the rows run on (given, or --synthetic's JPEGs in `scratch`), its words, its images."""
+    if cfg.synthetic:
+        log(f"writing {cfg.synthetic} synthetic {cfg.size[0]}x{cfg.size[1]} JPEGs")
+        folder = make_synthetic_folder(scratch / "images", cfg.synthetic, cfg.size)
+        source = f"{cfg.synthetic} synthetic {cfg.size[0]}x{cfg.size[1]} JPEGs"
+    else:
+        folder = Path(cfg.input_dir).expanduser()
+        if not folder.is_dir():
+            raise BatchLensError(f"The input folder {folder} does not exist.")
+        source = str(folder)
+    candidates = list(scan_images(folder))
+    if not candidates:
+        raise BatchLensError(f"There are no images in {folder}.")
+    return folder, source, candidates
+
+
+def _timed_rows(
+    cfg: BenchConfig, model: LoadedModel, folder: Path, candidates: list, scratch: Path, probe
+) -> list:
+    """The rows timed each round: (name, label, body), the loops first, then the engine's settings."""
+    runs = iter(range(1_000_000))
+
+    def engine_row(name: str, label: str, run_probe: MemoryProbe | None = None, **settings):
+        def body() -> Outcome:
+            out = scratch / f"out-{name}-{next(runs)}"
+            return engine_run(model, folder, out, cfg.device, run_probe or probe, **settings)
+
+        return name, label, body
+
+    timed = [
+        ("plain", "plain loop", lambda: plain_loop(model, candidates)),
+        ("expert", "expert loop (DataLoader)", lambda: expert_loop(model, candidates)),
+        engine_row("exact", "BatchLens --exact", **EXACT_SETTINGS),
+        engine_row("engine", "BatchLens, defaults"),
+    ]
+    if cfg.sampler_check:
+        timed.append(engine_row("no-probe", "BatchLens, no sampler", run_probe=_NoProbe(probe.kind)))
+    if isinstance(cfg.batch_size, int):
+        tuned = {"batch_size": cfg.batch_size, "prefetch": cfg.prefetch}
+        label = f"BatchLens, batch {cfg.batch_size} prefetch {cfg.prefetch}"
+        timed.append(engine_row("tuned", label, **tuned))
+    if fast_decode_helps(model, candidates[:1]):
+        timed.append(engine_row("fast", "BatchLens, fast decode", fast_decode=True))
+    if cfg.precision != "fp32":
+        timed.append(engine_row("amp", f"BatchLens, {cfg.precision}", precision=cfg.precision))
+    return timed
+
+
+def _ordered_rows(rows: dict, naive, rounds: dict) -> list:
+    """The rows in the table's order, each with its speed against the plain and the expert loop."""
+    order = ("plain", "expert", "exact", "engine", "no-probe", "tuned", "fast", "amp")
+    ordered = [rows["plain"], rows["expert"], naive] + [rows[k] for k in order[2:] if k in rows]
+    for row in ordered[:2] + ordered[3:]:
+        row.ratio = _paired_ratio(rounds[row.name], rounds["plain"])
+        row.ratio_expert = _paired_ratio(rounds[row.name], rounds["expert"])
+    # The naive loop runs once, after the rounds: against the loops' medians
+    naive.ratio = naive.images_per_second / rows["plain"].images_per_second
+    naive.ratio_expert = naive.images_per_second / rows["expert"].images_per_second
+    return ordered
+
+
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda _: None) -> dict:
     """Run every row and return the result (see `format_table`), ready for json.dump."""
     if (cfg.input_dir is None) == (not cfg.synthetic):
@@ -221,49 +284,14 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda _: None) -> 
         torch.set_num_threads(cfg.threads)
     with ExitStack() as stack:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="batchlens-bench-")))
-        if cfg.synthetic:
-            log(f"writing {cfg.synthetic} synthetic {cfg.size[0]}x{cfg.size[1]} JPEGs")
-            folder = make_synthetic_folder(scratch / "images", cfg.synthetic, cfg.size)
-            source = f"{cfg.synthetic} synthetic {cfg.size[0]}x{cfg.size[1]} JPEGs"
-        else:
-            folder = Path(cfg.input_dir).expanduser()
-            if not folder.is_dir():
-                raise BatchLensError(f"The input folder {folder} does not exist.")
-            source = str(folder)
-        candidates = list(scan_images(folder))
-        if not candidates:
-            raise BatchLensError(f"There are no images in {folder}.")
+        folder, source, candidates = _bench_images(cfg, scratch, log)
         model, model_note = load_bench_model(cfg.model, device)
         probe = probe_for(device)
         # Warm up kernels and allocators once, so no row pays for first-call set-up.
         plain_loop(model, candidates[:1])
         # The engine rows leave torch's threads as they found them; the loops use what is set now.
         loop_threads = torch.get_num_threads()
-        runs = iter(range(1_000_000))
-
-        def engine_row(name: str, label: str, run_probe: MemoryProbe | None = None, **settings):
-            def body() -> Outcome:
-                out = scratch / f"out-{name}-{next(runs)}"
-                return engine_run(model, folder, out, cfg.device, run_probe or probe, **settings)
-
-            return name, label, body
-
-        timed = [
-            ("plain", "plain loop", lambda: plain_loop(model, candidates)),
-            ("expert", "expert loop (DataLoader)", lambda: expert_loop(model, candidates)),
-            engine_row("exact", "BatchLens --exact", **EXACT_SETTINGS),
-            engine_row("engine", "BatchLens, defaults"),
-        ]
-        if cfg.sampler_check:
-            timed.append(engine_row("no-probe", "BatchLens, no sampler", run_probe=_NoProbe(probe.kind)))
-        if isinstance(cfg.batch_size, int):
-            tuned = {"batch_size": cfg.batch_size, "prefetch": cfg.prefetch}
-            label = f"BatchLens, batch {cfg.batch_size} prefetch {cfg.prefetch}"
-            timed.append(engine_row("tuned", label, **tuned))
-        if fast_decode_helps(model, candidates[:1]):
-            timed.append(engine_row("fast", "BatchLens, fast decode", fast_decode=True))
-        if cfg.precision != "fp32":
-            timed.append(engine_row("amp", f"BatchLens, {cfg.precision}", precision=cfg.precision))
+        timed = _timed_rows(cfg, model, folder, candidates, scratch, probe)
         rounds: dict[str, list[dict]] = {name: [] for name, _, _ in timed}
         total = max(1, cfg.repeat)
         for round_ in range(total):
@@ -282,14 +310,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda _: None) -> 
         naive = _row("naive", "naive loop (no no_grad, kept)", [naive_round])
         _settle(probe)
 
-        order = ("plain", "expert", "exact", "engine", "no-probe", "tuned", "fast", "amp")
-        ordered = [rows["plain"], rows["expert"], naive] + [rows[k] for k in order[2:] if k in rows]
-        for row in ordered[:2] + ordered[3:]:
-            row.ratio = _paired_ratio(rounds[row.name], rounds["plain"])
-            row.ratio_expert = _paired_ratio(rounds[row.name], rounds["expert"])
-        # The naive loop runs once, after the rounds: against the loops' medians
-        naive.ratio = naive.images_per_second / rows["plain"].images_per_second
-        naive.ratio_expert = naive.images_per_second / rows["expert"].images_per_second
+        ordered = _ordered_rows(rows, naive, rounds)
         _say_what_the_loops_leave_out(ordered, rounds["engine"][-1]["outcome"])
         log("forward-only ceiling")
         ceiling = forward_ceiling(model, candidates, rows["engine"].settings, scratch)
@@ -422,73 +443,3 @@ def measure_sampler(probe: MemoryProbe, exact: Row, calls: int = 500) -> dict:
     samples = exact.images + (int(exact.seconds * 100) if probe.kind == "cpu" else 0)
     percent = 100 * per_call * samples / exact.seconds if exact.seconds else None
     return {"us_per_sample": round(per_call * 1e6, 2), "samples": samples, "percent_of_run": percent}
-
-
-# -- output ---------------------------------------------------------------------------------------
-def format_table(result: dict) -> str:
-    kind = "RAM (RSS)" if result["memory_kind"] == "cpu" else f"{result['memory_kind'].upper()} allocated"
-    rounds = result["repeat"]
-    head = (
-        f"{result['model']} on {result['device']}, {result['source']}"
-        + (f" ({result['model_note']})" if result["model_note"] else "")
-        + f"; memory is {kind}; medians over {rounds} round(s) (range in brackets), end to end; "
-        + f"load average {result['load_average']}"
-    )
-    columns = [
-        "row",
-        "images",
-        "images/s",
-        "vs plain",
-        "vs expert",
-        "first result",
-        "CPU ms/img",
-        "peak mem",
-        "peak-start",
-        "mem/image",
-        "notes",
-    ]
-    lines = []
-    for row in result["rows"]:
-        low, high = row["images_per_second_range"]
-        spread = f" [{low:.1f}-{high:.1f}]" if len(row["rounds"]) > 1 else ""
-        rate = f"{row['images_per_second']:.2f}{spread}"
-        first = row["first_result_s"]
-        lines.append(
-            [
-                row["label"],
-                str(row["images"]),
-                rate,
-                f"{row['ratio']:.2f}x" if row["ratio"] is not None else "",
-                f"{row['ratio_expert']:.2f}x" if row["ratio_expert"] is not None else "",
-                f"{first:.2f} s" if first is not None else "",
-                f"{1000 * row['cpu_seconds'] / max(1, row['images']):.0f}",
-                format_bytes(row["peak_bytes"]),
-                format_bytes(row["peak_growth_bytes"]),
-                format_bytes(row["per_image_bytes"]),
-                row["note"],
-            ]
-        )
-    widths = [max(len(c), *(len(line[i]) for line in lines)) for i, c in enumerate(columns)]
-    out = [head, "  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
-    out.append("  ".join("-" * w for w in widths))
-    out += ["  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in lines]
-    ceiling = result.get("ceiling") or {}
-    if ceiling:
-        out.append(
-            f"forward-only ceiling (pre-decoded batch of {ceiling['batch_size']}, {ceiling['threads']} "
-            f"threads{', channels_last' if ceiling['channels_last'] else ''}"
-            f"{', BatchNorm folded' if ceiling.get('folded_batch_norm') else ''}): "
-            f"{ceiling['images_per_second']:.2f} images/s"
-        )
-    sampler = result["sampler"]
-    if sampler.get("percent_of_run") is not None:
-        out.append(
-            f"memory sampler: {sampler['us_per_sample']:.1f} µs a sample, "
-            f"{sampler['percent_of_run']:.3f} % of the --exact run"
-            + (
-                f"; defaults with vs without sampling: {sampler['ab_percent']:+.2f} %"
-                if "ab_percent" in sampler
-                else ""
-            )
-        )
-    return "\n".join(out)

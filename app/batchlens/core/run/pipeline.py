@@ -8,7 +8,6 @@ Nothing that holds a device tensor outlives `process()`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,7 +22,7 @@ from batchlens.core.files import (
     write_error,
 )
 from batchlens.core.inputs.fast_preprocess import fast_preprocess_for
-from batchlens.core.inputs.gpu_decode import DeviceDecoder, preview_of, wait_for
+from batchlens.core.inputs.gpu_decode import DeviceDecoder, preprocess_pictures, preview_of, wait_for
 from batchlens.core.inputs.images import Candidate, DecodedImage, ImageError, load_image
 from batchlens.core.inputs.prefetch import Each, each_here
 from batchlens.core.inputs.process_decode import ProcessDecoder, process_workers
@@ -31,76 +30,20 @@ from batchlens.core.machine.machine_load import usable_cores
 from batchlens.core.models import LoadedModel
 from batchlens.core.outputs.output_writers import OutputWriters
 from batchlens.core.outputs.records import non_finite
+from batchlens.core.run.batch_item import (
+    NOT_FINITE,
+    ForwardFailure,
+    Item,
+    Prepared,
+    all_finite,
+    share_time,
+)
 from batchlens.core.run.config import RunConfig
 from batchlens.core.run.inference import compile_module, describe_error, infer, split_on_cpu
 from batchlens.core.run.precision import PrecisionDecision, decide_precision
 from batchlens.core.run.recovery import OomRecovery, is_out_of_memory
 from batchlens.core.run.watchdog import ForwardTimeout, call_with_timeout
 from batchlens.core.tasks.base import ImageMeta, TaskResult, thumbnail
-
-
-def record_line(image: str, status: str, error: str | None, seconds: float, fields: dict) -> dict:
-    """One line of predictions.jsonl (the output contract)."""
-    return {"image": image, "status": status, "error": error, "seconds": seconds, **fields}
-
-
-NOT_FINITE = "the model produced NaN or infinity for it, so there is no result to trust"
-
-
-def all_finite(output) -> bool:
-    """Whether a model output (a tensor, or a mapping or list of them) holds no NaN or infinity."""
-    if isinstance(output, torch.Tensor):
-        return not output.is_floating_point() or bool(torch.isfinite(output).all())
-    if isinstance(output, dict):
-        return all(all_finite(v) for v in output.values())
-    if isinstance(output, (list, tuple)):
-        return all(all_finite(v) for v in output)
-    return True
-
-
-@dataclass
-class Item:
-    """One image on its way through a batch. Holds CPU data only."""
-
-    candidate: Candidate
-    started: float
-    decoded: DecodedImage | None = None
-    tensor: torch.Tensor | None = None
-    error: str | None = None
-    result: TaskResult | None = None
-    recovered: list[str] = field(default_factory=list)  # out-of-memory recovery steps it took
-
-    @property
-    def ok(self) -> bool:
-        return self.result is not None and self.error is None
-
-    def fields(self) -> dict:
-        """The task's JSON fields for this image (empty when it failed), plus any decode note."""
-        fields = dict(self.result.fields) if self.ok else {}
-        if self.decoded is not None and self.decoded.note:
-            fields["note"] = self.decoded.note
-        if self.ok and self.recovered:
-            fields["recovered"] = list(self.recovered)
-        return fields
-
-    def error_message(self) -> str | None:
-        return None if self.ok else f"{self.candidate.rel}: {self.error or 'the model gave no result for it'}"
-
-    def seconds(self) -> float:
-        return round(time.perf_counter() - self.started, 4)
-
-
-@dataclass
-class Prepared:
-    """A batch decoded and preprocessed, CPU only, ready for the model (`BatchPipeline.prepare`).
-
-    Images of equal tensor shape are stacked into one batch tensor per group (pinned when the model
-    is on CUDA, so the copy to the GPU does not block); each item's tensor is a view into it."""
-
-    items: list[Item]
-    groups: list[tuple[list[Item], torch.Tensor | None]]
-    ready: torch.cuda.Event | None = None  # --gpu-decode on CUDA: the side stream's work is done
-
 
 #: CUDA with CPU decode: copy each prepared batch to the device on a side stream ahead of its forward
 COPY_AHEAD = True
@@ -118,7 +61,18 @@ class BatchPipeline:
         channels_last: bool = False,
         fast_decode: bool = False,
         gpu_decode: bool = False,
+        *,
+        image_timeout: float | None = None,
+        previews: bool = True,
+        input_dir: Path | None = None,
+        writers: OutputWriters | None = None,
+        cpu_fallback: bool = False,
+        on_first_oom=None,
+        compiled: bool | str = False,
+        decode_processes: int = 0,
     ):
+        """Complete once made: `for_run` passes a run's settings; the defaults are a bare pipeline's
+        (one writer thread, no time limit, the model as loaded)."""
         self.model = model
         self.output_dir = output_dir
         self.max_pixels = max_pixels
@@ -135,29 +89,33 @@ class BatchPipeline:
         # --gpu-decode: a batch's JPEGs are decoded and preprocessed on the model's device
         self.device_decoder = (
             DeviceDecoder(model.device, model.adapter.color_mode, max_pixels)
-            if gpu_decode and model.adapter.task == "classification"
+            if gpu_decode and model.adapter.position_free
             else None
         )
-        self.process_decoder: ProcessDecoder | None = None  # decoding processes (RunConfig.decode_processes)
-        self.decode_processes = 0  # how many, for summary.json
+        # decoding processes (RunConfig.decode_processes; `for_run` gives the local runner's number)
+        self.process_decoder = ProcessDecoder(decode_processes) if decode_processes else None
+        self.decode_processes = decode_processes  # how many, for summary.json
         self.decoded_in_processes = 0  # images they decoded (the first ones decode here while they start)
         if self.pin_memory and self.device_decoder is None and COPY_AHEAD:
             self.copy_stream = torch.cuda.Stream(model.device)
         self.first_forward_seconds: float | None = None
         self.precision_check: PrecisionDecision | None = None  # --precision auto, after the first batch
-        self.compiled = False  # --compile asked for
-        self.compile_mode: str | None = None  # torch.compile's mode (RunConfig.compile a string)
+        self.compiled = bool(compiled)  # --compile asked for
+        # torch.compile's mode (RunConfig.compile a string; None: torch's default)
+        self.compile_mode: str | None = compiled if isinstance(compiled, str) else None
         self.uncompiled: nn.Module | None = None  # --compile: the model as loaded, until a forward worked
+        if compiled:
+            self.uncompiled, model.module = model.module, compile_module(model.module, self.compile_mode)
         self.compile_failed: str | None = None  # why torch.compile could not run the model
-        self.recovery = self.make_recovery()
-        self.image_timeout: float | None = None  # --image-timeout (core/run/watchdog.py)
-        self.previews = True  # keep a preview-sized copy of each photo (RunConfig.previews)
+        self.recovery = self.make_recovery(cpu_fallback, on_first_oom)
+        self.image_timeout = image_timeout  # --image-timeout (core/run/watchdog.py)
+        self.previews = previews  # keep a preview-sized copy of each photo (RunConfig.previews)
         self.batched_preprocess: bool | None = None  # --gpu-decode: one call per size? (None: untried)
-        self.input_dir: Path | None = None  # resolved; no output file is ever written inside it
+        self.input_dir = input_dir  # resolved; no output file is ever written inside it
         # Why the model takes one image at a time, once a batch failed where its images ran one by
         # one: later batches go image by image without the failing try (the runner says so once).
         self.one_at_a_time: str | None = None
-        self.writers = OutputWriters(1)  # a run's pipeline writes on a few threads (`for_run`)
+        self.writers = writers if writers is not None else OutputWriters(1)  # a run: a few threads
 
     @classmethod
     def for_run(
@@ -166,11 +124,15 @@ class BatchPipeline:
         output_dir: Path | OutputFolder,
         config: RunConfig,
         channels_last: bool,
+        on_first_oom=None,
         local: bool = False,
     ) -> BatchPipeline:
-        """The pipeline a run of `config` uses: the local runner's (`local`: it may start decoding
-        processes, and calls `close`) and every cluster worker's."""
-        pipeline = cls(
+        """The pipeline a run of `config` uses: the local runner's and every cluster worker's, complete
+        (`on_first_oom`: what the out-of-memory ladder calls first, e.g. --memory-snapshot's saver;
+        `local`: the local runner's, which may start decoding processes, and calls `close`)."""
+        on_gpu = config.gpu_decode and model.adapter.position_free  # (the device decoder's condition)
+        workers = process_workers(config.decode_processes, model.device.type, usable_cores(), on_gpu)
+        return cls(
             model,
             output_dir,
             config.max_pixels,
@@ -178,21 +140,15 @@ class BatchPipeline:
             channels_last,
             config.fast_decode,
             config.gpu_decode,
+            image_timeout=config.image_timeout,
+            previews=config.previews,
+            input_dir=Path(config.input_dir).expanduser().resolve(),
+            writers=OutputWriters(),  # whoever runs the pipeline calls `writers.close()`
+            cpu_fallback=config.cpu_fallback,
+            on_first_oom=on_first_oom,
+            compiled=config.compile,
+            decode_processes=workers if local else 0,
         )
-        pipeline.image_timeout = config.image_timeout
-        pipeline.writers = OutputWriters()  # whoever runs the pipeline calls `writers.close()`
-        pipeline.previews = config.previews
-        pipeline.input_dir = Path(config.input_dir).expanduser().resolve()
-        on_gpu = pipeline.device_decoder is not None
-        workers = process_workers(config.decode_processes, model.device.type, usable_cores(), on_gpu)
-        pipeline.decode_processes = workers if local else 0
-        if pipeline.decode_processes:
-            pipeline.process_decoder = ProcessDecoder(workers)
-        if config.compile:
-            pipeline.compiled, pipeline.uncompiled = True, model.module
-            pipeline.compile_mode = config.compile if isinstance(config.compile, str) else None
-            model.module = compile_module(model.module, pipeline.compile_mode)
-        return pipeline
 
     def close(self) -> None:
         """Stop the decoding processes, if any (the runner calls it however the run ends)."""
@@ -236,7 +192,11 @@ class BatchPipeline:
         through `each` (the prefetcher's decoding threads, all at once). CPU work only, except with
         --gpu-decode, whose device work runs on a side stream (`Prepared.ready`)."""
         if self.device_decoder is None and self.copy_stream is not None:
-            return self._copy_ahead(self._prepare(batch, each))
+            prepared = self._prepare(batch, each)
+            started = time.perf_counter()
+            self._copy_ahead(prepared)
+            share_time(prepared.items, time.perf_counter() - started)
+            return prepared
         if self.device_decoder is None:
             return self._prepare(batch, each)
         with self.device_decoder.side_stream():
@@ -259,10 +219,13 @@ class BatchPipeline:
         return prepared
 
     def _prepare(self, batch: list[Candidate], each: Each) -> Prepared:
-        items = [Item(c, time.perf_counter()) for c in batch]
+        items = [Item(c) for c in batch]
         if self.device_decoder is not None:
+            started = time.perf_counter()
             self._decode_on_device(items, each)
+            share_time(items, time.perf_counter() - started)  # one call for the batch: an equal share
         each(self._decode_on_cpu, [item for item in items if item.tensor is None])  # (not on the device)
+        started = time.perf_counter()
         # Images of equal tensor shape go through the model together; a model that takes a list of
         # images (detection) takes images of any size together.
         groups: dict[tuple, list[Item]] = {}
@@ -270,10 +233,19 @@ class BatchPipeline:
             if item.tensor is not None:
                 key = () if self.model.takes_list else tuple(item.tensor.shape)
                 groups.setdefault(key, []).append(item)
-        return Prepared(items, [(group, self._stack(group)) for group in groups.values()])
+        prepared = Prepared(items, [(group, self._stack(group)) for group in groups.values()])
+        share_time(items, time.perf_counter() - started)
+        return prepared
 
     def _decode_on_cpu(self, item: Item) -> None:
         """Decode and preprocess one image with Pillow and the adapter (on a decoding thread)."""
+        started = time.perf_counter()  # on its decoding thread: its own time, not its wait for one
+        try:
+            self._decode_one(item)
+        finally:
+            item.work += time.perf_counter() - started
+
+    def _decode_one(self, item: Item) -> None:
         adapter = self.model.adapter
         reduce_to = adapter.decode_size if self.fast_decode else None
         # (--fast-decode's size wish is a method of the adapter: it stays in this process)
@@ -311,35 +283,10 @@ class BatchPipeline:
                 item.decoded = DecodedImage(preview, (picture.shape[-1], picture.shape[-2]))
 
     def _preprocess_on_device(self, pictures: list[torch.Tensor]) -> list[torch.Tensor | None]:
-        """The model's transform over pictures of one size: in one call on the stacked pictures (a
-        dozen small device operations per batch instead of per image, each of which waits for the
-        GIL behind the decoding threads), when the transform gives the same as image by image;
-        checked on the run's first picture, else image by image."""
+        """The model's transform over pictures of one size, in one call where that gives the same
+        (checked once a run: `batched_preprocess`; core/inputs/gpu_decode.py)."""
         preprocess = self.model.adapter.preprocess
-        if len(pictures) > 1 and self.batched_preprocess is not False:
-            try:
-                batch = preprocess(torch.stack(pictures))
-            except Exception:
-                batch = None
-            if self.batched_preprocess is None:  # first time: the same as the one-image call?
-                try:
-                    single = preprocess(pictures[0])
-                except Exception:
-                    single = None
-                self.batched_preprocess = (
-                    isinstance(batch, torch.Tensor)
-                    and isinstance(single, torch.Tensor)
-                    and batch.shape == (len(pictures), *single.shape)
-                    and torch.allclose(batch[0], single, atol=1e-5)
-                )
-            if self.batched_preprocess and isinstance(batch, torch.Tensor):
-                return list(batch.unbind(0))  # (a stack it cannot take now: image by image below)
-        tensors = []
-        for picture in pictures:
-            try:
-                tensors.append(preprocess(picture))
-            except Exception:
-                tensors.append(None)
+        tensors, self.batched_preprocess = preprocess_pictures(preprocess, pictures, self.batched_preprocess)
         return tensors
 
     def _stack(self, group: list[Item]) -> torch.Tensor | None:
@@ -365,6 +312,7 @@ class BatchPipeline:
 
     def finish(self, prepared: Prepared) -> list[Item]:
         """Forward a prepared batch, postprocess to plain data, write outputs, drop the tensors."""
+        started = time.perf_counter()
         model = self.model
         items = prepared.items
         groups, prepared.groups = prepared.groups, []
@@ -384,6 +332,7 @@ class BatchPipeline:
                     ),
                 )
         self._write_outputs([item for item in items if item.result is not None])
+        share_time(items, time.perf_counter() - started)
         return items
 
     def _write_outputs(self, items: list[Item]) -> None:
@@ -439,50 +388,69 @@ class BatchPipeline:
         if self.one_at_a_time and len(group) > 1:  # learnt on an earlier batch: no failed try per batch
             del batch
             return self._forward_singly(model, group)
-        failure = None
         try:
-            if batch is None:
-                batch = torch.stack([item.tensor for item in group])
-            # A task that reads a whole batch at once gets the batch's output unsplit (one tensor).
-            whole = model.adapter.postprocess_batch is not None and isinstance(batch, torch.Tensor)
-            outputs = self._infer(model.module, batch, model.device, whole)
-            if whole and not (isinstance(outputs, torch.Tensor) and outputs.dim() > 0):
-                outputs, whole = split_on_cpu(outputs, len(group)), False
-            if len(outputs) != len(group):  # which row is whose cannot be known: none is used
-                failure = (False, f"it returned {len(outputs)} result(s) for {len(group)} image(s)")
-                del outputs
+            outputs, whole = self._run_group(model, group, batch)
         except ForwardTimeout as exc:  # not tried again image by image: that could take as long again
             for item in group:
                 item.error = str(exc)
             return
         except Exception as exc:
             # Keep only words: the traceback holds the failed forward's tensors until this block ends.
-            failure = (is_out_of_memory(exc), describe_error(exc))
+            outputs, whole = ForwardFailure(describe_error(exc), is_out_of_memory(exc)), False
         del batch
-        if failure is not None and failure[0]:  # out of memory: recover outside the except block
+        if isinstance(outputs, ForwardFailure):  # out of memory: recovered outside the except block
+            outputs = self._after_failure(model, group, outputs)
+            if outputs is None:
+                return
+        elif whole:
+            self._postprocess_batch(model, group, outputs)
+            del outputs
+            return
+        self._postprocess_each(model, group, outputs)
+        del outputs
+
+    def _run_group(
+        self, model: LoadedModel, group: list[Item], batch: torch.Tensor | None
+    ) -> tuple[list | torch.Tensor | ForwardFailure, bool]:
+        """The group's forward: its outputs and whether they are the batch's whole output (for a task
+        that reads a batch at once), or the failure when they cannot be matched to the images."""
+        if batch is None:
+            batch = torch.stack([item.tensor for item in group])
+        # A task that reads a whole batch at once gets the batch's output unsplit (one tensor).
+        whole = model.adapter.postprocess_batch is not None and isinstance(batch, torch.Tensor)
+        outputs = self._infer(model.module, batch, model.device, whole)
+        del batch
+        if whole and not (isinstance(outputs, torch.Tensor) and outputs.dim() > 0):
+            outputs, whole = split_on_cpu(outputs, len(group)), False
+        if len(outputs) != len(group):  # which row is whose cannot be known: none is used
+            return ForwardFailure(f"it returned {len(outputs)} result(s) for {len(group)} image(s)"), False
+        return outputs, whole
+
+    def _after_failure(self, model: LoadedModel, group: list[Item], failure: ForwardFailure) -> list | None:
+        """Out of memory: the recovery ladder's outputs, one per image (None where even it failed).
+        Another failure: the group image by image (None: nothing left to postprocess)."""
+        if failure.out_of_memory:
             outcomes = self.recovery.recover(
                 model.module,
                 [item.tensor for item in group],
                 self._infer,
                 [item.decoded.original_size for item in group],
-                failure[1],
+                failure.words,
             )
             outputs = []
             for item, outcome in zip(group, outcomes):
                 item.recovered, item.error = outcome.steps, outcome.error
                 outputs.append(outcome.output)
-        elif failure is not None:
-            if len(group) > 1:  # find the image the model fails on; the others still get results
-                self._forward_singly(model, group)
-                if any(item.result is not None for item in group):  # the batch failed, not its images
-                    self.one_at_a_time = f"a batch of {len(group)} failed ({failure[1]})"
-                return
-            group[0].error = f"the model failed on this image ({failure[1]})"
-            return
-        if failure is None and whole:
-            self._postprocess_batch(model, group, outputs)
-            del outputs
-            return
+            return outputs
+        if len(group) > 1:  # find the image the model fails on; the others still get results
+            self._forward_singly(model, group)
+            if any(item.result is not None for item in group):  # the batch failed, not its images
+                self.one_at_a_time = f"a batch of {len(group)} failed ({failure.words})"
+            return None
+        group[0].error = f"the model failed on this image ({failure.words})"
+        return None
+
+    def _postprocess_each(self, model: LoadedModel, group: list[Item], outputs: list) -> None:
         for item, output in zip(group, outputs):
             if output is None:
                 continue  # out of memory even after recovery: item.error says so
@@ -495,7 +463,6 @@ class BatchPipeline:
                 item.error = f"its result could not be read ({type(exc).__name__}: {exc})"
                 continue
             self._keep(item, result)
-        del outputs
 
     def _postprocess_batch(self, model: LoadedModel, group: list[Item], output: torch.Tensor) -> None:
         """Every result of a batch from one call (the adapter's postprocess_batch); an image whose row

@@ -426,7 +426,7 @@ def image_bytes_per_pixel(model) -> float:
     its input to a set size pays only the decode; one that works at full resolution (image_to_image,
     or preprocessing without a resize) also holds, at its first convolution, that layer's input and
     output maps at once (float32), whatever comes after."""
-    full_resolution = model.info.task == "image_to_image" or (
+    full_resolution = model.adapter.full_resolution or (
         model.preprocessing is not None and model.preprocessing.resize is None
     )
     if not full_resolution:

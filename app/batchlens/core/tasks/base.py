@@ -59,6 +59,17 @@ class TaskAdapter:
     #: the output is an image of the input's shape (up to scale), so out-of-memory recovery may run
     #: the model on overlapping tiles and stitch them (core/run/recovery.py)
     tileable = False
+    #: the model works on the image at its full resolution (no resize to a set size), so one more pixel
+    #: of input costs memory at its first layer too (the outsized-image warning, core/run/recovery.py)
+    full_resolution = False
+    #: its results refer to no pixel position (scores for the whole image), so the image may be
+    #: resized on the uint8 tensor (--fast-decode, core/inputs/fast_preprocess.py) and decoded and
+    #: preprocessed on the device (--gpu-decode, core/inputs/gpu_decode.py)
+    position_free = False
+    #: the field naming the output file a preview draws on (a mask, an output image), and whether
+    #: every ok line has one (the results browser, core/outputs/result_pictures.py)
+    picture_field: ClassVar[str | None] = None
+    picture_required = True
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self.transform(image)

@@ -20,6 +20,7 @@ TOP_K = 5
 class ClassificationAdapter(TaskAdapter):
     task = "classification"
     kind = KINDS[task]
+    position_free = True  # scores for the whole image
     end_files = (CSV_FILE,)
 
     def decode_size(self, size: tuple[int, int]) -> tuple[int, int] | None:

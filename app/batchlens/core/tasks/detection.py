@@ -66,6 +66,7 @@ class DetectionAdapter(TaskAdapter):
 
     task = "detection"
     kind = KINDS[task]
+    picture_field, picture_required = "mask", False  # instance masks, when the model gives them
     end_files = (COCO_FILE,)
 
     @property

@@ -26,6 +26,8 @@ class ImageToImageAdapter(TaskAdapter):
     task = "image_to_image"
     kind = KINDS[task]
     tileable = True
+    full_resolution = True
+    picture_field = "output"
 
     def postprocess(self, output: torch.Tensor, meta: ImageMeta) -> TaskResult:
         image = tensor_to_image(output)

@@ -42,6 +42,7 @@ def class_mask(output) -> torch.Tensor:
 class SegmentationAdapter(TaskAdapter):
     task = "segmentation"
     kind = KINDS[task]
+    picture_field = "mask"
     end_files = (CLASSES_FILE,)
 
     def postprocess(self, output, meta: ImageMeta) -> TaskResult:
