@@ -30,10 +30,12 @@ KILLED_ONCE = "shape_0003.png"  # ... and is killed (SIGKILL, as by the OOM kill
 
 
 def read_lines(path: Path) -> list[dict]:
-    """predictions.jsonl without the timings (the only field allowed to differ between runs)."""
+    """predictions.jsonl without what a line measures (time; a local run's memory peak, which a
+    cluster's lines leave out): the only fields allowed to differ between runs."""
     lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     for line in lines:
         assert line.pop("seconds") >= 0
+        line.pop("peak_memory_bytes", None)
     return lines
 
 

@@ -29,6 +29,7 @@ from batchlens.cli.option_types import (  # the bounded types (docs/cli.md, "Ran
     _shown,
     _whole,
     finite_float,
+    memory_snapshot_arg,
     path_arg,
     positive_int,
     text_arg,
@@ -409,19 +410,6 @@ def cache_policy_arg(text: str) -> str:
             "or reserved:F (a share of the device between 0 and 1, e.g. reserved:0.5)"
         )
     return policy
-
-
-def memory_snapshot_arg(text: str) -> str:
-    """--memory-snapshot: off, oom, always, or always:N (N images, 1 to MAX_COUNT)."""
-    value = text.strip().lower()
-    mode, colon, count = value.partition(":")
-    images = _whole(count, 1, MAX_COUNT) if colon else None
-    if mode not in ("off", "oom", "always") or colon and (mode != "always" or images is None):
-        raise argparse.ArgumentTypeError(
-            f"{_shown(text)} is not a snapshot choice: use off, oom, always, or always:N (N images, "
-            f"1 to {MAX_COUNT:,})"
-        )
-    return value
 
 
 def _filter_arg(text: str) -> str:

@@ -85,3 +85,16 @@ def path_arg(text: str) -> Path:
     if not text.strip() or "\0" in text or len(text) > MAX_TEXT:
         raise argparse.ArgumentTypeError(f"{_shown(text)} is not a file or folder name")
     return Path(text)
+
+
+def memory_snapshot_arg(text: str) -> str:
+    """--memory-snapshot: off, oom, always, or always:N (N images, 1 to MAX_COUNT)."""
+    value = text.strip().lower()
+    mode, colon, count = value.partition(":")
+    images = _whole(count, 1, MAX_COUNT) if colon else None
+    if mode not in ("off", "oom", "always") or colon and (mode != "always" or images is None):
+        raise argparse.ArgumentTypeError(
+            f"{_shown(text)} is not a snapshot choice: use off, oom, always, or always:N (N images, "
+            f"1 to {MAX_COUNT:,})"
+        )
+    return value
