@@ -315,8 +315,8 @@ def test_the_steps_of_the_issue_run_results_item_back_then_type_an_input(
             qtbot.waitUntil(lambda b=browser: b.loader.made > 0, timeout=10_000)
             browser.back_button.click()
             assert not window.pages.showing_results()
-            qtbot.keyClicks(window.form.input_edit, "/new")
-            qtbot.wait(300)  # the count of the typed folder (250 ms later) lands
+            with qtbot.waitSignal(window.form.counted, timeout=5_000):  # the typed folder's count lands
+                qtbot.keyClicks(window.form.input_edit, "/new")
             assert "/new" in window.form.input_edit.text()
             window.form.input_edit.setText(str(folders["good"]))
     assert not watch.problems()
