@@ -176,7 +176,10 @@ def test_the_window_runs_on_the_cluster_and_says_so(ray_cluster, clusters, qtbot
     assert summary["counts"]["ok"] == 4 and summary["cluster"]["workers"] == 2
     assert summary["cluster"]["address"] == clusters.token.address
     assert read_lines(tmp_path / "out/predictions.jsonl") == read_lines(tmp_path / "local/predictions.jsonl")
-    assert window.previews.shown.image == "shape_0003.png"  # previews made on the workers
+    # The newest result is shown, its previews made on the workers. (Which image that is depends on
+    # which worker finished last: the cluster's events come as rows arrive, the file is in scan order.)
+    assert window.previews.shown is window._latest
+    assert window.previews.shown.image in {f"shape_{i:04d}.png" for i in range(4)}
     assert window.previews.input_view.has_image()
     assert "Latest worker report" in where.text()
     window.set_device("cpu")  # back on this machine: the plot needs no caveat

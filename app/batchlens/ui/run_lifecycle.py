@@ -131,6 +131,7 @@ class RunLifecycle:
             self.memory_plot.add_marker("failure", f"{event.image}: {error}")
 
     def _on_finished(self, event: RunFinished) -> None:
+        self._refresh_previews()  # the last image's result, before anyone hears the run finished
         self.last_summary = event.summary
         if not event.cancelled:
             self.controls.set_finished()
