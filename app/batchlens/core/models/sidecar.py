@@ -79,7 +79,7 @@ def parse_sidecar(data: dict, source: str) -> Sidecar:
             f"{source}: unknown key(s) {', '.join(map(repr, sorted(unknown)))}; "
             f"known keys are {', '.join(sorted(KNOWN_KEYS))}."
         )
-    if "task" not in data:
+    if data.get("task") is None:  # absent, or null: a sidecar always names its task
         raise BatchLensError(f'{source}: the sidecar must say which task the model does ("task").')
     for key in ("task", "arch", "description", "name", "color_mode"):
         if data.get(key) is not None and not isinstance(data[key], str):
