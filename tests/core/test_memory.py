@@ -176,3 +176,16 @@ def test_xpu_probe_reads_the_allocators_stats_as_torch_flattens_them(monkeypatch
     assert sample.reserved == flat["reserved_bytes.all.current"] == 1024 << 20
     assert sample.peak == flat["allocated_bytes.all.peak"] == 900 << 20
     assert (sample.device_used, sample.device_total) == (11 << 30, 16 << 30)
+
+
+@pytest.mark.parametrize("kind", ["cuda", "xpu"])
+def test_a_gpu_probe_starts_a_span_by_resetting_its_allocators_peak(monkeypatch, kind):
+    """The runner starts a span before every batch (each line's own peak): on a GPU that is the
+    allocator's peak reset, for this probe's device (memory.py imports torch only when it is used)."""
+    from batchlens.core.machine.memory import CudaProbe, XpuProbe
+
+    reset = []
+    monkeypatch.setattr(getattr(torch, kind), "reset_peak_memory_stats", reset.append)
+    device = torch.device(kind, 0)
+    (CudaProbe if kind == "cuda" else XpuProbe)(device).start_span()
+    assert reset == [device]

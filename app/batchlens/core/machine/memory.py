@@ -166,6 +166,8 @@ class CudaProbe(MemoryProbe):
         self._peak = 0
 
     def start_span(self) -> None:
+        import torch
+
         torch.cuda.reset_peak_memory_stats(self.device)
 
 
@@ -245,6 +247,8 @@ class XpuProbe(MemoryProbe):
         self._peak = 0
 
     def start_span(self) -> None:
+        import torch
+
         torch.xpu.reset_peak_memory_stats(self.device)
 
 
