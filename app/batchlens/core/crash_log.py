@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO
 
 from batchlens.core.data_dir import user_data_dir
-from batchlens.core.files import atomic_write_text
+from batchlens.core.files import atomic_write_text, read_json_object
 
 KEEP_REPORTS = 5
 MAX_TRACE_CHARS = 200_000  # a report shows at most this much of faulthandler's file
@@ -145,7 +145,7 @@ class CrashLog:
             if pid is None or pid == self.pid or _alive(pid):
                 continue
             faults = self.folder / f"faults-{pid}.log"
-            note = _read_json(session)
+            note = read_json_object(session)
             trace = _read_text(faults)
             if trace.strip() and not note.get("clean"):
                 when = faults.stat().st_mtime
@@ -192,14 +192,6 @@ def _alive(pid: int) -> bool:
     except psutil.Error:  # (no such process)
         return False
     return "python" in name or "batchlens" in name  # else the number was given to another program
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _read_text(path: Path) -> str:

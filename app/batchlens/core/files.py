@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -50,6 +51,16 @@ _RESERVED_LOWER = frozenset(RESERVED_NAMES)
 def temp_path_for(path: Path) -> Path:
     """A short temporary name beside `path` (short: a 250-byte file name still has room for it)."""
     return path.with_name(f".batchlens-{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def read_json_object(path: Path) -> dict:
+    """A small JSON file BatchLens wrote (a run's summary, a session note, a cache): its object, or {}
+    when the file is missing, unreadable, not JSON or not an object (never an error: it is advisory)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from batchlens.core.files import read_json_object
 from batchlens.core.outputs.results import PREDICTIONS, SUMMARY
 
 RUN_MANIFEST = "run.json"  # written by newer runs (what made the folder); summary.json as a fallback
@@ -174,19 +175,11 @@ class OutputFolder:
         return self.path / PREDICTIONS
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def describe_folder(path: Path, input_dir: Path | None = None) -> OutputFolder:
     """Read run.json and summary.json (either may be missing: a run still going, an older run).
     `input_dir` overrides the recorded input folder (the user pointed at where the images are now)."""
     path = Path(path).expanduser()
-    manifest, summary = _read_json(path / RUN_MANIFEST), _read_json(path / SUMMARY)
+    manifest, summary = read_json_object(path / RUN_MANIFEST), read_json_object(path / SUMMARY)
 
     def first(*keys: str):
         for data in (manifest, summary):

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from batchlens.core.files import atomic_write_text
+from batchlens.core.files import atomic_write_text, read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -32,23 +32,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or home / ".cache") / "batchlens"
 
 
-def _read(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def remembered_batch_size(key: str) -> int | None:
-    entry = _read(cache_dir() / FILE_NAME).get(key)
+    entry = read_json_object(cache_dir() / FILE_NAME).get(key)
     size = entry.get("batch_size") if isinstance(entry, dict) else None
     return size if isinstance(size, int) and size >= 1 else None
 
 
 def remember_batch_size(key: str, size: int, images_per_second: float | None) -> None:
     path = cache_dir() / FILE_NAME
-    data = _read(path)
+    data = read_json_object(path)
     data.pop(key, None)
     data[key] = {"batch_size": size, "images_per_second": images_per_second, "when": round(time.time())}
     for old in list(data)[:-MAX_ENTRIES]:
