@@ -12,7 +12,8 @@ from pathlib import Path
 
 import batchlens.cli as cli
 from batchlens.core import crash_report
-from batchlens.core.crash_report import EXIT_CRASH, data_dir, install_excepthook, write_crash_report
+from batchlens.core.crash_report import EXIT_CRASH, install_excepthook, write_crash_report
+from batchlens.core.data_dir import user_data_dir as data_dir
 from tests.helpers import assert_no_traceback
 
 ROOT = Path(__file__).resolve().parents[2]

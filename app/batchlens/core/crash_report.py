@@ -27,11 +27,6 @@ EXIT_CRASH = 70
 REPORTS = "crash-reports"
 
 
-def data_dir() -> Path:
-    """The app's data folder (not created here): the one the crash log and stored sidecars use."""
-    return user_data_dir()
-
-
 def _version(package: str) -> str:
     try:
         return metadata.version(package)
@@ -71,7 +66,7 @@ def write_crash_report(exc: BaseException, argv: list[str] | None = None) -> Pat
     folder cannot be written (a read-only home), so there is always a file to name."""
     name = f"crash-{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.txt"
     text = report_text(exc, argv)
-    for folder in (data_dir() / REPORTS, Path(tempfile.gettempdir()) / f"batchlens-{REPORTS}"):
+    for folder in (user_data_dir() / REPORTS, Path(tempfile.gettempdir()) / f"batchlens-{REPORTS}"):
         try:
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / name
